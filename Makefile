@@ -1,0 +1,25 @@
+# The two commands: `make dev` (run it) and `make test` (test it). Both set up what they need.
+.PHONY: dev test venv migrate lint bench package clean
+
+PYTHON := .venv/bin/python
+
+venv:
+	@bash infra/venvs.sh
+
+dev: venv
+	@$(PYTHON) infra/devstack.py dev
+
+test: venv
+	@$(PYTHON) infra/devstack.py test $(PYTEST_ARGS)
+
+migrate: venv
+	@$(PYTHON) infra/devstack.py migrate
+
+lint: venv
+	@.venv/bin/ruff check .
+
+bench: venv
+	@$(PYTHON) infra/devstack.py bench
+
+clean:
+	rm -rf .venv .venv-localstack .localstack

@@ -1,0 +1,59 @@
+"""Per-container dependencies, built lazily once (the Chalice samples' `get_db()` pattern).
+
+Handlers call these; services never do: they take what they need as arguments.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import boto3
+import redis
+from botocore.config import Config
+
+from chalicelib import db
+from chalicelib.queue import ChunkQueue
+from chalicelib.settings import Settings, get_settings
+from chalicelib.storage import Storage
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def _aws_client(service: str):
+    s = get_settings()
+    config = Config(
+        connect_timeout=3,
+        read_timeout=30,
+        retries={"mode": "standard", "max_attempts": 3},
+        s3={"addressing_style": "path"} if s.aws_endpoint_url else None,
+        signature_version="s3v4" if service == "s3" else None,
+    )
+    kwargs = {"region_name": s.aws_region, "config": config}
+    if s.aws_endpoint_url:  # LocalStack: any credentials work, these are its documented defaults
+        kwargs.update(endpoint_url=s.aws_endpoint_url, aws_access_key_id="test", aws_secret_access_key="test")
+    return boto3.session.Session().client(service, **kwargs)
+
+
+@lru_cache(maxsize=1)
+def storage() -> Storage:
+    return Storage(_aws_client("s3"), get_settings().upload_bucket)
+
+
+@lru_cache(maxsize=1)
+def chunk_queue() -> ChunkQueue:
+    s = get_settings()
+    return ChunkQueue(_aws_client("sqs"), s.chunk_queue_url, s.dlq_url)
+
+
+@lru_cache(maxsize=1)
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(
+        get_settings().redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+    )
+
+
+def conn():
+    """This thread's PostgreSQL connection."""
+    return db.get_conn(get_settings().database_url)

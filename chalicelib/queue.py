@@ -1,0 +1,75 @@
+"""SQS adapter: chunk messages `{"job_id", "chunk"}` on the chunk queue, sent ten at a time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+BATCH = 10  # SendMessageBatch maximum
+
+
+class EnqueueFailed(RuntimeError):
+    pass
+
+
+def chunk_message(job_id: str, chunk: int) -> str:
+    return json.dumps({"job_id": str(job_id), "chunk": chunk})
+
+
+def parse_chunk_message(body: str) -> tuple[str, int]:
+    """-> (job_id, chunk); ValueError when the body is not a chunk message."""
+    try:
+        data = json.loads(body)
+        return str(data["job_id"]), int(data["chunk"])
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ValueError(f"not a chunk message: {body[:200]!r}") from exc
+
+
+class ChunkQueue:
+    def __init__(self, sqs_client, queue_url: str, dlq_url: str | None = None) -> None:
+        self.sqs = sqs_client
+        self.queue_url = queue_url
+        self.dlq_url = dlq_url
+
+    def send_chunks(self, job_id: str, chunks: Iterable[int]) -> int:
+        """Send one message per chunk; entries SQS rejects are resent. Returns the count sent."""
+        chunks = list(chunks)
+        for start in range(0, len(chunks), BATCH):
+            self._send_batch({str(c): chunk_message(job_id, c) for c in chunks[start : start + BATCH]})
+        return len(chunks)
+
+    @retry(
+        retry=retry_if_exception_type(EnqueueFailed),
+        stop=stop_after_attempt(5),
+        wait=wait_exponential_jitter(multiplier=0.1, max=2),
+        reraise=True,
+    )
+    def _send_batch(self, entries: dict[str, str]) -> None:
+        response = self.sqs.send_message_batch(
+            QueueUrl=self.queue_url,
+            Entries=[{"Id": entry_id, "MessageBody": body} for entry_id, body in entries.items()],
+        )
+        failed = response.get("Failed") or []
+        for entry in response.get("Successful") or []:
+            entries.pop(entry["Id"], None)
+        if failed:
+            reasons = "; ".join(f"{f.get('Code')}: {f.get('Message')}" for f in failed)
+            raise EnqueueFailed(f"{len(failed)} chunk message(s) not accepted: {reasons}")
+
+    def send_continuation(self, job_id: str, chunk: int, delay_s: int = 0) -> None:
+        self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=chunk_message(job_id, chunk), DelaySeconds=delay_s)
+
+    def depth(self, queue_url: str | None = None) -> dict[str, int]:
+        attrs = self.sqs.get_queue_attributes(
+            QueueUrl=queue_url or self.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return {
+            "visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
+            "in_flight": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+        }
+
+    def check(self) -> None:
+        self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])

@@ -1,0 +1,414 @@
+"""One OpenAI requests-per-minute and tokens-per-minute budget shared through Redis.
+
+Why this exists: every chunk is processed by its own Lambda invocation, and each invocation
+runs up to 16 threads calling OpenAI. A per-process limiter cannot stop fifty containers from
+each spending the whole account budget at once; OpenAI then answers 429 and everything slows
+down. All of them therefore take their turn from one pair of token buckets kept in Redis.
+
+How it works:
+
+* Two token buckets (requests, tokens), each a Redis hash ``{level, ts}``, refill continuously at
+  ``limit / 60000`` per millisecond up to ``burst = max(limit / 60, need)``: one second's worth,
+  because OpenAI enforces its per-minute limits in shorter slices, not as one per-minute lump.
+* ``acquire`` is a *reservation* (GCRA-style): one atomic Lua script, on the Redis server clock,
+  deducts the caller's need at once (the level may go negative) and returns how long until that
+  reservation is covered. The caller sleeps that long and then calls the API without asking
+  again: no polling, no thundering herd, first come first served, and exactly ``limit`` per
+  minute in the long run however many processes share the budget.
+* ``cooldown(seconds)`` after a provider 429 pauses every worker in every process: it stores
+  ``<prefix>:cooldown_until`` and freezes both buckets until then (no credit accrues during the
+  pause, so the end of a pause releases at most one burst, then the steady rate). A reservation
+  made before the 429 that would have fired inside the pause is handed back and retaken after it.
+* ``refund`` corrects the token bucket once the response's real ``usage`` is known.
+* If Redis is unreachable ``acquire`` keeps retrying with backoff; it never lets a caller through
+  unthrottled. It gives up only when the caller's ``should_stop()`` says so (``LimiterStopped``).
+
+A limit of 0 means "unlimited" for that bucket. The three keys travel in ``KEYS``; on Redis
+Cluster give a prefix with a hash tag (e.g. ``"{csv-opener:ratelimit}"``) so they share a slot.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from redis import exceptions as redis_exc
+
+__all__ = ["LimiterStopped", "RateLimiter", "estimate_tokens", "retry_after_seconds"]
+
+# Errors that mean "Redis is not usable right now" (down, unreachable, failing over), not a bug.
+_UNAVAILABLE = (
+    redis_exc.ConnectionError,  # includes BusyLoadingError
+    redis_exc.TimeoutError,
+    redis_exc.ReadOnlyError,  # replica promoted / failover in progress
+    redis_exc.MasterDownError,
+    redis_exc.TryAgainError,
+    redis_exc.ClusterDownError,
+)
+
+# Shared Lua helpers. Times are milliseconds (with a fraction) on the Redis server clock, which
+# every process sees alike; no client clock takes part in the accounting.
+_LUA_COMMON = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+
+-- Load a bucket and bring it up to date. A bucket whose ts lies in the future is frozen by a
+-- cooldown: it gains nothing until then.
+local function load(key, rate, burst)
+  local s = redis.call('HMGET', key, 'level', 'ts')
+  local level, ts = tonumber(s[1]), tonumber(s[2])
+  if level == nil or ts == nil then
+    return burst, now
+  end
+  if ts < now then
+    level = level + (now - ts) * rate
+    ts = now
+  end
+  return math.min(level, burst), ts
+end
+
+local function store(key, rate, burst, level, ts)
+  redis.call('HSET', key, 'level', level, 'ts', ts)
+  -- Expire a little after the bucket would be full again: a missing key reads as full.
+  redis.call('PEXPIRE', key, math.ceil(math.max(ts - now, 0) + (burst - level) / rate) + 1000)
+end
+
+local function cooldown_left()
+  local u = tonumber(redis.call('GET', KEYS[3]) or '')
+  if u == nil or u <= now then return 0 end
+  return u - now
+end
+"""
+
+# KEYS: requests bucket, tokens bucket, cooldown_until. ARGV: rpm, tpm, requests, tokens.
+# Returns the wait in ms (as a string: Lua numbers would be truncated to integers).
+_ACQUIRE_LUA = _LUA_COMMON + """
+local function reserve(key, limit, need)
+  if limit <= 0 or need <= 0 then return 0 end
+  local rate = limit / 60000
+  local burst = math.max(limit / 60, need)
+  local level, ts = load(key, rate, burst)
+  level = level - need
+  store(key, rate, burst, level, ts)
+  local ready = ts
+  if level < 0 then ready = ts - level / rate end
+  return ready - now
+end
+
+local wait = cooldown_left()
+wait = math.max(wait, reserve(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[3])))
+wait = math.max(wait, reserve(KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[4])))
+return string.format('%.3f', math.max(wait, 0))
+"""
+
+# KEYS: requests bucket, tokens bucket, cooldown_until. ARGV: rpm, tpm, seconds.
+# Returns the remaining cooldown in ms.
+_COOLDOWN_LUA = _LUA_COMMON + """
+local untilms = math.max(now + tonumber(ARGV[3]) * 1000, now + cooldown_left())
+redis.call('SET', KEYS[3], string.format('%.3f', untilms), 'PX', math.ceil(untilms - now) + 1000)
+
+-- Freeze a bucket until `untilms`. Debt (negative level) is the reservations still waiting to
+-- fire; the ones due inside the pause will find the cooldown when they wake and reserve again,
+-- so their share is forgiven here. Debt due after the pause stays, and credit is carried over.
+local function freeze(key, limit)
+  if limit <= 0 then return end
+  local rate = limit / 60000
+  local burst = math.max(limit / 60, 1)
+  local level, ts = load(key, rate, burst)
+  if ts >= untilms then return end
+  if level < 0 then level = math.min(0, level + (untilms - ts) * rate) end
+  store(key, rate, burst, level, untilms)
+end
+
+freeze(KEYS[1], tonumber(ARGV[1]))
+freeze(KEYS[2], tonumber(ARGV[2]))
+return string.format('%.3f', untilms - now)
+"""
+
+# KEYS: requests bucket, tokens bucket, cooldown_until. Returns the remaining cooldown in ms.
+_COOLDOWN_LEFT_LUA = _LUA_COMMON + """
+return string.format('%.3f', cooldown_left())
+"""
+
+# KEYS: requests bucket, tokens bucket, cooldown_until. ARGV: tpm, delta (tokens to give back;
+# negative takes more).
+_REFUND_LUA = _LUA_COMMON + """
+local limit, delta = tonumber(ARGV[1]), tonumber(ARGV[2])
+if limit <= 0 or delta == 0 then return 0 end
+local rate = limit / 60000
+local burst = math.max(limit / 60, 1)
+local level, ts = load(KEYS[2], rate, burst)
+store(KEYS[2], rate, burst, math.min(burst, level + delta), ts)
+return 1
+"""
+
+
+class LimiterStopped(Exception):
+    """``acquire`` gave up because ``should_stop()`` returned True; the caller must not call the API."""
+
+
+class RateLimiter:
+    """Requests-per-minute and tokens-per-minute limits shared by every process using ``prefix``.
+
+    Thread-safe (redis-py clients are). Typical use around one OpenAI call::
+
+        estimate = estimate_tokens(messages, max_tokens)
+        limiter.acquire(estimate, should_stop=lambda: context.get_remaining_time_in_millis() < 60_000)
+        try:
+            response = client.chat.completions.create(...)
+        except openai.RateLimitError as exc:
+            limiter.cooldown(retry_after_seconds(exc.response.headers) or 1.0)
+            raise
+        limiter.refund(estimate, response.usage.total_tokens)
+    """
+
+    backoff_initial: float = 0.2  # seconds; first retry delay while Redis is unreachable
+    backoff_max: float = 5.0  # seconds; retry delays double up to this
+    sleep_slice: float = 1.0  # seconds; long waits are cut into slices so should_stop is honoured
+
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        rpm: int,
+        tpm: int,
+        prefix: str = "csv-opener:ratelimit",
+        sleep: Callable[[float], Any] = time.sleep,
+        log: logging.Logger | None = None,
+    ) -> None:
+        if rpm < 0 or tpm < 0:
+            raise ValueError(f"rpm and tpm must be >= 0 (0 = unlimited), got rpm={rpm} tpm={tpm}")
+        self.rpm = int(rpm)
+        self.tpm = int(tpm)
+        self.prefix = prefix
+        self.keys = [f"{prefix}:requests", f"{prefix}:tokens", f"{prefix}:cooldown_until"]
+        self._sleep = sleep
+        self._log = log or logging.getLogger("csv_opener.ratelimit")
+        self._acquire_script = redis_client.register_script(_ACQUIRE_LUA)
+        self._cooldown_script = redis_client.register_script(_COOLDOWN_LUA)
+        self._cooldown_left_script = redis_client.register_script(_COOLDOWN_LEFT_LUA)
+        self._refund_script = redis_client.register_script(_REFUND_LUA)
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def acquire(self, tokens: int, should_stop: Callable[[], bool] = lambda: False) -> float:
+        """Block until one request of ``tokens`` tokens fits the shared budget; return seconds waited.
+
+        Sleeps (in slices of at most ``sleep_slice``) until the reservation is due, then checks
+        once more for a cooldown set meanwhile by someone else's 429 and, if there is one, sleeps
+        it off and reserves again. Raises ``LimiterStopped`` as soon as ``should_stop()`` is True
+        while waiting; the reservation is then simply wasted. Never returns without a reservation,
+        however long Redis stays unreachable.
+        """
+        if tokens < 0:
+            raise ValueError(f"tokens must be >= 0, got {tokens}")
+        if self.tpm and tokens > self.tpm:
+            self._log.warning(
+                "request needs %d tokens, more than the whole %d tokens-per-minute budget", tokens, self.tpm
+            )
+        waited = 0.0
+        while True:
+            wait_ms, slept = self._with_retry(lambda: self._reserve_ms(tokens), should_stop)
+            waited += slept
+            if wait_ms <= 0:
+                return waited  # granted now; the script already accounted for any cooldown
+            waited += self._sleep_for(wait_ms / 1000.0, should_stop)
+            try:
+                left = self._cooldown_left_ms() / 1000.0
+            except _UNAVAILABLE as exc:
+                # The reservation itself was granted under the budget; only the courtesy
+                # re-check failed. Go ahead rather than wait out an outage.
+                self._log.warning("Redis unreachable re-checking the rate-limit cooldown (%s); proceeding", exc)
+                return waited
+            if left <= 0:
+                return waited
+            # A 429 elsewhere paused everyone after we reserved: our slot was handed back
+            # (see _COOLDOWN_LUA), so wait the pause out and queue again behind it.
+            self._log.info("rate-limit cooldown in force; waiting %.2fs before reserving again", left)
+            waited += self._sleep_for(left, should_stop)
+
+    def refund(self, estimated: int, actual: int) -> None:
+        """Give back ``estimated - actual`` tokens (or take more when ``actual`` is larger).
+
+        Best effort: if Redis is unreachable the correction is logged and dropped.
+        """
+        delta = int(estimated) - int(actual)
+        if not self.tpm or delta == 0:
+            return
+        try:
+            self._refund_script(keys=self.keys, args=[self.tpm, delta])
+        except _UNAVAILABLE as exc:
+            self._log.warning("Redis unreachable; token refund of %d dropped (%s)", delta, exc)
+
+    def cooldown(self, seconds: float) -> None:
+        """Pause every acquirer sharing this prefix for ``seconds`` (never shortens a pause).
+
+        Best effort: if Redis is unreachable it is logged; the caller's own retry still goes
+        through ``acquire``, which waits for Redis.
+        """
+        if seconds <= 0:
+            return
+        try:
+            self._cooldown_script(keys=self.keys, args=[self.rpm, self.tpm, float(seconds)])
+        except _UNAVAILABLE as exc:
+            self._log.warning("Redis unreachable; shared cooldown of %.2fs not recorded (%s)", seconds, exc)
+            return
+        self._log.warning("rate-limit cooldown: every worker pauses for %.2fs", seconds)
+
+    def cooldown_remaining(self) -> float:
+        """Seconds left in the shared cooldown (0.0 if none, or if Redis is unreachable)."""
+        try:
+            return self._cooldown_left_ms() / 1000.0
+        except _UNAVAILABLE as exc:
+            self._log.warning("Redis unreachable reading the rate-limit cooldown (%s)", exc)
+            return 0.0
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _reserve_ms(self, tokens: int) -> float:
+        """One reservation (no sleeping, no retry); the wait in ms until it is due."""
+        return float(self._acquire_script(keys=self.keys, args=[self.rpm, self.tpm, 1, int(tokens)]))
+
+    def _cooldown_left_ms(self) -> float:
+        return max(0.0, float(self._cooldown_left_script(keys=self.keys)))
+
+    def _with_retry(self, call: Callable[[], float], should_stop: Callable[[], bool]) -> tuple[float, float]:
+        """Run ``call`` until Redis answers; return (result, seconds slept in backoff)."""
+        slept = 0.0
+        delay = self.backoff_initial
+        attempt = 0
+        while True:
+            try:
+                return call(), slept
+            except _UNAVAILABLE as exc:
+                attempt += 1
+                if should_stop():
+                    raise LimiterStopped(f"gave up waiting for Redis after {attempt} attempt(s): {exc}") from exc
+                pause = delay * random.uniform(0.5, 1.0)
+                self._log.warning(
+                    "Redis unreachable for the rate limiter (%s: %s); attempt %d, retrying in %.2fs",
+                    type(exc).__name__,
+                    exc,
+                    attempt,
+                    pause,
+                )
+                slept += self._sleep_for(pause, should_stop)
+                delay = min(delay * 2, self.backoff_max)
+
+    def _sleep_for(self, seconds: float, should_stop: Callable[[], bool]) -> float:
+        """Sleep ``seconds`` in slices, raising LimiterStopped when ``should_stop()`` turns True."""
+        remaining = seconds
+        slept = 0.0
+        while remaining > 0:
+            if should_stop():
+                raise LimiterStopped(f"stopped with {remaining:.2f}s of the rate-limit wait left")
+            step = min(self.sleep_slice, remaining)
+            self._sleep(step)
+            slept += step
+            remaining -= step
+        return slept
+
+
+# -- helpers for callers ------------------------------------------------------------------------
+
+
+def _message_chars(message: Mapping[str, Any]) -> int:
+    chars = 0
+    content = message.get("content")
+    if isinstance(content, str):
+        chars += len(content)
+    elif isinstance(content, list):  # [{"type": "text", "text": "..."}, ...]
+        for part in content:
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                chars += len(part["text"])
+            elif isinstance(part, str):
+                chars += len(part)
+    name = message.get("name")
+    if isinstance(name, str):
+        chars += len(name)
+    return chars
+
+
+def estimate_tokens(messages: list[dict], max_tokens: int) -> int:
+    """Upper-ish estimate of what one chat request counts against TPM, before sending it.
+
+    About 4 characters per token for the text, 4 tokens of framing per message, plus
+    ``max_tokens``, which OpenAI counts toward TPM up front. ``refund`` corrects it afterwards.
+    """
+    chars = sum(_message_chars(m) for m in messages)
+    return math.ceil(chars / 4) + 4 * len(messages) + max(0, int(max_tokens))
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def _parse_duration(text: str) -> float | None:
+    """Go-style durations as OpenAI sends them: "1s", "6m0s", "20ms", "1.5s", "1h2m3s"."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)  # a bare number: seconds
+    except ValueError:
+        pass
+    total = 0.0
+    pos = 0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    return total if pos == len(text) else None
+
+
+def _parse_retry_after(text: str) -> float | None:
+    """Retry-After: delay-seconds or an HTTP date."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - datetime.now(UTC)).total_seconds()
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """How long a 429 response asks us to wait, in seconds; None if it does not say.
+
+    Reads ``retry-after-ms``, ``retry-after`` (seconds or HTTP date) and
+    ``x-ratelimit-reset-requests`` / ``x-ratelimit-reset-tokens`` ("1s", "6m0s", "20ms", "1.5s"),
+    case-insensitively, and returns the largest (never negative). Unparseable values are ignored.
+    """
+    lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+    candidates: list[float] = []
+
+    def add(value: float | None) -> None:
+        if value is not None and math.isfinite(value):
+            candidates.append(max(0.0, value))
+
+    if "retry-after-ms" in lowered:
+        try:
+            add(float(lowered["retry-after-ms"].strip()) / 1000.0)
+        except ValueError:
+            pass
+    if "retry-after" in lowered:
+        add(_parse_retry_after(lowered["retry-after"]))
+    for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
+        if name in lowered:
+            add(_parse_duration(lowered[name]))
+    return max(candidates) if candidates else None

@@ -1,0 +1,102 @@
+"""Settings: one frozen object read from the environment once per container.
+
+Defaults point at the local stack (LocalStack on 127.0.0.1:4566, local PostgreSQL and Redis),
+so `chalice local` works with no edits; Lambda gets its values from `.chalice/config.json`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+LOCALSTACK_URL = "http://127.0.0.1:4566"
+REGION = "us-east-1"
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def parse_delay_ms(value: str) -> tuple[int, int]:
+    """`"2000-3000"` -> (2000, 3000); `"150"` -> (150, 150); `"0"` -> (0, 0)."""
+    text = value.strip()
+    low, sep, high = text.partition("-")
+    try:
+        lo = int(low)
+        hi = int(high) if sep else lo
+    except ValueError as exc:
+        raise ValueError(f"OPENAI_DUMMY_DELAY_MS must be a number or a range like 2000-3000, got {value!r}") from exc
+    if lo < 0 or hi < lo:
+        raise ValueError(f"OPENAI_DUMMY_DELAY_MS range is invalid: {value!r}")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "postgresql://127.0.0.1:5432/csv_opener"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    openai_api_key: str = ""
+    openai_base_url: str = ""
+    openai_model: str = "gpt-4o-mini"
+    openai_timeout_s: float = 30.0
+    openai_dummy_mode: bool = True
+    openai_dummy_delay_ms: tuple[int, int] = (2000, 3000)
+    openai_rpm: int = 500
+    openai_tpm: int = 200_000
+    chunk_concurrency: int = 16
+    chunk_size: int = 500
+    max_file_size: int = 10 * 1024 * 1024
+    max_concurrent_jobs: int = 10
+    max_retries: int = 3
+    upload_bucket: str = "csv-opener-uploads"
+    chunk_queue_url: str = f"{LOCALSTACK_URL}/000000000000/csv-opener-chunks"
+    dlq_url: str = f"{LOCALSTACK_URL}/000000000000/csv-opener-chunks-dlq"
+    aws_endpoint_url: str | None = LOCALSTACK_URL
+    aws_region: str = REGION
+    cors_allow_origin: str = "*"
+    api_rate_limit_per_minute: int = 600
+    ratelimit_prefix: str = "csv-opener:ratelimit"
+    lease_seconds: int = 300
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        get = env.get
+        api_key = get("OPENAI_API_KEY", "")
+        endpoint = get("AWS_ENDPOINT_URL", LOCALSTACK_URL if not get("AWS_LAMBDA_FUNCTION_NAME") else "")
+        dummy = get("OPENAI_DUMMY_MODE")
+        return cls(
+            database_url=get("DATABASE_URL", cls.database_url),
+            redis_url=get("REDIS_URL", cls.redis_url),
+            openai_api_key=api_key,
+            openai_base_url=get("OPENAI_BASE_URL", ""),
+            openai_model=get("OPENAI_MODEL", cls.openai_model),
+            openai_timeout_s=float(get("OPENAI_TIMEOUT_S", cls.openai_timeout_s)),
+            openai_dummy_mode=_bool(dummy) if dummy else not api_key,
+            openai_dummy_delay_ms=parse_delay_ms(get("OPENAI_DUMMY_DELAY_MS", "2000-3000")),
+            openai_rpm=int(get("OPENAI_RPM", cls.openai_rpm)),
+            openai_tpm=int(get("OPENAI_TPM", cls.openai_tpm)),
+            chunk_concurrency=int(get("CHUNK_CONCURRENCY", cls.chunk_concurrency)),
+            chunk_size=int(get("CHUNK_SIZE", cls.chunk_size)),
+            max_file_size=int(get("MAX_FILE_SIZE", cls.max_file_size)),
+            max_concurrent_jobs=int(get("MAX_CONCURRENT_JOBS", cls.max_concurrent_jobs)),
+            max_retries=int(get("MAX_RETRIES", cls.max_retries)),
+            upload_bucket=get("UPLOAD_BUCKET", cls.upload_bucket),
+            chunk_queue_url=get("CHUNK_QUEUE_URL", cls.chunk_queue_url),
+            dlq_url=get("DLQ_URL", cls.dlq_url),
+            aws_endpoint_url=endpoint or None,
+            aws_region=get("AWS_REGION", get("AWS_DEFAULT_REGION", REGION)),
+            cors_allow_origin=get("CORS_ALLOW_ORIGIN", cls.cors_allow_origin),
+            api_rate_limit_per_minute=int(get("API_RATE_LIMIT_PER_MINUTE", cls.api_rate_limit_per_minute)),
+            ratelimit_prefix=get("RATELIMIT_PREFIX", cls.ratelimit_prefix),
+            lease_seconds=int(get("LEASE_SECONDS", cls.lease_seconds)),
+            log_level=get("LOG_LEVEL", cls.log_level).upper(),
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()

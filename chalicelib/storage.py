@@ -1,0 +1,83 @@
+"""S3 adapter: the upload bucket, around an injected boto3 S3 client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import IO
+
+from botocore.exceptions import ClientError
+
+READ_CHUNK = 256 * 1024
+
+
+class ObjectMissing(LookupError):
+    pass
+
+
+class Storage:
+    def __init__(self, s3_client, bucket: str) -> None:
+        self.s3 = s3_client
+        self.bucket = bucket
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "text/csv") -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+
+    def put_file(self, key: str, fileobj: IO[bytes], content_type: str = "text/csv") -> None:
+        """Multipart upload for big files, bounded memory."""
+        self.s3.upload_fileobj(fileobj, self.bucket, key, ExtraArgs={"ContentType": content_type})
+
+    def size(self, key: str) -> int:
+        try:
+            return self.s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in {"404", "NoSuchKey", "NotFound"}:
+                raise ObjectMissing(key) from exc
+            raise
+
+    def iter_chunks(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in {"404", "NoSuchKey", "NotFound"}:
+                raise ObjectMissing(key) from exc
+            raise
+        try:
+            yield from body.iter_chunks(chunk_size)
+        finally:
+            body.close()
+
+    def read_head(self, key: str, size: int) -> bytes:
+        """The first `size` bytes (a range GET)."""
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{size - 1}")["Body"].read()
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in {"404", "NoSuchKey", "NotFound", "InvalidRange"}:
+                if exc.response["Error"]["Code"] == "InvalidRange":
+                    return b""
+                raise ObjectMissing(key) from exc
+            raise
+
+    def delete(self, key: str) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=key)
+
+    def presigned_put(self, key: str, expires_s: int = 3600, content_type: str = "text/csv") -> str:
+        return self.s3.generate_presigned_url(
+            "put_object",
+            Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
+            ExpiresIn=expires_s,
+        )
+
+    def presigned_get(self, key: str, file_name: str, expires_s: int = 3600) -> str:
+        return self.s3.generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": self.bucket,
+                "Key": key,
+                "ResponseContentDisposition": f'attachment; filename="{file_name}"',
+                "ResponseContentType": "text/csv; charset=utf-8",
+            },
+            ExpiresIn=expires_s,
+        )
+
+    def check(self) -> None:
+        self.s3.head_bucket(Bucket=self.bucket)

@@ -1,0 +1,258 @@
+"""Run the local stack for `make dev` and `make test`.
+
+    python infra/devstack.py dev        # LocalStack :4566 + resources + DB csv_opener + chalice local :8000 + runner
+    python infra/devstack.py test [ARGS] # private LocalStack on a free port + throwaway DB, then pytest ARGS
+    python infra/devstack.py migrate     # apply migrations to DATABASE_URL
+
+Settings come from the environment and an optional `.env` (the environment wins). Everything
+this script starts it stops again, by PID, on exit or Ctrl-C; what it did not start (a LocalStack
+already serving on :4566, the machine's PostgreSQL and Redis) it leaves alone.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import redis
+from dotenv import dotenv_values
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from infra.migrate import migrate  # noqa: E402
+from infra.provision import LOCAL_PARAMETERS, provision  # noqa: E402
+
+LOCALSTACK_PYTHON = ROOT / ".venv-localstack" / "bin" / "python"
+DEV_LOCALSTACK_PORT = 4566
+DEV_API_PORT = 8000
+DEFAULTS = {
+    "DATABASE_URL": "postgresql://127.0.0.1:5432/csv_opener",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+}
+PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+REDIS_START = ('redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
+               "--dir /var/lib/redis --logfile /var/log/redis/ci.log")
+
+
+def say(message: str) -> None:
+    print(f"[devstack] {message}", flush=True)
+
+
+def load_env() -> dict[str, str]:
+    env = dict(DEFAULTS)
+    env.update({k: v for k, v in dotenv_values(ROOT / ".env").items() if v is not None})
+    env.update(os.environ)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def check_services(env: dict[str, str]) -> None:
+    """Fail early, saying which service is missing and how to start it."""
+    problems = []
+    try:
+        psycopg.connect(with_database(env["DATABASE_URL"], "postgres"), connect_timeout=3).close()
+    except psycopg.Error as exc:
+        problems.append(f"PostgreSQL is not answering at {env['DATABASE_URL']} ({exc}).\n"
+                        f"  Start it with: {PG_START}")
+    try:
+        redis.Redis.from_url(env["REDIS_URL"], socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        problems.append(f"Redis is not answering at {env['REDIS_URL']} ({exc}).\n  Start it with: {REDIS_START}")
+    if problems:
+        sys.exit("[devstack] cannot start:\n" + "\n".join(problems))
+
+
+def create_database(env: dict[str, str], name: str) -> bool:
+    """Create database `name` if missing; True when this call created it."""
+    with psycopg.connect(with_database(env["DATABASE_URL"], "postgres"), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return False
+        conn.execute(f'CREATE DATABASE "{name}"')  # name is ours, never user input
+        return True
+
+
+def drop_database(env: dict[str, str], name: str) -> None:
+    with psycopg.connect(with_database(env["DATABASE_URL"], "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def localstack_healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_localstack/health", timeout=2) as resp:
+            return resp.status == 200 and b'"s3"' in resp.read()
+    except OSError:
+        return False
+
+
+def stop_process(proc: subprocess.Popen, name: str, timeout: float = 15) -> None:
+    if proc.poll() is not None:
+        return
+    say(f"stopping {name} (pid {proc.pid})")
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def localstack(port: int, volume_dir: Path) -> Iterator[str]:
+    """Start LocalStack (S3, SQS, CloudFormation) in host mode; yields its URL."""
+    endpoint = f"http://127.0.0.1:{port}"
+    if localstack_healthy(port):
+        say(f"LocalStack already running at {endpoint}; using it")
+        yield endpoint
+        return
+    if not LOCALSTACK_PYTHON.exists():
+        sys.exit("[devstack] .venv-localstack is missing: run `make venv` (make dev/test do it for you)")
+    volume_dir.mkdir(parents=True, exist_ok=True)
+    log_path = volume_dir / "localstack.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LOCALSTACK_"))}
+    env.update(SERVICES="s3,sqs,cloudformation", GATEWAY_LISTEN=f"127.0.0.1:{port}",
+               LOCALSTACK_VOLUME_DIR=str(volume_dir), SQS_ENDPOINT_STRATEGY="path",
+               DISABLE_EVENTS="1", SKIP_SSL_CERT_DOWNLOAD="1", SKIP_INFRA_DOWNLOADS="1")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([str(LOCALSTACK_PYTHON), "-m", "localstack.runtime.main"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, cwd=volume_dir, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not localstack_healthy(port):
+            if proc.poll() is not None:
+                sys.exit(f"[devstack] LocalStack exited with {proc.returncode}; see {log_path}")
+            if time.monotonic() > deadline:
+                sys.exit(f"[devstack] LocalStack not healthy after 90 s; see {log_path}")
+            time.sleep(0.25)
+        say(f"LocalStack ready at {endpoint} (pid {proc.pid}, log {log_path})")
+        yield endpoint
+    finally:
+        stop_process(proc, "LocalStack")
+
+
+def stack_env(env: dict[str, str], endpoint: str, outputs: dict[str, str]) -> dict[str, str]:
+    port = urlsplit(endpoint).port
+    env = dict(env)
+    env.update(
+        AWS_ENDPOINT_URL=endpoint,
+        UPLOAD_BUCKET=outputs["BucketName"],
+        CHUNK_QUEUE_URL=f"{endpoint}/000000000000/{outputs['ChunkQueueArn'].rsplit(':', 1)[1]}",
+        DLQ_URL=f"{endpoint}/000000000000/{outputs['ChunkDeadLetterQueueArn'].rsplit(':', 1)[1]}",
+        DROPS_QUEUE_URL=f"{endpoint}/000000000000/{LOCAL_PARAMETERS['DropsQueueName']}",
+        LOCALSTACK_PORT=str(port),
+    )
+    return env
+
+
+def run_tests(pytest_args: list[str]) -> int:
+    env = load_env()
+    check_services(env)
+    run_id = secrets.token_hex(4)
+    db_name = f"csv_opener_test_{run_id}"
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="csv-opener-test-")))
+        endpoint = stack.enter_context(localstack(free_port(), tmp / "localstack"))
+        outputs = provision(endpoint, parameters=LOCAL_PARAMETERS)
+        create_database(env, db_name)
+        stack.callback(drop_database, env, db_name)
+        test_env = stack_env(env, endpoint, outputs)
+        test_env.update(
+            DATABASE_URL=with_database(env["DATABASE_URL"], db_name),
+            RATELIMIT_PREFIX=f"csv-opener-test-{run_id}:ratelimit",
+            CSV_OPENER_TEST_RUN=run_id,
+            OPENAI_DUMMY_MODE=env.get("OPENAI_DUMMY_MODE", "true"),
+        )
+        test_env.pop("OPENAI_API_KEY", None)  # tests never call a paid API
+        migrate(test_env["DATABASE_URL"])
+        say(f"database {db_name}, running pytest")
+        code = subprocess.call([sys.executable, "-m", "pytest", *pytest_args], env=test_env, cwd=ROOT)
+    if code == 5:
+        say("pytest collected no tests: failing")
+        return 1
+    return code
+
+
+def run_dev() -> int:
+    env = load_env()
+    check_services(env)
+    db_name = urlsplit(env["DATABASE_URL"]).path.lstrip("/") or "csv_opener"
+    with ExitStack() as stack:
+        endpoint = stack.enter_context(localstack(DEV_LOCALSTACK_PORT, ROOT / ".localstack"))
+        outputs = provision(endpoint, parameters=LOCAL_PARAMETERS)
+        say(f"resources ready: {outputs['BucketName']}, {outputs['ChunkQueueArn'].rsplit(':', 1)[1]}")
+        if create_database(env, db_name):
+            say(f"created database {db_name}")
+        applied = migrate(env["DATABASE_URL"])
+        say(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
+        dev_env = stack_env(env, endpoint, outputs)
+        procs = {
+            "chalice local": subprocess.Popen(
+                [str(Path(sys.executable).parent / "chalice"), "local", "--stage", "local",
+                 "--host", "127.0.0.1", "--port", str(DEV_API_PORT)],
+                env=dev_env, cwd=ROOT, start_new_session=True),
+        }
+        runner = ROOT / "infra" / "runner.py"
+        if runner.exists():
+            procs["event runner"] = subprocess.Popen([sys.executable, str(runner)], env=dev_env, cwd=ROOT,
+                                                     start_new_session=True)
+        for name, proc in procs.items():
+            stack.callback(stop_process, proc, name)
+        say(f"API on http://127.0.0.1:{DEV_API_PORT} — Ctrl-C stops everything")
+        try:
+            while all(p.poll() is None for p in procs.values()):
+                time.sleep(0.5)
+            dead = [n for n, p in procs.items() if p.poll() is not None]
+            say(f"{', '.join(dead)} exited; stopping the rest")
+            return 1
+        except KeyboardInterrupt:
+            say("Ctrl-C: stopping")
+            return 0
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the stack as cleanly as Ctrl-C
+    command, *rest = sys.argv[1:] or ["help"]
+    if command == "test":
+        return run_tests(rest)
+    if command == "dev":
+        return run_dev()
+    if command == "migrate":
+        env = load_env()
+        applied = migrate(env["DATABASE_URL"])
+        say(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
+        return 0
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

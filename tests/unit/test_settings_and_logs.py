@@ -1,0 +1,43 @@
+import json
+
+import pytest
+
+from chalicelib import logs
+from chalicelib.settings import Settings, parse_delay_ms
+
+
+def test_defaults_work_for_the_local_stack():
+    s = Settings.from_env({})
+    assert s.openai_dummy_mode is True  # no key -> dummy
+    assert s.upload_bucket == "csv-opener-uploads"
+    assert s.aws_endpoint_url == "http://127.0.0.1:4566"
+    assert (s.chunk_size, s.chunk_concurrency, s.max_retries, s.openai_rpm) == (500, 16, 3, 500)
+
+
+def test_a_key_turns_dummy_mode_off_unless_forced():
+    assert Settings.from_env({"OPENAI_API_KEY": "sk-x"}).openai_dummy_mode is False
+    assert Settings.from_env({"OPENAI_API_KEY": "sk-x", "OPENAI_DUMMY_MODE": "true"}).openai_dummy_mode is True
+
+
+def test_lambda_has_no_localstack_endpoint_by_default():
+    assert Settings.from_env({"AWS_LAMBDA_FUNCTION_NAME": "f"}).aws_endpoint_url is None
+
+
+@pytest.mark.parametrize("text, expected", [("2000-3000", (2000, 3000)), ("150", (150, 150)), ("0", (0, 0))])
+def test_dummy_delay_accepts_a_range_or_a_number(text, expected):
+    assert parse_delay_ms(text) == expected
+
+
+@pytest.mark.parametrize("text", ["fast", "3000-2000", "-5"])
+def test_dummy_delay_rejects_nonsense(text):
+    with pytest.raises(ValueError):
+        parse_delay_ms(text)
+
+
+def test_log_lines_are_json_with_job_and_chunk(capsys):
+    logs.configure("INFO")
+    with logs.log_context(job_id="j1", chunk=3):
+        logs.get_logger("t").info("saved %d results", 5, extra={"batch": 5})
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["message"] == "saved 5 results"
+    assert (line["level"], line["job_id"], line["chunk"], line["batch"]) == ("info", "j1", 3, 5)

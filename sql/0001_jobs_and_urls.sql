@@ -47,6 +47,7 @@ CREATE TABLE urls (
     opener            text,
     error             text,
     retry_count       integer     NOT NULL DEFAULT 0,
+    claimed_by        uuid,
     lease_until       timestamptz,
     prompt_tokens     integer,
     completion_tokens integer,
@@ -59,6 +60,8 @@ CREATE TABLE urls (
 CREATE UNIQUE INDEX urls_job_row_idx ON urls (job_id, row_number);
 -- Claiming a chunk's work, retry and status filters.
 CREATE INDEX urls_job_chunk_status_idx ON urls (job_id, chunk, status);
+-- Rows held by workers right now (metrics, lease expiry).
+CREATE INDEX urls_processing_idx ON urls (lease_until) WHERE status = 'processing';
 -- Throughput over the last minute (GET /api/metrics).
 CREATE INDEX urls_finished_idx ON urls (finished_at) WHERE finished_at IS NOT NULL;
 

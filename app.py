@@ -4,21 +4,24 @@ function with its dependencies, and returns; errors become the SPEC error shape 
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 
 from chalice import Chalice, CORSConfig, Response
 
-from chalicelib import db, deps, logs
-from chalicelib.errors import DomainError
+from chalicelib import apilimit, db, deps, jobs, logs
+from chalicelib.errors import BadRequest, DomainError
 from chalicelib.health import run_checks
+from chalicelib.queue import parse_chunk_message
+from chalicelib.uploads import parse_upload
 
-settings = deps.settings()
-logs.configure(settings.log_level)
+logs.configure(deps.settings().log_level)
 log = logs.get_logger("api")
 
 app = Chalice(app_name="csv-opener")
+app.api.binary_types.extend(["multipart/form-data", "text/csv"])
 app.log.setLevel("CRITICAL")  # Chalice's own error log is replaced by ours (JSON, with request id)
-CORS = CORSConfig(allow_origin=settings.cors_allow_origin, expose_headers=["Retry-After", "X-Request-Id"])
+CORS = CORSConfig(allow_origin=deps.settings().cors_allow_origin, expose_headers=["Retry-After", "X-Request-Id"])
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -43,6 +46,7 @@ def _request_id() -> str:
 def route(path: str, **options):
     """`app.route` whose view turns DomainError into its 4xx and anything else into a logged 500."""
     options.setdefault("cors", CORS)
+    options.setdefault("content_types", ["*/*"])  # bodies are checked by us, with our error shape
 
     def decorator(view):
         @functools.wraps(view)
@@ -63,9 +67,35 @@ def route(path: str, **options):
     return decorator
 
 
+def json_body() -> dict:
+    raw = app.current_request.raw_body or b""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise BadRequest("The body is not valid JSON", code="bad_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The body must be a JSON object", code="bad_json")
+    return body
+
+
+def query() -> dict:
+    return app.current_request.query_params or {}
+
+
 @app.middleware("http")
-def security_headers(event, get_response):
-    response = get_response(event)
+def hygiene(event, get_response):
+    """Per-client request limit, then security headers on every response."""
+    retry_after = None
+    if event.path != "/health":
+        limit = deps.settings().api_rate_limit_per_minute
+        retry_after = apilimit.check(deps.redis_client(), client_id_of(event), limit)
+    if retry_after is not None:
+        response = error_response(429, "rate_limited",
+                                  f"Too many requests; try again in {retry_after} s", {"Retry-After": str(retry_after)})
+    else:
+        response = get_response(event)
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     return response
@@ -81,3 +111,98 @@ def health():
         "sqs": sqs.check,
     })
     return Response(body, status_code=200 if ok else 503)
+
+
+def client_id_of(event) -> str:
+    identity = (event.context or {}).get("identity") or {}
+    return identity.get("sourceIp") or "unknown"
+
+
+@route("/api/upload", methods=["POST"])
+def upload():
+    request = app.current_request
+    upload = parse_upload(request.headers, query(), request.raw_body, deps.settings().max_file_size)
+    body = jobs.create_from_upload(deps.conn(), deps.storage(), file_name=upload.file_name, data=upload.data,
+                                   url_column=upload.url_column)
+    return Response(body, status_code=201)
+
+
+@route("/api/upload/url", methods=["POST"])
+def upload_url():
+    body = json_body()
+    result = jobs.create_presigned_upload(deps.conn(), deps.storage(), file_name=body.get("file_name"),
+                                          url_column=body.get("url_column"))
+    return Response(result, status_code=201)
+
+
+@route("/api/upload/process", methods=["POST"])
+def process():
+    body = json_body()
+    job_id = body.get("job_id") or body.get("jobId")
+    if not job_id:
+        raise BadRequest("job_id is required", code="missing_job_id")
+    result = jobs.start(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), job_id,
+                        instructions=body.get("instructions"), model=body.get("model"))
+    return Response(result, status_code=202)
+
+
+@route("/api/jobs", methods=["GET"])
+def list_jobs():
+    q = query()
+    return jobs.list_(deps.conn(), status=q.get("status"), limit=q.get("limit"), cursor=q.get("cursor"))
+
+
+@route("/api/jobs/{job_id}", methods=["GET"])
+def get_job(job_id):
+    return jobs.get(deps.conn(), job_id)
+
+
+@route("/api/jobs/{job_id}/results", methods=["GET"])
+def job_results(job_id):
+    q = query()
+    return jobs.results(deps.conn(), job_id, status=q.get("status"), limit=q.get("limit"), cursor=q.get("cursor"))
+
+
+@route("/api/jobs/{job_id}/retry", methods=["POST"])
+def retry_job(job_id):
+    return Response(jobs.retry(deps.conn(), deps.chunk_queue(), job_id), status_code=202)
+
+
+@route("/api/upload/{job_id}/cancel", methods=["POST"])
+def cancel_job(job_id):
+    return jobs.cancel(deps.conn(), job_id)
+
+
+@route("/api/upload/{job_id}/download", methods=["GET"])
+def download(job_id):
+    kind, payload, name = jobs.download(deps.conn(), deps.storage(), job_id)
+    if kind == "redirect":
+        return Response("", status_code=302, headers={"Location": payload})
+    return Response(payload, status_code=200, headers={
+        "Content-Type": "text/csv; charset=utf-8",
+        "Content-Disposition": f'attachment; filename="{name}"',
+    })
+
+
+@route("/api/metrics", methods=["GET"])
+def metrics():
+    return jobs.metrics(deps.conn(), deps.chunk_queue())
+
+
+@app.on_sqs_message(queue="csv-opener-chunks", batch_size=1, name="process_chunk")
+def process_chunk(event, context=None):
+    """One chunk message. Bad messages are logged and acknowledged; unexpected errors raise so
+    SQS redelivers and, after maxReceiveCount, the dead-letter queue keeps the message."""
+    for record in event:
+        try:
+            job_id, chunk = parse_chunk_message(record.body)
+        except ValueError:
+            log.error("malformed chunk message dropped", extra={"body": record.body[:500]})
+            continue
+        deps.chunk_worker().process_chunk(job_id, chunk, remaining_seconds(context))
+
+
+def remaining_seconds(context):
+    if context is None or not hasattr(context, "get_remaining_time_in_millis"):
+        return lambda: float("inf")
+    return lambda: context.get_remaining_time_in_millis() / 1000

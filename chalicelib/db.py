@@ -12,6 +12,7 @@ import threading
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 _local = threading.local()
 
@@ -33,3 +34,317 @@ def get_conn(database_url: str) -> psycopg.Connection:
 
 def ping(conn: psycopg.Connection) -> None:
     conn.execute("SELECT 1").fetchone()
+
+
+# ---------------------------------------------------------------- jobs
+
+def _json(value):
+    return None if value is None else Jsonb(value)
+
+
+# progress = round(100 * (processed + failed) / total), for a `done` expression
+PROGRESS = "CASE WHEN j.total_rows = 0 THEN 0 ELSE round(100.0 * ({done}) / j.total_rows) END"
+
+JOB_COLUMNS = """id, file_name, file_path, status, total_rows, processed_rows, failed_rows, progress,
+    invalid_rows, url_column, columns, layout, errors, chunks, instructions, model, source, error,
+    result_path, prompt_tokens, completion_tokens, started_at, finished_at, created_at, updated_at"""
+
+
+def insert_job(conn, *, job_id: str, file_name: str, file_path: str, source: str,
+               source_key: str | None = None, layout: dict | None = None, columns: list[str] | None = None,
+               url_column: str | None = None, total_rows: int = 0, invalid_rows: int = 0,
+               errors: list[dict] | None = None, status: str = "pending", error: str | None = None) -> dict | None:
+    """Insert a job; None when `source_key` already started one (a duplicate S3 notification)."""
+    return conn.execute(
+        f"""INSERT INTO jobs (id, file_name, file_path, source, source_key, layout, columns, url_column,
+                              total_rows, invalid_rows, errors, status, error)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (source_key) DO NOTHING
+            RETURNING {JOB_COLUMNS}""",
+        (job_id, file_name, file_path, source, source_key, _json(layout), _json(columns), url_column,
+         total_rows, invalid_rows, Jsonb(errors or []), status, error),
+    ).fetchone()
+
+
+def get_job(conn, job_id: str, *, lock: bool = False) -> dict | None:
+    """The job; with `lock`, row-locked (NOWAIT) for the caller's transaction."""
+    suffix = " FOR UPDATE NOWAIT" if lock else ""
+    return conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s{suffix}", (job_id,)).fetchone()
+
+
+def get_job_status(conn, job_id: str) -> str | None:
+    row = conn.execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    return row["status"] if row else None
+
+
+def list_jobs(conn, *, status: str | None, limit: int, after: tuple | None) -> list[dict]:
+    """Newest first; `after` = (created_at, id) of the last job of the previous page."""
+    where, params = [], []
+    if status:
+        where.append("status = %s")
+        params.append(status)
+    if after:
+        where.append("(created_at, id) < (%s, %s)")
+        params.extend(after)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    return conn.execute(
+        f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY created_at DESC, id DESC LIMIT %s",
+        (*params, limit),
+    ).fetchall()
+
+
+def update_job(conn, job_id: str, **fields) -> dict | None:
+    """Set the given columns (names are ours, never user input)."""
+    assignments = ", ".join(f"{name} = %s" for name in fields)
+    values = [_json(v) if isinstance(v, dict | list) else v for v in fields.values()]
+    return conn.execute(
+        f"UPDATE jobs SET {assignments} WHERE id = %s RETURNING {JOB_COLUMNS}", (*values, job_id)
+    ).fetchone()
+
+
+def start_job(conn, job_id: str, *, total_rows: int, invalid_rows: int, chunks: int,
+              instructions: str | None, model: str | None) -> dict:
+    return conn.execute(
+        f"""UPDATE jobs SET status = 'processing', total_rows = %s, invalid_rows = %s, chunks = %s,
+                   instructions = %s, model = %s, started_at = now(), error = NULL
+            WHERE id = %s RETURNING {JOB_COLUMNS}""",
+        (total_rows, invalid_rows, chunks, instructions, model, job_id),
+    ).fetchone()
+
+
+def unstart_job(conn, job_id: str) -> None:
+    """Undo `start_job` when its chunk messages could not be sent."""
+    conn.execute("DELETE FROM urls WHERE job_id = %s", (job_id,))
+    conn.execute(
+        """UPDATE jobs SET status = 'pending', chunks = 0, processed_rows = 0, failed_rows = 0, progress = 0,
+                  started_at = NULL WHERE id = %s""",
+        (job_id,),
+    )
+
+
+def cancel_job(conn, job_id: str) -> dict | None:
+    return conn.execute(
+        f"""UPDATE jobs SET status = 'canceled', finished_at = now()
+            WHERE id = %s AND status IN ('pending', 'processing') RETURNING {JOB_COLUMNS}""",
+        (job_id,),
+    ).fetchone()
+
+
+def complete_job_if_done(conn, job_id: str) -> dict | None:
+    """Move the job to completed exactly once: only the caller whose update matched gets the row."""
+    return conn.execute(
+        f"""UPDATE jobs SET status = 'completed', finished_at = now()
+            WHERE id = %s AND status = 'processing' AND processed_rows + failed_rows = total_rows
+            RETURNING {JOB_COLUMNS}""",
+        (job_id,),
+    ).fetchone()
+
+
+def jobs_by_status(conn) -> dict[str, int]:
+    rows = conn.execute("SELECT status, count(*) AS n FROM jobs GROUP BY status").fetchall()
+    return {r["status"]: r["n"] for r in rows}
+
+
+def url_totals(conn) -> dict[str, int]:
+    """URLs by status from the job counters plus the (small, indexed) set being processed."""
+    row = conn.execute(
+        """SELECT coalesce(sum(processed_rows), 0) AS completed, coalesce(sum(failed_rows), 0) AS failed,
+                  coalesce(sum(total_rows - processed_rows - failed_rows), 0) AS unfinished,
+                  (SELECT count(*) FROM urls WHERE status = 'processing') AS processing,
+                  (SELECT count(*) FROM urls WHERE finished_at > now() - interval '1 minute') AS last_minute
+           FROM jobs"""
+    ).fetchone()
+    return {
+        "pending": int(row["unfinished"]) - row["processing"],
+        "processing": row["processing"],
+        "completed": int(row["completed"]),
+        "failed": int(row["failed"]),
+        "finished_last_minute": row["last_minute"],
+    }
+
+
+# ---------------------------------------------------------------- urls
+
+def copy_urls(conn, job_id: str, rows) -> int:
+    """Bulk insert (row_number, chunk, url) tuples with COPY; returns the count."""
+    count = 0
+    with conn.cursor() as cur, cur.copy("COPY urls (job_id, row_number, chunk, url) FROM STDIN") as copy:
+        for row_number, chunk, url in rows:
+            copy.write_row((job_id, row_number, chunk, url))
+            count += 1
+    return count
+
+
+def results_page(conn, job_id: str, *, status: str | None, limit: int, after_row: int) -> list[dict]:
+    status_clause = "AND status = %s" if status else ""
+    params = (job_id, after_row, *([status] if status else []), limit)
+    return conn.execute(
+        f"""SELECT id, row_number AS row, url, status, opener, error, retry_count FROM urls
+            WHERE job_id = %s AND row_number > %s {status_clause}
+            ORDER BY row_number LIMIT %s""",
+        params,
+    ).fetchall()
+
+
+def iter_results(conn, job_id: str, batch: int = 5000):
+    """Every URL row of the job in file order, in keyset batches (bounded memory, no long cursor)."""
+    after = 0
+    while True:
+        rows = conn.execute(
+            """SELECT row_number, status, opener, error FROM urls
+               WHERE job_id = %s AND row_number > %s ORDER BY row_number LIMIT %s""",
+            (job_id, after, batch),
+        ).fetchall()
+        yield from rows
+        if len(rows) < batch:
+            return
+        after = rows[-1]["row_number"]
+
+
+def reset_for_retry(conn, job_id: str, include_unfinished: bool) -> tuple[int, int, list[int]]:
+    """Failed URLs (and, for a canceled job, unfinished ones) back to pending.
+    Returns (URLs reset, how many of them had failed, chunks to enqueue). Call in a transaction
+    together with `restart_job`, which moves the counters."""
+    statuses = ["failed", "pending", "processing"] if include_unfinished else ["failed"]
+    row = conn.execute(
+        """WITH target AS (
+               SELECT id, status AS old_status, chunk FROM urls
+               WHERE job_id = %s AND status = ANY(%s) FOR UPDATE
+           ), reset AS (
+               UPDATE urls u SET status = 'pending', error = NULL, claimed_by = NULL, lease_until = NULL,
+                                 finished_at = NULL
+               FROM target t WHERE u.id = t.id
+               RETURNING t.old_status, t.chunk
+           )
+           SELECT count(*) AS n, count(*) FILTER (WHERE old_status = 'failed') AS failed,
+                  coalesce(array_agg(DISTINCT chunk ORDER BY chunk), '{}') AS chunks
+           FROM reset""",
+        (job_id, statuses),
+    ).fetchone()
+    return row["n"], row["failed"], list(row["chunks"])
+
+
+def restart_job(conn, job_id: str, failed_reset: int) -> dict:
+    return conn.execute(
+        f"""UPDATE jobs j SET status = 'processing', failed_rows = failed_rows - %(f)s, finished_at = NULL,
+                   result_path = NULL, error = NULL,
+                   progress = {PROGRESS.format(done="processed_rows + failed_rows - %(f)s")}
+            WHERE j.id = %(job)s RETURNING {JOB_COLUMNS}""",
+        {"f": failed_reset, "job": job_id},
+    ).fetchone()
+
+
+# ---------------------------------------------------------------- chunk worker
+
+def claim_urls(conn, job_id: str, chunk: int, owner: str, limit: int, lease_s: int) -> list[dict]:
+    """Take up to `limit` unfinished URLs of the chunk: pending ones, or ones whose holder's lease
+    ran out. Rows another live invocation holds are skipped; nothing is taken unless the job
+    is processing (a cancel stops new claims at once)."""
+    return conn.execute(
+        """UPDATE urls u SET status = 'processing', claimed_by = %(owner)s,
+                  lease_until = now() + make_interval(secs => %(lease)s)
+           FROM (
+               SELECT id FROM urls
+               WHERE job_id = %(job)s AND chunk = %(chunk)s
+                 AND (status = 'pending' OR (status = 'processing' AND lease_until < now()))
+                 AND EXISTS (SELECT 1 FROM jobs WHERE id = %(job)s AND status = 'processing')
+               ORDER BY row_number LIMIT %(limit)s
+               FOR UPDATE SKIP LOCKED
+           ) c
+           WHERE u.id = c.id
+           RETURNING u.id, u.url, u.row_number, u.retry_count""",
+        {"owner": owner, "lease": lease_s, "job": job_id, "chunk": chunk, "limit": limit},
+    ).fetchall()
+
+
+def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
+    """Write finished URLs and move the job's counters in one statement (atomic, so the
+    invariant processed + failed + unfinished = total always holds). Rows this owner no longer
+    holds (lease taken over, job retried) are not written and not counted.
+    Each result: id, status ('completed' | 'failed'), opener, error, retry_count, prompt_tokens,
+    completion_tokens. Returns the job's status and counters after the write."""
+    columns = ("id", "status", "opener", "error", "retry_count", "prompt_tokens", "completion_tokens")
+    arrays = {c: [r[c] for r in results] for c in columns}
+    return conn.execute(
+        f"""WITH r AS (
+               SELECT * FROM unnest(%(id)s::uuid[], %(status)s::text[], %(opener)s::text[], %(error)s::text[],
+                                    %(retry_count)s::int[], %(prompt_tokens)s::int[], %(completion_tokens)s::int[])
+                    AS r(id, status, opener, error, retry_count, prompt_tokens, completion_tokens)
+           ), saved AS (
+               UPDATE urls u SET status = r.status, opener = r.opener, error = r.error,
+                      retry_count = r.retry_count, prompt_tokens = r.prompt_tokens,
+                      completion_tokens = r.completion_tokens, finished_at = now(),
+                      claimed_by = NULL, lease_until = NULL
+               FROM r WHERE u.id = r.id AND u.status = 'processing' AND u.claimed_by = %(owner)s
+               RETURNING r.status, r.prompt_tokens, r.completion_tokens
+           ), s AS (
+               SELECT count(*) FILTER (WHERE status = 'completed') AS done,
+                      count(*) FILTER (WHERE status = 'failed') AS failed,
+                      coalesce(sum(prompt_tokens), 0) AS pt, coalesce(sum(completion_tokens), 0) AS ct
+               FROM saved
+           )
+           UPDATE jobs j SET processed_rows = j.processed_rows + s.done, failed_rows = j.failed_rows + s.failed,
+                  prompt_tokens = j.prompt_tokens + s.pt, completion_tokens = j.completion_tokens + s.ct,
+                  progress = {PROGRESS.format(done="j.processed_rows + s.done + j.failed_rows + s.failed")}
+           FROM s WHERE j.id = %(job)s
+           RETURNING j.status, j.total_rows, j.processed_rows, j.failed_rows, s.done + s.failed AS saved""",
+        {**arrays, "owner": owner, "job": job_id},
+    ).fetchone()
+
+
+def release_urls(conn, owner: str, ids: list) -> int:
+    """Give claimed, unfinished URLs back (cancel, deadline) so any invocation can take them."""
+    if not ids:
+        return 0
+    return conn.execute(
+        """UPDATE urls SET status = 'pending', claimed_by = NULL, lease_until = NULL
+           WHERE id = ANY(%s) AND claimed_by = %s AND status = 'processing'""",
+        (ids, owner),
+    ).rowcount
+
+
+def renew_leases(conn, owner: str, lease_s: int) -> int:
+    return conn.execute(
+        """UPDATE urls SET lease_until = now() + make_interval(secs => %s)
+           WHERE claimed_by = %s AND status = 'processing'""",
+        (lease_s, owner),
+    ).rowcount
+
+
+def chunk_lease_left(conn, job_id: str, chunk: int) -> float | None:
+    """Seconds until the last lease on the chunk's unfinished rows runs out (0 if pending rows
+    wait with no lease); None when the chunk is finished or the job is not processing."""
+    row = conn.execute(
+        """SELECT count(*) AS n,
+                  coalesce(max(extract(epoch FROM lease_until - now())) FILTER (WHERE status = 'processing'), 0)
+                      AS left_s
+           FROM urls
+           WHERE job_id = %s AND chunk = %s AND status IN ('pending', 'processing')
+             AND EXISTS (SELECT 1 FROM jobs WHERE id = %s AND status = 'processing')""",
+        (job_id, chunk, job_id),
+    ).fetchone()
+    return max(0.0, float(row["left_s"])) if row["n"] else None
+
+
+def chunk_unfinished(conn, job_id: str, chunk: int) -> int:
+    return conn.execute(
+        "SELECT count(*) AS n FROM urls WHERE job_id = %s AND chunk = %s AND status IN ('pending', 'processing')",
+        (job_id, chunk),
+    ).fetchone()["n"]
+
+
+def fail_chunk(conn, job_id: str, chunk: int, error: str) -> dict:
+    """Give up on a chunk's unfinished URLs (its message is going to the dead-letter queue)."""
+    return conn.execute(
+        f"""WITH failed AS (
+               UPDATE urls SET status = 'failed', error = %(error)s, claimed_by = NULL, lease_until = NULL,
+                               finished_at = now()
+               WHERE job_id = %(job)s AND chunk = %(chunk)s AND status IN ('pending', 'processing')
+               RETURNING 1
+           ), s AS (SELECT count(*) AS n FROM failed)
+           UPDATE jobs j SET failed_rows = j.failed_rows + s.n, error = %(error)s,
+                  progress = {PROGRESS.format(done="j.processed_rows + j.failed_rows + s.n")}
+           FROM s WHERE j.id = %(job)s
+           RETURNING j.status, s.n AS failed""",
+        {"job": job_id, "chunk": chunk, "error": error},
+    ).fetchone()

@@ -57,3 +57,23 @@ def redis_client() -> redis.Redis:
 def conn():
     """This thread's PostgreSQL connection."""
     return db.get_conn(get_settings().database_url)
+
+
+@lru_cache(maxsize=1)
+def opener_generator():
+    from chalicelib.openers import OpenerGenerator, build_client
+    from chalicelib.ratelimit import RateLimiter
+
+    s = get_settings()
+    limiter = RateLimiter(redis_client(), s.openai_rpm, s.openai_tpm, prefix=s.ratelimit_prefix)
+    return OpenerGenerator(build_client(s), limiter, s.openai_model, max_retries=s.max_retries)
+
+
+@lru_cache(maxsize=1)
+def chunk_worker():
+    from chalicelib import jobs
+    from chalicelib.worker import ChunkWorker
+
+    s = get_settings()
+    return ChunkWorker(get_conn=conn, generator=opener_generator(), storage=storage(), queue=chunk_queue(),
+                       settings=s, export=lambda job: jobs.export_job(conn, storage(), job))

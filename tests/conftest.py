@@ -14,7 +14,7 @@ from chalicelib.settings import get_settings
 
 def _reset_caches() -> None:
     get_settings.cache_clear()
-    for factory in (deps.storage, deps.chunk_queue, deps.redis_client):
+    for factory in (deps.storage, deps.chunk_queue, deps.redis_client, deps.opener_generator, deps.chunk_worker):
         factory.cache_clear()
 
 

@@ -1,0 +1,468 @@
+"""Job service: create a job from an upload, start it, cancel, retry, read it back, export it.
+
+Functions take primitives plus the adapters they need (connection, Storage, ChunkQueue,
+Settings), so tests hand in real or fake ones. Nothing half-written survives a failure: an
+upload that fails validation stores nothing; a start that fails midway rolls back.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import io
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
+from datetime import datetime
+from typing import IO
+
+import psycopg
+import tenacity
+
+from chalicelib import csvfile, db
+from chalicelib.errors import BadRequest, Conflict, DomainError, NotFound
+from chalicelib.logs import get_logger
+from chalicelib.queue import ChunkQueue
+from chalicelib.settings import Settings
+from chalicelib.storage import ObjectMissing, Storage
+from chalicelib.uploads import check_size, safe_file_name
+
+log = get_logger("jobs")
+
+JOB_STATUSES = ("pending", "processing", "completed", "failed", "canceled")
+URL_STATUSES = ("pending", "processing", "completed", "failed")
+EXTRA_COLUMNS = ("opener", "opener_status", "opener_error")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+INLINE_DOWNLOAD_LIMIT = 5 * 1024 * 1024  # larger downloads go through S3 (API Gateway caps ~6 MB)
+MAX_INSTRUCTIONS = 2000
+
+
+# ---------------------------------------------------------------- shapes
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def job_json(job: dict) -> dict:
+    return {
+        "id": str(job["id"]),
+        "file_name": job["file_name"],
+        "status": job["status"],
+        "total_rows": job["total_rows"],
+        "processed_rows": job["processed_rows"],
+        "failed_rows": job["failed_rows"],
+        "progress": job["progress"],
+        "invalid_rows": job["invalid_rows"],
+        "url_column": job["url_column"],
+        "chunks": job["chunks"],
+        "source": job["source"],
+        "instructions": job["instructions"],
+        "model": job["model"],
+        "error": job["error"],
+        "result_path": job["result_path"],
+        "prompt_tokens": job["prompt_tokens"],
+        "completion_tokens": job["completion_tokens"],
+        "created_at": _iso(job["created_at"]),
+        "updated_at": _iso(job["updated_at"]),
+        "started_at": _iso(job["started_at"]),
+        "finished_at": _iso(job["finished_at"]),
+    }
+
+
+def _encode_cursor(*parts: object) -> str:
+    return base64.urlsafe_b64encode("|".join(str(p) for p in parts).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, count: int) -> list[str]:
+    try:
+        parts = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        parts = []
+    if len(parts) != count:
+        raise BadRequest("cursor is not valid; pass back next_cursor from the previous page", code="bad_cursor")
+    return parts
+
+
+def parse_limit(value: str | None, default: int, maximum: int) -> int:
+    if value is None or value == "":
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= maximum:
+        raise BadRequest(f"limit must be a whole number from 1 to {maximum}", code="bad_limit")
+    return int(value)
+
+
+def _check_status(value: str | None, allowed: tuple[str, ...]) -> str | None:
+    if value and value not in allowed:
+        raise BadRequest(f"status must be one of {', '.join(allowed)}", code="bad_status")
+    return value or None
+
+
+def _job_id(value: str | None) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise NotFound(f"No job with id '{value}'", code="job_not_found") from None
+
+
+def require_job(conn, job_id: str) -> dict:
+    job = db.get_job(conn, _job_id(job_id))
+    if job is None:
+        raise NotFound(f"No job with id '{job_id}'", code="job_not_found")
+    return job
+
+
+def _csv_error(exc: csvfile.CsvError) -> DomainError:
+    return DomainError(exc.message, code=exc.code, status=exc.status)
+
+
+def _layout_dict(layout: csvfile.Layout) -> dict:
+    return asdict(layout)
+
+
+def _layout(job: dict) -> csvfile.Layout:
+    data = dict(job["layout"])
+    data["columns"] = tuple(data["columns"])
+    return csvfile.Layout(**data)
+
+
+# ---------------------------------------------------------------- create
+
+def create_from_upload(conn, storage: Storage, *, file_name: str, data: bytes, url_column: str | None) -> dict:
+    """Validate the CSV, store the original in S3, create the pending job. -> 201 body."""
+    try:
+        summary = csvfile.summarize([data], url_column)
+    except csvfile.CsvError as exc:
+        raise _csv_error(exc) from None
+    job_id = str(uuid.uuid4())
+    key = f"uploads/{job_id}/{safe_file_name(file_name)}"
+    storage.put_bytes(key, data)
+    try:
+        job = db.insert_job(conn, job_id=job_id, file_name=file_name, file_path=key, source="upload",
+                            layout=_layout_dict(summary.layout), columns=list(summary.layout.columns),
+                            url_column=summary.layout.url_column, total_rows=summary.total_rows,
+                            invalid_rows=summary.invalid_rows, errors=summary.errors)
+    except Exception:
+        storage.delete(key)  # no orphan object for a job that does not exist
+        raise
+    log.info("upload stored", extra={"job_id": job_id, "total_rows": summary.total_rows,
+                                     "invalid_rows": summary.invalid_rows, "bytes": len(data)})
+    return upload_body(job, summary)
+
+
+def upload_body(job: dict, summary: csvfile.Summary) -> dict:
+    return {
+        "job": job_json(job),
+        "url_column": summary.layout.url_column,
+        "columns": list(summary.layout.columns),
+        "total_rows": summary.total_rows,
+        "invalid_rows": summary.invalid_rows,
+        "errors": summary.errors,
+    }
+
+
+def create_presigned_upload(conn, storage: Storage, *, file_name: str | None, url_column: str | None = None) -> dict:
+    """A pending job plus a presigned PUT URL; the file is validated by `start`."""
+    if not file_name or not isinstance(file_name, str):
+        raise BadRequest("file_name is required, e.g. {\"file_name\": \"leads.csv\"}", code="missing_file_name")
+    from chalicelib.uploads import check_file_type
+
+    name = safe_file_name(file_name)
+    check_file_type(name, "text/csv")
+    job_id = str(uuid.uuid4())
+    key = f"uploads/{job_id}/{name}"
+    job = db.insert_job(conn, job_id=job_id, file_name=name, file_path=key, source="presigned",
+                        url_column=url_column or None)
+    return {"job": job_json(job), "upload_url": storage.presigned_put(key), "method": "PUT",
+            "headers": {"Content-Type": "text/csv"}}
+
+
+def _validate_stored(conn, storage: Storage, settings: Settings, job: dict) -> dict:
+    """Validate a presigned upload as /api/upload would; a bad file fails the job with the reason."""
+    try:
+        try:
+            check_size(storage.size(job["file_path"]), settings.max_file_size)
+        except ObjectMissing:
+            raise BadRequest("The file has not been uploaded yet; PUT it to upload_url first",
+                             code="file_not_uploaded") from None
+        summary = csvfile.summarize(storage.iter_chunks(job["file_path"]), job["url_column"])
+    except csvfile.CsvError as exc:
+        error = _csv_error(exc)
+    except DomainError as exc:
+        if exc.code == "file_not_uploaded":
+            raise
+        error = exc
+    else:
+        return db.update_job(conn, job["id"], layout=_layout_dict(summary.layout),
+                             columns=list(summary.layout.columns), url_column=summary.layout.url_column,
+                             total_rows=summary.total_rows, invalid_rows=summary.invalid_rows,
+                             errors=summary.errors)
+    db.update_job(conn, job["id"], status="failed", error=error.message, finished_at=datetime.now().astimezone())
+    raise error
+
+
+# ---------------------------------------------------------------- start
+
+def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, job_id: str, *,
+          instructions: str | None = None, model: str | None = None) -> dict:
+    """Store the job's URLs (COPY), job -> processing, then enqueue one message per chunk. -> 202 body.
+
+    Exactly once: the job row is locked NOWAIT and must be pending, so a concurrent or second
+    call gets 409. Messages go out only after the commit (a worker never sees a message before
+    its rows); if enqueueing then fails, the start is undone (rows deleted, job pending again) so
+    the job is never left half-started, and the caller can simply call again.
+    """
+    instructions = _clean_text(instructions, "instructions", MAX_INSTRUCTIONS)
+    model = _clean_text(model, "model", 100)
+    job = require_job(conn, job_id)
+    if job["status"] == "pending" and job["layout"] is None:
+        job = _validate_stored(conn, storage, settings, job)
+    try:
+        with conn.transaction():
+            job = db.get_job(conn, job["id"], lock=True)
+            if job["status"] != "pending":
+                raise Conflict(f"Job is already {job['status']}; it can be started once", code="already_started")
+            rows = _url_rows(storage.iter_chunks(job["file_path"]), _layout(job), settings.chunk_size)
+            total = db.copy_urls(conn, job["id"], rows)
+            if total == 0:
+                raise BadRequest("The file has no valid URL", code="no_valid_urls")
+            chunks = -(-total // settings.chunk_size)
+            job = db.start_job(conn, job["id"], total_rows=total, invalid_rows=job["invalid_rows"],
+                               chunks=chunks, instructions=instructions, model=model)
+    except psycopg.errors.LockNotAvailable:
+        raise Conflict("Job is being started by another request", code="already_started") from None
+    try:
+        queue.send_chunks(str(job["id"]), range(chunks))
+    except Exception:
+        log.exception("enqueueing failed; undoing the start", extra={"job_id": str(job["id"])})
+        with conn.transaction():
+            db.unstart_job(conn, job["id"])
+        raise
+    log.info("job started", extra={"job_id": str(job["id"]), "total_rows": total, "chunks": chunks})
+    return {"job": job_json(job), "chunks": chunks}
+
+
+def _url_rows(chunks: Iterable[bytes], layout: csvfile.Layout, chunk_size: int) -> Iterator[tuple[int, int, str]]:
+    index = 0
+    for row, _record in csvfile.iter_rows(chunks, layout):
+        if row.url is not None:
+            yield row.row, index // chunk_size, row.url
+            index += 1
+
+
+def _clean_text(value, name: str, limit: int) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string", code=f"bad_{name}")
+    value = value.strip()
+    if len(value) > limit:
+        raise BadRequest(f"{name} is longer than {limit} characters", code=f"bad_{name}")
+    return value or None
+
+
+# ---------------------------------------------------------------- control
+
+def cancel(conn, job_id: str) -> dict:
+    job = require_job(conn, job_id)
+    canceled = db.cancel_job(conn, job["id"])
+    if canceled is None:
+        raise Conflict(f"Job is already {job['status']}; only pending or processing jobs can be canceled",
+                       code="not_cancelable")
+    log.info("job canceled", extra={"job_id": str(job["id"])})
+    return {"job": job_json(canceled)}
+
+
+def retry(conn, queue: ChunkQueue, job_id: str) -> dict:
+    """Failed URLs (and a canceled or failed job's unfinished ones) back to pending, job ->
+    processing, then their chunks are enqueued again (after the commit, as in `start`)."""
+    job = require_job(conn, job_id)
+    try:
+        with conn.transaction():
+            job = db.get_job(conn, job["id"], lock=True)
+            if job["status"] not in ("completed", "failed", "canceled"):
+                raise Conflict(f"Job is {job['status']}; retry a completed, failed or canceled job",
+                               code="not_retryable")
+            retried, failed, chunks = db.reset_for_retry(conn, job["id"], job["status"] != "completed")
+            if retried == 0:
+                raise Conflict("Nothing to retry: no failed or unprocessed URLs", code="nothing_to_retry")
+            job = db.restart_job(conn, job["id"], failed)
+    except psycopg.errors.LockNotAvailable:
+        raise Conflict("Job is being changed by another request", code="busy") from None
+    try:
+        queue.send_chunks(str(job["id"]), chunks)
+    except Exception as exc:
+        log.exception("enqueueing the retry failed", extra={"job_id": str(job["id"])})
+        db.update_job(conn, job["id"], status="failed",
+                      error=f"Could not queue the retry ({type(exc).__name__}); call retry again")
+        raise
+    log.info("job retried", extra={"job_id": str(job["id"]), "retried": retried, "chunks": len(chunks)})
+    return {"job": job_json(job), "retried": retried, "chunks": len(chunks)}
+
+
+# ---------------------------------------------------------------- read
+
+def get(conn, job_id: str) -> dict:
+    return {"job": job_json(require_job(conn, job_id))}
+
+
+def list_(conn, *, status: str | None, limit: str | None, cursor: str | None) -> dict:
+    status = _check_status(status, JOB_STATUSES)
+    size = parse_limit(limit, 20, 100)
+    after = None
+    if cursor:
+        created, job_id = _decode_cursor(cursor, 2)
+        try:
+            after = (datetime.fromisoformat(created), str(uuid.UUID(job_id)))
+        except ValueError:
+            raise BadRequest("cursor is not valid", code="bad_cursor") from None
+    rows = db.list_jobs(conn, status=status, limit=size + 1, after=after)
+    page = rows[:size]
+    next_cursor = _encode_cursor(page[-1]["created_at"].isoformat(), page[-1]["id"]) if len(rows) > size else None
+    return {"jobs": [job_json(j) for j in page], "next_cursor": next_cursor}
+
+
+def results(conn, job_id: str, *, status: str | None, limit: str | None, cursor: str | None) -> dict:
+    job = require_job(conn, job_id)
+    status = _check_status(status, URL_STATUSES)
+    size = parse_limit(limit, 100, 1000)
+    after = 0
+    if cursor:
+        (row,) = _decode_cursor(cursor, 1)
+        if not row.isdigit():
+            raise BadRequest("cursor is not valid", code="bad_cursor")
+        after = int(row)
+    rows = db.results_page(conn, job["id"], status=status, limit=size + 1, after_row=after)
+    page = rows[:size]
+    next_cursor = _encode_cursor(page[-1]["row"]) if len(rows) > size else None
+    return {
+        "results": [{**r, "id": str(r["id"])} for r in page],
+        "next_cursor": next_cursor,
+    }
+
+
+# ---------------------------------------------------------------- export / download
+
+def neutralize(cell: str) -> str:
+    """Keep spreadsheets from running a cell as a formula."""
+    return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
+
+
+def write_csv(conn, storage: Storage, job: dict, out: IO[str]) -> int:
+    """The original rows in order plus opener columns, merge-joined with the URL rows by row
+    number (both in file order, so memory stays bounded). Returns the rows written."""
+    layout = _layout(job)
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([neutralize(c) for c in (*layout.columns, *EXTRA_COLUMNS)])
+    width = len(layout.columns)
+    results = db.iter_results(conn, job["id"]) if job["status"] != "pending" else iter(())
+    current = next(results, None)
+    written = 0
+    for row, record in csvfile.iter_rows(storage.iter_chunks(job["file_path"]), layout):
+        while current is not None and current["row_number"] < row.row:
+            current = next(results, None)
+        if row.url is None:
+            extra = ("", "invalid", row.error or "")
+        elif current is not None and current["row_number"] == row.row:
+            status = current["status"] if current["status"] in ("completed", "failed") else "pending"
+            extra = (current["opener"] or "", status, current["error"] or "")
+        else:
+            extra = ("", "pending", "")
+        cells = record + [""] * (width - len(record))
+        writer.writerow([neutralize(c) for c in (*cells, *extra)])
+        written += 1
+    return written
+
+
+def render_csv(conn, storage: Storage, job: dict, spool_limit: int) -> IO[bytes]:
+    """The download CSV in a temporary file (in memory up to `spool_limit` bytes), rewound."""
+    buffer = tempfile.SpooledTemporaryFile(max_size=spool_limit, mode="w+b")
+    text = io.TextIOWrapper(buffer, encoding="utf-8", newline="")
+    write_csv(conn, storage, job, text)
+    text.flush()
+    text.detach()
+    buffer.seek(0)
+    return buffer
+
+
+def download(conn, storage: Storage, job_id: str) -> tuple[str, str | bytes, str]:
+    """-> ("inline", csv bytes, file name) or ("redirect", presigned URL, file name)."""
+    job = require_job(conn, job_id)
+    if job["layout"] is None:
+        raise Conflict("The file has not been validated yet; call /api/upload/process first", code="not_ready")
+    name = download_name(job["file_name"])
+    with render_csv(conn, storage, job, INLINE_DOWNLOAD_LIMIT + 1) as buffer:
+        data = buffer.read(INLINE_DOWNLOAD_LIMIT + 1)
+        if len(data) <= INLINE_DOWNLOAD_LIMIT:
+            return "inline", data, name
+        buffer.seek(0)
+        key = f"exports/{job['id']}/{uuid.uuid4().hex}.csv"
+        storage.put_file(key, buffer)
+    return "redirect", storage.presigned_get(key, name), name
+
+
+def download_name(file_name: str) -> str:
+    stem = file_name.rsplit(".", 1)[0] if "." in file_name else file_name
+    return f"{stem}-openers.csv"
+
+
+def export_results(conn, storage: Storage, job: dict, keys: list[str]) -> None:
+    """Write the results CSV to S3 under each key (results/{job_id}.csv, and for drops also
+    results/<name>-openers.csv)."""
+    with render_csv(conn, storage, job, 8 * 1024 * 1024) as buffer:
+        for key in keys:
+            buffer.seek(0)
+            storage.put_file(key, buffer)
+
+
+def result_keys(job: dict) -> list[str]:
+    keys = [f"results/{job['id']}.csv"]
+    if job["source"] == "s3":
+        keys.append(f"results/{download_name(job['file_name'])}")
+    return keys
+
+
+def export_job(get_conn, storage: Storage, job: dict) -> bool:
+    """Write the results CSV(s) of a completed job, retrying; a failure is logged and noted on
+    the job (the download still works) and never changes its status."""
+    keys = result_keys(job)
+
+    @tenacity.retry(stop=tenacity.stop_after_attempt(4), wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=8),
+                    reraise=True)
+    def attempt() -> None:
+        conn = get_conn()
+        export_results(conn, storage, db.get_job(conn, job["id"]), keys)
+        db.update_job(conn, job["id"], result_path=keys[0])
+
+    try:
+        attempt()
+    except Exception as exc:
+        log.exception("results export failed", extra={"job_id": str(job["id"])})
+        try:
+            db.update_job(get_conn(), job["id"], error=f"results file not written ({type(exc).__name__}); "
+                                                        "the download endpoint still works")
+        except Exception:
+            log.exception("could not record the export failure", extra={"job_id": str(job["id"])})
+        return False
+    log.info("results exported", extra={"job_id": str(job["id"]), "keys": keys})
+    return True
+
+
+# ---------------------------------------------------------------- metrics
+
+def metrics(conn, queue: ChunkQueue) -> dict:
+    urls = db.url_totals(conn)
+    per_minute = urls.pop("finished_last_minute")
+    body = {
+        "jobs": {status: 0 for status in JOB_STATUSES} | db.jobs_by_status(conn),
+        "urls": urls,
+        "throughput": {"urls_last_minute": per_minute, "urls_per_second": round(per_minute / 60, 2)},
+        "queues": {},
+    }
+    for name, url in (("chunks", queue.queue_url), ("dead_letter", queue.dlq_url)):
+        try:
+            body["queues"][name] = queue.depth(url)
+        except Exception as exc:  # metrics still answer when a queue is unreachable
+            body["queues"][name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    return body

@@ -1,0 +1,114 @@
+"""Turn an upload request (multipart form or raw `text/csv` body) into a file name and bytes.
+
+Pure: takes the headers, query and body Chalice hands over; raises DomainError for what the
+caller got wrong (no file, wrong type, too big). Multipart parsing is python-multipart's.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath, PureWindowsPath
+
+from python_multipart import parse_form
+from python_multipart.exceptions import FormParserError
+
+from chalicelib.errors import BadRequest, TooLarge, UnsupportedMediaType
+
+CSV_EXTENSIONS = {".csv", ".tsv", ".txt", ""}
+# What browsers and tools send for CSV files (Excel on Windows says vnd.ms-excel).
+CSV_CONTENT_TYPES = {
+    "text/csv", "text/plain", "text/tab-separated-values", "text/x-csv", "application/csv",
+    "application/x-csv", "application/vnd.ms-excel", "application/octet-stream", "",
+}
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    file_name: str
+    data: bytes
+    url_column: str | None
+
+
+def _header(headers: dict, name: str) -> str:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value or ""
+    return ""
+
+
+def _media_type(value: str) -> str:
+    return value.split(";", 1)[0].strip().lower()
+
+
+def safe_file_name(name: str | None) -> str:
+    """The base name only, no path parts or control characters, at most 200 characters."""
+    base = PureWindowsPath(PurePosixPath(name or "").name).name
+    base = re.sub(r"[\x00-\x1f\x7f\"\\/]", "", base).strip().strip(".") or "upload.csv"
+    return base[-200:]
+
+
+def check_file_type(file_name: str, content_type: str) -> None:
+    extension = PurePosixPath(file_name).suffix.lower()
+    if extension not in CSV_EXTENSIONS:
+        raise UnsupportedMediaType(f"'{file_name}' is not a CSV file; upload a .csv file")
+    if _media_type(content_type) not in CSV_CONTENT_TYPES:
+        raise UnsupportedMediaType(f"Content type '{_media_type(content_type)}' is not CSV; upload a .csv file")
+
+
+def check_size(size: int, max_size: int) -> None:
+    if size > max_size:
+        raise TooLarge(f"The file is {size:,} bytes; the limit is {max_size:,}. Split it, or use "
+                       "POST /api/upload/url for a presigned upload of up to that size.")
+
+
+def parse_upload(headers: dict, query: dict | None, body: bytes | None, max_size: int) -> UploadedFile:
+    """Read the file out of the request; raises BadRequest / TooLarge / UnsupportedMediaType."""
+    query = query or {}
+    declared = _header(headers, "content-length")
+    if declared.isdigit():
+        check_size(int(declared), max_size + 64 * 1024)  # multipart framing adds a little
+    body = body or b""
+    content_type = _header(headers, "content-type")
+    media_type = _media_type(content_type)
+    if media_type == "multipart/form-data":
+        upload = _parse_multipart(content_type, body, max_size)
+        url_column = upload.url_column or query.get("url_column")
+        upload = UploadedFile(upload.file_name, upload.data, url_column)
+    elif media_type in CSV_CONTENT_TYPES - {""}:
+        name = safe_file_name(query.get("filename") or "upload.csv")
+        check_file_type(name, media_type)
+        upload = UploadedFile(name, body, query.get("url_column"))
+    else:
+        raise UnsupportedMediaType(
+            f"Send the CSV as multipart/form-data (part 'file') or as a text/csv body, not '{media_type or 'nothing'}'")
+    check_size(len(upload.data), max_size)
+    if not upload.data.strip():
+        raise BadRequest("The file is empty; upload a CSV with one URL per row", code="empty_file")
+    return upload
+
+
+def _parse_multipart(content_type: str, body: bytes, max_size: int) -> UploadedFile:
+    files: list = []
+    fields: dict[str, str] = {}
+
+    def on_field(field) -> None:
+        name = (field.field_name or b"").decode("utf-8", "replace")
+        fields[name] = (field.value or b"").decode("utf-8", "replace").strip()
+
+    headers = {"Content-Type": content_type.encode("latin-1"), "Content-Length": str(len(body)).encode()}
+    try:
+        parse_form(headers, io.BytesIO(body), on_field, files.append)
+    except (FormParserError, ValueError) as exc:
+        raise BadRequest(f"The multipart body could not be read ({exc}); send the file in a part named 'file'",
+                         code="bad_multipart") from exc
+    part = next((f for f in files if (f.field_name or b"") == b"file"), None)
+    if part is None:
+        raise BadRequest("No file in the request; send it in a multipart part named 'file'", code="no_file")
+    name = safe_file_name((part.file_name or b"upload.csv").decode("utf-8", "replace"))
+    part_type = part.content_type or ""
+    check_file_type(name, part_type.decode("latin-1") if isinstance(part_type, bytes) else part_type)
+    part.file_object.seek(0)
+    data = part.file_object.read(max_size + 1)
+    return UploadedFile(name, data, fields.get("url_column") or None)

@@ -1,0 +1,237 @@
+"""Chunk worker: generate the openers of one chunk of a job, as fast as the shared limit allows.
+
+One call per SQS message. Rows are claimed a few at a time with a lease (`claim_urls`), handed
+to a thread pool of CHUNK_CONCURRENCY generators, and their results written by this thread
+alone in batches (every ≤ 1 s or 50 results) together with the job's counters. A redelivered or
+duplicate message skips finished rows and rows another live invocation holds; rows of a crashed
+invocation are taken over when their lease runs out. Cancel and the Lambda deadline stop the
+claiming, save what was generated and give the rest back.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import psycopg
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+from chalicelib import db
+from chalicelib.logs import get_logger, log_context
+from chalicelib.openers import GenerationFailed
+from chalicelib.ratelimit import LimiterStopped
+
+log = get_logger("worker")
+
+FLUSH_EVERY_S = 1.0
+FLUSH_BATCH = 50
+STATUS_EVERY_S = 1.0
+RENEW_EVERY_S = 30.0
+CANCEL_GRACE_S = 2.0
+MAX_ERROR_CHARS = 500
+
+# Lost PostgreSQL connections (restart, pg_terminate_backend) are retried on a fresh connection.
+_db_retry = retry(
+    retry=retry_if_exception_type(psycopg.OperationalError),
+    stop=stop_after_delay(60),
+    wait=wait_exponential_jitter(multiplier=0.2, max=5),
+    reraise=True,
+)
+
+
+@dataclass
+class Outcome:
+    """What one call did: `reason` is done, canceled, deadline, not_processing or unknown_job."""
+    reason: str = "done"
+    saved: int = 0
+    released: int = 0
+    continued: bool = False
+    completed_job: bool = False
+
+
+@dataclass
+class _Run:
+    job_id: str
+    chunk: int
+    owner: str = field(default_factory=lambda: str(uuid.uuid4()))
+    buffer: list[dict] = field(default_factory=list)
+    to_release: list = field(default_factory=list)
+    status: str = "processing"
+
+
+class ChunkWorker:
+    def __init__(self, *, get_conn: Callable, generator, storage, queue, settings,
+                 export: Callable, clock: Callable[[], float] = time.monotonic,
+                 deadline_margin_s: float | None = None) -> None:
+        self.get_conn = get_conn
+        self.generator = generator
+        self.storage = storage
+        self.queue = queue
+        self.settings = settings
+        self.export = export
+        self.clock = clock
+        self.concurrency = max(1, settings.chunk_concurrency)
+        # Calls already in flight may take up to the LLM timeout to finish and be saved.
+        self.margin = deadline_margin_s if deadline_margin_s is not None else settings.openai_timeout_s + 10
+
+    # ------------------------------------------------------------ entry point
+
+    def process_chunk(self, job_id: str, chunk: int, remaining_s: Callable[[], float]) -> Outcome:
+        with log_context(job_id=job_id, chunk=chunk):
+            job = self._db(db.get_job, job_id)
+            if job is None:
+                log.warning("chunk message for an unknown job; dropping it")
+                return Outcome("unknown_job")
+            if job["status"] != "processing":
+                log.info("job is %s; nothing to do", job["status"])
+                return Outcome("not_processing")
+            run = _Run(job_id, chunk)
+            outcome = self._run(run, job, remaining_s)
+            log.info("chunk call finished", extra={"reason": outcome.reason, "saved": outcome.saved,
+                                                   "released": outcome.released})
+            return outcome
+
+    def _run(self, run: _Run, job: dict, remaining_s: Callable[[], float]) -> Outcome:
+        outcome = Outcome()
+        in_flight: dict[Future, dict] = {}
+        stopping = False
+        now = self.clock()
+        last_flush = last_status = last_renew = now
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="opener")
+        stop_requested = _Flag()
+        try:
+            while True:
+                if not stopping and remaining_s() < self.margin:
+                    outcome.reason, stopping = "deadline", True
+                    stop_requested.set()
+                free = self.concurrency - len(in_flight)
+                if not stopping and (not in_flight or free >= max(1, self.concurrency // 4)):
+                    rows = self._db(db.claim_urls, run.job_id, run.chunk, run.owner, free,
+                                    self.settings.lease_seconds)
+                    for row in rows:
+                        in_flight[self._submit(pool, row, job, stop_requested)] = row
+                    if not rows and not in_flight:
+                        break
+                if not in_flight:
+                    break
+                timeout = max(0.0, FLUSH_EVERY_S - (self.clock() - last_flush))
+                done, _ = wait(list(in_flight), timeout=timeout, return_when=FIRST_COMPLETED)
+                for future in done:
+                    row = in_flight.pop(future)
+                    result = future.result()
+                    (run.to_release if result is None else run.buffer).append(result or row["id"])
+                now = self.clock()
+                if len(run.buffer) >= FLUSH_BATCH or (run.buffer and now - last_flush >= FLUSH_EVERY_S):
+                    self._flush(run, outcome)
+                    last_flush = last_status = now
+                elif now - last_status >= STATUS_EVERY_S:
+                    run.status = self._db(db.get_job_status, run.job_id) or "gone"
+                    last_status = now
+                if now - last_renew >= RENEW_EVERY_S and in_flight:
+                    self._db(db.renew_leases, run.owner, self.settings.lease_seconds)
+                    last_renew = now
+                if run.status != "processing" and not stopping:
+                    outcome.reason, stopping = "canceled", True
+                    stop_requested.set()
+                    log.info("job is %s: stopping", run.status)
+                    self._wait_briefly(in_flight, run)
+                    break
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            self._flush(run, outcome)
+            run.to_release.extend(row["id"] for row in in_flight.values())
+            outcome.released = self._db(db.release_urls, run.owner, run.to_release)
+        self._finish(run, outcome)
+        return outcome
+
+    # ------------------------------------------------------------ pieces
+
+    def _submit(self, pool: ThreadPoolExecutor, row: dict, job: dict, stop: _Flag) -> Future:
+        context = contextvars.copy_context()  # keeps job_id/chunk on the threads' log lines
+        return pool.submit(context.run, self._generate, row, job, stop)
+
+    def _generate(self, row: dict, job: dict, stop: _Flag) -> dict | None:
+        """One URL -> a result dict, or None to give the row back (stop requested)."""
+        base = {"id": row["id"], "opener": None, "error": None, "prompt_tokens": None, "completion_tokens": None}
+        try:
+            opener = self.generator.generate(row["url"], job["instructions"], job["model"], should_stop=stop.is_set)
+        except LimiterStopped:
+            return None
+        except GenerationFailed as exc:
+            return {**base, "status": "failed", "error": exc.message[:MAX_ERROR_CHARS],
+                    "retry_count": row["retry_count"] + exc.attempts}
+        except Exception as exc:  # a bug must not loop a URL forever: record it as this URL's failure
+            log.exception("unexpected error generating an opener", extra={"url": row["url"]})
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            return {**base, "status": "failed", "error": error[:MAX_ERROR_CHARS], "retry_count": row["retry_count"] + 1}
+        return {**base, "status": "completed", "opener": opener.text,
+                "retry_count": row["retry_count"] + opener.attempts - 1,
+                "prompt_tokens": opener.prompt_tokens, "completion_tokens": opener.completion_tokens}
+
+    def _flush(self, run: _Run, outcome: Outcome) -> None:
+        if not run.buffer:
+            return
+        job = self._db(db.save_results, run.job_id, run.owner, run.buffer)
+        outcome.saved += job["saved"]
+        run.buffer = []
+        run.status = job["status"]
+        if job["status"] == "processing" and job["processed_rows"] + job["failed_rows"] == job["total_rows"]:
+            outcome.completed_job = self._complete(run.job_id)
+
+    def _wait_briefly(self, in_flight: dict[Future, dict], run: _Run) -> None:
+        """On cancel, keep what finishes within a moment; the rest is released."""
+        done, _ = wait(list(in_flight), timeout=CANCEL_GRACE_S)
+        for future in done:
+            row = in_flight.pop(future)
+            result = future.result()
+            (run.to_release if result is None else run.buffer).append(result or row["id"])
+
+    def _complete(self, job_id: str) -> bool:
+        job = self._db(db.complete_job_if_done, job_id)
+        if job is None:
+            return False  # someone else completed it
+        log.info("job completed", extra={"processed_rows": job["processed_rows"], "failed_rows": job["failed_rows"]})
+        self.export(job)
+        return True
+
+    def _finish(self, run: _Run, outcome: Outcome) -> None:
+        """Hand on what is left: after a deadline, at once; rows still leased by an invocation
+        that may have died, once their lease can have run out."""
+        if run.status != "processing" or outcome.reason == "canceled":
+            return
+        if outcome.reason == "deadline":
+            self.queue.send_continuation(run.job_id, run.chunk)
+            outcome.continued = True
+            return
+        held = self._db(db.chunk_lease_left, run.job_id, run.chunk)
+        if held is None:  # chunk finished; complete the job if that was its last work (idempotent)
+            outcome.completed_job = outcome.completed_job or self._complete(run.job_id)
+        else:
+            delay = min(900, int(held) + 1)
+            log.info("rows still leased elsewhere; checking again later", extra={"delay_s": delay})
+            self.queue.send_continuation(run.job_id, run.chunk, delay_s=delay)
+            outcome.continued = True
+
+    def _db(self, query: Callable, *args):
+        @_db_retry
+        def attempt():
+            return query(self.get_conn(), *args)
+
+        return attempt()
+
+
+class _Flag:
+    """A stop flag the generator threads poll (threading.Event without the waiting)."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set

@@ -114,9 +114,10 @@ class ChunkWorker:
                                     self.settings.lease_seconds)
                     for row in rows:
                         in_flight[self._submit(pool, row, job, stop_requested)] = row
-                    if not rows and not in_flight:
-                        break
-                if not in_flight:
+                    if not rows:  # chunk drained, or the job stopped being processed
+                        run.status = self._db(db.get_job_status, run.job_id) or "gone"
+                        last_status = self.clock()
+                if not in_flight and (stopping or run.status == "processing"):
                     break
                 timeout = max(0.0, FLUSH_EVERY_S - (self.clock() - last_flush))
                 done, _ = wait(list(in_flight), timeout=timeout, return_when=FIRST_COMPLETED)

@@ -56,11 +56,15 @@ def drain_queue(queue_url: str) -> list[dict]:
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
 
 
+def purge_queue(queue_url: str) -> None:
+    """Empty the queue, delayed messages included."""
+    deps.chunk_queue().sqs.purge_queue(QueueUrl=queue_url)
+
+
 @pytest.fixture(autouse=True)
 def clean(conn, settings):
-    drain_queue(settings.chunk_queue_url)
+    purge_queue(settings.chunk_queue_url)
     yield
-    drain_queue(settings.chunk_queue_url)
 
 
 def s3_keys(prefix: str) -> list[str]:

@@ -189,17 +189,34 @@ def metrics():
     return jobs.metrics(deps.conn(), deps.chunk_queue())
 
 
-@app.on_sqs_message(queue="csv-opener-chunks", batch_size=1, name="process_chunk")
+@app.on_sqs_message(queue="csv-opener-chunks", batch_size=1, name="process_chunk",
+                    maximum_concurrency=max(2, deps.settings().max_concurrent_jobs))  # AWS minimum is 2
 def process_chunk(event, context=None):
     """One chunk message. Bad messages are logged and acknowledged; unexpected errors raise so
-    SQS redelivers and, after maxReceiveCount, the dead-letter queue keeps the message."""
+    SQS redelivers; on the last delivery the chunk's unfinished URLs are failed with the reason
+    before the message goes to the dead-letter queue."""
     for record in event:
         try:
             job_id, chunk = parse_chunk_message(record.body)
         except ValueError:
             log.error("malformed chunk message dropped", extra={"body": record.body[:500]})
             continue
-        deps.chunk_worker().process_chunk(job_id, chunk, remaining_seconds(context))
+        try:
+            deps.chunk_worker().process_chunk(job_id, chunk, remaining_seconds(context))
+        except Exception as exc:
+            deliveries = int(record.to_dict().get("attributes", {}).get("ApproximateReceiveCount", 1))
+            if deliveries >= deps.settings().max_receive_count:
+                jobs.give_up_chunk(deps.conn, job_id, chunk, deliveries, exc)
+            raise
+
+
+@app.on_s3_event(bucket=deps.settings().upload_bucket, prefix="incoming/", suffix=".csv",
+                 events=["s3:ObjectCreated:*"], name="start_dropped_csv")
+def start_dropped_csv(event):
+    """A CSV dropped under incoming/ starts a job with default options."""
+    record = event.to_dict()["Records"][0]["s3"]["object"]
+    jobs.start_from_drop(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), key=event.key,
+                         version=record.get("sequencer") or record.get("eTag"))
 
 
 def remaining_seconds(context):

@@ -262,6 +262,38 @@ def _clean_text(value, name: str, limit: int) -> str | None:
     return value or None
 
 
+def start_from_drop(conn, storage: Storage, queue: ChunkQueue, settings: Settings, *, key: str,
+                    version: str | None) -> dict | None:
+    """A CSV dropped under incoming/ -> a job started with default options, as upload + process
+    would. `version` (the event's sequencer or ETag) makes a repeated notification a no-op. A bad
+    file becomes a failed job with the reason (never an exception, so no redelivery loop)."""
+    name = safe_file_name(key.rsplit("/", 1)[-1])
+    job = db.insert_job(conn, job_id=str(uuid.uuid4()), file_name=name, file_path=key, source="s3",
+                        source_key=f"{storage.bucket}/{key}@{version or ''}")
+    if job is None:
+        log.info("duplicate S3 notification ignored", extra={"key": key})
+        return None
+    try:
+        return start(conn, storage, queue, settings, str(job["id"]))
+    except DomainError as exc:
+        log.warning("dropped file rejected", extra={"job_id": str(job["id"]), "key": key, "error": exc.message})
+        if db.get_job_status(conn, job["id"]) == "pending":
+            db.update_job(conn, job["id"], status="failed", error=exc.message, finished_at=datetime.now().astimezone())
+        return None
+
+
+def give_up_chunk(get_conn, job_id: str, chunk: int, receive_count: int, error: BaseException) -> None:
+    """The chunk's message failed its last delivery and goes to the dead-letter queue: its
+    unfinished URLs fail with the reason, the job says why, and it can complete (and be retried)."""
+    reason = (f"chunk {chunk} failed {receive_count} deliveries ({type(error).__name__}: {str(error)[:200]}); "
+              "its message is in the dead-letter queue. Retry the job to try again.")
+    conn = get_conn()
+    with conn.transaction():
+        result = db.fail_chunk(conn, job_id, chunk, reason)
+    log.error("chunk given up", extra={"job_id": job_id, "chunk": chunk, "failed": result and result["failed"]})
+    db.complete_job_if_done(conn, job_id)
+
+
 # ---------------------------------------------------------------- control
 
 def cancel(conn, job_id: str) -> dict:

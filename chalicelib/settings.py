@@ -50,6 +50,7 @@ class Settings:
     max_file_size: int = 10 * 1024 * 1024
     max_concurrent_jobs: int = 10
     max_retries: int = 3
+    max_receive_count: int = 5
     upload_bucket: str = "csv-opener-uploads"
     chunk_queue_url: str = f"{LOCALSTACK_URL}/000000000000/csv-opener-chunks"
     dlq_url: str = f"{LOCALSTACK_URL}/000000000000/csv-opener-chunks-dlq"
@@ -84,6 +85,7 @@ class Settings:
             max_file_size=int(get("MAX_FILE_SIZE", cls.max_file_size)),
             max_concurrent_jobs=int(get("MAX_CONCURRENT_JOBS", cls.max_concurrent_jobs)),
             max_retries=int(get("MAX_RETRIES", cls.max_retries)),
+            max_receive_count=int(get("MAX_RECEIVE_COUNT", cls.max_receive_count)),
             upload_bucket=get("UPLOAD_BUCKET", cls.upload_bucket),
             chunk_queue_url=get("CHUNK_QUEUE_URL", cls.chunk_queue_url),
             dlq_url=get("DLQ_URL", cls.dlq_url),

@@ -443,9 +443,9 @@ def export_results(conn, storage: Storage, job: dict, keys: list[str]) -> None:
     """Write the results CSV to S3 under each key (results/{job_id}.csv, and for drops also
     results/<name>-openers.csv)."""
     with render_csv(conn, storage, job, 8 * 1024 * 1024) as buffer:
-        for key in keys:
-            buffer.seek(0)
-            storage.put_file(key, buffer)
+        storage.put_file(keys[0], buffer)
+    for key in keys[1:]:
+        storage.copy(keys[0], key)
 
 
 def result_keys(job: dict) -> list[str]:

@@ -57,6 +57,9 @@ class Storage:
                 raise ObjectMissing(key) from exc
             raise
 
+    def copy(self, source_key: str, key: str) -> None:
+        self.s3.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key})
+
     def delete(self, key: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=key)
 

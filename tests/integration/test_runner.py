@@ -1,0 +1,118 @@
+"""The local event runner drives the real handlers from LocalStack's queues, as Lambda would."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+
+import pytest
+
+from chalicelib import db, deps
+from infra import runner as runner_module
+from infra.runner import Runner, function_timeout, s3_events, sqs_event
+from tests.integration.test_api import purge_queue
+
+
+def wait_for(predicate, timeout=60, every=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+@pytest.fixture
+def fast(env):
+    env(OPENAI_DUMMY_DELAY_MS="0", OPENAI_RPM="0", OPENAI_TPM="0")
+
+
+@pytest.fixture
+def running(fast, conn, settings):
+    purge_queue(settings.chunk_queue_url)
+    purge_queue(os.environ["DROPS_QUEUE_URL"])
+    s = deps.settings()
+    started = Runner(s.chunk_queue_url, os.environ["DROPS_QUEUE_URL"], workers=3, region=s.aws_region).start()
+    yield started
+    started.stop()
+
+
+def test_events_have_the_shape_lambda_delivers():
+    message = {"MessageId": "m1", "ReceiptHandle": "r1", "Body": '{"job_id": "j", "chunk": 0}',
+               "Attributes": {"ApproximateReceiveCount": "2"}}
+    record = sqs_event(message, "arn:aws:sqs:us-east-1:000000000000:q", "us-east-1")["Records"][0]
+    assert (record["messageId"], record["receiptHandle"], record["eventSource"]) == ("m1", "r1", "aws:sqs")
+    assert record["attributes"]["ApproximateReceiveCount"] == "2" and record["eventSourceARN"].endswith(":q")
+    assert s3_events(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"})) == []
+    notification = {"Records": [{"s3": {"bucket": {"name": "b"}, "object": {"key": "incoming/a.csv"}}}]}
+    assert s3_events(json.dumps(notification)) == [notification]
+    assert function_timeout("process_chunk") == 900
+
+
+def test_a_csv_dropped_under_incoming_becomes_a_completed_job_with_both_result_files(running, conn):
+    name = f"drop-{uuid.uuid4().hex[:6]}"
+    data = b"company,website\nAcme,acme.com\nGlobex,globex.example.org\nBad,ftp://x.org\n"
+    storage = deps.storage()
+    storage.put_bytes(f"incoming/{name}.csv", data)
+    job = wait_for(lambda: conn.execute("SELECT * FROM jobs WHERE file_name = %s AND status = 'completed'",
+                                        (f"{name}.csv",)).fetchone())
+    assert (job["source"], job["total_rows"], job["processed_rows"], job["invalid_rows"]) == ("s3", 2, 2, 1)
+    keys = {f"results/{job['id']}.csv", f"results/{name}-openers.csv"}
+    wait_for(lambda: keys <= {o["Key"] for o in storage.s3.list_objects_v2(
+        Bucket=storage.bucket, Prefix="results/").get("Contents", [])})
+    text = storage.s3.get_object(Bucket=storage.bucket, Key=f"results/{name}-openers.csv")["Body"].read().decode()
+    assert text.splitlines()[0] == "company,website,opener,opener_status,opener_error"
+    assert text.count(",completed,") == 2 and ",invalid," in text
+    # the same object notified again (S3 may deliver twice) starts nothing new
+    record = {"s3": {"bucket": {"name": storage.bucket},
+                     "object": {"key": f"incoming/{name}.csv", "sequencer": "x"}}}
+    from chalicelib import jobs
+
+    version = conn.execute("SELECT source_key FROM jobs WHERE id = %s", (job["id"],)).fetchone()["source_key"]
+    assert jobs.start_from_drop(conn, storage, deps.chunk_queue(), deps.settings(), key=f"incoming/{name}.csv",
+                                version=version.rsplit("@", 1)[1]) is None
+    assert record and conn.execute("SELECT count(*) AS n FROM jobs WHERE file_name = %s",
+                                   (f"{name}.csv",)).fetchone()["n"] == 1
+
+
+def test_a_bad_dropped_file_becomes_a_failed_job_with_the_reason(running, conn):
+    name = f"bad-{uuid.uuid4().hex[:6]}.csv"
+    deps.storage().put_bytes(f"incoming/{name}", b"name\nno urls here\n")
+    job = wait_for(lambda: conn.execute("SELECT * FROM jobs WHERE file_name = %s AND status = 'failed'",
+                                        (name,)).fetchone())
+    assert "no column of urls" in job["error"].lower()
+    time.sleep(3)  # acknowledged, not retried: still exactly one job
+    assert conn.execute("SELECT count(*) AS n FROM jobs WHERE file_name = %s", (name,)).fetchone()["n"] == 1
+
+
+def test_a_chunk_that_fails_every_delivery_ends_in_the_dead_letter_queue_and_the_job_says_why(
+        fast, conn, settings, monkeypatch):
+    from chalicelib import jobs
+
+    purge_queue(settings.chunk_queue_url)
+    purge_queue(settings.dlq_url)
+    monkeypatch.setattr(runner_module, "RETRY_PAUSE_S", 0)
+    created = jobs.create_from_upload(conn, deps.storage(), file_name="p.csv", data=b"url\nacme.com\nglobex.com\n",
+                                      url_column=None)
+    job_id = created["job"]["id"]
+
+    def explode(*_args, **_kwargs):
+        raise RuntimeError("database on fire")
+
+    monkeypatch.setattr(deps.chunk_worker(), "process_chunk", explode)
+    jobs.start(conn, deps.storage(), deps.chunk_queue(), deps.settings(), job_id)
+    s = deps.settings()
+    started = Runner(s.chunk_queue_url, None, workers=1, region=s.aws_region).start()
+    try:
+        depth = wait_for(lambda: deps.chunk_queue().depth(s.dlq_url)["visible"], timeout=90)
+    finally:
+        started.stop()
+    assert depth == 1
+    job = db.get_job(conn, job_id)
+    assert job["status"] == "completed" and job["failed_rows"] == 2
+    assert "dead-letter queue" in job["error"] and "database on fire" in job["error"]
+    errors = {r["error"] for r in conn.execute("SELECT error FROM urls WHERE job_id = %s", (job_id,)).fetchall()}
+    assert len(errors) == 1 and "5 deliveries" in errors.pop()

@@ -45,9 +45,10 @@ def use_fake(base_url: str, **settings: str) -> None:
     """Point this process's settings at the fake server (real SDK path, not dummy mode)."""
     os.environ.update(OPENAI_BASE_URL=base_url, OPENAI_API_KEY="bench", OPENAI_DUMMY_MODE="false", **settings)
     from chalicelib import deps
-    from chalicelib.settings import get_settings
+    from chalicelib.settings import get_secret_settings, get_settings
 
     get_settings.cache_clear()
+    get_secret_settings.cache_clear()
     for factory in (deps.storage, deps.chunk_queue, deps.redis_client, deps.opener_generator, deps.chunk_worker):
         factory.cache_clear()
 

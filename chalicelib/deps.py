@@ -13,7 +13,7 @@ from botocore.config import Config
 
 from chalicelib import db
 from chalicelib.queue import ChunkQueue
-from chalicelib.settings import Settings, get_settings
+from chalicelib.settings import Settings, get_secret_settings, get_settings
 from chalicelib.storage import Storage
 
 
@@ -50,13 +50,13 @@ def chunk_queue() -> ChunkQueue:
 @lru_cache(maxsize=1)
 def redis_client() -> redis.Redis:
     return redis.Redis.from_url(
-        get_settings().redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+        get_secret_settings().redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
     )
 
 
 def conn():
     """This thread's PostgreSQL connection."""
-    return db.get_conn(get_settings().database_url)
+    return db.get_conn(get_secret_settings().database_url)
 
 
 @lru_cache(maxsize=1)
@@ -64,7 +64,7 @@ def opener_generator():
     from chalicelib.openers import OpenerGenerator, build_client
     from chalicelib.ratelimit import RateLimiter
 
-    s = get_settings()
+    s = get_secret_settings()
     limiter = RateLimiter(redis_client(), s.openai_rpm, s.openai_tpm, prefix=s.ratelimit_prefix)
     return OpenerGenerator(build_client(s), limiter, s.openai_model, max_retries=s.max_retries)
 

@@ -7,7 +7,7 @@ so `chalice local` works with no edits; Lambda gets its values from `.chalice/co
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -99,6 +99,44 @@ class Settings:
         )
 
 
+SECRET_NAMES = ("DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY")
+SSM_PREFIX = "ssm:"
+
+
+def resolve_secrets(env: Mapping[str, str], fetch: Callable[[list[str]], dict[str, str]]) -> dict[str, str]:
+    """Replace `ssm:/name` values of the secret settings with the SSM parameters they name, so
+    the Lambda configuration never holds a secret. `fetch` maps parameter names to values."""
+    refs = {key: env[key][len(SSM_PREFIX):] for key in SECRET_NAMES if env.get(key, "").startswith(SSM_PREFIX)}
+    if not refs:
+        return dict(env)
+    values = fetch(sorted(set(refs.values())))
+    missing = sorted(name for name in refs.values() if name not in values)
+    if missing:
+        raise RuntimeError(f"SSM parameters not found: {', '.join(missing)}")
+    return {**env, **{key: values[name] for key, name in refs.items()}}
+
+
+def fetch_ssm_parameters(names: list[str]) -> dict[str, str]:
+    """SecureString parameters, decrypted, in one call (at most 10 names)."""
+    import boto3
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    kwargs = {}
+    if endpoint:  # LocalStack
+        kwargs = {"endpoint_url": endpoint, "aws_access_key_id": "test", "aws_secret_access_key": "test"}
+    client = boto3.client("ssm", region_name=os.environ.get("AWS_REGION", REGION), **kwargs)
+    response = client.get_parameters(Names=names, WithDecryption=True)
+    return {p["Name"]: p["Value"] for p in response["Parameters"]}
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    """The settings as configured; `ssm:` references are left as they are (no network), so
+    importing the app (chalice package, cold start) never needs AWS."""
     return Settings.from_env()
+
+
+@lru_cache(maxsize=1)
+def get_secret_settings() -> Settings:
+    """The settings with secrets read from SSM where referenced: what clients are built from."""
+    return Settings.from_env(resolve_secrets(os.environ, fetch_ssm_parameters))

@@ -3,6 +3,7 @@
     python infra/devstack.py dev        # LocalStack :4566 + resources + DB csv_opener + chalice local :8000 + runner
     python infra/devstack.py test [ARGS] # private LocalStack on a free port + throwaway DB, then pytest ARGS
     python infra/devstack.py migrate     # apply migrations to DATABASE_URL
+    python infra/devstack.py bench [NAMES] # as test, then `python -m bench.NAME` for each (default: all)
 
 Settings come from the environment and an optional `.env` (the environment wins). Everything
 this script starts it stops again, by PID, on exit or Ctrl-C; what it did not start (a LocalStack
@@ -124,7 +125,7 @@ def stop_process(proc: subprocess.Popen, name: str, timeout: float = 15) -> None
 
 @contextmanager
 def localstack(port: int, volume_dir: Path) -> Iterator[str]:
-    """Start LocalStack (S3, SQS, CloudFormation) in host mode; yields its URL."""
+    """Start LocalStack (S3, SQS, CloudFormation, SSM) in host mode; yields its URL."""
     endpoint = f"http://127.0.0.1:{port}"
     if localstack_healthy(port):
         say(f"LocalStack already running at {endpoint}; using it")
@@ -135,7 +136,7 @@ def localstack(port: int, volume_dir: Path) -> Iterator[str]:
     volume_dir.mkdir(parents=True, exist_ok=True)
     log_path = volume_dir / "localstack.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LOCALSTACK_"))}
-    env.update(SERVICES="s3,sqs,cloudformation", GATEWAY_LISTEN=f"127.0.0.1:{port}",
+    env.update(SERVICES="s3,sqs,cloudformation,ssm", GATEWAY_LISTEN=f"127.0.0.1:{port}",
                LOCALSTACK_VOLUME_DIR=str(volume_dir), SQS_ENDPOINT_STRATEGY="path",
                DISABLE_EVENTS="1", SKIP_SSL_CERT_DOWNLOAD="1", SKIP_INFRA_DOWNLOADS="1")
     with open(log_path, "ab") as log:
@@ -169,31 +170,57 @@ def stack_env(env: dict[str, str], endpoint: str, outputs: dict[str, str]) -> di
     return env
 
 
-def run_tests(pytest_args: list[str]) -> int:
+@contextmanager
+def private_stack(kind: str) -> Iterator[dict[str, str]]:
+    """A LocalStack on a free port with the resources, and a throwaway migrated database;
+    yields the environment to run tests or benchmarks in. Both are removed afterwards."""
     env = load_env()
     check_services(env)
     run_id = secrets.token_hex(4)
-    db_name = f"csv_opener_test_{run_id}"
+    db_name = f"csv_opener_{kind}_{run_id}"
     with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="csv-opener-test-")))
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"csv-opener-{kind}-")))
         endpoint = stack.enter_context(localstack(free_port(), tmp / "localstack"))
         outputs = provision(endpoint, parameters=LOCAL_PARAMETERS)
         create_database(env, db_name)
         stack.callback(drop_database, env, db_name)
-        test_env = stack_env(env, endpoint, outputs)
-        test_env.update(
+        run_env = stack_env(env, endpoint, outputs)
+        run_env.update(
             DATABASE_URL=with_database(env["DATABASE_URL"], db_name),
-            RATELIMIT_PREFIX=f"csv-opener-test-{run_id}:ratelimit",
-            CSV_OPENER_TEST_RUN=run_id,
+            RATELIMIT_PREFIX=f"csv-opener-{kind}-{run_id}:ratelimit",
             OPENAI_DUMMY_MODE=env.get("OPENAI_DUMMY_MODE", "true"),
         )
-        test_env.pop("OPENAI_API_KEY", None)  # tests never call a paid API
-        migrate(test_env["DATABASE_URL"])
-        say(f"database {db_name}, running pytest")
+        run_env.pop("OPENAI_API_KEY", None)  # tests and benchmarks never call a paid API
+        migrate(run_env["DATABASE_URL"])
+        say(f"database {db_name} ready")
+        yield run_env
+
+
+def run_tests(pytest_args: list[str]) -> int:
+    with private_stack("test") as test_env:
         code = subprocess.call([sys.executable, "-m", "pytest", *pytest_args], env=test_env, cwd=ROOT)
     if code == 5:
         say("pytest collected no tests: failing")
         return 1
+    return code
+
+
+BENCHMARKS = ("ingest", "overhead", "utilization")  # modules in bench/ that `make bench` runs, in order
+
+
+def run_bench(args: list[str]) -> int:
+    """Each benchmark module in turn, in a private stack as for tests. Leading names pick
+    benchmarks (default: all of BENCHMARKS); from the first '-' on, arguments go to each."""
+    split = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))
+    names, options = args[:split] or list(BENCHMARKS), args[split:]
+    unknown = [n for n in names if not (ROOT / "bench" / f"{n}.py").exists()]
+    if unknown:
+        sys.exit(f"[devstack] no benchmark named {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    code = 0
+    with private_stack("bench") as bench_env:
+        for name in names:
+            say(f"running bench.{name}")
+            code = subprocess.call([sys.executable, "-m", f"bench.{name}", *options], env=bench_env, cwd=ROOT) or code
     return code
 
 
@@ -213,7 +240,7 @@ def run_dev() -> int:
         procs = {
             "chalice local": subprocess.Popen(
                 [str(Path(sys.executable).parent / "chalice"), "local", "--stage", "local",
-                 "--host", "127.0.0.1", "--port", str(DEV_API_PORT)],
+                 "--host", "127.0.0.1", "--port", str(DEV_API_PORT), "--no-autoreload"],
                 env=dev_env, cwd=ROOT, start_new_session=True),
         }
         runner = ROOT / "infra" / "runner.py"
@@ -239,12 +266,17 @@ def _interrupt(*_: object) -> None:
 
 
 def main() -> int:
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the stack as cleanly as Ctrl-C
+    # `kill` stops the stack as cleanly as Ctrl-C; SIGINT is set explicitly because a shell
+    # starting us in the background would have it ignored.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     command, *rest = sys.argv[1:] or ["help"]
     if command == "test":
         return run_tests(rest)
     if command == "dev":
         return run_dev()
+    if command == "bench":
+        return run_bench(rest)
     if command == "migrate":
         env = load_env()
         applied = migrate(env["DATABASE_URL"])

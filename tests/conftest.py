@@ -9,11 +9,12 @@ import uuid
 import pytest
 
 from chalicelib import db, deps
-from chalicelib.settings import get_settings
+from chalicelib.settings import get_secret_settings, get_settings
 
 
 def _reset_caches() -> None:
     get_settings.cache_clear()
+    get_secret_settings.cache_clear()
     for factory in (deps.storage, deps.chunk_queue, deps.redis_client, deps.opener_generator, deps.chunk_worker):
         factory.cache_clear()
 

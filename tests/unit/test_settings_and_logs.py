@@ -41,3 +41,22 @@ def test_log_lines_are_json_with_job_and_chunk(capsys):
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["message"] == "saved 5 results"
     assert (line["level"], line["job_id"], line["chunk"], line["batch"]) == ("info", "j1", 3, 5)
+
+
+def test_secrets_can_come_from_ssm_parameters():
+    from chalicelib.settings import resolve_secrets
+
+    asked = []
+
+    def fetch(names):
+        asked.append(names)
+        return {"/csv-opener/db": "postgresql://u:p@proxy/csv_opener", "/csv-opener/key": "sk-live"}
+
+    env = {"DATABASE_URL": "ssm:/csv-opener/db", "OPENAI_API_KEY": "ssm:/csv-opener/key", "REDIS_URL": "redis://r"}
+    resolved = resolve_secrets(env, fetch)
+    assert resolved["DATABASE_URL"] == "postgresql://u:p@proxy/csv_opener"
+    assert resolved["OPENAI_API_KEY"] == "sk-live" and resolved["REDIS_URL"] == "redis://r"
+    assert asked == [["/csv-opener/db", "/csv-opener/key"]]  # one call for all of them
+    assert resolve_secrets({"DATABASE_URL": "postgresql://x"}, fetch) == {"DATABASE_URL": "postgresql://x"}
+    with pytest.raises(RuntimeError, match="/csv-opener/missing"):
+        resolve_secrets({"REDIS_URL": "ssm:/csv-opener/missing"}, fetch)

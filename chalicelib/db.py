@@ -238,15 +238,16 @@ def restart_job(conn, job_id: str, failed_reset: int) -> dict:
 
 def claim_urls(conn, job_id: str, chunk: int, owner: str, limit: int, lease_s: int) -> list[dict]:
     """Take up to `limit` unfinished URLs of the chunk: pending ones, or ones whose holder's lease
-    ran out. Rows another live invocation holds are skipped; nothing is taken unless the job
-    is processing (a cancel stops new claims at once)."""
+    ran out (never our own: we still hold those). Rows another live invocation holds are
+    skipped; nothing is taken unless the job is processing (a cancel stops new claims at once)."""
     return conn.execute(
         """UPDATE urls u SET status = 'processing', claimed_by = %(owner)s,
                   lease_until = now() + make_interval(secs => %(lease)s)
            FROM (
                SELECT id FROM urls
                WHERE job_id = %(job)s AND chunk = %(chunk)s
-                 AND (status = 'pending' OR (status = 'processing' AND lease_until < now()))
+                 AND (status = 'pending'
+                      OR (status = 'processing' AND lease_until < now() AND claimed_by <> %(owner)s))
                  AND EXISTS (SELECT 1 FROM jobs WHERE id = %(job)s AND status = 'processing')
                ORDER BY row_number LIMIT %(limit)s
                FOR UPDATE SKIP LOCKED

@@ -30,7 +30,7 @@ log = get_logger("worker")
 FLUSH_EVERY_S = 1.0
 FLUSH_BATCH = 50
 STATUS_EVERY_S = 1.0
-RENEW_EVERY_S = 30.0
+RENEW_EVERY_S = 30.0  # or a third of the lease, if shorter
 CANCEL_GRACE_S = 2.0
 MAX_ERROR_CHARS = 500
 
@@ -77,6 +77,8 @@ class ChunkWorker:
         self.concurrency = max(1, settings.chunk_concurrency)
         # Calls already in flight may take up to the LLM timeout to finish and be saved.
         self.margin = deadline_margin_s if deadline_margin_s is not None else settings.openai_timeout_s + 10
+        # Leases are renewed well before they run out, so a slow call is never retaken.
+        self.renew_every = min(RENEW_EVERY_S, settings.lease_seconds / 3)
 
     # ------------------------------------------------------------ entry point
 
@@ -132,7 +134,7 @@ class ChunkWorker:
                 elif now - last_status >= STATUS_EVERY_S:
                     run.status = self._db(db.get_job_status, run.job_id) or "gone"
                     last_status = now
-                if now - last_renew >= RENEW_EVERY_S and in_flight:
+                if now - last_renew >= self.renew_every and in_flight:
                     self._db(db.renew_leases, run.owner, self.settings.lease_seconds)
                     last_renew = now
                 if run.status != "processing" and not stopping:

@@ -10,7 +10,8 @@ Lambda would deliver and a context whose deadline follows the function's configu
 - MAX_CONCURRENT_JOBS chunk handlers run at once, as the SQS event source's maximum
   concurrency does on AWS.
 - While a handler runs, its message's visibility is extended, so a runner killed mid-chunk
-  has its message back within VISIBILITY_S (the rows' leases decide when they are retaken).
+  has its message back within RUNNER_VISIBILITY_S (default 60; the rows' leases decide when
+  they are retaken).
 - SIGINT/SIGTERM: stop taking messages; handlers in flight see their deadline arrive, save
   what they generated, hand the rest on in a continuation message, and the runner exits.
 
@@ -36,8 +37,8 @@ from chalicelib import deps, logs  # noqa: E402
 
 log = logs.get_logger("runner")
 
-VISIBILITY_S = 60
-HEARTBEAT_S = 20
+VISIBILITY_S = int(os.environ.get("RUNNER_VISIBILITY_S", "60"))
+HEARTBEAT_S = max(1, VISIBILITY_S // 3)
 POLL_WAIT_S = 2
 RETRY_PAUSE_S = 2
 CONFIG = ROOT / ".chalice" / "config.json"

@@ -1,0 +1,183 @@
+"""End to end over real HTTP: `chalice local`, LocalStack, PostgreSQL, Redis, the event runner
+with several workers and the fake OpenAI server (see conftest.py)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+import uuid
+
+import boto3
+
+from tests.e2e.helpers import (
+    EXTRA_COLUMNS,
+    assert_counters_consistent,
+    assert_finished_cleanly,
+    assert_openers_came_from_the_llm,
+    figures,
+    job_row,
+    make_csv,
+    neutralize,
+    status_counts,
+    url_rows,
+    wait_for,
+)
+from tests.support.fake_openai import make_opener
+
+
+def tag() -> str:
+    return f"e2e{uuid.uuid4().hex[:6]}"
+
+
+def report(capsys, line: str) -> None:
+    with capsys.disabled():
+        print("\n" + line)
+
+
+def assert_download_matches(table: list[list[str]], csv_file, rows: list[dict]) -> None:
+    """Every input row, in order, with its original cells, plus the opener columns."""
+    header, *body = csv_file.rows
+    assert table[0] == [neutralize(c) for c in header] + EXTRA_COLUMNS
+    assert len(table) - 1 == len(body), (len(table) - 1, len(body))
+    url_iter = iter(rows)  # URL rows in file order: one per valid input row
+    for index, (original, got) in enumerate(zip(body, table[1:], strict=True)):
+        assert got[:3] == [neutralize(c) for c in original], (index, original, got)
+        opener, status, error = got[3:]
+        if index in csv_file.invalid_rows:
+            assert (opener, status) == ("", "invalid") and error, (index, got)
+            continue
+        url = next(url_iter)
+        assert status == url["status"], (index, got, url)
+        if status == "completed":
+            assert opener == url["opener"] == make_opener(url["url"]), (index, got, url)
+            assert error == ""
+        else:
+            assert status == "failed" and opener == "" and error == url["error"], (index, got, url)
+    assert next(url_iter, None) is None
+
+
+def test_upload_process_complete_download(fresh, capsys):
+    stack, api = fresh, fresh.api
+    csv_file = make_csv(tag(), 400, invalid_every=9)
+    began = time.monotonic()
+    uploaded = api.upload(csv_file.name, csv_file.data)
+    assert (uploaded["total_rows"], uploaded["invalid_rows"]) == (csv_file.valid, csv_file.invalid)
+    assert uploaded["url_column"] == "website" and uploaded["job"]["status"] == "pending"
+    job_id = uploaded["job"]["id"]
+
+    started = api.process(job_id, instructions="We build onboarding software for B2B SaaS; friendly tone.")
+    assert started["chunks"] == 4 and started["job"]["status"] == "processing"
+    assert api.call("POST", "/api/upload/process", {"job_id": job_id}).status == 409  # enqueues nothing
+
+    seen_partial = False
+    while True:  # progress is visible while chunks run, and the counters always add up
+        job = api.job(job_id)
+        assert job["processed_rows"] + job["failed_rows"] <= job["total_rows"]
+        seen_partial |= 0 < job["processed_rows"] < job["total_rows"]
+        if job["status"] == "completed":
+            break
+        assert job["status"] == "processing" and time.monotonic() - began < 60, job
+        time.sleep(0.05)
+    seconds = time.monotonic() - began
+    assert seen_partial, "no partial progress was ever visible"
+    assert job["progress"] == 100 and job["processed_rows"] == csv_file.valid
+
+    rows = assert_finished_cleanly(stack.database_url, job_id, csv_file.valid)
+    stats = stack.fake.wait_quiet()
+    fig = figures(stats, rows, seconds)
+    report(capsys, fig.line("happy path"))
+    assert_openers_came_from_the_llm(stats, rows)
+    assert fig.completed == csv_file.valid == fig.ok and fig.duplicates == 0
+
+    assert_download_matches(api.download(job_id), csv_file, rows)
+    results = api.call("GET", f"/api/jobs/{job_id}/results?limit=1000").json()["results"]
+    assert [r["url"] for r in results] == [r["url"] for r in rows]
+    assert all(r["status"] == "completed" and r["opener"] for r in results)
+    listed = api.call("GET", "/api/jobs?status=completed&limit=100").json()["jobs"]
+    assert job_id in {j["id"] for j in listed}
+
+
+def test_cancel_mid_run_then_retry_completes(fresh, capsys):
+    stack, api = fresh, fresh.api
+    stack.fake.configure(latency_ms=[40, 80])
+    csv_file = make_csv(tag(), 1000)
+    job_id = api.upload(csv_file.name, csv_file.data)["job"]["id"]
+    began = time.monotonic()
+    api.process(job_id)
+    api.wait_done_fraction(job_id, 0.2)
+
+    reply = api.call("POST", f"/api/upload/{job_id}/cancel")
+    assert reply.status == 200 and reply.json()["job"]["status"] == "canceled", reply.body
+    canceled_at = time.monotonic()
+
+    # the workers stop within a few seconds: the LLM stops being called
+    def llm_quiet():
+        before = stack.fake.stats()["requests"]
+        time.sleep(1.0)
+        return stack.fake.stats()["requests"] == before
+
+    wait_for(llm_quiet, 10, every=0, what="no more LLM calls after cancel")
+    stopped_after = time.monotonic() - canceled_at
+    # nothing is left processing (rows in flight were saved or given back)
+    lease = int(stack.env["LEASE_SECONDS"])
+    wait_for(lambda: status_counts(stack.database_url, job_id).get("processing", 0) == 0, lease + 5,
+             what="no URL left processing after cancel")
+    job, counts = job_row(stack.database_url, job_id), status_counts(stack.database_url, job_id)
+    assert job["status"] == "canceled"
+    assert_counters_consistent(job, counts)
+    done = job["processed_rows"] + job["failed_rows"]
+    assert 0.2 * csv_file.valid <= done < csv_file.valid, job
+    assert api.call("POST", f"/api/upload/{job_id}/cancel").status == 409  # already canceled
+
+    reply = api.call("POST", f"/api/jobs/{job_id}/retry")
+    assert reply.status == 202, reply.body
+    assert reply.json()["retried"] == csv_file.valid - job["processed_rows"]
+    api.wait_status(job_id, ("completed",), timeout=60)
+    seconds = time.monotonic() - began
+
+    rows = assert_finished_cleanly(stack.database_url, job_id, csv_file.valid)
+    stats = stack.fake.wait_quiet()
+    fig = figures(stats, rows, seconds)
+    report(capsys, fig.line(f"cancel + retry (done at cancel {done}, LLM quiet {stopped_after:.1f} s after cancel)"))
+    assert_openers_came_from_the_llm(stats, rows)
+    assert fig.completed == csv_file.valid
+    assert fig.duplicates <= 0.01 * fig.urls
+    assert api.call("POST", f"/api/upload/{job_id}/cancel").status == 409  # finished jobs cannot be canceled
+
+
+def test_csv_dropped_in_s3_becomes_a_completed_job_with_result_files(fresh, capsys):
+    stack, api = fresh, fresh.api
+    name = f"drop-{tag()}"
+    csv_file = make_csv(name, 120, invalid_every=10, name=f"{name}.csv")
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id="test", aws_secret_access_key="test")
+    bucket = os.environ["UPLOAD_BUCKET"]
+    began = time.monotonic()
+    s3.put_object(Bucket=bucket, Key=f"incoming/{csv_file.name}", Body=csv_file.data, ContentType="text/csv")
+
+    def completed_job():
+        jobs = api.call("GET", "/api/jobs?limit=100").json()["jobs"]
+        return next((j for j in jobs if j["file_name"] == csv_file.name and j["status"] == "completed"), None)
+
+    job = wait_for(completed_job, 60, every=0.25, what="the dropped file's job completed")
+    seconds = time.monotonic() - began
+    assert job["source"] == "s3" and (job["total_rows"], job["invalid_rows"]) == (csv_file.valid, csv_file.invalid)
+
+    keys = {f"results/{job['id']}.csv", f"results/{name}-openers.csv"}
+
+    def result_keys():
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix="results/").get("Contents", [])
+        return keys <= {o["Key"] for o in listed}
+
+    wait_for(result_keys, 20, what="both results files in S3")
+    rows = assert_finished_cleanly(stack.database_url, job["id"], csv_file.valid)
+    for key in keys:
+        text = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+        assert_download_matches(list(csv.reader(io.StringIO(text, newline=""))), csv_file, rows)
+    assert_download_matches(api.download(job["id"]), csv_file, rows)
+    stats = stack.fake.wait_quiet()
+    fig = figures(stats, url_rows(stack.database_url, job["id"]), seconds)
+    report(capsys, fig.line("S3 drop"))
+    assert fig.duplicates == 0 and fig.completed == csv_file.valid

@@ -19,7 +19,7 @@ lint: venv
 	@.venv/bin/ruff check .
 
 bench: venv
-	@$(PYTHON) infra/devstack.py bench
+	@$(PYTHON) infra/devstack.py bench $(BENCH)
 
 clean:
 	rm -rf .venv .venv-localstack .localstack

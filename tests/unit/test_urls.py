@@ -143,3 +143,34 @@ def test_length_limit_applies_to_the_result() -> None:
 def test_normalising_is_idempotent() -> None:
     for value, expected in ACCEPTED:
         assert normalize_url(expected) == expected, value
+
+
+def test_the_fast_path_agrees_with_the_general_one():
+    """Every string the regex fast path decides gets exactly the result the general path gives."""
+    import itertools
+    import random
+
+    from chalicelib import urls
+
+    rng = random.Random(5)
+    schemes = ["", "http://", "https://", "HTTPS://", "Http://", "//", "ftp://", "mailto:"]
+    hosts = ["acme.com", "WWW.Acme.COM", "a-b.co.uk", "-bad.com", "bad-.com", "x.y", "acme..com", "acme.com.",
+             "localhost", "db.internal", "printer.local", "my.lan", "0x7f.0.0.1", "127.0.0.1", "10.1.2.3",
+             "xn--bcher-kva.example", "b\u00fccher.de", "acme", "a" * 64 + ".com", "acme.c0m", "acme.com:8080",
+             "user@acme.com", "acme.com:443", "[::1]", "1.5e3"]
+    tails = ["", "/", "/about", "/Path/With/Case", "?x=1", "/p?q=1&r=2", "#top", "/p?#f", "?",
+             "/%20x", "/caf\u00e9", "/" + "p" * 2100, "/a\\b", "?q=a?b", "#f?x"]
+    cases = ["".join(parts) for parts in itertools.product(schemes, hosts, tails)]
+    cases += ["".join(rng.choice(pool) for pool in (schemes, hosts, tails)) for _ in range(2000)]
+    decided = 0
+    for text in cases:
+        fast = urls._fast_path(text)
+        if fast is None:
+            continue
+        decided += 1
+        try:
+            general = urls._general_path(text)
+        except urls.InvalidUrl as exc:
+            general = f"invalid: {exc}"
+        assert fast == general, text
+    assert decided > 500  # the fast path takes the common shapes

@@ -518,6 +518,17 @@ class Limiter(Protocol):
     def cooldown(self, seconds: float) -> None: ...
 
 
+def _json_body(content: bytes) -> dict:
+    """The answer's JSON object; anything else is an unusable answer (retried)."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        raise UnusableAnswer(content[:200].decode("utf-8", "replace")) from None
+    if not isinstance(body, dict):
+        raise UnusableAnswer(str(body)[:200])
+    return body
+
+
 class OpenerGenerator:
     """Generates one opener per call; safe to share between the chunk worker's threads."""
 
@@ -571,34 +582,36 @@ class OpenerGenerator:
         estimate = estimate_tokens(messages, self.max_tokens)
         self.limiter.acquire(estimate, should_stop)
         try:
-            response = self.client.chat.completions.create(
+            # The SDK builds the request and raises its typed errors; the small JSON answer is read
+            # directly (building the SDK's response model cost ~15 % of a call's CPU here).
+            response = self.client.chat.completions.with_raw_response.create(
                 model=model, messages=messages, max_tokens=self.max_tokens, temperature=0.7
             )
         except openai.RateLimitError as exc:
             self._on_rate_limited(exc)
             raise
-        usage = getattr(response, "usage", None)
-        if usage is not None and usage.total_tokens is not None:
-            self.limiter.refund(estimate, usage.total_tokens)
-        text = self._usable_text(response)
+        body = _json_body(response.http_response.content)
+        usage = body.get("usage") or {}
+        if isinstance(usage.get("total_tokens"), int):
+            self.limiter.refund(estimate, usage["total_tokens"])
         return Opener(
-            text=text,
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            text=self._usable_text(body),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
             attempts=number,
         )
 
     @staticmethod
-    def _usable_text(response: Any) -> str:
-        choices = getattr(response, "choices", None) or []
-        if not choices or choices[0].message is None:
-            raise UnusableAnswer(None)
-        raw = choices[0].message.content
-        if raw and choices[0].finish_reason == "length":
+    def _usable_text(body: dict) -> str:
+        choices = body.get("choices") or []
+        choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        raw = message.get("content") if isinstance(message.get("content"), str) else None
+        if raw and choice.get("finish_reason") == "length":
             raw = complete_sentences(raw)  # cut off by max_tokens: keep whole sentences only
         text = clean_opener(raw)
         if text is None:
-            raise UnusableAnswer(choices[0].message.content or getattr(choices[0].message, "refusal", None))
+            raise UnusableAnswer(message.get("content") or message.get("refusal"))
         return text
 
     def _on_rate_limited(self, exc: openai.RateLimitError) -> None:

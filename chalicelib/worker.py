@@ -110,6 +110,12 @@ class ChunkWorker:
                 if not stopping and remaining_s() < self.margin:
                     outcome.reason, stopping = "deadline", True
                     stop_requested.set()
+                if not stopping and run.status != "processing":  # canceled, or completed by the last save
+                    outcome.reason = "done" if run.status == "completed" else "canceled"
+                    stop_requested.set()
+                    log.info("job is %s: stopping", run.status)
+                    self._wait_briefly(in_flight, run)
+                    break
                 free = self.concurrency - len(in_flight)
                 if not stopping and (not in_flight or free >= max(1, self.concurrency // 4)):
                     rows = self._db(db.claim_urls, run.job_id, run.chunk, run.owner, free,
@@ -119,14 +125,14 @@ class ChunkWorker:
                     if not rows:  # chunk drained, or the job stopped being processed
                         run.status = self._db(db.get_job_status, run.job_id) or "gone"
                         last_status = self.clock()
-                if not in_flight and (stopping or run.status == "processing"):
-                    break
+                if not in_flight:
+                    if stopping or run.status == "processing":
+                        break
+                    continue  # the status changed: handled at the top
                 timeout = max(0.0, FLUSH_EVERY_S - (self.clock() - last_flush))
                 done, _ = wait(list(in_flight), timeout=timeout, return_when=FIRST_COMPLETED)
                 for future in done:
-                    row = in_flight.pop(future)
-                    result = future.result()
-                    (run.to_release if result is None else run.buffer).append(result or row["id"])
+                    self._collect(run, in_flight.pop(future), future.result())
                 now = self.clock()
                 if len(run.buffer) >= FLUSH_BATCH or (run.buffer and now - last_flush >= FLUSH_EVERY_S):
                     self._flush(run, outcome)
@@ -134,15 +140,9 @@ class ChunkWorker:
                 elif now - last_status >= STATUS_EVERY_S:
                     run.status = self._db(db.get_job_status, run.job_id) or "gone"
                     last_status = now
-                if now - last_renew >= self.renew_every and in_flight:
+                if in_flight and now - last_renew >= self.renew_every:
                     self._db(db.renew_leases, run.owner, self.settings.lease_seconds)
                     last_renew = now
-                if run.status != "processing" and not stopping:
-                    outcome.reason, stopping = "canceled", True
-                    stop_requested.set()
-                    log.info("job is %s: stopping", run.status)
-                    self._wait_briefly(in_flight, run)
-                    break
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
             self._flush(run, outcome)
@@ -150,6 +150,14 @@ class ChunkWorker:
             outcome.released = self._db(db.release_urls, run.owner, run.to_release)
         self._finish(run, outcome)
         return outcome
+
+    @staticmethod
+    def _collect(run: _Run, row: dict, result: dict | None) -> None:
+        """A finished generation: its result to save, or (stopped before calling) its row to give back."""
+        if result is None:
+            run.to_release.append(row["id"])
+        else:
+            run.buffer.append(result)
 
     # ------------------------------------------------------------ pieces
 
@@ -189,9 +197,7 @@ class ChunkWorker:
         """On cancel, keep what finishes within a moment; the rest is released."""
         done, _ = wait(list(in_flight), timeout=CANCEL_GRACE_S)
         for future in done:
-            row = in_flight.pop(future)
-            result = future.result()
-            (run.to_release if result is None else run.buffer).append(result or row["id"])
+            self._collect(run, in_flight.pop(future), future.result())
 
     def _complete(self, job_id: str) -> bool:
         job = self._db(db.complete_job_if_done, job_id)
@@ -220,11 +226,12 @@ class ChunkWorker:
             outcome.continued = True
 
     def _db(self, query: Callable, *args):
-        @_db_retry
-        def attempt():
+        """Run a query on this thread's connection; a lost connection is retried on a new one."""
+        try:
             return query(self.get_conn(), *args)
-
-        return attempt()
+        except psycopg.OperationalError as exc:
+            log.warning("database connection lost; retrying", extra={"error": str(exc)[:200]})
+        return _db_retry(lambda: query(self.get_conn(), *args))()
 
 
 class _Flag:

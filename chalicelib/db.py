@@ -327,6 +327,16 @@ def chunk_lease_left(conn, job_id: str, chunk: int) -> float | None:
     return max(0.0, float(row["left_s"])) if row["n"] else None
 
 
+def unfinished_chunks(conn) -> dict[str, list[int]]:
+    """Chunks with work left, per processing job."""
+    rows = conn.execute(
+        """SELECT u.job_id, array_agg(DISTINCT u.chunk ORDER BY u.chunk) AS chunks
+           FROM jobs j JOIN urls u ON u.job_id = j.id AND u.status IN ('pending', 'processing')
+           WHERE j.status = 'processing' GROUP BY u.job_id"""
+    ).fetchall()
+    return {str(r["job_id"]): list(r["chunks"]) for r in rows}
+
+
 def chunk_unfinished(conn, job_id: str, chunk: int) -> int:
     return conn.execute(
         "SELECT count(*) AS n FROM urls WHERE job_id = %s AND chunk = %s AND status IN ('pending', 'processing')",

@@ -333,6 +333,17 @@ def retry(conn, queue: ChunkQueue, job_id: str) -> dict:
     return {"job": job_json(job), "retried": retried, "chunks": len(chunks)}
 
 
+def requeue_unfinished(conn, queue: ChunkQueue) -> int:
+    """Enqueue again every chunk of a processing job that still has work: for a queue that lost
+    its messages (a restarted LocalStack keeps none). Extra messages are harmless: a handler
+    skips finished rows and rows another one holds. Returns the messages sent."""
+    sent = 0
+    for job_id, chunks in db.unfinished_chunks(conn).items():
+        sent += queue.send_chunks(job_id, chunks)
+        log.info("chunks enqueued again", extra={"job_id": job_id, "chunks": len(chunks)})
+    return sent
+
+
 # ---------------------------------------------------------------- read
 
 def get(conn, job_id: str) -> dict:

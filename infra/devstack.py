@@ -224,6 +224,14 @@ def run_bench(args: list[str]) -> int:
     return code
 
 
+def requeue(env: dict[str, str]) -> int:
+    """Jobs left processing by an earlier `make dev` lost their queued chunks with LocalStack."""
+    code = ("from chalicelib import deps, jobs; "
+            "print(jobs.requeue_unfinished(deps.conn(), deps.chunk_queue()))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
 def run_dev() -> int:
     env = load_env()
     check_services(env)
@@ -237,6 +245,9 @@ def run_dev() -> int:
         applied = migrate(env["DATABASE_URL"])
         say(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
         dev_env = stack_env(env, endpoint, outputs)
+        resumed = requeue(dev_env)
+        if resumed:
+            say(f"{resumed} chunk message(s) of unfinished jobs enqueued again (LocalStack keeps no messages)")
         procs = {
             "chalice local": subprocess.Popen(
                 [str(Path(sys.executable).parent / "chalice"), "local", "--stage", "local",

@@ -431,3 +431,15 @@ def test_api_rate_limit_answers_429_with_retry_after(client, env, redis_client):
 def test_cors_headers_from_the_setting(client):
     response = client.http.get("/api/jobs", headers={"Origin": "https://app.example.com"})
     assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_requeue_unfinished_enqueues_the_chunks_that_still_have_work(client, conn, env, settings):
+    from chalicelib import jobs
+
+    env(CHUNK_SIZE="2")
+    job_id, _ = upload_and_process(client, b"url\n" + b"".join(f"q{i}.com\n".encode() for i in range(5)))
+    conn.execute("UPDATE urls SET status = 'completed' WHERE job_id = %s AND chunk = 1", (job_id,))
+    purge_queue(settings.chunk_queue_url)
+    assert jobs.requeue_unfinished(conn, deps.chunk_queue()) == 2
+    assert sorted(parse_chunk_message(m["Body"]) for m in drain_queue(settings.chunk_queue_url)) == [
+        (job_id, 0), (job_id, 2)]

@@ -191,7 +191,7 @@ def metrics():
 
 @app.on_sqs_message(queue="csv-opener-chunks", batch_size=1, name="process_chunk",
                     maximum_concurrency=max(2, deps.settings().max_concurrent_jobs))  # AWS minimum is 2
-def process_chunk(event, context=None):
+def process_chunk(event):
     """One chunk message. Bad messages are logged and acknowledged; unexpected errors raise so
     SQS redelivers; on the last delivery the chunk's unfinished URLs are failed with the reason
     before the message goes to the dead-letter queue."""
@@ -202,7 +202,7 @@ def process_chunk(event, context=None):
             log.error("malformed chunk message dropped", extra={"body": record.body[:500]})
             continue
         try:
-            deps.chunk_worker().process_chunk(job_id, chunk, remaining_seconds(context))
+            deps.chunk_worker().process_chunk(job_id, chunk, remaining_seconds(event.context))
         except Exception as exc:
             deliveries = int(record.to_dict().get("attributes", {}).get("ApproximateReceiveCount", 1))
             if deliveries >= deps.settings().max_receive_count:

@@ -337,13 +337,6 @@ def unfinished_chunks(conn) -> dict[str, list[int]]:
     return {str(r["job_id"]): list(r["chunks"]) for r in rows}
 
 
-def chunk_unfinished(conn, job_id: str, chunk: int) -> int:
-    return conn.execute(
-        "SELECT count(*) AS n FROM urls WHERE job_id = %s AND chunk = %s AND status IN ('pending', 'processing')",
-        (job_id, chunk),
-    ).fetchone()["n"]
-
-
 def fail_chunk(conn, job_id: str, chunk: int, error: str) -> dict:
     """Give up on a chunk's unfinished URLs (its message is going to the dead-letter queue)."""
     return conn.execute(

@@ -27,7 +27,7 @@ from chalicelib.logs import get_logger
 from chalicelib.queue import ChunkQueue
 from chalicelib.settings import Settings
 from chalicelib.storage import ObjectMissing, Storage
-from chalicelib.uploads import check_size, safe_file_name
+from chalicelib.uploads import check_file_type, check_size, safe_file_name
 
 log = get_logger("jobs")
 
@@ -117,10 +117,6 @@ def _csv_error(exc: csvfile.CsvError) -> DomainError:
     return DomainError(exc.message, code=exc.code, status=exc.status)
 
 
-def _layout_dict(layout: csvfile.Layout) -> dict:
-    return asdict(layout)
-
-
 def _layout(job: dict) -> csvfile.Layout:
     data = dict(job["layout"])
     data["columns"] = tuple(data["columns"])
@@ -140,7 +136,7 @@ def create_from_upload(conn, storage: Storage, *, file_name: str, data: bytes, u
     storage.put_bytes(key, data)
     try:
         job = db.insert_job(conn, job_id=job_id, file_name=file_name, file_path=key, source="upload",
-                            layout=_layout_dict(summary.layout), columns=list(summary.layout.columns),
+                            layout=asdict(summary.layout), columns=list(summary.layout.columns),
                             url_column=summary.layout.url_column, total_rows=summary.total_rows,
                             invalid_rows=summary.invalid_rows, errors=summary.errors)
     except Exception:
@@ -166,8 +162,6 @@ def create_presigned_upload(conn, storage: Storage, *, file_name: str | None, ur
     """A pending job plus a presigned PUT URL; the file is validated by `start`."""
     if not file_name or not isinstance(file_name, str):
         raise BadRequest("file_name is required, e.g. {\"file_name\": \"leads.csv\"}", code="missing_file_name")
-    from chalicelib.uploads import check_file_type
-
     name = safe_file_name(file_name)
     check_file_type(name, "text/csv")
     job_id = str(uuid.uuid4())
@@ -194,7 +188,7 @@ def _validate_stored(conn, storage: Storage, settings: Settings, job: dict) -> d
             raise
         error = exc
     else:
-        return db.update_job(conn, job["id"], layout=_layout_dict(summary.layout),
+        return db.update_job(conn, job["id"], layout=asdict(summary.layout),
                              columns=list(summary.layout.columns), url_column=summary.layout.url_column,
                              total_rows=summary.total_rows, invalid_rows=summary.invalid_rows,
                              errors=summary.errors)

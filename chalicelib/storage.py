@@ -46,17 +46,6 @@ class Storage:
         finally:
             body.close()
 
-    def read_head(self, key: str, size: int) -> bytes:
-        """The first `size` bytes (a range GET)."""
-        try:
-            return self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{size - 1}")["Body"].read()
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] in {"404", "NoSuchKey", "NotFound", "InvalidRange"}:
-                if exc.response["Error"]["Code"] == "InvalidRange":
-                    return b""
-                raise ObjectMissing(key) from exc
-            raise
-
     def copy(self, source_key: str, key: str) -> None:
         self.s3.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key})
 

@@ -259,7 +259,8 @@ def run_dev() -> int:
             procs["event runner"] = subprocess.Popen([sys.executable, str(runner)], env=dev_env, cwd=ROOT,
                                                      start_new_session=True)
         for name, proc in procs.items():
-            stack.callback(stop_process, proc, name)
+            # the runner lets chunks in flight save (LLM calls may take up to OPENAI_TIMEOUT_S)
+            stack.callback(stop_process, proc, name, 45 if name == "event runner" else 15)
         say(f"API on http://127.0.0.1:{DEV_API_PORT} — Ctrl-C stops everything")
         try:
             while all(p.poll() is None for p in procs.values()):

@@ -116,3 +116,27 @@ def test_a_chunk_that_fails_every_delivery_ends_in_the_dead_letter_queue_and_the
     assert "dead-letter queue" in job["error"] and "database on fire" in job["error"]
     errors = {r["error"] for r in conn.execute("SELECT error FROM urls WHERE job_id = %s", (job_id,)).fetchall()}
     assert len(errors) == 1 and "5 deliveries" in errors.pop()
+
+
+def test_the_handler_follows_the_lambda_context_deadline(fast, conn, settings):
+    """The chunk handler reads its deadline from the Lambda context Chalice hands over: with no
+    time left it claims nothing and hands the chunk on in a continuation message."""
+    import threading
+
+    import app
+    from chalicelib import jobs
+    from infra.runner import LambdaContext
+    from tests.integration.test_api import drain_queue
+
+    purge_queue(settings.chunk_queue_url)
+    job_id = jobs.create_from_upload(conn, deps.storage(), file_name="d.csv", data=b"url\nacme.com\n",
+                                     url_column=None)["job"]["id"]
+    jobs.start(conn, deps.storage(), deps.chunk_queue(), deps.settings(), job_id)
+    [message] = drain_queue(settings.chunk_queue_url)
+    out_of_time = threading.Event()
+    out_of_time.set()
+    app.process_chunk(sqs_event(message, "arn:aws:sqs:us-east-1:000000000000:csv-opener-chunks", "us-east-1"),
+                      LambdaContext("process_chunk", 900, out_of_time))
+    assert db.get_job(conn, job_id)["processed_rows"] == 0
+    assert conn.execute("SELECT status FROM urls WHERE job_id = %s", (job_id,)).fetchone()["status"] == "pending"
+    assert [json.loads(m["Body"]) for m in drain_queue(settings.chunk_queue_url)] == [{"job_id": job_id, "chunk": 0}]

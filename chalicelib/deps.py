@@ -49,9 +49,13 @@ def chunk_queue() -> ChunkQueue:
 
 @lru_cache(maxsize=1)
 def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(
-        get_secret_settings().redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+    """One pool per process. Blocking: when every connection is busy (many chunk handlers in one
+    process, as the local runner runs them), a caller waits for one instead of failing."""
+    pool = redis.BlockingConnectionPool.from_url(
+        get_secret_settings().redis_url, max_connections=64, timeout=10,
+        socket_connect_timeout=2, socket_timeout=5, health_check_interval=30,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 def conn():

@@ -7,7 +7,7 @@ import functools
 import json
 import uuid
 
-from chalice import Chalice, CORSConfig, Response
+from chalice import Chalice, CORSConfig, Rate, Response
 
 from chalicelib import apilimit, db, deps, jobs, logs
 from chalicelib.errors import BadRequest, DomainError
@@ -217,6 +217,13 @@ def start_dropped_csv(event):
     record = event.to_dict()["Records"][0]["s3"]["object"]
     jobs.start_from_drop(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), key=event.key,
                          version=record.get("sequencer") or record.get("eTag"))
+
+
+@app.schedule(Rate(5, unit=Rate.MINUTES), name="requeue_stalled")
+def requeue_stalled(event):
+    """Every 5 minutes: chunks of jobs without progress for 10 minutes whose work nobody holds
+    are enqueued again (a lost message must not leave a job processing forever)."""
+    jobs.requeue_unfinished(deps.conn(), deps.chunk_queue(), idle_s=jobs.STALL_AFTER_S)
 
 
 def remaining_seconds(context):

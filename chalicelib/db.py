@@ -327,12 +327,17 @@ def chunk_lease_left(conn, job_id: str, chunk: int) -> float | None:
     return max(0.0, float(row["left_s"])) if row["n"] else None
 
 
-def unfinished_chunks(conn) -> dict[str, list[int]]:
-    """Chunks with work left, per processing job."""
+def unfinished_chunks(conn, idle_s: float | None = None) -> dict[str, list[int]]:
+    """Chunks with work nobody holds (pending, or leased by someone whose lease ran out), per
+    processing job; with `idle_s`, only jobs whose counters have not moved for that long."""
+    idle_clause = "AND j.updated_at < now() - make_interval(secs => %(idle)s)" if idle_s is not None else ""
     rows = conn.execute(
-        """SELECT u.job_id, array_agg(DISTINCT u.chunk ORDER BY u.chunk) AS chunks
-           FROM jobs j JOIN urls u ON u.job_id = j.id AND u.status IN ('pending', 'processing')
-           WHERE j.status = 'processing' GROUP BY u.job_id"""
+        f"""SELECT u.job_id, array_agg(DISTINCT u.chunk ORDER BY u.chunk) AS chunks
+            FROM jobs j JOIN urls u ON u.job_id = j.id
+                 AND (u.status = 'pending' OR (u.status = 'processing' AND u.lease_until < now()))
+            WHERE j.status = 'processing' {idle_clause}
+            GROUP BY u.job_id""",
+        {"idle": idle_s},
     ).fetchall()
     return {str(r["job_id"]): list(r["chunks"]) for r in rows}
 

@@ -327,12 +327,17 @@ def retry(conn, queue: ChunkQueue, job_id: str) -> dict:
     return {"job": job_json(job), "retried": retried, "chunks": len(chunks)}
 
 
-def requeue_unfinished(conn, queue: ChunkQueue) -> int:
-    """Enqueue again every chunk of a processing job that still has work: for a queue that lost
-    its messages (a restarted LocalStack keeps none). Extra messages are harmless: a handler
-    skips finished rows and rows another one holds. Returns the messages sent."""
+STALL_AFTER_S = 600
+
+
+def requeue_unfinished(conn, queue: ChunkQueue, idle_s: float | None = None) -> int:
+    """Enqueue again the chunks of processing jobs that have work nobody holds: for a queue that
+    lost its messages (a restarted LocalStack keeps none; a crash between a start's commit and
+    its messages). With `idle_s`, only jobs without progress for that long (the scheduled
+    sweep). Extra messages are harmless: a handler skips finished rows and rows another holds.
+    Returns the messages sent."""
     sent = 0
-    for job_id, chunks in db.unfinished_chunks(conn).items():
+    for job_id, chunks in db.unfinished_chunks(conn, idle_s).items():
         sent += queue.send_chunks(job_id, chunks)
         log.info("chunks enqueued again", extra={"job_id": job_id, "chunks": len(chunks)})
     return sent

@@ -12,6 +12,7 @@ Lambda would deliver and a context whose deadline follows the function's configu
 - While a handler runs, its message's visibility is extended, so a runner killed mid-chunk
   has its message back within RUNNER_VISIBILITY_S (default 60; the rows' leases decide when
   they are retaken).
+- Every RUNNER_SWEEP_S (300) it runs the `requeue_stalled` schedule, as EventBridge would.
 - SIGINT/SIGTERM: stop taking messages; handlers in flight see their deadline arrive, save
   what they generated, hand the rest on in a continuation message, and the runner exits.
 
@@ -38,6 +39,7 @@ from chalicelib import deps, logs  # noqa: E402
 log = logs.get_logger("runner")
 
 VISIBILITY_S = int(os.environ.get("RUNNER_VISIBILITY_S", "60"))
+SWEEP_EVERY_S = int(os.environ.get("RUNNER_SWEEP_S", "300"))  # the schedule of app.requeue_stalled
 HEARTBEAT_S = max(1, VISIBILITY_S // 3)
 POLL_WAIT_S = 2
 RETRY_PAUSE_S = 2
@@ -85,6 +87,13 @@ def sqs_event(message: dict, queue_arn: str, region: str) -> dict:
     }]}
 
 
+def scheduled_event(region: str) -> dict:
+    """The EventBridge event a `@app.schedule` function receives."""
+    return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
+            "account": "000000000000", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "region": region, "resources": [], "detail": {}}
+
+
 def s3_events(body: str) -> list[dict]:
     """S3 notification (as queued by S3) -> the events Lambda would get, one per record;
     the s3:TestEvent sent when the notification is configured yields none."""
@@ -116,6 +125,7 @@ class Runner:
             self._spawn(f"chunks-{n}", self._chunk_loop, chunk_arn)
         if self.drops_queue_url:
             self._spawn("drops", self._drop_loop)
+        self._spawn("schedule", self._schedule_loop)
         log.info("runner started", extra={"workers": self.workers, "chunk_timeout_s": self.chunk_timeout})
         return self
 
@@ -159,6 +169,13 @@ class Runner:
                         app.start_dropped_csv(event, LambdaContext("start_dropped_csv", self.drop_timeout,
                                                                    self.stopping))
                 self._invoke(self.drops_queue_url, message, handle)
+
+    def _schedule_loop(self) -> None:
+        while not self.stopping.wait(SWEEP_EVERY_S):
+            try:
+                app.requeue_stalled(scheduled_event(self.region), LambdaContext("requeue_stalled", 60, self.stopping))
+            except Exception:
+                log.exception("scheduled sweep failed")
 
     def _invoke(self, queue_url: str, message: dict, call) -> None:
         done = threading.Event()

@@ -443,3 +443,19 @@ def test_requeue_unfinished_enqueues_the_chunks_that_still_have_work(client, con
     assert jobs.requeue_unfinished(conn, deps.chunk_queue()) == 2
     assert sorted(parse_chunk_message(m["Body"]) for m in drain_queue(settings.chunk_queue_url)) == [
         (job_id, 0), (job_id, 2)]
+
+
+def test_the_scheduled_sweep_requeues_only_jobs_without_progress(client, conn, settings):
+    stalled, _ = upload_and_process(client)
+    busy, _ = upload_and_process(client)
+    with conn.transaction():  # backdate past the trigger that keeps updated_at current
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute("UPDATE jobs SET updated_at = now() - interval '11 minutes' WHERE id = %s", (stalled,))
+    conn.execute("UPDATE urls SET status = 'processing', claimed_by = gen_random_uuid(), "
+                 "lease_until = now() - interval '1 minute' WHERE job_id = %s AND row_number = 1", (stalled,))
+    purge_queue(settings.chunk_queue_url)
+    event = client.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event", detail={},
+                                            resources=[], region="us-east-1")
+    client.lambda_.invoke("requeue_stalled", event)
+    assert [parse_chunk_message(m["Body"]) for m in drain_queue(settings.chunk_queue_url)] == [(stalled, 0)]
+    assert busy != stalled

@@ -38,6 +38,7 @@ EXPECTED_FUNCTIONS = {
     "app.app": ("api_handler", 29, 1024),
     "app.process_chunk": ("process_chunk", 900, 1024),
     "app.start_dropped_csv": ("start_dropped_csv", 300, 1024),
+    "app.requeue_stalled": ("requeue_stalled", 60, 256),
 }
 
 # Chalice refuses to render @app.on_s3_event into CloudFormation (CloudFormation cannot add a
@@ -201,7 +202,7 @@ def test_cloudformation_functions_event_source_and_roles(sam):
     assert int(PROD["environment_variables"]["MAX_CONCURRENT_JOBS"]) == 10
 
     roles = _of_type(template, "AWS::IAM::Role")
-    assert len(roles) == 3
+    assert len(roles) == len(EXPECTED_FUNCTIONS)  # one role per function, each with the same policy
     for role in roles.values():
         assert [p["PolicyDocument"] for p in role["Properties"]["Policies"]] == [POLICY]
         assert "ManagedPolicyArns" not in role["Properties"]

@@ -112,6 +112,14 @@ def start_job(conn, job_id: str, *, total_rows: int, invalid_rows: int, chunks: 
     ).fetchone()
 
 
+def fail_job(conn, job_id: str, error: str) -> dict | None:
+    """The job failed as a whole (a bad file): status, reason and finish time."""
+    return conn.execute(
+        f"UPDATE jobs SET status = 'failed', error = %s, finished_at = now() WHERE id = %s RETURNING {JOB_COLUMNS}",
+        (error, job_id),
+    ).fetchone()
+
+
 def unstart_job(conn, job_id: str) -> None:
     """Undo `start_job` when its chunk messages could not be sent."""
     conn.execute("DELETE FROM urls WHERE job_id = %s", (job_id,))

@@ -79,5 +79,5 @@ def chunk_worker():
     from chalicelib.worker import ChunkWorker
 
     s = get_settings()
-    return ChunkWorker(get_conn=conn, generator=opener_generator(), storage=storage(), queue=chunk_queue(),
+    return ChunkWorker(get_conn=conn, generator=opener_generator(), queue=chunk_queue(),
                        settings=s, export=lambda job: jobs.export_job(conn, storage(), job))

@@ -136,15 +136,20 @@ def create_from_upload(conn, storage: Storage, *, file_name: str, data: bytes, u
     storage.put_bytes(key, data)
     try:
         job = db.insert_job(conn, job_id=job_id, file_name=file_name, file_path=key, source="upload",
-                            layout=asdict(summary.layout), columns=list(summary.layout.columns),
-                            url_column=summary.layout.url_column, total_rows=summary.total_rows,
-                            invalid_rows=summary.invalid_rows, errors=summary.errors)
+                            **_summary_fields(summary))
     except Exception:
         storage.delete(key)  # no orphan object for a job that does not exist
         raise
     log.info("upload stored", extra={"job_id": job_id, "total_rows": summary.total_rows,
                                      "invalid_rows": summary.invalid_rows, "bytes": len(data)})
     return upload_body(job, summary)
+
+
+def _summary_fields(summary: csvfile.Summary) -> dict:
+    """What validation learned about a file, as job columns."""
+    return {"layout": asdict(summary.layout), "columns": list(summary.layout.columns),
+            "url_column": summary.layout.url_column, "total_rows": summary.total_rows,
+            "invalid_rows": summary.invalid_rows, "errors": summary.errors}
 
 
 def upload_body(job: dict, summary: csvfile.Summary) -> dict:
@@ -175,24 +180,20 @@ def create_presigned_upload(conn, storage: Storage, *, file_name: str | None, ur
 def _validate_stored(conn, storage: Storage, settings: Settings, job: dict) -> dict:
     """Validate a presigned upload as /api/upload would; a bad file fails the job with the reason."""
     try:
-        try:
-            check_size(storage.size(job["file_path"]), settings.max_file_size)
-        except ObjectMissing:
-            raise BadRequest("The file has not been uploaded yet; PUT it to upload_url first",
-                             code="file_not_uploaded") from None
+        size = storage.size(job["file_path"])
+    except ObjectMissing:
+        raise BadRequest("The file has not been uploaded yet; PUT it to upload_url first",
+                         code="file_not_uploaded") from None
+    try:
+        check_size(size, settings.max_file_size)
         summary = csvfile.summarize(storage.iter_chunks(job["file_path"]), job["url_column"])
     except csvfile.CsvError as exc:
         error = _csv_error(exc)
     except DomainError as exc:
-        if exc.code == "file_not_uploaded":
-            raise
         error = exc
     else:
-        return db.update_job(conn, job["id"], layout=asdict(summary.layout),
-                             columns=list(summary.layout.columns), url_column=summary.layout.url_column,
-                             total_rows=summary.total_rows, invalid_rows=summary.invalid_rows,
-                             errors=summary.errors)
-    db.update_job(conn, job["id"], status="failed", error=error.message, finished_at=datetime.now().astimezone())
+        return db.update_job(conn, job["id"], **_summary_fields(summary))
+    db.fail_job(conn, job["id"], error.message)
     raise error
 
 
@@ -272,7 +273,7 @@ def start_from_drop(conn, storage: Storage, queue: ChunkQueue, settings: Setting
     except DomainError as exc:
         log.warning("dropped file rejected", extra={"job_id": str(job["id"]), "key": key, "error": exc.message})
         if db.get_job_status(conn, job["id"]) == "pending":
-            db.update_job(conn, job["id"], status="failed", error=exc.message, finished_at=datetime.now().astimezone())
+            db.fail_job(conn, job["id"], exc.message)
         return None
 
 

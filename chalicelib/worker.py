@@ -64,12 +64,11 @@ class _Run:
 
 
 class ChunkWorker:
-    def __init__(self, *, get_conn: Callable, generator, storage, queue, settings,
+    def __init__(self, *, get_conn: Callable, generator, queue, settings,
                  export: Callable, clock: Callable[[], float] = time.monotonic,
                  deadline_margin_s: float | None = None) -> None:
         self.get_conn = get_conn
         self.generator = generator
-        self.storage = storage
         self.queue = queue
         self.settings = settings
         self.export = export

@@ -72,7 +72,7 @@ def make_worker(s: Settings, generator=None, export=None, prefix="t"):
         exports.append(job["id"])
         return jobs.export_job(deps.conn, deps.storage(), job)
 
-    worker = ChunkWorker(get_conn=deps.conn, generator=generator, storage=deps.storage(), queue=deps.chunk_queue(),
+    worker = ChunkWorker(get_conn=deps.conn, generator=generator, queue=deps.chunk_queue(),
                          settings=s, export=export or record_export, deadline_margin_s=0)
     return worker, generator, exports
 

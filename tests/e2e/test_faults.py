@@ -63,6 +63,9 @@ def test_sigkill_a_runner_mid_chunk(fresh, capsys):
     stack = fresh
     job_id, total, began = start_job(stack, 1500)
     stack.api.wait_done_fraction(job_id, 0.3)
+    # Kill while rows are held (not in the moment between two chunks, when none is).
+    wait_for(lambda: any(r["status"] == "processing" for r in url_rows(stack.database_url, job_id)), 30,
+             every=0.01, what="rows held by the runner")
     stack.kill_runner()
     killed_at = time.monotonic()
     # What the kill destroyed: answers the dead process got but never saved. Those URLs are

@@ -1,5 +1,5 @@
 # The two commands: `make dev` (run it) and `make test` (test it). Both set up what they need.
-.PHONY: dev test venv migrate lint bench package clean
+.PHONY: dev test venv migrate admin lint bench package clean
 
 PYTHON := .venv/bin/python
 
@@ -14,6 +14,9 @@ test: venv
 
 migrate: venv
 	@$(PYTHON) infra/devstack.py migrate
+
+admin: venv
+	@$(PYTHON) -m chalicelib.admin $(ARGS)
 
 lint: venv
 	@.venv/bin/ruff check .

@@ -10,7 +10,8 @@ import uuid
 from chalice import Chalice, CORSConfig, Rate, Response
 
 from chalicelib import apilimit, db, deps, jobs, logs
-from chalicelib.errors import BadRequest, DomainError
+from chalicelib.accounts import Caller, Unauthorized
+from chalicelib.errors import BadRequest, DomainError, RateLimited
 from chalicelib.health import run_checks
 from chalicelib.queue import parse_chunk_message
 from chalicelib.uploads import parse_upload
@@ -43,8 +44,9 @@ def _request_id() -> str:
     return context.get("requestId") or str(uuid.uuid4())
 
 
-def route(path: str, **options):
-    """`app.route` whose view turns DomainError into its 4xx and anything else into a logged 500."""
+def route(path: str, public: bool = False, **options):
+    """`app.route` whose view gets the authenticated caller first (unless `public`), within the
+    account's request limit; DomainError becomes its 4xx, anything else a logged 500."""
     options.setdefault("cors", CORS)
     options.setdefault("content_types", ["*/*"])  # bodies are checked by us, with our error shape
 
@@ -52,7 +54,15 @@ def route(path: str, **options):
         @functools.wraps(view)
         def wrapped(**params):
             try:
-                return view(**params)
+                if public:
+                    return view(**params)
+                return view(authenticated_caller(), **params)
+            except Unauthorized as exc:
+                try:
+                    limit_client_address()  # failed attempts count against the address
+                except RateLimited as limited:
+                    return error_response(limited.status, limited.code, limited.message, limited.headers)
+                return error_response(exc.status, exc.code, exc.message, {"WWW-Authenticate": "Bearer"})
             except DomainError as exc:
                 return error_response(exc.status, exc.code, exc.message, exc.headers)
             except Exception:
@@ -65,6 +75,44 @@ def route(path: str, **options):
         return app.route(path, **options)(wrapped)
 
     return decorator
+
+
+def presented_key() -> str | None:
+    """The key of `Authorization: Bearer <key>` or `X-Api-Key: <key>`; "" for another scheme."""
+    headers = app.current_request.headers
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        scheme, _, credentials = authorization.strip().partition(" ")
+        return credentials.strip() if scheme.lower() == "bearer" else ""
+    return headers.get("x-api-key")
+
+
+def authenticated_caller() -> Caller:
+    """The caller of this request (401 otherwise), counted against its account's request limit."""
+    caller = deps.authenticator().authenticate(presented_key())
+    s = deps.settings()
+    limit = caller.rpm if caller.rpm is not None else s.api_rate_limit_per_minute
+    wait = apilimit.check(deps.redis_client(), s.ratelimit_prefix, f"account:{caller.account_id}", limit,
+                          s.api_rate_window_s)
+    if wait is not None:
+        raise RateLimited(f"Too many requests for this account; try again in {wait} s",
+                          headers={"Retry-After": str(wait)})
+    return caller
+
+
+def limit_client_address() -> None:
+    """Per-address limit for what is not tied to an account (/health, failed authentication)."""
+    s = deps.settings()
+    wait = apilimit.check(deps.redis_client(), s.ratelimit_prefix, f"ip:{client_address()}",
+                          s.ip_rate_limit_per_minute, s.api_rate_window_s)
+    if wait is not None:
+        raise RateLimited(f"Too many requests from this address; try again in {wait} s",
+                          headers={"Retry-After": str(wait)})
+
+
+def client_address() -> str:
+    identity = (app.current_request.context or {}).get("identity") or {}
+    return identity.get("sourceIp") or "unknown"
 
 
 def json_body() -> dict:
@@ -86,23 +134,18 @@ def query() -> dict:
 
 @app.middleware("http")
 def hygiene(event, get_response):
-    """Per-client request limit, then security headers on every response."""
-    retry_after = None
-    if event.path != "/health":
-        limit = deps.settings().api_rate_limit_per_minute
-        retry_after = apilimit.check(deps.redis_client(), client_id_of(event), limit)
-    if retry_after is not None:
-        response = error_response(429, "rate_limited",
-                                  f"Too many requests; try again in {retry_after} s", {"Retry-After": str(retry_after)})
-    else:
-        response = get_response(event)
+    """Security headers on every response."""
+    response = get_response(event)
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     return response
 
 
-@route("/health", methods=["GET"])
+@route("/health", methods=["GET"], public=True)
 def health():
+    """Open to anyone (rate limited per address): the status and each check's ok flag; the
+    latencies and error texts only for admin keys."""
+    limit_client_address()
     s3, sqs = deps.storage(), deps.chunk_queue()
     ok, body = run_checks({
         "postgres": lambda: db.ping(deps.conn()),
@@ -110,72 +153,87 @@ def health():
         "s3": s3.check,
         "sqs": sqs.check,
     })
+    if not _is_admin_request():
+        body = {"status": body["status"], "checks": {name: {"ok": c["ok"]} for name, c in body["checks"].items()}}
     return Response(body, status_code=200 if ok else 503)
 
 
-def client_id_of(event) -> str:
-    identity = (event.context or {}).get("identity") or {}
-    return identity.get("sourceIp") or "unknown"
+def _is_admin_request() -> bool:
+    key = presented_key()
+    if not key:
+        return False
+    try:
+        return deps.authenticator().authenticate(key).is_admin
+    except Exception:  # a bad key or an unreachable database: the anonymous answer
+        return False
+
+
+@route("/api/account", methods=["GET"])
+def account(caller: Caller):
+    return jobs.account_view(deps.conn(), deps.settings(), caller)
 
 
 @route("/api/upload", methods=["POST"])
-def upload():
+def upload(caller: Caller):
     request = app.current_request
     upload = parse_upload(request.headers, query(), request.raw_body, deps.settings().max_file_size)
-    body = jobs.create_from_upload(deps.conn(), deps.storage(), file_name=upload.file_name, data=upload.data,
-                                   url_column=upload.url_column)
+    body = jobs.create_from_upload(deps.conn(), deps.storage(), account_id=caller.account_id,
+                                   file_name=upload.file_name, data=upload.data, url_column=upload.url_column)
     return Response(body, status_code=201)
 
 
 @route("/api/upload/url", methods=["POST"])
-def upload_url():
+def upload_url(caller: Caller):
     body = json_body()
-    result = jobs.create_presigned_upload(deps.conn(), deps.storage(), file_name=body.get("file_name"),
-                                          url_column=body.get("url_column"))
+    result = jobs.create_presigned_upload(deps.conn(), deps.storage(), account_id=caller.account_id,
+                                          file_name=body.get("file_name"), url_column=body.get("url_column"))
     return Response(result, status_code=201)
 
 
 @route("/api/upload/process", methods=["POST"])
-def process():
+def process(caller: Caller):
     body = json_body()
     job_id = body.get("job_id") or body.get("jobId")
     if not job_id:
         raise BadRequest("job_id is required", code="missing_job_id")
-    result = jobs.start(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), job_id,
+    result = jobs.start(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id,
                         instructions=body.get("instructions"), model=body.get("model"))
     return Response(result, status_code=202)
 
 
 @route("/api/jobs", methods=["GET"])
-def list_jobs():
+def list_jobs(caller: Caller):
     q = query()
-    return jobs.list_(deps.conn(), status=q.get("status"), limit=q.get("limit"), cursor=q.get("cursor"))
+    return jobs.list_(deps.conn(), caller.account_id, status=q.get("status"), limit=q.get("limit"),
+                      cursor=q.get("cursor"))
 
 
 @route("/api/jobs/{job_id}", methods=["GET"])
-def get_job(job_id):
-    return jobs.get(deps.conn(), job_id)
+def get_job(caller: Caller, job_id):
+    return jobs.get(deps.conn(), caller.account_id, job_id)
 
 
 @route("/api/jobs/{job_id}/results", methods=["GET"])
-def job_results(job_id):
+def job_results(caller: Caller, job_id):
     q = query()
-    return jobs.results(deps.conn(), job_id, status=q.get("status"), limit=q.get("limit"), cursor=q.get("cursor"))
+    return jobs.results(deps.conn(), caller.account_id, job_id, status=q.get("status"), limit=q.get("limit"),
+                        cursor=q.get("cursor"))
 
 
 @route("/api/jobs/{job_id}/retry", methods=["POST"])
-def retry_job(job_id):
-    return Response(jobs.retry(deps.conn(), deps.chunk_queue(), job_id), status_code=202)
+def retry_job(caller: Caller, job_id):
+    result = jobs.retry(deps.conn(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id)
+    return Response(result, status_code=202)
 
 
 @route("/api/upload/{job_id}/cancel", methods=["POST"])
-def cancel_job(job_id):
-    return jobs.cancel(deps.conn(), job_id)
+def cancel_job(caller: Caller, job_id):
+    return jobs.cancel(deps.conn(), caller.account_id, job_id)
 
 
 @route("/api/upload/{job_id}/download", methods=["GET"])
-def download(job_id):
-    kind, payload, name = jobs.download(deps.conn(), deps.storage(), job_id)
+def download(caller: Caller, job_id):
+    kind, payload, name = jobs.download(deps.conn(), deps.storage(), caller.account_id, job_id)
     if kind == "redirect":
         return Response("", status_code=302, headers={"Location": payload})
     return Response(payload, status_code=200, headers={
@@ -185,8 +243,8 @@ def download(job_id):
 
 
 @route("/api/metrics", methods=["GET"])
-def metrics():
-    return jobs.metrics(deps.conn(), deps.chunk_queue())
+def metrics(caller: Caller):
+    return jobs.metrics(deps.conn(), deps.chunk_queue(), caller.account_id, admin=caller.is_admin)
 
 
 @app.on_sqs_message(queue="csv-opener-chunks", batch_size=1, name="process_chunk",
@@ -206,7 +264,7 @@ def process_chunk(event):
         except Exception as exc:
             deliveries = int(record.to_dict().get("attributes", {}).get("ApproximateReceiveCount", 1))
             if deliveries >= deps.settings().max_receive_count:
-                jobs.give_up_chunk(deps.conn, job_id, chunk, deliveries, exc)
+                jobs.give_up_chunk(deps.conn, deps.chunk_queue(), job_id, chunk, deliveries, exc)
             raise
 
 

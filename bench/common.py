@@ -53,15 +53,24 @@ def use_fake(base_url: str, **settings: str) -> None:
         factory.cache_clear()
 
 
+def bench_account(conn, name: str = "bench") -> str:
+    """The id of an account for benchmarks (no daily quota or job limit)."""
+    from chalicelib import accounts
+
+    return str(accounts.ensure_account(conn, name, urls_per_day=0, max_jobs=0)["id"])
+
+
 def make_job(n_urls: int, tag: str) -> str:
     """A started job of n_urls URLs (its SQS messages are purged: the benchmark drives the handlers)."""
     from chalicelib import deps, jobs
 
     data = ("website\n" + "".join(f"{tag}-company-{i}.example.com\n" for i in range(n_urls))).encode()
     conn = deps.conn()
-    created = jobs.create_from_upload(conn, deps.storage(), file_name=f"{tag}.csv", data=data, url_column=None)
+    account_id = bench_account(conn)
+    created = jobs.create_from_upload(conn, deps.storage(), account_id=account_id, file_name=f"{tag}.csv", data=data,
+                                      url_column=None)
     job_id = created["job"]["id"]
-    jobs.start(conn, deps.storage(), deps.chunk_queue(), deps.settings(), job_id)
+    jobs.start(conn, deps.storage(), deps.chunk_queue(), deps.settings(), account_id, job_id)
     deps.chunk_queue().sqs.purge_queue(QueueUrl=deps.settings().chunk_queue_url)
     return job_id
 

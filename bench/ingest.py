@@ -147,6 +147,7 @@ def _multipart(file_name: str, data: bytes) -> tuple[dict, bytes]:
 def child(step: str, arg: str, out: str, profile: str | None) -> None:
     """Run one step in this (fresh) process and write its figures as JSON to `out`."""
     t0 = time.perf_counter()
+    from bench.common import bench_account
     from chalicelib import deps, jobs
 
     if step == "http":
@@ -169,7 +170,8 @@ def child(step: str, arg: str, out: str, profile: str | None) -> None:
         start = time.perf_counter()
         if profiler:
             profiler.enable()
-        body = jobs.create_from_upload(conn, storage, file_name=FILE_NAME, data=data, url_column=None)
+        body = jobs.create_from_upload(conn, storage, account_id=bench_account(conn), file_name=FILE_NAME, data=data,
+                                       url_column=None)
         if profiler:
             profiler.disable()
         result["seconds"] = time.perf_counter() - start
@@ -179,7 +181,7 @@ def child(step: str, arg: str, out: str, profile: str | None) -> None:
         start = time.perf_counter()
         if profiler:
             profiler.enable()
-        body = jobs.start(conn, storage, queue, settings, arg)
+        body = jobs.start(conn, storage, queue, settings, bench_account(conn), arg)
         if profiler:
             profiler.disable()
         result["seconds"] = time.perf_counter() - start
@@ -286,6 +288,7 @@ def print_profile(path: Path, title: str) -> None:
 
 
 def bench(args: argparse.Namespace) -> int:
+    from bench.common import bench_account
     from chalicelib import db, deps
 
     settings = deps.settings()
@@ -319,7 +322,8 @@ def bench(args: argparse.Namespace) -> int:
             return 0
 
         baseline_job = str(uuid.uuid4())
-        db.insert_job(conn, job_id=baseline_job, file_name="psql-baseline", file_path="-", source="upload")
+        db.insert_job(conn, job_id=baseline_job, account_id=bench_account(conn), file_name="psql-baseline",
+                      file_path="-", source="upload")
         conn.execute("DROP TABLE IF EXISTS bench_urls")
         conn.execute("CREATE TABLE bench_urls (LIKE urls INCLUDING ALL)")
         conn.execute("ALTER TABLE bench_urls ADD FOREIGN KEY (job_id) REFERENCES jobs (id) ON DELETE CASCADE")

@@ -1,11 +1,13 @@
-"""Per-client API request limit, shared through Redis (fixed one-minute windows).
+"""API request limits shared through Redis: per account (requests per minute) and per client
+address (/health and failed authentications).
 
+A window opens with the first request of a scope and lasts `window_s` seconds (a counter with a
+TTL), so a burst is never split across a clock-minute boundary. Keys live under the limiter's
+configurable prefix (`RATELIMIT_PREFIX`), so tests and a running `make dev` never share them.
 If Redis is unreachable the API stays up (the limit is protection, not correctness).
 """
 
 from __future__ import annotations
-
-import time
 
 import redis
 
@@ -14,21 +16,21 @@ from chalicelib.logs import get_logger
 log = get_logger("apilimit")
 
 
-def check(client: redis.Redis, client_id: str, per_minute: int, now: float | None = None) -> int | None:
-    """Count one request; returns seconds to wait when over the limit, else None."""
-    if per_minute <= 0:
+def check(client: redis.Redis, prefix: str, scope: str, limit: int, window_s: int = 60) -> int | None:
+    """Count one request of `scope` (e.g. "account:<id>", "ip:<addr>"); returns seconds to wait
+    when over `limit` per window, else None. A limit of 0 means no limit."""
+    if limit <= 0:
         return None
-    now = time.time() if now is None else now
-    window = int(now // 60)
-    key = f"csv-opener:api:{client_id}:{window}"
+    key = f"{prefix}:api:{{{scope}}}"  # one key per scope; the hash tag keeps it whole on a cluster
     try:
-        pipe = client.pipeline()
+        pipe = client.pipeline(transaction=True)
+        pipe.set(key, 0, ex=window_s, nx=True)
         pipe.incr(key)
-        pipe.expire(key, 120)
-        count, _ = pipe.execute()
+        pipe.ttl(key)
+        _, count, ttl = pipe.execute()
     except redis.RedisError as exc:
         log.warning("API rate limit unavailable", extra={"error": str(exc)})
         return None
-    if count > per_minute:
-        return max(1, int((window + 1) * 60 - now))
+    if count > limit:
+        return max(1, int(ttl))
     return None

@@ -45,31 +45,38 @@ def _json(value):
 # progress = round(100 * (processed + failed) / total), for a `done` expression
 PROGRESS = "CASE WHEN j.total_rows = 0 THEN 0 ELSE round(100.0 * ({done}) / j.total_rows) END"
 
-JOB_COLUMNS = """id, file_name, file_path, status, total_rows, processed_rows, failed_rows, progress,
+JOB_COLUMNS = """id, account_id, file_name, file_path, status, total_rows, processed_rows, failed_rows, progress,
     invalid_rows, url_column, columns, layout, errors, chunks, instructions, model, source, error,
     result_path, prompt_tokens, completion_tokens, started_at, finished_at, created_at, updated_at"""
 
 
-def insert_job(conn, *, job_id: str, file_name: str, file_path: str, source: str,
+def insert_job(conn, *, job_id: str, account_id: str, file_name: str, file_path: str, source: str,
                source_key: str | None = None, layout: dict | None = None, columns: list[str] | None = None,
                url_column: str | None = None, total_rows: int = 0, invalid_rows: int = 0,
                errors: list[dict] | None = None, status: str = "pending", error: str | None = None) -> dict | None:
     """Insert a job; None when `source_key` already started one (a duplicate S3 notification)."""
     return conn.execute(
-        f"""INSERT INTO jobs (id, file_name, file_path, source, source_key, layout, columns, url_column,
+        f"""INSERT INTO jobs (id, account_id, file_name, file_path, source, source_key, layout, columns, url_column,
                               total_rows, invalid_rows, errors, status, error)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (source_key) DO NOTHING
             RETURNING {JOB_COLUMNS}""",
-        (job_id, file_name, file_path, source, source_key, _json(layout), _json(columns), url_column,
+        (job_id, account_id, file_name, file_path, source, source_key, _json(layout), _json(columns), url_column,
          total_rows, invalid_rows, Jsonb(errors or []), status, error),
     ).fetchone()
 
 
 def get_job(conn, job_id: str, *, lock: bool = False) -> dict | None:
-    """The job; with `lock`, row-locked (NOWAIT) for the caller's transaction."""
+    """The job (any account's: for workers and sweeps); with `lock`, row-locked (NOWAIT)."""
     suffix = " FOR UPDATE NOWAIT" if lock else ""
     return conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s{suffix}", (job_id,)).fetchone()
+
+
+def get_account_job(conn, account_id: str, job_id: str) -> dict | None:
+    """The job if it belongs to the account: one query, the same for another account's id as for
+    an unknown one, so neither answer nor timing tells them apart."""
+    return conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s AND account_id = %s",
+                        (job_id, account_id)).fetchone()
 
 
 def get_job_status(conn, job_id: str) -> str | None:
@@ -77,18 +84,17 @@ def get_job_status(conn, job_id: str) -> str | None:
     return row["status"] if row else None
 
 
-def list_jobs(conn, *, status: str | None, limit: int, after: tuple | None) -> list[dict]:
-    """Newest first; `after` = (created_at, id) of the last job of the previous page."""
-    where, params = [], []
+def list_jobs(conn, account_id: str, *, status: str | None, limit: int, after: tuple | None) -> list[dict]:
+    """The account's jobs, newest first; `after` = (created_at, id) of the previous page's last."""
+    where, params = ["account_id = %s"], [account_id]
     if status:
         where.append("status = %s")
         params.append(status)
     if after:
         where.append("(created_at, id) < (%s, %s)")
         params.extend(after)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
     return conn.execute(
-        f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY created_at DESC, id DESC LIMIT %s",
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT %s",
         (*params, limit),
     ).fetchall()
 
@@ -103,13 +109,27 @@ def update_job(conn, job_id: str, **fields) -> dict | None:
 
 
 def start_job(conn, job_id: str, *, total_rows: int, invalid_rows: int, chunks: int,
-              instructions: str | None, model: str | None) -> dict:
+              instructions: str | None, model: str | None, undispatched: list[int]) -> dict:
     return conn.execute(
         f"""UPDATE jobs SET status = 'processing', total_rows = %s, invalid_rows = %s, chunks = %s,
-                   instructions = %s, model = %s, started_at = now(), error = NULL
-            WHERE id = %s RETURNING {JOB_COLUMNS}""",
-        (total_rows, invalid_rows, chunks, instructions, model, job_id),
+                   instructions = %s, model = %s, started_at = now(), error = NULL, undispatched = %s
+            WHERE id = %s AND status = 'pending' RETURNING {JOB_COLUMNS}""",
+        (total_rows, invalid_rows, chunks, instructions, model, undispatched, job_id),
     ).fetchone()
+
+
+def peek_undispatched(conn, job_id: str) -> int | None:
+    """The next chunk of a processing job still waiting to be sent, if any."""
+    row = conn.execute("SELECT undispatched[1] AS chunk FROM jobs WHERE id = %s AND status = 'processing'",
+                       (job_id,)).fetchone()
+    return row["chunk"] if row else None
+
+
+def pop_undispatched(conn, job_id: str, chunk: int) -> bool:
+    """Take `chunk` off the job's waiting list if it is still first (another finisher may have
+    sent it meanwhile: then False, and the caller sends the next one)."""
+    return conn.execute("UPDATE jobs SET undispatched = undispatched[2:] WHERE id = %s AND undispatched[1] = %s",
+                        (job_id, chunk)).rowcount == 1
 
 
 def fail_job(conn, job_id: str, error: str) -> dict | None:
@@ -125,7 +145,7 @@ def unstart_job(conn, job_id: str) -> None:
     conn.execute("DELETE FROM urls WHERE job_id = %s", (job_id,))
     conn.execute(
         """UPDATE jobs SET status = 'pending', chunks = 0, processed_rows = 0, failed_rows = 0, progress = 0,
-                  started_at = NULL WHERE id = %s""",
+                  started_at = NULL, undispatched = '{}' WHERE id = %s AND status = 'processing'""",
         (job_id,),
     )
 
@@ -148,19 +168,24 @@ def complete_job_if_done(conn, job_id: str) -> dict | None:
     ).fetchone()
 
 
-def jobs_by_status(conn) -> dict[str, int]:
-    rows = conn.execute("SELECT status, count(*) AS n FROM jobs GROUP BY status").fetchall()
+def jobs_by_status(conn, account_id: str) -> dict[str, int]:
+    rows = conn.execute("SELECT status, count(*) AS n FROM jobs WHERE account_id = %s GROUP BY status",
+                        (account_id,)).fetchall()
     return {r["status"]: r["n"] for r in rows}
 
 
-def url_totals(conn) -> dict[str, int]:
-    """URLs by status from the job counters plus the (small, indexed) set being processed."""
+def url_totals(conn, account_id: str) -> dict[str, int]:
+    """The account's URLs by status from the job counters plus the (small, indexed) set being
+    processed and finished in the last minute."""
     row = conn.execute(
         """SELECT coalesce(sum(processed_rows), 0) AS completed, coalesce(sum(failed_rows), 0) AS failed,
                   coalesce(sum(total_rows - processed_rows - failed_rows), 0) AS unfinished,
-                  (SELECT count(*) FROM urls WHERE status = 'processing') AS processing,
-                  (SELECT count(*) FROM urls WHERE finished_at > now() - interval '1 minute') AS last_minute
-           FROM jobs"""
+                  (SELECT count(*) FROM urls u JOIN jobs j ON j.id = u.job_id
+                   WHERE u.status = 'processing' AND j.account_id = %(account)s) AS processing,
+                  (SELECT count(*) FROM urls u JOIN jobs j ON j.id = u.job_id
+                   WHERE u.finished_at > now() - interval '1 minute' AND j.account_id = %(account)s) AS last_minute
+           FROM jobs WHERE account_id = %(account)s""",
+        {"account": account_id},
     ).fetchone()
     return {
         "pending": int(row["unfinished"]) - row["processing"],
@@ -169,6 +194,44 @@ def url_totals(conn) -> dict[str, int]:
         "failed": int(row["failed"]),
         "finished_last_minute": row["last_minute"],
     }
+
+
+# ---------------------------------------------------------------- accounts (limits at start)
+
+ACCOUNT_LIMIT_COLUMNS = "id, name, disabled_at, rpm, urls_per_day, max_jobs, models"
+
+
+def lock_account(conn, account_id: str) -> dict | None:
+    """The account row, locked for the caller's transaction: starts and retries of one account
+    take their quota and job slots one at a time (always after the job's own locks)."""
+    return conn.execute(f"SELECT {ACCOUNT_LIMIT_COLUMNS} FROM accounts WHERE id = %s FOR UPDATE",
+                        (account_id,)).fetchone()
+
+
+def get_account(conn, account_id: str) -> dict | None:
+    return conn.execute(f"SELECT {ACCOUNT_LIMIT_COLUMNS} FROM accounts WHERE id = %s", (account_id,)).fetchone()
+
+
+def processing_jobs(conn, account_id: str) -> int:
+    return conn.execute("SELECT count(*) AS n FROM jobs WHERE account_id = %s AND status = 'processing'",
+                        (account_id,)).fetchone()["n"]
+
+
+UTC_TODAY = "(now() AT TIME ZONE 'UTC')::date"
+
+
+def urls_today(conn, account_id: str) -> int:
+    row = conn.execute(f"SELECT urls FROM account_usage WHERE account_id = %s AND day = {UTC_TODAY}",
+                       (account_id,)).fetchone()
+    return int(row["urls"]) if row else 0
+
+
+def add_urls_today(conn, account_id: str, count: int) -> None:
+    conn.execute(
+        f"""INSERT INTO account_usage (account_id, day, urls) VALUES (%s, {UTC_TODAY}, %s)
+            ON CONFLICT (account_id, day) DO UPDATE SET urls = account_usage.urls + EXCLUDED.urls""",
+        (account_id, count),
+    )
 
 
 # ---------------------------------------------------------------- urls
@@ -232,13 +295,13 @@ def reset_for_retry(conn, job_id: str, include_unfinished: bool) -> tuple[int, i
     return row["n"], row["failed"], list(row["chunks"])
 
 
-def restart_job(conn, job_id: str, failed_reset: int) -> dict:
+def restart_job(conn, job_id: str, failed_reset: int, undispatched: list[int]) -> dict:
     return conn.execute(
         f"""UPDATE jobs j SET status = 'processing', failed_rows = failed_rows - %(f)s, finished_at = NULL,
-                   result_path = NULL, error = NULL,
+                   result_path = NULL, error = NULL, undispatched = %(waiting)s,
                    progress = {PROGRESS.format(done="processed_rows + failed_rows - %(f)s")}
-            WHERE j.id = %(job)s RETURNING {JOB_COLUMNS}""",
-        {"f": failed_reset, "job": job_id},
+            WHERE j.id = %(job)s AND j.status IN ('completed', 'failed', 'canceled') RETURNING {JOB_COLUMNS}""",
+        {"f": failed_reset, "job": job_id, "waiting": undispatched},
     ).fetchone()
 
 

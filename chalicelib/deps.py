@@ -64,6 +64,15 @@ def conn():
 
 
 @lru_cache(maxsize=1)
+def authenticator():
+    """API keys, cached per container for at most API_KEY_CACHE_S (≤ 60 s: how soon a revoked
+    key stops working)."""
+    from chalicelib.accounts import Authenticator
+
+    return Authenticator(get_conn=conn, ttl_s=get_settings().api_key_cache_s)
+
+
+@lru_cache(maxsize=1)
 def opener_generator():
     from chalicelib.openers import OpenerGenerator, build_client
     from chalicelib.ratelimit import RateLimiter

@@ -15,14 +15,14 @@ import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime, time, timedelta
 from typing import IO
 
 import psycopg
 import tenacity
 
-from chalicelib import csvfile, db
-from chalicelib.errors import BadRequest, Conflict, DomainError, NotFound
+from chalicelib import accounts, csvfile, db
+from chalicelib.errors import BadRequest, Conflict, DomainError, NotFound, RateLimited
 from chalicelib.logs import get_logger
 from chalicelib.queue import ChunkQueue
 from chalicelib.settings import Settings
@@ -48,6 +48,7 @@ def _iso(value: datetime | None) -> str | None:
 def job_json(job: dict) -> dict:
     return {
         "id": str(job["id"]),
+        "account_id": str(job["account_id"]),
         "file_name": job["file_name"],
         "status": job["status"],
         "total_rows": job["total_rows"],
@@ -106,8 +107,9 @@ def _job_id(value: str | None) -> str:
         raise NotFound(f"No job with id '{value}'", code="job_not_found") from None
 
 
-def require_job(conn, job_id: str) -> dict:
-    job = db.get_job(conn, _job_id(job_id))
+def require_job(conn, account_id: str, job_id: str) -> dict:
+    """The caller's job; another account's id is exactly an unknown id (same query, same 404)."""
+    job = db.get_account_job(conn, account_id, _job_id(job_id))
     if job is None:
         raise NotFound(f"No job with id '{job_id}'", code="job_not_found")
     return job
@@ -125,18 +127,23 @@ def _layout(job: dict) -> csvfile.Layout:
 
 # ---------------------------------------------------------------- create
 
-def create_from_upload(conn, storage: Storage, *, file_name: str, data: bytes, url_column: str | None) -> dict:
+def upload_key(account_id: str, job_id: str, file_name: str) -> str:
+    return f"uploads/{account_id}/{job_id}/{safe_file_name(file_name)}"
+
+
+def create_from_upload(conn, storage: Storage, *, account_id: str, file_name: str, data: bytes,
+                       url_column: str | None) -> dict:
     """Validate the CSV, store the original in S3, create the pending job. -> 201 body."""
     try:
         summary = csvfile.summarize([data], url_column)
     except csvfile.CsvError as exc:
         raise _csv_error(exc) from None
     job_id = str(uuid.uuid4())
-    key = f"uploads/{job_id}/{safe_file_name(file_name)}"
+    key = upload_key(account_id, job_id, file_name)
     storage.put_bytes(key, data)
     try:
-        job = db.insert_job(conn, job_id=job_id, file_name=file_name, file_path=key, source="upload",
-                            **_summary_fields(summary))
+        job = db.insert_job(conn, job_id=job_id, account_id=account_id, file_name=file_name, file_path=key,
+                            source="upload", **_summary_fields(summary))
     except Exception:
         storage.delete(key)  # no orphan object for a job that does not exist
         raise
@@ -163,15 +170,16 @@ def upload_body(job: dict, summary: csvfile.Summary) -> dict:
     }
 
 
-def create_presigned_upload(conn, storage: Storage, *, file_name: str | None, url_column: str | None = None) -> dict:
+def create_presigned_upload(conn, storage: Storage, *, account_id: str, file_name: str | None,
+                            url_column: str | None = None) -> dict:
     """A pending job plus a presigned PUT URL; the file is validated by `start`."""
     if not file_name or not isinstance(file_name, str):
         raise BadRequest("file_name is required, e.g. {\"file_name\": \"leads.csv\"}", code="missing_file_name")
     name = safe_file_name(file_name)
     check_file_type(name, "text/csv")
     job_id = str(uuid.uuid4())
-    key = f"uploads/{job_id}/{name}"
-    job = db.insert_job(conn, job_id=job_id, file_name=name, file_path=key, source="presigned",
+    key = upload_key(account_id, job_id, name)
+    job = db.insert_job(conn, job_id=job_id, account_id=account_id, file_name=name, file_path=key, source="presigned",
                         url_column=url_column or None)
     return {"job": job_json(job), "upload_url": storage.presigned_put(key), "method": "PUT",
             "headers": {"Content-Type": "text/csv"}}
@@ -199,7 +207,7 @@ def _validate_stored(conn, storage: Storage, settings: Settings, job: dict) -> d
 
 # ---------------------------------------------------------------- start
 
-def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, job_id: str, *,
+def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account_id: str, job_id: str, *,
           instructions: str | None = None, model: str | None = None) -> dict:
     """Store the job's URLs (COPY), job -> processing, then enqueue one message per chunk. -> 202 body.
 
@@ -210,7 +218,8 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, job_id:
     """
     instructions = _clean_text(instructions, "instructions", MAX_INSTRUCTIONS)
     model = _clean_text(model, "model", 100)
-    job = require_job(conn, job_id)
+    job = require_job(conn, account_id, job_id)
+    model = allowed_model(_limits(db.get_account(conn, account_id), settings), model)
     if job["status"] == "pending" and job["layout"] is None:
         job = _validate_stored(conn, storage, settings, job)
     try:
@@ -222,13 +231,15 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, job_id:
             total = db.copy_urls(conn, job["id"], rows)
             if total == 0:
                 raise BadRequest("The file has no valid URL", code="no_valid_urls")
+            take_account_capacity(conn, settings, account_id, total)
             chunks = -(-total // settings.chunk_size)
+            first, waiting = _window(list(range(chunks)), settings)
             job = db.start_job(conn, job["id"], total_rows=total, invalid_rows=job["invalid_rows"],
-                               chunks=chunks, instructions=instructions, model=model)
+                               chunks=chunks, instructions=instructions, model=model, undispatched=waiting)
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being started by another request", code="already_started") from None
     try:
-        queue.send_chunks(str(job["id"]), range(chunks))
+        queue.send_chunks(str(job["id"]), first)
     except Exception:
         log.exception("enqueueing failed; undoing the start", extra={"job_id": str(job["id"])})
         with conn.transaction():
@@ -238,12 +249,70 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, job_id:
     return {"job": job_json(job), "chunks": chunks}
 
 
+def _window(chunks: list[int], settings: Settings) -> tuple[list[int], list[int]]:
+    """(chunks to send now, chunks that wait for one of those to finish)."""
+    return chunks[: settings.chunk_window], chunks[settings.chunk_window:]
+
+
+def dispatch_next(conn, queue: ChunkQueue, job_id: str) -> int | None:
+    """A chunk of the job finished: send the next waiting one. Sent before it is taken off the
+    list (a crash in between sends it twice, which handlers tolerate, never zero times)."""
+    while True:
+        chunk = db.peek_undispatched(conn, job_id)
+        if chunk is None:
+            return None
+        queue.send_chunks(job_id, [chunk])
+        if db.pop_undispatched(conn, job_id, chunk):
+            return chunk
+
+
 def _url_rows(chunks: Iterable[bytes], layout: csvfile.Layout, chunk_size: int) -> Iterator[tuple[int, int, str]]:
     index = 0
     for row, _record in csvfile.iter_rows(chunks, layout):
         if row.url is not None:
             yield row.row, index // chunk_size, row.url
             index += 1
+
+
+def _limits(account: dict | None, settings: Settings) -> accounts.Limits:
+    if account is None:
+        raise NotFound("The account no longer exists", code="account_not_found")
+    return accounts.effective_limits(
+        account, default_rpm=settings.api_rate_limit_per_minute, default_urls_per_day=settings.account_urls_per_day,
+        default_max_jobs=settings.account_max_jobs, default_model=settings.openai_model)
+
+
+def allowed_model(limits: accounts.Limits, model: str | None) -> str:
+    """The job's model: the one asked for if the account may use it, else the default."""
+    if model is None:
+        return limits.models[0]
+    if model not in limits.models:
+        raise BadRequest(f"Model '{model}' is not allowed for this account; allowed: {', '.join(limits.models)}",
+                         code="model_not_allowed")
+    return model
+
+
+def _seconds_to_utc_midnight() -> int:
+    now = datetime.now(UTC)
+    return int((datetime.combine(now.date() + timedelta(days=1), time.min, UTC) - now).total_seconds()) + 1
+
+
+def take_account_capacity(conn, settings: Settings, account_id: str, urls: int) -> None:
+    """Inside a start or retry transaction: refuse (nothing enqueued, everything rolled back) when
+    the account is at its concurrent-job limit or `urls` would pass its URLs-per-day quota; else
+    count them. The account row lock makes concurrent starts take their share one at a time."""
+    limits = _limits(db.lock_account(conn, account_id), settings)
+    if limits.max_jobs and db.processing_jobs(conn, account_id) >= limits.max_jobs:
+        raise RateLimited(f"This account already has {limits.max_jobs} jobs processing, its limit; wait for one "
+                          "to finish or cancel one, then call again", code="too_many_jobs")
+    if limits.urls_per_day:
+        remaining = max(0, limits.urls_per_day - db.urls_today(conn, account_id))
+        if urls > remaining:
+            raise RateLimited(
+                f"This needs {urls:,} URLs but the account has {remaining:,} of its {limits.urls_per_day:,} "
+                "URLs per day left (the day ends at midnight UTC); process a smaller file or ask for a higher limit",
+                code="quota_exceeded", headers={"Retry-After": str(_seconds_to_utc_midnight())})
+    db.add_urls_today(conn, account_id, urls)
 
 
 def _clean_text(value, name: str, limit: int) -> str | None:
@@ -257,19 +326,55 @@ def _clean_text(value, name: str, limit: int) -> str | None:
     return value or None
 
 
+def drop_account(conn, key: str) -> tuple[str | None, str]:
+    """`incoming/{account_id}/{name}.csv` -> (account id, "") or (None, why it starts nothing)."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != "incoming" or not parts[2]:
+        return None, "not in an account folder: drop files at incoming/{account_id}/{name}.csv"
+    try:
+        account_id = str(uuid.UUID(parts[1]))
+    except ValueError:
+        return None, f"'{parts[1][:100]}' is not an account id: drop files at incoming/{{account_id}}/{{name}}.csv"
+    account = db.get_account(conn, account_id)
+    if account is None:
+        return None, f"no account with id {account_id}"
+    if account["disabled_at"] is not None:
+        return None, f"account {account_id} is disabled"
+    return account_id, ""
+
+
+def reject_drop(storage: Storage, key: str, reason: str) -> str:
+    """Move a drop that starts nothing to rejected/ (same path) with a .reason.txt beside it."""
+    target = "rejected/" + key.removeprefix("incoming/")
+    storage.copy(key, target)
+    storage.put_bytes(target + ".reason.txt", (reason + "\n").encode(), content_type="text/plain; charset=utf-8")
+    storage.delete(key)
+    log.warning("dropped file rejected", extra={"key": key, "moved_to": target, "reason": reason})
+    return target
+
+
 def start_from_drop(conn, storage: Storage, queue: ChunkQueue, settings: Settings, *, key: str,
                     version: str | None) -> dict | None:
-    """A CSV dropped under incoming/ -> a job started with default options, as upload + process
-    would. `version` (the event's sequencer or ETag) makes a repeated notification a no-op. A bad
-    file becomes a failed job with the reason (never an exception, so no redelivery loop)."""
+    """A CSV dropped under incoming/{account_id}/ -> a job of that account started with default
+    options, as upload + process would. `version` (the event's sequencer or ETag) makes a repeated
+    notification a no-op. A drop outside an account folder, or for an unknown or disabled account,
+    is moved to rejected/ with the reason; a bad file becomes a failed job with the reason (never
+    an exception, so no redelivery loop)."""
+    account_id, why = drop_account(conn, key)
+    if account_id is None:
+        try:
+            reject_drop(storage, key, why)
+        except ObjectMissing:
+            log.info("rejected drop already moved", extra={"key": key})
+        return None
     name = safe_file_name(key.rsplit("/", 1)[-1])
-    job = db.insert_job(conn, job_id=str(uuid.uuid4()), file_name=name, file_path=key, source="s3",
-                        source_key=f"{storage.bucket}/{key}@{version or ''}")
+    job = db.insert_job(conn, job_id=str(uuid.uuid4()), account_id=account_id, file_name=name, file_path=key,
+                        source="s3", source_key=f"{storage.bucket}/{key}@{version or ''}")
     if job is None:
         log.info("duplicate S3 notification ignored", extra={"key": key})
         return None
     try:
-        return start(conn, storage, queue, settings, str(job["id"]))
+        return start(conn, storage, queue, settings, account_id, str(job["id"]))
     except DomainError as exc:
         log.warning("dropped file rejected", extra={"job_id": str(job["id"]), "key": key, "error": exc.message})
         if db.get_job_status(conn, job["id"]) == "pending":
@@ -277,7 +382,8 @@ def start_from_drop(conn, storage: Storage, queue: ChunkQueue, settings: Setting
         return None
 
 
-def give_up_chunk(get_conn, job_id: str, chunk: int, receive_count: int, error: BaseException) -> None:
+def give_up_chunk(get_conn, queue: ChunkQueue, job_id: str, chunk: int, receive_count: int,
+                  error: BaseException) -> None:
     """The chunk's message failed its last delivery and goes to the dead-letter queue: its
     unfinished URLs fail with the reason, the job says why, and it can complete (and be retried)."""
     reason = (f"chunk {chunk} failed {receive_count} deliveries ({type(error).__name__}: {str(error)[:200]}); "
@@ -287,12 +393,13 @@ def give_up_chunk(get_conn, job_id: str, chunk: int, receive_count: int, error: 
         result = db.fail_chunk(conn, job_id, chunk, reason)
     log.error("chunk given up", extra={"job_id": job_id, "chunk": chunk, "failed": result and result["failed"]})
     db.complete_job_if_done(conn, job_id)
+    dispatch_next(conn, queue, job_id)
 
 
 # ---------------------------------------------------------------- control
 
-def cancel(conn, job_id: str) -> dict:
-    job = require_job(conn, job_id)
+def cancel(conn, account_id: str, job_id: str) -> dict:
+    job = require_job(conn, account_id, job_id)
     canceled = db.cancel_job(conn, job["id"])
     if canceled is None:
         raise Conflict(f"Job is already {job['status']}; only pending or processing jobs can be canceled",
@@ -301,10 +408,11 @@ def cancel(conn, job_id: str) -> dict:
     return {"job": job_json(canceled)}
 
 
-def retry(conn, queue: ChunkQueue, job_id: str) -> dict:
+def retry(conn, queue: ChunkQueue, settings: Settings, account_id: str, job_id: str) -> dict:
     """Failed URLs (and a canceled or failed job's unfinished ones) back to pending, job ->
-    processing, then their chunks are enqueued again (after the commit, as in `start`)."""
-    job = require_job(conn, job_id)
+    processing, then their chunks are enqueued again (after the commit, as in `start`). The
+    retried URLs count against the account's daily quota like a start's."""
+    job = require_job(conn, account_id, job_id)
     try:
         with conn.transaction():
             job = db.get_job(conn, job["id"], lock=True)
@@ -314,7 +422,9 @@ def retry(conn, queue: ChunkQueue, job_id: str) -> dict:
             retried, failed, chunks = db.reset_for_retry(conn, job["id"], job["status"] != "completed")
             if retried == 0:
                 raise Conflict("Nothing to retry: no failed or unprocessed URLs", code="nothing_to_retry")
-            job = db.restart_job(conn, job["id"], failed)
+            take_account_capacity(conn, settings, account_id, retried)
+            chunks, waiting = _window(chunks, settings)
+            job = db.restart_job(conn, job["id"], failed, waiting)
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being changed by another request", code="busy") from None
     try:
@@ -346,11 +456,11 @@ def requeue_unfinished(conn, queue: ChunkQueue, idle_s: float | None = None) -> 
 
 # ---------------------------------------------------------------- read
 
-def get(conn, job_id: str) -> dict:
-    return {"job": job_json(require_job(conn, job_id))}
+def get(conn, account_id: str, job_id: str) -> dict:
+    return {"job": job_json(require_job(conn, account_id, job_id))}
 
 
-def list_(conn, *, status: str | None, limit: str | None, cursor: str | None) -> dict:
+def list_(conn, account_id: str, *, status: str | None, limit: str | None, cursor: str | None) -> dict:
     status = _check_status(status, JOB_STATUSES)
     size = parse_limit(limit, 20, 100)
     after = None
@@ -360,14 +470,15 @@ def list_(conn, *, status: str | None, limit: str | None, cursor: str | None) ->
             after = (datetime.fromisoformat(created), str(uuid.UUID(job_id)))
         except ValueError:
             raise BadRequest("cursor is not valid", code="bad_cursor") from None
-    rows = db.list_jobs(conn, status=status, limit=size + 1, after=after)
+    rows = db.list_jobs(conn, account_id, status=status, limit=size + 1, after=after)
     page = rows[:size]
     next_cursor = _encode_cursor(page[-1]["created_at"].isoformat(), page[-1]["id"]) if len(rows) > size else None
     return {"jobs": [job_json(j) for j in page], "next_cursor": next_cursor}
 
 
-def results(conn, job_id: str, *, status: str | None, limit: str | None, cursor: str | None) -> dict:
-    job = require_job(conn, job_id)
+def results(conn, account_id: str, job_id: str, *, status: str | None, limit: str | None,
+            cursor: str | None) -> dict:
+    job = require_job(conn, account_id, job_id)
     status = _check_status(status, URL_STATUSES)
     size = parse_limit(limit, 100, 1000)
     after = 0
@@ -429,9 +540,9 @@ def render_csv(conn, storage: Storage, job: dict, spool_limit: int) -> IO[bytes]
     return buffer
 
 
-def download(conn, storage: Storage, job_id: str) -> tuple[str, str | bytes, str]:
+def download(conn, storage: Storage, account_id: str, job_id: str) -> tuple[str, str | bytes, str]:
     """-> ("inline", csv bytes, file name) or ("redirect", presigned URL, file name)."""
-    job = require_job(conn, job_id)
+    job = require_job(conn, account_id, job_id)
     if job["layout"] is None:
         raise Conflict("The file has not been validated yet; call /api/upload/process first", code="not_ready")
     name = download_name(job["file_name"])
@@ -440,7 +551,7 @@ def download(conn, storage: Storage, job_id: str) -> tuple[str, str | bytes, str
         if len(data) <= INLINE_DOWNLOAD_LIMIT:
             return "inline", data, name
         buffer.seek(0)
-        key = f"exports/{job['id']}/{uuid.uuid4().hex}.csv"
+        key = f"exports/{job['account_id']}/{job['id']}/{uuid.uuid4().hex}.csv"
         storage.put_file(key, buffer)
     return "redirect", storage.presigned_get(key, name), name
 
@@ -460,9 +571,9 @@ def export_results(conn, storage: Storage, job: dict, keys: list[str]) -> None:
 
 
 def result_keys(job: dict) -> list[str]:
-    keys = [f"results/{job['id']}.csv"]
+    keys = [f"results/{job['account_id']}/{job['id']}.csv"]
     if job["source"] == "s3":
-        keys.append(f"results/{download_name(job['file_name'])}")
+        keys.append(f"results/{job['account_id']}/{download_name(job['file_name'])}")
     return keys
 
 
@@ -492,17 +603,39 @@ def export_job(get_conn, storage: Storage, job: dict) -> bool:
     return True
 
 
+# ---------------------------------------------------------------- account
+
+
+def account_view(conn, settings: Settings, caller: accounts.Caller) -> dict:
+    """GET /api/account: who the key belongs to, the account's limits and today's usage (UTC)."""
+    account = db.get_account(conn, caller.account_id)
+    limits = _limits(account, settings)
+    usage = accounts.usage_today(conn, caller.account_id)
+    usage["day"] = usage["day"].isoformat()
+    return {"account": {
+        "id": str(account["id"]), "name": account["name"],
+        "key": {"prefix": caller.key_prefix, "role": caller.role},
+        "limits": {"requests_per_minute": limits.rpm, "urls_per_day": limits.urls_per_day,
+                   "concurrent_jobs": limits.max_jobs, "models": list(limits.models)},
+        "usage_today": {**usage, "processing_jobs": db.processing_jobs(conn, caller.account_id),
+                        "urls_remaining": max(0, limits.urls_per_day - usage["urls"]) if limits.urls_per_day else None},
+    }}
+
+
 # ---------------------------------------------------------------- metrics
 
-def metrics(conn, queue: ChunkQueue) -> dict:
-    urls = db.url_totals(conn)
+def metrics(conn, queue: ChunkQueue, account_id: str, *, admin: bool) -> dict:
+    """The account's jobs and URLs; queue depths (shared by every account) for admin keys only."""
+    urls = db.url_totals(conn, account_id)
     per_minute = urls.pop("finished_last_minute")
     body = {
-        "jobs": {status: 0 for status in JOB_STATUSES} | db.jobs_by_status(conn),
+        "jobs": {status: 0 for status in JOB_STATUSES} | db.jobs_by_status(conn, account_id),
         "urls": urls,
         "throughput": {"urls_last_minute": per_minute, "urls_per_second": round(per_minute / 60, 2)},
-        "queues": {},
     }
+    if not admin:
+        return body
+    body["queues"] = {}
     for name, url in (("chunks", queue.queue_url), ("dead_letter", queue.dlq_url)):
         try:
             body["queues"][name] = queue.depth(url)

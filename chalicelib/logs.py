@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -18,6 +19,14 @@ from typing import Any
 _context: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = contextvars.ContextVar("log_context", default=())
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+# Our API keys (the public prefix may stay) and provider keys, masked or not ("sk-...abcd").
+_SECRETS = re.compile(r"\b(cso_[0-9a-f]{8})_[A-Za-z0-9_\-]+|\b(sk-)[A-Za-z0-9_*\-]{4,}")
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with every API key (ours after its public prefix, the provider's whole) replaced."""
+    return _SECRETS.sub(lambda m: f"{m.group(1)}_[redacted]" if m.group(1) else "sk-[redacted]", text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,7 +41,7 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return redact_secrets(json.dumps(entry, default=str))
 
 
 class _StdoutHandler(logging.StreamHandler):

@@ -36,6 +36,7 @@ import httpx2
 import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from chalicelib.logs import redact_secrets
 from chalicelib.ratelimit import LimiterStopped, estimate_tokens, retry_after_seconds
 from chalicelib.settings import Settings
 
@@ -88,7 +89,7 @@ class GenerationFailed(Exception):
     """The URL could not get an opener; ``message`` is fit to show the user, ``attempts`` were made."""
 
     def __init__(self, message: str, attempts: int) -> None:
-        self.message = _trim(message, MAX_ERROR_CHARS)
+        self.message = _trim(redact_secrets(message), MAX_ERROR_CHARS)  # stored on the URL: no key fragments
         self.attempts = attempts
         super().__init__(self.message)
 
@@ -511,7 +512,7 @@ def _retry_after(exc: BaseException | None) -> float | None:
 class Limiter(Protocol):
     """What the generator needs from ``chalicelib.ratelimit.RateLimiter`` (tests pass a fake)."""
 
-    def acquire(self, tokens: int, should_stop: Callable[[], bool] = ...) -> float: ...
+    def acquire(self, tokens: int, should_stop: Callable[[], bool] = ..., account: str | None = ...) -> float: ...
 
     def refund(self, estimated: int, actual: int) -> None: ...
 
@@ -557,8 +558,10 @@ class OpenerGenerator:
         instructions: str | None = None,
         model: str | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        account: str | None = None,
     ) -> Opener:
-        """The opener for ``url``; raises GenerationFailed, or LimiterStopped when asked to stop."""
+        """The opener for ``url``; raises GenerationFailed, or LimiterStopped when asked to stop.
+        ``account`` takes the call from that account's fair share of the shared rate."""
         messages = build_messages(url, instructions)
         retrying = Retrying(
             stop=stop_after_attempt(self.max_retries),
@@ -573,14 +576,15 @@ class OpenerGenerator:
             for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    return self._attempt(messages, model or self.model, should_stop, attempts)
+                    return self._attempt(messages, model or self.model, should_stop, attempts, account)
         except (openai.OpenAIError, UnusableAnswer) as exc:
             raise GenerationFailed(describe_error(exc), attempts) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
-    def _attempt(self, messages: list[dict], model: str, should_stop: Callable[[], bool], number: int) -> Opener:
+    def _attempt(self, messages: list[dict], model: str, should_stop: Callable[[], bool], number: int,
+                 account: str | None = None) -> Opener:
         estimate = estimate_tokens(messages, self.max_tokens)
-        self.limiter.acquire(estimate, should_stop)
+        self.limiter.acquire(estimate, should_stop, account=account)
         try:
             # The SDK builds the request and raises its typed errors; the small JSON answer is read
             # directly (building the SDK's response model cost ~15 % of a call's CPU here).

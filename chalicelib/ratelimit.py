@@ -20,11 +20,18 @@ How it works:
   pause, so the end of a pause releases at most one burst, then the steady rate). A reservation
   made before the 429 that would have fired inside the pause is handed back and retaken after it.
 * ``refund`` corrects the token bucket once the response's real ``usage`` is known.
+* Fair share between accounts: ``acquire(..., account=id)`` also takes the turn from that
+  account's own pair of buckets, refilled at ``limit / n`` where n is the number of accounts that
+  asked in the last few seconds. An account may reserve at most ``MAX_AHEAD_MS`` ahead in its
+  share; beyond that it is told to come back later instead of queueing. So a big job cannot
+  stack up minutes of reservations in front of a small job of another account: while both run,
+  each gets half the provider rate, and alone, either gets all of it.
 * If Redis is unreachable ``acquire`` keeps retrying with backoff; it never lets a caller through
   unthrottled. It gives up only when the caller's ``should_stop()`` says so (``LimiterStopped``).
 
-A limit of 0 means "unlimited" for that bucket. The three keys travel in ``KEYS``; on Redis
-Cluster give a prefix with a hash tag (e.g. ``"{csv-opener:ratelimit}"``) so they share a slot.
+A limit of 0 means "unlimited" for that bucket. Every key a script touches travels in ``KEYS``;
+on Redis Cluster give a prefix with a hash tag (e.g. ``"{csv-opener:ratelimit}"``) so they share
+a slot.
 """
 
 from __future__ import annotations
@@ -88,25 +95,60 @@ local function cooldown_left()
 end
 """
 
-# KEYS: requests bucket, tokens bucket, cooldown_until. ARGV: rpm, tpm, requests, tokens.
-# Returns the wait in ms (as a string: Lua numbers would be truncated to integers).
+# KEYS: requests bucket, tokens bucket, cooldown_until, active accounts (zset), the account's
+# share buckets (requests, tokens). ARGV: rpm, tpm, requests, tokens, account ('' = no share),
+# active window ms, max ahead ms.
+# Returns 'g<ms>' (granted: due in ms) or 'r<ms>' (not reserved: ask again in ms), as a string
+# because Lua numbers would be truncated to integers.
 _ACQUIRE_LUA = _LUA_COMMON + """
-local function reserve(key, limit, need)
-  if limit <= 0 or need <= 0 then return 0 end
+-- The bucket after taking `need`, and how long until that is covered (not stored yet).
+local function take(key, limit, need)
   local rate = limit / 60000
   local burst = math.max(limit / 60, need)
   local level, ts = load(key, rate, burst)
   level = level - need
-  store(key, rate, burst, level, ts)
   local ready = ts
   if level < 0 then ready = ts - level / rate end
-  return ready - now
+  return {rate, burst, level, ts, ready - now}
+end
+
+local function reserve(key, limit, need)
+  if limit <= 0 or need <= 0 then return 0 end
+  local t = take(key, limit, need)
+  store(key, t[1], t[2], t[3], t[4])
+  return t[5]
 end
 
 local wait = cooldown_left()
+local account = ARGV[5]
+if account ~= '' then
+  local window = tonumber(ARGV[6])
+  redis.call('ZADD', KEYS[4], now, account)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window)
+  redis.call('PEXPIRE', KEYS[4], math.ceil(window * 2))
+  local n = math.max(1, redis.call('ZCARD', KEYS[4]))
+  local shares = {}
+  local share_wait = 0
+  for i, spec in ipairs({{KEYS[5], tonumber(ARGV[1]), tonumber(ARGV[3])},
+                         {KEYS[6], tonumber(ARGV[2]), tonumber(ARGV[4])}}) do
+    if spec[2] > 0 and spec[3] > 0 then
+      local t = take(spec[1], spec[2] / n, spec[3])
+      shares[#shares + 1] = {spec[1], t}
+      share_wait = math.max(share_wait, t[5])
+    end
+  end
+  local ahead = tonumber(ARGV[7])
+  if share_wait > ahead then
+    return string.format('r%.3f', share_wait - ahead)
+  end
+  for _, s in ipairs(shares) do
+    store(s[1], s[2][1], s[2][2], s[2][3], s[2][4])
+  end
+  wait = math.max(wait, share_wait)
+end
 wait = math.max(wait, reserve(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[3])))
 wait = math.max(wait, reserve(KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[4])))
-return string.format('%.3f', math.max(wait, 0))
+return string.format('g%.3f', math.max(wait, 0))
 """
 
 # KEYS: requests bucket, tokens bucket, cooldown_until. ARGV: rpm, tpm, seconds.
@@ -172,6 +214,8 @@ class RateLimiter:
 
     backoff_initial: float = 0.2  # seconds; first retry delay while Redis is unreachable
     backoff_max: float = 5.0  # seconds; retry delays double up to this
+    share_window_ms: float = 5000.0  # an account counts as active this long after it last asked
+    max_ahead_ms: float = 1000.0  # how far ahead an account may reserve within its share
     sleep_slice: float = 1.0  # seconds; long waits are cut into slices so should_stop is honoured
 
     def __init__(
@@ -189,6 +233,7 @@ class RateLimiter:
         self.tpm = int(tpm)
         self.prefix = prefix
         self.keys = [f"{prefix}:requests", f"{prefix}:tokens", f"{prefix}:cooldown_until"]
+        self.active_key = f"{prefix}:active_accounts"
         self._sleep = sleep
         self._log = log or logging.getLogger("csv_opener.ratelimit")
         self._acquire_script = redis_client.register_script(_ACQUIRE_LUA)
@@ -198,8 +243,10 @@ class RateLimiter:
 
     # -- public API ---------------------------------------------------------------------------
 
-    def acquire(self, tokens: int, should_stop: Callable[[], bool] = lambda: False) -> float:
-        """Block until one request of ``tokens`` tokens fits the shared budget; return seconds waited.
+    def acquire(self, tokens: int, should_stop: Callable[[], bool] = lambda: False,
+                account: str | None = None) -> float:
+        """Block until one request of ``tokens`` tokens fits the shared budget (and, with
+        ``account``, that account's fair share of it); return seconds waited.
 
         Sleeps (in slices of at most ``sleep_slice``) until the reservation is due, then checks
         once more for a cooldown set meanwhile by someone else's 429 and, if there is one, sleeps
@@ -215,8 +262,11 @@ class RateLimiter:
             )
         waited = 0.0
         while True:
-            wait_ms, slept = self._with_retry(lambda: self._reserve_ms(tokens), should_stop)
+            (granted, wait_ms), slept = self._with_retry(lambda: self._reserve(tokens, account), should_stop)
             waited += slept
+            if not granted:  # the account's share is booked ahead: ask again when it has room
+                waited += self._sleep_for(max(0.01, wait_ms / 1000.0 * random.uniform(1.0, 1.5)), should_stop)
+                continue
             if wait_ms <= 0:
                 return waited  # granted now; the script already accounted for any cooldown
             waited += self._sleep_for(wait_ms / 1000.0, should_stop)
@@ -273,8 +323,19 @@ class RateLimiter:
     # -- internals ----------------------------------------------------------------------------
 
     def _reserve_ms(self, tokens: int) -> float:
-        """One reservation (no sleeping, no retry); the wait in ms until it is due."""
-        return float(self._acquire_script(keys=self.keys, args=[self.rpm, self.tpm, 1, int(tokens)]))
+        """One reservation without a share (no sleeping, no retry); the wait in ms until it is due."""
+        return self._reserve(tokens, None)[1]
+
+    def _reserve(self, tokens: int, account: str | None) -> tuple[bool, float]:
+        """One reservation (no sleeping, no retry): (True, ms until due), or (False, ms until the
+        account's share has room: nothing was reserved)."""
+        share = [f"{self.prefix}:share:{account}:requests", f"{self.prefix}:share:{account}:tokens"] if account else [
+            f"{self.prefix}:share:-:requests", f"{self.prefix}:share:-:tokens"]
+        answer = self._acquire_script(
+            keys=[*self.keys, self.active_key, *share],
+            args=[self.rpm, self.tpm, 1, int(tokens), account or "", self.share_window_ms, self.max_ahead_ms])
+        text = answer.decode() if isinstance(answer, bytes) else str(answer)
+        return text[0] == "g", float(text[1:])
 
     def _cooldown_left_ms(self) -> float:
         return max(0.0, float(self._cooldown_left_script(keys=self.keys)))

@@ -49,6 +49,7 @@ class Settings:
     chunk_size: int = 500
     max_file_size: int = 10 * 1024 * 1024
     max_concurrent_jobs: int = 10
+    chunks_per_job: int = 0  # chunk messages one job has out at once; 0 = half of max_concurrent_jobs
     max_retries: int = 3
     max_receive_count: int = 5
     upload_bucket: str = "csv-opener-uploads"
@@ -57,10 +58,22 @@ class Settings:
     aws_endpoint_url: str | None = LOCALSTACK_URL
     aws_region: str = REGION
     cors_allow_origin: str = "*"
-    api_rate_limit_per_minute: int = 600
+    api_rate_limit_per_minute: int = 600  # per account, unless the account sets its own
+    api_rate_window_s: int = 60
+    ip_rate_limit_per_minute: int = 600  # per client address: /health and failed authentications
+    account_urls_per_day: int = 100_000
+    account_max_jobs: int = 10
+    api_key_cache_s: float = 30.0
+    presign_expires_s: int = 900
     ratelimit_prefix: str = "csv-opener:ratelimit"
     lease_seconds: int = 300
     log_level: str = "INFO"
+
+    @property
+    def chunk_window(self) -> int:
+        """Chunk messages one job keeps out at once (the rest are sent as chunks finish), so that
+        a big job leaves handler slots free for other jobs: half of MAX_CONCURRENT_JOBS by default."""
+        return self.chunks_per_job if self.chunks_per_job > 0 else max(1, -(-self.max_concurrent_jobs // 2))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -84,6 +97,7 @@ class Settings:
             chunk_size=int(get("CHUNK_SIZE", cls.chunk_size)),
             max_file_size=int(get("MAX_FILE_SIZE", cls.max_file_size)),
             max_concurrent_jobs=int(get("MAX_CONCURRENT_JOBS", cls.max_concurrent_jobs)),
+            chunks_per_job=int(get("CHUNKS_PER_JOB", cls.chunks_per_job)),
             max_retries=int(get("MAX_RETRIES", cls.max_retries)),
             max_receive_count=int(get("MAX_RECEIVE_COUNT", cls.max_receive_count)),
             upload_bucket=get("UPLOAD_BUCKET", cls.upload_bucket),
@@ -93,6 +107,12 @@ class Settings:
             aws_region=get("AWS_REGION", get("AWS_DEFAULT_REGION", REGION)),
             cors_allow_origin=get("CORS_ALLOW_ORIGIN", cls.cors_allow_origin),
             api_rate_limit_per_minute=int(get("API_RATE_LIMIT_PER_MINUTE", cls.api_rate_limit_per_minute)),
+            api_rate_window_s=int(get("API_RATE_WINDOW_S", cls.api_rate_window_s)),
+            ip_rate_limit_per_minute=int(get("IP_RATE_LIMIT_PER_MINUTE", cls.ip_rate_limit_per_minute)),
+            account_urls_per_day=int(get("ACCOUNT_URLS_PER_DAY", cls.account_urls_per_day)),
+            account_max_jobs=int(get("ACCOUNT_MAX_JOBS", cls.account_max_jobs)),
+            api_key_cache_s=min(60.0, float(get("API_KEY_CACHE_S", cls.api_key_cache_s))),
+            presign_expires_s=min(900, int(get("PRESIGN_EXPIRES_S", cls.presign_expires_s))),
             ratelimit_prefix=get("RATELIMIT_PREFIX", cls.ratelimit_prefix),
             lease_seconds=int(get("LEASE_SECONDS", cls.lease_seconds)),
             log_level=get("LOG_LEVEL", cls.log_level).upper(),

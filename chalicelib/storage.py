@@ -1,4 +1,5 @@
-"""S3 adapter: the upload bucket, around an injected boto3 S3 client."""
+"""S3 adapter: the upload bucket, around an injected boto3 S3 client. Presigned URLs last at most
+15 minutes (900 s) and name exactly one object."""
 
 from __future__ import annotations
 
@@ -52,14 +53,14 @@ class Storage:
     def delete(self, key: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=key)
 
-    def presigned_put(self, key: str, expires_s: int = 3600, content_type: str = "text/csv") -> str:
+    def presigned_put(self, key: str, expires_s: int = 900, content_type: str = "text/csv") -> str:
         return self.s3.generate_presigned_url(
             "put_object",
             Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
             ExpiresIn=expires_s,
         )
 
-    def presigned_get(self, key: str, file_name: str, expires_s: int = 3600) -> str:
+    def presigned_get(self, key: str, file_name: str, expires_s: int = 900) -> str:
         return self.s3.generate_presigned_url(
             "get_object",
             Params={

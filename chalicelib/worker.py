@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import psycopg
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from chalicelib import db
+from chalicelib import db, jobs
 from chalicelib.logs import get_logger, log_context
 from chalicelib.openers import GenerationFailed
 from chalicelib.ratelimit import LimiterStopped
@@ -168,7 +168,8 @@ class ChunkWorker:
         """One URL -> a result dict, or None to give the row back (stop requested)."""
         base = {"id": row["id"], "opener": None, "error": None, "prompt_tokens": None, "completion_tokens": None}
         try:
-            opener = self.generator.generate(row["url"], job["instructions"], job["model"], should_stop=stop.is_set)
+            opener = self.generator.generate(row["url"], job["instructions"], job["model"], should_stop=stop.is_set,
+                                             account=str(job["account_id"]))
         except LimiterStopped:
             return None
         except GenerationFailed as exc:
@@ -216,7 +217,9 @@ class ChunkWorker:
             outcome.continued = True
             return
         held = self._db(db.chunk_lease_left, run.job_id, run.chunk)
-        if held is None:  # chunk finished; complete the job if that was its last work (idempotent)
+        if held is None:  # chunk finished: the job's next chunk goes out; complete the job if that was
+            # its last work (idempotent)
+            self._db(jobs.dispatch_next, self.queue, run.job_id)
             outcome.completed_job = outcome.completed_job or self._complete(run.job_id)
         else:
             delay = min(900, int(held) + 1)

@@ -232,6 +232,32 @@ def requeue(env: dict[str, str]) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
+DEV_KEY_FILE = ROOT / ".dev-key"  # git-ignored: the dev account's admin key, shown in the banner
+
+
+def dev_key(database_url: str) -> str:
+    """The `dev` account's admin key: the one kept in .dev-key while it still works against this
+    database, else a new one (keys are stored only as hashes, so a lost one cannot be shown again)."""
+    from chalicelib import accounts, db
+
+    conn = db.connect(database_url)
+    try:
+        if DEV_KEY_FILE.exists():
+            key = DEV_KEY_FILE.read_text().strip()
+            try:
+                accounts.Authenticator(lambda: conn, ttl_s=0).authenticate(key)
+                return key
+            except accounts.Unauthorized:
+                pass
+        account = accounts.ensure_account(conn, "dev")
+        key, _row = accounts.create_key(conn, str(account["id"]), role="admin", name="make dev")
+    finally:
+        conn.close()
+    DEV_KEY_FILE.write_text(key + "\n")
+    DEV_KEY_FILE.chmod(0o600)
+    return key
+
+
 def run_dev() -> int:
     env = load_env()
     check_services(env)
@@ -245,6 +271,7 @@ def run_dev() -> int:
         applied = migrate(env["DATABASE_URL"])
         say(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
         dev_env = stack_env(env, endpoint, outputs)
+        key = dev_key(env["DATABASE_URL"])
         resumed = requeue(dev_env)
         if resumed:
             say(f"{resumed} chunk message(s) of unfinished jobs enqueued again (LocalStack keeps no messages)")
@@ -262,6 +289,8 @@ def run_dev() -> int:
             # the runner lets chunks in flight save (LLM calls may take up to OPENAI_TIMEOUT_S)
             stack.callback(stop_process, proc, name, 45 if name == "event runner" else 15)
         say(f"API on http://127.0.0.1:{DEV_API_PORT} — Ctrl-C stops everything")
+        say(f"dev account admin key (also in .dev-key): {key}")
+        say(f'try: curl -H "Authorization: Bearer $(cat .dev-key)" http://127.0.0.1:{DEV_API_PORT}/api/account')
         try:
             while all(p.poll() is None for p in procs.values()):
                 time.sleep(0.5)

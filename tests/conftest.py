@@ -15,7 +15,8 @@ from chalicelib.settings import get_secret_settings, get_settings
 def _reset_caches() -> None:
     get_settings.cache_clear()
     get_secret_settings.cache_clear()
-    for factory in (deps.storage, deps.chunk_queue, deps.redis_client, deps.opener_generator, deps.chunk_worker):
+    for factory in (deps.storage, deps.chunk_queue, deps.redis_client, deps.opener_generator, deps.chunk_worker,
+                    deps.authenticator):
         factory.cache_clear()
 
 
@@ -28,8 +29,23 @@ def settings():
 def conn(settings):
     """The test database, emptied before the test."""
     connection = db.get_conn(settings.database_url)
-    connection.execute("TRUNCATE jobs, urls")
+    connection.execute("TRUNCATE jobs, urls, account_usage")
     return connection
+
+
+@pytest.fixture
+def account(conn):
+    """A fresh account with a member key (accounts are kept: their ids never collide)."""
+    from tests.support.accounts import make_account
+
+    return make_account(conn)
+
+
+@pytest.fixture
+def make_account(conn):
+    from tests.support.accounts import make_account as make
+
+    return lambda **kwargs: make(conn, **kwargs)
 
 
 @pytest.fixture
@@ -55,6 +71,20 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
+@pytest.fixture
+def pg(settings):
+    return db.get_conn(settings.database_url)
+
+
+@pytest.fixture
+def tag(pg, unique, request):
+    """A name prefix for the accounts a test creates; they, their keys and jobs go afterwards."""
+    name = f"test-{request.module.__name__.rsplit('.', 1)[-1]}-{unique}"
+    yield name
+    pg.execute("DELETE FROM jobs WHERE account_id IN (SELECT id FROM accounts WHERE starts_with(name, %s))", (name,))
+    pg.execute("DELETE FROM accounts WHERE starts_with(name, %s)", (name,))
+
+
 @pytest.fixture(scope="session")
 def chalice_app():
     from app import app
@@ -63,11 +93,14 @@ def chalice_app():
 
 
 @pytest.fixture
-def client(chalice_app):
+def client(chalice_app, account):
+    """The app through chalice.test.Client, as `account` (its key sent on every request)."""
     from chalice.test import Client
 
+    from tests.support.accounts import AuthedClient
+
     with Client(chalice_app, stage_name="local") as test_client:
-        yield test_client
+        yield AuthedClient(test_client, account)
 
 
 def requires_stack() -> None:

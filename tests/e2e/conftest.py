@@ -94,7 +94,20 @@ class Stack:
             return subprocess.Popen(args, stderr=log if options["stdout"] is subprocess.PIPE else subprocess.STDOUT,
                                     start_new_session=True, **options)
 
+    def create_account(self) -> None:
+        """An account and its key, made with the operators' command as an operator would."""
+        def admin(*args: str) -> str:
+            done = subprocess.run([PYTHON, "-m", "chalicelib.admin", *args], cwd=ROOT, env=self.env,
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            return done.stdout.strip().splitlines()[-1]
+
+        self.account_id = admin("create-account", f"e2e-{os.getpid()}")
+        admin("set-limits", self.account_id, "--urls-per-day", "0", "--jobs", "0")  # no quota in these tests
+        self.key = admin("create-key", self.account_id, "--name", "e2e")
+
     def start(self) -> Stack:
+        self.create_account()
         self.start_fake()
         self.start_redis()
         self.start_api()
@@ -133,7 +146,7 @@ class Stack:
             "chalice",
             [CHALICE, "local", "--stage", "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT, env=self.env)
-        self.api = Api(f"http://127.0.0.1:{port}")
+        self.api = Api(f"http://127.0.0.1:{port}", self.key)
 
         def healthy():
             assert self.api_proc.poll() is None, f"chalice local exited; see {self.logs / 'chalice.log'}"

@@ -61,12 +61,16 @@ def wait_for(predicate: Callable, timeout: float, every: float = 0.2, what: str 
 
 
 class Api:
-    """The CSV Opener HTTP API as a client sees it."""
+    """The CSV Opener HTTP API as a client sees it: every call carries the account's key."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, key: str | None = None) -> None:
         self.base = base.rstrip("/")
+        self.key = key
 
     def call(self, method: str, path: str, body=None, headers=None, timeout: float = 30) -> Reply:
+        headers = dict(headers or {})
+        if self.key:
+            headers.setdefault("Authorization", f"Bearer {self.key}")
         return http(method, self.base + path, body, headers, timeout)
 
     def upload(self, file_name: str, data: bytes, url_column: str | None = None) -> dict:
@@ -230,7 +234,13 @@ def assert_counters_consistent(job: dict, counts: dict[str, int]) -> None:
     assert job["failed_rows"] == counts.get("failed", 0), (job, counts)
     assert job["processed_rows"] + job["failed_rows"] + unfinished == job["total_rows"], (job, counts)
     done = job["processed_rows"] + job["failed_rows"]
-    assert job["progress"] == (round(100 * done / job["total_rows"]) if job["total_rows"] else 0), job
+    assert job["progress"] == progress_percent(done, job["total_rows"]), job
+
+
+def progress_percent(done: int, total: int) -> int:
+    """SPEC's progress, rounded half up as PostgreSQL's round() does (Python's round() rounds
+    half to even: 305 of 1,000 is 31 here, 30 there). Integer arithmetic, no float ties."""
+    return (200 * done + total) // (2 * total) if total else 0
 
 
 def assert_finished_cleanly(database_url: str, job_id: str, expected_total: int) -> list[dict]:

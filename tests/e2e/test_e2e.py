@@ -155,7 +155,9 @@ def test_csv_dropped_in_s3_becomes_a_completed_job_with_result_files(fresh, caps
                       aws_access_key_id="test", aws_secret_access_key="test")
     bucket = os.environ["UPLOAD_BUCKET"]
     began = time.monotonic()
-    s3.put_object(Bucket=bucket, Key=f"incoming/{csv_file.name}", Body=csv_file.data, ContentType="text/csv")
+    account = stack.account_id
+    s3.put_object(Bucket=bucket, Key=f"incoming/{account}/{csv_file.name}", Body=csv_file.data,
+                  ContentType="text/csv")
 
     def completed_job():
         jobs = api.call("GET", "/api/jobs?limit=100").json()["jobs"]
@@ -165,10 +167,10 @@ def test_csv_dropped_in_s3_becomes_a_completed_job_with_result_files(fresh, caps
     seconds = time.monotonic() - began
     assert job["source"] == "s3" and (job["total_rows"], job["invalid_rows"]) == (csv_file.valid, csv_file.invalid)
 
-    keys = {f"results/{job['id']}.csv", f"results/{name}-openers.csv"}
+    keys = {f"results/{account}/{job['id']}.csv", f"results/{account}/{name}-openers.csv"}
 
     def result_keys():
-        listed = s3.list_objects_v2(Bucket=bucket, Prefix="results/").get("Contents", [])
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"results/{account}/").get("Contents", [])
         return keys <= {o["Key"] for o in listed}
 
     wait_for(result_keys, 20, what="both results files in S3")

@@ -86,7 +86,7 @@ def error_of(response) -> tuple[int, str]:
 
 # ---------------------------------------------------------------- upload
 
-def test_multipart_upload_creates_a_pending_job_and_stores_the_original(client, conn):
+def test_multipart_upload_creates_a_pending_job_and_stores_the_original(client, conn, account):
     headers, payload = multipart({}, ("leads.csv", LEADS, "text/csv"))
     response = client.http.post("/api/upload", headers=headers, body=payload)
     data = body(response)
@@ -97,9 +97,10 @@ def test_multipart_upload_creates_a_pending_job_and_stores_the_original(client, 
     assert data["errors"] == [{"row": 3, "value": "javascript:alert(1)", "message": data["errors"][0]["message"]}]
     job = data["job"]
     assert job["status"] == "pending" and job["file_name"] == "leads.csv"
-    assert s3_keys(f"uploads/{job['id']}/") == [f"uploads/{job['id']}/leads.csv"]
-    assert deps.storage().s3.get_object(Bucket=deps.storage().bucket,
-                                        Key=f"uploads/{job['id']}/leads.csv")["Body"].read() == LEADS
+    key = f"uploads/{account.id}/{job['id']}/leads.csv"
+    assert job["account_id"] == account.id
+    assert s3_keys(f"uploads/{account.id}/{job['id']}/") == [key]
+    assert deps.storage().s3.get_object(Bucket=deps.storage().bucket, Key=key)["Body"].read() == LEADS
 
 
 def test_multipart_url_column_field_picks_the_column(client):
@@ -241,10 +242,10 @@ def test_presigned_upload_then_process_validates_the_stored_file(client, conn, s
     assert (result["job"]["total_rows"], result["job"]["invalid_rows"], result["chunks"]) == (2, 1, 1)
 
 
-def test_presigned_upload_of_a_bad_file_fails_the_job_with_the_reason(client, conn):
+def test_presigned_upload_of_a_bad_file_fails_the_job_with_the_reason(client, conn, account):
     data = body(post_json(client, "/api/upload/url", {"file_name": "bad.csv"}))
-    deps.storage().put_bytes(data["job"]["file_path"] if "file_path" in data["job"] else
-                             f"uploads/{data['job']['id']}/bad.csv", b"%PDF-1.4 binary")
+    assert f"/uploads/{account.id}/{data['job']['id']}/bad.csv?" in data["upload_url"]
+    deps.storage().put_bytes(f"uploads/{account.id}/{data['job']['id']}/bad.csv", b"%PDF-1.4 binary")
     response = post_json(client, "/api/upload/process", {"job_id": data["job"]["id"]})
     assert error_of(response) == (415, "not_csv")
     job = body(client.http.get(f"/api/jobs/{data['job']['id']}"))["job"]
@@ -389,14 +390,23 @@ def test_big_download_redirects_to_a_presigned_url(client, conn, monkeypatch):
 
 # ---------------------------------------------------------------- metrics, hygiene
 
-def test_metrics_reports_jobs_urls_queues_and_throughput(client, conn):
+def test_metrics_reports_the_accounts_jobs_urls_and_throughput_and_queues_to_admins_only(
+        client, conn, make_account):
+    other = client.as_account(make_account())
+    other_job, _ = upload_and_process(other)  # another account's work never shows
+    finish(conn, other_job)
+    conn.execute("UPDATE urls SET finished_at = now() WHERE job_id = %s", (other_job,))
     job_id, _ = upload_and_process(client)
     finish(conn, job_id, failed_rows=[2])
     conn.execute("UPDATE urls SET finished_at = now() WHERE job_id = %s", (job_id,))
     data = body(client.http.get("/api/metrics"))
-    assert data["jobs"]["completed"] == 1
+    assert data["jobs"] == {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "canceled": 0}
     assert data["urls"] == {"pending": 0, "processing": 0, "completed": 1, "failed": 1}
     assert data["throughput"]["urls_last_minute"] == 2
+    assert "queues" not in data  # queue depths are the whole service's: admin keys only
+    admin = client.as_account(make_account(role="admin"))
+    data = body(admin.http.get("/api/metrics"))
+    assert data["jobs"]["completed"] == 0
     assert set(data["queues"]) == {"chunks", "dead_letter"} and "visible" in data["queues"]["chunks"]
 
 
@@ -414,18 +424,21 @@ def test_unexpected_errors_are_500_with_a_request_id_and_no_traceback(client, mo
     assert "secret internals" in capsys.readouterr().out  # the traceback goes to the log
 
 
-def test_api_rate_limit_answers_429_with_retry_after(client, env, redis_client):
-    env(API_RATE_LIMIT_PER_MINUTE="3")
-    try:
-        for key in redis_client.scan_iter("csv-opener:api:*"):
-            redis_client.delete(key)
-        codes = [client.http.get("/api/jobs").status_code for _ in range(4)]
-        limited = client.http.get("/api/jobs")
-    finally:
-        for key in redis_client.scan_iter("csv-opener:api:*"):
-            redis_client.delete(key)
-    assert codes[:3] == [200, 200, 200] and codes[3] == 429
-    assert error_of(limited) == (429, "rate_limited") and int(limited.headers["Retry-After"]) >= 1
+def test_api_rate_limit_is_per_account_with_retry_after(client, env, make_account, redis_client, settings):
+    # The window opens with the account's first request and lasts API_RATE_WINDOW_S, so the
+    # test never straddles a boundary; the keys live under this run's RATELIMIT_PREFIX only.
+    env(API_RATE_LIMIT_PER_MINUTE="3", API_RATE_WINDOW_S="600")
+    codes = [client.http.get("/api/jobs").status_code for _ in range(4)]
+    limited = client.http.get("/api/jobs")
+    assert codes == [200, 200, 200, 429]
+    assert error_of(limited) == (429, "rate_limited") and 500 <= int(limited.headers["Retry-After"]) <= 600
+    # another account has its own budget; one with its own limit gets that
+    assert client.as_account(make_account()).http.get("/api/jobs").status_code == 200
+    roomy = client.as_account(make_account(rpm=10))
+    assert [roomy.http.get("/api/jobs").status_code for _ in range(5)] == [200] * 5
+    keys = [k.decode() for k in redis_client.scan_iter(f"{settings.ratelimit_prefix}:api:*")]
+    assert f"{settings.ratelimit_prefix}:api:{{account:{client.account.id}}}" in keys
+    assert not list(redis_client.scan_iter("csv-opener:api:*"))  # nothing outside the run's prefix
 
 
 def test_cors_headers_from_the_setting(client):

@@ -1,5 +1,13 @@
 import json
 
+import pytest
+
+
+@pytest.fixture
+def account(make_account):
+    """Health details (latencies, error texts) are for admin keys."""
+    return make_account(role="admin")
+
 
 def test_health_reports_every_dependency(client):
     response = client.http.get("/health")

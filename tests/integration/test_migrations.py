@@ -19,7 +19,8 @@ def test_migrations_applied_twice_change_nothing(settings, conn):
 
 def test_schema_enforces_statuses_and_keeps_updated_at_current(conn):
     job = conn.execute(
-        "INSERT INTO jobs (file_name, file_path) VALUES ('a.csv', 'uploads/x/a.csv') RETURNING id, updated_at"
+        "INSERT INTO jobs (account_id, file_name, file_path) "
+        "VALUES ((SELECT id FROM accounts WHERE name = 'default'), 'a.csv', 'uploads/x/a.csv') RETURNING id, updated_at"
     ).fetchone()
     import psycopg
     import pytest

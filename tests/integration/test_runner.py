@@ -13,6 +13,7 @@ from chalicelib import db, deps
 from infra import runner as runner_module
 from infra.runner import Runner, function_timeout, s3_events, sqs_event
 from tests.integration.test_api import purge_queue
+from tests.support.accounts import service_account
 
 
 def wait_for(predicate, timeout=60, every=0.2):
@@ -54,25 +55,29 @@ def test_events_have_the_shape_lambda_delivers():
 
 def test_a_csv_dropped_under_incoming_becomes_a_completed_job_with_both_result_files(running, conn):
     name = f"drop-{uuid.uuid4().hex[:6]}"
+    account_id = service_account(conn)
     data = b"company,website\nAcme,acme.com\nGlobex,globex.example.org\nBad,ftp://x.org\n"
     storage = deps.storage()
-    storage.put_bytes(f"incoming/{name}.csv", data)
+    storage.put_bytes(f"incoming/{account_id}/{name}.csv", data)
     job = wait_for(lambda: conn.execute("SELECT * FROM jobs WHERE file_name = %s AND status = 'completed'",
                                         (f"{name}.csv",)).fetchone())
     assert (job["source"], job["total_rows"], job["processed_rows"], job["invalid_rows"]) == ("s3", 2, 2, 1)
-    keys = {f"results/{job['id']}.csv", f"results/{name}-openers.csv"}
+    assert str(job["account_id"]) == account_id
+    keys = {f"results/{account_id}/{job['id']}.csv", f"results/{account_id}/{name}-openers.csv"}
     wait_for(lambda: keys <= {o["Key"] for o in storage.s3.list_objects_v2(
-        Bucket=storage.bucket, Prefix="results/").get("Contents", [])})
-    text = storage.s3.get_object(Bucket=storage.bucket, Key=f"results/{name}-openers.csv")["Body"].read().decode()
+        Bucket=storage.bucket, Prefix=f"results/{account_id}/").get("Contents", [])})
+    text = storage.s3.get_object(Bucket=storage.bucket,
+                                 Key=f"results/{account_id}/{name}-openers.csv")["Body"].read().decode()
     assert text.splitlines()[0] == "company,website,opener,opener_status,opener_error"
     assert text.count(",completed,") == 2 and ",invalid," in text
     # the same object notified again (S3 may deliver twice) starts nothing new
     record = {"s3": {"bucket": {"name": storage.bucket},
-                     "object": {"key": f"incoming/{name}.csv", "sequencer": "x"}}}
+                     "object": {"key": f"incoming/{account_id}/{name}.csv", "sequencer": "x"}}}
     from chalicelib import jobs
 
     version = conn.execute("SELECT source_key FROM jobs WHERE id = %s", (job["id"],)).fetchone()["source_key"]
-    assert jobs.start_from_drop(conn, storage, deps.chunk_queue(), deps.settings(), key=f"incoming/{name}.csv",
+    assert jobs.start_from_drop(conn, storage, deps.chunk_queue(), deps.settings(),
+                                key=f"incoming/{account_id}/{name}.csv",
                                 version=version.rsplit("@", 1)[1]) is None
     assert record and conn.execute("SELECT count(*) AS n FROM jobs WHERE file_name = %s",
                                    (f"{name}.csv",)).fetchone()["n"] == 1
@@ -80,7 +85,7 @@ def test_a_csv_dropped_under_incoming_becomes_a_completed_job_with_both_result_f
 
 def test_a_bad_dropped_file_becomes_a_failed_job_with_the_reason(running, conn):
     name = f"bad-{uuid.uuid4().hex[:6]}.csv"
-    deps.storage().put_bytes(f"incoming/{name}", b"name\nno urls here\n")
+    deps.storage().put_bytes(f"incoming/{service_account(conn)}/{name}", b"name\nno urls here\n")
     job = wait_for(lambda: conn.execute("SELECT * FROM jobs WHERE file_name = %s AND status = 'failed'",
                                         (name,)).fetchone())
     assert "no column of urls" in job["error"].lower()
@@ -95,15 +100,16 @@ def test_a_chunk_that_fails_every_delivery_ends_in_the_dead_letter_queue_and_the
     purge_queue(settings.chunk_queue_url)
     purge_queue(settings.dlq_url)
     monkeypatch.setattr(runner_module, "RETRY_PAUSE_S", 0)
-    created = jobs.create_from_upload(conn, deps.storage(), file_name="p.csv", data=b"url\nacme.com\nglobex.com\n",
-                                      url_column=None)
+    account_id = service_account(conn)
+    created = jobs.create_from_upload(conn, deps.storage(), account_id=account_id, file_name="p.csv",
+                                      data=b"url\nacme.com\nglobex.com\n", url_column=None)
     job_id = created["job"]["id"]
 
     def explode(*_args, **_kwargs):
         raise RuntimeError("database on fire")
 
     monkeypatch.setattr(deps.chunk_worker(), "process_chunk", explode)
-    jobs.start(conn, deps.storage(), deps.chunk_queue(), deps.settings(), job_id)
+    jobs.start(conn, deps.storage(), deps.chunk_queue(), deps.settings(), account_id, job_id)
     s = deps.settings()
     started = Runner(s.chunk_queue_url, None, workers=1, region=s.aws_region).start()
     try:
@@ -129,9 +135,10 @@ def test_the_handler_follows_the_lambda_context_deadline(fast, conn, settings):
     from tests.integration.test_api import drain_queue
 
     purge_queue(settings.chunk_queue_url)
-    job_id = jobs.create_from_upload(conn, deps.storage(), file_name="d.csv", data=b"url\nacme.com\n",
-                                     url_column=None)["job"]["id"]
-    jobs.start(conn, deps.storage(), deps.chunk_queue(), deps.settings(), job_id)
+    account_id = service_account(conn)
+    job_id = jobs.create_from_upload(conn, deps.storage(), account_id=account_id, file_name="d.csv",
+                                     data=b"url\nacme.com\n", url_column=None)["job"]["id"]
+    jobs.start(conn, deps.storage(), deps.chunk_queue(), deps.settings(), account_id, job_id)
     [message] = drain_queue(settings.chunk_queue_url)
     out_of_time = threading.Event()
     out_of_time.set()

@@ -46,7 +46,8 @@ class FakeLimiter:
         self.cooldowns: list[float] = []
         self.stop_on_acquire = stop_on_acquire
 
-    def acquire(self, tokens: int, should_stop: Callable[[], bool] = lambda: False) -> float:
+    def acquire(self, tokens: int, should_stop: Callable[[], bool] = lambda: False,
+                account: str | None = None) -> float:
         self.acquired.append(tokens)
         if self.stop_on_acquire is not None and len(self.acquired) >= self.stop_on_acquire:
             raise LimiterStopped("stopped while waiting for the limiter")
@@ -484,11 +485,28 @@ def test_dummy_delay_is_honoured() -> None:
     assert time.monotonic() - started >= 0.05
 
 
-def test_dummy_delay_runs_concurrently() -> None:
-    generator, _ = dummy_generator((200, 200))
-    started = time.monotonic()
+def test_dummy_delay_runs_concurrently(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each call waits inside its 200 ms delay until all 8 are in there at once: calls serialised
+    # behind a lock never meet, and the barrier breaks (after 30 s) instead. No elapsed-time bound.
+    meet = threading.Barrier(8, timeout=30)
+    lock = threading.Lock()
+    inside = {"now": 0, "most": 0}
+
+    def delay(seconds: float) -> None:
+        with lock:
+            inside["now"] += 1
+            inside["most"] = max(inside["most"], inside["now"])
+        try:
+            meet.wait()
+            time.sleep(seconds)
+        finally:
+            with lock:
+                inside["now"] -= 1
+
+    real_transport = DummyTransport
+    monkeypatch.setattr("chalicelib.openers.DummyTransport", lambda delay_ms: real_transport(delay_ms, sleep=delay))
+    generator, _ = dummy_generator((200, 200))  # build_client's dummy mode, as the app wires it
     with ThreadPoolExecutor(max_workers=8) as pool:
         texts = list(pool.map(generator.generate, [f"https://{d}/" for d in DOMAINS[:8]]))
-    elapsed = time.monotonic() - started
-    assert len(texts) == 8
-    assert 0.2 <= elapsed < 0.8  # 8 x 200 ms overlapped, not serialised behind a lock
+    assert len(texts) == 8 and not meet.broken
+    assert inside["most"] == 8  # 8 x 200 ms overlapped, not serialised behind a lock

@@ -98,9 +98,22 @@ class FakeRedis:
             if self.fail is not None:
                 raise self.fail
             queue = self.replies[source]
-            return queue.pop(0) if queue else b"0.000"
+            reply = queue.pop(0) if queue else b"0.000"
+            if source is ratelimit._ACQUIRE_LUA and reply[:1] not in (b"g", b"r"):
+                reply = b"g" + reply  # granted, due in that many ms
+            return reply
 
         return run
+
+
+def test_an_accounts_full_share_is_asked_again_later_without_reserving():
+    sleeps: list[float] = []
+    fake = FakeRedis(acquire=[b"r400.000", b"r100.000", b"g0.000"])
+    limiter = RateLimiter(fake, rpm=60, tpm=0, sleep=sleeps.append)
+    limiter.acquire(1, account="a1")
+    assert fake.calls == ["acquire"] * 3
+    # each "come back later" is slept (with up to 50 % jitter against a thundering herd)
+    assert 0.4 <= sleeps[0] <= 0.6 and 0.1 <= sleeps[1] <= 0.15 and len(sleeps) == 2
 
 
 def test_long_waits_are_slept_in_slices_of_at_most_one_second():

@@ -205,7 +205,7 @@ def run_tests(pytest_args: list[str]) -> int:
     return code
 
 
-BENCHMARKS = ("ingest", "overhead", "utilization")  # modules in bench/ that `make bench` runs, in order
+BENCHMARKS = ("ingest", "overhead", "utilization", "fairshare")  # modules in bench/ that `make bench` runs, in order
 
 
 def run_bench(args: list[str]) -> int:

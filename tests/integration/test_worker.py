@@ -303,3 +303,23 @@ def test_handler_drops_malformed_and_unknown_job_messages(client, conn):
         message_bodies=["not json"], queue_name="csv-opener-chunks")).payload is None
     unknown = deps.chunk_worker().process_chunk(str(uuid.uuid4()), 0, forever)
     assert unknown == Outcome("unknown_job")
+
+
+def test_a_job_keeps_only_its_window_of_chunk_messages_out_and_each_finished_chunk_sends_the_next(
+        conn, settings_for, settings):
+    s = settings_for(chunk_size=2, chunks_per_job=2)
+    job_id = start_job(conn, s, 9)  # 5 chunks
+    sent = lambda: sorted(parse_chunk_message(m["Body"])[1] for m in drain_queue(settings.chunk_queue_url))  # noqa: E731
+    assert sent() == [0, 1]
+    assert db.get_job(conn, job_id)["chunks"] == 5
+    worker, _, _ = make_worker(s)
+    order = []
+    for chunk in (1, 0, 2, 3, 4):
+        assert worker.process_chunk(job_id, chunk, forever).reason == "done"
+        order.append(sent())
+    assert order == [[2], [3], [4], [], []]
+    job, left = counters(conn, job_id)
+    assert (job["status"], left) == ("completed", 0)
+    # a redelivered finished chunk sends nothing more once the list is empty
+    worker.process_chunk(job_id, 0, forever)
+    assert sent() == []

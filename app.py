@@ -22,7 +22,8 @@ log = logs.get_logger("api")
 app = Chalice(app_name="csv-opener")
 app.api.binary_types.extend(["multipart/form-data", "text/csv"])
 app.log.setLevel("CRITICAL")  # Chalice's own error log is replaced by ours (JSON, with request id)
-CORS = CORSConfig(allow_origin=deps.settings().cors_allow_origin, expose_headers=["Retry-After", "X-Request-Id"])
+CORS = CORSConfig(allow_origin=deps.settings().cors_allow_origin, allow_headers=["Authorization", "X-Api-Key"],
+                  expose_headers=["Retry-After", "X-Request-Id", "WWW-Authenticate"])
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",

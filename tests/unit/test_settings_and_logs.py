@@ -60,3 +60,22 @@ def test_secrets_can_come_from_ssm_parameters():
     assert resolve_secrets({"DATABASE_URL": "postgresql://x"}, fetch) == {"DATABASE_URL": "postgresql://x"}
     with pytest.raises(RuntimeError, match="/csv-opener/missing"):
         resolve_secrets({"REDIS_URL": "ssm:/csv-opener/missing"}, fetch)
+
+
+def test_no_log_line_holds_an_api_key_only_its_public_prefix(capsys):
+    logs.configure("INFO")
+    ours = "cso_0a1b2c3d_" + "Zz9-_" * 8 + "abc"
+    logs.get_logger("test").warning(f"bad key {ours}",
+                                    extra={"header": f"Bearer {ours}", "provider": "sk-proj-AbCd1234"})
+    line = capsys.readouterr().out
+    assert "cso_0a1b2c3d_[redacted]" in line and "sk-[redacted]" in line
+    assert ours[13:] not in line and "AbCd1234" not in line
+
+
+def test_provider_error_text_stored_on_a_url_carries_no_key_fragment():
+    from chalicelib.openers import GenerationFailed
+
+    failed = GenerationFailed("HTTP 401 from the model API: Incorrect API key provided: sk-proj-********abcd. "
+                              "You can find your API key at https://platform.openai.com/account/api-keys.", 1)
+    assert "abcd" not in failed.message and "sk-[redacted]" in failed.message
+    assert "Incorrect API key provided" in failed.message

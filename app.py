@@ -9,7 +9,7 @@ import uuid
 
 from chalice import Chalice, CORSConfig, Rate, Response
 
-from chalicelib import apilimit, db, deps, jobs, logs
+from chalicelib import apilimit, db, deps, jobs, logs, openapi
 from chalicelib.accounts import Caller, Unauthorized
 from chalicelib.errors import BadRequest, DomainError, RateLimited
 from chalicelib.health import run_checks
@@ -167,6 +167,12 @@ def _is_admin_request() -> bool:
         return deps.authenticator().authenticate(key).is_admin
     except Exception:  # a bad key or an unreachable database: the anonymous answer
         return False
+
+
+@route("/api/openapi.json", methods=["GET"], public=True)
+def openapi_document():
+    """The OpenAPI 3.1 description of this API (chalicelib/openapi.yaml), public."""
+    return Response(openapi.document(), headers={"Cache-Control": "public, max-age=300"})
 
 
 @route("/api/account", methods=["GET"])

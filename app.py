@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import urllib.parse
 import uuid
 
 from chalice import Chalice, CORSConfig, Rate, Response
@@ -122,7 +123,7 @@ def json_body() -> dict:
         return {}
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise BadRequest("The body is not valid JSON", code="bad_json") from None
     if not isinstance(body, dict):
         raise BadRequest("The body must be a JSON object", code="bad_json")
@@ -245,8 +246,17 @@ def download(caller: Caller, job_id):
         return Response("", status_code=302, headers={"Location": payload})
     return Response(payload, status_code=200, headers={
         "Content-Type": "text/csv; charset=utf-8",
-        "Content-Disposition": f'attachment; filename="{name}"',
+        "Content-Disposition": content_disposition(name),
     })
+
+
+def content_disposition(name: str) -> str:
+    """An attachment header any HTTP/1.1 stack can send: an ASCII fallback name, plus the real
+    one as RFC 6266 / RFC 5987 `filename*` when it is not plain ASCII."""
+    fallback = name.encode("ascii", "replace").decode().replace("?", "_").replace('"', "")
+    if fallback == name:
+        return f'attachment; filename="{name}"'
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{urllib.parse.quote(name, safe='')}"
 
 
 @route("/api/metrics", methods=["GET"])

@@ -214,6 +214,8 @@ def _text_lines(chunks: Iterable[bytes], encoding: str) -> Iterator[str]:
     while line := text.readline(MAX_LINE_LENGTH):
         if len(line) >= MAX_LINE_LENGTH and line[-1] not in "\r\n":
             raise csv.Error(f"a line is longer than {MAX_LINE_LENGTH} characters")
+        if "\x00" in line:  # the sample check sees only the first 64 KiB
+            raise CsvError("not_csv", _BINARY_MESSAGE, 415)
         yield line
 
 

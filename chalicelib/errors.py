@@ -41,6 +41,11 @@ class UnsupportedMediaType(DomainError):
     code = "not_csv"
 
 
+class Gone(DomainError):
+    status = 410
+    code = "gone"
+
+
 class RateLimited(DomainError):
     status = 429
     code = "rate_limited"

@@ -22,12 +22,19 @@ import psycopg
 import tenacity
 
 from chalicelib import accounts, csvfile, db
-from chalicelib.errors import BadRequest, Conflict, DomainError, NotFound, RateLimited
+from chalicelib.errors import BadRequest, Conflict, DomainError, Gone, NotFound, RateLimited
 from chalicelib.logs import get_logger
 from chalicelib.queue import ChunkQueue
 from chalicelib.settings import Settings
 from chalicelib.storage import ObjectMissing, Storage
-from chalicelib.uploads import check_file_type, check_size, safe_file_name
+from chalicelib.uploads import (
+    check_file_type,
+    check_size,
+    clean_file_name,
+    clean_url_column,
+    has_control_characters,
+    safe_file_name,
+)
 
 log = get_logger("jobs")
 
@@ -86,12 +93,21 @@ def _decode_cursor(cursor: str, count: int) -> list[str]:
     return parts
 
 
+def _plain_number(text: str, max_digits: int = 9) -> int | None:
+    """`text` as a non-negative int if it is 1-9 ASCII digits (str.isdigit() also accepts '²'
+    and '٣', which int() refuses or reads differently), else None."""
+    if text.isascii() and text.isdigit() and len(text) <= max_digits:
+        return int(text)
+    return None
+
+
 def parse_limit(value: str | None, default: int, maximum: int) -> int:
     if value is None or value == "":
         return default
-    if not value.isdigit() or not 1 <= int(value) <= maximum:
+    number = _plain_number(value)
+    if number is None or not 1 <= number <= maximum:
         raise BadRequest(f"limit must be a whole number from 1 to {maximum}", code="bad_limit")
-    return int(value)
+    return number
 
 
 def _check_status(value: str | None, allowed: tuple[str, ...]) -> str | None:
@@ -173,9 +189,8 @@ def upload_body(job: dict, summary: csvfile.Summary) -> dict:
 def create_presigned_upload(conn, storage: Storage, *, account_id: str, file_name: str | None,
                             url_column: str | None = None) -> dict:
     """A pending job plus a presigned PUT URL; the file is validated by `start`."""
-    if not file_name or not isinstance(file_name, str):
-        raise BadRequest("file_name is required, e.g. {\"file_name\": \"leads.csv\"}", code="missing_file_name")
-    name = safe_file_name(file_name)
+    name = clean_file_name(file_name)
+    url_column = clean_url_column(url_column)
     check_file_type(name, "text/csv")
     job_id = str(uuid.uuid4())
     key = upload_key(account_id, job_id, name)
@@ -216,7 +231,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
     its rows); if enqueueing then fails, the start is undone (rows deleted, job pending again) so
     the job is never left half-started, and the caller can simply call again.
     """
-    instructions = _clean_text(instructions, "instructions", MAX_INSTRUCTIONS)
+    instructions = _clean_text(instructions, "instructions", MAX_INSTRUCTIONS, allowed_controls="\n\r\t")
     model = _clean_text(model, "model", 100)
     job = require_job(conn, account_id, job_id)
     model = allowed_model(_limits(db.get_account(conn, account_id), settings), model)
@@ -315,7 +330,7 @@ def take_account_capacity(conn, settings: Settings, account_id: str, urls: int) 
     db.add_urls_today(conn, account_id, urls)
 
 
-def _clean_text(value, name: str, limit: int) -> str | None:
+def _clean_text(value, name: str, limit: int, allowed_controls: str = "") -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
@@ -323,6 +338,8 @@ def _clean_text(value, name: str, limit: int) -> str | None:
     value = value.strip()
     if len(value) > limit:
         raise BadRequest(f"{name} is longer than {limit} characters", code=f"bad_{name}")
+    if has_control_characters(value, allowed_controls):
+        raise BadRequest(f"{name} contains a NUL or another control character", code=f"bad_{name}")
     return value or None
 
 
@@ -484,9 +501,9 @@ def results(conn, account_id: str, job_id: str, *, status: str | None, limit: st
     after = 0
     if cursor:
         (row,) = _decode_cursor(cursor, 1)
-        if not row.isdigit():
+        after = _plain_number(row)
+        if after is None:
             raise BadRequest("cursor is not valid", code="bad_cursor")
-        after = int(row)
     rows = db.results_page(conn, job["id"], status=status, limit=size + 1, after_row=after)
     page = rows[:size]
     next_cursor = _encode_cursor(page[-1]["row"]) if len(rows) > size else None
@@ -546,7 +563,13 @@ def download(conn, storage: Storage, account_id: str, job_id: str) -> tuple[str,
     if job["layout"] is None:
         raise Conflict("The file has not been validated yet; call /api/upload/process first", code="not_ready")
     name = download_name(job["file_name"])
-    with render_csv(conn, storage, job, INLINE_DOWNLOAD_LIMIT + 1) as buffer:
+    try:
+        buffer = render_csv(conn, storage, job, INLINE_DOWNLOAD_LIMIT + 1)
+    except ObjectMissing:
+        raise Gone("The uploaded file is no longer stored (deleted, or past the retention period), so the "
+                   "CSV cannot be rebuilt; GET /api/jobs/{id}/results still lists every opener",
+                   code="source_gone") from None
+    with buffer:
         data = buffer.read(INLINE_DOWNLOAD_LIMIT + 1)
         if len(data) <= INLINE_DOWNLOAD_LIMIT:
             return "inline", data, name

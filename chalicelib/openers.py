@@ -204,11 +204,17 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
+# Control characters (NUL, escape sequences, C1) and bidi/zero-width format characters: never part
+# of an opener, and unsafe in a database text column or a spreadsheet cell.
+_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
 def clean_opener(text: str | None) -> str | None:
     """A raw model answer as a plain-text opener fit for a CSV cell, or None when it is unusable."""
     if not isinstance(text, str):
         return None
-    cleaned = _strip_markdown(text)
+    cleaned = _UNSAFE_CHARS.sub(" ", text)  # one NUL would fail the whole batch's save
+    cleaned = _strip_markdown(cleaned)
     cleaned = " ".join(cleaned.split())
     cleaned = _LABEL.sub("", cleaned)
     cleaned = _strip_quotes(cleaned)

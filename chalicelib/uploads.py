@@ -7,7 +7,7 @@ caller got wrong (no file, wrong type, too big). Multipart parsing is python-mul
 from __future__ import annotations
 
 import io
-import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
 
@@ -42,11 +42,40 @@ def _media_type(value: str) -> str:
     return value.split(";", 1)[0].strip().lower()
 
 
+MAX_NAME_INPUT = 1000  # characters of a file name or column name a caller may send
+
+
 def safe_file_name(name: str | None) -> str:
-    """The base name only, no path parts or control characters, at most 200 characters."""
+    """The base name only: no path parts, control or format characters (bidi overrides that
+    disguise an extension, zero-width characters), at most 200 characters."""
     base = PureWindowsPath(PurePosixPath(name or "").name).name
-    base = re.sub(r"[\x00-\x1f\x7f\"\\/]", "", base).strip().strip(".") or "upload.csv"
-    return base[-200:]
+    base = "".join(c for c in base if unicodedata.category(c) not in ("Cc", "Cf") and c not in '"\\/')
+    return base.strip().strip(".")[-200:] or "upload.csv"
+
+
+def has_control_characters(text: str, allowed: str = "") -> bool:
+    """NUL, other C0/C1 control characters and DEL (PostgreSQL text cannot even hold NUL)."""
+    return any((ord(c) < 32 or 0x7F <= ord(c) <= 0x9F) and c not in allowed for c in text)
+
+
+def clean_url_column(value: object) -> str | None:
+    """The caller's `url_column`: None, or a short string of printable characters."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > MAX_NAME_INPUT or has_control_characters(value):
+        raise BadRequest("url_column must be the name (or 1-based number) of a column, as text without control "
+                         f"characters, at most {MAX_NAME_INPUT} characters", code="bad_url_column")
+    return value
+
+
+def clean_file_name(value: object) -> str:
+    """A file name sent in a JSON body: text without control characters, then `safe_file_name`."""
+    if not value or not isinstance(value, str):
+        raise BadRequest("file_name is required, e.g. {\"file_name\": \"leads.csv\"}", code="missing_file_name")
+    if len(value) > MAX_NAME_INPUT or has_control_characters(value):
+        raise BadRequest(f"file_name must be text without control characters, at most {MAX_NAME_INPUT} characters",
+                         code="bad_file_name")
+    return safe_file_name(value)
 
 
 def check_file_type(file_name: str, content_type: str) -> None:
@@ -75,11 +104,11 @@ def parse_upload(headers: dict, query: dict | None, body: bytes | None, max_size
     if media_type == "multipart/form-data":
         upload = _parse_multipart(content_type, body, max_size)
         url_column = upload.url_column or query.get("url_column")
-        upload = UploadedFile(upload.file_name, upload.data, url_column)
+        upload = UploadedFile(upload.file_name, upload.data, clean_url_column(url_column))
     elif media_type in CSV_CONTENT_TYPES - {""}:
         name = safe_file_name(query.get("filename") or "upload.csv")
         check_file_type(name, media_type)
-        upload = UploadedFile(name, body, query.get("url_column"))
+        upload = UploadedFile(name, body, clean_url_column(query.get("url_column")))
     else:
         raise UnsupportedMediaType(
             f"Send the CSV as multipart/form-data (part 'file') or as a text/csv body, not '{media_type or 'nothing'}'")

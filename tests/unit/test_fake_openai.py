@@ -151,7 +151,11 @@ def test_rpm_exceeded_gives_openai_429_with_headers(fake: FakeOpenAI) -> None:
     assert headers["x-ratelimit-remaining-requests"] == "0"
     assert headers["x-ratelimit-reset-requests"].endswith("ms")
 
-    time.sleep(float(headers["retry-after"]) + 0.05)
+    # Retry after exactly what the 429 asked for, with no margin: retry-after-ms is rounded up to the
+    # ms, and the fake measured the wait on its own clock before it answered, so at least that long
+    # has passed on that clock when it sees the retry, however slow this machine is. (A retry loop
+    # would only hide a retry-after that is too short; this must go through the first time.)
+    time.sleep(int(headers["retry-after-ms"]) / 1000)
     c.chat.completions.create(model="m", messages=ask("https://acme.com"))
     stats = fake.stats()
     assert (stats["requests"], stats["ok"], stats["rate_limited"]) == (3, 2, 1)

@@ -281,7 +281,7 @@ def process_chunk(event):
         except Exception as exc:
             deliveries = int(record.to_dict().get("attributes", {}).get("ApproximateReceiveCount", 1))
             if deliveries >= deps.settings().max_receive_count:
-                jobs.give_up_chunk(deps.conn, deps.chunk_queue(), job_id, chunk, deliveries, exc)
+                jobs.give_up_chunk(deps.conn, deps.storage(), deps.chunk_queue(), job_id, chunk, deliveries, exc)
             raise
 
 
@@ -291,14 +291,15 @@ def start_dropped_csv(event):
     """A CSV dropped under incoming/ starts a job with default options."""
     record = event.to_dict()["Records"][0]["s3"]["object"]
     jobs.start_from_drop(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), key=event.key,
-                         version=record.get("sequencer") or record.get("eTag"))
+                         version=record.get("sequencer") or record.get("eTag"), etag=record.get("eTag"))
 
 
 @app.schedule(Rate(5, unit=Rate.MINUTES), name="requeue_stalled")
 def requeue_stalled(event):
     """Every 5 minutes: chunks of jobs without progress for 10 minutes whose work nobody holds
-    are enqueued again (a lost message must not leave a job processing forever)."""
-    jobs.requeue_unfinished(deps.conn(), deps.chunk_queue(), idle_s=jobs.STALL_AFTER_S)
+    are enqueued again (a lost message must not leave a job processing forever); completed jobs
+    without their results CSV get it; drops whose start failed are started."""
+    jobs.sweep(deps.conn(), deps.conn, deps.storage(), deps.chunk_queue(), deps.settings())
 
 
 def remaining_seconds(context):

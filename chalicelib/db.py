@@ -46,29 +46,31 @@ def _json(value):
 PROGRESS = "CASE WHEN j.total_rows = 0 THEN 0 ELSE round(100.0 * ({done}) / j.total_rows) END"
 
 JOB_COLUMNS = """id, account_id, file_name, file_path, status, total_rows, processed_rows, failed_rows, progress,
-    invalid_rows, url_column, columns, layout, errors, chunks, instructions, model, source, error,
+    invalid_rows, url_column, columns, layout, errors, chunks, instructions, model, source, source_etag, error,
     result_path, prompt_tokens, completion_tokens, started_at, finished_at, created_at, updated_at"""
 
 
 def insert_job(conn, *, job_id: str, account_id: str, file_name: str, file_path: str, source: str,
-               source_key: str | None = None, layout: dict | None = None, columns: list[str] | None = None,
+               source_key: str | None = None, source_etag: str | None = None, layout: dict | None = None,
+               columns: list[str] | None = None,
                url_column: str | None = None, total_rows: int = 0, invalid_rows: int = 0,
                errors: list[dict] | None = None, status: str = "pending", error: str | None = None) -> dict | None:
     """Insert a job; None when `source_key` already started one (a duplicate S3 notification)."""
     return conn.execute(
-        f"""INSERT INTO jobs (id, account_id, file_name, file_path, source, source_key, layout, columns, url_column,
-                              total_rows, invalid_rows, errors, status, error)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        f"""INSERT INTO jobs (id, account_id, file_name, file_path, source, source_key, source_etag, layout, columns,
+                              url_column, total_rows, invalid_rows, errors, status, error)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (source_key) DO NOTHING
             RETURNING {JOB_COLUMNS}""",
-        (job_id, account_id, file_name, file_path, source, source_key, _json(layout), _json(columns), url_column,
-         total_rows, invalid_rows, Jsonb(errors or []), status, error),
+        (job_id, account_id, file_name, file_path, source, source_key, source_etag, _json(layout), _json(columns),
+         url_column, total_rows, invalid_rows, Jsonb(errors or []), status, error),
     ).fetchone()
 
 
-def get_job(conn, job_id: str, *, lock: bool = False) -> dict | None:
-    """The job (any account's: for workers and sweeps); with `lock`, row-locked (NOWAIT)."""
-    suffix = " FOR UPDATE NOWAIT" if lock else ""
+def get_job(conn, job_id: str, *, lock: bool = False, nowait: bool = True) -> dict | None:
+    """The job (any account's: for workers and sweeps); with `lock`, row-locked for the caller's
+    transaction (NOWAIT unless `nowait` is False)."""
+    suffix = (" FOR UPDATE NOWAIT" if nowait else " FOR UPDATE") if lock else ""
     return conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s{suffix}", (job_id,)).fetchone()
 
 
@@ -132,12 +134,36 @@ def pop_undispatched(conn, job_id: str, chunk: int) -> bool:
                         (job_id, chunk)).rowcount == 1
 
 
-def fail_job(conn, job_id: str, error: str) -> dict | None:
-    """The job failed as a whole (a bad file): status, reason and finish time."""
+def fail_job(conn, job_id: str, error: str, *, expected: str) -> dict | None:
+    """The job failed as a whole (a bad file, a retry that could not be queued): status, reason
+    and finish time, if it is still `expected` (None otherwise: someone else moved it)."""
     return conn.execute(
-        f"UPDATE jobs SET status = 'failed', error = %s, finished_at = now() WHERE id = %s RETURNING {JOB_COLUMNS}",
-        (error, job_id),
+        f"""UPDATE jobs SET status = 'failed', error = %s, finished_at = now() WHERE id = %s AND status = %s
+            RETURNING {JOB_COLUMNS}""",
+        (error, job_id, expected),
     ).fetchone()
+
+
+def get_job_by_source_key(conn, source_key: str) -> dict | None:
+    return conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE source_key = %s", (source_key,)).fetchone()
+
+
+def completed_without_results(conn, older_than_s: float, limit: int = 20) -> list[dict]:
+    """Completed jobs whose results CSV was never written (a crash between completion and export)."""
+    return conn.execute(
+        f"""SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'completed' AND result_path IS NULL
+              AND finished_at < now() - make_interval(secs => %s) ORDER BY finished_at LIMIT %s""",
+        (older_than_s, limit),
+    ).fetchall()
+
+
+def stale_pending_drops(conn, older_than_s: float, limit: int = 20) -> list[dict]:
+    """S3 drops whose start never happened (SQS, S3 or a timeout failed after the job row)."""
+    return conn.execute(
+        f"""SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'pending' AND source = 's3'
+              AND created_at < now() - make_interval(secs => %s) ORDER BY created_at LIMIT %s""",
+        (older_than_s, limit),
+    ).fetchall()
 
 
 def unstart_job(conn, job_id: str) -> None:

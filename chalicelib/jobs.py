@@ -26,7 +26,7 @@ from chalicelib.errors import BadRequest, Conflict, DomainError, Gone, NotFound,
 from chalicelib.logs import get_logger
 from chalicelib.queue import ChunkQueue
 from chalicelib.settings import Settings
-from chalicelib.storage import ObjectMissing, Storage
+from chalicelib.storage import ObjectChanged, ObjectMissing, Storage
 from chalicelib.uploads import (
     check_file_type,
     check_size,
@@ -156,10 +156,10 @@ def create_from_upload(conn, storage: Storage, *, account_id: str, file_name: st
         raise _csv_error(exc) from None
     job_id = str(uuid.uuid4())
     key = upload_key(account_id, job_id, file_name)
-    storage.put_bytes(key, data)
+    etag = storage.put_bytes(key, data)
     try:
         job = db.insert_job(conn, job_id=job_id, account_id=account_id, file_name=file_name, file_path=key,
-                            source="upload", **_summary_fields(summary))
+                            source="upload", source_etag=etag, **_summary_fields(summary))
     except Exception:
         storage.delete(key)  # no orphan object for a job that does not exist
         raise
@@ -203,20 +203,20 @@ def create_presigned_upload(conn, storage: Storage, *, account_id: str, file_nam
 def _validate_stored(conn, storage: Storage, settings: Settings, job: dict) -> dict:
     """Validate a presigned upload as /api/upload would; a bad file fails the job with the reason."""
     try:
-        size = storage.size(job["file_path"])
+        size, etag = storage.head(job["file_path"])
     except ObjectMissing:
         raise BadRequest("The file has not been uploaded yet; PUT it to upload_url first",
                          code="file_not_uploaded") from None
     try:
-        check_size(size, settings.max_file_size)
-        summary = csvfile.summarize(storage.iter_chunks(job["file_path"]), job["url_column"])
+        check_size(size, settings.max_file_size)  # before reading: the PUT itself is not capped
+        summary = csvfile.summarize(read_source(storage, {**job, "source_etag": etag}), job["url_column"])
     except csvfile.CsvError as exc:
         error = _csv_error(exc)
     except DomainError as exc:
         error = exc
-    else:
-        return db.update_job(conn, job["id"], **_summary_fields(summary))
-    db.fail_job(conn, job["id"], error.message)
+    else:  # from now on the job reads exactly this version of the file
+        return db.update_job(conn, job["id"], source_etag=etag, **_summary_fields(summary))
+    db.fail_job(conn, job["id"], error.message, expected="pending")
     raise error
 
 
@@ -242,7 +242,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
             job = db.get_job(conn, job["id"], lock=True)
             if job["status"] != "pending":
                 raise Conflict(f"Job is already {job['status']}; it can be started once", code="already_started")
-            rows = _url_rows(storage.iter_chunks(job["file_path"]), _layout(job), settings.chunk_size)
+            rows = _url_rows(read_source(storage, job), _layout(job), settings.chunk_size)
             total = db.copy_urls(conn, job["id"], rows)
             if total == 0:
                 raise BadRequest("The file has no valid URL", code="no_valid_urls")
@@ -262,6 +262,18 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
         raise
     log.info("job started", extra={"job_id": str(job["id"]), "total_rows": total, "chunks": chunks})
     return {"job": job_json(job), "chunks": chunks}
+
+
+def read_source(storage: Storage, job: dict) -> Iterator[bytes]:
+    """The job's file, exactly the version it validated (its ETag), as chunks of bytes."""
+    try:
+        yield from storage.iter_chunks(job["file_path"], job["source_etag"])
+    except ObjectChanged:
+        raise Conflict("The file was replaced after it was validated, so its rows no longer match this job; "
+                       "upload the new file as a new job", code="source_changed") from None
+    except ObjectMissing:
+        raise Gone("The uploaded file is no longer stored (deleted, or past the retention period); "
+                   "GET /api/jobs/{id}/results still lists every opener", code="source_gone") from None
 
 
 def _window(chunks: list[int], settings: Settings) -> tuple[list[int], list[int]]:
@@ -371,7 +383,7 @@ def reject_drop(storage: Storage, key: str, reason: str) -> str:
 
 
 def start_from_drop(conn, storage: Storage, queue: ChunkQueue, settings: Settings, *, key: str,
-                    version: str | None) -> dict | None:
+                    version: str | None, etag: str | None = None) -> dict | None:
     """A CSV dropped under incoming/{account_id}/ -> a job of that account started with default
     options, as upload + process would. `version` (the event's sequencer or ETag) makes a repeated
     notification a no-op. A drop outside an account folder, or for an unknown or disabled account,
@@ -385,21 +397,36 @@ def start_from_drop(conn, storage: Storage, queue: ChunkQueue, settings: Setting
             log.info("rejected drop already moved", extra={"key": key})
         return None
     name = safe_file_name(key.rsplit("/", 1)[-1])
+    source_key = f"{storage.bucket}/{key}@{version or ''}"
+    if etag is None:  # the event names the version it is about; without one, pin what is there now
+        try:
+            etag = storage.head(key)[1]
+        except ObjectMissing:
+            log.info("dropped file already gone", extra={"key": key})
+            return None
     job = db.insert_job(conn, job_id=str(uuid.uuid4()), account_id=account_id, file_name=name, file_path=key,
-                        source="s3", source_key=f"{storage.bucket}/{key}@{version or ''}")
-    if job is None:
-        log.info("duplicate S3 notification ignored", extra={"key": key})
-        return None
+                        source="s3", source_key=source_key, source_etag=etag)
+    if job is None:  # a repeated notification: resume the job if its start never happened
+        job = db.get_job_by_source_key(conn, source_key)
+        if job is None or job["status"] != "pending":
+            log.info("duplicate S3 notification ignored", extra={"key": key})
+            return None
+        log.info("resuming a dropped file's start", extra={"job_id": str(job["id"]), "key": key})
+    return start_drop_job(conn, storage, queue, settings, job)
+
+
+def start_drop_job(conn, storage: Storage, queue: ChunkQueue, settings: Settings, job: dict) -> dict | None:
+    """Start a pending drop's job; a bad file (or a refused start) fails it with the reason."""
     try:
-        return start(conn, storage, queue, settings, account_id, str(job["id"]))
+        return start(conn, storage, queue, settings, str(job["account_id"]), str(job["id"]))
     except DomainError as exc:
-        log.warning("dropped file rejected", extra={"job_id": str(job["id"]), "key": key, "error": exc.message})
-        if db.get_job_status(conn, job["id"]) == "pending":
-            db.fail_job(conn, job["id"], exc.message)
+        log.warning("dropped file rejected", extra={"job_id": str(job["id"]), "key": job["file_path"],
+                                                   "error": exc.message})
+        db.fail_job(conn, job["id"], exc.message, expected="pending")
         return None
 
 
-def give_up_chunk(get_conn, queue: ChunkQueue, job_id: str, chunk: int, receive_count: int,
+def give_up_chunk(get_conn, storage: Storage, queue: ChunkQueue, job_id: str, chunk: int, receive_count: int,
                   error: BaseException) -> None:
     """The chunk's message failed its last delivery and goes to the dead-letter queue: its
     unfinished URLs fail with the reason, the job says why, and it can complete (and be retried)."""
@@ -409,7 +436,9 @@ def give_up_chunk(get_conn, queue: ChunkQueue, job_id: str, chunk: int, receive_
     with conn.transaction():
         result = db.fail_chunk(conn, job_id, chunk, reason)
     log.error("chunk given up", extra={"job_id": job_id, "chunk": chunk, "failed": result and result["failed"]})
-    db.complete_job_if_done(conn, job_id)
+    completed = db.complete_job_if_done(conn, job_id)
+    if completed is not None:  # its last work was this chunk: write the results CSV, as a worker would
+        export_job(get_conn, storage, completed)
     dispatch_next(conn, queue, job_id)
 
 
@@ -430,13 +459,18 @@ def retry(conn, queue: ChunkQueue, settings: Settings, account_id: str, job_id: 
     processing, then their chunks are enqueued again (after the commit, as in `start`). The
     retried URLs count against the account's daily quota like a start's."""
     job = require_job(conn, account_id, job_id)
+    seen = job["status"]
+    if seen not in ("completed", "failed", "canceled"):
+        raise Conflict(f"Job is {seen}; retry a completed, failed or canceled job", code="not_retryable")
     try:
         with conn.transaction():
-            job = db.get_job(conn, job["id"], lock=True)
-            if job["status"] not in ("completed", "failed", "canceled"):
-                raise Conflict(f"Job is {job['status']}; retry a completed, failed or canceled job",
-                               code="not_retryable")
-            retried, failed, chunks = db.reset_for_retry(conn, job["id"], job["status"] != "completed")
+            # One lock order everywhere: a job's URL rows, then the job row (as save_results and
+            # fail_chunk take them), then the account row.
+            conn.execute("SET LOCAL lock_timeout = '5s'")
+            retried, failed, chunks = db.reset_for_retry(conn, job["id"], seen != "completed")
+            job = db.get_job(conn, job["id"], lock=True, nowait=False)
+            if job["status"] != seen:
+                raise Conflict(f"Job became {job['status']} meanwhile; look at it again", code="busy")
             if retried == 0:
                 raise Conflict("Nothing to retry: no failed or unprocessed URLs", code="nothing_to_retry")
             take_account_capacity(conn, settings, account_id, retried)
@@ -448,14 +482,29 @@ def retry(conn, queue: ChunkQueue, settings: Settings, account_id: str, job_id: 
         queue.send_chunks(str(job["id"]), chunks)
     except Exception as exc:
         log.exception("enqueueing the retry failed", extra={"job_id": str(job["id"])})
-        db.update_job(conn, job["id"], status="failed",
-                      error=f"Could not queue the retry ({type(exc).__name__}); call retry again")
+        db.fail_job(conn, job["id"], f"Could not queue the retry ({type(exc).__name__}); call retry again",
+                    expected="processing")
         raise
     log.info("job retried", extra={"job_id": str(job["id"]), "retried": retried, "chunks": len(chunks)})
     return {"job": job_json(job), "retried": retried, "chunks": len(chunks)}
 
 
 STALL_AFTER_S = 600
+EXPORT_AFTER_S = 60  # a completed job without its results CSV this long after finishing: export it
+DROP_START_AFTER_S = 300  # a drop still pending this long after its notification: start it
+
+
+def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Settings) -> dict:
+    """The scheduled sweep: chunks of stalled jobs enqueued again, results CSVs that a crash
+    never wrote, and drops whose start never happened. Returns what it did."""
+    done = {"requeued": requeue_unfinished(conn, queue, idle_s=STALL_AFTER_S), "exported": 0, "drops_started": 0}
+    for job in db.completed_without_results(conn, EXPORT_AFTER_S):
+        done["exported"] += export_job(get_conn, storage, job)
+    for job in db.stale_pending_drops(conn, DROP_START_AFTER_S):
+        log.info("starting a dropped file left pending", extra={"job_id": str(job["id"])})
+        done["drops_started"] += start_drop_job(conn, storage, queue, settings, job) is not None
+    return done
+
 
 
 def requeue_unfinished(conn, queue: ChunkQueue, idle_s: float | None = None) -> int:
@@ -530,7 +579,7 @@ def write_csv(conn, storage: Storage, job: dict, out: IO[str]) -> int:
     results = db.iter_results(conn, job["id"]) if job["status"] != "pending" else iter(())
     current = next(results, None)
     written = 0
-    for row, record in csvfile.iter_rows(storage.iter_chunks(job["file_path"]), layout):
+    for row, record in csvfile.iter_rows(read_source(storage, job), layout):
         while current is not None and current["row_number"] < row.row:
             current = next(results, None)
         if row.url is None:
@@ -563,13 +612,7 @@ def download(conn, storage: Storage, account_id: str, job_id: str) -> tuple[str,
     if job["layout"] is None:
         raise Conflict("The file has not been validated yet; call /api/upload/process first", code="not_ready")
     name = download_name(job["file_name"])
-    try:
-        buffer = render_csv(conn, storage, job, INLINE_DOWNLOAD_LIMIT + 1)
-    except ObjectMissing:
-        raise Gone("The uploaded file is no longer stored (deleted, or past the retention period), so the "
-                   "CSV cannot be rebuilt; GET /api/jobs/{id}/results still lists every opener",
-                   code="source_gone") from None
-    with buffer:
+    with render_csv(conn, storage, job, INLINE_DOWNLOAD_LIMIT + 1) as buffer:
         data = buffer.read(INLINE_DOWNLOAD_LIMIT + 1)
         if len(data) <= INLINE_DOWNLOAD_LIMIT:
             return "inline", data, name

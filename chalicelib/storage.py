@@ -15,32 +15,53 @@ class ObjectMissing(LookupError):
     pass
 
 
+class ObjectChanged(LookupError):
+    """The object is no longer the version that was asked for (If-Match failed)."""
+
+
+def _missing(exc: ClientError) -> bool:
+    return exc.response["Error"]["Code"] in {"404", "NoSuchKey", "NotFound"}
+
+
+def _changed(exc: ClientError) -> bool:
+    return exc.response["Error"]["Code"] in {"412", "PreconditionFailed"}
+
+
 class Storage:
     def __init__(self, s3_client, bucket: str) -> None:
         self.s3 = s3_client
         self.bucket = bucket
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "text/csv") -> None:
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+    def put_bytes(self, key: str, data: bytes, content_type: str = "text/csv") -> str:
+        """Store `data`; returns the object's ETag."""
+        return self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)["ETag"]
 
     def put_file(self, key: str, fileobj: IO[bytes], content_type: str = "text/csv") -> None:
         """Multipart upload for big files, bounded memory."""
         self.s3.upload_fileobj(fileobj, self.bucket, key, ExtraArgs={"ContentType": content_type})
 
-    def size(self, key: str) -> int:
+    def head(self, key: str) -> tuple[int, str]:
+        """(size in bytes, ETag) of the object."""
         try:
-            return self.s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+            head = self.s3.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] in {"404", "NoSuchKey", "NotFound"}:
+            if _missing(exc):
                 raise ObjectMissing(key) from exc
             raise
+        return head["ContentLength"], head["ETag"]
 
-    def iter_chunks(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+    def size(self, key: str) -> int:
+        return self.head(key)[0]
+
+    def iter_chunks(self, key: str, etag: str | None = None, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        """The object's bytes in chunks; with `etag`, only that version (ObjectChanged otherwise)."""
         try:
-            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"]
+            body = self.s3.get_object(Bucket=self.bucket, Key=key, **({"IfMatch": etag} if etag else {}))["Body"]
         except ClientError as exc:
-            if exc.response["Error"]["Code"] in {"404", "NoSuchKey", "NotFound"}:
+            if _missing(exc):
                 raise ObjectMissing(key) from exc
+            if _changed(exc):
+                raise ObjectChanged(key) from exc
             raise
         try:
             yield from body.iter_chunks(chunk_size)

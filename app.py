@@ -184,7 +184,8 @@ def account(caller: Caller):
 @route("/api/upload", methods=["POST"])
 def upload(caller: Caller):
     request = app.current_request
-    upload = parse_upload(request.headers, query(), request.raw_body, deps.settings().max_file_size)
+    s = deps.settings()
+    upload = parse_upload(request.headers, query(), request.raw_body, s.max_file_size, s.max_direct_upload)
     body = jobs.create_from_upload(deps.conn(), deps.storage(), account_id=caller.account_id,
                                    file_name=upload.file_name, data=upload.data, url_column=upload.url_column)
     return Response(body, status_code=201)

@@ -25,7 +25,7 @@ from chalicelib import accounts, csvfile, db
 from chalicelib.errors import BadRequest, Conflict, DomainError, Gone, NotFound, RateLimited
 from chalicelib.logs import get_logger
 from chalicelib.queue import ChunkQueue
-from chalicelib.settings import Settings
+from chalicelib.settings import BINARY_BODY_LIMIT, Settings
 from chalicelib.storage import ObjectChanged, ObjectMissing, Storage
 from chalicelib.uploads import (
     check_file_type,
@@ -42,7 +42,7 @@ JOB_STATUSES = ("pending", "processing", "completed", "failed", "canceled")
 URL_STATUSES = ("pending", "processing", "completed", "failed")
 EXTRA_COLUMNS = ("opener", "opener_status", "opener_error")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-INLINE_DOWNLOAD_LIMIT = 5 * 1024 * 1024  # larger downloads go through S3 (API Gateway caps ~6 MB)
+INLINE_DOWNLOAD_LIMIT = BINARY_BODY_LIMIT  # larger downloads go through S3 (base64 in a 6 MB response)
 MAX_INSTRUCTIONS = 2000
 
 
@@ -612,6 +612,8 @@ def download(conn, storage: Storage, account_id: str, job_id: str) -> tuple[str,
     if job["layout"] is None:
         raise Conflict("The file has not been validated yet; call /api/upload/process first", code="not_ready")
     name = download_name(job["file_name"])
+    if job["status"] == "completed" and job["result_path"] and storage.exists(job["result_path"]):
+        return "redirect", storage.presigned_get(job["result_path"], name), name  # written once, not rebuilt
     with render_csv(conn, storage, job, INLINE_DOWNLOAD_LIMIT + 1) as buffer:
         data = buffer.read(INLINE_DOWNLOAD_LIMIT + 1)
         if len(data) <= INLINE_DOWNLOAD_LIMIT:

@@ -14,6 +14,13 @@ from functools import lru_cache
 LOCALSTACK_URL = "http://127.0.0.1:4566"
 REGION = "us-east-1"
 
+# Lambda takes and returns at most 6 MB of payload behind API Gateway, and CSV and multipart bodies
+# are binary types here, so they travel base64-encoded (4 bytes for every 3). What fits in one
+# request or response, leaving room for the headers and the event around the body:
+LAMBDA_PAYLOAD_LIMIT = 6 * 1024 * 1024
+ENVELOPE_HEADROOM = 64 * 1024
+BINARY_BODY_LIMIT = (LAMBDA_PAYLOAD_LIMIT - ENVELOPE_HEADROOM) * 3 // 4  # 4,669,440 bytes
+
 
 def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
@@ -37,6 +44,7 @@ def parse_delay_ms(value: str) -> tuple[int, int]:
 class Settings:
     database_url: str = "postgresql://127.0.0.1:5432/csv_opener"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False  # REDIS_URL is a Redis Cluster (ElastiCache cluster mode) endpoint
     openai_api_key: str = ""
     openai_base_url: str = ""
     openai_model: str = "gpt-4o-mini"
@@ -48,6 +56,7 @@ class Settings:
     chunk_concurrency: int = 16
     chunk_size: int = 500
     max_file_size: int = 10 * 1024 * 1024
+    max_direct_upload: int = BINARY_BODY_LIMIT  # bigger files go through POST /api/upload/url
     max_concurrent_jobs: int = 10
     chunks_per_job: int = 0  # chunk messages one job has out at once; 0 = half of max_concurrent_jobs
     max_retries: int = 3
@@ -85,6 +94,7 @@ class Settings:
         return cls(
             database_url=get("DATABASE_URL", cls.database_url),
             redis_url=get("REDIS_URL", cls.redis_url),
+            redis_cluster=_bool(get("REDIS_CLUSTER", "false")),
             openai_api_key=api_key,
             openai_base_url=get("OPENAI_BASE_URL", ""),
             openai_model=get("OPENAI_MODEL", cls.openai_model),
@@ -96,6 +106,7 @@ class Settings:
             chunk_concurrency=int(get("CHUNK_CONCURRENCY", cls.chunk_concurrency)),
             chunk_size=int(get("CHUNK_SIZE", cls.chunk_size)),
             max_file_size=int(get("MAX_FILE_SIZE", cls.max_file_size)),
+            max_direct_upload=int(get("MAX_DIRECT_UPLOAD", cls.max_direct_upload)),
             max_concurrent_jobs=int(get("MAX_CONCURRENT_JOBS", cls.max_concurrent_jobs)),
             chunks_per_job=int(get("CHUNKS_PER_JOB", cls.chunks_per_job)),
             max_retries=int(get("MAX_RETRIES", cls.max_retries)),

@@ -50,6 +50,13 @@ class Storage:
             raise
         return head["ContentLength"], head["ETag"]
 
+    def exists(self, key: str) -> bool:
+        try:
+            self.head(key)
+        except ObjectMissing:
+            return False
+        return True
+
     def size(self, key: str) -> int:
         return self.head(key)[0]
 

@@ -92,13 +92,24 @@ def check_size(size: int, max_size: int) -> None:
                        "POST /api/upload/url for a presigned upload of up to that size.")
 
 
-def parse_upload(headers: dict, query: dict | None, body: bytes | None, max_size: int) -> UploadedFile:
+def check_direct_size(size: int, direct_limit: int) -> None:
+    if size > direct_limit:
+        raise TooLarge(f"The request body is {size:,} bytes; one request can carry at most {direct_limit:,} "
+                       "(API Gateway and Lambda cap a request at 6 MB, base64-encoded). Upload bigger files "
+                       "with POST /api/upload/url (a presigned S3 upload), then POST /api/upload/process.",
+                       code="use_presigned_upload")
+
+
+def parse_upload(headers: dict, query: dict | None, body: bytes | None, max_size: int,
+                 direct_limit: int | None = None) -> UploadedFile:
     """Read the file out of the request; raises BadRequest / TooLarge / UnsupportedMediaType."""
     query = query or {}
     declared = _header(headers, "content-length")
-    if declared.isdigit():
+    if declared.isascii() and declared.isdigit() and len(declared) < 16:
         check_size(int(declared), max_size + 64 * 1024)  # multipart framing adds a little
     body = body or b""
+    if direct_limit is not None:
+        check_direct_size(len(body), direct_limit)
     content_type = _header(headers, "content-type")
     media_type = _media_type(content_type)
     if media_type == "multipart/form-data":

@@ -171,3 +171,40 @@ def test_text_the_model_returns_is_stripped_of_nul_and_control_characters():
     assert not any(ord(c) < 32 or 0x7f <= ord(c) <= 0x9f or c in "\u202a\u202b\u202c\u202d\u202e" for c in cleaned)
     assert "Acme team" in cleaned and "plant in Ohio" in cleaned
 
+
+
+# ---------------------------------------------------------------- AWS payload limits
+
+def test_the_body_limits_fit_lambdas_6_mb_once_base64_encoded():
+    from chalicelib.settings import BINARY_BODY_LIMIT
+
+    six_mb = 6 * 1024 * 1024
+    assert len(base64.b64encode(b"x" * BINARY_BODY_LIMIT)) + 64 * 1024 <= six_mb
+    assert jobs.INLINE_DOWNLOAD_LIMIT == BINARY_BODY_LIMIT
+    assert 4_500_000 < BINARY_BODY_LIMIT < 4_720_000  # "~4.4 MB": what a direct upload can carry
+
+
+def test_a_direct_upload_too_big_for_one_request_is_413_pointing_at_the_presigned_path(client, conn, env):
+    env(MAX_DIRECT_UPLOAD="2000")
+    data = b"url\n" + b"".join(f"site{i}.example.com\n".encode() for i in range(200))
+    response = upload_csv(client, data)
+    assert error_of(response) == (413, "use_presigned_upload")
+    assert "/api/upload/url" in body(response)["error"]["message"]
+    assert job_count(conn) == 0 and s3_keys(f"uploads/{client.account.id}/") == []
+
+
+def test_downloading_a_completed_job_redirects_to_its_results_csv(client, conn):
+    job_id, _ = upload_and_process(client)
+    conn.execute("UPDATE urls SET status = 'completed', opener = 'Hi there, nice site.', finished_at = now() "
+                 "WHERE job_id = %s", (job_id,))
+    conn.execute("UPDATE jobs SET processed_rows = total_rows, progress = 100 WHERE id = %s", (job_id,))
+    job = db.complete_job_if_done(conn, job_id)
+    assert jobs.export_job(deps.conn, deps.storage(), job)
+    response = download(client, job_id)
+    assert response.status_code == 302
+    location = response.headers["Location"]
+    assert f"/results/{client.account.id}/{job_id}.csv?" in location
+    import urllib.request
+
+    with urllib.request.urlopen(location) as fetched:
+        assert fetched.read().decode().count(",completed,") == 2

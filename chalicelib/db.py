@@ -47,7 +47,7 @@ PROGRESS = "CASE WHEN j.total_rows = 0 THEN 0 ELSE round(100.0 * ({done}) / j.to
 
 JOB_COLUMNS = """id, account_id, file_name, file_path, status, total_rows, processed_rows, failed_rows, progress,
     invalid_rows, url_column, columns, layout, errors, chunks, instructions, model, source, source_etag, error,
-    result_path, prompt_tokens, completion_tokens, started_at, finished_at, created_at, updated_at"""
+    result_path, prompt_tokens, completion_tokens, discarded_results, started_at, finished_at, created_at, updated_at"""
 
 
 def insert_job(conn, *, job_id: str, account_id: str, file_name: str, file_path: str, source: str,
@@ -192,6 +192,15 @@ def complete_job_if_done(conn, job_id: str) -> dict | None:
             RETURNING {JOB_COLUMNS}""",
         (job_id,),
     ).fetchone()
+
+
+def count_discarded(conn, job_id: str, count: int) -> None:
+    conn.execute("UPDATE jobs SET discarded_results = discarded_results + %s WHERE id = %s", (count, job_id))
+
+
+def discarded_results(conn, account_id: str) -> int:
+    return conn.execute("SELECT coalesce(sum(discarded_results), 0) AS n FROM jobs WHERE account_id = %s",
+                        (account_id,)).fetchone()["n"]
 
 
 def jobs_by_status(conn, account_id: str) -> dict[str, int]:

@@ -700,6 +700,7 @@ def metrics(conn, queue: ChunkQueue, account_id: str, *, admin: bool) -> dict:
         "jobs": {status: 0 for status in JOB_STATUSES} | db.jobs_by_status(conn, account_id),
         "urls": urls,
         "throughput": {"urls_last_minute": per_minute, "urls_per_second": round(per_minute / 60, 2)},
+        "discarded_results": int(db.discarded_results(conn, account_id)),  # generated after a cancel, thrown away
     }
     if not admin:
         return body

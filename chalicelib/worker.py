@@ -194,10 +194,23 @@ class ChunkWorker:
             outcome.completed_job = self._complete(run.job_id)
 
     def _wait_briefly(self, in_flight: dict[Future, dict], run: _Run) -> None:
-        """On cancel, keep what finishes within a moment; the rest is released."""
+        """On cancel, keep what finishes within a moment; the rest is released, and an opener that
+        still arrives for it is thrown away: counted (log, job, /api/metrics), since it was paid."""
         done, _ = wait(list(in_flight), timeout=CANCEL_GRACE_S)
         for future in done:
             self._collect(run, in_flight.pop(future), future.result())
+        for future, row in in_flight.items():
+            future.add_done_callback(lambda f, row=row: self._discarded(run.job_id, row, f))
+
+    def _discarded(self, job_id: str, row: dict, future: Future) -> None:
+        result = None if future.cancelled() or future.exception() else future.result()
+        if not result or result["status"] != "completed":
+            return  # stopped before calling, or failed: nothing was generated
+        log.warning("generated opener discarded: its job was canceled", extra={"job_id": job_id, "url": row["url"]})
+        try:
+            self._db(db.count_discarded, job_id, 1)
+        except Exception:  # best effort: the log line above already says it
+            log.exception("could not count a discarded opener")
 
     def _complete(self, job_id: str) -> bool:
         job = self._db(db.complete_job_if_done, job_id)

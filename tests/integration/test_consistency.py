@@ -5,6 +5,7 @@ job gets its results CSV, a drop never stays pending, and a job reads the bytes 
 from __future__ import annotations
 
 import threading
+import time
 import urllib.request
 import uuid
 
@@ -226,3 +227,56 @@ def test_lock_timeouts_answer_409_busy_not_500(client, conn, settings):
         holder.close()
     assert info.value.code == "busy"
     assert isinstance(info.value.__context__, psycopg.errors.LockNotAvailable)
+
+
+# ---------------------------------------------------------------- item 8: nothing paid for twice
+
+def _worker(settings, delay_s: float, concurrency: int):
+    from chalicelib.openers import OpenerGenerator, build_client
+    from chalicelib.ratelimit import RateLimiter
+    from chalicelib.settings import Settings
+    from chalicelib.worker import ChunkWorker
+    from tests.integration.test_worker import CountingGenerator
+
+    s = Settings(**{**settings.__dict__, "openai_dummy_mode": True, "openai_dummy_delay_ms": (0, 0),
+                    "openai_rpm": 0, "openai_tpm": 0, "chunk_size": 50, "chunk_concurrency": concurrency})
+    inner = OpenerGenerator(build_client(s), RateLimiter(deps.redis_client(), 0, 0, prefix=f"t:{uuid.uuid4().hex}"),
+                            s.openai_model)
+    generator = CountingGenerator(inner, delay_s=delay_s)
+    worker = ChunkWorker(get_conn=deps.conn, generator=generator, queue=deps.chunk_queue(), settings=s,
+                         export=lambda job: jobs.export_job(deps.conn, deps.storage(), job), deadline_margin_s=0)
+    return s, worker, generator
+
+
+def test_calls_in_flight_at_the_deadline_are_waited_for_and_saved_not_generated_again(conn, settings):
+    s, worker, generator = _worker(settings, delay_s=1.0, concurrency=4)
+    account_id, job_id = new_job(conn, s, n=10)
+    started = time.monotonic()
+    outcome = worker.process_chunk(job_id, 0, lambda: 0.3 - (time.monotonic() - started))
+    assert outcome.reason == "deadline" and outcome.continued
+    assert outcome.saved == 4 and outcome.released == 0  # the four calls in flight were kept
+    assert db.get_job(conn, job_id)["processed_rows"] == 4
+    assert worker.process_chunk(job_id, 0, lambda: float("inf")).reason == "done"
+    assert db.get_job(conn, job_id)["status"] == "completed"
+    assert len(generator.calls) == 10 and set(generator.calls.values()) == {1}
+
+
+def test_an_opener_that_arrives_after_a_cancel_is_counted_as_discarded(client, conn, settings):
+    s, worker, generator = _worker(settings, delay_s=3.5, concurrency=2)
+    account_id, job_id = new_job(conn, s, n=2)
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.setdefault("o", worker.process_chunk(
+        job_id, 0, lambda: float("inf"))))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while len(generator.active) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    jobs.cancel(conn, account_id, job_id)
+    thread.join(30)
+    assert box["o"].reason == "canceled" and box["o"].released == 2  # gave up after the grace period
+    while generator.active and time.monotonic() < deadline:  # the two calls still finish (and are paid)
+        time.sleep(0.05)
+    while db.get_job(conn, job_id)["discarded_results"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert db.get_job(conn, job_id)["discarded_results"] == 2
+    assert db.discarded_results(conn, account_id) >= 2

@@ -19,11 +19,13 @@ from chalicelib.uploads import parse_upload
 
 logs.configure(deps.settings().log_level)
 log = logs.get_logger("api")
+deps.settings().check_stage()  # the prod stage refuses to start with laptop settings (CORS "*")
 
 app = Chalice(app_name="csv-opener")
 app.api.binary_types.extend(["multipart/form-data", "text/csv"])
 app.log.setLevel("CRITICAL")  # Chalice's own error log is replaced by ours (JSON, with request id)
-CORS = CORSConfig(allow_origin=deps.settings().cors_allow_origin, allow_headers=["Authorization", "X-Api-Key"],
+CORS = CORSConfig(allow_origin=deps.settings().cors_origins[0] if deps.settings().cors_origins else "*",
+                  allow_headers=["Authorization", "X-Api-Key"],
                   expose_headers=["Retry-After", "X-Request-Id", "WWW-Authenticate"])
 
 SECURITY_HEADERS = {
@@ -136,8 +138,13 @@ def query() -> dict:
 
 @app.middleware("http")
 def hygiene(event, get_response):
-    """Security headers on every response."""
+    """Security headers on every response; with several CORS origins, the caller's if it is one."""
     response = get_response(event)
+    origins = deps.settings().cors_origins
+    origin = (event.headers or {}).get("origin")
+    if len(origins) > 1 and origin in origins:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     return response

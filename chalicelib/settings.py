@@ -7,6 +7,7 @@ so `chalice local` works with no edits; Lambda gets its values from `.chalice/co
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -66,7 +67,8 @@ class Settings:
     dlq_url: str = f"{LOCALSTACK_URL}/000000000000/csv-opener-chunks-dlq"
     aws_endpoint_url: str | None = LOCALSTACK_URL
     aws_region: str = REGION
-    cors_allow_origin: str = "*"
+    cors_allow_origin: str = "*"  # comma-separated origins; "*" (any) is refused in the prod stage
+    stage: str = "local"
     api_rate_limit_per_minute: int = 600  # per account, unless the account sets its own
     api_rate_window_s: int = 60
     ip_rate_limit_per_minute: int = 600  # per client address: /health and failed authentications
@@ -77,6 +79,21 @@ class Settings:
     ratelimit_prefix: str = "csv-opener:ratelimit"
     lease_seconds: int = 300
     log_level: str = "INFO"
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        return tuple(o.strip() for o in self.cors_allow_origin.split(",") if o.strip())
+
+    def check_stage(self) -> None:
+        """Refuse to start the prod stage with settings only fit for a laptop."""
+        if self.stage != "prod":
+            return
+        origins = self.cors_origins
+        bad = [o for o in origins if not re.fullmatch(r"https://[A-Za-z0-9.-]+(:\d{1,5})?", o)]
+        if not origins or bad:
+            raise RuntimeError(
+                "The prod stage needs CORS_ALLOW_ORIGIN: the comma-separated https origins allowed to call the "
+                f"API from a browser (not '*'); got {self.cors_allow_origin!r}")
 
     @property
     def chunk_window(self) -> int:
@@ -117,6 +134,7 @@ class Settings:
             aws_endpoint_url=endpoint or None,
             aws_region=get("AWS_REGION", get("AWS_DEFAULT_REGION", REGION)),
             cors_allow_origin=get("CORS_ALLOW_ORIGIN", cls.cors_allow_origin),
+            stage=get("STAGE", cls.stage),
             api_rate_limit_per_minute=int(get("API_RATE_LIMIT_PER_MINUTE", cls.api_rate_limit_per_minute)),
             api_rate_window_s=int(get("API_RATE_WINDOW_S", cls.api_rate_window_s)),
             ip_rate_limit_per_minute=int(get("IP_RATE_LIMIT_PER_MINUTE", cls.ip_rate_limit_per_minute)),

@@ -208,3 +208,12 @@ def test_downloading_a_completed_job_redirects_to_its_results_csv(client, conn):
 
     with urllib.request.urlopen(location) as fetched:
         assert fetched.read().decode().count(",completed,") == 2
+
+
+def test_with_several_cors_origins_the_callers_origin_is_answered_if_listed(client, env):
+    env(CORS_ALLOW_ORIGIN="https://a.example.com,https://b.example.com")
+    listed = client.http.get("/api/jobs", headers={"Origin": "https://b.example.com"})
+    assert listed.headers["Access-Control-Allow-Origin"] == "https://b.example.com"
+    assert listed.headers["Vary"] == "Origin"
+    other = client.http.get("/api/jobs", headers={"Origin": "https://evil.example.com"})
+    assert other.headers.get("Access-Control-Allow-Origin") != "https://evil.example.com"

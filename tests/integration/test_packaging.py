@@ -171,6 +171,32 @@ def test_chunk_queue_outlives_six_chunk_function_timeouts():
     assert params["BucketName"]["Default"] == PROD["environment_variables"]["UPLOAD_BUCKET"]
 
 
+def test_stored_files_expire_after_the_retention_period_and_the_bucket_refuses_plain_http():
+    template = cfn_yaml.load(str(RESOURCES))
+    assert template["Parameters"]["RetentionDays"]["Default"] == 30
+    rules = {r.get("Prefix"): r for r in template["Resources"]["UploadBucket"]["Properties"]
+             ["LifecycleConfiguration"]["Rules"]}
+    for prefix in ("uploads/", "incoming/", "results/", "rejected/"):
+        assert rules[prefix]["Status"] == "Enabled"
+        assert rules[prefix]["ExpirationInDays"] == {"Ref": "RetentionDays"}, prefix
+    [statement] = template["Resources"]["UploadBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Action"] == "s3:*"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert len(statement["Resource"]) == 2  # the bucket and every object in it
+
+
+def test_the_prod_stage_names_its_cors_origins_and_refuses_to_start_without_them():
+    from chalicelib.settings import Settings
+
+    env = PROD["environment_variables"]
+    assert env["STAGE"] == "prod" and env["CORS_ALLOW_ORIGIN"].startswith("https://")
+    Settings.from_env(env).check_stage()
+    for origins in ("*", "", "http://app.example.com", "https://a.example.com,*", "https://x.example.com/path"):
+        with pytest.raises(RuntimeError, match="CORS_ALLOW_ORIGIN"):
+            Settings.from_env({**env, "CORS_ALLOW_ORIGIN": origins}).check_stage()
+    Settings.from_env({"CORS_ALLOW_ORIGIN": "*"}).check_stage()  # dev stays open
+
+
 # --- chalice package: CloudFormation -----------------------------------------------------------
 
 @pytest.mark.slow

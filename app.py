@@ -10,7 +10,7 @@ import uuid
 
 from chalice import Chalice, CORSConfig, Rate, Response
 
-from chalicelib import apilimit, db, deps, jobs, logs, openapi
+from chalicelib import apilimit, db, deps, jobs, logs, openapi, web
 from chalicelib.accounts import Caller, Unauthorized
 from chalicelib.errors import BadRequest, DomainError, RateLimited
 from chalicelib.health import run_checks
@@ -175,6 +175,17 @@ def _is_admin_request() -> bool:
         return deps.authenticator().authenticate(key).is_admin
     except Exception:  # a bad key or an unreachable database: the anonymous answer
         return False
+
+
+@route("/", methods=["GET"], public=True)
+def web_page():
+    """The web page (chalicelib/web/), with its own strict Content-Security-Policy."""
+    return web.asset_response("index.html", deps.settings())
+
+
+@route("/static/{name}", methods=["GET"], public=True)
+def web_asset(name):
+    return web.asset_response(name, deps.settings())
 
 
 @route("/api/openapi.json", methods=["GET"], public=True)

@@ -28,7 +28,7 @@ def check(client: redis.Redis, prefix: str, scope: str, limit: int, window_s: in
         pipe.incr(key)
         pipe.ttl(key)
         _, count, ttl = pipe.execute()
-    except redis.RedisError as exc:
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:  # a cluster without the slot too
         log.warning("API rate limit unavailable", extra={"error": str(exc)})
         return None
     if count > limit:

@@ -48,13 +48,22 @@ def chunk_queue() -> ChunkQueue:
 
 
 @lru_cache(maxsize=1)
-def redis_client() -> redis.Redis:
-    """One pool per process. Blocking: when every connection is busy (many chunk handlers in one
-    process, as the local runner runs them), a caller waits for one instead of failing."""
-    pool = redis.BlockingConnectionPool.from_url(
-        get_secret_settings().redis_url, max_connections=64, timeout=10,
-        socket_connect_timeout=2, socket_timeout=5, health_check_interval=30,
-    )
+def redis_client() -> redis.Redis | redis.RedisCluster:
+    """One pool per process (per node on a cluster). Blocking: when every connection is busy (many
+    chunk handlers in one process, as the local runner runs them), a caller waits for one instead
+    of failing.
+
+    REDIS_CLUSTER=true: REDIS_URL is a Redis Cluster (for ElastiCache cluster mode, its
+    configuration endpoint). The client reads the slot map as it is built (so it connects here,
+    unlike the single-node pool) and sends each command to the node that owns its key's slot."""
+    s = get_secret_settings()
+    options = {"max_connections": 64, "timeout": 10, "socket_connect_timeout": 2, "socket_timeout": 5}
+    if s.redis_cluster:
+        # redis-py's cluster client drops health_check_interval; it reconnects and retries a
+        # command on a connection error instead.
+        return redis.RedisCluster.from_url(s.redis_url, connection_pool_class=redis.BlockingConnectionPool,
+                                           **options)
+    pool = redis.BlockingConnectionPool.from_url(s.redis_url, health_check_interval=30, **options)
     return redis.Redis(connection_pool=pool)
 
 

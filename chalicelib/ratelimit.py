@@ -29,9 +29,14 @@ How it works:
 * If Redis is unreachable ``acquire`` keeps retrying with backoff; it never lets a caller through
   unthrottled. It gives up only when the caller's ``should_stop()`` says so (``LimiterStopped``).
 
-A limit of 0 means "unlimited" for that bucket. Every key a script touches travels in ``KEYS``;
-on Redis Cluster give a prefix with a hash tag (e.g. ``"{csv-opener:ratelimit}"``) so they share
-a slot.
+A limit of 0 means "unlimited" for that bucket.
+
+Keys, with P the prefix in a hash tag (``{csv-opener:ratelimit}`` for ``csv-opener:ratelimit``;
+a prefix that already holds a tag, e.g. ``app:{rl}``, is used as it is): ``P:requests`` and
+``P:tokens`` (the buckets), ``P:cooldown_until``, ``P:active_accounts`` (a zset) and
+``P:share:<account>:requests|tokens``. Every key a script touches travels in ``KEYS``, and Redis
+Cluster hashes only the tag, so all of a limiter's keys share one hash slot and each script runs
+on the node that owns it (no CROSSSLOT); a single Redis stores the same keys.
 """
 
 from __future__ import annotations
@@ -58,8 +63,28 @@ _UNAVAILABLE = (
     redis_exc.ReadOnlyError,  # replica promoted / failover in progress
     redis_exc.MasterDownError,
     redis_exc.TryAgainError,
-    redis_exc.ClusterDownError,
+    redis_exc.ClusterError,  # Redis Cluster: cluster down, or redirections exhausted while slots move
+    redis_exc.SlotNotCoveredError,  # Redis Cluster: a slot without a primary during a failover
 )
+
+
+def _hash_tag(key: str) -> str | None:
+    """What Redis Cluster hashes instead of the whole key: the text between the first ``{`` and
+    the next ``}``, if that is not empty; else None (the whole key is hashed)."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return key[start + 1:end] if end > start + 1 else None
+
+
+def _tagged_prefix(prefix: str) -> str:
+    """The prefix every key of a limiter starts with: ``prefix`` if it holds a hash tag already,
+    else ``{prefix}``, so that all keys built on it hash to one slot."""
+    if _hash_tag(prefix) is not None:
+        return prefix
+    if _hash_tag(f"{{{prefix}}}") is None:  # empty, or starting with '}'
+        raise ValueError(f"rate-limit prefix {prefix!r} cannot be made into a Redis hash tag")
+    return f"{{{prefix}}}"
+
 
 # Shared Lua helpers. Times are milliseconds (with a fraction) on the Redis server clock, which
 # every process sees alike; no client clock takes part in the accounting.
@@ -200,7 +225,8 @@ class LimiterStopped(Exception):
 class RateLimiter:
     """Requests-per-minute and tokens-per-minute limits shared by every process using ``prefix``.
 
-    Thread-safe (redis-py clients are). Typical use around one OpenAI call::
+    Works with a ``redis.Redis`` or a ``redis.RedisCluster``. Thread-safe (redis-py clients are).
+    Typical use around one OpenAI call::
 
         estimate = estimate_tokens(messages, max_tokens)
         limiter.acquire(estimate, should_stop=lambda: context.get_remaining_time_in_millis() < 60_000)
@@ -220,7 +246,7 @@ class RateLimiter:
 
     def __init__(
         self,
-        redis_client: redis.Redis,
+        redis_client: redis.Redis | redis.RedisCluster,
         rpm: int,
         tpm: int,
         prefix: str = "csv-opener:ratelimit",
@@ -231,9 +257,9 @@ class RateLimiter:
             raise ValueError(f"rpm and tpm must be >= 0 (0 = unlimited), got rpm={rpm} tpm={tpm}")
         self.rpm = int(rpm)
         self.tpm = int(tpm)
-        self.prefix = prefix
-        self.keys = [f"{prefix}:requests", f"{prefix}:tokens", f"{prefix}:cooldown_until"]
-        self.active_key = f"{prefix}:active_accounts"
+        self.prefix = _tagged_prefix(prefix)  # what every key starts with: one hash slot for all
+        self.keys = [f"{self.prefix}:requests", f"{self.prefix}:tokens", f"{self.prefix}:cooldown_until"]
+        self.active_key = f"{self.prefix}:active_accounts"
         self._sleep = sleep
         self._log = log or logging.getLogger("csv_opener.ratelimit")
         self._acquire_script = redis_client.register_script(_ACQUIRE_LUA)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -156,6 +157,94 @@ def localstack(port: int, volume_dir: Path) -> Iterator[str]:
         stop_process(proc, "LocalStack")
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (each held until all are picked, so none repeats)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def _pings(port: int) -> bool:
+    try:
+        with redis.Redis(port=port, socket_connect_timeout=1, socket_timeout=2) as node:
+            return bool(node.ping())
+    except redis.RedisError:
+        return False
+
+
+def cluster_state_ok(port: int) -> bool:
+    try:
+        with redis.Redis(port=port, socket_connect_timeout=1, socket_timeout=2) as node:
+            return node.cluster("INFO").get("cluster_state") == "ok"
+    except redis.RedisError:
+        return False
+
+
+@contextmanager
+def redis_cluster(directory: Path, nodes: int = 3) -> Iterator[Callable[[], str]]:
+    """A private Redis Cluster of `nodes` primaries (no replicas, nothing saved) on free ports, for
+    the cluster tests. Yields `ready()`, which waits until the cluster is formed and returns the URL
+    of one node: forming it takes redis-cli a second or two of waiting, which can overlap the
+    LocalStack start. The nodes are stopped by PID afterwards. Each node's cluster bus port is
+    picked free too (the default, port + 10000, may be taken or beyond 65535)."""
+    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
+        sys.exit("[devstack] redis-server and redis-cli are needed for the Redis Cluster tests")
+    directory.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    picked = free_ports(2 * nodes)
+    ports, bus_ports = picked[:nodes], picked[nodes:]
+    procs: list[tuple[int, subprocess.Popen]] = []
+    create: subprocess.Popen | None = None
+    try:
+        for port, bus_port in zip(ports, bus_ports, strict=True):
+            with open(directory / f"redis-{port}.log", "ab") as log:
+                procs.append((port, subprocess.Popen(
+                    ["redis-server", "--cluster-enabled", "yes",
+                     "--cluster-config-file", str(directory / f"nodes-{port}.conf"),
+                     "--port", str(port), "--cluster-port", str(bus_port), "--bind", "127.0.0.1",
+                     "--save", "", "--appendonly", "no", "--dir", str(directory)],
+                    stdout=log, stderr=subprocess.STDOUT, cwd=directory, start_new_session=True)))
+        deadline = time.monotonic() + 30
+        for port, proc in procs:
+            while not _pings(port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    sys.exit(f"[devstack] Redis Cluster node :{port} did not start; see {directory}/redis-{port}.log")
+                time.sleep(0.02)
+        create_log = directory / "cluster-create.log"
+        with open(create_log, "wb") as log:
+            create = subprocess.Popen(
+                ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def ready() -> str:
+            waiting = time.monotonic()
+            try:
+                code = create.wait(60)
+            except subprocess.TimeoutExpired:
+                code = None
+            if code != 0:
+                sys.exit(f"[devstack] redis-cli --cluster create failed:\n{create_log.read_text()}")
+            deadline = time.monotonic() + 30
+            while not all(cluster_state_ok(p) for p in ports):
+                if time.monotonic() > deadline:
+                    sys.exit(f"[devstack] Redis Cluster not ok after 30 s; see the logs in {directory}")
+                time.sleep(0.05)
+            say(f"Redis Cluster ready on ports {', '.join(map(str, ports))} (pids "
+                f"{', '.join(str(p.pid) for _, p in procs)}; {time.monotonic() - started:.2f} s since its start, "
+                f"{time.monotonic() - waiting:.2f} s of it waited for here)")
+            return f"redis://127.0.0.1:{ports[0]}/0"
+
+        yield ready
+    finally:
+        if create is not None:
+            stop_process(create, "redis-cli --cluster create", timeout=5)
+        for port, proc in procs:
+            stop_process(proc, f"Redis Cluster node :{port}")
+
+
 def stack_env(env: dict[str, str], endpoint: str, outputs: dict[str, str]) -> dict[str, str]:
     port = urlsplit(endpoint).port
     env = dict(env)
@@ -197,7 +286,11 @@ def private_stack(kind: str) -> Iterator[dict[str, str]]:
 
 
 def run_tests(pytest_args: list[str]) -> int:
-    with private_stack("test") as test_env:
+    # the Redis Cluster forms while LocalStack starts; its URL is for tests/integration/test_cluster.py
+    with (tempfile.TemporaryDirectory(prefix="csv-opener-cluster-") as cluster_dir,
+          redis_cluster(Path(cluster_dir)) as cluster_ready,
+          private_stack("test") as test_env):
+        test_env = {**test_env, "REDIS_CLUSTER_URL": cluster_ready()}
         code = subprocess.call([sys.executable, "-m", "pytest", *pytest_args], env=test_env, cwd=ROOT)
     if code == 5:
         say("pytest collected no tests: failing")

@@ -33,7 +33,7 @@ def client():
 def prefix(client):
     p = f"test:fairshare:{uuid.uuid4().hex}"
     yield p
-    keys = list(client.scan_iter(match=f"{p}:*"))
+    keys = list(client.scan_iter(match=f"{{{p}}}:*"))
     if keys:
         client.delete(*keys)
 

@@ -59,7 +59,7 @@ def client():
 def prefix(client):
     p = f"test:ratelimit:{uuid.uuid4().hex}"
     yield p
-    keys = list(client.scan_iter(match=f"{p}:*"))
+    keys = list(client.scan_iter(match=f"{{{p}}}:*"))
     if keys:
         client.delete(*keys)
 
@@ -178,14 +178,14 @@ def test_a_request_bigger_than_one_seconds_burst_waits_until_the_bucket_holds_it
 def test_zero_means_unlimited(client, prefix):
     limiter = RateLimiter(client, rpm=0, tpm=0, prefix=prefix, sleep=no_sleep)
     assert all(limiter.acquire(10_000) == 0.0 for _ in range(300))
-    assert not client.exists(f"{prefix}:requests", f"{prefix}:tokens")
+    assert not client.exists(f"{{{prefix}}}:requests", f"{{{prefix}}}:tokens")
 
     tokens_only = RateLimiter(client, rpm=0, tpm=6000, prefix=prefix)  # 0.1 token/ms, burst 100
     stamps, dues = map(list, zip(*(reserve(tokens_only, client, 1, "tokens") for _ in range(300)), strict=True))
     assert dues[:100] == stamps[:100]
     assert dues == pytest.approx(expected_dues(stamps, per_ms(6000), 100), abs=EXACT)
     assert dues[-1] >= stamps[0] + 2000 - EXACT  # 200 tokens beyond the burst: 2 s of refill, however fast we asked
-    assert not client.exists(f"{prefix}:requests")
+    assert not client.exists(f"{{{prefix}}}:requests")
 
 
 def test_refund_gives_unused_tokens_back_and_takes_overruns(client, prefix):
@@ -214,7 +214,7 @@ def test_refund_never_fills_beyond_the_burst(client, prefix):
 def test_cooldown_delays_every_acquirer_in_every_client(client, prefix):
     setter = RateLimiter(client, rpm=600, tpm=60_000, prefix=prefix)
     setter.cooldown(1.0)
-    until = float(client.get(f"{prefix}:cooldown_until"))
+    until = float(client.get(f"{{{prefix}}}:cooldown_until"))
 
     def worker() -> tuple[float, list[float], float]:
         own = redis.Redis.from_url(REDIS_URL)
@@ -242,9 +242,9 @@ def test_cooldown_delays_every_acquirer_in_every_client(client, prefix):
 def test_cooldown_never_shortens_a_longer_one(client, prefix):
     limiter = RateLimiter(client, rpm=600, tpm=0, prefix=prefix)
     limiter.cooldown(2.0)
-    until = float(client.get(f"{prefix}:cooldown_until"))
+    until = float(client.get(f"{{{prefix}}}:cooldown_until"))
     limiter.cooldown(0.1)
-    assert float(client.get(f"{prefix}:cooldown_until")) == pytest.approx(until, abs=EXACT)
+    assert float(client.get(f"{{{prefix}}}:cooldown_until")) == pytest.approx(until, abs=EXACT)
     assert 0 < limiter.cooldown_remaining() <= 2.0
     earliest, latest = reserve_bracketed(limiter, client)
     assert earliest - EXACT <= until <= latest + EXACT  # due at the end of the longer pause
@@ -258,7 +258,7 @@ def test_after_a_cooldown_requests_resume_at_the_rate_not_all_at_once(client, pr
         limiter._reserve_ms(1)  # burst spent
     spent_level, spent_at = bucket(client, limiter)
     limiter.cooldown(5.0)  # nothing here waits for it
-    until = float(client.get(f"{prefix}:cooldown_until"))
+    until = float(client.get(f"{{{prefix}}}:cooldown_until"))
     paused_at = until - 5000  # the cooldown script's now
     # what refilled before the pause, and nothing more: the bucket is frozen until its end
     credit = min(10, spent_level + (paused_at - spent_at) * rate)
@@ -303,7 +303,7 @@ def test_a_sleeping_reservation_honours_a_cooldown_set_meanwhile(client, prefix)
     assert asleep.wait(30)
     first_due = due_of_last(*bucket(client, limiter), rate)
     limiter.cooldown(1.0)
-    until = float(client.get(f"{prefix}:cooldown_until"))
+    until = float(client.get(f"{{{prefix}}}:cooldown_until"))
     paused.set()
     t.join(30)
     assert not t.is_alive() and "granted" in result

@@ -180,11 +180,12 @@ def _is_admin_request() -> bool:
 @route("/", methods=["GET"], public=True)
 def web_page():
     """The web page (chalicelib/web/), with its own strict Content-Security-Policy."""
-    return web.asset_response("index.html", deps.settings())
+    return web.page_response(deps.settings(), (app.current_request.context or {}).get("path"))
 
 
 @route("/static/{name}", methods=["GET"], public=True)
 def web_asset(name):
+    """The page's script, style sheet and icon (by bare name; anything else is a 404)."""
     return web.asset_response(name, deps.settings())
 
 
@@ -224,7 +225,8 @@ def process(caller: Caller):
     if not job_id:
         raise BadRequest("job_id is required", code="missing_job_id")
     result = jobs.start(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id,
-                        instructions=body.get("instructions"), model=body.get("model"))
+                        instructions=body.get("instructions"), model=body.get("model"),
+                        page_context=body.get("page_context"), max_cost_usd=body.get("max_cost_usd"))
     return Response(result, status_code=202)
 
 

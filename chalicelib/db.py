@@ -47,7 +47,8 @@ PROGRESS = "CASE WHEN j.total_rows = 0 THEN 0 ELSE round(100.0 * ({done}) / j.to
 
 JOB_COLUMNS = """id, account_id, file_name, file_path, status, total_rows, processed_rows, failed_rows, progress,
     invalid_rows, url_column, columns, layout, errors, chunks, instructions, model, source, source_etag, error,
-    result_path, prompt_tokens, completion_tokens, discarded_results, started_at, finished_at, created_at, updated_at"""
+    result_path, prompt_tokens, completion_tokens, discarded_results, page_context, max_cost_usd, started_at,
+    finished_at, created_at, updated_at"""
 
 
 def insert_job(conn, *, job_id: str, account_id: str, file_name: str, file_path: str, source: str,
@@ -111,12 +112,23 @@ def update_job(conn, job_id: str, **fields) -> dict | None:
 
 
 def start_job(conn, job_id: str, *, total_rows: int, invalid_rows: int, chunks: int,
-              instructions: str | None, model: str | None, undispatched: list[int]) -> dict:
+              instructions: str | None, model: str | None, undispatched: list[int], page_context: bool = True,
+              max_cost_usd: float | None = None) -> dict:
     return conn.execute(
         f"""UPDATE jobs SET status = 'processing', total_rows = %s, invalid_rows = %s, chunks = %s,
-                   instructions = %s, model = %s, started_at = now(), error = NULL, undispatched = %s
+                   instructions = %s, model = %s, started_at = now(), error = NULL, undispatched = %s,
+                   page_context = %s, max_cost_usd = %s
             WHERE id = %s AND status = 'pending' RETURNING {JOB_COLUMNS}""",
-        (total_rows, invalid_rows, chunks, instructions, model, undispatched, job_id),
+        (total_rows, invalid_rows, chunks, instructions, model, undispatched, page_context, max_cost_usd, job_id),
+    ).fetchone()
+
+
+def stop_for_budget(conn, job_id: str, error: str) -> dict | None:
+    """The job reached its max_cost_usd: failed, everything generated kept, the rest pending."""
+    return conn.execute(
+        f"""UPDATE jobs SET status = 'failed', error = %s, finished_at = now()
+            WHERE id = %s AND status = 'processing' RETURNING {JOB_COLUMNS}""",
+        (error, job_id),
     ).fetchone()
 
 
@@ -272,11 +284,11 @@ def add_urls_today(conn, account_id: str, count: int) -> None:
 # ---------------------------------------------------------------- urls
 
 def copy_urls(conn, job_id: str, rows) -> int:
-    """Bulk insert (row_number, chunk, url) tuples with COPY; returns the count."""
+    """Bulk insert (row_number, chunk, url, fields) tuples with COPY; returns the count."""
     count = 0
-    with conn.cursor() as cur, cur.copy("COPY urls (job_id, row_number, chunk, url) FROM STDIN") as copy:
-        for row_number, chunk, url in rows:
-            copy.write_row((job_id, row_number, chunk, url))
+    with conn.cursor() as cur, cur.copy("COPY urls (job_id, row_number, chunk, url, fields) FROM STDIN") as copy:
+        for row_number, chunk, url, fields in rows:
+            copy.write_row((job_id, row_number, chunk, url, None if fields is None else Jsonb(fields)))
             count += 1
     return count
 
@@ -359,7 +371,7 @@ def claim_urls(conn, job_id: str, chunk: int, owner: str, limit: int, lease_s: i
                FOR UPDATE SKIP LOCKED
            ) c
            WHERE u.id = c.id
-           RETURNING u.id, u.url, u.row_number, u.retry_count""",
+           RETURNING u.id, u.url, u.row_number, u.retry_count, u.fields""",
         {"owner": owner, "lease": lease_s, "job": job_id, "chunk": chunk, "limit": limit},
     ).fetchall()
 
@@ -370,17 +382,20 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
     holds (lease taken over, job retried) are not written and not counted.
     Each result: id, status ('completed' | 'failed'), opener, error, retry_count, prompt_tokens,
     completion_tokens. Returns the job's status and counters after the write."""
-    columns = ("id", "status", "opener", "error", "retry_count", "prompt_tokens", "completion_tokens")
-    arrays = {c: [r[c] for r in results] for c in columns}
+    columns = ("id", "status", "opener", "error", "retry_count", "prompt_tokens", "completion_tokens",
+               "context_status")
+    arrays = {c: [r.get(c) for r in results] for c in columns}
     return conn.execute(
         f"""WITH r AS (
                SELECT * FROM unnest(%(id)s::uuid[], %(status)s::text[], %(opener)s::text[], %(error)s::text[],
-                                    %(retry_count)s::int[], %(prompt_tokens)s::int[], %(completion_tokens)s::int[])
-                    AS r(id, status, opener, error, retry_count, prompt_tokens, completion_tokens)
+                                    %(retry_count)s::int[], %(prompt_tokens)s::int[], %(completion_tokens)s::int[],
+                                    %(context_status)s::text[])
+                    AS r(id, status, opener, error, retry_count, prompt_tokens, completion_tokens, context_status)
            ), saved AS (
                UPDATE urls u SET status = r.status, opener = r.opener, error = r.error,
                       retry_count = r.retry_count, prompt_tokens = r.prompt_tokens,
                       completion_tokens = r.completion_tokens, finished_at = now(),
+                      context_status = coalesce(r.context_status, u.context_status),
                       claimed_by = NULL, lease_until = NULL
                FROM r WHERE u.id = r.id AND u.status = 'processing' AND u.claimed_by = %(owner)s
                RETURNING r.status, r.prompt_tokens, r.completion_tokens
@@ -394,7 +409,8 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
                   prompt_tokens = j.prompt_tokens + s.pt, completion_tokens = j.completion_tokens + s.ct,
                   progress = {PROGRESS.format(done="j.processed_rows + s.done + j.failed_rows + s.failed")}
            FROM s WHERE j.id = %(job)s
-           RETURNING j.status, j.total_rows, j.processed_rows, j.failed_rows, s.done + s.failed AS saved""",
+           RETURNING j.status, j.total_rows, j.processed_rows, j.failed_rows, s.done + s.failed AS saved,
+                     j.model, j.prompt_tokens, j.completion_tokens, j.max_cost_usd""",
         {**arrays, "owner": owner, "job": job_id},
     ).fetchone()
 

@@ -21,11 +21,11 @@ from typing import IO
 import psycopg
 import tenacity
 
-from chalicelib import accounts, csvfile, db
+from chalicelib import accounts, csvfile, db, pricing, prompt
 from chalicelib.errors import BadRequest, Conflict, DomainError, Gone, NotFound, RateLimited
 from chalicelib.logs import get_logger
 from chalicelib.queue import ChunkQueue
-from chalicelib.settings import BINARY_BODY_LIMIT, Settings
+from chalicelib.settings import BINARY_BODY_LIMIT, Settings, get_settings
 from chalicelib.storage import ObjectChanged, ObjectMissing, Storage
 from chalicelib.uploads import (
     check_file_type,
@@ -53,6 +53,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def job_json(job: dict) -> dict:
+    cost = pricing.cost_usd(get_settings().prices, job["model"], job["prompt_tokens"], job["completion_tokens"])
     return {
         "id": str(job["id"]),
         "account_id": str(job["account_id"]),
@@ -72,6 +73,10 @@ def job_json(job: dict) -> dict:
         "result_path": job["result_path"],
         "prompt_tokens": job["prompt_tokens"],
         "completion_tokens": job["completion_tokens"],
+        "cost_usd": None if cost is None else round(cost, 6),
+        "max_cost_usd": None if job["max_cost_usd"] is None else float(job["max_cost_usd"]),
+        "page_context": job["page_context"],
+        "mode": "live",
         "created_at": _iso(job["created_at"]),
         "updated_at": _iso(job["updated_at"]),
         "started_at": _iso(job["started_at"]),
@@ -223,7 +228,8 @@ def _validate_stored(conn, storage: Storage, settings: Settings, job: dict) -> d
 # ---------------------------------------------------------------- start
 
 def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account_id: str, job_id: str, *,
-          instructions: str | None = None, model: str | None = None) -> dict:
+          instructions: str | None = None, model: str | None = None, page_context: object = True,
+          max_cost_usd: object = None) -> dict:
     """Store the job's URLs (COPY), job -> processing, then enqueue one message per chunk. -> 202 body.
 
     Exactly once: the job row is locked NOWAIT and must be pending, so a concurrent or second
@@ -235,14 +241,17 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
     model = _clean_text(model, "model", 100)
     job = require_job(conn, account_id, job_id)
     model = allowed_model(_limits(db.get_account(conn, account_id), settings), model)
+    page_context = _flag(page_context, "page_context")
+    max_cost_usd = _money(max_cost_usd, "max_cost_usd")
     if job["status"] == "pending" and job["layout"] is None:
         job = _validate_stored(conn, storage, settings, job)
+    fields = _template_columns(instructions, job)
     try:
         with conn.transaction():
             job = db.get_job(conn, job["id"], lock=True)
             if job["status"] != "pending":
                 raise Conflict(f"Job is already {job['status']}; it can be started once", code="already_started")
-            rows = _url_rows(read_source(storage, job), _layout(job), settings.chunk_size)
+            rows = _url_rows(read_source(storage, job), _layout(job), settings.chunk_size, fields)
             total = db.copy_urls(conn, job["id"], rows)
             if total == 0:
                 raise BadRequest("The file has no valid URL", code="no_valid_urls")
@@ -250,7 +259,8 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
             chunks = -(-total // settings.chunk_size)
             first, waiting = _window(list(range(chunks)), settings)
             job = db.start_job(conn, job["id"], total_rows=total, invalid_rows=job["invalid_rows"],
-                               chunks=chunks, instructions=instructions, model=model, undispatched=waiting)
+                               chunks=chunks, instructions=instructions, model=model, undispatched=waiting,
+                               page_context=page_context, max_cost_usd=max_cost_usd)
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being started by another request", code="already_started") from None
     try:
@@ -261,7 +271,38 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
             db.unstart_job(conn, job["id"])
         raise
     log.info("job started", extra={"job_id": str(job["id"]), "total_rows": total, "chunks": chunks})
-    return {"job": job_json(job), "chunks": chunks}
+    estimate = pricing.estimate(settings.prices, model, total, instructions, list(fields), page_context)
+    return {"job": job_json(job), "chunks": chunks, "estimate": estimate}
+
+
+def _flag(value: object, name: str) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false", code=f"bad_{name}")
+    return value
+
+
+def _money(value: object, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1_000_000:
+        raise BadRequest(f"{name} must be a number of US dollars above 0 and at most 1,000,000", code=f"bad_{name}")
+    return float(value)
+
+
+def _template_columns(instructions: str | None, job: dict) -> dict[str, int]:
+    """The columns the instructions name as {{column}}: {name: index}; 400 unknown_column if one
+    is not a column of the file."""
+    names = prompt.template_fields(instructions)
+    if not names:
+        return {}
+    columns = list(job["columns"] or [])
+    resolved = prompt.resolve_fields(names, columns)
+    if isinstance(resolved, list):
+        raise BadRequest(f"The instructions name {', '.join('{{' + n + '}}' for n in resolved)}, which is not a "
+                         f"column of the file; its columns are: {', '.join(columns)}", code="unknown_column")
+    return resolved
 
 
 def read_source(storage: Storage, job: dict) -> Iterator[bytes]:
@@ -293,11 +334,15 @@ def dispatch_next(conn, queue: ChunkQueue, job_id: str) -> int | None:
             return chunk
 
 
-def _url_rows(chunks: Iterable[bytes], layout: csvfile.Layout, chunk_size: int) -> Iterator[tuple[int, int, str]]:
+def _url_rows(chunks: Iterable[bytes], layout: csvfile.Layout, chunk_size: int,
+              fields: dict[str, int] | None = None) -> Iterator[tuple[int, int, str, dict | None]]:
+    """(row number, chunk, URL, template values or None) of each valid row."""
     index = 0
-    for row, _record in csvfile.iter_rows(chunks, layout):
+    for row, record in csvfile.iter_rows(chunks, layout):
         if row.url is not None:
-            yield row.row, index // chunk_size, row.url
+            values = ({name: (record[i] if i < len(record) else "")[:prompt.MAX_FIELD_CHARS]
+                       for name, i in fields.items()} if fields else None)
+            yield row.row, index // chunk_size, row.url, values
             index += 1
 
 

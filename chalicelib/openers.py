@@ -36,7 +36,9 @@ import httpx2
 import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from chalicelib import guard
 from chalicelib.logs import redact_secrets
+from chalicelib.prompt import MAX_INSTRUCTIONS_CHARS, SYSTEM_PROMPT, build_messages  # noqa: F401 (re-exported)
 from chalicelib.ratelimit import LimiterStopped, estimate_tokens, retry_after_seconds
 from chalicelib.settings import Settings
 
@@ -58,7 +60,6 @@ log = logging.getLogger("csv_opener.openers")
 MAX_OPENER_CHARS = 300
 MAX_SENTENCES = 2
 MIN_OPENER_WORDS = 3
-MAX_INSTRUCTIONS_CHARS = 2000  # bounds the prompt (and the TPM it costs) whatever a job sends
 MAX_ERROR_CHARS = 500
 MAX_RETRY_AFTER_S = 60.0  # a Retry-After / reset header longer than this is capped, not obeyed
 BACKOFF_INITIAL_S = 0.5
@@ -97,37 +98,13 @@ class GenerationFailed(Exception):
 class UnusableAnswer(Exception):
     """The API answered, but nothing in the answer survives ``clean_opener`` (retryable)."""
 
-    def __init__(self, raw: str | None) -> None:
+    def __init__(self, raw: str | None, reason: str | None = None) -> None:
         shown = _trim(raw, 120) if raw and raw.strip() else "an empty answer"
-        super().__init__(f"{UNUSABLE_MESSAGE} (got: {shown})")
+        why = f"The model's answer was rejected: {reason}" if reason else UNUSABLE_MESSAGE
+        super().__init__(f"{why} (got: {shown})")
 
 
 # -- prompt ---------------------------------------------------------------------------------------
-
-SYSTEM_PROMPT = (
-    "You write the opening lines of cold outreach emails for B2B senders. Given a prospect's website "
-    "or profile URL, write an opener of one or two sentences, under 300 characters in total, that "
-    "feels written for this prospect: refer to them by the name the URL suggests and to what they "
-    "likely do. Be warm, specific and professional, never pushy or salesy. Do not invent facts you "
-    "cannot infer from the URL (numbers, news, people). Output only the opener as plain text: no "
-    "greeting, no subject line, no sign-off, no quotation marks, no markdown, and no placeholders "
-    "such as [Name] or {company}."
-)
-
-
-def build_messages(url: str, instructions: str | None) -> list[dict]:
-    """The chat messages for one URL; the job's instructions (sender, offer, tone) steer the opener."""
-    parts = [f"Prospect URL: {url.strip()}"]
-    steer = (instructions or "").strip()
-    if steer:
-        steer = steer[:MAX_INSTRUCTIONS_CHARS].rstrip()
-        parts.append(f"About the sender and how to write (from the sender):\n{steer}")
-    parts.append("Write the opener.")
-    return [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": "\n\n".join(parts)},
-    ]
-
 
 # -- cleaning -------------------------------------------------------------------------------------
 
@@ -366,11 +343,41 @@ def _prospect_url(payload: dict[str, Any]) -> str:
     return ""
 
 
-def dummy_opener(url: str) -> str:
-    """The dummy answer for a URL: the same every time for that URL, varied across URLs."""
+_DATA_BLOCK = re.compile(r"<prospect_data>\n(.*?)\n</prospect_data>", re.DOTALL)
+_PAGE_TITLE = re.compile(r"<page>\n(?:title:\s*)?([^|\n]{3,80}?)(?:\s*[|\n]|\s+-\s)", re.IGNORECASE)
+
+
+def _prompt_data(payload: dict[str, Any]) -> tuple[dict[str, str], str | None]:
+    """The row's fields and the page title as the prompt carries them (see chalicelib/prompt.py)."""
+    text = "\n".join(_texts(payload.get("messages") or [], "user"))
+    fields = {}
+    block = _DATA_BLOCK.search(text)
+    for line in (block.group(1).splitlines() if block else []):
+        name, _, value = line.partition(": ")
+        try:
+            fields[name.strip().casefold()] = str(json.loads(value))
+        except ValueError:
+            continue
+    title = _PAGE_TITLE.search(text)
+    return fields, title.group(1).strip() if title else None
+
+
+def dummy_opener(url: str, fields: dict[str, str] | None = None, page_title: str | None = None) -> str:
+    """The dummy answer for a URL: the same every time for that URL, varied across URLs; it greets
+    the row's first name and names its company when the sheet gives them, and mentions the page's
+    title when there is one, so dummy runs show what templates and page context do."""
+    fields = fields or {}
     digest = hashlib.sha256(url.strip().lower().encode("utf-8")).digest()
     template = DUMMY_TEMPLATES[int.from_bytes(digest[:4], "big") % len(DUMMY_TEMPLATES)]
-    return template.format(name=company_name(url) if url else "your company")
+    company = next((v for k, v in fields.items() if "company" in k and v.strip()), None)
+    text = template.format(name=(company or (company_name(url) if url else "your company"))[:MAX_DUMMY_NAME_CHARS])
+    if page_title:
+        text = f"I enjoyed reading {page_title[:60].rstrip()} on your site. " + text
+    person = next((v for k, v in fields.items() if k in ("first_name", "first name", "firstname", "name") and
+                   v.strip()), None)
+    if person:
+        text = f"Hi {person.split()[0][:30]}, {text[0].lower()}{text[1:]}"
+    return text[:300].rsplit(" ", 1)[0] if len(text) > 300 else text
 
 
 def _approx_tokens(text: str) -> int:
@@ -417,7 +424,7 @@ class DummyTransport(httpx2.BaseTransport):
 
     def _completion(self, payload: dict[str, Any]) -> dict[str, Any]:
         url = _prospect_url(payload)
-        text = dummy_opener(url)
+        text = dummy_opener(url, *_prompt_data(payload))
         prompt_chars = sum(len(text) for text in _texts(payload["messages"]))
         prompt_tokens = math.ceil(prompt_chars / 4) + 4 * len(payload["messages"])
         completion_tokens = _approx_tokens(text)
@@ -565,10 +572,14 @@ class OpenerGenerator:
         model: str | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         account: str | None = None,
+        fields: dict[str, str] | None = None,
+        page: str | None = None,
     ) -> Opener:
         """The opener for ``url``; raises GenerationFailed, or LimiterStopped when asked to stop.
-        ``account`` takes the call from that account's fair share of the shared rate."""
-        messages = build_messages(url, instructions)
+        ``account`` takes the call from that account's fair share of the shared rate; ``fields``
+        (the row's template columns) and ``page`` (a summary of the prospect's page) go into the
+        prompt as data. An answer the output guard rejects is retried like an unusable one."""
+        messages = build_messages(url, instructions, fields, page)
         retrying = Retrying(
             stop=stop_after_attempt(self.max_retries),
             wait=self._wait,
@@ -582,7 +593,11 @@ class OpenerGenerator:
             for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    return self._attempt(messages, model or self.model, should_stop, attempts, account)
+                    opener = self._attempt(messages, model or self.model, should_stop, attempts, account)
+                    rejected = guard.problem(opener.text, url, instructions)
+                    if rejected:
+                        raise UnusableAnswer(opener.text, rejected)
+                    return opener
         except (openai.OpenAIError, UnusableAnswer) as exc:
             raise GenerationFailed(describe_error(exc), attempts) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover

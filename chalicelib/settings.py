@@ -6,6 +6,7 @@ so `chalice local` works with no edits; Lambda gets its values from `.chalice/co
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -41,6 +42,18 @@ def parse_delay_ms(value: str) -> tuple[int, int]:
     return lo, hi
 
 
+def parse_networks(value: str) -> tuple[str, ...]:
+    """`"127.0.0.1/32, ::1"` -> ("127.0.0.1/32", "::1/128"): comma-separated CIDRs, checked."""
+    networks = []
+    for item in value.split(","):
+        if item.strip():
+            try:
+                networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            except ValueError as exc:
+                raise ValueError(f"OUTBOUND_ALLOW_NETWORKS holds an invalid network: {item.strip()!r}") from exc
+    return tuple(networks)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "postgresql://127.0.0.1:5432/csv_opener"
@@ -69,6 +82,7 @@ class Settings:
     aws_region: str = REGION
     cors_allow_origin: str = "*"  # comma-separated origins; "*" (any) is refused in the prod stage
     stage: str = "local"
+    model_prices: str = ""  # MODEL_PRICES: "model=input/output,..." USD per 1M tokens; adds to the built-in table
     api_rate_limit_per_minute: int = 600  # per account, unless the account sets its own
     api_rate_window_s: int = 60
     ip_rate_limit_per_minute: int = 600  # per client address: /health and failed authentications
@@ -79,6 +93,17 @@ class Settings:
     ratelimit_prefix: str = "csv-opener:ratelimit"
     lease_seconds: int = 300
     log_level: str = "INFO"
+    # Outbound requests (page fetching, webhooks): networks allowed besides public addresses, e.g.
+    # ("127.0.0.1/32",) for tests; refused by the prod stage. Ports other than 80/443 only there.
+    outbound_allow_networks: tuple[str, ...] = ()
+    page_fetch_timeout_s: float = 5.0  # one deadline over a page fetch: robots.txt, redirects, body
+    page_cache_ttl_s: int = 86_400  # page summaries in Redis; failed fetches are kept briefly
+    page_host_concurrency: int = 2  # fetches at once per host, per process (Lambda container)
+
+    @property
+    def prices(self) -> dict:
+        """Per-model prices: the built-in table, then MODEL_PRICES over it."""
+        return _prices(self.model_prices)
 
     @property
     def cors_origins(self) -> tuple[str, ...]:
@@ -94,6 +119,10 @@ class Settings:
             raise RuntimeError(
                 "The prod stage needs CORS_ALLOW_ORIGIN: the comma-separated https origins allowed to call the "
                 f"API from a browser (not '*'); got {self.cors_allow_origin!r}")
+        if self.outbound_allow_networks:
+            raise RuntimeError(
+                "The prod stage refuses OUTBOUND_ALLOW_NETWORKS (outbound requests go to public addresses only); "
+                f"got {','.join(self.outbound_allow_networks)!r}")
 
     @property
     def chunk_window(self) -> int:
@@ -135,6 +164,7 @@ class Settings:
             aws_region=get("AWS_REGION", get("AWS_DEFAULT_REGION", REGION)),
             cors_allow_origin=get("CORS_ALLOW_ORIGIN", cls.cors_allow_origin),
             stage=get("STAGE", cls.stage),
+            model_prices=get("MODEL_PRICES", cls.model_prices),
             api_rate_limit_per_minute=int(get("API_RATE_LIMIT_PER_MINUTE", cls.api_rate_limit_per_minute)),
             api_rate_window_s=int(get("API_RATE_WINDOW_S", cls.api_rate_window_s)),
             ip_rate_limit_per_minute=int(get("IP_RATE_LIMIT_PER_MINUTE", cls.ip_rate_limit_per_minute)),
@@ -145,6 +175,10 @@ class Settings:
             ratelimit_prefix=get("RATELIMIT_PREFIX", cls.ratelimit_prefix),
             lease_seconds=int(get("LEASE_SECONDS", cls.lease_seconds)),
             log_level=get("LOG_LEVEL", cls.log_level).upper(),
+            outbound_allow_networks=parse_networks(get("OUTBOUND_ALLOW_NETWORKS", "")),
+            page_fetch_timeout_s=float(get("PAGE_FETCH_TIMEOUT_S", cls.page_fetch_timeout_s)),
+            page_cache_ttl_s=int(get("PAGE_CACHE_TTL_S", cls.page_cache_ttl_s)),
+            page_host_concurrency=max(1, int(get("PAGE_HOST_CONCURRENCY", cls.page_host_concurrency))),
         )
 
 
@@ -176,6 +210,13 @@ def fetch_ssm_parameters(names: list[str]) -> dict[str, str]:
     client = boto3.client("ssm", region_name=os.environ.get("AWS_REGION", REGION), **kwargs)
     response = client.get_parameters(Names=names, WithDecryption=True)
     return {p["Name"]: p["Value"] for p in response["Parameters"]}
+
+
+@lru_cache(maxsize=8)
+def _prices(model_prices: str) -> dict:
+    from chalicelib.pricing import DEFAULT_PRICES, parse_prices
+
+    return {**parse_prices(DEFAULT_PRICES), **parse_prices(model_prices)}
 
 
 @lru_cache(maxsize=1)

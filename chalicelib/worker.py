@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import psycopg
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from chalicelib import db, jobs
+from chalicelib import db, jobs, pricing
 from chalicelib.logs import get_logger, log_context
 from chalicelib.openers import GenerationFailed
 from chalicelib.ratelimit import LimiterStopped
@@ -166,10 +166,11 @@ class ChunkWorker:
 
     def _generate(self, row: dict, job: dict, stop: _Flag) -> dict | None:
         """One URL -> a result dict, or None to give the row back (stop requested)."""
-        base = {"id": row["id"], "opener": None, "error": None, "prompt_tokens": None, "completion_tokens": None}
+        base = {"id": row["id"], "opener": None, "error": None, "prompt_tokens": None, "completion_tokens": None,
+                "context_status": None if job["page_context"] else "off"}
         try:
             opener = self.generator.generate(row["url"], job["instructions"], job["model"], should_stop=stop.is_set,
-                                             account=str(job["account_id"]))
+                                             account=str(job["account_id"]), fields=row.get("fields"))
         except LimiterStopped:
             return None
         except GenerationFailed as exc:
@@ -192,6 +193,20 @@ class ChunkWorker:
         run.status = job["status"]
         if job["status"] == "processing" and job["processed_rows"] + job["failed_rows"] == job["total_rows"]:
             outcome.completed_job = self._complete(run.job_id)
+        elif job["status"] == "processing" and job["max_cost_usd"] is not None:
+            self._check_budget(run, job)  # at each save (≤ 1 s apart): a job may overshoot by one save
+
+    def _check_budget(self, run: _Run, job: dict) -> None:
+        """Stop the job cleanly (failed, budget_exceeded, everything generated kept) once its cost
+        reaches max_cost_usd; the other handlers see the status and stop too."""
+        cost = pricing.cost_usd(self.settings.prices, job["model"], job["prompt_tokens"], job["completion_tokens"])
+        if cost is None or cost < float(job["max_cost_usd"]):
+            return
+        error = (f"budget_exceeded: the job cost ${cost:.4f}, reaching its max_cost_usd of "
+                 f"${float(job['max_cost_usd']):.4f}; every opener generated is kept. Retry the job to go on.")
+        if self._db(db.stop_for_budget, run.job_id, error) is not None:
+            log.warning("job stopped at its budget", extra={"cost_usd": cost})
+        run.status = "failed"
 
     def _wait_briefly(self, in_flight: dict[Future, dict], run: _Run) -> None:
         """On cancel, keep what finishes within a moment; the rest is released, and an opener that

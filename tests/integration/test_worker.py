@@ -3,7 +3,6 @@ continuations): claiming, leases, concurrency, cancel, deadline, completion."""
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
 import uuid
@@ -12,42 +11,14 @@ import psycopg
 import pytest
 
 from chalicelib import db, deps, jobs
-from chalicelib.openers import GenerationFailed, OpenerGenerator, build_client
+from chalicelib.openers import OpenerGenerator, build_client
 from chalicelib.queue import parse_chunk_message
 from chalicelib.ratelimit import RateLimiter
 from chalicelib.settings import Settings
 from chalicelib.worker import ChunkWorker
-from tests.integration.test_api import drain_queue, purge_queue
 from tests.support.accounts import service_account
-
-
-class CountingGenerator:
-    """The real generator (dummy transport, Redis limiter), counting calls per URL."""
-
-    def __init__(self, inner, fail_urls=(), delay_s: float = 0.0):
-        self.inner = inner
-        self.calls = collections.Counter()
-        self.fail_urls = set(fail_urls)
-        self.delay_s = delay_s
-        self.active: set[str] = set()
-        self.overlaps = 0
-        self.lock = threading.Lock()
-
-    def generate(self, url, instructions=None, model=None, should_stop=lambda: False, account=None):
-        with self.lock:
-            self.calls[url] += 1
-            if url in self.active:
-                self.overlaps += 1
-            self.active.add(url)
-        try:
-            if self.delay_s:
-                time.sleep(self.delay_s)
-            if url in self.fail_urls:
-                raise GenerationFailed("HTTP 500 from the model API: boom", attempts=3)
-            return self.inner.generate(url, instructions, model, should_stop, account)
-        finally:
-            with self.lock:
-                self.active.discard(url)
+from tests.support.api import drain_queue, purge_queue
+from tests.support.worker import CountingGenerator
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import pytest
 
 from chalicelib.openers import (
     DUMMY_BASE_URL,
-    MAX_OPENER_CHARS,
     DummyTransport,
     GenerationFailed,
     Opener,
@@ -30,7 +29,7 @@ from chalicelib.openers import (
     clean_opener,
     company_name,
 )
-from chalicelib.ratelimit import LimiterStopped, estimate_tokens
+from chalicelib.ratelimit import LimiterStopped
 from chalicelib.settings import Settings
 
 GOOD = "Acme's robots look like a real step forward for small warehouses. I'd love to share an idea."
@@ -128,13 +127,16 @@ def test_success_uses_limiter_and_refunds_real_usage() -> None:
     h = Harness(completion(GOOD))
     opener = h.generate()
     assert opener == Opener(text=GOOD, prompt_tokens=40, completion_tokens=17, attempts=1)
-    estimate = estimate_tokens(build_messages(URL, None), 120)
-    assert h.limiter.acquired == [estimate]
-    assert h.limiter.refunds == [(estimate, 57)]
+    # The estimate taken before the call: the prompt's 1005 + 48 characters at 4 per token (264),
+    # 4 tokens of framing for each of the 2 messages, and max_tokens 120.
+    assert h.limiter.acquired == [392]
+    assert h.limiter.refunds == [(392, 57)]  # then corrected to the usage the API reported (40 + 17)
     assert h.limiter.cooldowns == [] and h.sleeps == []
     body = h.script.requests[0]
     assert body["model"] == "gpt-test" and body["max_tokens"] == 120 and body["temperature"] == 0.7
-    assert body["messages"] == build_messages(URL, None)
+    system, user = body["messages"]
+    assert system["role"] == "system" and len(system["content"]) == 1005 and "300 characters" in system["content"]
+    assert user == {"role": "user", "content": "Prospect URL: https://acme.com/\n\nWrite the opener."}
 
 
 def test_instructions_and_model_override_reach_the_request() -> None:
@@ -357,7 +359,7 @@ LONG_SENTENCE = "Acme " + "really " * 60 + "builds robots."
         ("Acme's 2.5x growth is impressive. Well done.", "Acme's 2.5x growth is impressive. Well done."),
         ("I can't stop thinking about Acme's new robot line.", "I can't stop thinking about Acme's new robot line."),
         ("Working with snake_case_names at acme.com is fun.", "Working with snake_case_names at acme.com is fun."),
-        ("A" * 20 + " b " + "c" * (MAX_OPENER_CHARS - 23), "A" * 20 + " b " + "c" * (MAX_OPENER_CHARS - 23)),
+        ("A" * 20 + " b " + "c" * 277, "A" * 20 + " b " + "c" * 277),
         (None, None),
         ("", None),
         ("   \n ", None),
@@ -376,7 +378,7 @@ LONG_SENTENCE = "Acme " + "really " * 60 + "builds robots."
         (LONG_SENTENCE, None),
         (LONG_SENTENCE + " Second. Third.", None),
         ("Too short.", None),
-        ("A" * 20 + " b " + "c" * (MAX_OPENER_CHARS - 22), None),
+        ("A" * 20 + " b " + "c" * 278, None),
     ],
 )
 def test_clean_opener(raw: str | None, expected: str | None) -> None:
@@ -385,7 +387,7 @@ def test_clean_opener(raw: str | None, expected: str | None) -> None:
 
 def test_clean_opener_trims_to_two_sentences_only_when_they_fit() -> None:
     first_two = "Acme builds robots. " + "Very " * 50 + "good ones."
-    assert len(first_two) <= MAX_OPENER_CHARS
+    assert len(first_two) == 280  # fits under the 300-character limit
     assert clean_opener(first_two + " Third one. Fourth one.") == first_two
 
 
@@ -425,12 +427,17 @@ def test_build_client_dummy_is_the_real_sdk_offline() -> None:
     assert str(client.base_url).rstrip("/") == DUMMY_BASE_URL
 
 
-DOMAINS = [
-    "acme.com", "globex.io", "initech.net", "umbrella-corp.com", "hooli.xyz", "piedpiper.com", "stark.industries",
-    "wayne-enterprises.co.uk", "cyberdyne.ai", "tyrell.co", "soylent.org", "aperture-science.com", "vandelay.biz",
-    "dundermifflin.com", "oceanic-airlines.com", "wonka.shop", "gringotts.bank", "monsters-inc.fr",
-    "bluthcompany.com", "prestige-worldwide.de",
-]  # fmt: skip
+NAMES = {  # domain -> the company name its opener must use
+    "acme.com": "Acme", "globex.io": "Globex", "initech.net": "Initech", "umbrella-corp.com": "Umbrella Corp",
+    "hooli.xyz": "Hooli", "piedpiper.com": "Piedpiper", "stark.industries": "Stark",
+    "wayne-enterprises.co.uk": "Wayne Enterprises", "cyberdyne.ai": "Cyberdyne", "tyrell.co": "Tyrell",
+    "soylent.org": "Soylent", "aperture-science.com": "Aperture Science", "vandelay.biz": "Vandelay",
+    "dundermifflin.com": "Dundermifflin", "oceanic-airlines.com": "Oceanic Airlines", "wonka.shop": "Wonka",
+    "gringotts.bank": "Gringotts", "monsters-inc.fr": "Monsters Inc", "bluthcompany.com": "Bluthcompany",
+    "prestige-worldwide.de": "Prestige Worldwide",
+}  # fmt: skip
+DOMAINS = list(NAMES)
+OPENER_LIMIT = 300  # characters (the system prompt asks for "under 300 characters")
 
 
 def test_dummy_openers_are_deterministic_varied_clean_and_named() -> None:
@@ -440,8 +447,8 @@ def test_dummy_openers_are_deterministic_varied_clean_and_named() -> None:
         url = f"https://www.{domain}/about"
         opener = generator.generate(url)
         assert generator.generate(url).text == opener.text  # deterministic per URL
-        assert clean_opener(opener.text) == opener.text and len(opener.text) <= MAX_OPENER_CHARS
-        name = company_name(url)
+        assert clean_opener(opener.text) == opener.text and len(opener.text) <= OPENER_LIMIT
+        name = NAMES[domain]
         assert name in opener.text
         assert opener.attempts == 1 and opener.prompt_tokens > 0 and opener.completion_tokens > 0
         openers[domain] = opener.text.replace(name, "<name>")
@@ -467,7 +474,7 @@ def test_dummy_opener_fits_even_for_absurd_domains() -> None:
     generator, _ = dummy_generator()
     url = "https://" + "-".join(["verylongword"] * 5) + ".com/"
     text = generator.generate(url).text
-    assert clean_opener(text) == text and len(text) <= MAX_OPENER_CHARS
+    assert clean_opener(text) == text and len(text) <= OPENER_LIMIT
 
 
 def test_dummy_transport_rejects_other_endpoints() -> None:

@@ -1,0 +1,65 @@
+"""What a job costs: a per-model price table (settings, since prices change), the estimate a
+user sees before starting, and the actual cost from the tokens the provider reported.
+
+Prices are US dollars per million input and output tokens. OpenAI's Batch API takes the same
+requests at half the price (BATCH_DISCOUNT).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from chalicelib.prompt import build_messages
+from chalicelib.ratelimit import estimate_tokens
+
+DEFAULT_PRICES = "gpt-4o-mini=0.15/0.60,gpt-4.1-mini=0.40/1.60,gpt-4.1-nano=0.10/0.40,gpt-4o=2.50/10.00"
+BATCH_DISCOUNT = Decimal("0.5")
+EXPECTED_COMPLETION_TOKENS = 70  # an opener of one or two sentences, under 300 characters
+EXPECTED_PAGE_CHARS = 1200  # a typical page summary (capped at 1,500 characters)
+
+
+def parse_prices(text: str) -> dict[str, tuple[Decimal, Decimal]]:
+    """`"gpt-4o-mini=0.15/0.60,gpt-4o=2.50/10.00"` -> {model: (input, output) per million tokens}."""
+    prices = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        model, sep, pair = item.partition("=")
+        inp, sep2, out = pair.partition("/")
+        try:
+            if not (sep and sep2 and model.strip()):
+                raise ValueError
+            prices[model.strip()] = (Decimal(inp.strip()), Decimal(out.strip()))
+        except (ValueError, ArithmeticError):
+            raise ValueError(
+                f"MODEL_PRICES entry {item.strip()!r} is not model=input/output (USD per 1M tokens)") from None
+    return prices
+
+
+def cost_usd(prices: dict, model: str | None, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """Dollars for these tokens of `model`, or None when the table has no price for it."""
+    if model not in prices:
+        return None
+    inp, out = prices[model]
+    return float((inp * prompt_tokens + out * completion_tokens) / Decimal(1_000_000))
+
+
+def estimate(prices: dict, model: str, urls: int, instructions: str | None, fields: list[str],
+             page_context: bool, sample_url: str = "https://www.example.com/") -> dict:
+    """Expected tokens and price of `urls` calls: the prompt as built for a typical row (fields of
+    a typical length, a page summary of a typical length when page context is on)."""
+    messages = build_messages(sample_url, instructions, {name: "x" * 20 for name in fields},
+                              "x" * EXPECTED_PAGE_CHARS if page_context else None)
+    per_prompt = estimate_tokens(messages, 0)
+    prompt_tokens, completion_tokens = per_prompt * urls, EXPECTED_COMPLETION_TOKENS * urls
+    live = cost_usd(prices, model, prompt_tokens, completion_tokens)
+    return {
+        "urls": urls,
+        "model": model,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "cost_usd": None if live is None else round(live, 4),
+        "batch_cost_usd": None if live is None else round(float(Decimal(str(live)) * BATCH_DISCOUNT), 4),
+        "prompt_tokens_per_url": per_prompt,
+    }
+

@@ -12,6 +12,12 @@ dev: venv
 test: venv
 	@$(PYTHON) infra/devstack.py test $(PYTEST_ARGS)
 
+# The inner loop: `make test` without the tests marked slow (packaging with cfn-lint, fault
+# injection, throughput); CI (.ci/run) runs all of them with `make test`.
+.PHONY: test-fast
+test-fast: venv
+	@$(PYTHON) infra/devstack.py test -m "not slow" $(PYTEST_ARGS)
+
 migrate: venv
 	@$(PYTHON) infra/devstack.py migrate
 

@@ -10,7 +10,7 @@ import uuid
 
 from chalice import Chalice, CORSConfig, Rate, Response
 
-from chalicelib import apilimit, db, deps, jobs, logs, openapi, web
+from chalicelib import apilimit, db, deps, jobs, logs, openapi, preview, web
 from chalicelib.accounts import Caller, Unauthorized
 from chalicelib.errors import BadRequest, DomainError, RateLimited
 from chalicelib.health import run_checks
@@ -247,6 +247,14 @@ def job_results(caller: Caller, job_id):
     q = query()
     return jobs.results(deps.conn(), caller.account_id, job_id, status=q.get("status"), limit=q.get("limit"),
                         cursor=q.get("cursor"))
+
+
+@route("/api/jobs/{job_id}/preview", methods=["POST"])
+def preview_job(caller: Caller, job_id):
+    body = json_body()
+    return preview.preview(deps.conn(), deps.storage(), deps.settings(), deps.preview_generator(), caller.account_id,
+                           job_id, instructions=body.get("instructions"), model=body.get("model"),
+                           page_context=body.get("page_context"), rows=body.get("rows"))
 
 
 @route("/api/jobs/{job_id}/retry", methods=["POST"])

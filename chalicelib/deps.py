@@ -92,6 +92,20 @@ def opener_generator():
 
 
 @lru_cache(maxsize=1)
+def preview_generator():
+    """The generator for previews: as the workers', but answering within an API request's time
+    (API Gateway gives 29 s): a shorter timeout and two attempts."""
+    import dataclasses
+
+    from chalicelib.openers import OpenerGenerator, build_client
+    from chalicelib.ratelimit import RateLimiter
+
+    s = dataclasses.replace(get_secret_settings(), openai_timeout_s=min(12.0, get_settings().openai_timeout_s))
+    limiter = RateLimiter(redis_client(), s.openai_rpm, s.openai_tpm, prefix=s.ratelimit_prefix)
+    return OpenerGenerator(build_client(s), limiter, s.openai_model, max_retries=2)
+
+
+@lru_cache(maxsize=1)
 def chunk_worker():
     from chalicelib import jobs
     from chalicelib.worker import ChunkWorker

@@ -113,3 +113,34 @@ def test_the_dummy_model_uses_the_template_fields(client, conn, settings):
     openers = [r["opener"] for r in conn.execute("SELECT opener FROM urls WHERE job_id = %s ORDER BY row_number",
                                                  (job["id"],)).fetchall()]
     assert all(openers) and "Ada" in openers[0] and "Grace" in openers[1] and "Linus" in openers[2]
+
+
+# ---------------------------------------------------------------- preview
+
+def test_preview_writes_openers_for_the_first_valid_rows_without_starting_the_job(client, conn, env, settings):
+    env(OPENAI_DUMMY_DELAY_MS="0")
+    data = b"first_name,website\nAda,acme-robotics.com\nBob,not a url\nGrace,globex.example.org\nLinus,initech.io\n"
+    job = body(upload_csv(client, data))["job"]
+    response = post_json(client, f"/api/jobs/{job['id']}/preview",
+                         {"instructions": "Greet {{first_name}}.", "rows": 2, "page_context": False})
+    assert response.status_code == 200, response.body
+    result = body(response)
+    assert [(p["row"], p["url"]) for p in result["previews"]] == [
+        (1, "https://acme-robotics.com/"), (3, "https://globex.example.org/")]
+    assert result["previews"][0]["opener"].startswith("Hi Ada,") and "Grace" in result["previews"][1]["opener"]
+    assert all(p["context_status"] == "off" and p["prompt_tokens"] > 0 for p in result["previews"])
+    assert result["estimate"]["urls"] == 3
+    assert db.get_job(conn, job["id"])["status"] == "pending"
+    assert conn.execute("SELECT count(*) AS n FROM urls WHERE job_id = %s", (job["id"],)).fetchone()["n"] == 0
+    assert drain_queue(settings.chunk_queue_url) == []
+
+
+def test_preview_checks_its_input_and_the_job_like_process_does(client, make_account):
+    job = body(upload_csv(client, PEOPLE))["job"]
+    path = f"/api/jobs/{job['id']}/preview"
+    assert error_of(post_json(client, path, {"rows": 6}))[1] == "bad_rows"
+    assert error_of(post_json(client, path, {"rows": "2"}))[1] == "bad_rows"
+    assert error_of(post_json(client, path, {"instructions": "Hi {{role}}"}))[1] == "unknown_column"
+    assert error_of(post_json(client, path, {"model": "gpt-4o"}))[1] == "model_not_allowed"
+    other = client.as_account(make_account())
+    assert error_of(post_json(other, path, {})) == (404, "job_not_found")

@@ -183,6 +183,9 @@ def test_stored_files_expire_after_the_retention_period_and_the_bucket_refuses_p
     assert statement["Effect"] == "Deny" and statement["Action"] == "s3:*"
     assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     assert len(statement["Resource"]) == 2  # the bucket and every object in it
+    # the web page PUTs presigned uploads and GETs presigned downloads from the browser
+    [cors] = template["Resources"]["UploadBucket"]["Properties"]["CorsConfiguration"]["CorsRules"]
+    assert set(cors["AllowedMethods"]) == {"GET", "PUT"} and cors["AllowedOrigins"] == {"Ref": "BrowserOrigins"}
 
 
 def test_the_prod_stage_names_its_cors_origins_and_refuses_to_start_without_them():

@@ -254,7 +254,8 @@ def preview_job(caller: Caller, job_id):
     body = json_body()
     return preview.preview(deps.conn(), deps.storage(), deps.settings(), deps.preview_generator(), caller.account_id,
                            job_id, instructions=body.get("instructions"), model=body.get("model"),
-                           page_context=body.get("page_context"), rows=body.get("rows"))
+                           page_context=body.get("page_context"), rows=body.get("rows"),
+                           page_summary=deps.page_summaries())
 
 
 @route("/api/jobs/{job_id}/retry", methods=["POST"])

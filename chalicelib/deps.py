@@ -92,6 +92,24 @@ def opener_generator():
 
 
 @lru_cache(maxsize=1)
+def page_summaries():
+    """url -> (summary or None, context_status): the SSRF-safe fetcher and the shared Redis cache
+    of page summaries, one per process (the fetcher's per-host limits are per process)."""
+    from chalicelib.outbound import Fetcher
+    from chalicelib.pages import PageCache, summarize_page
+
+    s = get_settings()
+    fetcher = Fetcher.from_settings(s)
+    cache = PageCache(redis_client(), prefix=f"{s.ratelimit_prefix}:page", ttl_s=s.page_cache_ttl_s)
+
+    def summary(url: str) -> tuple[str | None, str]:
+        page = summarize_page(url, fetcher, cache)
+        return page.summary, page.context_status
+
+    return summary
+
+
+@lru_cache(maxsize=1)
 def preview_generator():
     """The generator for previews: as the workers', but answering within an API request's time
     (API Gateway gives 29 s): a shorter timeout and two attempts."""
@@ -112,4 +130,5 @@ def chunk_worker():
 
     s = get_settings()
     return ChunkWorker(get_conn=conn, generator=opener_generator(), queue=chunk_queue(),
-                       settings=s, export=lambda job: jobs.export_job(conn, storage(), job))
+                       settings=s, export=lambda job: jobs.export_job(conn, storage(), job),
+                       page_summary=page_summaries())

@@ -61,7 +61,7 @@ def problem(opener: str, url: str, instructions: str | None = None) -> str | Non
         return "it contains a link"
     for match in _DOMAIN.finditer(opener):
         if not _same_site(match.group(1), prospect):
-            return f"it names a domain other than the prospect's ({match.group(1)})"
+            return "it names a domain other than the prospect's"
     for match in _PHONE.finditer(opener):
         if sum(c.isdigit() for c in match.group()) >= 8 and not _YEARS.fullmatch(match.group().strip()):
             return "it contains a phone number"

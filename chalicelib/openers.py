@@ -99,9 +99,11 @@ class UnusableAnswer(Exception):
     """The API answered, but nothing in the answer survives ``clean_opener`` (retryable)."""
 
     def __init__(self, raw: str | None, reason: str | None = None) -> None:
+        if reason:  # the guard's verdict; the answer itself is not repeated (it may carry what it found)
+            super().__init__(f"The model's answer was rejected: {reason}")
+            return
         shown = _trim(raw, 120) if raw and raw.strip() else "an empty answer"
-        why = f"The model's answer was rejected: {reason}" if reason else UNUSABLE_MESSAGE
-        super().__init__(f"{why} (got: {shown})")
+        super().__init__(f"{UNUSABLE_MESSAGE} (got: {shown})")
 
 
 # -- prompt ---------------------------------------------------------------------------------------

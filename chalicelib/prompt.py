@@ -79,7 +79,8 @@ def build_messages(url: str, instructions: str | None = None, fields: dict[str, 
                  for name, value in list(fields.items())[:MAX_FIELDS]]
         parts.append("<prospect_data>\n" + "\n".join(lines) + "\n</prospect_data>")
     if page:
-        parts.append("<page>\n" + _data(page, MAX_PAGE_CHARS) + "\n</page>")
+        lines = [_data(line, MAX_PAGE_CHARS) for line in page.splitlines() if line.strip()]
+        parts.append("<page>\n" + "\n".join(lines)[:MAX_PAGE_CHARS] + "\n</page>")
     steer = (instructions or "").strip()
     if steer:
         steer = steer[:MAX_INSTRUCTIONS_CHARS].rstrip()

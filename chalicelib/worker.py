@@ -66,7 +66,9 @@ class _Run:
 class ChunkWorker:
     def __init__(self, *, get_conn: Callable, generator, queue, settings,
                  export: Callable, clock: Callable[[], float] = time.monotonic,
-                 deadline_margin_s: float | None = None) -> None:
+                 deadline_margin_s: float | None = None,
+                 page_summary: Callable[[str], tuple[str | None, str]] | None = None) -> None:
+        self.page_summary = page_summary  # url -> (summary, context_status); None: no page context
         self.get_conn = get_conn
         self.generator = generator
         self.queue = queue
@@ -166,11 +168,14 @@ class ChunkWorker:
 
     def _generate(self, row: dict, job: dict, stop: _Flag) -> dict | None:
         """One URL -> a result dict, or None to give the row back (stop requested)."""
+        page, context = None, "off"
+        if job["page_context"] and self.page_summary is not None:
+            page, context = self.page_summary(row["url"])  # never raises: a page that fails is a status
         base = {"id": row["id"], "opener": None, "error": None, "prompt_tokens": None, "completion_tokens": None,
-                "context_status": None if job["page_context"] else "off"}
+                "context_status": context}
         try:
             opener = self.generator.generate(row["url"], job["instructions"], job["model"], should_stop=stop.is_set,
-                                             account=str(job["account_id"]), fields=row.get("fields"))
+                                             account=str(job["account_id"]), fields=row.get("fields"), page=page)
         except LimiterStopped:
             return None
         except GenerationFailed as exc:

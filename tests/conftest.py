@@ -16,7 +16,7 @@ def _reset_caches() -> None:
     get_settings.cache_clear()
     get_secret_settings.cache_clear()
     for factory in (deps.storage, deps.chunk_queue, deps.redis_client, deps.opener_generator, deps.chunk_worker,
-                    deps.preview_generator,
+                    deps.preview_generator, deps.page_summaries,
                     deps.authenticator):
         factory.cache_clear()
 

@@ -41,7 +41,7 @@ def test_ordinary_openers_pass(opener):
 def test_hostile_or_leaky_openers_are_rejected_with_a_reason(kind):
     reason = guard.problem(BAD[kind], URL, INSTRUCTIONS)
     assert reason, kind
-    expected = {"email": "e-mail", "link": "link", "www": "link", "other domain": "competitor-bots.com",
+    expected = {"email": "e-mail", "link": "link", "www": "link", "other domain": "domain other than",
                 "phone": "phone", "injection": "instructions", "injection2": "instructions",
                 "echo": "repeats"}[kind]
     assert expected in reason, (kind, reason)

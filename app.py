@@ -10,7 +10,7 @@ import uuid
 
 from chalice import Chalice, CORSConfig, Rate, Response
 
-from chalicelib import apilimit, db, deps, jobs, logs, openapi, preview, web
+from chalicelib import apilimit, db, deps, jobs, logs, openapi, preview, web, webhooks
 from chalicelib.accounts import Caller, Unauthorized
 from chalicelib.errors import BadRequest, DomainError, RateLimited
 from chalicelib.health import run_checks
@@ -200,6 +200,13 @@ def account(caller: Caller):
     return jobs.account_view(deps.conn(), deps.settings(), caller)
 
 
+@route("/api/account/webhook-secret", methods=["POST"])
+def webhook_secret(caller: Caller):
+    """Create or rotate the account's webhook signing secret; shown only in this answer."""
+    return Response({"secret": webhooks.rotate_secret(deps.conn(), caller.account_id),
+                     "header": webhooks.HEADER}, status_code=201)
+
+
 @route("/api/upload", methods=["POST"])
 def upload(caller: Caller):
     request = app.current_request
@@ -226,7 +233,8 @@ def process(caller: Caller):
         raise BadRequest("job_id is required", code="missing_job_id")
     result = jobs.start(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id,
                         instructions=body.get("instructions"), model=body.get("model"),
-                        page_context=body.get("page_context"), max_cost_usd=body.get("max_cost_usd"))
+                        page_context=body.get("page_context"), max_cost_usd=body.get("max_cost_usd"),
+                        callback_url=body.get("callback_url"))
     return Response(result, status_code=202)
 
 
@@ -266,7 +274,7 @@ def retry_job(caller: Caller, job_id):
 
 @route("/api/upload/{job_id}/cancel", methods=["POST"])
 def cancel_job(caller: Caller, job_id):
-    return jobs.cancel(deps.conn(), caller.account_id, job_id)
+    return jobs.cancel(deps.conn(), caller.account_id, job_id, notify=deps.notify_job)
 
 
 @route("/api/upload/{job_id}/download", methods=["GET"])
@@ -311,7 +319,8 @@ def process_chunk(event):
         except Exception as exc:
             deliveries = int(record.to_dict().get("attributes", {}).get("ApproximateReceiveCount", 1))
             if deliveries >= deps.settings().max_receive_count:
-                jobs.give_up_chunk(deps.conn, deps.storage(), deps.chunk_queue(), job_id, chunk, deliveries, exc)
+                jobs.give_up_chunk(deps.conn, deps.storage(), deps.chunk_queue(), job_id, chunk, deliveries, exc,
+                                   notify=deps.notify_job)
             raise
 
 
@@ -329,7 +338,7 @@ def requeue_stalled(event):
     """Every 5 minutes: chunks of jobs without progress for 10 minutes whose work nobody holds
     are enqueued again (a lost message must not leave a job processing forever); completed jobs
     without their results CSV get it; drops whose start failed are started."""
-    jobs.sweep(deps.conn(), deps.conn, deps.storage(), deps.chunk_queue(), deps.settings())
+    jobs.sweep(deps.conn(), deps.conn, deps.storage(), deps.chunk_queue(), deps.settings(), deps.outbound_fetcher())
 
 
 def remaining_seconds(context):

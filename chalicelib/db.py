@@ -47,8 +47,8 @@ PROGRESS = "CASE WHEN j.total_rows = 0 THEN 0 ELSE round(100.0 * ({done}) / j.to
 
 JOB_COLUMNS = """id, account_id, file_name, file_path, status, total_rows, processed_rows, failed_rows, progress,
     invalid_rows, url_column, columns, layout, errors, chunks, instructions, model, source, source_etag, error,
-    result_path, prompt_tokens, completion_tokens, discarded_results, page_context, max_cost_usd, started_at,
-    finished_at, created_at, updated_at"""
+    result_path, prompt_tokens, completion_tokens, discarded_results, page_context, max_cost_usd, callback_url,
+    started_at, finished_at, created_at, updated_at"""
 
 
 def insert_job(conn, *, job_id: str, account_id: str, file_name: str, file_path: str, source: str,
@@ -113,13 +113,14 @@ def update_job(conn, job_id: str, **fields) -> dict | None:
 
 def start_job(conn, job_id: str, *, total_rows: int, invalid_rows: int, chunks: int,
               instructions: str | None, model: str | None, undispatched: list[int], page_context: bool = True,
-              max_cost_usd: float | None = None) -> dict:
+              max_cost_usd: float | None = None, callback_url: str | None = None) -> dict:
     return conn.execute(
         f"""UPDATE jobs SET status = 'processing', total_rows = %s, invalid_rows = %s, chunks = %s,
                    instructions = %s, model = %s, started_at = now(), error = NULL, undispatched = %s,
-                   page_context = %s, max_cost_usd = %s
+                   page_context = %s, max_cost_usd = %s, callback_url = %s
             WHERE id = %s AND status = 'pending' RETURNING {JOB_COLUMNS}""",
-        (total_rows, invalid_rows, chunks, instructions, model, undispatched, page_context, max_cost_usd, job_id),
+        (total_rows, invalid_rows, chunks, instructions, model, undispatched, page_context, max_cost_usd,
+         callback_url, job_id),
     ).fetchone()
 
 

@@ -129,6 +129,25 @@ def chunk_worker():
     from chalicelib.worker import ChunkWorker
 
     s = get_settings()
+    def completed(job: dict) -> None:
+        jobs.export_job(conn, storage(), job)
+        notify_job(job)
+
     return ChunkWorker(get_conn=conn, generator=opener_generator(), queue=chunk_queue(),
-                       settings=s, export=lambda job: jobs.export_job(conn, storage(), job),
-                       page_summary=page_summaries())
+                       settings=s, export=completed, page_summary=page_summaries(), notify=notify_job)
+
+
+@lru_cache(maxsize=1)
+def outbound_fetcher():
+    """The SSRF-safe fetcher for webhooks (one per process; pages have their own in page_summaries)."""
+    from chalicelib.outbound import Fetcher
+
+    return Fetcher.from_settings(get_settings())
+
+
+def notify_job(job: dict) -> None:
+    """A job moved to completed, failed or canceled: its webhook, if it has a callback URL."""
+    from chalicelib import jobs, webhooks
+
+    if job.get("callback_url"):
+        webhooks.notify(conn(), outbound_fetcher(), job, jobs.job_json(job))

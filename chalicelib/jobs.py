@@ -13,7 +13,7 @@ import csv
 import io
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime, time, timedelta
 from typing import IO
@@ -21,7 +21,7 @@ from typing import IO
 import psycopg
 import tenacity
 
-from chalicelib import accounts, csvfile, db, pricing, prompt
+from chalicelib import accounts, csvfile, db, pricing, prompt, webhooks
 from chalicelib.errors import BadRequest, Conflict, DomainError, Gone, NotFound, RateLimited
 from chalicelib.logs import get_logger
 from chalicelib.queue import ChunkQueue
@@ -77,6 +77,7 @@ def job_json(job: dict) -> dict:
         "max_cost_usd": None if job["max_cost_usd"] is None else float(job["max_cost_usd"]),
         "page_context": job["page_context"],
         "mode": "live",
+        "callback_url": job["callback_url"],
         "created_at": _iso(job["created_at"]),
         "updated_at": _iso(job["updated_at"]),
         "started_at": _iso(job["started_at"]),
@@ -229,7 +230,7 @@ def _validate_stored(conn, storage: Storage, settings: Settings, job: dict) -> d
 
 def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account_id: str, job_id: str, *,
           instructions: str | None = None, model: str | None = None, page_context: object = True,
-          max_cost_usd: object = None) -> dict:
+          max_cost_usd: object = None, callback_url: object = None) -> dict:
     """Store the job's URLs (COPY), job -> processing, then enqueue one message per chunk. -> 202 body.
 
     Exactly once: the job row is locked NOWAIT and must be pending, so a concurrent or second
@@ -243,6 +244,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
     model = allowed_model(_limits(db.get_account(conn, account_id), settings), model)
     page_context = _flag(page_context, "page_context")
     max_cost_usd = _money(max_cost_usd, "max_cost_usd")
+    callback_url = webhooks.clean_callback_url(callback_url, https_only=settings.stage == "prod")
     if job["status"] == "pending" and job["layout"] is None:
         job = _validate_stored(conn, storage, settings, job)
     fields = _template_columns(instructions, job)
@@ -260,7 +262,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
             first, waiting = _window(list(range(chunks)), settings)
             job = db.start_job(conn, job["id"], total_rows=total, invalid_rows=job["invalid_rows"],
                                chunks=chunks, instructions=instructions, model=model, undispatched=waiting,
-                               page_context=page_context, max_cost_usd=max_cost_usd)
+                               page_context=page_context, max_cost_usd=max_cost_usd, callback_url=callback_url)
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being started by another request", code="already_started") from None
     try:
@@ -472,7 +474,7 @@ def start_drop_job(conn, storage: Storage, queue: ChunkQueue, settings: Settings
 
 
 def give_up_chunk(get_conn, storage: Storage, queue: ChunkQueue, job_id: str, chunk: int, receive_count: int,
-                  error: BaseException) -> None:
+                  error: BaseException, notify: Callable[[dict], None] | None = None) -> None:
     """The chunk's message failed its last delivery and goes to the dead-letter queue: its
     unfinished URLs fail with the reason, the job says why, and it can complete (and be retried)."""
     reason = (f"chunk {chunk} failed {receive_count} deliveries ({type(error).__name__}: {str(error)[:200]}); "
@@ -484,18 +486,22 @@ def give_up_chunk(get_conn, storage: Storage, queue: ChunkQueue, job_id: str, ch
     completed = db.complete_job_if_done(conn, job_id)
     if completed is not None:  # its last work was this chunk: write the results CSV, as a worker would
         export_job(get_conn, storage, completed)
+        if notify is not None:
+            notify(completed)
     dispatch_next(conn, queue, job_id)
 
 
 # ---------------------------------------------------------------- control
 
-def cancel(conn, account_id: str, job_id: str) -> dict:
+def cancel(conn, account_id: str, job_id: str, notify: Callable[[dict], None] | None = None) -> dict:
     job = require_job(conn, account_id, job_id)
     canceled = db.cancel_job(conn, job["id"])
     if canceled is None:
         raise Conflict(f"Job is already {job['status']}; only pending or processing jobs can be canceled",
                        code="not_cancelable")
     log.info("job canceled", extra={"job_id": str(job["id"])})
+    if notify is not None:
+        notify(canceled)
     return {"job": job_json(canceled)}
 
 
@@ -539,10 +545,12 @@ EXPORT_AFTER_S = 60  # a completed job without its results CSV this long after f
 DROP_START_AFTER_S = 300  # a drop still pending this long after its notification: start it
 
 
-def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Settings) -> dict:
+def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Settings, fetcher=None) -> dict:
     """The scheduled sweep: chunks of stalled jobs enqueued again, results CSVs that a crash
-    never wrote, and drops whose start never happened. Returns what it did."""
-    done = {"requeued": requeue_unfinished(conn, queue, idle_s=STALL_AFTER_S), "exported": 0, "drops_started": 0}
+    never wrote, drops whose start never happened, and webhook deliveries due for another
+    attempt. Returns what it did."""
+    done = {"requeued": requeue_unfinished(conn, queue, idle_s=STALL_AFTER_S), "exported": 0, "drops_started": 0,
+            "webhooks_delivered": webhooks.deliver_due(conn, fetcher) if fetcher is not None else 0}
     for job in db.completed_without_results(conn, EXPORT_AFTER_S):
         done["exported"] += export_job(get_conn, storage, job)
     for job in db.stale_pending_drops(conn, DROP_START_AFTER_S):
@@ -568,7 +576,14 @@ def requeue_unfinished(conn, queue: ChunkQueue, idle_s: float | None = None) -> 
 # ---------------------------------------------------------------- read
 
 def get(conn, account_id: str, job_id: str) -> dict:
-    return {"job": job_json(require_job(conn, account_id, job_id))}
+    """The job, with its webhook's delivery state when it has a callback URL."""
+    job = require_job(conn, account_id, job_id)
+    body = job_json(job)
+    if job["callback_url"]:
+        latest = webhooks.latest(conn, job["id"]) or {}
+        body["callback"] = {"url": job["callback_url"], **{k: _iso(v) if isinstance(v, datetime) else v
+                                                            for k, v in latest.items()}}
+    return {"job": body}
 
 
 def list_(conn, account_id: str, *, status: str | None, limit: str | None, cursor: str | None) -> dict:

@@ -67,7 +67,9 @@ class ChunkWorker:
     def __init__(self, *, get_conn: Callable, generator, queue, settings,
                  export: Callable, clock: Callable[[], float] = time.monotonic,
                  deadline_margin_s: float | None = None,
-                 page_summary: Callable[[str], tuple[str | None, str]] | None = None) -> None:
+                 page_summary: Callable[[str], tuple[str | None, str]] | None = None,
+                 notify: Callable[[dict], None] | None = None) -> None:
+        self.notify = notify  # a job that this worker moved to failed (budget): its webhook
         self.page_summary = page_summary  # url -> (summary, context_status); None: no page context
         self.get_conn = get_conn
         self.generator = generator
@@ -209,8 +211,11 @@ class ChunkWorker:
             return
         error = (f"budget_exceeded: the job cost ${cost:.4f}, reaching its max_cost_usd of "
                  f"${float(job['max_cost_usd']):.4f}; every opener generated is kept. Retry the job to go on.")
-        if self._db(db.stop_for_budget, run.job_id, error) is not None:
+        stopped = self._db(db.stop_for_budget, run.job_id, error)
+        if stopped is not None:
             log.warning("job stopped at its budget", extra={"cost_usd": cost})
+            if self.notify is not None:
+                self.notify(stopped)
         run.status = "failed"
 
     def _wait_briefly(self, in_flight: dict[Future, dict], run: _Run) -> None:

@@ -16,7 +16,7 @@ def _reset_caches() -> None:
     get_settings.cache_clear()
     get_secret_settings.cache_clear()
     for factory in (deps.storage, deps.chunk_queue, deps.redis_client, deps.opener_generator, deps.chunk_worker,
-                    deps.preview_generator, deps.page_summaries,
+                    deps.preview_generator, deps.page_summaries, deps.outbound_fetcher,
                     deps.authenticator):
         factory.cache_clear()
 
@@ -30,7 +30,7 @@ def settings():
 def conn(settings):
     """The test database, emptied before the test."""
     connection = db.get_conn(settings.database_url)
-    connection.execute("TRUNCATE jobs, urls, account_usage")
+    connection.execute("TRUNCATE jobs, urls, account_usage, webhook_deliveries")
     return connection
 
 

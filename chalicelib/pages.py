@@ -1,4 +1,4 @@
-"""A page's summary for the model: what a site says about itself, in at most 1,500 characters.
+"""A page's summary for the model: what a site says about itself, in at most 1,000 characters.
 
 `summarize_page(url, fetcher, cache)` fetches the page through the SSRF-safe fetcher
 (chalicelib/outbound.py), extracts title, meta and Open Graph descriptions, the first headings
@@ -25,7 +25,7 @@ from chalicelib.outbound import ERROR, FETCHED, STATUSES, Fetcher
 
 log = logging.getLogger(__name__)
 
-SUMMARY_LIMIT = 1500
+SUMMARY_LIMIT = 1000  # keeps the median prompt with page context under 600 tokens (bench/RESULTS.md)
 _TITLE_LIMIT = 200
 _DESCRIPTION_LIMIT = 300
 _HEADING_LIMIT = 120

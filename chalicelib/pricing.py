@@ -15,7 +15,7 @@ from chalicelib.ratelimit import estimate_tokens
 DEFAULT_PRICES = "gpt-4o-mini=0.15/0.60,gpt-4.1-mini=0.40/1.60,gpt-4.1-nano=0.10/0.40,gpt-4o=2.50/10.00"
 BATCH_DISCOUNT = Decimal("0.5")
 EXPECTED_COMPLETION_TOKENS = 70  # an opener of one or two sentences, under 300 characters
-EXPECTED_PAGE_CHARS = 1200  # a typical page summary (capped at 1,500 characters)
+EXPECTED_PAGE_CHARS = 950  # a typical page summary (capped at 1,000 characters)
 
 
 def parse_prices(text: str) -> dict[str, tuple[Decimal, Decimal]]:

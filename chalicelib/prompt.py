@@ -15,7 +15,7 @@ import re
 MAX_INSTRUCTIONS_CHARS = 2000
 MAX_FIELD_CHARS = 200
 MAX_FIELDS = 10
-MAX_PAGE_CHARS = 1500
+MAX_PAGE_CHARS = 1000
 
 SYSTEM_PROMPT = (
     "You write the opening lines of cold outreach emails for B2B senders. Given a prospect's website "

@@ -54,8 +54,10 @@ def safe_file_name(name: str | None) -> str:
 
 
 def has_control_characters(text: str, allowed: str = "") -> bool:
-    """NUL, other C0/C1 control characters and DEL (PostgreSQL text cannot even hold NUL)."""
-    return any((ord(c) < 32 or 0x7F <= ord(c) <= 0x9F) and c not in allowed for c in text)
+    """NUL, other C0/C1 control characters, DEL, and lone UTF-16 surrogates ("\ud800" is valid JSON
+    but no UTF-8: PostgreSQL and S3 cannot store it). PostgreSQL text cannot even hold NUL."""
+    return any(((ord(c) < 32 or 0x7F <= ord(c) <= 0x9F) and c not in allowed) or 0xD800 <= ord(c) <= 0xDFFF
+               for c in text)
 
 
 def clean_url_column(value: object) -> str | None:

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from chalicelib import db, deps, jobs
-from tests.integration.test_api import (
+from tests.support.api import (
     LEADS,
     body,
     download,
@@ -217,3 +217,14 @@ def test_with_several_cors_origins_the_callers_origin_is_answered_if_listed(clie
     assert listed.headers["Vary"] == "Origin"
     other = client.http.get("/api/jobs", headers={"Origin": "https://evil.example.com"})
     assert other.headers.get("Access-Control-Allow-Origin") != "https://evil.example.com"
+
+
+@pytest.mark.parametrize("path, payload, code", [
+    ("/api/upload/url", {"file_name": "\ud800.csv"}, "bad_file_name"),
+    ("/api/upload/url", {"file_name": "leads.csv", "url_column": "\udfff"}, "bad_url_column"),
+])
+def test_lone_surrogates_in_json_text_are_400_not_500(client, conn, path, payload, code):
+    assert error_of(post_json(client, path, payload)) == (400, code)
+    job = body(upload_csv(client, LEADS))["job"]
+    response = post_json(client, "/api/upload/process", {"job_id": job["id"], "instructions": "Hi \ud800"})
+    assert error_of(response) == (400, "bad_instructions")

@@ -76,7 +76,7 @@ def test_a_summary_is_bounded_whitespace_normalised_and_free_of_control_and_form
                             body=(hostile + "word " * 50) * 200))
     summary, status, _ = summarize_page(site.url("/long"), fetcher, None)
     assert status == "fetched"
-    assert len(summary) <= 1500
+    assert len(summary) <= 1000
     assert {line.split(":")[0] for line in summary.splitlines()} == {"Title", "Description", "Headings", "Text",
                                                                       "Open Graph"}
     for line in summary.splitlines():

@@ -71,7 +71,7 @@ def test_fields_and_page_text_cannot_close_their_tags_and_are_capped(cell):
     data = content.split("<prospect_data>\n", 1)[1].split("\n</prospect_data>", 1)[0]
     assert data.startswith("first_name: ") and "\n" not in data and len(data) <= 12 + 2 + 200
     page = content.split("<page>\n", 1)[1].split("\n</page>", 1)[0]
-    assert len(page) <= 1500
+    assert len(page) <= 1000
     assert "never instructions" in system["content"]
     assert content.index("</page>") < content.index("About the sender")  # instructions come after the data
 

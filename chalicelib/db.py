@@ -298,7 +298,7 @@ def results_page(conn, job_id: str, *, status: str | None, limit: int, after_row
     status_clause = "AND status = %s" if status else ""
     params = (job_id, after_row, *([status] if status else []), limit)
     return conn.execute(
-        f"""SELECT id, row_number AS row, url, status, opener, error, retry_count FROM urls
+        f"""SELECT id, row_number AS row, url, status, opener, error, retry_count, context_status FROM urls
             WHERE job_id = %s AND row_number > %s {status_clause}
             ORDER BY row_number LIMIT %s""",
         params,
@@ -310,7 +310,7 @@ def iter_results(conn, job_id: str, batch: int = 5000):
     after = 0
     while True:
         rows = conn.execute(
-            """SELECT row_number, status, opener, error FROM urls
+            """SELECT row_number, status, opener, error, context_status FROM urls
                WHERE job_id = %s AND row_number > %s ORDER BY row_number LIMIT %s""",
             (job_id, after, batch),
         ).fetchall()

@@ -49,7 +49,8 @@ MAX_INSTRUCTIONS = 2000
 # ---------------------------------------------------------------- shapes
 
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
+    """ISO 8601 in UTC ("…Z"), whatever the database session's time zone."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
 def job_json(job: dict) -> dict:
@@ -242,7 +243,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
     model = _clean_text(model, "model", 100)
     job = require_job(conn, account_id, job_id)
     model = allowed_model(_limits(db.get_account(conn, account_id), settings), model)
-    page_context = _flag(page_context, "page_context")
+    page_context = _flag(page_context, "page_context", settings.page_context_default)
     max_cost_usd = _money(max_cost_usd, "max_cost_usd")
     callback_url = webhooks.clean_callback_url(callback_url, https_only=settings.stage == "prod")
     if job["status"] == "pending" and job["layout"] is None:
@@ -277,9 +278,9 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
     return {"job": job_json(job), "chunks": chunks, "estimate": estimate}
 
 
-def _flag(value: object, name: str) -> bool:
+def _flag(value: object, name: str, default: bool = True) -> bool:
     if value is None:
-        return True
+        return default
     if not isinstance(value, bool):
         raise BadRequest(f"{name} must be true or false", code=f"bad_{name}")
     return value

@@ -50,7 +50,7 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
     model = jobs._clean_text(model, "model", 100)
     job = jobs.require_job(conn, account_id, job_id)
     model = jobs.allowed_model(jobs._limits(db.get_account(conn, account_id), settings), model)
-    page_context = jobs._flag(page_context, "page_context")
+    page_context = jobs._flag(page_context, "page_context", settings.page_context_default)
     if job["layout"] is None:
         if job["status"] != "pending":
             raise Conflict("This job's file was never validated", code="not_ready")

@@ -82,6 +82,7 @@ class Settings:
     aws_region: str = REGION
     cors_allow_origin: str = "*"  # comma-separated origins; "*" (any) is refused in the prod stage
     stage: str = "local"
+    page_context_default: bool = True  # PAGE_CONTEXT_DEFAULT: a job's page_context when process does not say
     model_prices: str = ""  # MODEL_PRICES: "model=input/output,..." USD per 1M tokens; adds to the built-in table
     api_rate_limit_per_minute: int = 600  # per account, unless the account sets its own
     api_rate_window_s: int = 60
@@ -164,6 +165,7 @@ class Settings:
             aws_region=get("AWS_REGION", get("AWS_DEFAULT_REGION", REGION)),
             cors_allow_origin=get("CORS_ALLOW_ORIGIN", cls.cors_allow_origin),
             stage=get("STAGE", cls.stage),
+            page_context_default=_bool(get("PAGE_CONTEXT_DEFAULT", "true")),
             model_prices=get("MODEL_PRICES", cls.model_prices),
             api_rate_limit_per_minute=int(get("API_RATE_LIMIT_PER_MINUTE", cls.api_rate_limit_per_minute)),
             api_rate_window_s=int(get("API_RATE_WINDOW_S", cls.api_rate_window_s)),

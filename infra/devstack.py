@@ -12,6 +12,7 @@ already serving on :4566, the machine's PostgreSQL and Redis) it leaves alone.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -124,6 +125,9 @@ def stop_process(proc: subprocess.Popen, name: str, timeout: float = 15) -> None
         proc.wait()
 
 
+STARTED_LOCALSTACKS: dict[int, dict[str, str]] = {}  # port -> LOCALSTACK_PID, _DIR, _START for tests
+
+
 @contextmanager
 def localstack(port: int, volume_dir: Path) -> Iterator[str]:
     """Start LocalStack (S3, SQS, CloudFormation, SSM) in host mode; yields its URL."""
@@ -137,12 +141,14 @@ def localstack(port: int, volume_dir: Path) -> Iterator[str]:
     volume_dir.mkdir(parents=True, exist_ok=True)
     log_path = volume_dir / "localstack.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LOCALSTACK_"))}
-    env.update(SERVICES="s3,sqs,cloudformation,ssm", GATEWAY_LISTEN=f"127.0.0.1:{port}",
-               LOCALSTACK_VOLUME_DIR=str(volume_dir), SQS_ENDPOINT_STRATEGY="path",
-               DISABLE_EVENTS="1", SKIP_SSL_CERT_DOWNLOAD="1", SKIP_INFRA_DOWNLOADS="1")
+    settings = dict(SERVICES="s3,sqs,cloudformation,ssm", GATEWAY_LISTEN=f"127.0.0.1:{port}",
+                    LOCALSTACK_VOLUME_DIR=str(volume_dir), SQS_ENDPOINT_STRATEGY="path",
+                    DISABLE_EVENTS="1", SKIP_SSL_CERT_DOWNLOAD="1", SKIP_INFRA_DOWNLOADS="1")
+    env.update(settings)
+    argv = [str(LOCALSTACK_PYTHON), "-m", "localstack.runtime.main"]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([str(LOCALSTACK_PYTHON), "-m", "localstack.runtime.main"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, cwd=volume_dir, start_new_session=True)
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=volume_dir,
+                                start_new_session=True)
     try:
         deadline = time.monotonic() + 90
         while not localstack_healthy(port):
@@ -152,6 +158,12 @@ def localstack(port: int, volume_dir: Path) -> Iterator[str]:
                 sys.exit(f"[devstack] LocalStack not healthy after 90 s; see {log_path}")
             time.sleep(0.25)
         say(f"LocalStack ready at {endpoint} (pid {proc.pid}, log {log_path})")
+        # for the e2e test that restarts it: how to stop it and start it again the same way (the
+        # environment minus AWS_* and LOCALSTACK_*, plus `settings`)
+        STARTED_LOCALSTACKS[port] = {
+            "LOCALSTACK_PID": str(proc.pid), "LOCALSTACK_DIR": str(volume_dir),
+            "LOCALSTACK_START": json.dumps({"argv": argv, "env": settings, "cwd": str(volume_dir),
+                                            "log": str(log_path)})}
         yield endpoint
     finally:
         stop_process(proc, "LocalStack")
@@ -274,10 +286,14 @@ def private_stack(kind: str) -> Iterator[dict[str, str]]:
         create_database(env, db_name)
         stack.callback(drop_database, env, db_name)
         run_env = stack_env(env, endpoint, outputs)
+        run_env.update(STARTED_LOCALSTACKS.get(urlsplit(endpoint).port, {}))
         run_env.update(
             DATABASE_URL=with_database(env["DATABASE_URL"], db_name),
             RATELIMIT_PREFIX=f"csv-opener-{kind}-{run_id}:ratelimit",
             OPENAI_DUMMY_MODE=env.get("OPENAI_DUMMY_MODE", "true"),
+            # No internet here: every made-up test domain would cost a page fetch its full 5 s of
+            # failed DNS. Tests that exercise page context ask for it (against local fake sites).
+            PAGE_CONTEXT_DEFAULT=env.get("PAGE_CONTEXT_DEFAULT", "false"),
         )
         run_env.pop("OPENAI_API_KEY", None)  # tests and benchmarks never call a paid API
         migrate(run_env["DATABASE_URL"])
@@ -298,7 +314,7 @@ def run_tests(pytest_args: list[str]) -> int:
     return code
 
 
-BENCHMARKS = ("ingest", "overhead", "utilization", "fairshare")  # modules in bench/ that `make bench` runs, in order
+BENCHMARKS = ("ingest", "overhead", "utilization", "fairshare", "pagecontext")  # what `make bench` runs, in order
 
 
 def run_bench(args: list[str]) -> int:

@@ -5,83 +5,32 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import uuid
 
 import pytest
 
 from chalicelib import deps
 from chalicelib.queue import parse_chunk_message
-
-LEADS = b"name,website,notes\nAcme,acme.com,first\nGlobex,https://globex.example.org/about,\nBad,javascript:alert(1),x\n"
-
-
-def body(response):
-    return json.loads(response.body)
-
-
-def post_json(client, path, payload, raw=None):
-    data = raw if raw is not None else json.dumps(payload)
-    return client.http.post(path, headers={"Content-Type": "application/json"}, body=data)
-
-
-def upload_csv(client, data: bytes, filename="leads.csv", url_column=None):
-    query = f"?filename={filename}" + (f"&url_column={url_column}" if url_column else "")
-    return client.http.post(f"/api/upload{query}", headers={"Content-Type": "text/csv"}, body=data)
-
-
-def multipart(fields: dict[str, str], file: tuple[str, bytes, str] | None) -> tuple[dict, bytes]:
-    boundary = "----csvopener" + uuid.uuid4().hex
-    parts = []
-    for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    if file:
-        name, data, ctype = file
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-                     f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
-    payload = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    return {"Content-Type": f"multipart/form-data; boundary={boundary}"}, payload
-
-
-def drain_queue(queue_url: str) -> list[dict]:
-    sqs = deps.chunk_queue().sqs
-    messages = []
-    while True:
-        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
-                                  VisibilityTimeout=30).get("Messages", [])
-        if not got:
-            return messages
-        for m in got:
-            messages.append(m)
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
-
-
-def purge_queue(queue_url: str) -> None:
-    """Empty the queue, delayed messages included."""
-    deps.chunk_queue().sqs.purge_queue(QueueUrl=queue_url)
+from tests.support.api import (
+    LEADS,
+    body,
+    download,
+    drain_queue,
+    error_of,
+    mark_urls_done,
+    multipart,
+    post_json,
+    purge_queue,
+    s3_keys,
+    upload_and_process,
+    upload_csv,
+)
 
 
 @pytest.fixture(autouse=True)
 def clean(conn, settings):
     purge_queue(settings.chunk_queue_url)
     yield
-
-
-def s3_keys(prefix: str) -> list[str]:
-    s3 = deps.storage()
-    return [o["Key"] for o in s3.s3.list_objects_v2(Bucket=s3.bucket, Prefix=prefix).get("Contents", [])]
-
-
-def download(client, job_id):
-    # API Gateway and chalice serve text/csv (a binary type here) only to clients that accept it,
-    # as browsers and curl do (*/*).
-    return client.http.get(f"/api/upload/{job_id}/download", headers={"Accept": "*/*"})
-
-
-def error_of(response) -> tuple[int, str]:
-    data = body(response)
-    assert set(data) == {"error"} and data["error"]["message"], data
-    return response.status_code, data["error"]["code"]
 
 
 # ---------------------------------------------------------------- upload
@@ -94,7 +43,8 @@ def test_multipart_upload_creates_a_pending_job_and_stores_the_original(client, 
     assert data["url_column"] == "website"
     assert data["columns"] == ["name", "website", "notes"]
     assert (data["total_rows"], data["invalid_rows"]) == (2, 1)
-    assert data["errors"] == [{"row": 3, "value": "javascript:alert(1)", "message": data["errors"][0]["message"]}]
+    assert data["errors"] == [{"row": 3, "value": "javascript:alert(1)",
+                               "message": "not an http(s) URL (javascript: links are not supported)"}]
     job = data["job"]
     assert job["status"] == "pending" and job["file_name"] == "leads.csv"
     key = f"uploads/{account.id}/{job['id']}/leads.csv"
@@ -157,12 +107,6 @@ def test_file_over_max_file_size_is_413(client, env, conn):
 
 
 # ---------------------------------------------------------------- process
-
-def upload_and_process(client, data=LEADS, **options):
-    job = body(upload_csv(client, data))["job"]
-    response = post_json(client, "/api/upload/process", {"job_id": job["id"], **options})
-    return job["id"], response
-
 
 def test_process_stores_urls_and_enqueues_one_message_per_chunk(client, conn, env, settings):
     env(CHUNK_SIZE="2")
@@ -243,9 +187,15 @@ def test_presigned_upload_then_process_validates_the_stored_file(client, conn, s
 
 
 def test_presigned_upload_of_a_bad_file_fails_the_job_with_the_reason(client, conn, account):
+    import urllib.request
+
     data = body(post_json(client, "/api/upload/url", {"file_name": "bad.csv"}))
-    assert f"/uploads/{account.id}/{data['job']['id']}/bad.csv?" in data["upload_url"]
-    deps.storage().put_bytes(f"uploads/{account.id}/{data['job']['id']}/bad.csv", b"%PDF-1.4 binary")
+    request = urllib.request.Request(data["upload_url"], data=b"%PDF-1.4 binary", method="PUT",
+                                     headers={"Content-Type": "text/csv"})
+    with urllib.request.urlopen(request) as put:  # the client PUTs to the URL it was given
+        assert put.status == 200
+    # ...which is uploads/{account_id}/{job_id}/{name}, the only object under the account's uploads
+    assert s3_keys(f"uploads/{account.id}/") == [f"uploads/{account.id}/{data['job']['id']}/bad.csv"]
     response = post_json(client, "/api/upload/process", {"job_id": data["job"]["id"]})
     assert error_of(response) == (415, "not_csv")
     job = body(client.http.get(f"/api/jobs/{data['job']['id']}"))["job"]
@@ -288,7 +238,8 @@ def test_job_and_results_in_file_order_with_keyset_cursor(client, conn):
     assert (job["total_rows"], job["processed_rows"], job["failed_rows"], job["progress"]) == (7, 0, 0, 0)
     first = body(client.http.get(f"/api/jobs/{job_id}/results?limit=3"))
     assert [r["row"] for r in first["results"]] == [1, 2, 3]
-    assert set(first["results"][0]) == {"id", "row", "url", "status", "opener", "error", "retry_count"}
+    assert set(first["results"][0]) == {"id", "row", "url", "status", "opener", "error", "retry_count",
+                                        "context_status"}
     rest = body(client.http.get(f"/api/jobs/{job_id}/results?limit=10&cursor={first['next_cursor']}"))
     assert [r["row"] for r in rest["results"]] == [4, 5, 6, 7] and rest["next_cursor"] is None
     assert body(client.http.get(f"/api/jobs/{job_id}/results?status=failed"))["results"] == []
@@ -298,16 +249,6 @@ def test_job_and_results_in_file_order_with_keyset_cursor(client, conn):
 
 
 # ---------------------------------------------------------------- control
-
-def finish(conn, job_id, failed_rows=()):
-    """Mark every URL done as a worker would (counters moved in the same statement)."""
-    conn.execute("""UPDATE urls SET status = CASE WHEN row_number = ANY(%s) THEN 'failed' ELSE 'completed' END,
-                       opener = CASE WHEN row_number = ANY(%s) THEN NULL ELSE '=Hello ' || url END,
-                       error = CASE WHEN row_number = ANY(%s) THEN 'HTTP 500' END
-                    WHERE job_id = %s""", (list(failed_rows),) * 3 + (job_id,))
-    conn.execute("""UPDATE jobs SET processed_rows = total_rows - %s, failed_rows = %s, progress = 100,
-                    status = 'completed' WHERE id = %s""", (len(failed_rows), len(failed_rows), job_id))
-
 
 def test_cancel_then_cancel_again_is_409(client):
     job_id, _ = upload_and_process(client)
@@ -322,7 +263,7 @@ def test_retry_reenqueues_only_chunks_with_failed_urls(client, conn, env, settin
     data = b"url\n" + b"".join(f"r{i}.com\n".encode() for i in range(6))
     job_id, _ = upload_and_process(client, data)
     assert error_of(client.http.post(f"/api/jobs/{job_id}/retry")) == (409, "not_retryable")
-    finish(conn, job_id, failed_rows=[4])
+    mark_urls_done(conn, job_id, failed_rows=[4])
     drain_queue(settings.chunk_queue_url)
     response = client.http.post(f"/api/jobs/{job_id}/retry")
     result = body(response)
@@ -330,7 +271,7 @@ def test_retry_reenqueues_only_chunks_with_failed_urls(client, conn, env, settin
     assert result["retried"] == 1 and result["job"]["status"] == "processing"
     assert (result["job"]["processed_rows"], result["job"]["failed_rows"], result["job"]["progress"]) == (5, 0, 83)
     assert [parse_chunk_message(m["Body"]) for m in drain_queue(settings.chunk_queue_url)] == [(job_id, 1)]
-    finish(conn, job_id)
+    mark_urls_done(conn, job_id)
     assert error_of(client.http.post(f"/api/jobs/{job_id}/retry")) == (409, "nothing_to_retry")
 
 
@@ -348,7 +289,7 @@ def test_retry_of_a_canceled_job_takes_the_unprocessed_urls(client, conn, settin
 def test_download_has_every_row_in_order_with_opener_columns_and_no_formulas(client, conn):
     data = b"name,website,notes\nAcme,acme.com,=SUM(A1)\nBad,javascript:alert(1),x\nGlobex,globex.com,\n"
     job_id, _ = upload_and_process(client, data)
-    finish(conn, job_id, failed_rows=[3])
+    mark_urls_done(conn, job_id, failed_rows=[3])
     response = download(client, job_id)
     assert response.status_code == 200, response.body
     assert response.headers["Content-Type"].startswith("text/csv")
@@ -394,10 +335,10 @@ def test_metrics_reports_the_accounts_jobs_urls_and_throughput_and_queues_to_adm
         client, conn, make_account):
     other = client.as_account(make_account())
     other_job, _ = upload_and_process(other)  # another account's work never shows
-    finish(conn, other_job)
+    mark_urls_done(conn, other_job)
     conn.execute("UPDATE urls SET finished_at = now() WHERE job_id = %s", (other_job,))
     job_id, _ = upload_and_process(client)
-    finish(conn, job_id, failed_rows=[2])
+    mark_urls_done(conn, job_id, failed_rows=[2])
     conn.execute("UPDATE urls SET finished_at = now() WHERE job_id = %s", (job_id,))
     data = body(client.http.get("/api/metrics"))
     assert data["jobs"] == {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "canceled": 0}
@@ -441,9 +382,29 @@ def test_api_rate_limit_is_per_account_with_retry_after(client, env, make_accoun
     assert not list(redis_client.scan_iter("csv-opener:api:*"))  # nothing outside the run's prefix
 
 
-def test_cors_headers_from_the_setting(client):
+def test_cors_headers_from_the_setting(client, env):
+    """CORS_ALLOW_ORIGIN reaches every route: app.py, imported afresh with another value, carries
+    it on each route and answers with it (the routes' CORS is fixed when app.py is imported)."""
+    import importlib.util
+    from pathlib import Path
+
+    from chalice.test import Client
+
     response = client.http.get("/api/jobs", headers={"Origin": "https://app.example.com"})
-    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.headers["Access-Control-Allow-Origin"] == "*"  # the default
+    env(CORS_ALLOW_ORIGIN="https://app.example.com")
+    spec = importlib.util.spec_from_file_location("app_with_cors", Path(__file__).parents[2] / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    routes = [(path, method, entry) for path, methods in module.app.routes.items() for method, entry in methods.items()]
+    assert len(routes) > 10
+    assert {(path, method): entry.cors.allow_origin for path, method, entry in routes} == {
+        (path, method): "https://app.example.com" for path, method, _ in routes}
+    with Client(module.app, stage_name="local") as other:
+        response = other.http.get("/api/jobs", headers={"Origin": "https://app.example.com",
+                                                        **client.account.headers})
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
 
 
 def test_requeue_unfinished_enqueues_the_chunks_that_still_have_work(client, conn, env, settings):
@@ -460,7 +421,7 @@ def test_requeue_unfinished_enqueues_the_chunks_that_still_have_work(client, con
 
 def test_the_scheduled_sweep_requeues_only_jobs_without_progress(client, conn, settings):
     stalled, _ = upload_and_process(client)
-    busy, _ = upload_and_process(client)
+    busy, _ = upload_and_process(client)  # unfinished too, but it moved a moment ago
     with conn.transaction():  # backdate past the trigger that keeps updated_at current
         conn.execute("SET LOCAL session_replication_role = replica")
         conn.execute("UPDATE jobs SET updated_at = now() - interval '11 minutes' WHERE id = %s", (stalled,))
@@ -470,5 +431,6 @@ def test_the_scheduled_sweep_requeues_only_jobs_without_progress(client, conn, s
     event = client.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event", detail={},
                                             resources=[], region="us-east-1")
     client.lambda_.invoke("requeue_stalled", event)
+    assert conn.execute("SELECT count(*) AS n FROM urls WHERE job_id = %s AND status = 'pending'",
+                        (busy,)).fetchone()["n"] == 2
     assert [parse_chunk_message(m["Body"]) for m in drain_queue(settings.chunk_queue_url)] == [(stalled, 0)]
-    assert busy != stalled

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from chalicelib import accounts, db, deps, jobs
-from tests.integration.test_api import (
+from tests.support.api import (
     LEADS,
     body,
     drain_queue,

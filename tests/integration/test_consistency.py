@@ -13,8 +13,8 @@ import psycopg
 import pytest
 
 from chalicelib import db, deps, jobs
-from tests.integration.test_api import LEADS, body, download, drain_queue, error_of, post_json, purge_queue, s3_keys
 from tests.support.accounts import service_account
+from tests.support.api import LEADS, body, download, drain_queue, error_of, post_json, purge_queue, s3_keys
 
 
 @pytest.fixture(autouse=True)
@@ -236,7 +236,7 @@ def _worker(settings, delay_s: float, concurrency: int):
     from chalicelib.ratelimit import RateLimiter
     from chalicelib.settings import Settings
     from chalicelib.worker import ChunkWorker
-    from tests.integration.test_worker import CountingGenerator
+    from tests.support.worker import CountingGenerator
 
     s = Settings(**{**settings.__dict__, "openai_dummy_mode": True, "openai_dummy_delay_ms": (0, 0),
                     "openai_rpm": 0, "openai_tpm": 0, "chunk_size": 50, "chunk_concurrency": concurrency})

@@ -33,9 +33,12 @@ def test_health_is_503_naming_what_failed_when_localstack_is_down(client, env):
 
 def test_health_is_503_when_redis_is_down(client, env):
     env(REDIS_URL="redis://127.0.0.1:9/0")
-    body = json.loads(client.http.get("/health").body)
-    assert body["checks"]["redis"]["ok"] is False
+    response = client.http.get("/health")
+    body = json.loads(response.body)
+    assert response.status_code == 503
     assert body["status"] == "error"
+    assert body["checks"]["redis"]["ok"] is False
+    assert all(body["checks"][name]["ok"] is True for name in ("postgres", "s3", "sqs")), body
 
 
 def test_every_response_carries_security_headers(client):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 
 import pytest
@@ -12,18 +11,9 @@ import pytest
 from chalicelib import db, deps
 from infra import runner as runner_module
 from infra.runner import Runner, function_timeout, s3_events, sqs_event
-from tests.integration.test_api import purge_queue
 from tests.support.accounts import service_account
-
-
-def wait_for(predicate, timeout=60, every=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout} s")
+from tests.support.api import drain_queue, purge_queue
+from tests.support.util import wait_for
 
 
 @pytest.fixture
@@ -53,7 +43,30 @@ def test_events_have_the_shape_lambda_delivers():
     assert function_timeout("process_chunk") == 900
 
 
-def test_a_csv_dropped_under_incoming_becomes_a_completed_job_with_both_result_files(running, conn):
+@pytest.fixture
+def drop_calls(monkeypatch):
+    """The runner calls `app.start_dropped_csv` (the handler Chalice registered) for each S3 event:
+    record the events it got, per object key, and let the real handler run."""
+    import app
+
+    calls: dict[str, list[dict]] = {}
+    real = app.start_dropped_csv
+
+    def recording(event, context):
+        calls.setdefault(event["Records"][0]["s3"]["object"]["key"], []).append(event)
+        return real(event, context)
+
+    monkeypatch.setattr(app, "start_dropped_csv", recording)
+    return calls
+
+
+def drops_left() -> int:
+    """Messages still on the drops queue, visible or being handled (0 once each was acknowledged)."""
+    depth = deps.chunk_queue().depth(os.environ["DROPS_QUEUE_URL"])
+    return depth["visible"] + depth["in_flight"]
+
+
+def test_a_csv_dropped_under_incoming_becomes_a_completed_job_with_both_result_files(running, conn, drop_calls):
     name = f"drop-{uuid.uuid4().hex[:6]}"
     account_id = service_account(conn)
     data = b"company,website\nAcme,acme.com\nGlobex,globex.example.org\nBad,ftp://x.org\n"
@@ -70,26 +83,77 @@ def test_a_csv_dropped_under_incoming_becomes_a_completed_job_with_both_result_f
                                  Key=f"results/{account_id}/{name}-openers.csv")["Body"].read().decode()
     assert text.splitlines()[0] == "company,website,opener,opener_status,opener_error"
     assert text.count(",completed,") == 2 and ",invalid," in text
-    # the same object notified again (S3 may deliver twice) starts nothing new
-    record = {"s3": {"bucket": {"name": storage.bucket},
-                     "object": {"key": f"incoming/{account_id}/{name}.csv", "sequencer": "x"}}}
-    from chalicelib import jobs
-
-    version = conn.execute("SELECT source_key FROM jobs WHERE id = %s", (job["id"],)).fetchone()["source_key"]
-    assert jobs.start_from_drop(conn, storage, deps.chunk_queue(), deps.settings(),
-                                key=f"incoming/{account_id}/{name}.csv",
-                                version=version.rsplit("@", 1)[1]) is None
-    assert record and conn.execute("SELECT count(*) AS n FROM jobs WHERE file_name = %s",
-                                   (f"{name}.csv",)).fetchone()["n"] == 1
+    wait_for(lambda: drops_left() == 0, timeout=15)  # acknowledged: one notification, one call
+    assert len(drop_calls[f"incoming/{account_id}/{name}.csv"]) == 1
 
 
-def test_a_bad_dropped_file_becomes_a_failed_job_with_the_reason(running, conn):
+def test_a_repeated_notification_starts_nothing_and_a_new_version_starts_a_job(conn, settings):
+    """S3 may deliver a notification twice: the handler, given the same event again (same
+    sequencer), starts nothing; an event for a new version of the object (another sequencer, or
+    only another eTag) starts a new job. The events are the ones LocalStack queued, fed to the
+    registered handler as the runner (and Lambda) would."""
+    import threading
+
+    import app
+    from infra.runner import LambdaContext
+
+    drops = os.environ["DROPS_QUEUE_URL"]
+    purge_queue(drops)
+    purge_queue(settings.chunk_queue_url)
+    account_id = service_account(conn)
+    key = f"incoming/{account_id}/again-{uuid.uuid4().hex[:6]}.csv"
+    deps.storage().put_bytes(key, b"url\nacme.com\n")
+    sqs = deps.chunk_queue().sqs
+
+    def notification():
+        for message in sqs.receive_message(QueueUrl=drops, MaxNumberOfMessages=10, WaitTimeSeconds=1
+                                           ).get("Messages", []):
+            sqs.delete_message(QueueUrl=drops, ReceiptHandle=message["ReceiptHandle"])
+            events = [e for e in s3_events(message["Body"]) if e["Records"][0]["s3"]["object"]["key"] == key]
+            if events:
+                return events[0]
+        return None
+
+    event = wait_for(notification, timeout=30)
+    record = event["Records"][0]["s3"]["object"]
+    assert record["sequencer"] and record["eTag"]  # what the handler keys a version on
+
+    def deliver(event) -> int:
+        app.start_dropped_csv(event, LambdaContext("start_dropped_csv", 900, threading.Event()))
+        return conn.execute("SELECT count(*) AS n FROM jobs WHERE file_path = %s", (key,)).fetchone()["n"]
+
+    def with_object(**changes) -> dict:
+        """The event for another version of the object: `changes` to its record (None removes)."""
+        copy = json.loads(json.dumps(event))
+        obj = copy["Records"][0]["s3"]["object"]
+        for name, value in changes.items():
+            if value is None:
+                del obj[name]
+            else:
+                obj[name] = value
+        return copy
+
+    assert deliver(event) == 1
+    assert deliver(event) == 1  # delivered again: nothing new
+    assert deliver(with_object(sequencer="0062E99A88DC407460")) == 2  # a new version of the object
+    assert deliver(with_object(sequencer=None, eTag="0123456789abcdef0123456789abcdef")) == 3  # eTag only
+    assert deliver(with_object(sequencer=None, eTag="0123456789abcdef0123456789abcdef")) == 3
+    versions = {r["source_key"].rsplit("@", 1)[1] for r in conn.execute(
+        "SELECT source_key FROM jobs WHERE file_path = %s", (key,)).fetchall()}
+    assert versions == {record["sequencer"], "0062E99A88DC407460", "0123456789abcdef0123456789abcdef"}
+
+
+def test_a_bad_dropped_file_becomes_a_failed_job_with_the_reason(running, conn, drop_calls):
     name = f"bad-{uuid.uuid4().hex[:6]}.csv"
-    deps.storage().put_bytes(f"incoming/{service_account(conn)}/{name}", b"name\nno urls here\n")
+    key = f"incoming/{service_account(conn)}/{name}"
+    deps.storage().put_bytes(key, b"name\nno urls here\n")
     job = wait_for(lambda: conn.execute("SELECT * FROM jobs WHERE file_name = %s AND status = 'failed'",
                                         (name,)).fetchone())
     assert "no column of urls" in job["error"].lower()
-    time.sleep(3)  # acknowledged, not retried: still exactly one job
+    # acknowledged, not retried: the runner deleted the message after one call of the handler (a
+    # handler that raised would leave it on the queue, to be delivered and handled again)
+    wait_for(lambda: drops_left() == 0, timeout=15)
+    assert len(drop_calls[key]) == 1
     assert conn.execute("SELECT count(*) AS n FROM jobs WHERE file_name = %s", (name,)).fetchone()["n"] == 1
 
 
@@ -132,7 +196,6 @@ def test_the_handler_follows_the_lambda_context_deadline(fast, conn, settings):
     import app
     from chalicelib import jobs
     from infra.runner import LambdaContext
-    from tests.integration.test_api import drain_queue
 
     purge_queue(settings.chunk_queue_url)
     account_id = service_account(conn)

@@ -63,7 +63,8 @@ def test_process_answers_an_estimate_with_the_batch_price_beside_it(client):
     assert started["job"]["page_context"] is False and started["job"]["cost_usd"] == 0
 
 
-def test_page_context_adds_to_the_estimate_and_bad_options_are_400(client):
+def test_page_context_adds_to_the_estimate_and_bad_options_are_400(client, env):
+    env(PAGE_CONTEXT_DEFAULT="true")  # the product's default (make test turns it off: no internet here)
     job = body(upload_csv(client, PEOPLE))["job"]
     for payload, code in [({"page_context": "yes"}, "bad_page_context"), ({"max_cost_usd": -1}, "bad_max_cost_usd"),
                           ({"max_cost_usd": True}, "bad_max_cost_usd"), ({"max_cost_usd": "5"}, "bad_max_cost_usd")]:

@@ -1,12 +1,11 @@
-"""Tests for the fake OpenAI server (tests/support/fake_openai.py), driven by
+"""Tests for the fake OpenAI server (tests/support/fake_openai/), driven by
 the real ``openai`` SDK so the fake stays wire-compatible with what the app
-uses."""
+uses, and behaves as the real service does where the app depends on it."""
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import re
 import signal
@@ -25,7 +24,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.support.fake_openai import FakeOpenAI, find_url, make_opener
+from tests.support.fake_openai import FakeOpenAI, count_tokens, find_url, make_opener, prompt_tokens
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SYSTEM = {"role": "system", "content": "You write one-sentence cold outreach openers."}
@@ -95,11 +94,15 @@ def test_completion_is_parsed_by_sdk_with_usage(fake: FakeOpenAI) -> None:
     content = choice.message.content
     assert content and "acme.com" in content and len(content) <= 300
     assert not any(ch in content for ch in "\"'[]{}<>")
-    chars = sum(len(m["content"]) for m in messages)
     assert completion.usage is not None
-    assert completion.usage.prompt_tokens == math.ceil(chars / 4)
-    assert completion.usage.completion_tokens > 0
-    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    # system: You| write| one|-sentence| cold| outreach| openers|. = 8, + role 1 + framing 3 = 12
+    # user: Write| an| opener| for| the| company| at| https|://|www|.acme|.com|/about|.| Reply| with| the|
+    #       opener| only|. = 20, + 1 + 3 = 24; + 3 to prime the reply: 39 (characters / 4 would be 34)
+    assert completion.usage.prompt_tokens == 39
+    # "Your work at acme.com stood out while I was researching the space — would a quick 15-minute
+    # chat make sense?": 24 pieces, " researching" (11 letters) counting 2
+    assert completion.usage.completion_tokens == 25
+    assert completion.usage.total_tokens == 39 + 25
 
 
 def test_content_is_deterministic_and_url_specific(fake: FakeOpenAI) -> None:
@@ -130,6 +133,26 @@ def test_find_url_rules() -> None:
     assert make_opener(None)  # generic opener, still non-empty
 
 
+def test_token_counts_follow_a_bpe_like_rule() -> None:
+    assert count_tokens("Hello, world!") == 4  # Hello|,| world|! (as cl100k)
+    assert count_tokens("https://www.acme.com/about") == 6  # https|://|www|.acme|.com|/about
+    assert count_tokens("internationalization") == 3  # 20 letters: one token per 8
+    assert count_tokens("caf\u00e9 \u6771\u4eac") == 4  # non-ASCII letters: one token each
+    assert count_tokens("in 2024, 12345") == 8  # in| |202|4|,| |123|45: digits in groups of up to 3
+    assert prompt_tokens([{"role": "user", "content": "Hello, world!"}]) == 3 + 1 + 4 + 3
+
+
+def test_usage_is_not_the_apps_own_estimate() -> None:
+    """The app estimates characters / 4 and corrects with `usage`: if the fake counted the same
+    way, a wrong correction could never show."""
+    from chalicelib.openers import build_messages
+    from chalicelib.ratelimit import estimate_tokens
+
+    for url in ("https://acme.com/", "https://www.wayne-enterprises.co.uk/about-us/leadership"):
+        messages = build_messages(url, "We sell robots to warehouses; keep it short.")
+        assert prompt_tokens(messages) != estimate_tokens(messages, 0)
+
+
 def test_rpm_exceeded_gives_openai_429_with_headers(fake: FakeOpenAI) -> None:
     fake.configure(rpm=60)  # bucket: burst 1, then 1 request/s
     c = sdk(fake)
@@ -145,11 +168,12 @@ def test_rpm_exceeded_gives_openai_429_with_headers(fake: FakeOpenAI) -> None:
     assert err.code == "rate_limit_exceeded"
     assert err.type == "requests"
     assert "Rate limit reached" in err.message and "requests per min (RPM): Limit 60" in err.message
-    assert 0 < float(headers["retry-after"]) <= 1.0
-    assert 0 < int(headers["retry-after-ms"]) <= 1000
+    # the rejected request counted too (bucket at -1 of capacity 1, refilling 1/s): 2 s to wait
+    assert 1.0 < float(headers["retry-after"]) <= 2.0
+    assert 1000 < int(headers["retry-after-ms"]) <= 2000
     assert headers["x-ratelimit-limit-requests"] == "60"
     assert headers["x-ratelimit-remaining-requests"] == "0"
-    assert headers["x-ratelimit-reset-requests"].endswith("ms")
+    assert re.fullmatch(r"1\.\d+s|2s", headers["x-ratelimit-reset-requests"])  # full again in 2 s
 
     # Retry after exactly what the 429 asked for, with no margin: retry-after-ms is rounded up to the
     # ms, and the fake measured the wait on its own clock before it answered, so at least that long
@@ -161,6 +185,48 @@ def test_rpm_exceeded_gives_openai_429_with_headers(fake: FakeOpenAI) -> None:
     assert (stats["requests"], stats["ok"], stats["rate_limited"]) == (3, 2, 1)
     assert stats["by_url"] == {"https://acme.com": 3}
     assert stats["ok_by_url"] == {"https://acme.com": 2}
+
+
+def test_rejected_requests_count_against_the_budget_by_default(fake: FakeOpenAI) -> None:
+    """As at OpenAI, a 429-ed request uses up quota: retrying early pushes the wait further out.
+    rpm=6: a burst of 1, then one request per 10 s."""
+
+    def retry_after() -> float:
+        with pytest.raises(openai.RateLimitError) as info:
+            sdk(fake).chat.completions.create(model="m", messages=ask("https://acme.com"))
+        return float(info.value.response.headers["retry-after"])
+
+    assert fake.config.count_rejected is True
+    fake.configure(rpm=6)
+    sdk(fake).chat.completions.create(model="m", messages=ask("https://acme.com"))
+    first, second = retry_after(), retry_after()
+    assert 19 < first <= 20 and 29 < second <= 30  # each rejection cost 10 s more
+
+    fake.reset()
+    fake.configure(rpm=6, count_rejected=False)  # the old, friendlier behaviour, on request
+    sdk(fake).chat.completions.create(model="m", messages=ask("https://acme.com"))
+    first, second = retry_after(), retry_after()
+    assert 9 < second <= first <= 10
+    assert fake.stats()["rate_limited"] == 2
+
+
+def test_insufficient_quota_is_a_429_the_app_does_not_retry(fake: FakeOpenAI) -> None:
+    from chalicelib.openers import _is_quota_exhausted
+
+    status, config = http(fake, "POST", "/_fake/config", b'{"insufficient_quota": true}')
+    assert status == 200 and config["insufficient_quota"] is True
+    with pytest.raises(openai.RateLimitError) as info:
+        sdk(fake).chat.completions.create(model="m", messages=ask("https://acme.com"))
+    err = info.value
+    assert err.status_code == 429
+    assert (err.type, err.code) == ("insufficient_quota", "insufficient_quota")
+    assert "exceeded your current quota" in err.message
+    assert "retry-after" not in err.response.headers  # waiting does not help
+    assert _is_quota_exhausted(err)  # what the app's client keys on
+    stats = fake.stats()
+    assert (stats["requests"], stats["insufficient_quota"], stats["ok"], stats["rate_limited"]) == (1, 1, 0, 0)
+    fake.configure(insufficient_quota=False)
+    assert sdk(fake).chat.completions.create(model="m", messages=ask("https://acme.com")).choices
 
 
 def test_tpm_exceeded_reports_tokens(fake: FakeOpenAI) -> None:
@@ -301,6 +367,8 @@ def test_control_endpoints_and_models(fake: FakeOpenAI) -> None:
     assert fake.stats()["requests"] == 0 and fake.config.rpm == 600
     assert http(fake, "POST", "/_fake/reset")[0] == 200
     assert fake.config.rpm == 0
+    defaults = http(fake, "GET", "/_fake/config")[1]
+    assert (defaults["count_rejected"], defaults["insufficient_quota"]) == (True, False)
 
     models = sdk(fake).models.list()
     assert "gpt-4o-mini" in [m.id for m in models.data]
@@ -355,7 +423,8 @@ def test_raw_http_robustness(fake: FakeOpenAI) -> None:
 
 def test_cli_runs_as_separate_process() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.fake_openai", "--port", "0", "--latency-ms", "1,3", "--rpm", "6000"],
+        [sys.executable, "-m", "tests.support.fake_openai", "--port", "0", "--latency-ms", "1,3", "--rpm", "6000",
+         "--no-count-rejected"],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -371,6 +440,9 @@ def test_cli_runs_as_separate_process() -> None:
         with urllib.request.urlopen(base_url.removesuffix("/v1") + "/_fake/stats", timeout=5) as resp:
             stats = json.loads(resp.read())
         assert stats["by_url"] == {"https://cli.example": 1}
+        with urllib.request.urlopen(base_url.removesuffix("/v1") + "/_fake/config", timeout=5) as resp:
+            config = json.loads(resp.read())
+        assert (config["rpm"], config["latency_ms"], config["count_rejected"]) == (6000, [1.0, 3.0], False)
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
@@ -378,6 +450,7 @@ def test_cli_runs_as_separate_process() -> None:
     assert json.loads(err.strip().splitlines()[-1])["ok"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_throughput_with_threads_sharing_one_client(fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]) -> None:
     total, workers = 2000, 32
@@ -432,6 +505,7 @@ asyncio.run(main(*map(int, sys.argv[1:4])))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_server_capacity_with_raw_keepalive_client(fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]) -> None:
     """The SDK costs milliseconds of client CPU per request, so the SDK test

@@ -126,8 +126,11 @@ def test_rejected_values_say_why(value: str, reason: str) -> None:
     assert not looks_like_url(value)
 
 
-def test_invalid_url_is_a_value_error() -> None:
-    assert issubclass(InvalidUrl, ValueError)
+def test_invalid_url_is_a_value_error_with_the_reason() -> None:
+    # callers catch ValueError and store its text as the row's error
+    with pytest.raises(ValueError) as caught:
+        normalize_url("ftp://acme.com/files")
+    assert str(caught.value) == "not an http(s) URL (ftp: links are not supported)"
 
 
 def test_length_limit_applies_to_the_result() -> None:

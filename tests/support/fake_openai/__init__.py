@@ -1,0 +1,93 @@
+"""A fake OpenAI-compatible HTTP server for tests and benchmarks.
+
+Why it exists: the CSV Opener app asks an LLM for one outreach opener per URL. Tests and
+benchmarks must not call the real API (cost, flakiness, secrets), yet they need something the
+real ``openai`` SDK talks to over real HTTP, that is fast enough never to be the bottleneck
+(~1,000 requests/s on two cores with keep-alive clients), that behaves as the real service does
+where the app's correctness depends on it, and that misbehaves on demand. It counts what it saw
+(``/_fake/stats``) so tests can assert on duplicate generation and achieved request rates.
+Standard library only.
+
+Where things are
+----------------
+``config.py``     :class:`FakeConfig`, every knob and its validation
+``ratelimit.py``  RPM/TPM limits (bucket or window), 429s with OpenAI's headers
+``tokens.py``     token counts for ``usage`` and TPM (a BPE-like rule, not the app's chars/4)
+``faults.py``     the per-request draw: hang, 5xx, malformed answer, latency
+``responses.py``  the opener (from the URL in the prompt) and OpenAI's JSON bodies
+``wire.py``       HTTP/1.1 parsing and framing
+``server.py``     :class:`FakeOpenAIServer` (asyncio) and :class:`FakeOpenAI` (in a thread)
+``cli.py``        ``python -m tests.support.fake_openai`` (``__main__.py``)
+
+Endpoints
+---------
+``POST /v1/chat/completions``
+    A ``chat.completion`` whose content is a deterministic short opener that mentions the host
+    of the first ``http(s)://`` URL in the last user message (falling back to a URL in any other
+    message, then to a bare domain such as ``acme.com`` in the last user message). ``usage``
+    counts tokens as tokens.py says. ``stream: true`` is rejected with a 400.
+``GET /v1/models``, ``GET /v1/models/{id}``
+    A minimal model list / model object.
+``GET /_fake/stats``
+    Counters, see :meth:`FakeOpenAIServer.stats`.
+``GET /_fake/config``, ``POST /_fake/config``
+    Read / update the configuration (JSON object of :class:`FakeConfig` fields). Unknown fields
+    or invalid values give a 400.
+``POST /_fake/reset``
+    Clear counters, refill rate limiters, re-seed the RNG and restore the configuration given at
+    construction time. Body ``{"keep_config": true}`` keeps the current configuration.
+
+The ``/v1`` prefix is optional (``/chat/completions`` works too).
+
+A chat request, in order
+------------------------
+1. Parse/validate (400 for bad JSON, missing ``model``/``messages``; 401 if ``api_key`` is
+   configured and the bearer token differs). Counted in ``requests`` and, when valid, in
+   ``by_url``.
+2. ``insufficient_quota``: 429 with ``{"error": {"type": "insufficient_quota", "code":
+   "insufficient_quota", ...}}`` and no ``retry-after``, as OpenAI answers when billing is
+   exhausted.
+3. Rate limits (``rpm``/``tpm``, 0 = unlimited), see ratelimit.py: a rejection is answered at
+   once with 429 (``type`` ``"requests"`` or ``"tokens"``, ``code`` ``rate_limit_exceeded``,
+   ``retry-after``, ``retry-after-ms``, ``x-ratelimit-*``) and, as at OpenAI, counts against the
+   limits (``count_rejected``, on by default).
+4. The fault draw and the latency (faults.py), then the answer. ``x-ratelimit-*`` headers are
+   sent on every answer for each enabled limit.
+
+Usage
+-----
+In tests::
+
+    with FakeOpenAI(latency_ms=[5, 20], rpm=600) as fake:
+        client = openai.OpenAI(base_url=fake.base_url, api_key="x", max_retries=0)
+        ...
+        fake.configure(error_rate=0.1)
+        assert fake.stats()["requests"] == ...
+
+As a separate process (first stdout line is the base URL; serves until SIGTERM/SIGINT, then
+prints the final stats as one JSON line on stderr)::
+
+    python -m tests.support.fake_openai --port 0 --latency-ms 200 --rpm 600
+    python -m tests.support.fake_openai --latency-ms 100,300 --error-rate 0.05
+"""
+
+from __future__ import annotations
+
+from .cli import main
+from .config import MALFORMED_KINDS, ConfigError, FakeConfig
+from .responses import find_url, make_opener
+from .server import FakeOpenAI, FakeOpenAIServer
+from .tokens import count_tokens, prompt_tokens
+
+__all__ = [
+    "MALFORMED_KINDS",
+    "ConfigError",
+    "FakeConfig",
+    "FakeOpenAI",
+    "FakeOpenAIServer",
+    "count_tokens",
+    "find_url",
+    "main",
+    "make_opener",
+    "prompt_tokens",
+]

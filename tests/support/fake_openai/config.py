@@ -1,0 +1,139 @@
+"""The fake's behaviour knobs (:class:`FakeConfig`) and their validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+MALFORMED_KINDS: tuple[str, ...] = ("invalid_json", "empty_choices", "empty_content", "null_content")
+"""``invalid_json``: 200 with a truncated JSON body; ``empty_choices``: ``choices == []``;
+``empty_content``: content ``""``; ``null_content``: content ``null``."""
+
+MODELS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-5-mini")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration (HTTP 400 on ``POST /_fake/config``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeConfig:
+    """Behaviour knobs. Every field can be passed to the constructors, to
+    ``configure()`` and to ``POST /_fake/config``. The defaults behave as the
+    real service does; the fault knobs are off."""
+
+    latency_ms: float | tuple[float, float] = 0.0
+    """Fixed latency, or ``(min, max)`` drawn uniformly, applied before every non-429 answer."""
+    rpm: int = 0
+    """Requests per minute; 0 = unlimited."""
+    tpm: int = 0
+    """Tokens per minute; 0 = unlimited."""
+    rate_limit_mode: Literal["bucket", "window"] = "bucket"
+    burst_seconds: float = 1.0
+    """Bucket mode only: capacity = this many seconds' worth of the per-minute limit."""
+    count_rejected: bool = True
+    """429-ed requests still consume quota, as OpenAI documents ("unsuccessful requests
+    contribute to your per-minute limit"); False = only admitted requests count."""
+    insufficient_quota: bool = False
+    """Billing exhausted: every chat request is answered 429 ``insufficient_quota`` (waiting
+    does not help), as OpenAI answers when the account has no credit left."""
+    error_rate: float = 0.0
+    error_statuses: tuple[int, ...] = (500, 503)
+    hang_rate: float = 0.0
+    hang_seconds: float = 3600.0
+    malformed_rate: float = 0.0
+    malformed_kinds: tuple[str, ...] = MALFORMED_KINDS
+    seed: int | None = 0
+    """RNG seed for latency/fault draws; ``None`` = nondeterministic."""
+    content: str | None = None
+    """Override the opener; ``{url}`` and ``{host}`` are substituted."""
+    api_key: str | None = None
+    """If set, requests must send ``Authorization: Bearer <api_key>`` (else 401)."""
+
+    def replace(self, **changes: Any) -> FakeConfig:
+        """Return a validated copy with ``changes`` applied (ValueError on bad input)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **_normalise(changes))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+
+def _num(name: str, value: Any, lo: float = 0.0, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not (lo <= value <= hi):
+        raise ConfigError(f"{name} must be in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def _int(name: str, value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _normalise(changes: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name == "latency_ms":
+            if isinstance(value, (list, tuple)):
+                if len(value) != 2:
+                    raise ConfigError("latency_ms must be a number or [min, max]")
+                lo, hi = _num("latency_ms[0]", value[0]), _num("latency_ms[1]", value[1])
+                if lo > hi:
+                    raise ConfigError("latency_ms: min > max")
+                value = (lo, hi)
+            else:
+                value = _num(name, value)
+        elif name in ("rpm", "tpm"):
+            value = _int(name, value)
+        elif name == "rate_limit_mode":
+            if value not in ("bucket", "window"):
+                raise ConfigError("rate_limit_mode must be 'bucket' or 'window'")
+        elif name in ("error_rate", "hang_rate", "malformed_rate"):
+            value = _num(name, value, 0.0, 1.0)
+        elif name == "burst_seconds":
+            value = _num(name, value, 0.001, 60.0)
+        elif name == "hang_seconds":
+            value = _num(name, value)
+        elif name in ("count_rejected", "insufficient_quota"):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be a boolean")
+        elif name == "error_statuses":
+            if isinstance(value, int):
+                value = [value]
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ConfigError("error_statuses must be a non-empty list of status codes")
+            for status in value:
+                if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+                    raise ConfigError(f"bad error status {status!r}")
+            value = tuple(value)
+        elif name == "malformed_kinds":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ConfigError("malformed_kinds must be a non-empty list")
+            bad = [k for k in value if k not in MALFORMED_KINDS]
+            if bad:
+                raise ConfigError(f"unknown malformed kind(s) {bad}; choose from {list(MALFORMED_KINDS)}")
+            value = tuple(value)
+        elif name == "seed":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError("seed must be an integer or null")
+        elif name in ("content", "api_key") and value is not None and not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string or null")
+        out[name] = value
+    return out

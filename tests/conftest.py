@@ -29,8 +29,22 @@ def settings():
 @pytest.fixture
 def conn(settings):
     """The test database, emptied before the test."""
-    connection = db.get_conn(settings.database_url)
+    connection = live_conn(settings.database_url)
     connection.execute("TRUNCATE jobs, urls, account_usage, webhook_deliveries")
+    return connection
+
+
+def live_conn(database_url: str):
+    """This thread's connection, replaced if the server dropped it (the e2e fault tests terminate
+    every backend of the test database, this process's idle one included)."""
+    import psycopg
+
+    connection = db.get_conn(database_url)
+    try:
+        connection.execute("SELECT 1")
+    except psycopg.OperationalError:
+        connection.close()
+        connection = db.get_conn(database_url)
     return connection
 
 
@@ -74,7 +88,7 @@ def unique() -> str:
 
 @pytest.fixture
 def pg(settings):
-    return db.get_conn(settings.database_url)
+    return live_conn(settings.database_url)
 
 
 @pytest.fixture

@@ -741,6 +741,9 @@ def account_view(conn, settings: Settings, caller: accounts.Caller) -> dict:
     limits = _limits(account, settings)
     usage = accounts.usage_today(conn, caller.account_id)
     usage["day"] = usage["day"].isoformat()
+    usage["cost_usd"] = round(sum(pricing.cost_usd(settings.prices, m["model"] or settings.openai_model,
+                                                    m["prompt_tokens"], m["completion_tokens"]) or 0
+                                  for m in usage["by_model"]), 6)
     return {"account": {
         "id": str(account["id"]), "name": account["name"],
         "key": {"prefix": caller.key_prefix, "role": caller.role},

@@ -181,6 +181,7 @@ def test_account_shows_its_limits_and_todays_usage(client, make_account):
                               "models": ["gpt-4o-mini"]}
     assert data["usage_today"]["urls"] == 4 and data["usage_today"]["urls_remaining"] == 99_996
     assert data["usage_today"]["processing_jobs"] == 1
+    assert data["usage_today"]["cost_usd"] == 0  # nothing generated yet
     assert client.account.key not in json.dumps(data)
 
 

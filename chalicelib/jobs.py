@@ -230,7 +230,7 @@ def _validate_stored(conn, storage: Storage, settings: Settings, job: dict) -> d
 # ---------------------------------------------------------------- start
 
 def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account_id: str, job_id: str, *,
-          instructions: str | None = None, model: str | None = None, page_context: object = True,
+          instructions: str | None = None, model: str | None = None, page_context: object = None,
           max_cost_usd: object = None, callback_url: object = None) -> dict:
     """Store the job's URLs (COPY), job -> processing, then enqueue one message per chunk. -> 202 body.
 

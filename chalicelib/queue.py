@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
@@ -22,8 +23,8 @@ def parse_chunk_message(body: str) -> tuple[str, int]:
     """-> (job_id, chunk); ValueError when the body is not a chunk message."""
     try:
         data = json.loads(body)
-        return str(data["job_id"]), int(data["chunk"])
-    except (TypeError, KeyError, ValueError) as exc:
+        return str(uuid.UUID(str(data["job_id"]))), int(data["chunk"])
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
         raise ValueError(f"not a chunk message: {body[:200]!r}") from exc
 
 

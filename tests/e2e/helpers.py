@@ -1,17 +1,21 @@
 """Helpers for the end-to-end tests: plain HTTP against `chalice local` and the fake OpenAI
-server, CSV files to upload, the checks every test ends with, and the LLM-call figures."""
+server, CSV files to upload, waits that fail fast when a job is stuck, the checks every test ends
+with, the LLM-call figures and the shared limiter's figures (429s, cooldown pauses)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import re
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 from psycopg.rows import dict_row
@@ -48,15 +52,61 @@ def http(method: str, url: str, body: bytes | dict | None = None, headers: dict[
         return Reply(exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read())
 
 
-def wait_for(predicate: Callable, timeout: float, every: float = 0.2, what: str = "condition"):
-    """Poll until `predicate()` is truthy (its value is returned); AssertionError after `timeout` s."""
+def wait_for(predicate: Callable, timeout: float, every: float = 0.2, what: str = "condition",
+             diagnose: Callable[[], str] | None = None):
+    """Poll until `predicate()` is truthy (its value is returned); AssertionError after `timeout` s,
+    with `diagnose()` (what the stack looks like) in the message."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
+            raise AssertionError(f"{what} not met within {timeout:.0f} s" + (f"\n{diagnose()}" if diagnose else ""))
+        time.sleep(every)
+
+
+# How long a job may take: a fixed allowance plus its URLs at a rate far below what the stack does
+# (100-200 URLs/s on an idle machine, 7-10 with two CPU hogs on top of other work), so a slow run
+# passes. A stuck job is caught long before by the stall check (STALL_S without progress); this
+# deadline only ends a job that crawls forever.
+SETUP_ALLOWANCE_S = 20.0
+FLOOR_URLS_PER_S = 5.0
+STALL_S = 20.0  # no counter moved for this long: the job is stuck (LEASE_SECONDS is 15)
+
+
+def time_for(urls: int, extra_s: float = 0.0) -> float:
+    """The wait a job of `urls` URLs gets (see FLOOR_URLS_PER_S)."""
+    return SETUP_ALLOWANCE_S + urls / FLOOR_URLS_PER_S + extra_s
+
+
+def wait_progress(read: Callable[[], dict | None], reached: Callable[[dict], bool], *, timeout: float,
+                  stall_s: float = STALL_S, what: str, diagnose: Callable[[], str] | None = None,
+                  every: float = 0.1) -> dict:
+    """Poll `read()` (a job, or None while it cannot be read) until `reached(job)`. Fails fast:
+    when the job's status and counters have not changed for `stall_s` s it is stuck, and the
+    AssertionError says so with `diagnose()`; `timeout` bounds the whole wait."""
+    began = last_change = time.monotonic()
+    last = None
+    while True:
+        job = read()
+        now = time.monotonic()
+        if job is not None:
+            if reached(job):
+                return job
+            state = (job["status"], job["processed_rows"], job["failed_rows"])
+            if state != last:
+                last, last_change = state, now
+        why = None
+        if now - last_change > stall_s:
+            why = f"stuck: no progress for {now - last_change:.0f} s"
+        elif now - began > timeout:
+            why = f"too slow: not reached within {timeout:.0f} s"
+        if why:
+            seen = (f"last seen {last[0]}, {last[1]} processed + {last[2]} failed" if last
+                    else "the job could not be read at all")
+            raise AssertionError(f"{what}: {why} ({seen}; waited {now - began:.0f} s)"
+                                 + (f"\n{diagnose()}" if diagnose else ""))
         time.sleep(every)
 
 
@@ -104,22 +154,6 @@ class Api:
         except OSError:
             return None
         return reply.json()["job"] if reply.status == 200 else None
-
-    def wait_done_fraction(self, job_id: str, fraction: float, timeout: float = 60) -> dict:
-        def reached():
-            job = self.job_tolerant(job_id)
-            if not job or not job["total_rows"]:
-                return None
-            return job if job["processed_rows"] + job["failed_rows"] >= fraction * job["total_rows"] else None
-
-        return wait_for(reached, timeout, every=0.05, what=f"job {job_id} {fraction:.0%} done")
-
-    def wait_status(self, job_id: str, statuses: tuple[str, ...] = ("completed",), timeout: float = 90) -> dict:
-        def reached():
-            job = self.job_tolerant(job_id)
-            return job if job and job["status"] in statuses else None
-
-        return wait_for(reached, timeout, every=0.2, what=f"job {job_id} in {statuses}")
 
     def download(self, job_id: str) -> list[list[str]]:
         reply = self.call("GET", f"/api/upload/{job_id}/download")
@@ -320,3 +354,130 @@ def assert_openers_came_from_the_llm(stats: dict, rows: list[dict]) -> None:
     """Every completed URL got at least one successful answer from the fake for that URL."""
     missing = [r["url"] for r in rows if r["status"] == "completed" and not stats["ok_by_url"].get(r["url"])]
     assert not missing, f"{len(missing)} completed URL(s) never answered by the LLM, e.g. {missing[:3]}"
+
+
+# ---------------------------------------------------------------- the shared limiter's figures
+
+COOLDOWN_LINE = re.compile(r"rate-limit cooldown: every worker pauses for ([0-9.]+)s")
+# A request the limiter let through just before another worker's 429 set the cooldown may still
+# reach the provider just after it: it was in flight. Later than this into a pause is a worker
+# that did not pause.
+IN_FLIGHT_GRACE_S = 0.25
+# The pause is written to Redis a moment before the runner logs it: the window taken from the log
+# may end a little later than the real one.
+LOG_SLACK_S = 0.05
+
+
+def log_time(ts: str) -> float:
+    """A log line's `ts` ("2026-11-29T01:01:20.564Z") as time.time() seconds."""
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def log_entries(path: Path, since: float = 0.0) -> list[dict]:
+    """The JSON log lines of `path` written at or after `since` (time.time())."""
+    entries = []
+    if not path.exists():
+        return entries
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            entry = json.loads(line)
+            entry["_t"] = log_time(entry["ts"])
+        except (ValueError, KeyError):
+            continue
+        if entry["_t"] >= since:
+            entries.append(entry)
+    return entries
+
+
+def cooldown_windows(entries: list[dict]) -> list[tuple[float, float]]:
+    """The shared pauses the runner logged ("every worker pauses for X s"), as (start, end)."""
+    windows = []
+    for entry in entries:
+        match = COOLDOWN_LINE.search(entry.get("message", ""))
+        if match:
+            windows.append((entry["_t"], entry["_t"] + float(match.group(1))))
+    return sorted(windows)
+
+
+def merge_windows(windows: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[list[float]] = []
+    for start, end in sorted(windows):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(s, e) for s, e in merged]
+
+
+@dataclass
+class LimiterFigures:
+    """What reached the provider, from the recording proxy, against the pauses the runner logged."""
+    requests: int
+    rate_limited: int
+    cooldowns: int  # "every worker pauses" log lines: one per 429 the workers got
+    paused_s: float  # how long pauses were in force, in total
+    after_first: int  # requests handed to the provider after the first pause ended
+    limited_after_first: int
+    max_offset: float  # latest any request reached the provider into a pause (in-flight ones included)
+    late: list[tuple[float, float]]  # (pause start, offset) of requests beyond IN_FLIGHT_GRACE_S into a pause
+    achieved_rps: float
+    peak_1s: int  # most requests handed over in any one second
+
+    @property
+    def share_after_first(self) -> float:
+        return self.limited_after_first / self.after_first if self.after_first else 0.0
+
+    def line(self) -> str:
+        return (f"limiter: {self.requests} requests at {self.achieved_rps:.0f}/s (peak {self.peak_1s} in 1 s), "
+                f"429 {self.rate_limited} "
+                f"({100 * self.rate_limited / max(1, self.requests):.1f} %), {self.cooldowns} cooldowns "
+                f"pausing {self.paused_s:.1f} s in all; after the first pause "
+                f"{self.limited_after_first}/{self.after_first} = {100 * self.share_after_first:.1f} % 429; "
+                f"requests into a pause: latest {1000 * self.max_offset:.0f} ms in, "
+                f"{len(self.late)} beyond the {1000 * IN_FLIGHT_GRACE_S:.0f} ms in-flight grace")
+
+
+def limiter_figures(exchanges: list, entries: list[dict]) -> LimiterFigures:
+    """`exchanges`: the proxy's records of one test; `entries`: the runner's log lines since its start."""
+    windows = merge_windows(cooldown_windows(entries))
+    max_offset, late = 0.0, []
+    for exchange in exchanges:
+        for start, end in windows:
+            if start < exchange.sent < end - LOG_SLACK_S:
+                offset = exchange.sent - start
+                max_offset = max(max_offset, offset)
+                if offset > IN_FLIGHT_GRACE_S:
+                    late.append((start, offset))
+    after = [e for e in exchanges if windows and e.sent >= windows[0][1]]
+    span = exchanges[-1].sent - exchanges[0].sent if len(exchanges) > 1 else 0.0
+    times, peak, j = [e.sent for e in exchanges], 0, 0
+    for i, t in enumerate(times):  # sliding one-second window (times are in order)
+        while times[j] <= t - 1.0:
+            j += 1
+        peak = max(peak, i - j + 1)
+    return LimiterFigures(
+        requests=len(exchanges),
+        rate_limited=sum(e.status == 429 for e in exchanges),
+        cooldowns=len(cooldown_windows(entries)),
+        paused_s=sum(e - s for s, e in windows),
+        after_first=len(after),
+        limited_after_first=sum(e.status == 429 for e in after),
+        max_offset=max_offset,
+        late=late,
+        achieved_rps=len(exchanges) / span if span else 0.0,
+        peak_1s=peak,
+    )
+
+
+def assert_limiter_kept_its_promises(lim: LimiterFigures, max_share_after_first: float) -> None:
+    """Every 429 paused every worker (one cooldown per 429, and no request reached the provider
+    inside a pause beyond the in-flight grace), and after the first pause the 429 share stays
+    under the stated bound."""
+    assert lim.cooldowns == lim.rate_limited, (
+        f"{lim.rate_limited} 429s but {lim.cooldowns} cooldowns logged: a 429 did not pause the workers", lim)
+    assert not lim.late, f"{len(lim.late)} request(s) reached the provider during a cooldown: {lim.late[:5]}"
+    assert lim.share_after_first <= max_share_after_first, (
+        f"429 share after the first cooldown {100 * lim.share_after_first:.1f} % > "
+        f"{100 * max_share_after_first:.0f} %", lim)

@@ -67,9 +67,9 @@ def wait_for(predicate: Callable, timeout: float, every: float = 0.2, what: str 
 
 
 # How long a job may take: a fixed allowance plus its URLs at a rate far below what the stack does
-# (100-200 URLs/s on an idle machine, 7-10 with two CPU hogs on top of other work), so a slow run
-# passes. A stuck job is caught long before by the stall check (STALL_S without progress); this
-# deadline only ends a job that crawls forever.
+# (100-200 URLs/s here, 50-150 with two CPU hogs; 6-8 when every URL waited 5 s on DNS for page
+# context), so a slow run passes. A stuck job is caught long before by the stall check (STALL_S
+# without progress); this deadline only ends a job that crawls on forever.
 SETUP_ALLOWANCE_S = 20.0
 FLOOR_URLS_PER_S = 5.0
 STALL_S = 20.0  # no counter moved for this long: the job is stuck (LEASE_SECONDS is 15)

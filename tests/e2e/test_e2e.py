@@ -223,8 +223,6 @@ def test_csv_dropped_in_s3_becomes_a_completed_job_with_result_files(fresh, caps
     check_limiter(stack, capsys)
 
 
-
-
 def test_a_dropped_csv_starts_with_the_default_options(fresh):
     """README: a drop "starts a job of that account with default options"; PAGE_CONTEXT_DEFAULT is
     "a job's page_context when process does not say"."""
@@ -245,4 +243,4 @@ def test_a_dropped_csv_starts_with_the_default_options(fresh):
         default = os.environ.get("PAGE_CONTEXT_DEFAULT", "true").lower() in ("1", "true", "yes", "on")
         assert job["page_context"] is default, job
     finally:
-        api.call("POST", f"/api/upload/{job['id']}/cancel")  # its URLs would wait on DNS
+        api.call("POST", f"/api/upload/{job['id']}/cancel")  # nobody waits for this job

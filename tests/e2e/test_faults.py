@@ -247,9 +247,8 @@ def _drain(sqs, url: str) -> int:
 POISON = {  # name: body, given a unique token (which the body and so its log lines carry)
     "malformed body": lambda token: f"not json {token}",
     "unknown job": lambda token: json.dumps({"job_id": token, "chunk": 0}),
-    # A job id that is not a UUID reaches PostgreSQL, whose "invalid input syntax for type uuid"
-    # the handler does not treat as a bad message: it raises, the message is delivered
-    # MAX_RECEIVE_COUNT (5) times, give_up_chunk fails on the same error, and it lands in the DLQ.
+    # Until parse_chunk_message checked the id, this one reached PostgreSQL ("invalid input syntax
+    # for type uuid"), was delivered MAX_RECEIVE_COUNT (5) times and ended in the DLQ.
     "job id not a UUID": lambda token: json.dumps({"job_id": f"job-{token}", "chunk": 0}),
 }
 

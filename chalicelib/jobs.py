@@ -40,7 +40,7 @@ log = get_logger("jobs")
 
 JOB_STATUSES = ("pending", "processing", "completed", "failed", "canceled")
 URL_STATUSES = ("pending", "processing", "completed", "failed")
-EXTRA_COLUMNS = ("opener", "opener_status", "opener_error")
+EXTRA_COLUMNS = ("opener", "opener_status", "opener_error", "context_status")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 INLINE_DOWNLOAD_LIMIT = BINARY_BODY_LIMIT  # larger downloads go through S3 (base64 in a 6 MB response)
 MAX_INSTRUCTIONS = 2000
@@ -541,7 +541,6 @@ def retry(conn, queue: ChunkQueue, settings: Settings, account_id: str, job_id: 
     return {"job": job_json(job), "retried": retried, "chunks": len(chunks)}
 
 
-STALL_AFTER_S = 600
 EXPORT_AFTER_S = 60  # a completed job without its results CSV this long after finishing: export it
 DROP_START_AFTER_S = 300  # a drop still pending this long after its notification: start it
 
@@ -550,7 +549,7 @@ def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Setting
     """The scheduled sweep: chunks of stalled jobs enqueued again, results CSVs that a crash
     never wrote, drops whose start never happened, and webhook deliveries due for another
     attempt. Returns what it did."""
-    done = {"requeued": requeue_unfinished(conn, queue, idle_s=STALL_AFTER_S), "exported": 0, "drops_started": 0,
+    done = {"requeued": requeue_unfinished(conn, queue, idle_s=settings.stall_after_s), "exported": 0, "drops_started": 0,
             "webhooks_delivered": webhooks.deliver_due(conn, fetcher) if fetcher is not None else 0}
     for job in db.completed_without_results(conn, EXPORT_AFTER_S):
         done["exported"] += export_job(get_conn, storage, job)
@@ -643,17 +642,23 @@ def write_csv(conn, storage: Storage, job: dict, out: IO[str]) -> int:
     for row, record in csvfile.iter_rows(read_source(storage, job), layout):
         while current is not None and current["row_number"] < row.row:
             current = next(results, None)
-        if row.url is None:
-            extra = ("", "invalid", row.error or "")
-        elif current is not None and current["row_number"] == row.row:
-            status = current["status"] if current["status"] in ("completed", "failed") else "pending"
-            extra = (current["opener"] or "", status, current["error"] or "")
-        else:
-            extra = ("", "pending", "")
+        match = current if current is not None and current["row_number"] == row.row else None
+        extra = _extra_cells(row, match)
         cells = record + [""] * (width - len(record))
         writer.writerow([neutralize(c) for c in (*cells, *extra)])
         written += 1
     return written
+
+
+def _extra_cells(row, result: dict | None) -> tuple[str, ...]:
+    """The EXTRA_COLUMNS cells of one file row: an invalid row, a row with its URL result, or
+    one not (yet) processed."""
+    if row.url is None:
+        return "", "invalid", row.error or "", ""
+    if result is None:
+        return "", "pending", "", ""
+    status = result["status"] if result["status"] in ("completed", "failed") else "pending"
+    return result["opener"] or "", status, result["error"] or "", result["context_status"] or ""
 
 
 def render_csv(conn, storage: Storage, job: dict, spool_limit: int) -> IO[bytes]:

@@ -93,6 +93,7 @@ class Settings:
     presign_expires_s: int = 900
     ratelimit_prefix: str = "csv-opener:ratelimit"
     lease_seconds: int = 300
+    stall_after_s: int = 600  # the sweep enqueues again the chunks of a job idle this long
     log_level: str = "INFO"
     # Outbound requests (page fetching, webhooks): networks allowed besides public addresses, e.g.
     # ("127.0.0.1/32",) for tests; refused by the prod stage. Ports other than 80/443 only there.
@@ -176,6 +177,7 @@ class Settings:
             presign_expires_s=min(900, int(get("PRESIGN_EXPIRES_S", cls.presign_expires_s))),
             ratelimit_prefix=get("RATELIMIT_PREFIX", cls.ratelimit_prefix),
             lease_seconds=int(get("LEASE_SECONDS", cls.lease_seconds)),
+            stall_after_s=max(1, int(get("STALL_AFTER_S", cls.stall_after_s))),
             log_level=get("LOG_LEVEL", cls.log_level).upper(),
             outbound_allow_networks=parse_networks(get("OUTBOUND_ALLOW_NETWORKS", "")),
             page_fetch_timeout_s=float(get("PAGE_FETCH_TIMEOUT_S", cls.page_fetch_timeout_s)),

@@ -35,7 +35,7 @@ Write outreach openers for a CSV of URLs with the CSV Opener API.
   csv-opener run leads.csv --instructions "We are Acme; we help ops teams cut reporting time."
 
 uploads leads.csv, starts the job, shows its progress and writes leads-openers.csv (your rows plus
-opener, opener_status and opener_error). Ctrl-C asks whether to cancel the job or leave it running."""
+opener, opener_status, opener_error and context_status). Ctrl-C asks whether to cancel the job or leave it running."""
 
 EPILOG = """\
 environment:

@@ -193,7 +193,10 @@ class Runner:
         finally:
             done.set()
             heartbeat.join()
-        self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        try:
+            self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        except Exception:  # SQS unreachable: the message comes back and its handler skips finished work
+            log.warning("could not delete a handled message", extra={"message_id": message["MessageId"]})
 
     def _keep_invisible(self, queue_url: str, message: dict, done: threading.Event) -> None:
         while not done.wait(HEARTBEAT_S):

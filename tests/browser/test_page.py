@@ -17,7 +17,8 @@ from playwright.sync_api import Page, expect
 
 ROOT = Path(__file__).resolve().parents[2]
 XSS = "<img src=x onerror=window.__xss=1>"
-OPENER_COLUMNS = ["opener", "opener_status", "opener_error"]
+OPENER_COLUMNS = ["opener", "opener_status", "opener_error", "context_status"]
+CONTEXT_STATUSES = {"fetched", "blocked", "timeout", "not_html", "robots", "error", "off"}
 
 
 def csv_bytes(rows: list[list[str]]) -> bytes:
@@ -161,7 +162,7 @@ def test_upload_pick_column_start_progress_results_download(page: Page, fresh, t
     assert len(got) == len(rows)
     for original, line in zip(rows[1:], got[1:], strict=True):
         assert line[:4] == original, (original, line)
-        assert line[5] == "completed" and line[4] and line[6] == "", line
+        assert line[5] == "completed" and line[4] and line[6] == "" and line[7] in CONTEXT_STATUSES, line
     expect(page.locator("#notice")).to_contain_text("Downloaded leads-openers.csv")
     no_error(page)
 

@@ -50,11 +50,11 @@ def assert_result_file(path: Path, csv_file) -> None:
     assert len(table) - 1 == len(body)
     for index, (original, got) in enumerate(zip(body, table[1:], strict=True)):
         assert got[:3] == [neutralize(c) for c in original], (index, got)
-        opener, status, error = got[3:]
+        opener, status, error, context = got[3:]
         if index in csv_file.invalid_rows:
-            assert (opener, status) == ("", "invalid") and error, (index, got)
+            assert (opener, status, context) == ("", "invalid", "") and error, (index, got)
         else:
-            assert status == "completed" and opener and not error, (index, got)
+            assert (status, context) == ("completed", "off") and opener and not error, (index, got)
 
 
 def job_id_in(text: str) -> str:

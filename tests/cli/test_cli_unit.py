@@ -44,7 +44,8 @@ class FakeApi:
         self.requests: list[httpx.Request] = []
         self.polls = polls or [job("completed", 3, 0, total=3)]
         self.overrides: dict[tuple[str, str], object] = {}
-        self.csv = b"company,website,opener,opener_status,opener_error\r\nAcme,acme.com,Hi Acme,completed,\r\n"
+        self.csv = (b"company,website,opener,opener_status,opener_error,context_status\r\n"
+                    b"Acme,acme.com,Hi Acme,completed,,fetched\r\n")
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)

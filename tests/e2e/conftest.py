@@ -289,9 +289,7 @@ class Stack:
         marker = '"runner started"'
         path = self.runner_log
         before = path.read_text(errors="replace").count(marker) if path.exists() else 0
-        # E2E_STALL_AFTER_S: the runner with a shorter stall threshold for the sweep (stall_runner.py)
-        script = ROOT / ("tests/e2e/stall_runner.py" if "E2E_STALL_AFTER_S" in env else "infra/runner.py")
-        self.runner_proc = self._spawn("runner", [PYTHON, str(script)], cwd=ROOT, env=env)
+        self.runner_proc = self._spawn("runner", [PYTHON, str(ROOT / "infra/runner.py")], cwd=ROOT, env=env)
 
         def started():
             assert self.runner_proc.poll() is None, f"runner exited; see {path}"

@@ -21,7 +21,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-EXTRA_COLUMNS = ["opener", "opener_status", "opener_error"]
+EXTRA_COLUMNS = ["opener", "opener_status", "opener_error", "context_status"]
 
 
 # ---------------------------------------------------------------- HTTP

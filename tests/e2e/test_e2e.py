@@ -59,12 +59,13 @@ def assert_download_matches(table: list[list[str]], csv_file, rows: list[dict]) 
     url_iter = iter(rows)  # URL rows in file order: one per valid input row
     for index, (original, got) in enumerate(zip(body, table[1:], strict=True)):
         assert got[:3] == [neutralize(c) for c in original], (index, original, got)
-        opener, status, error = got[3:]
+        opener, status, error, context = got[3:]
         if index in csv_file.invalid_rows:
-            assert (opener, status) == ("", "invalid") and error, (index, got)
+            assert (opener, status, context) == ("", "invalid", "") and error, (index, got)
             continue
         url = next(url_iter)
         assert status == url["status"], (index, got, url)
+        assert context == (url["context_status"] or ""), (index, got, url)
         if status == "completed":
             assert opener == url["opener"] == make_opener(url["url"]), (index, got, url)
             assert error == ""

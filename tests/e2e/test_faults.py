@@ -22,6 +22,7 @@ import boto3
 import pytest
 
 from tests.e2e.helpers import (
+    EXTRA_COLUMNS,
     assert_finished_cleanly,
     assert_limiter_kept_its_promises,
     assert_openers_came_from_the_llm,
@@ -219,11 +220,11 @@ def test_provider_answers_500_to_everything(fresh, capsys):
     stored = s3.get_object(Bucket=os.environ["UPLOAD_BUCKET"], Key=key)["Body"].read().decode("utf-8")
     for table in (list(csv.reader(io.StringIO(stored, newline=""))), stack.api.download(job_id)):
         header, body = table[0], table[1:]
-        assert header[-3:] == ["opener", "opener_status", "opener_error"]
+        assert header[-4:] == EXTRA_COLUMNS
         assert len(body) == csv_file.valid + csv_file.invalid
         by_status: dict[str, int] = {}
         for index, line in enumerate(body):
-            opener, status, error = line[-3:]
+            opener, status, error, _context = line[-4:]
             by_status[status] = by_status.get(status, 0) + 1
             if index in csv_file.invalid_rows:
                 assert status == "invalid", line
@@ -301,9 +302,8 @@ def test_localstack_restarts_mid_job(fresh, capsys):
     Only the stall sweep can bring it back: it enqueues the job's unfinished chunks again and the
     job finishes.
 
-    The sweep acts on jobs idle for jobs.STALL_AFTER_S = 600 s, longer than a test may take, and
-    that is not a setting: the runner is started through stall_runner.py with 8 s (and sweeps
-    every 2 s instead of every 300 s)."""
+    The sweep acts on jobs idle for STALL_AFTER_S (600 s by default), longer than a test may
+    take: the runner is started with 8 s (and sweeps every 2 s instead of every 300 s)."""
     stack = fresh
     localstack = stack.localstack
     if localstack is None:
@@ -311,7 +311,7 @@ def test_localstack_restarts_mid_job(fresh, capsys):
     # longer than a busy LocalStack's pauses (a chunk message can take seconds to be received),
     # shorter than the restart
     stall_after, sweep_every = 8, 2
-    stack.use_runner(E2E_STALL_AFTER_S=str(stall_after), RUNNER_SWEEP_S=str(sweep_every), MAX_CONCURRENT_JOBS="1")
+    stack.use_runner(STALL_AFTER_S=str(stall_after), RUNNER_SWEEP_S=str(sweep_every), MAX_CONCURRENT_JOBS="1")
     job_id, total, began = start_job(stack, 1000)
     stack.wait_job(job_id, urls=int(0.3 * total), fraction=0.3)
     queue = os.environ["CHUNK_QUEUE_URL"]

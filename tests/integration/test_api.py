@@ -295,24 +295,26 @@ def test_download_has_every_row_in_order_with_opener_columns_and_no_formulas(cli
     assert response.headers["Content-Type"].startswith("text/csv")
     assert 'attachment; filename="leads-openers.csv"' in response.headers["Content-Disposition"]
     rows = list(csv.reader(io.StringIO(response.body.decode("utf-8"))))
-    assert rows[0] == ["name", "website", "notes", "opener", "opener_status", "opener_error"]
-    assert rows[1] == ["Acme", "acme.com", "'=SUM(A1)", "'=Hello https://acme.com/", "completed", ""]
+    assert rows[0] == ["name", "website", "notes", "opener", "opener_status", "opener_error", "context_status"]
+    assert rows[1] == ["Acme", "acme.com", "'=SUM(A1)", "'=Hello https://acme.com/", "completed", "", "fetched"]
     assert rows[2][:2] == ["Bad", "javascript:alert(1)"] and rows[2][4] == "invalid" and rows[2][5]
-    assert rows[3] == ["Globex", "globex.com", "", "", "failed", "HTTP 500"]
+    assert rows[2][6] == ""
+    assert rows[3] == ["Globex", "globex.com", "", "", "failed", "HTTP 500", "timeout"]
 
 
 def test_download_of_a_headerless_latin1_file_adds_a_header_and_reencodes(client, conn):
     data = "acme.com\ncaf\u00e9-berlin.de\n".encode("cp1252")
     job_id, _ = upload_and_process(client, data)
     rows = list(csv.reader(io.StringIO(download(client, job_id).body.decode("utf-8"))))
-    assert rows[0] == ["url", "opener", "opener_status", "opener_error"]
-    assert rows[2][0] == "caf\u00e9-berlin.de" and rows[2][2] == "pending"
+    assert rows[0] == ["url", "opener", "opener_status", "opener_error", "context_status"]
+    assert rows[2][0] == "caf\u00e9-berlin.de" and rows[2][2:] == ["pending", "", ""]
 
 
 def test_download_before_processing_lists_rows_as_pending(client):
     job = body(upload_csv(client, LEADS))["job"]
     rows = list(csv.reader(io.StringIO(download(client, job["id"]).body.decode())))
-    assert [r[-2] for r in rows[1:]] == ["pending", "pending", "invalid"]
+    assert [r[-3] for r in rows[1:]] == ["pending", "pending", "invalid"]
+    assert [r[-1] for r in rows[1:]] == ["", "", ""]
 
 
 def test_big_download_redirects_to_a_presigned_url(client, conn, monkeypatch):
@@ -326,7 +328,7 @@ def test_big_download_redirects_to_a_presigned_url(client, conn, monkeypatch):
 
     with urllib.request.urlopen(response.headers["Location"]) as fetched:
         text = fetched.read().decode()
-    assert text.startswith("name,website,notes,opener,opener_status,opener_error")
+    assert text.startswith("name,website,notes,opener,opener_status,opener_error,context_status\r\n")
 
 
 # ---------------------------------------------------------------- metrics, hygiene

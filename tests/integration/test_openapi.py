@@ -254,7 +254,8 @@ def test_answers_along_a_jobs_life_match_the_document(api, env):
     assert status == 202 and retried["retried"] == 2
     assert api("POST", "/api/jobs/{job_id}/retry", f"/api/jobs/{unknown}/retry")[0] == 404
     status, csv_body = api("GET", "/api/upload/{job_id}/download", f"/api/upload/{job_id}/download")
-    assert status == 200 and csv_body.startswith(b"company,website,opener,opener_status,opener_error")
+    assert status == 200
+    assert csv_body.startswith(b"company,website,opener,opener_status,opener_error,context_status\r\n")
     assert api("GET", "/api/upload/{job_id}/download", f"/api/upload/{unknown}/download")[0] == 404
 
     # a webhook: on this machine (tests reach nothing else), refused by the SSRF-safe fetcher anyway

@@ -5,6 +5,8 @@ planted text into the opener is caught by the output guard: nothing hostile reac
 
 from __future__ import annotations
 
+import csv
+import io
 import uuid
 
 import pytest
@@ -80,6 +82,11 @@ def test_pages_are_summarised_into_the_prompt_and_a_failed_fetch_is_only_a_statu
     assert not_html["context_status"] == "not_html" and not_html["status"] == "completed"
     assert blocked["context_status"] == "blocked" and blocked["status"] == "completed"
     assert site.hits["/acme"] == 1
+    # the download carries the same statuses, one column after opener_error
+    job = db.get_job(conn, job_id)
+    table = list(csv.reader(io.StringIO(jobs.render_csv(conn, deps.storage(), job, 1 << 20).read().decode())))
+    assert table[0] == ["website", *jobs.EXTRA_COLUMNS] and table[0][-1] == "context_status"
+    assert [line[-1] for line in table[1:]] == ["fetched", "not_html", "blocked"]
 
 
 def test_a_summary_is_cached_so_a_second_job_does_not_fetch_again(conn, settings, site):

@@ -81,7 +81,7 @@ def test_a_csv_dropped_under_incoming_becomes_a_completed_job_with_both_result_f
         Bucket=storage.bucket, Prefix=f"results/{account_id}/").get("Contents", [])})
     text = storage.s3.get_object(Bucket=storage.bucket,
                                  Key=f"results/{account_id}/{name}-openers.csv")["Body"].read().decode()
-    assert text.splitlines()[0] == "company,website,opener,opener_status,opener_error"
+    assert text.splitlines()[0] == "company,website,opener,opener_status,opener_error,context_status"
     assert text.count(",completed,") == 2 and ",invalid," in text
     wait_for(lambda: drops_left() == 0, timeout=15)  # acknowledged: one notification, one call
     assert len(drop_calls[f"incoming/{account_id}/{name}.csv"]) == 1
@@ -210,3 +210,22 @@ def test_the_handler_follows_the_lambda_context_deadline(fast, conn, settings):
     assert db.get_job(conn, job_id)["processed_rows"] == 0
     assert conn.execute("SELECT status FROM urls WHERE job_id = %s", (job_id,)).fetchone()["status"] == "pending"
     assert [json.loads(m["Body"]) for m in drain_queue(settings.chunk_queue_url)] == [{"job_id": job_id, "chunk": 0}]
+
+
+def test_a_failed_delete_after_a_handled_message_is_logged_and_the_worker_goes_on(settings, caplog):
+    """SQS unreachable just after a handler succeeded: the delete fails, the message will come
+    back (its handler skips finished work), and the worker thread must not die with it."""
+    runner = Runner(settings.chunk_queue_url, None, workers=1, region=settings.aws_region)
+
+    class Unreachable:
+        def __getattr__(self, name):
+            def call(**kwargs):
+                raise ConnectionError("SQS unreachable")
+            return call
+
+    runner.sqs = Unreachable()
+    handled = []
+    message = {"MessageId": "m1", "ReceiptHandle": "r1", "Body": "{}"}
+    runner._invoke(settings.chunk_queue_url, message, lambda: handled.append(1))  # must not raise
+    assert handled == [1]
+    assert any(r.getMessage() == "could not delete a handled message" for r in caplog.records)

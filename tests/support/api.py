@@ -64,11 +64,13 @@ def download(client, job_id):
 def mark_urls_done(conn, job_id, failed_rows=()):
     """Write every URL of the job as done, the way a worker's save would (counters moved in the
     same statement): the rows in `failed_rows` failed with "HTTP 500", the rest completed with
-    the opener '=Hello <url>'; the job is completed."""
+    the opener '=Hello <url>' and context_status 'fetched' (the failed ones 'timeout'); the job is
+    completed."""
     conn.execute("""UPDATE urls SET status = CASE WHEN row_number = ANY(%s) THEN 'failed' ELSE 'completed' END,
                        opener = CASE WHEN row_number = ANY(%s) THEN NULL ELSE '=Hello ' || url END,
-                       error = CASE WHEN row_number = ANY(%s) THEN 'HTTP 500' END
-                    WHERE job_id = %s""", (list(failed_rows),) * 3 + (job_id,))
+                       error = CASE WHEN row_number = ANY(%s) THEN 'HTTP 500' END,
+                       context_status = CASE WHEN row_number = ANY(%s) THEN 'timeout' ELSE 'fetched' END
+                    WHERE job_id = %s""", (list(failed_rows),) * 4 + (job_id,))
     conn.execute("""UPDATE jobs SET processed_rows = total_rows - %s, failed_rows = %s, progress = 100,
                     status = 'completed' WHERE id = %s""", (len(failed_rows), len(failed_rows), job_id))
 

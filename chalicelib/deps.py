@@ -82,13 +82,21 @@ def authenticator():
 
 
 @lru_cache(maxsize=1)
+def rate_limiter():
+    """The shared provider limiter (one per process): limits learned per model from the provider's
+    answers, OPENAI_RPM / OPENAI_TPM as ceilings, a cautious start until the provider answers."""
+    from chalicelib.ratelimit import START_RPM, RateLimiter
+
+    s = get_settings()
+    return RateLimiter(redis_client(), s.openai_rpm, s.openai_tpm, prefix=s.ratelimit_prefix, start_rpm=START_RPM)
+
+
+@lru_cache(maxsize=1)
 def opener_generator():
     from chalicelib.openers import OpenerGenerator, build_client
-    from chalicelib.ratelimit import RateLimiter
 
     s = get_secret_settings()
-    limiter = RateLimiter(redis_client(), s.openai_rpm, s.openai_tpm, prefix=s.ratelimit_prefix)
-    return OpenerGenerator(build_client(s), limiter, s.openai_model, max_retries=s.max_retries)
+    return OpenerGenerator(build_client(s), rate_limiter(), s.openai_model, max_retries=s.max_retries)
 
 
 @lru_cache(maxsize=1)
@@ -116,11 +124,9 @@ def preview_generator():
     import dataclasses
 
     from chalicelib.openers import OpenerGenerator, build_client
-    from chalicelib.ratelimit import RateLimiter
 
     s = dataclasses.replace(get_secret_settings(), openai_timeout_s=min(12.0, get_settings().openai_timeout_s))
-    limiter = RateLimiter(redis_client(), s.openai_rpm, s.openai_tpm, prefix=s.ratelimit_prefix)
-    return OpenerGenerator(build_client(s), limiter, s.openai_model, max_retries=2)
+    return OpenerGenerator(build_client(s), rate_limiter(), s.openai_model, max_retries=2)
 
 
 @lru_cache(maxsize=1)

@@ -357,6 +357,11 @@ def _limits(account: dict | None, settings: Settings) -> accounts.Limits:
         default_max_jobs=settings.account_max_jobs, default_model=settings.openai_model)
 
 
+def account_models(conn, settings: Settings, account_id: str) -> tuple[str, ...]:
+    """The models the account may use (the first is its default)."""
+    return _limits(db.get_account(conn, account_id), settings).models
+
+
 def allowed_model(limits: accounts.Limits, model: str | None) -> str:
     """The job's model: the one asked for if the account may use it, else the default."""
     if model is None:
@@ -549,7 +554,8 @@ def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Setting
     """The scheduled sweep: chunks of stalled jobs enqueued again, results CSVs that a crash
     never wrote, drops whose start never happened, and webhook deliveries due for another
     attempt. Returns what it did."""
-    done = {"requeued": requeue_unfinished(conn, queue, idle_s=settings.stall_after_s), "exported": 0, "drops_started": 0,
+    done = {"requeued": requeue_unfinished(conn, queue, idle_s=settings.stall_after_s), "exported": 0,
+            "drops_started": 0,
             "webhooks_delivered": webhooks.deliver_due(conn, fetcher) if fetcher is not None else 0}
     for job in db.completed_without_results(conn, EXPORT_AFTER_S):
         done["exported"] += export_job(get_conn, storage, job)
@@ -761,8 +767,9 @@ def account_view(conn, settings: Settings, caller: accounts.Caller) -> dict:
 
 # ---------------------------------------------------------------- metrics
 
-def metrics(conn, queue: ChunkQueue, account_id: str, *, admin: bool) -> dict:
-    """The account's jobs and URLs; queue depths (shared by every account) for admin keys only."""
+def metrics(conn, queue: ChunkQueue, account_id: str, *, admin: bool, limiter=None, models=()) -> dict:
+    """The account's jobs and URLs; queue depths and the provider limits of `models` (shared by
+    every account) for admin keys only."""
     urls = db.url_totals(conn, account_id)
     per_minute = urls.pop("finished_last_minute")
     body = {
@@ -779,4 +786,11 @@ def metrics(conn, queue: ChunkQueue, account_id: str, *, admin: bool) -> dict:
             body["queues"][name] = queue.depth(url)
         except Exception as exc:  # metrics still answer when a queue is unreachable
             body["queues"][name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    if limiter is not None:
+        body["provider_limits"] = {}
+        for model in models:
+            try:
+                body["provider_limits"][model] = limiter.limits(model)
+            except Exception as exc:  # Redis unreachable
+                body["provider_limits"][model] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
     return body

@@ -39,7 +39,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from chalicelib import guard
 from chalicelib.logs import redact_secrets
 from chalicelib.prompt import MAX_INSTRUCTIONS_CHARS, SYSTEM_PROMPT, build_messages  # noqa: F401 (re-exported)
-from chalicelib.ratelimit import LimiterStopped, estimate_tokens, retry_after_seconds
+from chalicelib.ratelimit import LimiterStopped, estimate_tokens, provider_limits, retry_after_seconds
 from chalicelib.settings import Settings
 
 __all__ = [
@@ -527,11 +527,14 @@ def _retry_after(exc: BaseException | None) -> float | None:
 class Limiter(Protocol):
     """What the generator needs from ``chalicelib.ratelimit.RateLimiter`` (tests pass a fake)."""
 
-    def acquire(self, tokens: int, should_stop: Callable[[], bool] = ..., account: str | None = ...) -> float: ...
+    def acquire(self, tokens: int, should_stop: Callable[[], bool] = ..., account: str | None = ...,
+                model: str | None = ...) -> float: ...
 
-    def refund(self, estimated: int, actual: int) -> None: ...
+    def refund(self, estimated: int, actual: int, model: str | None = ...) -> None: ...
 
-    def cooldown(self, seconds: float) -> None: ...
+    def cooldown(self, seconds: float, model: str | None = ...) -> None: ...
+
+    def observe(self, model: str | None, headers: Any) -> None: ...
 
 
 def _json_body(content: bytes) -> dict:
@@ -607,7 +610,7 @@ class OpenerGenerator:
     def _attempt(self, messages: list[dict], model: str, should_stop: Callable[[], bool], number: int,
                  account: str | None = None) -> Opener:
         estimate = estimate_tokens(messages, self.max_tokens)
-        self.limiter.acquire(estimate, should_stop, account=account)
+        self.limiter.acquire(estimate, should_stop, account=account, model=model)
         try:
             # The SDK builds the request and raises its typed errors; the small JSON answer is read
             # directly (building the SDK's response model cost ~15 % of a call's CPU here).
@@ -615,12 +618,17 @@ class OpenerGenerator:
                 model=model, messages=messages, max_tokens=self.max_tokens, temperature=0.7
             )
         except openai.RateLimitError as exc:
-            self._on_rate_limited(exc)
+            if provider_limits(exc.response.headers) != (-1, -1):  # OpenAI's 429s state the limits too
+                self.limiter.observe(model, exc.response.headers)
+            self._on_rate_limited(exc, model)
             raise
+        # a success states the limits, or says by their absence that the server sends none (an
+        # error page may lack them for other reasons: only successes and 429s are read)
+        self.limiter.observe(model, response.http_response.headers)
         body = _json_body(response.http_response.content)
         usage = body.get("usage") or {}
         if isinstance(usage.get("total_tokens"), int):
-            self.limiter.refund(estimate, usage["total_tokens"])
+            self.limiter.refund(estimate, usage["total_tokens"], model=model)
         return Opener(
             text=self._usable_text(body),
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
@@ -641,10 +649,10 @@ class OpenerGenerator:
             raise UnusableAnswer(message.get("content") or message.get("refusal"))
         return text
 
-    def _on_rate_limited(self, exc: openai.RateLimitError) -> None:
+    def _on_rate_limited(self, exc: openai.RateLimitError, model: str) -> None:
         if _is_quota_exhausted(exc):
             return  # not a rate problem: pausing everyone would not help
-        self.limiter.cooldown(_retry_after(exc) or 1.0)
+        self.limiter.cooldown(_retry_after(exc) or 1.0, model=model)
 
     def _wait(self, retry_state: RetryCallState) -> float:
         """Exponential backoff with jitter, but never shorter than the server's Retry-After."""

@@ -28,15 +28,30 @@ How it works:
   each gets half the provider rate, and alone, either gets all of it.
 * If Redis is unreachable ``acquire`` keeps retrying with backoff; it never lets a caller through
   unthrottled. It gives up only when the caller's ``should_stop()`` says so (``LimiterStopped``).
+* Limits learned from the provider, per model. OpenAI answers every call with
+  ``x-ratelimit-limit-requests`` / ``x-ratelimit-limit-tokens`` (the organisation's RPM and TPM
+  for that model). ``observe(model, headers)`` stores them in ``P:m:<model>:limits`` and the
+  scripts use them from the next reservation on, so the system converges on the real limits
+  without being told, and follows a change (a tier upgrade) with the next answer. ``rpm`` and
+  ``tpm`` given to the limiter (OPENAI_RPM / OPENAI_TPM) are ceilings over what is learned (0 =
+  none): headroom for other users of the same key, and the limits in force for a server that
+  sends no such headers. Until a model's provider has answered once, at most ``start_rpm``
+  requests per minute go out (a cautious start: a few requests, not a wall of 429s; the app uses
+  ``START_RPM``, 0 turns it off); waits booked in that phase are booked again as soon as the
+  limits are known.
+* Each model has its own buckets, cooldown and fair shares (``acquire(..., model=m)``), as the
+  provider limits each model on its own: jobs on different models share a key, not a bucket.
 
 A limit of 0 means "unlimited" for that bucket.
 
 Keys, with P the prefix in a hash tag (``{csv-opener:ratelimit}`` for ``csv-opener:ratelimit``;
-a prefix that already holds a tag, e.g. ``app:{rl}``, is used as it is): ``P:requests`` and
-``P:tokens`` (the buckets), ``P:cooldown_until``, ``P:active_accounts`` (a zset) and
-``P:share:<account>:requests|tokens``. Every key a script touches travels in ``KEYS``, and Redis
-Cluster hashes only the tag, so all of a limiter's keys share one hash slot and each script runs
-on the node that owns it (no CROSSSLOT); a single Redis stores the same keys.
+a prefix that already holds a tag, e.g. ``app:{rl}``, is used as it is) and B = ``P:m:<model>``
+(``P`` itself when no model is given): ``B:requests`` and ``B:tokens`` (the buckets),
+``B:cooldown_until``, ``B:limits`` (learned, a hash ``{rpm, tpm}``, -1 = the provider sends
+none), ``B:active_accounts`` (a zset) and ``B:share:<account>:requests|tokens``. Every key a
+script touches travels in ``KEYS``, and Redis Cluster hashes only the tag, so all of a limiter's
+keys share one hash slot and each script runs on the node that owns it (no CROSSSLOT); a single
+Redis stores the same keys.
 """
 
 from __future__ import annotations
@@ -54,7 +69,11 @@ from typing import Any
 import redis
 from redis import exceptions as redis_exc
 
-__all__ = ["LimiterStopped", "RateLimiter", "estimate_tokens", "retry_after_seconds"]
+__all__ = ["LimiterStopped", "RateLimiter", "estimate_tokens", "provider_limits", "retry_after_seconds"]
+
+START_RPM = 180  # before a model's provider has answered once: 3 requests at once, then 3 a second
+LEARNED_TTL_S = 3600  # learned limits are forgotten after an hour without an answer
+OBSERVE_EVERY_S = 20.0  # a process writes unchanged learned limits again at most this often
 
 # Errors that mean "Redis is not usable right now" (down, unreachable, failing over), not a bug.
 _UNAVAILABLE = (
@@ -118,13 +137,34 @@ local function cooldown_left()
   if u == nil or u <= now then return 0 end
   return u - now
 end
+
+-- The limits in force (rpm, tpm, 1 while the provider has not answered yet, else 0): what the
+-- provider told us (-1: it sends no such limit) capped by the operator's ceilings (0: none); until
+-- the provider has answered, at most start_rpm requests per minute.
+local function effective(key, ceil_rpm, ceil_tpm, start_rpm)
+  local s = redis.call('HMGET', key, 'rpm', 'tpm')
+  local lr, lt = tonumber(s[1]), tonumber(s[2])
+  if lr == nil or lt == nil then
+    if start_rpm > 0 and (ceil_rpm <= 0 or start_rpm < ceil_rpm) then
+      return start_rpm, ceil_tpm, 1
+    end
+    return ceil_rpm, ceil_tpm, 1
+  end
+  local function cap(learned, ceiling)
+    if learned <= 0 then return ceiling end
+    if ceiling > 0 and ceiling < learned then return ceiling end
+    return learned
+  end
+  return cap(lr, ceil_rpm), cap(lt, ceil_tpm), 0
+end
 """
 
 # KEYS: requests bucket, tokens bucket, cooldown_until, active accounts (zset), the account's
-# share buckets (requests, tokens). ARGV: rpm, tpm, requests, tokens, account ('' = no share),
-# active window ms, max ahead ms.
-# Returns 'g<ms>' (granted: due in ms) or 'r<ms>' (not reserved: ask again in ms), as a string
-# because Lua numbers would be truncated to integers.
+# share buckets (requests, tokens), learned limits. ARGV: ceiling rpm, ceiling tpm, requests,
+# tokens, account ('' = no share), active window ms, max ahead ms, start rpm.
+# Returns 'g<ms>:<starting>' (granted: due in ms) or 'r<ms>:<starting>' (not reserved: ask again
+# in ms), starting 1 while the limits are not known yet; a string because Lua numbers would be
+# truncated to integers.
 _ACQUIRE_LUA = _LUA_COMMON + """
 -- The bucket after taking `need`, and how long until that is covered (not stored yet).
 local function take(key, limit, need)
@@ -144,6 +184,7 @@ local function reserve(key, limit, need)
   return t[5]
 end
 
+local rpm, tpm, starting = effective(KEYS[7], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[8]))
 local wait = cooldown_left()
 local account = ARGV[5]
 if account ~= '' then
@@ -154,8 +195,8 @@ if account ~= '' then
   local n = math.max(1, redis.call('ZCARD', KEYS[4]))
   local shares = {}
   local share_wait = 0
-  for i, spec in ipairs({{KEYS[5], tonumber(ARGV[1]), tonumber(ARGV[3])},
-                         {KEYS[6], tonumber(ARGV[2]), tonumber(ARGV[4])}}) do
+  for i, spec in ipairs({{KEYS[5], rpm, tonumber(ARGV[3])},
+                         {KEYS[6], tpm, tonumber(ARGV[4])}}) do
     if spec[2] > 0 and spec[3] > 0 then
       local t = take(spec[1], spec[2] / n, spec[3])
       shares[#shares + 1] = {spec[1], t}
@@ -164,21 +205,22 @@ if account ~= '' then
   end
   local ahead = tonumber(ARGV[7])
   if share_wait > ahead then
-    return string.format('r%.3f', share_wait - ahead)
+    return string.format('r%.3f:%d', share_wait - ahead, starting)
   end
   for _, s in ipairs(shares) do
     store(s[1], s[2][1], s[2][2], s[2][3], s[2][4])
   end
   wait = math.max(wait, share_wait)
 end
-wait = math.max(wait, reserve(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[3])))
-wait = math.max(wait, reserve(KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[4])))
-return string.format('g%.3f', math.max(wait, 0))
+wait = math.max(wait, reserve(KEYS[1], rpm, tonumber(ARGV[3])))
+wait = math.max(wait, reserve(KEYS[2], tpm, tonumber(ARGV[4])))
+return string.format('g%.3f:%d', math.max(wait, 0), starting)
 """
 
-# KEYS: requests bucket, tokens bucket, cooldown_until. ARGV: rpm, tpm, seconds.
-# Returns the remaining cooldown in ms.
+# KEYS: requests bucket, tokens bucket, cooldown_until, learned limits. ARGV: ceiling rpm,
+# ceiling tpm, seconds, start rpm. Returns the remaining cooldown in ms.
 _COOLDOWN_LUA = _LUA_COMMON + """
+local rpm, tpm = effective(KEYS[4], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4]))
 local untilms = math.max(now + tonumber(ARGV[3]) * 1000, now + cooldown_left())
 redis.call('SET', KEYS[3], string.format('%.3f', untilms), 'PX', math.ceil(untilms - now) + 1000)
 
@@ -195,8 +237,8 @@ local function freeze(key, limit)
   store(key, rate, burst, level, untilms)
 end
 
-freeze(KEYS[1], tonumber(ARGV[1]))
-freeze(KEYS[2], tonumber(ARGV[2]))
+freeze(KEYS[1], rpm)
+freeze(KEYS[2], tpm)
 return string.format('%.3f', untilms - now)
 """
 
@@ -205,10 +247,11 @@ _COOLDOWN_LEFT_LUA = _LUA_COMMON + """
 return string.format('%.3f', cooldown_left())
 """
 
-# KEYS: requests bucket, tokens bucket, cooldown_until. ARGV: tpm, delta (tokens to give back;
-# negative takes more).
+# KEYS: requests bucket, tokens bucket, cooldown_until, learned limits. ARGV: ceiling rpm,
+# ceiling tpm, delta (tokens to give back; negative takes more), start rpm.
 _REFUND_LUA = _LUA_COMMON + """
-local limit, delta = tonumber(ARGV[1]), tonumber(ARGV[2])
+local _, limit = effective(KEYS[4], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4]))
+local delta = tonumber(ARGV[3])
 if limit <= 0 or delta == 0 then return 0 end
 local rate = limit / 60000
 local burst = math.max(limit / 60, 1)
@@ -218,24 +261,44 @@ return 1
 """
 
 
+# KEYS: learned limits, requests bucket, tokens bucket. ARGV: rpm, tpm (-1: not sent), ttl ms.
+# Returns 1 when these are the model's first known limits (the cautious start's bookings are
+# dropped: the buckets start full at the real limits), else 0.
+_LEARN_LUA = """
+local s = redis.call('HMGET', KEYS[1], 'rpm', 'tpm')
+local first = tonumber(s[1]) == nil or tonumber(s[2]) == nil
+redis.call('HSET', KEYS[1], 'rpm', ARGV[1], 'tpm', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if first then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  return 1
+end
+return 0
+"""
+
+
 class LimiterStopped(Exception):
     """``acquire`` gave up because ``should_stop()`` returned True; the caller must not call the API."""
 
 
 class RateLimiter:
-    """Requests-per-minute and tokens-per-minute limits shared by every process using ``prefix``.
+    """Requests-per-minute and tokens-per-minute limits shared by every process using ``prefix``:
+    learned from the provider per model (``observe``), capped by ``rpm`` / ``tpm`` (0 = no cap).
 
     Works with a ``redis.Redis`` or a ``redis.RedisCluster``. Thread-safe (redis-py clients are).
     Typical use around one OpenAI call::
 
         estimate = estimate_tokens(messages, max_tokens)
-        limiter.acquire(estimate, should_stop=lambda: context.get_remaining_time_in_millis() < 60_000)
+        limiter.acquire(estimate, should_stop=lambda: context.get_remaining_time_in_millis() < 60_000,
+                        model=model)
         try:
-            response = client.chat.completions.create(...)
+            response = client.chat.completions.with_raw_response.create(model=model, ...)
         except openai.RateLimitError as exc:
-            limiter.cooldown(retry_after_seconds(exc.response.headers) or 1.0)
+            limiter.observe(model, exc.response.headers)
+            limiter.cooldown(retry_after_seconds(exc.response.headers) or 1.0, model=model)
             raise
-        limiter.refund(estimate, response.usage.total_tokens)
+        limiter.observe(model, response.headers)
+        limiter.refund(estimate, usage["total_tokens"], model=model)
     """
 
     backoff_initial: float = 0.2  # seconds; first retry delay while Redis is unreachable
@@ -243,6 +306,7 @@ class RateLimiter:
     share_window_ms: float = 5000.0  # an account counts as active this long after it last asked
     max_ahead_ms: float = 1000.0  # how far ahead an account may reserve within its share
     sleep_slice: float = 1.0  # seconds; long waits are cut into slices so should_stop is honoured
+    start_slice: float = 0.1  # seconds; a wait booked in the cautious start checks this often for the limits
 
     def __init__(
         self,
@@ -252,27 +316,32 @@ class RateLimiter:
         prefix: str = "csv-opener:ratelimit",
         sleep: Callable[[float], Any] = time.sleep,
         log: logging.Logger | None = None,
+        start_rpm: int = 0,
     ) -> None:
-        if rpm < 0 or tpm < 0:
-            raise ValueError(f"rpm and tpm must be >= 0 (0 = unlimited), got rpm={rpm} tpm={tpm}")
+        if rpm < 0 or tpm < 0 or start_rpm < 0:
+            raise ValueError(f"rpm, tpm and start_rpm must be >= 0 (0 = no limit), got {rpm}, {tpm}, {start_rpm}")
         self.rpm = int(rpm)
         self.tpm = int(tpm)
+        self.start_rpm = int(start_rpm)
         self.prefix = _tagged_prefix(prefix)  # what every key starts with: one hash slot for all
-        self.keys = [f"{self.prefix}:requests", f"{self.prefix}:tokens", f"{self.prefix}:cooldown_until"]
+        self.keys = self._keys(None)[:3]
         self.active_key = f"{self.prefix}:active_accounts"
+        self._redis = redis_client
         self._sleep = sleep
         self._log = log or logging.getLogger("csv_opener.ratelimit")
+        self._seen: dict[str, tuple[int, int, float]] = {}  # model -> limits this process last wrote, when
         self._acquire_script = redis_client.register_script(_ACQUIRE_LUA)
         self._cooldown_script = redis_client.register_script(_COOLDOWN_LUA)
         self._cooldown_left_script = redis_client.register_script(_COOLDOWN_LEFT_LUA)
         self._refund_script = redis_client.register_script(_REFUND_LUA)
+        self._learn_script = redis_client.register_script(_LEARN_LUA)
 
     # -- public API ---------------------------------------------------------------------------
 
     def acquire(self, tokens: int, should_stop: Callable[[], bool] = lambda: False,
-                account: str | None = None) -> float:
-        """Block until one request of ``tokens`` tokens fits the shared budget (and, with
-        ``account``, that account's fair share of it); return seconds waited.
+                account: str | None = None, model: str | None = None) -> float:
+        """Block until one request of ``tokens`` tokens fits the shared budget of ``model`` (and,
+        with ``account``, that account's fair share of it); return seconds waited.
 
         Sleeps (in slices of at most ``sleep_slice``) until the reservation is due, then checks
         once more for a cooldown set meanwhile by someone else's 429 and, if there is one, sleeps
@@ -288,16 +357,23 @@ class RateLimiter:
             )
         waited = 0.0
         while True:
-            (granted, wait_ms), slept = self._with_retry(lambda: self._reserve(tokens, account), should_stop)
+            (granted, wait_ms, starting), slept = self._with_retry(
+                lambda: self._reserve(tokens, account, model), should_stop)
             waited += slept
             if not granted:  # the account's share is booked ahead: ask again when it has room
                 waited += self._sleep_for(max(0.01, wait_ms / 1000.0 * random.uniform(1.0, 1.5)), should_stop)
                 continue
             if wait_ms <= 0:
                 return waited  # granted now; the script already accounted for any cooldown
-            waited += self._sleep_for(wait_ms / 1000.0, should_stop)
+            if starting:  # booked at the cautious start's rate: book again once the limits are known
+                slept, learned = self._sleep_until_learned(wait_ms / 1000.0, model, should_stop)
+                waited += slept
+                if learned:
+                    continue
+            else:
+                waited += self._sleep_for(wait_ms / 1000.0, should_stop)
             try:
-                left = self._cooldown_left_ms() / 1000.0
+                left = self._cooldown_left_ms(model) / 1000.0
             except _UNAVAILABLE as exc:
                 # The reservation itself was granted under the budget; only the courtesy
                 # re-check failed. Go ahead rather than wait out an outage.
@@ -310,21 +386,21 @@ class RateLimiter:
             self._log.info("rate-limit cooldown in force; waiting %.2fs before reserving again", left)
             waited += self._sleep_for(left, should_stop)
 
-    def refund(self, estimated: int, actual: int) -> None:
+    def refund(self, estimated: int, actual: int, model: str | None = None) -> None:
         """Give back ``estimated - actual`` tokens (or take more when ``actual`` is larger).
 
         Best effort: if Redis is unreachable the correction is logged and dropped.
         """
         delta = int(estimated) - int(actual)
-        if not self.tpm or delta == 0:
+        if delta == 0:
             return
         try:
-            self._refund_script(keys=self.keys, args=[self.tpm, delta])
+            self._refund_script(keys=self._keys(model), args=[self.rpm, self.tpm, delta, self.start_rpm])
         except _UNAVAILABLE as exc:
             self._log.warning("Redis unreachable; token refund of %d dropped (%s)", delta, exc)
 
-    def cooldown(self, seconds: float) -> None:
-        """Pause every acquirer sharing this prefix for ``seconds`` (never shortens a pause).
+    def cooldown(self, seconds: float, model: str | None = None) -> None:
+        """Pause every acquirer of ``model`` sharing this prefix for ``seconds`` (never shortens a pause).
 
         Best effort: if Redis is unreachable it is logged; the caller's own retry still goes
         through ``acquire``, which waits for Redis.
@@ -332,39 +408,103 @@ class RateLimiter:
         if seconds <= 0:
             return
         try:
-            self._cooldown_script(keys=self.keys, args=[self.rpm, self.tpm, float(seconds)])
+            self._cooldown_script(keys=self._keys(model), args=[self.rpm, self.tpm, float(seconds), self.start_rpm])
         except _UNAVAILABLE as exc:
             self._log.warning("Redis unreachable; shared cooldown of %.2fs not recorded (%s)", seconds, exc)
             return
         self._log.warning("rate-limit cooldown: every worker pauses for %.2fs", seconds)
 
-    def cooldown_remaining(self) -> float:
+    def cooldown_remaining(self, model: str | None = None) -> float:
         """Seconds left in the shared cooldown (0.0 if none, or if Redis is unreachable)."""
         try:
-            return self._cooldown_left_ms() / 1000.0
+            return self._cooldown_left_ms(model) / 1000.0
         except _UNAVAILABLE as exc:
             self._log.warning("Redis unreachable reading the rate-limit cooldown (%s)", exc)
             return 0.0
 
+    def observe(self, model: str | None, headers: Mapping[str, str]) -> None:
+        """Learn ``model``'s limits from a provider answer's headers (``provider_limits``); the
+        next reservation uses them. Cheap: a process writes only a change, or the same limits
+        again after ``OBSERVE_EVERY_S`` (to keep them from expiring). Best effort."""
+        rpm, tpm = provider_limits(headers)
+        key = model or ""
+        seen = self._seen.get(key)
+        now = time.monotonic()
+        if seen is not None and seen[:2] == (rpm, tpm) and now - seen[2] < OBSERVE_EVERY_S:
+            return
+        self._seen[key] = (rpm, tpm, now)
+        keys = self._keys(model)
+        try:
+            first = self._learn_script(keys=[keys[3], keys[0], keys[1]], args=[rpm, tpm, LEARNED_TTL_S * 1000])
+        except _UNAVAILABLE as exc:
+            self._seen.pop(key, None)
+            self._log.warning("Redis unreachable; provider limits not recorded (%s)", exc)
+            return
+        if first or seen is None or seen[:2] != (rpm, tpm):
+            self._log.info("provider limits for %s: %s requests/min, %s tokens/min", model or "the default model",
+                           rpm if rpm > 0 else "not sent", tpm if tpm > 0 else "not sent")
+
+    def limits(self, model: str | None = None) -> dict:
+        """What is known of ``model``'s limits: learned from the provider (None: not heard from
+        yet; -1: not sent), the ceilings, and the limits in force (0 = none)."""
+        raw = self._redis.hgetall(self._keys(model)[3])
+        learned = {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in raw.items()} if raw else None
+
+        def in_force(name: str, ceiling: int) -> int:  # as the scripts' effective() computes it
+            if learned is None:
+                starting = name == "rpm" and self.start_rpm and (not ceiling or self.start_rpm < ceiling)
+                return self.start_rpm if starting else ceiling
+            value = learned.get(name, -1)
+            if value <= 0:
+                return ceiling
+            return min(value, ceiling) if ceiling else value
+
+        return {"learned": learned, "ceiling": {"rpm": self.rpm, "tpm": self.tpm},
+                "in_force": {"rpm": in_force("rpm", self.rpm), "tpm": in_force("tpm", self.tpm)}}
+
     # -- internals ----------------------------------------------------------------------------
 
-    def _reserve_ms(self, tokens: int) -> float:
+    def _keys(self, model: str | None) -> list[str]:
+        """requests, tokens, cooldown_until and learned limits of ``model`` (no model: the prefix's own)."""
+        base = f"{self.prefix}:m:{_model_key(model)}" if model else self.prefix
+        return [f"{base}:requests", f"{base}:tokens", f"{base}:cooldown_until", f"{base}:limits"]
+
+    def _reserve_ms(self, tokens: int, model: str | None = None) -> float:
         """One reservation without a share (no sleeping, no retry); the wait in ms until it is due."""
-        return self._reserve(tokens, None)[1]
+        return self._reserve(tokens, None, model)[1]
 
-    def _reserve(self, tokens: int, account: str | None) -> tuple[bool, float]:
-        """One reservation (no sleeping, no retry): (True, ms until due), or (False, ms until the
-        account's share has room: nothing was reserved)."""
-        share = [f"{self.prefix}:share:{account}:requests", f"{self.prefix}:share:{account}:tokens"] if account else [
-            f"{self.prefix}:share:-:requests", f"{self.prefix}:share:-:tokens"]
+    def _reserve(self, tokens: int, account: str | None, model: str | None = None) -> tuple[bool, float, bool]:
+        """One reservation (no sleeping, no retry): (True, ms until due, starting), or (False, ms
+        until the account's share has room: nothing was reserved, starting); `starting` while
+        the model's limits are not known yet."""
+        requests, tokens_key, cooldown, learned = self._keys(model)
+        base = requests.rsplit(":", 1)[0]
+        share = [f"{base}:share:{account or '-'}:requests", f"{base}:share:{account or '-'}:tokens"]
         answer = self._acquire_script(
-            keys=[*self.keys, self.active_key, *share],
-            args=[self.rpm, self.tpm, 1, int(tokens), account or "", self.share_window_ms, self.max_ahead_ms])
+            keys=[requests, tokens_key, cooldown, f"{base}:active_accounts", *share, learned],
+            args=[self.rpm, self.tpm, 1, int(tokens), account or "", self.share_window_ms, self.max_ahead_ms,
+                  self.start_rpm])
         text = answer.decode() if isinstance(answer, bytes) else str(answer)
-        return text[0] == "g", float(text[1:])
+        wait, _, starting = text[1:].partition(":")
+        return text[0] == "g", float(wait), starting == "1"
 
-    def _cooldown_left_ms(self) -> float:
-        return max(0.0, float(self._cooldown_left_script(keys=self.keys)))
+    def _cooldown_left_ms(self, model: str | None = None) -> float:
+        return max(0.0, float(self._cooldown_left_script(keys=self._keys(model)[:3])))
+
+    def _sleep_until_learned(self, seconds: float, model: str | None,
+                             should_stop: Callable[[], bool]) -> tuple[float, bool]:
+        """Sleep up to ``seconds`` in short slices, stopping early once ``model``'s limits are
+        known; (seconds slept, whether they became known)."""
+        key = self._keys(model)[3]
+        slept = 0.0
+        while slept < seconds:
+            slept += self._sleep_for(min(self.start_slice, seconds - slept), should_stop)
+            try:
+                if self._redis.exists(key):
+                    return slept, True
+            except _UNAVAILABLE:
+                continue
+        return slept, False
 
     def _with_retry(self, call: Callable[[], float], should_stop: Callable[[], bool]) -> tuple[float, float]:
         """Run ``call`` until Redis answers; return (result, seconds slept in backoff)."""
@@ -404,6 +544,32 @@ class RateLimiter:
 
 
 # -- helpers for callers ------------------------------------------------------------------------
+
+_MODEL_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._:/-]")
+
+
+def _model_key(model: str) -> str:
+    """A model name as a key part: ASCII letters, digits and ._:/- only, at most 100 characters."""
+    return _MODEL_KEY_UNSAFE.sub("_", model)[:100]
+
+
+def _limit_header(value: str | None) -> int:
+    """A positive whole number of at most 12 ASCII digits, else -1 (absent or unusable)."""
+    if value is None:
+        return -1
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 12) or int(text) == 0:
+        return -1
+    return int(text)
+
+
+def provider_limits(headers: Mapping[str, str]) -> tuple[int, int]:
+    """(requests per minute, tokens per minute) a provider answer states in
+    ``x-ratelimit-limit-requests`` / ``x-ratelimit-limit-tokens``; -1 for one it does not."""
+    lowered = {str(k).lower(): v for k, v in headers.items()}
+    return (_limit_header(lowered.get("x-ratelimit-limit-requests")),
+            _limit_header(lowered.get("x-ratelimit-limit-tokens")))
+
 
 
 def _message_chars(message: Mapping[str, Any]) -> int:

@@ -65,8 +65,8 @@ class Settings:
     openai_timeout_s: float = 30.0
     openai_dummy_mode: bool = True
     openai_dummy_delay_ms: tuple[int, int] = (2000, 3000)
-    openai_rpm: int = 500
-    openai_tpm: int = 200_000
+    openai_rpm: int = 0  # ceilings over the limits learned from the provider's headers; 0 = none
+    openai_tpm: int = 0
     chunk_concurrency: int = 16
     chunk_size: int = 500
     max_file_size: int = 10 * 1024 * 1024
@@ -149,8 +149,8 @@ class Settings:
             openai_timeout_s=float(get("OPENAI_TIMEOUT_S", cls.openai_timeout_s)),
             openai_dummy_mode=_bool(dummy) if dummy else not api_key,
             openai_dummy_delay_ms=parse_delay_ms(get("OPENAI_DUMMY_DELAY_MS", "2000-3000")),
-            openai_rpm=int(get("OPENAI_RPM", cls.openai_rpm)),
-            openai_tpm=int(get("OPENAI_TPM", cls.openai_tpm)),
+            openai_rpm=int(get("OPENAI_RPM") or cls.openai_rpm),
+            openai_tpm=int(get("OPENAI_TPM") or cls.openai_tpm),
             chunk_concurrency=int(get("CHUNK_CONCURRENCY", cls.chunk_concurrency)),
             chunk_size=int(get("CHUNK_SIZE", cls.chunk_size)),
             max_file_size=int(get("MAX_FILE_SIZE", cls.max_file_size)),

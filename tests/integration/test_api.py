@@ -346,11 +346,18 @@ def test_metrics_reports_the_accounts_jobs_urls_and_throughput_and_queues_to_adm
     assert data["jobs"] == {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "canceled": 0}
     assert data["urls"] == {"pending": 0, "processing": 0, "completed": 1, "failed": 1}
     assert data["throughput"]["urls_last_minute"] == 2
-    assert "queues" not in data  # queue depths are the whole service's: admin keys only
-    admin = client.as_account(make_account(role="admin"))
+    assert "queues" not in data and "provider_limits" not in data  # the whole service's: admin keys only
+    admin = client.as_account(make_account(role="admin", models=["gpt-4o-mini", "gpt-4o"]))
+    deps.rate_limiter().observe("gpt-4o", {"x-ratelimit-limit-requests": "5000", "x-ratelimit-limit-tokens": "800000"})
     data = body(admin.http.get("/api/metrics"))
     assert data["jobs"]["completed"] == 0
     assert set(data["queues"]) == {"chunks", "dead_letter"} and "visible" in data["queues"]["chunks"]
+    limits = data["provider_limits"]
+    assert set(limits) == {"gpt-4o-mini", "gpt-4o"}
+    assert limits["gpt-4o"]["learned"] == {"rpm": 5000, "tpm": 800000}
+    ceiling = limits["gpt-4o"]["ceiling"]
+    assert limits["gpt-4o"]["in_force"] == {"rpm": min(5000, ceiling["rpm"] or 5000),
+                                            "tpm": min(800000, ceiling["tpm"] or 800000)}
 
 
 def test_unexpected_errors_are_500_with_a_request_id_and_no_traceback(client, monkeypatch, capsys):

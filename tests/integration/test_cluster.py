@@ -169,8 +169,8 @@ def test_the_old_key_layout_hits_crossslot(cluster, cluster_url, prefix):
     """The keys as they were (`<prefix>:requests`, ...) hash to different slots: Redis refuses the
     acquire script with CROSSSLOT, and redis-py's cluster client refuses to send it at all."""
     old = [f"{prefix}:{name}" for name in (
-        "requests", "tokens", "cooldown_until", "active_accounts", "share:a:requests", "share:a:tokens")]
-    args = [600, 0, 1, 1, "a", 5000, 1000]
+        "requests", "tokens", "cooldown_until", "active_accounts", "share:a:requests", "share:a:tokens", "limits")]
+    args = [600, 0, 1, 1, "a", 5000, 1000, 0]
     assert len({cluster.keyslot(k) for k in old}) > 1
     node = redis.Redis.from_url(cluster_url)  # one node, as a client that knows nothing of slots
     try:
@@ -185,7 +185,7 @@ def test_the_old_key_layout_hits_crossslot(cluster, cluster_url, prefix):
     assert not any(cluster.exists(k) for k in old)  # nothing ran
 
     tagged = [f"{{{prefix}}}:{k[len(prefix) + 1:]}" for k in old]  # the same keys behind the hash tag
-    assert cluster.eval(_ACQUIRE_LUA, len(tagged), *tagged, *args) == b"g0.000"
+    assert cluster.eval(_ACQUIRE_LUA, len(tagged), *tagged, *args) == b"g0.000:1"
 
 
 # -- the limiter on a cluster ---------------------------------------------------------------------

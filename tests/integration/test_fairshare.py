@@ -41,13 +41,13 @@ def prefix(client):
 def test_one_account_alone_gets_the_whole_rate_booked_at_most_max_ahead(client, prefix):
     limiter = RateLimiter(client, rpm=600, tpm=0, prefix=prefix)  # 10/s, burst 10
     answers = [limiter._reserve(1, "a") for _ in range(30)]
-    due = [ms for ok, ms in answers if ok]
+    due = [ms for ok, ms, _ in answers if ok]
     # the burst at once, then one second ahead at 10/s: about 20 grants; the rest are told to
     # come back later (nothing reserved for them), so nobody queues minutes ahead
     assert due[:10] == [0.0] * 10
     assert 19 <= len(due) <= 23, len(due)
     assert max(due) <= limiter.max_ahead_ms
-    assert [ok for ok, _ in answers] == [True] * len(due) + [False] * (30 - len(due))
+    assert [ok for ok, _, _ in answers] == [True] * len(due) + [False] * (30 - len(due))
 
 
 def test_a_second_active_account_halves_the_first_ones_share(client, prefix):

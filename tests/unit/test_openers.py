@@ -43,20 +43,26 @@ class FakeLimiter:
         self.acquired: list[int] = []
         self.refunds: list[tuple[int, int]] = []
         self.cooldowns: list[float] = []
+        self.models: list[str | None] = []
+        self.observed: list[tuple[str | None, dict]] = []
         self.stop_on_acquire = stop_on_acquire
 
     def acquire(self, tokens: int, should_stop: Callable[[], bool] = lambda: False,
-                account: str | None = None) -> float:
+                account: str | None = None, model: str | None = None) -> float:
         self.acquired.append(tokens)
+        self.models.append(model)
         if self.stop_on_acquire is not None and len(self.acquired) >= self.stop_on_acquire:
             raise LimiterStopped("stopped while waiting for the limiter")
         return 0.0
 
-    def refund(self, estimated: int, actual: int) -> None:
+    def refund(self, estimated: int, actual: int, model: str | None = None) -> None:
         self.refunds.append((estimated, actual))
 
-    def cooldown(self, seconds: float) -> None:
+    def cooldown(self, seconds: float, model: str | None = None) -> None:
         self.cooldowns.append(seconds)
+
+    def observe(self, model: str | None, headers) -> None:
+        self.observed.append((model, dict(headers)))
 
 
 def completion(content: str | None, usage: bool = True, finish_reason: str = "stop") -> httpx2.Response:
@@ -160,6 +166,21 @@ def test_answer_cut_off_by_max_tokens_keeps_whole_sentences() -> None:
     cut_off = "Acme builds great warehouse robots. And I wanted to ask whether the"
     h = Harness(completion(cut_off, finish_reason="length"))
     assert h.generate().text == "Acme builds great warehouse robots."
+
+
+def test_each_answer_tells_the_limiter_the_models_limits_and_every_call_names_its_model() -> None:
+    limits = {"x-ratelimit-limit-requests": "500", "x-ratelimit-limit-tokens": "200000"}
+    ok = completion(GOOD)
+    ok.headers.update(limits)
+    h = Harness(api_error(429, "Rate limit reached", headers={"retry-after": "1", **limits}),  # a 429 states them
+                api_error(429, "Rate limit reached"),  # one without them tells nothing
+                api_error(500),  # nor does an error page
+                ok, completion(GOOD), max_retries=4)  # a success without them: this server sends none
+    h.generate(model="gpt-4o")
+    h.generate(model="gpt-4o")
+    assert [(m, {k: v for k, v in sent.items() if k.startswith("x-ratelimit")}) for m, sent in h.limiter.observed] == [
+        ("gpt-4o", limits), ("gpt-4o", limits), ("gpt-4o", {})]
+    assert h.limiter.models == ["gpt-4o"] * 5
 
 
 # -- generate: retries ----------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def test_estimate_tokens_handles_content_parts_names_and_empty_content():
 
 
 class FakeRedis:
-    """Answers the limiter's four scripts from queues of canned replies."""
+    """Answers the limiter's five scripts from queues of canned replies."""
 
     def __init__(self, acquire=(), cooldown_left=(), fail: Exception | None = None):
         self.replies = {
@@ -88,6 +88,7 @@ class FakeRedis:
             ratelimit._COOLDOWN_LEFT_LUA: list(cooldown_left),
             ratelimit._COOLDOWN_LUA: [],
             ratelimit._REFUND_LUA: [],
+            ratelimit._LEARN_LUA: [],
         }
         self.calls: list[str] = []
         self.fail = fail
@@ -191,9 +192,10 @@ def test_arguments_are_validated():
         RateLimiter(FakeRedis(), rpm=1, tpm=0).acquire(-5)
 
 
-def test_nothing_to_refund_or_unlimited_tokens_skips_redis():
+def test_nothing_to_refund_skips_redis_but_no_ceiling_still_refunds_a_learned_limit():
     fake = FakeRedis()
     RateLimiter(fake, rpm=60, tpm=1000).refund(100, 100)
-    RateLimiter(fake, rpm=60, tpm=0).refund(100, 10)
     RateLimiter(fake, rpm=60, tpm=1000).cooldown(0)
     assert fake.calls == []
+    RateLimiter(fake, rpm=60, tpm=0).refund(100, 10)  # no ceiling: the provider's TPM may be known
+    assert len(fake.calls) == 1

@@ -11,7 +11,7 @@ def test_defaults_work_for_the_local_stack():
     assert s.openai_dummy_mode is True  # no key -> dummy
     assert s.upload_bucket == "csv-opener-uploads"
     assert s.aws_endpoint_url == "http://127.0.0.1:4566"
-    assert (s.chunk_size, s.chunk_concurrency, s.max_retries, s.openai_rpm) == (500, 16, 3, 500)
+    assert (s.chunk_size, s.chunk_concurrency, s.max_retries, s.openai_rpm, s.openai_tpm) == (500, 16, 3, 0, 0)
 
 
 def test_a_key_turns_dummy_mode_off_unless_forced():

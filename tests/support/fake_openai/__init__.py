@@ -11,10 +11,11 @@ Standard library only.
 Where things are
 ----------------
 ``config.py``     :class:`FakeConfig`, every knob and its validation
-``ratelimit.py``  RPM/TPM limits (bucket or window), 429s with OpenAI's headers
+``ratelimit.py``  RPM/TPM limits per model (bucket or window), 429s with OpenAI's headers
 ``tokens.py``     token counts for ``usage`` and TPM (a BPE-like rule, not the app's chars/4)
 ``faults.py``     the per-request draw: hang, 5xx, malformed answer, latency
 ``responses.py``  the opener (from the URL in the prompt) and OpenAI's JSON bodies
+``batches.py``    the Batch API: files and batches, in memory, ending with time
 ``wire.py``       HTTP/1.1 parsing and framing
 ``server.py``     :class:`FakeOpenAIServer` (asyncio) and :class:`FakeOpenAI` (in a thread)
 ``cli.py``        ``python -m tests.support.fake_openai`` (``__main__.py``)
@@ -28,14 +29,22 @@ Endpoints
     counts tokens as tokens.py says. ``stream: true`` is rejected with a 400.
 ``GET /v1/models``, ``GET /v1/models/{id}``
     A minimal model list / model object.
+``POST /v1/files`` (multipart, ``purpose=batch``), ``GET /v1/files``, ``GET /v1/files/{id}``,
+``GET /v1/files/{id}/content``, ``DELETE /v1/files/{id}``
+    Batch input files (checked on upload: 400 naming the bad line) and batch output files.
+``POST /v1/batches``, ``GET /v1/batches``, ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``
+    Batches of chat completions, whose status moves with time (``batch_delay_s``) and which can
+    fail requests, expire or be cancelled on demand; see batches.py. They do not use the live
+    rate limits.
 ``GET /_fake/stats``
     Counters, see :meth:`FakeOpenAIServer.stats`.
 ``GET /_fake/config``, ``POST /_fake/config``
     Read / update the configuration (JSON object of :class:`FakeConfig` fields). Unknown fields
     or invalid values give a 400.
 ``POST /_fake/reset``
-    Clear counters, refill rate limiters, re-seed the RNG and restore the configuration given at
-    construction time. Body ``{"keep_config": true}`` keeps the current configuration.
+    Clear counters, refill rate limiters, forget files and batches, re-seed the RNG and restore
+    the configuration given at construction time. Body ``{"keep_config": true}`` keeps the
+    current configuration.
 
 The ``/v1`` prefix is optional (``/chat/completions`` works too).
 
@@ -43,16 +52,18 @@ A chat request, in order
 ------------------------
 1. Parse/validate (400 for bad JSON, missing ``model``/``messages``; 401 if ``api_key`` is
    configured and the bearer token differs). Counted in ``requests`` and, when valid, in
-   ``by_url``.
+   ``by_url`` and ``by_model``.
 2. ``insufficient_quota``: 429 with ``{"error": {"type": "insufficient_quota", "code":
    "insufficient_quota", ...}}`` and no ``retry-after``, as OpenAI answers when billing is
    exhausted.
-3. Rate limits (``rpm``/``tpm``, 0 = unlimited), see ratelimit.py: a rejection is answered at
+3. Rate limits of the request's model (``rpm``/``tpm``, 0 = unlimited, or its ``model_limits``
+   entry; each model has its own), see ratelimit.py: a rejection is answered at
    once with 429 (``type`` ``"requests"`` or ``"tokens"``, ``code`` ``rate_limit_exceeded``,
    ``retry-after``, ``retry-after-ms``, ``x-ratelimit-*``) and, as at OpenAI, counts against the
    limits (``count_rejected``, on by default).
 4. The fault draw and the latency (faults.py), then the answer. ``x-ratelimit-*`` headers are
-   sent on every answer for each enabled limit.
+   sent on every answer for each enabled limit of the model (none if ``ratelimit_headers`` is
+   off).
 
 Usage
 -----
@@ -69,6 +80,7 @@ prints the final stats as one JSON line on stderr)::
 
     python -m tests.support.fake_openai --port 0 --latency-ms 200 --rpm 600
     python -m tests.support.fake_openai --latency-ms 100,300 --error-rate 0.05
+    python -m tests.support.fake_openai --rpm 500 --model-limits '{"gpt-4o": {"rpm": 100}}' --batch-delay-s 5
 """
 
 from __future__ import annotations

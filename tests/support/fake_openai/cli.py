@@ -24,6 +24,16 @@ def _latency_arg(text: str) -> float | tuple[float, float]:
     return float(text)
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tests.support.fake_openai",
@@ -35,6 +45,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-ms", type=_latency_arg, default=0.0, help="fixed ms, or MIN,MAX for uniform")
     p.add_argument("--rpm", type=int, default=0, help="requests per minute, 0 = unlimited")
     p.add_argument("--tpm", type=int, default=0, help="tokens per minute, 0 = unlimited")
+    p.add_argument("--model-limits", type=_json_object, default={},
+                   help='per-model rpm/tpm as JSON, e.g. \'{"gpt-4o": {"rpm": 300, "tpm": 30000}}\'')
+    p.add_argument("--ratelimit-headers", action=argparse.BooleanOptionalAction, default=True,
+                   help="send x-ratelimit-* headers (default); --no-ratelimit-headers: never")
     p.add_argument("--rate-limit-mode", choices=("bucket", "window"), default="bucket")
     p.add_argument("--burst-seconds", type=float, default=1.0)
     p.add_argument("--count-rejected", action=argparse.BooleanOptionalAction, default=True,
@@ -50,6 +64,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="RNG seed; -1 = nondeterministic")
     p.add_argument("--content", default=None, help="override the opener; {url} and {host} are substituted")
     p.add_argument("--api-key", default=None, help="require this bearer token")
+    p.add_argument("--batch-delay-s", type=float, default=0.0, help="Batch API: seconds until a batch is done")
+    p.add_argument("--batch-error-rate", type=float, default=0.0, help="Batch API: share of requests that fail")
+    p.add_argument("--batch-expire-fraction", type=float, default=None,
+                   help="Batch API: batches expire at --batch-delay-s with only this share done")
+    p.add_argument("--batch-cancel-delay-s", type=float, default=0.0,
+                   help="Batch API: seconds a cancelled batch stays cancelling")
     return p
 
 
@@ -63,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             latency_ms=args.latency_ms,
             rpm=args.rpm,
             tpm=args.tpm,
+            model_limits=args.model_limits,
+            ratelimit_headers=args.ratelimit_headers,
             rate_limit_mode=args.rate_limit_mode,
             burst_seconds=args.burst_seconds,
             count_rejected=args.count_rejected,
@@ -76,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=None if args.seed == -1 else args.seed,
             content=args.content,
             api_key=args.api_key,
+            batch_delay_s=args.batch_delay_s,
+            batch_error_rate=args.batch_error_rate,
+            batch_expire_fraction=args.batch_expire_fraction,
+            batch_cancel_delay_s=args.batch_cancel_delay_s,
         )
     except ValueError as exc:
         print(f"fake_openai: {exc}", file=sys.stderr)

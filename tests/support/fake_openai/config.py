@@ -27,9 +27,13 @@ class FakeConfig:
     latency_ms: float | tuple[float, float] = 0.0
     """Fixed latency, or ``(min, max)`` drawn uniformly, applied before every non-429 answer."""
     rpm: int = 0
-    """Requests per minute; 0 = unlimited."""
+    """Requests per minute; 0 = unlimited. Each model has a limit of its own (as at OpenAI)."""
     tpm: int = 0
-    """Tokens per minute; 0 = unlimited."""
+    """Tokens per minute; 0 = unlimited. Each model has a limit of its own."""
+    model_limits: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict, hash=False)
+    """Per-model overrides of ``rpm``/``tpm``, e.g. ``{"gpt-4o": {"rpm": 300, "tpm": 30000}}``; a
+    model may give only one of them (the other is the global value). Every model, listed or not,
+    has its own limiters; this only changes their sizes."""
     rate_limit_mode: Literal["bucket", "window"] = "bucket"
     burst_seconds: float = 1.0
     """Bucket mode only: capacity = this many seconds' worth of the per-minute limit."""
@@ -51,6 +55,23 @@ class FakeConfig:
     """Override the opener; ``{url}`` and ``{host}`` are substituted."""
     api_key: str | None = None
     """If set, requests must send ``Authorization: Bearer <api_key>`` (else 401)."""
+    ratelimit_headers: bool = True
+    """False = never send ``x-ratelimit-*`` headers (as some OpenAI-compatible servers do); the
+    limits are still enforced and 429s still carry ``retry-after``."""
+    batch_delay_s: float = 0.0
+    """Batch API: seconds from a batch's creation until it is completed (or expired)."""
+    batch_error_rate: float = 0.0
+    """Batch API: share of a batch's requests that fail (500 lines in the error file)."""
+    batch_expire_fraction: float | None = None
+    """Batch API: if set, a batch ends ``expired`` at ``batch_delay_s`` with only this share of
+    its requests done (the first ones of the file)."""
+    batch_cancel_delay_s: float = 0.0
+    """Batch API: seconds a cancelled batch stays ``cancelling`` before it is ``cancelled``."""
+
+    def limits_for(self, model: str) -> tuple[int, int]:
+        """``(rpm, tpm)`` of ``model``: its ``model_limits`` entry, else the global values."""
+        own = self.model_limits.get(model, {})
+        return own.get("rpm", self.rpm), own.get("tpm", self.tpm)
 
     def replace(self, **changes: Any) -> FakeConfig:
         """Return a validated copy with ``changes`` applied (ValueError on bad input)."""
@@ -105,11 +126,19 @@ def _normalise(changes: Mapping[str, Any]) -> dict[str, Any]:
                 raise ConfigError("rate_limit_mode must be 'bucket' or 'window'")
         elif name in ("error_rate", "hang_rate", "malformed_rate"):
             value = _num(name, value, 0.0, 1.0)
+        elif name == "model_limits":
+            value = _model_limits(value)
+        elif name in ("batch_delay_s", "batch_cancel_delay_s"):
+            value = _num(name, value)
+        elif name == "batch_error_rate":
+            value = _num(name, value, 0.0, 1.0)
+        elif name == "batch_expire_fraction":
+            value = None if value is None else _num(name, value, 0.0, 1.0)
         elif name == "burst_seconds":
             value = _num(name, value, 0.001, 60.0)
         elif name == "hang_seconds":
             value = _num(name, value)
-        elif name in ("count_rejected", "insufficient_quota"):
+        elif name in ("count_rejected", "insufficient_quota", "ratelimit_headers"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{name} must be a boolean")
         elif name == "error_statuses":
@@ -136,4 +165,20 @@ def _normalise(changes: Mapping[str, Any]) -> dict[str, Any]:
         elif name in ("content", "api_key") and value is not None and not isinstance(value, str):
             raise ConfigError(f"{name} must be a string or null")
         out[name] = value
+    return out
+
+
+def _model_limits(value: Any) -> dict[str, dict[str, int]]:
+    if not isinstance(value, Mapping):
+        raise ConfigError('model_limits must be an object like {"gpt-4o": {"rpm": 300, "tpm": 30000}}')
+    out: dict[str, dict[str, int]] = {}
+    for model, limits in value.items():
+        if not isinstance(model, str) or not model:
+            raise ConfigError(f"model_limits: bad model name {model!r}")
+        if not isinstance(limits, Mapping):
+            raise ConfigError(f"model_limits[{model!r}] must be an object with rpm and/or tpm")
+        unknown = sorted(set(limits) - {"rpm", "tpm"})
+        if unknown:
+            raise ConfigError(f"model_limits[{model!r}]: unknown key(s) {unknown}; only rpm and tpm")
+        out[model] = {key: _int(f"model_limits[{model!r}].{key}", value) for key, value in limits.items()}
     return out

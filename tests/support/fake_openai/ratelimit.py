@@ -10,6 +10,9 @@ A request costs 1 request and ``prompt_tokens + max_completion_tokens`` (or ``ma
 else the actual completion) tokens. A rejected request consumes its cost too unless
 ``count_rejected`` is off (OpenAI counts it: retrying too early pushes the wait further out),
 and its ``retry-after`` is the wait from the state after that.
+
+As at OpenAI, every model has limits of its own: the server keeps one :class:`RateLimits` per
+model, sized by ``rpm``/``tpm`` or the model's ``model_limits`` entry.
 """
 
 from __future__ import annotations
@@ -96,20 +99,28 @@ class Limit:
 
 
 class RateLimits:
-    """The request and token limits of one configuration (None where unlimited). Not
-    thread-safe: the server calls it under its lock."""
+    """The request and token limits of one model under one configuration (None where
+    unlimited). Not thread-safe: the server calls it under its lock."""
 
-    def __init__(self, config: FakeConfig, now: float) -> None:
-        c = config
-        self.requests = Limit(c.rpm, c.rate_limit_mode, c.burst_seconds, now) if c.rpm else None
-        self.tokens = Limit(c.tpm, c.rate_limit_mode, c.burst_seconds, now) if c.tpm else None
+    def __init__(self, config: FakeConfig, now: float, model: str = "") -> None:
+        self.settings = self.settings_for(config, model)
+        rpm, tpm, mode, burst_seconds = self.settings
+        self.requests = Limit(rpm, mode, burst_seconds, now) if rpm else None
+        self.tokens = Limit(tpm, mode, burst_seconds, now) if tpm else None
+
+    @staticmethod
+    def settings_for(config: FakeConfig, model: str) -> tuple[int, int, str, float]:
+        """What the limits of ``model`` are built from; when it changes they are rebuilt."""
+        return (*config.limits_for(model), config.rate_limit_mode, config.burst_seconds)
 
     def _dimensions(self, cost: int) -> list[tuple[str, Limit, int]]:
         return [(kind, limit, amount) for kind, limit, amount in (("requests", self.requests, 1),
                                                                   ("tokens", self.tokens, cost)) if limit is not None]
 
-    def check(self, cost: int, now: float, model: str, count_rejected: bool) -> tuple[int, bytes, Headers] | None:
-        """Admit (consume the cost, return None) or build the 429 answer."""
+    def check(self, cost: int, now: float, model: str, count_rejected: bool,
+              send_headers: bool = True) -> tuple[int, bytes, Headers] | None:
+        """Admit (consume the cost, return None) or build the 429 answer (with the
+        ``x-ratelimit-*`` headers unless ``send_headers`` is False)."""
         dimensions = self._dimensions(cost)
         if all(limit.wait_for(amount, now) == 0 for _, limit, amount in dimensions):
             for _, limit, amount in dimensions:
@@ -129,7 +140,8 @@ class RateLimits:
             "Visit https://platform.openai.com/account/rate-limits to learn more."
         )
         headers = [("retry-after", fmt_num(wait)), ("retry-after-ms", str(math.ceil(wait * 1000)))]
-        headers += self.headers(now)
+        if send_headers:
+            headers += self.headers(now)
         return 429, error_body(message, kind, "rate_limit_exceeded"), headers
 
     def headers(self, now: float) -> Headers:

@@ -1,6 +1,7 @@
 """The server: connections, routing, the chat completion endpoint and the ``/_fake/*`` control
 endpoints (:class:`FakeOpenAIServer`, asyncio), and :class:`FakeOpenAI`, which runs it on its
-own event loop in a thread for synchronous tests."""
+own event loop in a thread for synchronous tests. The Batch API's files and batches are in
+batches.py; this module only routes to them."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ import threading
 import time
 from typing import Any, Self
 
-from . import faults, responses
+from . import batches, faults, responses
 from .config import ConfigError, FakeConfig
 from .ratelimit import RateLimits
 from .responses import error_body, find_url, make_opener
 from .tokens import count_tokens, prompt_tokens
-from .wire import MAX_HEAD, HTTPError, parse_head, read_body, response
+from .wire import MAX_BODY, MAX_HEAD, HTTPError, parse_head, read_body, response
 
 log = logging.getLogger("fake_openai")
 
@@ -52,13 +53,19 @@ class FakeOpenAIServer:
         self._config = config
         if old is None or reseed or old.seed != config.seed:
             self._rng = random.Random(config.seed)
-        if old is None or (old.rpm, old.tpm, old.rate_limit_mode, old.burst_seconds) != (
-            config.rpm,
-            config.tpm,
-            config.rate_limit_mode,
-            config.burst_seconds,
-        ):
-            self._limits = RateLimits(config, time.monotonic())
+        if old is None:
+            self._limits: dict[str, RateLimits] = {}  # model -> its limits, made on first use
+            self._batches = batches.BatchStore()
+        now = time.monotonic()
+        for model, limits in self._limits.items():  # rebuild (refill) only those that changed
+            if limits.settings != RateLimits.settings_for(config, model):
+                self._limits[model] = RateLimits(config, now, model)
+
+    def _limits_for(self, model: str, now: float) -> RateLimits:
+        limits = self._limits.get(model)
+        if limits is None:
+            limits = self._limits[model] = RateLimits(self._config, now, model)
+        return limits
 
     def _reset_stats(self) -> None:
         self._stats: dict[str, Any] = {
@@ -78,6 +85,15 @@ class FakeOpenAIServer:
         }
         self._by_url: dict[str, int] = {}
         self._ok_by_url: dict[str, int] = {}
+        self._by_model: dict[str, dict[str, int]] = {}
+
+    def _model_stats(self, model: str) -> dict[str, int]:
+        entry = self._by_model.get(model)
+        if entry is None:
+            entry = self._by_model[model] = dict.fromkeys(
+                ("requests", "ok", "rate_limited", "prompt_tokens", "completion_tokens"), 0
+            )
+        return entry
 
     # ----- public control API
 
@@ -98,22 +114,25 @@ class FakeOpenAIServer:
 
     def configure(self, **changes: Any) -> dict[str, Any]:
         """Update configuration fields; returns the new configuration as a dict.
-        Changing ``rpm``/``tpm``/``rate_limit_mode``/``burst_seconds`` rebuilds
-        (refills) the limiters; passing ``seed`` (even the same value) re-seeds
-        the RNG."""
+        Changing ``rpm``/``tpm``/``model_limits``/``rate_limit_mode``/
+        ``burst_seconds`` rebuilds (refills) the limiters of the models whose
+        limits changed (the others keep their state); passing ``seed`` (even the
+        same value) re-seeds the RNG."""
         with self._lock:
             new = self._config.replace(**changes)
             self._apply(new, reseed="seed" in changes)
             return new.to_dict()
 
     def reset(self, *, keep_config: bool = False) -> None:
-        """Clear counters, refill limiters, re-seed the RNG; also restore the
-        construction-time configuration unless ``keep_config``."""
+        """Clear counters, refill limiters, re-seed the RNG, forget the Batch API's
+        files and batches; also restore the construction-time configuration unless
+        ``keep_config``."""
         with self._lock:
             if not keep_config:
                 self._config = self._initial
             self._rng = random.Random(self._config.seed)
-            self._limits = RateLimits(self._config, time.monotonic())
+            self._limits = {}
+            self._batches = batches.BatchStore()
             self._reset_stats()
             self._seq = 0
 
@@ -124,14 +143,21 @@ class FakeOpenAIServer:
         ``by_url`` (all valid requests per URL, including 429-ed and failed
         ones), ``ok_by_url`` (200 with a proper opener),
         ``prompt_tokens``/``completion_tokens`` (of ok answers),
+        ``by_model`` (per model of valid requests: ``requests``, ``ok``,
+        ``rate_limited``, ``prompt_tokens``, ``completion_tokens``),
         ``in_flight``/``max_in_flight``, and ``first_request_at``/
         ``last_request_at`` (``time.time()`` wall-clock seconds of the
-        first/last received chat request, so comparable across processes)."""
+        first/last received chat request, so comparable across processes).
+        All of these are of live chat completions only; the Batch API counts
+        ``files`` (uploaded), ``batches`` (created), ``batch_requests`` (requests
+        in created batches) and ``batches_cancelled``."""
         with self._lock:
             out = dict(self._stats)
             out["by_url"] = dict(self._by_url)
             out["ok_by_url"] = dict(self._ok_by_url)
+            out["by_model"] = {model: dict(entry) for model, entry in self._by_model.items()}
             out["in_flight"] = self._in_flight
+            out.update(self._batches.stats)
             return out
 
     # ----- lifecycle
@@ -199,12 +225,14 @@ class FakeOpenAIServer:
                 method, target, version, headers = parse_head(head)
                 conn = headers.get("connection", "").lower()
                 keep_alive = "close" not in conn if version == "HTTP/1.1" else "keep-alive" in conn
-                body = await read_body(reader, writer, headers)
+                path = target.split("?", 1)[0]
+                max_body = batches.MAX_UPLOAD if path in ("/v1/files", "/files") else MAX_BODY
+                body = await read_body(reader, writer, headers, max_body)
             except HTTPError as exc:
                 writer.write(response(exc.status, error_body(exc.message, "invalid_request_error"), keep_alive=False))
                 await writer.drain()
                 return
-            result = await self._dispatch(method, target.split("?", 1)[0], headers, body, reader)
+            result = await self._dispatch(method, path, headers, body, reader)
             if result is None:  # hung request ended: the client went away or hang_seconds elapsed
                 return
             status, payload, extra = result
@@ -222,6 +250,8 @@ class FakeOpenAIServer:
             if method != "POST":
                 return _method_not_allowed()
             return await self._chat(headers, body, reader)
+        if path in ("/files", "/batches") or path.startswith(("/files/", "/batches/")):
+            return await self._batch_api(method, path, headers, body)
         if path == "/models" or path.startswith("/models/"):
             if method != "GET":
                 return _method_not_allowed()
@@ -250,6 +280,21 @@ class FakeOpenAIServer:
         if path in ("/", "/health", "/_fake/health"):
             return 200, b'{"status": "ok"}', []
         return 404, error_body(f"Unknown request URL: {method} {path}", "invalid_request_error", "unknown_url"), []
+
+    # ----- the Batch API (batches.py)
+
+    async def _batch_api(self, method: str, path: str, headers: dict[str, str], body: bytes) -> _Result:
+        api_key = self.config.api_key
+        if api_key is not None and headers.get("authorization", "") != f"Bearer {api_key}":
+            return 401, error_body("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"), []
+        try:
+            upload = None
+            if method == "POST" and path == "/files":  # parse outside the lock, off the event loop
+                upload = await asyncio.to_thread(batches.parse_upload, headers.get("content-type", ""), body)
+            with self._lock:
+                return self._batches.handle(method, path, body, upload, self._config, self._rng)
+        except batches.APIError as exc:
+            return exc.result()
 
     # ----- POST /v1/chat/completions
 
@@ -291,14 +336,18 @@ class FakeOpenAIServer:
             config = self._config
             if url is not None:
                 self._by_url[url] = self._by_url.get(url, 0) + 1
+            model_stats = self._model_stats(model)
+            model_stats["requests"] += 1
             if config.insufficient_quota:
                 self._stats["insufficient_quota"] += 1
                 return 429, responses.INSUFFICIENT_QUOTA, []
-            limited = self._limits.check(cost, now, model, config.count_rejected)
+            limits = self._limits_for(model, now)
+            limited = limits.check(cost, now, model, config.count_rejected, config.ratelimit_headers)
             if limited is not None:
                 self._stats["rate_limited"] += 1
+                model_stats["rate_limited"] += 1
                 return limited
-            rl_headers = self._limits.headers(now)
+            rl_headers = limits.headers(now) if config.ratelimit_headers else []
             fate = faults.draw(self._rng, config)
             self._seq += 1
             seq = self._seq
@@ -327,6 +376,10 @@ class FakeOpenAIServer:
                 self._stats["ok"] += 1
                 self._stats["prompt_tokens"] += p_tokens
                 self._stats["completion_tokens"] += c_tokens
+                model_stats = self._model_stats(model)
+                model_stats["ok"] += 1
+                model_stats["prompt_tokens"] += p_tokens
+                model_stats["completion_tokens"] += c_tokens
                 if url is not None:
                     self._ok_by_url[url] = self._ok_by_url.get(url, 0) + 1
             return 200, json.dumps(payload).encode(), rl_headers

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from http import HTTPStatus
 
 MAX_HEAD = 1 << 20  # request line + headers
-MAX_BODY = 32 << 20
+MAX_BODY = 32 << 20  # except file uploads, see batches.MAX_UPLOAD
 JSON = "application/json"
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
@@ -28,6 +28,13 @@ def response(
     headers: Iterable[tuple[str, str]] = (),
     content_type: str = JSON,
 ) -> bytes:
+    """The bytes of a response; a ``content-type`` among ``headers`` replaces ``content_type``."""
+    extra = list(headers)
+    for i, (name, value) in enumerate(extra):
+        if name == "content-type":
+            content_type = value
+            del extra[i]
+            break
     lines = [
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
         f"content-type: {content_type}",
@@ -35,7 +42,7 @@ def response(
         "connection: keep-alive" if keep_alive else "connection: close",
         "server: fake-openai",
     ]
-    lines.extend(f"{k}: {v}" for k, v in headers)
+    lines.extend(f"{k}: {v}" for k, v in extra)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
@@ -56,7 +63,9 @@ def parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
     return parts[0].upper(), parts[1], parts[2], headers
 
 
-async def read_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, headers: dict[str, str]) -> bytes:
+async def read_body(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, headers: dict[str, str], max_body: int = MAX_BODY
+) -> bytes:
     chunked = "chunked" in headers.get("transfer-encoding", "").lower()
     length_text = headers.get("content-length")
     if not chunked and length_text is None:
@@ -78,7 +87,7 @@ async def read_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
                     pass
                 return b"".join(chunks)
             total += size
-            if total > MAX_BODY:
+            if total > max_body:
                 raise HTTPError(413, "Request body too large")
             chunks.append(await reader.readexactly(size))
             await reader.readexactly(2)
@@ -86,6 +95,6 @@ async def read_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     if not length_text.isdigit():
         raise HTTPError(400, "Malformed Content-Length")
     length = int(length_text)
-    if length > MAX_BODY:
+    if length > max_body:
         raise HTTPError(413, "Request body too large")
     return await reader.readexactly(length) if length else b""

@@ -234,7 +234,7 @@ def process(caller: Caller):
     result = jobs.start(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id,
                         instructions=body.get("instructions"), model=body.get("model"),
                         page_context=body.get("page_context"), max_cost_usd=body.get("max_cost_usd"),
-                        callback_url=body.get("callback_url"))
+                        callback_url=body.get("callback_url"), mode=body.get("mode"))
     return Response(result, status_code=202)
 
 
@@ -274,7 +274,8 @@ def retry_job(caller: Caller, job_id):
 
 @route("/api/upload/{job_id}/cancel", methods=["POST"])
 def cancel_job(caller: Caller, job_id):
-    return jobs.cancel(deps.conn(), caller.account_id, job_id, notify=deps.notify_job)
+    return jobs.cancel(deps.conn(), caller.account_id, job_id, notify=deps.notify_job,
+                       cancel_batches=lambda job: deps.batch_runner().cancel_job(job))
 
 
 @route("/api/upload/{job_id}/download", methods=["GET"])
@@ -340,8 +341,10 @@ def start_dropped_csv(event):
 def requeue_stalled(event):
     """Every 5 minutes: chunks of jobs without progress for 10 minutes whose work nobody holds
     are enqueued again (a lost message must not leave a job processing forever); completed jobs
-    without their results CSV get it; drops whose start failed are started."""
-    jobs.sweep(deps.conn(), deps.conn, deps.storage(), deps.chunk_queue(), deps.settings(), deps.outbound_fetcher())
+    without their results CSV get it; drops whose start failed are started; finished Batch API
+    batches are read back into their jobs."""
+    jobs.sweep(deps.conn(), deps.conn, deps.storage(), deps.chunk_queue(), deps.settings(), deps.outbound_fetcher(),
+               poll_batches=deps.batch_runner().poll)
 
 
 def remaining_seconds(context):

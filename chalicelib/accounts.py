@@ -469,7 +469,7 @@ def list_keys(conn: psycopg.Connection, account_id: str | None = None) -> list[d
 
 def usage_today(conn: psycopg.Connection, account_id: str) -> dict:
     """Today's (UTC) usage: URLs counted against the daily quota, and tokens of URLs finished
-    today, in total and per job model (None: the default model).
+    today, in total and per job model (None: the default model) and mode (live or batch).
 
     Only jobs updated today are joined: a URL finishing moves its job's counters in the same
     statement (the counters' invariant), so its job's updated_at is at least its finished_at."""
@@ -477,11 +477,11 @@ def usage_today(conn: psycopg.Connection, account_id: str) -> dict:
     rows = conn.execute(
         """WITH today AS (SELECT (now() AT TIME ZONE 'UTC')::date AS day,
                                  date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS since)
-           SELECT j.model, coalesce(sum(u.prompt_tokens), 0) AS prompt_tokens,
+           SELECT j.model, j.mode, coalesce(sum(u.prompt_tokens), 0) AS prompt_tokens,
                   coalesce(sum(u.completion_tokens), 0) AS completion_tokens
            FROM today, jobs j JOIN urls u ON u.job_id = j.id
            WHERE j.account_id = %(account)s AND j.updated_at >= today.since AND u.finished_at >= today.since
-           GROUP BY j.model ORDER BY j.model NULLS FIRST""",
+           GROUP BY j.model, j.mode ORDER BY j.model NULLS FIRST, j.mode""",
         {"account": account_id},
     ).fetchall()
     quota = conn.execute(
@@ -490,7 +490,7 @@ def usage_today(conn: psycopg.Connection, account_id: str) -> dict:
                             WHERE account_id = %s AND day = (now() AT TIME ZONE 'UTC')::date), 0) AS urls""",
         (account_id,),
     ).fetchone()
-    by_model = [{"model": r["model"], "prompt_tokens": int(r["prompt_tokens"]),
+    by_model = [{"model": r["model"], "mode": r["mode"], "prompt_tokens": int(r["prompt_tokens"]),
                  "completion_tokens": int(r["completion_tokens"])} for r in rows]
     return {
         "day": quota["day"],

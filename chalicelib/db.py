@@ -48,7 +48,7 @@ PROGRESS = "CASE WHEN j.total_rows = 0 THEN 0 ELSE round(100.0 * ({done}) / j.to
 JOB_COLUMNS = """id, account_id, file_name, file_path, status, total_rows, processed_rows, failed_rows, progress,
     invalid_rows, url_column, columns, layout, errors, chunks, instructions, model, source, source_etag, error,
     result_path, prompt_tokens, completion_tokens, discarded_results, page_context, max_cost_usd, callback_url,
-    started_at, finished_at, created_at, updated_at"""
+    mode, started_at, finished_at, created_at, updated_at"""
 
 
 def insert_job(conn, *, job_id: str, account_id: str, file_name: str, file_path: str, source: str,
@@ -113,14 +113,14 @@ def update_job(conn, job_id: str, **fields) -> dict | None:
 
 def start_job(conn, job_id: str, *, total_rows: int, invalid_rows: int, chunks: int,
               instructions: str | None, model: str | None, undispatched: list[int], page_context: bool = True,
-              max_cost_usd: float | None = None, callback_url: str | None = None) -> dict:
+              max_cost_usd: float | None = None, callback_url: str | None = None, mode: str = "live") -> dict:
     return conn.execute(
         f"""UPDATE jobs SET status = 'processing', total_rows = %s, invalid_rows = %s, chunks = %s,
                    instructions = %s, model = %s, started_at = now(), error = NULL, undispatched = %s,
-                   page_context = %s, max_cost_usd = %s, callback_url = %s
+                   page_context = %s, max_cost_usd = %s, callback_url = %s, mode = %s
             WHERE id = %s AND status = 'pending' RETURNING {JOB_COLUMNS}""",
         (total_rows, invalid_rows, chunks, instructions, model, undispatched, page_context, max_cost_usd,
-         callback_url, job_id),
+         callback_url, mode, job_id),
     ).fetchone()
 
 
@@ -411,7 +411,7 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
                   progress = {PROGRESS.format(done="j.processed_rows + s.done + j.failed_rows + s.failed")}
            FROM s WHERE j.id = %(job)s
            RETURNING j.status, j.total_rows, j.processed_rows, j.failed_rows, s.done + s.failed AS saved,
-                     j.model, j.prompt_tokens, j.completion_tokens, j.max_cost_usd""",
+                     j.model, j.mode, j.prompt_tokens, j.completion_tokens, j.max_cost_usd""",
         {**arrays, "owner": owner, "job": job_id},
     ).fetchone()
 
@@ -480,3 +480,73 @@ def fail_chunk(conn, job_id: str, chunk: int, error: str) -> dict:
            RETURNING j.status, s.n AS failed""",
         {"job": job_id, "chunk": chunk, "error": error},
     ).fetchone()
+
+
+# ---------------------------------------------------------------- batch mode
+
+BATCH_COLUMNS = """id, job_id, chunk, status, requests, model, input_file_id, provider_batch_id, provider_status,
+    error, created_at, submitted_at, polled_at, finished_at"""
+
+
+def insert_batch(conn, batch_id: str, job_id: str, chunk: int, requests: int, model: str) -> None:
+    conn.execute("""INSERT INTO batches (id, job_id, chunk, status, requests, model)
+                    VALUES (%s, %s, %s, 'submitting', %s, %s)""", (batch_id, job_id, chunk, requests, model))
+
+
+def batch_submitted(conn, batch_id: str, input_file_id: str, provider_batch_id: str, lease_s: int,
+                    context: dict[str, str]) -> int:
+    """The provider has the batch: its rows stay held for the provider's window (`lease_s`) and
+    keep what their page fetch gave (`context`: row id -> context_status). Returns the rows."""
+    conn.execute(
+        """UPDATE batches SET status = 'submitted', input_file_id = %s, provider_batch_id = %s,
+                  provider_status = 'validating', submitted_at = now()
+           WHERE id = %s AND status = 'submitting'""",
+        (input_file_id, provider_batch_id, batch_id))
+    return conn.execute(
+        """UPDATE urls u SET lease_until = now() + make_interval(secs => %s), context_status = c.status
+           FROM unnest(%s::uuid[], %s::text[]) AS c(id, status)
+           WHERE u.id = c.id AND u.claimed_by = %s AND u.status = 'processing'""",
+        (lease_s, list(context), list(context.values()), batch_id)).rowcount
+
+
+def finish_batch(conn, batch_id: str, *, expected: tuple[str, ...], provider_status: str | None = None,
+                 error: str | None = None) -> bool:
+    """The batch's results are saved (or it never reached the provider): done, if it was in one of
+    the `expected` states (False: someone else finished it)."""
+    return conn.execute(
+        """UPDATE batches SET status = 'done', finished_at = now(), provider_status = coalesce(%s, provider_status),
+                  error = %s
+           WHERE id = %s AND status = ANY(%s)""",
+        (provider_status, error, batch_id, list(expected))).rowcount == 1
+
+
+def batch_polled(conn, batch_id: str, provider_status: str) -> None:
+    conn.execute("UPDATE batches SET provider_status = %s, polled_at = now() WHERE id = %s",
+                 (provider_status, batch_id))
+
+
+def batch_cancelling(conn, batch_id: str) -> bool:
+    return conn.execute("UPDATE batches SET status = 'cancelling' WHERE id = %s AND status = 'submitted'",
+                        (batch_id,)).rowcount == 1
+
+
+def open_batches(conn, limit: int) -> list[dict]:
+    """Batches still with the provider, least recently polled first, with their job's status."""
+    return conn.execute(
+        """SELECT b.*, j.status AS job_status FROM batches b JOIN jobs j ON j.id = b.job_id
+            WHERE b.status IN ('submitted', 'cancelling')
+            ORDER BY b.polled_at NULLS FIRST LIMIT %s""",
+        (limit,)).fetchall()
+
+
+def job_batches(conn, job_id: str, statuses: tuple[str, ...]) -> list[dict]:
+    return conn.execute(f"SELECT {BATCH_COLUMNS} FROM batches WHERE job_id = %s AND status = ANY(%s)",
+                        (job_id, list(statuses))).fetchall()
+
+
+def batch_rows(conn, batch_id: str) -> list[dict]:
+    """The URL rows a batch still holds."""
+    return conn.execute(
+        """SELECT id, url, row_number, retry_count FROM urls
+           WHERE claimed_by = %s AND status = 'processing' ORDER BY row_number""",
+        (batch_id,)).fetchall()

@@ -131,16 +131,29 @@ def preview_generator():
 
 @lru_cache(maxsize=1)
 def chunk_worker():
-    from chalicelib import jobs
     from chalicelib.worker import ChunkWorker
 
-    s = get_settings()
-    def completed(job: dict) -> None:
-        jobs.export_job(conn, storage(), job)
-        notify_job(job)
+    return ChunkWorker(get_conn=conn, generator=opener_generator(), queue=chunk_queue(), settings=get_settings(),
+                       export=job_completed, page_summary=page_summaries(), notify=notify_job,
+                       batches=batch_runner())
 
-    return ChunkWorker(get_conn=conn, generator=opener_generator(), queue=chunk_queue(),
-                       settings=s, export=completed, page_summary=page_summaries(), notify=notify_job)
+
+def job_completed(job: dict) -> None:
+    """A job moved to completed: its results CSV, then its webhook."""
+    from chalicelib import jobs
+
+    jobs.export_job(conn, storage(), job)
+    notify_job(job)
+
+
+@lru_cache(maxsize=1)
+def batch_runner():
+    """Batch mode's submit, poll and cancel, on the workers' provider client and prompt."""
+    from chalicelib.batches import BatchRunner
+
+    generator = opener_generator()
+    return BatchRunner(get_conn=conn, client=generator.client, generator=generator, settings=get_settings(),
+                       page_summary=page_summaries(), completed=job_completed, notify=notify_job)
 
 
 @lru_cache(maxsize=1)

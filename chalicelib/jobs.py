@@ -54,7 +54,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def job_json(job: dict) -> dict:
-    cost = pricing.cost_usd(get_settings().prices, job["model"], job["prompt_tokens"], job["completion_tokens"])
+    cost = pricing.cost_usd(get_settings().prices, job["model"], job["prompt_tokens"], job["completion_tokens"],
+                            job["mode"])
     return {
         "id": str(job["id"]),
         "account_id": str(job["account_id"]),
@@ -77,7 +78,7 @@ def job_json(job: dict) -> dict:
         "cost_usd": None if cost is None else round(cost, 6),
         "max_cost_usd": None if job["max_cost_usd"] is None else float(job["max_cost_usd"]),
         "page_context": job["page_context"],
-        "mode": "live",
+        "mode": job["mode"],
         "callback_url": job["callback_url"],
         "created_at": _iso(job["created_at"]),
         "updated_at": _iso(job["updated_at"]),
@@ -231,7 +232,7 @@ def _validate_stored(conn, storage: Storage, settings: Settings, job: dict) -> d
 
 def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account_id: str, job_id: str, *,
           instructions: str | None = None, model: str | None = None, page_context: object = None,
-          max_cost_usd: object = None, callback_url: object = None) -> dict:
+          max_cost_usd: object = None, callback_url: object = None, mode: object = None) -> dict:
     """Store the job's URLs (COPY), job -> processing, then enqueue one message per chunk. -> 202 body.
 
     Exactly once: the job row is locked NOWAIT and must be pending, so a concurrent or second
@@ -246,6 +247,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
     page_context = _flag(page_context, "page_context", settings.page_context_default)
     max_cost_usd = _money(max_cost_usd, "max_cost_usd")
     callback_url = webhooks.clean_callback_url(callback_url, https_only=settings.stage == "prod")
+    mode = _mode(mode, settings)
     if job["status"] == "pending" and job["layout"] is None:
         job = _validate_stored(conn, storage, settings, job)
     fields = _template_columns(instructions, job)
@@ -260,10 +262,13 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
                 raise BadRequest("The file has no valid URL", code="no_valid_urls")
             take_account_capacity(conn, settings, account_id, total)
             chunks = -(-total // settings.chunk_size)
-            first, waiting = _window(list(range(chunks)), settings)
+            if mode is None:  # the default: batch above BATCH_MODE_ABOVE URLs (when set)
+                mode = "batch" if settings.batch_mode_above and total > settings.batch_mode_above else "live"
+            first, waiting = _window(list(range(chunks)), settings, mode)
             job = db.start_job(conn, job["id"], total_rows=total, invalid_rows=job["invalid_rows"],
                                chunks=chunks, instructions=instructions, model=model, undispatched=waiting,
-                               page_context=page_context, max_cost_usd=max_cost_usd, callback_url=callback_url)
+                               page_context=page_context, max_cost_usd=max_cost_usd, callback_url=callback_url,
+                               mode=mode)
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being started by another request", code="already_started") from None
     try:
@@ -273,9 +278,21 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
         with conn.transaction():
             db.unstart_job(conn, job["id"])
         raise
-    log.info("job started", extra={"job_id": str(job["id"]), "total_rows": total, "chunks": chunks})
+    log.info("job started", extra={"job_id": str(job["id"]), "total_rows": total, "chunks": chunks, "mode": mode})
     estimate = pricing.estimate(settings.prices, model, total, instructions, list(fields), page_context)
     return {"job": job_json(job), "chunks": chunks, "estimate": estimate}
+
+
+def _mode(value: object, settings: Settings) -> str | None:
+    """The job's mode as asked ("live" or "batch"); None: the default, decided by its size."""
+    if value is None:
+        return None if not settings.openai_dummy_mode else "live"
+    if value not in ("live", "batch"):
+        raise BadRequest('mode must be "live" or "batch"', code="bad_mode")
+    if value == "batch" and settings.openai_dummy_mode:
+        raise BadRequest("Batch mode needs a provider with a Batch API (OPENAI_API_KEY or OPENAI_BASE_URL); "
+                         "dummy mode answers live calls only", code="batch_unavailable")
+    return value
 
 
 def _flag(value: object, name: str, default: bool = True) -> bool:
@@ -320,8 +337,11 @@ def read_source(storage: Storage, job: dict) -> Iterator[bytes]:
                    "GET /api/jobs/{id}/results still lists every opener", code="source_gone") from None
 
 
-def _window(chunks: list[int], settings: Settings) -> tuple[list[int], list[int]]:
-    """(chunks to send now, chunks that wait for one of those to finish)."""
+def _window(chunks: list[int], settings: Settings, mode: str = "live") -> tuple[list[int], list[int]]:
+    """(chunks to send now, chunks that wait for one of those to finish). A batch job's chunk
+    handlers only write and send files: all go at once."""
+    if mode == "batch":
+        return chunks, []
     return chunks[: settings.chunk_window], chunks[settings.chunk_window:]
 
 
@@ -499,13 +519,19 @@ def give_up_chunk(get_conn, storage: Storage, queue: ChunkQueue, job_id: str, ch
 
 # ---------------------------------------------------------------- control
 
-def cancel(conn, account_id: str, job_id: str, notify: Callable[[dict], None] | None = None) -> dict:
+def cancel(conn, account_id: str, job_id: str, notify: Callable[[dict], None] | None = None,
+           cancel_batches: Callable[[str], int] | None = None) -> dict:
     job = require_job(conn, account_id, job_id)
     canceled = db.cancel_job(conn, job["id"])
     if canceled is None:
         raise Conflict(f"Job is already {job['status']}; only pending or processing jobs can be canceled",
                        code="not_cancelable")
     log.info("job canceled", extra={"job_id": str(job["id"])})
+    if canceled["mode"] == "batch" and cancel_batches is not None:
+        try:
+            cancel_batches(str(job["id"]))  # what the batches finished is kept when the sweep reads them
+        except Exception:  # the provider unreachable: the sweep asks again
+            log.exception("cancelling the job's batches failed", extra={"job_id": str(job["id"])})
     if notify is not None:
         notify(canceled)
     return {"job": job_json(canceled)}
@@ -531,7 +557,7 @@ def retry(conn, queue: ChunkQueue, settings: Settings, account_id: str, job_id: 
             if retried == 0:
                 raise Conflict("Nothing to retry: no failed or unprocessed URLs", code="nothing_to_retry")
             take_account_capacity(conn, settings, account_id, retried)
-            chunks, waiting = _window(chunks, settings)
+            chunks, waiting = _window(chunks, settings, job["mode"])
             job = db.restart_job(conn, job["id"], failed, waiting)
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being changed by another request", code="busy") from None
@@ -550,10 +576,11 @@ EXPORT_AFTER_S = 60  # a completed job without its results CSV this long after f
 DROP_START_AFTER_S = 300  # a drop still pending this long after its notification: start it
 
 
-def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Settings, fetcher=None) -> dict:
+def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Settings, fetcher=None,
+          poll_batches: Callable[[], dict] | None = None) -> dict:
     """The scheduled sweep: chunks of stalled jobs enqueued again, results CSVs that a crash
-    never wrote, drops whose start never happened, and webhook deliveries due for another
-    attempt. Returns what it did."""
+    never wrote, drops whose start never happened, webhook deliveries due for another attempt,
+    and batch-mode batches read back when the provider has finished them. Returns what it did."""
     done = {"requeued": requeue_unfinished(conn, queue, idle_s=settings.stall_after_s), "exported": 0,
             "drops_started": 0,
             "webhooks_delivered": webhooks.deliver_due(conn, fetcher) if fetcher is not None else 0}
@@ -562,6 +589,8 @@ def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Setting
     for job in db.stale_pending_drops(conn, DROP_START_AFTER_S):
         log.info("starting a dropped file left pending", extra={"job_id": str(job["id"])})
         done["drops_started"] += start_drop_job(conn, storage, queue, settings, job) is not None
+    if poll_batches is not None:
+        done["batches"] = poll_batches()
     return done
 
 
@@ -753,7 +782,7 @@ def account_view(conn, settings: Settings, caller: accounts.Caller) -> dict:
     usage = accounts.usage_today(conn, caller.account_id)
     usage["day"] = usage["day"].isoformat()
     usage["cost_usd"] = round(sum(pricing.cost_usd(settings.prices, m["model"] or settings.openai_model,
-                                                    m["prompt_tokens"], m["completion_tokens"]) or 0
+                                                    m["prompt_tokens"], m["completion_tokens"], m["mode"]) or 0
                                   for m in usage["by_model"]), 6)
     return {"account": {
         "id": str(account["id"]), "name": account["name"],

@@ -521,6 +521,45 @@ def _retry_after(exc: BaseException | None) -> float | None:
     return None if seconds is None else min(seconds, MAX_RETRY_AFTER_S)
 
 
+# -- answers --------------------------------------------------------------------------------------
+
+TEMPERATURE = 0.7
+
+
+def _usage(usage: Any, name: str) -> int:
+    """A token count from an answer's `usage`: a non-negative int below 10 million, else 0."""
+    value = usage.get(name) if isinstance(usage, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10_000_000 else 0
+
+
+def usable_text(body: dict) -> str:
+    """The opener in a chat.completion body, cleaned; UnusableAnswer when there is none."""
+    choices = body.get("choices") or []
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    raw = message.get("content") if isinstance(message.get("content"), str) else None
+    if raw and choice.get("finish_reason") == "length":
+        raw = complete_sentences(raw)  # cut off by max_tokens: keep whole sentences only
+    text = clean_opener(raw)
+    if text is None:
+        raise UnusableAnswer(message.get("content") or message.get("refusal"))
+    return text
+
+
+def opener_from_answer(body: Any, url: str, instructions: str | None) -> Opener:
+    """A finished chat.completion (a Batch API output line's body) as an opener, checked as a live
+    answer is: cleaned, then the output guard. Raises UnusableAnswer (the reason for the row)."""
+    if not isinstance(body, dict):
+        raise UnusableAnswer(str(body)[:200])
+    text = usable_text(body)
+    rejected = guard.problem(text, url, instructions)
+    if rejected:
+        raise UnusableAnswer(text, rejected)
+    usage = body.get("usage")
+    return Opener(text=text, prompt_tokens=_usage(usage, "prompt_tokens"),
+                  completion_tokens=_usage(usage, "completion_tokens"), attempts=1)
+
+
 # -- generator ------------------------------------------------------------------------------------
 
 
@@ -607,6 +646,13 @@ class OpenerGenerator:
             raise GenerationFailed(describe_error(exc), attempts) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
+    def request_body(self, url: str, instructions: str | None = None, model: str | None = None,
+                     fields: dict[str, str] | None = None, page: str | None = None) -> dict:
+        """The chat-completions request for one URL, as a live call sends it and a Batch API file
+        carries it (one prompt for both modes)."""
+        return {"model": model or self.model, "messages": build_messages(url, instructions, fields, page),
+                "max_tokens": self.max_tokens, "temperature": TEMPERATURE}
+
     def _attempt(self, messages: list[dict], model: str, should_stop: Callable[[], bool], number: int,
                  account: str | None = None) -> Opener:
         estimate = estimate_tokens(messages, self.max_tokens)
@@ -615,7 +661,7 @@ class OpenerGenerator:
             # The SDK builds the request and raises its typed errors; the small JSON answer is read
             # directly (building the SDK's response model cost ~15 % of a call's CPU here).
             response = self.client.chat.completions.with_raw_response.create(
-                model=model, messages=messages, max_tokens=self.max_tokens, temperature=0.7
+                model=model, messages=messages, max_tokens=self.max_tokens, temperature=TEMPERATURE
             )
         except openai.RateLimitError as exc:
             if provider_limits(exc.response.headers) != (-1, -1):  # OpenAI's 429s state the limits too
@@ -629,25 +675,8 @@ class OpenerGenerator:
         usage = body.get("usage") or {}
         if isinstance(usage.get("total_tokens"), int):
             self.limiter.refund(estimate, usage["total_tokens"], model=model)
-        return Opener(
-            text=self._usable_text(body),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            attempts=number,
-        )
-
-    @staticmethod
-    def _usable_text(body: dict) -> str:
-        choices = body.get("choices") or []
-        choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-        raw = message.get("content") if isinstance(message.get("content"), str) else None
-        if raw and choice.get("finish_reason") == "length":
-            raw = complete_sentences(raw)  # cut off by max_tokens: keep whole sentences only
-        text = clean_opener(raw)
-        if text is None:
-            raise UnusableAnswer(message.get("content") or message.get("refusal"))
-        return text
+        return Opener(text=usable_text(body), prompt_tokens=_usage(usage, "prompt_tokens"),
+                      completion_tokens=_usage(usage, "completion_tokens"), attempts=number)
 
     def _on_rate_limited(self, exc: openai.RateLimitError, model: str) -> None:
         if _is_quota_exhausted(exc):

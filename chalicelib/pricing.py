@@ -36,12 +36,15 @@ def parse_prices(text: str) -> dict[str, tuple[Decimal, Decimal]]:
     return prices
 
 
-def cost_usd(prices: dict, model: str | None, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """Dollars for these tokens of `model`, or None when the table has no price for it."""
+def cost_usd(prices: dict, model: str | None, prompt_tokens: int, completion_tokens: int,
+             mode: str = "live") -> float | None:
+    """Dollars for these tokens of `model` (through the Batch API when `mode` is "batch"), or
+    None when the table has no price for it."""
     if model not in prices:
         return None
     inp, out = prices[model]
-    return float((inp * prompt_tokens + out * completion_tokens) / Decimal(1_000_000))
+    cost = (inp * prompt_tokens + out * completion_tokens) / Decimal(1_000_000)
+    return float(cost * BATCH_DISCOUNT if mode == "batch" else cost)
 
 
 def estimate(prices: dict, model: str, urls: int, instructions: str | None, fields: list[str],

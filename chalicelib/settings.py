@@ -94,6 +94,7 @@ class Settings:
     ratelimit_prefix: str = "csv-opener:ratelimit"
     lease_seconds: int = 300
     stall_after_s: int = 600  # the sweep enqueues again the chunks of a job idle this long
+    batch_mode_above: int = 0  # jobs of more URLs run through the Batch API unless process says; 0 = never
     log_level: str = "INFO"
     # Outbound requests (page fetching, webhooks): networks allowed besides public addresses, e.g.
     # ("127.0.0.1/32",) for tests; refused by the prod stage. Ports other than 80/443 only there.
@@ -178,6 +179,7 @@ class Settings:
             ratelimit_prefix=get("RATELIMIT_PREFIX", cls.ratelimit_prefix),
             lease_seconds=int(get("LEASE_SECONDS", cls.lease_seconds)),
             stall_after_s=max(1, int(get("STALL_AFTER_S", cls.stall_after_s))),
+            batch_mode_above=max(0, int(get("BATCH_MODE_ABOVE") or cls.batch_mode_above)),
             log_level=get("LOG_LEVEL", cls.log_level).upper(),
             outbound_allow_networks=parse_networks(get("OUTBOUND_ALLOW_NETWORKS", "")),
             page_fetch_timeout_s=float(get("PAGE_FETCH_TIMEOUT_S", cls.page_fetch_timeout_s)),

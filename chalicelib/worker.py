@@ -45,7 +45,8 @@ _db_retry = retry(
 
 @dataclass
 class Outcome:
-    """What one call did: `reason` is done, canceled, deadline, not_processing or unknown_job."""
+    """What one call did: `reason` is done, canceled, deadline, not_processing, unknown_job or
+    batch_submitted (`saved`: the requests sent in the batch)."""
     reason: str = "done"
     saved: int = 0
     released: int = 0
@@ -68,7 +69,8 @@ class ChunkWorker:
                  export: Callable, clock: Callable[[], float] = time.monotonic,
                  deadline_margin_s: float | None = None,
                  page_summary: Callable[[str], tuple[str | None, str]] | None = None,
-                 notify: Callable[[dict], None] | None = None) -> None:
+                 notify: Callable[[dict], None] | None = None, batches=None) -> None:
+        self.batches = batches  # batch mode (chalicelib/batches.py): a batch job's chunk is sent as one batch
         self.notify = notify  # a job that this worker moved to failed (budget): its webhook
         self.page_summary = page_summary  # url -> (summary, context_status); None: no page context
         self.get_conn = get_conn
@@ -94,6 +96,8 @@ class ChunkWorker:
             if job["status"] != "processing":
                 log.info("job is %s; nothing to do", job["status"])
                 return Outcome("not_processing")
+            if job["mode"] == "batch" and self.batches is not None:
+                return Outcome("batch_submitted", saved=self.batches.submit_chunk(job, chunk))
             run = _Run(job_id, chunk)
             outcome = self._run(run, job, remaining_s)
             log.info("chunk call finished", extra={"reason": outcome.reason, "saved": outcome.saved,
@@ -206,7 +210,8 @@ class ChunkWorker:
     def _check_budget(self, run: _Run, job: dict) -> None:
         """Stop the job cleanly (failed, budget_exceeded, everything generated kept) once its cost
         reaches max_cost_usd; the other handlers see the status and stop too."""
-        cost = pricing.cost_usd(self.settings.prices, job["model"], job["prompt_tokens"], job["completion_tokens"])
+        cost = pricing.cost_usd(self.settings.prices, job["model"], job["prompt_tokens"], job["completion_tokens"],
+                                job["mode"])
         if cost is None or cost < float(job["max_cost_usd"]):
             return
         error = (f"budget_exceeded: the job cost ${cost:.4f}, reaching its max_cost_usd of "

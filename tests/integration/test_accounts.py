@@ -329,11 +329,11 @@ def test_create_key_inside_a_transaction_survives_a_collision(pg, account, monke
 
 # ---------------------------------------------------------------- usage
 
-def _job(pg, account_id, model=None):
+def _job(pg, account_id, model=None, mode="live"):
     return pg.execute(
-        "INSERT INTO jobs (file_name, file_path, account_id, model, status) VALUES ('a.csv', 'x', %s, %s, "
-        "'processing') RETURNING id",
-        (account_id, model),
+        "INSERT INTO jobs (file_name, file_path, account_id, model, status, mode) VALUES ('a.csv', 'x', %s, %s, "
+        "'processing', %s) RETURNING id",
+        (account_id, model, mode),
     ).fetchone()["id"]
 
 
@@ -358,13 +358,15 @@ def test_usage_today_counts_todays_urls_and_tokens_of_this_account_only(pg, acco
     _url(pg, job, 2, "now()", 50, 10)
     _url(pg, job, 3, "now() - interval '2 days'", 1000, 1000)  # before today
     _url(pg, _job(pg, account["id"], "gpt-4o"), 1, "now()", 5, 1)
+    _url(pg, _job(pg, account["id"], "gpt-4o", "batch"), 1, "now()", 8, 2)
     _url(pg, _job(pg, other["id"]), 1, "now()", 7000, 7000)
 
     usage = accounts.usage_today(pg, account["id"])
     assert usage["urls"] == 42
-    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (155, 31)
-    assert usage["by_model"] == [{"model": None, "prompt_tokens": 150, "completion_tokens": 30},
-                                 {"model": "gpt-4o", "prompt_tokens": 5, "completion_tokens": 1}]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (163, 33)
+    assert usage["by_model"] == [{"model": None, "mode": "live", "prompt_tokens": 150, "completion_tokens": 30},
+                                 {"model": "gpt-4o", "mode": "batch", "prompt_tokens": 8, "completion_tokens": 2},
+                                 {"model": "gpt-4o", "mode": "live", "prompt_tokens": 5, "completion_tokens": 1}]
     assert str(usage["day"]) == pg.execute("SELECT (now() AT TIME ZONE 'UTC')::date::text AS d").fetchone()["d"]
 
 

@@ -45,6 +45,9 @@ Endpoints
     Clear counters, refill rate limiters, forget files and batches, re-seed the RNG and restore
     the configuration given at construction time. Body ``{"keep_config": true}`` keeps the
     current configuration.
+``POST /_fake/age_batches``
+    Body ``{"seconds": N}``: every batch is N seconds older (time travel: a batch of
+    ``batch_delay_s=3600`` ends after 3600), so tests need not wait for the provider.
 
 The ``/v1`` prefix is optional (``/chat/completions`` works too).
 

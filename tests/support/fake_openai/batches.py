@@ -264,6 +264,13 @@ class BatchStore:
         self.stats = {"files": 0, "batches": 0, "batch_requests": 0, "batches_cancelled": 0}
         self._seq = {"file": 0, "batch": 0, "request": 0}
 
+    def age(self, seconds: float) -> int:
+        """Move every batch ``seconds`` further from its creation (see ``age_batches``)."""
+        for batch in self.batches.values():
+            batch.created_mono -= seconds
+            batch.created_wall -= seconds
+        return len(self.batches)
+
     def _next(self, kind: str) -> int:
         self._seq[kind] += 1
         return self._seq[kind]

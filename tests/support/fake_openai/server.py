@@ -136,6 +136,12 @@ class FakeOpenAIServer:
             self._reset_stats()
             self._seq = 0
 
+    def age_batches(self, seconds: float) -> int:
+        """Move every batch ``seconds`` further from its creation (time travel for tests: a batch
+        of ``batch_delay_s=3600`` ends after ``age_batches(3600)``). Returns the batches moved."""
+        with self._lock:
+            return self._batches.age(seconds)
+
     def stats(self) -> dict[str, Any]:
         """Snapshot of the counters: ``requests`` (chat completion requests
         received, any outcome), ``ok``, ``rate_limited``, ``insufficient_quota``,
@@ -277,6 +283,14 @@ class FakeOpenAIServer:
             keep = bool(opts.get("keep_config", False)) if isinstance(opts, dict) else False
             self.reset(keep_config=keep)
             return 200, json.dumps({"reset": True, "config": self.config.to_dict()}).encode(), []
+        if path == "/_fake/age_batches" and method == "POST":
+            try:
+                seconds = json.loads(body).get("seconds")
+                if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+                    raise ValueError
+            except (ValueError, AttributeError):
+                return 400, error_body('body must be {"seconds": <non-negative number>}', "invalid_request_error"), []
+            return 200, json.dumps({"batches": self.age_batches(seconds)}).encode(), []
         if path in ("/", "/health", "/_fake/health"):
             return 200, b'{"status": "ok"}', []
         return 404, error_body(f"Unknown request URL: {method} {path}", "invalid_request_error", "unknown_url"), []
@@ -453,6 +467,9 @@ class FakeOpenAI:
 
     def stats(self) -> dict[str, Any]:
         return self.server.stats()
+
+    def age_batches(self, seconds: float) -> int:
+        return self.server.age_batches(seconds)
 
     def start(self) -> FakeOpenAI:
         if self._thread is not None:

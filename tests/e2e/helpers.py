@@ -243,7 +243,7 @@ def connect(database_url: str) -> psycopg.Connection:
 def url_rows(database_url: str, job_id: str) -> list[dict]:
     with connect(database_url) as conn:
         return conn.execute(
-            """SELECT url, row_number, status, opener, error, retry_count, context_status FROM urls
+            """SELECT url, row_number, status, opener, error, retry_count, context_status, prompt_tokens FROM urls
                WHERE job_id = %s ORDER BY row_number""",
             (job_id,),
         ).fetchall()

@@ -12,6 +12,7 @@ import uuid
 
 import boto3
 
+from chalicelib.pricing import DEFAULT_PRICES, parse_prices
 from tests.e2e.helpers import (
     EXTRA_COLUMNS,
     STALL_S,
@@ -245,3 +246,34 @@ def test_a_dropped_csv_starts_with_the_default_options(fresh):
         assert job["page_context"] is default, job
     finally:
         api.call("POST", f"/api/upload/{job['id']}/cancel")  # nobody waits for this job
+
+
+def test_a_batch_mode_job_goes_through_the_batch_api_and_the_sweep(fresh, capsys):
+    """mode "batch": each chunk message sends one Batch API file; the runner's sweep (every second
+    here, every 5 minutes on AWS) reads the finished batches back; the job, its results and its
+    download are as a live job's, at half the price, and no live call is made."""
+    stack, api = fresh, fresh.api
+    stack.use_runner(RUNNER_SWEEP_S="1")
+    stack.fake.configure(batch_delay_s=2)  # the provider takes 2 s per batch
+    csv_file = make_csv(tag(), 250, invalid_every=10)
+    job_id = api.upload(csv_file.name, csv_file.data)["job"]["id"]
+    began = time.monotonic()
+    started = api.process(job_id, mode="batch")
+    assert started["job"]["mode"] == "batch" and started["chunks"] == 3
+    estimate = started["estimate"]
+    assert estimate["batch_cost_usd"] == round(estimate["cost_usd"] / 2, 4)
+
+    job = stack.wait_job(job_id, urls=csv_file.valid, extra_s=30, stall_s=30)
+    seconds = time.monotonic() - began
+    rows = assert_finished_cleanly(stack.database_url, job_id, csv_file.valid)
+    assert all(r["status"] == "completed" and r["opener"] == make_opener(r["url"]) for r in rows)
+    stats = stack.fake.stats()
+    assert (stats["requests"], stats["batches"], stats["batch_requests"]) == (0, 3, csv_file.valid)
+    assert_download_matches(api.download(job_id), csv_file, rows)
+    assert job["prompt_tokens"] == sum(r["prompt_tokens"] for r in rows) > 0
+    live_in, live_out = parse_prices(DEFAULT_PRICES)[job["model"]]  # USD per million tokens, live
+    live = (float(live_in) * job["prompt_tokens"] + float(live_out) * job["completion_tokens"]) / 1e6
+    assert job["cost_usd"] == round(live / 2, 6)  # the Batch API's half price
+    report(capsys, f"[e2e] batch mode: {csv_file.valid} URLs in 3 batches, completed {seconds:.1f} s after "
+                   f"process (provider 2 s per batch, sweep every 1 s); cost ${job['cost_usd']:.6f}, "
+                   f"estimate live ${estimate['cost_usd']} / batch ${estimate['batch_cost_usd']}")

@@ -20,7 +20,10 @@ import uuid
 
 import boto3
 import pytest
+import redis
 
+from chalicelib.ratelimit import RateLimiter
+from tests.e2e.conftest import FAKE_TPM
 from tests.e2e.helpers import (
     EXTRA_COLUMNS,
     assert_finished_cleanly,
@@ -165,18 +168,34 @@ MAX_STORM_429_SHARE = 0.30
 
 
 def test_429_storm(fresh, capsys):
-    """The provider allows a tenth of what we believe our limit is, and does not say so in
-    headers (the limiter would learn it): a storm of 429s. Every URL still ends, the shared
-    cooldown pauses every worker after each 429 and keeps the storm down after the first one,
-    and no URL is generated twice."""
+    """The provider allows a tenth of what we believe our limit is, and does not state its limit
+    (as Azure OpenAI, it sends x-ratelimit-remaining/-reset but no -limit: the limiter cannot
+    learn it): a storm of 429s. Every URL still ends, the shared cooldown pauses every worker
+    after each 429 and keeps the storm down after the first one, and no URL is generated twice."""
     stack = fresh
     stack.use_runner(OPENAI_RPM="12000")  # we think 200/s...
-    stack.fake.configure(rpm=1200, ratelimit_headers=False)  # ...the provider allows 20/s
+    stack.fake.configure(rpm=1200, ratelimit_limit_headers=False)  # ...the provider allows 20/s
     job_id, total, began = start_job(stack, 300)
     fig, _, _ = finish(stack, capsys, "429 storm", job_id, total, began, extra_s=total / 20,
                        max_429_share=MAX_STORM_429_SHARE)
     assert fig.rate_limited > 0
     assert fig.completed >= 0.95 * total, fig
+
+
+def test_limits_are_learned_from_the_provider_when_not_configured(fresh, capsys):
+    """OPENAI_RPM / OPENAI_TPM unset and a provider allowing 20 requests/s (per minute: 1,200),
+    stated in its x-ratelimit-limit-* headers: after a cautious start the limiter paces at
+    exactly that, so 429s stay rare and no request goes into a pause."""
+    stack = fresh
+    stack.use_runner(OPENAI_RPM="", OPENAI_TPM="")
+    stack.fake.configure(rpm=1200)
+    job_id, total, began = start_job(stack, 300)
+    fig, _, _ = finish(stack, capsys, "limits learned", job_id, total, began, extra_s=total / 20)
+    assert fig.completed == total and fig.rate_limited <= 0.01 * total, fig
+    shared = redis.Redis.from_url(stack.env["REDIS_URL"])  # what every process of the stack now uses
+    limiter = RateLimiter(shared, 0, 0, prefix=stack.env["RATELIMIT_PREFIX"])
+    assert limiter.limits(stack.api.job(job_id)["model"])["learned"] == {"rpm": 1200, "tpm": FAKE_TPM}
+    shared.close()
 
 
 def test_a_generation_outliving_its_lease_is_not_started_twice(fresh, capsys):

@@ -190,6 +190,15 @@ def test_ratelimit_headers_can_be_switched_off(fake: FakeOpenAI) -> None:
     fake.configure(ratelimit_headers=True)
     assert "x-ratelimit-limit-requests" in chat(fake, "gpt-4o").headers
 
+    fake.configure(ratelimit_limit_headers=False)  # as Azure OpenAI: remaining and reset, no limit
+    sent = ratelimit_headers(chat(fake, "gpt-4.1-mini").headers)
+    assert set(sent) == {"x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+                         "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"}
+    limited = chat(fake, "gpt-4.1-mini")
+    assert isinstance(limited, openai.RateLimitError)
+    assert "x-ratelimit-reset-requests" in limited.response.headers
+    assert "x-ratelimit-limit-requests" not in limited.response.headers
+
 
 # --------------------------------------------------------------------------- the Batch API
 

@@ -66,7 +66,7 @@ A chat request, in order
    limits (``count_rejected``, on by default).
 4. The fault draw and the latency (faults.py), then the answer. ``x-ratelimit-*`` headers are
    sent on every answer for each enabled limit of the model (none if ``ratelimit_headers`` is
-   off).
+   off; no ``-limit-*`` ones if ``ratelimit_limit_headers`` is off).
 
 Usage
 -----

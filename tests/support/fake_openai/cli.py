@@ -49,6 +49,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help='per-model rpm/tpm as JSON, e.g. \'{"gpt-4o": {"rpm": 300, "tpm": 30000}}\'')
     p.add_argument("--ratelimit-headers", action=argparse.BooleanOptionalAction, default=True,
                    help="send x-ratelimit-* headers (default); --no-ratelimit-headers: never")
+    p.add_argument("--ratelimit-limit-headers", action=argparse.BooleanOptionalAction, default=True,
+                   help="include x-ratelimit-limit-* (default); --no-ratelimit-limit-headers: only remaining/reset")
     p.add_argument("--rate-limit-mode", choices=("bucket", "window"), default="bucket")
     p.add_argument("--burst-seconds", type=float, default=1.0)
     p.add_argument("--count-rejected", action=argparse.BooleanOptionalAction, default=True,
@@ -85,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tpm=args.tpm,
             model_limits=args.model_limits,
             ratelimit_headers=args.ratelimit_headers,
+            ratelimit_limit_headers=args.ratelimit_limit_headers,
             rate_limit_mode=args.rate_limit_mode,
             burst_seconds=args.burst_seconds,
             count_rejected=args.count_rejected,

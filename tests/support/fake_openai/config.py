@@ -58,6 +58,9 @@ class FakeConfig:
     ratelimit_headers: bool = True
     """False = never send ``x-ratelimit-*`` headers (as some OpenAI-compatible servers do); the
     limits are still enforced and 429s still carry ``retry-after``."""
+    ratelimit_limit_headers: bool = True
+    """False = leave out ``x-ratelimit-limit-*`` but send ``-remaining-*`` and ``-reset-*`` (as
+    Azure OpenAI answers): a client cannot learn the limits from them."""
     batch_delay_s: float = 0.0
     """Batch API: seconds from a batch's creation until it is completed (or expired)."""
     batch_error_rate: float = 0.0
@@ -138,7 +141,7 @@ def _normalise(changes: Mapping[str, Any]) -> dict[str, Any]:
             value = _num(name, value, 0.001, 60.0)
         elif name == "hang_seconds":
             value = _num(name, value)
-        elif name in ("count_rejected", "insufficient_quota", "ratelimit_headers"):
+        elif name in ("count_rejected", "insufficient_quota", "ratelimit_headers", "ratelimit_limit_headers"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{name} must be a boolean")
         elif name == "error_statuses":

@@ -118,9 +118,9 @@ class RateLimits:
                                                                   ("tokens", self.tokens, cost)) if limit is not None]
 
     def check(self, cost: int, now: float, model: str, count_rejected: bool,
-              send_headers: bool = True) -> tuple[int, bytes, Headers] | None:
+              send_headers: bool = True, with_limits: bool = True) -> tuple[int, bytes, Headers] | None:
         """Admit (consume the cost, return None) or build the 429 answer (with the
-        ``x-ratelimit-*`` headers unless ``send_headers`` is False)."""
+        ``x-ratelimit-*`` headers unless ``send_headers`` is False; see ``headers``)."""
         dimensions = self._dimensions(cost)
         if all(limit.wait_for(amount, now) == 0 for _, limit, amount in dimensions):
             for _, limit, amount in dimensions:
@@ -141,15 +141,17 @@ class RateLimits:
         )
         headers = [("retry-after", fmt_num(wait)), ("retry-after-ms", str(math.ceil(wait * 1000)))]
         if send_headers:
-            headers += self.headers(now)
+            headers += self.headers(now, with_limits)
         return 429, error_body(message, kind, "rate_limit_exceeded"), headers
 
-    def headers(self, now: float) -> Headers:
-        """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for each enabled limit."""
+    def headers(self, now: float, with_limits: bool = True) -> Headers:
+        """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for each enabled limit
+        (without the ``limit`` ones if not ``with_limits``)."""
         headers: Headers = []
         for kind, limit in (("requests", self.requests), ("tokens", self.tokens)):
             if limit is not None:
-                headers.append((f"x-ratelimit-limit-{kind}", str(limit.limit)))
+                if with_limits:
+                    headers.append((f"x-ratelimit-limit-{kind}", str(limit.limit)))
                 headers.append((f"x-ratelimit-remaining-{kind}", str(limit.remaining(now))))
                 headers.append((f"x-ratelimit-reset-{kind}", fmt_duration(limit.reset_in(now))))
         return headers

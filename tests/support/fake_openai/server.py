@@ -356,12 +356,13 @@ class FakeOpenAIServer:
                 self._stats["insufficient_quota"] += 1
                 return 429, responses.INSUFFICIENT_QUOTA, []
             limits = self._limits_for(model, now)
-            limited = limits.check(cost, now, model, config.count_rejected, config.ratelimit_headers)
+            limited = limits.check(cost, now, model, config.count_rejected, config.ratelimit_headers,
+                                   config.ratelimit_limit_headers)
             if limited is not None:
                 self._stats["rate_limited"] += 1
                 model_stats["rate_limited"] += 1
                 return limited
-            rl_headers = limits.headers(now) if config.ratelimit_headers else []
+            rl_headers = limits.headers(now, config.ratelimit_limit_headers) if config.ratelimit_headers else []
             fate = faults.draw(self._rng, config)
             self._seq += 1
             seq = self._seq

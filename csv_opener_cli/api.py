@@ -252,12 +252,15 @@ class Api:
             raise self.error(response)
         return Upload(job=created["job"], how="presigned")
 
-    def process(self, job_id: str, instructions: str | None = None, model: str | None = None) -> dict:
+    def process(self, job_id: str, instructions: str | None = None, model: str | None = None,
+                mode: str | None = None) -> dict:
         body: dict[str, Any] = {"job_id": job_id}
         if instructions is not None:
             body["instructions"] = instructions
         if model:
             body["model"] = model
+        if mode:
+            body["mode"] = mode
         return self.call("POST", "/api/upload/process", json=body)
 
     # ------------------------------------------------------------ jobs

@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     instructions.add_argument("--instructions-file", metavar="PATH", help="read the instructions from a file")
     run.add_argument("--url-column", metavar="COLUMN", help="the column with the URLs (default: found by the API)")
     run.add_argument("--model", metavar="MODEL", help="the LLM model (default: the API's)")
+    run.add_argument("--mode", choices=("live", "batch"),
+                     help="batch: through the provider's Batch API, half the price, done within 24 hours "
+                          "(default: the API's, live for most files)")
     run.add_argument("-o", "--output", metavar="OUT", help="where to write the result ('-' for stdout)")
 
     status = command("status", "show a job's status and counters")
@@ -392,10 +395,16 @@ def cmd_run(ctx: Context) -> int:
                      f"{printable(str(error.get('message')))}")
     else:
         ctx.info(f"Job {job_id}: uploaded through a presigned URL")
-    started = ctx.api.process(job_id, instructions, args.model)
+    started = ctx.api.process(job_id, instructions, args.model, args.mode)
     job = started["job"]
     ctx.info(f"Job {job_id} started: {job['total_rows']} URLs in {started.get('chunks', '?')} chunk(s)"
-             + (f", {job['invalid_rows']} invalid row(s) kept as they are" if job.get("invalid_rows") else ""))
+             + (f", {job['invalid_rows']} invalid row(s) kept as they are" if job.get("invalid_rows") else "")
+             + (" (batch mode: results within 24 hours)" if job.get("mode") == "batch" else ""))
+    estimate = started.get("estimate")
+    if isinstance(estimate, dict) and isinstance(estimate.get("cost_usd"), int | float):
+        batch = estimate.get("batch_cost_usd")
+        ctx.info(f"Estimated cost: ${estimate['cost_usd']:.2f} live"
+                 + (f", ${batch:.2f} in batch mode" if isinstance(batch, int | float) else ""))
     extra = {"upload": {"how": upload.how, **({k: upload.summary[k] for k in
                                                  ("url_column", "total_rows", "invalid_rows", "errors")}
                                               if upload.summary else {})}}
@@ -494,8 +503,10 @@ def cmd_preview(ctx: Context) -> int:
         estimate = body.get("estimate")
         if isinstance(estimate, dict):
             cost = estimate.get("cost_usd")
+            batch = estimate.get("batch_cost_usd")
             ctx.out(f"estimate for the job: {estimate.get('urls', '?')} URLs"
-                    + (f", about ${cost:.2f}" if isinstance(cost, int | float) else ""))
+                    + (f", about ${cost:.2f}" if isinstance(cost, int | float) else "")
+                    + (f" (${batch:.2f} in batch mode)" if isinstance(batch, int | float) else ""))
 
     ctx.emit(body, human)
     return OK

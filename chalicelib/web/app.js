@@ -22,7 +22,7 @@
     "notice", "drop-zone", "file-input", "direct-limit", "upload-progress-box", "upload-progress",
     "upload-progress-label", "upload-progress-text", "summary-section", "summary-file", "summary-column",
     "summary-rows", "summary-invalid", "summary-later", "column-box", "column-select", "column-apply",
-    "invalid-box", "invalid-table", "invalid-more", "instructions", "preview-button", "start-button",
+    "invalid-box", "invalid-table", "invalid-more", "instructions", "batch-mode", "preview-button", "start-button",
     "preview-box", "preview-list", "preview-estimate", "job-section", "job-file", "job-status",
     "job-progress", "job-percent", "job-processed", "job-failed", "job-remaining", "job-eta", "job-error",
     "download-button", "cancel-button", "retry-button", "new-button", "results-filter", "results-refresh",
@@ -469,8 +469,9 @@
       });
       el["preview-list"].replaceChildren(...items);
       const estimate = answer.estimate || {};
+      const batch = estimate.batch_cost_usd != null ? `, $${Number(estimate.batch_cost_usd).toFixed(2)} in batch mode` : "";
       setText(el["preview-estimate"], estimate.cost_usd != null
-        ? `Estimated cost for the whole file: $${Number(estimate.cost_usd).toFixed(2)} (${formatNumber(estimate.urls)} URLs).` : "");
+        ? `Estimated cost for the whole file: $${Number(estimate.cost_usd).toFixed(2)}${batch} (${formatNumber(estimate.urls)} URLs).` : "");
       show(el["preview-box"], true);
       notify("");
     } catch (err) {
@@ -497,6 +498,7 @@
       const body = { job_id: state.upload.job.id };
       const instructions = el.instructions.value.trim();
       if (instructions) body.instructions = instructions;
+      if (el["batch-mode"].checked) body.mode = "batch";
       const answer = await call("POST", "api/upload/process", { json: body });
       notify(`Started: ${formatNumber(answer.job.total_rows)} URLs in ${formatNumber(answer.chunks)} chunk(s).`);
       state.upload = null;
@@ -564,6 +566,7 @@
     const total = job.total_rows || 0;
     const done = (job.processed_rows || 0) + (job.failed_rows || 0);
     if (!ACTIVE.has(job.status)) return "–";
+    if (job.mode === "batch") return "within 24 hours (batch mode)";
     const now = Date.now();
     state.samples.push({ t: now, done });
     while (state.samples.length > 2 && now - state.samples[0].t > ETA_WINDOW_MS) state.samples.shift();

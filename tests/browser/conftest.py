@@ -35,6 +35,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.helpers import Fake
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 CHALICE = str(Path(sys.executable).parent / "chalice")
@@ -103,22 +105,6 @@ def http(method: str, url: str, body: dict | None = None, headers: dict | None =
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-
-
-class Fake:
-    """The fake OpenAI server's controls (/_fake/…)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-
-    def reset(self, **config) -> None:
-        assert http("POST", f"{self.url}/_fake/reset", {})[0] == 200
-        if config:
-            self.configure(**config)
-
-    def configure(self, **config) -> None:
-        status, body = http("POST", f"{self.url}/_fake/config", config)
-        assert status == 200, body
 
 
 class Stack:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
+from tests.support.util import wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 XSS = "<img src=x onerror=window.__xss=1>"
 OPENER_COLUMNS = ["opener", "opener_status", "opener_error", "context_status"]
@@ -216,6 +218,26 @@ def test_bad_file_is_explained_in_words(page: Page, fresh):
     assert "{" not in error.inner_text(), error.inner_text()
 
 
+def test_batch_mode_is_asked_for_and_the_job_says_when_to_expect_it(page: Page, fresh):
+    """The batch-mode box sends mode "batch"; the job's chunk goes to the provider's Batch API
+    (the fake counts the batch) and the page says the openers come within 24 hours."""
+    sign_in(page, fresh.key)
+    pick_file(page, "b.csv", csv_bytes(leads("batch", 3)))
+    expect(page.locator("#summary-section")).to_be_visible()
+    sent: list[dict] = []
+    page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/api/upload/process")
+            else None)
+    page.check("#batch-mode")
+    page.click("#start-button")
+    expect(page.locator("#job-section")).to_be_visible()
+    expect(page.locator("#job-eta")).to_have_text("within 24 hours (batch mode)")
+    assert len(sent) == 1 and sent[0]["mode"] == "batch", sent
+    wait_for(lambda: fresh.fake.stats()["batch_requests"] == 3, 20, what="the batch at the provider")
+    page.click("#cancel-button")
+    expect(page.locator("#job-status")).to_have_text("canceled")
+    no_error(page)
+
+
 def test_wrong_key_goes_back_to_the_prompt(page: Page, fresh):
     wrong = "cso_00000000_" + "A" * 43
     page.fill("#key-input", wrong)
@@ -324,6 +346,8 @@ def test_keyboard_and_phone(page: Page, fresh):
     expect(page.locator("#summary-rows")).to_have_text("4")
     page.focus("#instructions")
     page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "batch-mode"
+    page.keyboard.press("Tab")
     if page.evaluate("document.activeElement.id") == "preview-button":  # the API offers previews
         page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "start-button"
@@ -359,7 +383,7 @@ def test_preview_shown_when_the_api_offers_it(page: Page, fresh):
         route.fulfill(json={"previews": [{"row": 1, "url": "https://preview-001.example.com/",
                                           "opener": XSS + " Hello preview-001.", "context_status": "off",
                                           "prompt_tokens": 90, "completion_tokens": 30}],
-                            "estimate": {"urls": 3, "cost_usd": 0.0123}})
+                            "estimate": {"urls": 3, "cost_usd": 0.0123, "batch_cost_usd": 0.0062}})
 
     page.route("**/api/jobs/*/preview", preview)
     page.reload()  # the key is still in this tab's sessionStorage
@@ -369,7 +393,7 @@ def test_preview_shown_when_the_api_offers_it(page: Page, fresh):
     page.click("#preview-button")
     expect(page.locator("#preview-list li")).to_have_count(1)
     expect(page.locator("#preview-list li p")).to_have_text(XSS + " Hello preview-001.")
-    expect(page.locator("#preview-estimate")).to_contain_text("$0.01")
+    expect(page.locator("#preview-estimate")).to_contain_text("$0.01, $0.01 in batch mode")
     assert sent == [{"rows": 3, "instructions": "Short and friendly."}]
     assert page.evaluate("typeof window.__xss") == "undefined"
     no_error(page)

@@ -372,6 +372,20 @@ def test_instructions_from_a_file(leads, tmp_path):
         "We are Acme.\nFriendly tone."
 
 
+def test_run_in_batch_mode_sends_the_mode_and_shows_both_prices(leads):
+    fake = FakeApi()
+    fake.overrides[("POST", "/api/upload/process")] = httpx.Response(202, json={
+        "job": {**job("processing"), "mode": "batch"}, "chunks": 1,
+        "estimate": {"urls": 4, "cost_usd": 0.0123, "batch_cost_usd": 0.0062}})
+    run = cli(fake, "run", str(leads), "--instructions", "x", "--mode", "batch")
+    assert run.code == 0, run.err
+    assert json.loads(fake.calls("POST", "/api/upload/process")[0].content) == {
+        "job_id": JOB_ID, "instructions": "x", "mode": "batch"}
+    assert "(batch mode: results within 24 hours)" in run.err
+    assert "Estimated cost: $0.01 live, $0.01 in batch mode" in run.err
+    assert cli(FakeApi(), "run", str(leads), "--instructions", "x", "--mode", "fast").code == 2  # a usage error
+
+
 # ---------------------------------------------------------------- polling
 
 

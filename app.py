@@ -300,10 +300,12 @@ def content_disposition(name: str) -> str:
 
 @route("/api/metrics", methods=["GET"])
 def metrics(caller: Caller):
+    if not caller.is_admin:
+        return jobs.metrics(deps.conn(), deps.chunk_queue(), caller.account_id, admin=False)
     models = sorted({deps.settings().openai_model, *jobs.account_models(deps.conn(), deps.settings(),
                                                                         caller.account_id)})
-    return jobs.metrics(deps.conn(), deps.chunk_queue(), caller.account_id, admin=caller.is_admin,
-                        limiter=deps.rate_limiter() if caller.is_admin else None, models=models)
+    return jobs.metrics(deps.conn(), deps.chunk_queue(), caller.account_id, admin=True,
+                        limiter=deps.rate_limiter(), models=models)
 
 
 @app.on_sqs_message(queue="csv-opener-chunks", batch_size=1, name="process_chunk",

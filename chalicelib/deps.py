@@ -103,11 +103,10 @@ def opener_generator():
 def page_summaries():
     """url -> (summary or None, context_status): the SSRF-safe fetcher and the shared Redis cache
     of page summaries, one per process (the fetcher's per-host limits are per process)."""
-    from chalicelib.outbound import Fetcher
     from chalicelib.pages import PageCache, summarize_page
 
     s = get_settings()
-    fetcher = Fetcher.from_settings(s)
+    fetcher = outbound_fetcher()
     cache = PageCache(redis_client(), prefix=f"{s.ratelimit_prefix}:page", ttl_s=s.page_cache_ttl_s)
 
     def summary(url: str) -> tuple[str | None, str]:
@@ -158,7 +157,8 @@ def batch_runner():
 
 @lru_cache(maxsize=1)
 def outbound_fetcher():
-    """The SSRF-safe fetcher for webhooks (one per process; pages have their own in page_summaries)."""
+    """The SSRF-safe fetcher of this process, for pages and webhooks alike (thread-safe: one robots
+    cache and one set of per-host slots)."""
     from chalicelib.outbound import Fetcher
 
     return Fetcher.from_settings(get_settings())

@@ -15,10 +15,9 @@ from chalicelib.settings import get_secret_settings, get_settings
 def _reset_caches() -> None:
     get_settings.cache_clear()
     get_secret_settings.cache_clear()
-    for factory in (deps.storage, deps.chunk_queue, deps.redis_client, deps.opener_generator, deps.chunk_worker,
-                    deps.preview_generator, deps.page_summaries, deps.outbound_fetcher,
-                    deps.authenticator):
-        factory.cache_clear()
+    for factory in vars(deps).values():  # every cached factory of chalicelib/deps.py
+        if callable(getattr(factory, "cache_clear", None)) and getattr(factory, "__module__", "") == deps.__name__:
+            factory.cache_clear()
 
 
 @pytest.fixture

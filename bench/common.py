@@ -99,3 +99,57 @@ def job_counts(job_id: str) -> dict:
 
     job = db.get_job(deps.conn(), job_id)
     return {k: job[k] for k in ("status", "total_rows", "processed_rows", "failed_rows")}
+
+
+def reset_deps() -> None:
+    """Forget every client and service `chalicelib.deps` has built in this process, and the
+    settings. `use_fake` forgets only some: the rate limiter, the batch runner and the page
+    fetcher would otherwise keep the settings (prefix, ceilings, client) of their first use."""
+    from chalicelib import deps
+    from chalicelib.settings import get_secret_settings, get_settings
+
+    get_settings.cache_clear()
+    get_secret_settings.cache_clear()
+    for value in vars(deps).values():
+        if callable(getattr(value, "cache_clear", None)) and getattr(value, "__module__", "") == deps.__name__:
+            value.cache_clear()
+
+
+def start_job(n_urls: int, tag: str, **options: object) -> dict:
+    """As `make_job`, passing `options` to `jobs.start` (mode="batch", model=…, page_context=…);
+    returns what `jobs.start` answers: {"job", "chunks", "estimate"}."""
+    from chalicelib import deps, jobs
+
+    data = ("website\n" + "".join(f"{tag}-company-{i}.example.com\n" for i in range(n_urls))).encode()
+    conn = deps.conn()
+    account_id = bench_account(conn)
+    created = jobs.create_from_upload(conn, deps.storage(), account_id=account_id, file_name=f"{tag}.csv", data=data,
+                                      url_column=None)
+    started = jobs.start(conn, deps.storage(), deps.chunk_queue(), deps.settings(), account_id,
+                         created["job"]["id"], **options)
+    deps.chunk_queue().sqs.purge_queue(QueueUrl=deps.settings().chunk_queue_url)
+    return started
+
+
+def _handle_chunk_until(args: tuple[str, int, dict, str]) -> float:
+    job_id, chunk, env, stop_file = args
+    os.environ.update(env)
+    from chalicelib import deps
+
+    def remaining_s() -> float:  # as a Lambda's deadline: past it once the file exists
+        return 0.0 if os.path.exists(stop_file) else float("inf")
+
+    started = time.monotonic()
+    deps.chunk_worker().process_chunk(job_id, chunk, remaining_s)
+    return time.monotonic() - started
+
+
+def run_chunks_until(job_id: str, chunks: int, env: dict[str, str], stop_file: str) -> float:
+    """As `run_chunks_in_processes`, but every handler stops as at its Lambda deadline once
+    `stop_file` exists (no new claims; calls in flight finish, waiting ones go back to pending).
+    Returns the wall time until the last handler ends."""
+    context = multiprocessing.get_context("spawn")
+    started = time.monotonic()
+    with context.Pool(chunks) as pool:
+        pool.map(_handle_chunk_until, [(job_id, k, env, stop_file) for k in range(chunks)])
+    return time.monotonic() - started

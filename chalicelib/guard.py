@@ -18,7 +18,9 @@ _LINK = re.compile(r"\b(?:https?://|www\.)\S+", re.IGNORECASE)
 _TLDS = ("com|net|org|io|co|ai|app|dev|biz|info|me|us|uk|de|fr|es|it|nl|be|ch|at|se|no|dk|fi|pl|cz|pt|ie|ca|au|nz|"
          "in|jp|cn|br|mx|ru|eu|tech|cloud|online|site|store|shop|xyz|gg|tv|ly|to|so|sh|fm|am|is|info|pro|edu|gov")
 _DOMAIN = re.compile(rf"\b((?:[a-z0-9](?:[a-z0-9-]{{0,61}}[a-z0-9])?\.)+(?:{_TLDS}))\b", re.IGNORECASE)
-_PHONE = re.compile(r"(?<![\w.])\+?\(?\d[\d\s().-]{6,}\d(?![\w.])")
+# Digits inside a word or a hyphenated name ("acme-12345678", "id-2023-0001-42") are not a phone
+# number; one standing on its own is.
+_PHONE = re.compile(r"(?<![\w.-])\+?\(?\d[\d\s().-]{6,}\d(?![\w.]|-\w)")
 _INJECTION = re.compile(
     r"\b(?:ignore|disregard|forget)\b[^.]{0,40}\b(?:instructions?|prompts?|rules)\b|\bsystem prompt\b|"
     r"\bprompt injection\b|\bjailbreak\b|\bas an ai\b|\blanguage model\b",
@@ -62,7 +64,8 @@ def problem(opener: str, url: str, instructions: str | None = None) -> str | Non
     for match in _DOMAIN.finditer(opener):
         if not _same_site(match.group(1), prospect):
             return "it names a domain other than the prospect's"
-    for match in _PHONE.finditer(opener):
+    # the prospect's own host (the only domain left by now) may carry digits: not a phone number
+    for match in _PHONE.finditer(_DOMAIN.sub(" ", opener)):
         if sum(c.isdigit() for c in match.group()) >= 8 and not _YEARS.fullmatch(match.group().strip()):
             return "it contains a phone number"
     if _INJECTION.search(opener):

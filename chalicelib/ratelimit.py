@@ -66,6 +66,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx2
 import redis
 from redis import exceptions as redis_exc
 
@@ -392,8 +393,8 @@ class RateLimiter:
         Best effort: if Redis is unreachable the correction is logged and dropped.
         """
         delta = int(estimated) - int(actual)
-        if delta == 0:
-            return
+        if delta == 0 or (not self.tpm and self._seen.get(model or "", (0, 0))[1] < 0):
+            return  # no token limit: none set, and the provider (last heard) states none
         try:
             self._refund_script(keys=self._keys(model), args=[self.rpm, self.tpm, delta, self.start_rpm])
         except _UNAVAILABLE as exc:
@@ -565,10 +566,12 @@ def _limit_header(value: str | None) -> int:
 
 def provider_limits(headers: Mapping[str, str]) -> tuple[int, int]:
     """(requests per minute, tokens per minute) a provider answer states in
-    ``x-ratelimit-limit-requests`` / ``x-ratelimit-limit-tokens``; -1 for one it does not."""
-    lowered = {str(k).lower(): v for k, v in headers.items()}
-    return (_limit_header(lowered.get("x-ratelimit-limit-requests")),
-            _limit_header(lowered.get("x-ratelimit-limit-tokens")))
+    ``x-ratelimit-limit-requests`` / ``x-ratelimit-limit-tokens``; -1 for one it does not.
+    ``headers``: httpx's (case-insensitive) or any mapping."""
+    if not isinstance(headers, httpx2.Headers):
+        headers = {str(k).lower(): v for k, v in headers.items()}
+    return (_limit_header(headers.get("x-ratelimit-limit-requests")),
+            _limit_header(headers.get("x-ratelimit-limit-tokens")))
 
 
 

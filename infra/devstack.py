@@ -314,7 +314,8 @@ def run_tests(pytest_args: list[str]) -> int:
     return code
 
 
-BENCHMARKS = ("ingest", "overhead", "utilization", "fairshare", "pagecontext")  # what `make bench` runs, in order
+BENCHMARKS = ("ingest", "overhead", "utilization", "fairshare", "pagecontext",  # what `make bench` runs, in order
+              "learned", "batch")
 
 
 def run_bench(args: list[str]) -> int:

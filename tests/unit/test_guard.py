@@ -17,6 +17,7 @@ GOOD = [
     "Your team at Acme has grown fast since 2019-2023, and the robotics line looks impressive.",
     "Congratulations on Acme's expansion in Ohio; 24/7 automation is no small feat for a team your size.",
     "Node.js powering your robot fleet dashboard is a smart choice for a team moving this fast.",
+    "Jane-doe-12345678 on LinkedIn shows how much Acme's robotics team has grown this year.",
 ]
 
 BAD = {
@@ -45,6 +46,13 @@ def test_hostile_or_leaky_openers_are_rejected_with_a_reason(kind):
                 "phone": "phone", "injection": "instructions", "injection2": "instructions",
                 "echo": "repeats"}[kind]
     assert expected in reason, (kind, reason)
+
+
+def test_digits_in_the_prospects_own_host_are_not_a_phone_number():
+    host = "util-1795924421839107525-company-0.example.com"  # a benchmark's URL; found by bench/learned.py
+    assert guard.problem(f"I came across {host} and liked what you do.", f"https://{host}/") is None
+    assert guard.problem("Call 1795924421839107525 today, Acme.", f"https://{host}/") == "it contains a phone number"
+    assert guard.problem("Ring +44 20 7946 0958 about Acme's robots.", URL) == "it contains a phone number"
 
 
 def test_the_prospects_own_domain_and_subdomains_are_fine():

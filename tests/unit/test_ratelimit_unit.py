@@ -197,5 +197,9 @@ def test_nothing_to_refund_skips_redis_but_no_ceiling_still_refunds_a_learned_li
     RateLimiter(fake, rpm=60, tpm=1000).refund(100, 100)
     RateLimiter(fake, rpm=60, tpm=1000).cooldown(0)
     assert fake.calls == []
-    RateLimiter(fake, rpm=60, tpm=0).refund(100, 10)  # no ceiling: the provider's TPM may be known
+    limiter = RateLimiter(fake, rpm=60, tpm=0)
+    limiter.refund(100, 10)  # no ceiling: the provider's TPM may be known
     assert len(fake.calls) == 1
+    limiter.observe("m", {"x-ratelimit-limit-requests": "500"})  # a provider that states no TPM
+    limiter.refund(100, 10, model="m")
+    assert len(fake.calls) == 2  # (the observation's write)

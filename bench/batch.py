@@ -33,7 +33,7 @@ import os
 import statistics
 import time
 
-from bench.common import fake_call, fake_openai, reset_deps, start_job, use_fake
+from bench.common import fake_call, fake_openai, start_job, use_fake
 
 URLS = int(os.environ.get("BENCH_URLS", "10000"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
@@ -46,7 +46,6 @@ def _settings(base_url: str) -> None:
     use_fake(base_url, OPENAI_RPM="0", OPENAI_TPM="0", CHUNK_SIZE=str(CHUNK_SIZE), CHUNK_CONCURRENCY=str(CONCURRENCY),
              PAGE_CONTEXT_DEFAULT="false", OPENAI_TIMEOUT_S="30",
              RATELIMIT_PREFIX=f"{os.environ.get('RATELIMIT_PREFIX', 'bench')}:batch:{time.time_ns()}")
-    reset_deps()
 
 
 def _openers(job_id: str) -> int:

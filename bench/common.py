@@ -45,12 +45,8 @@ def use_fake(base_url: str, **settings: str) -> None:
     """Point this process's settings at the fake server (real SDK path, not dummy mode)."""
     os.environ.update(OPENAI_BASE_URL=base_url, OPENAI_API_KEY="bench", OPENAI_DUMMY_MODE="false", **settings)
     from chalicelib import deps
-    from chalicelib.settings import get_secret_settings, get_settings
 
-    get_settings.cache_clear()
-    get_secret_settings.cache_clear()
-    for factory in (deps.storage, deps.chunk_queue, deps.redis_client, deps.opener_generator, deps.chunk_worker):
-        factory.cache_clear()
+    deps.reset()  # every client and service, with the new settings
 
 
 def bench_account(conn, name: str = "bench") -> str:
@@ -99,20 +95,6 @@ def job_counts(job_id: str) -> dict:
 
     job = db.get_job(deps.conn(), job_id)
     return {k: job[k] for k in ("status", "total_rows", "processed_rows", "failed_rows")}
-
-
-def reset_deps() -> None:
-    """Forget every client and service `chalicelib.deps` has built in this process, and the
-    settings. `use_fake` forgets only some: the rate limiter, the batch runner and the page
-    fetcher would otherwise keep the settings (prefix, ceilings, client) of their first use."""
-    from chalicelib import deps
-    from chalicelib.settings import get_secret_settings, get_settings
-
-    get_settings.cache_clear()
-    get_secret_settings.cache_clear()
-    for value in vars(deps).values():
-        if callable(getattr(value, "cache_clear", None)) and getattr(value, "__module__", "") == deps.__name__:
-            value.cache_clear()
 
 
 def start_job(n_urls: int, tag: str, **options: object) -> dict:

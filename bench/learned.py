@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 
-from bench.common import fake_call, fake_openai, job_counts, make_job, reset_deps, run_chunks_until, use_fake
+from bench.common import fake_call, fake_openai, job_counts, make_job, run_chunks_until, use_fake
 
 RPM = int(os.environ.get("BENCH_RPM", "1200"))
 CHANGE_AT_S = float(os.environ.get("BENCH_CHANGE_AT_S", "45"))
@@ -157,7 +157,6 @@ def run(base_url: str, label: str, ceiling: int, change_at: float | None, stop_a
     use_fake(base_url, OPENAI_RPM=str(ceiling) if ceiling else "", OPENAI_TPM="", CHUNK_SIZE=str(-(-URLS // WORKERS)),
              CHUNK_CONCURRENCY="16", OPENAI_TIMEOUT_S="10",
              RATELIMIT_PREFIX=f"{os.environ.get('RATELIMIT_PREFIX', 'bench')}:learned:{time.time_ns()}")
-    reset_deps()
     from chalicelib import db, deps
 
     # no long run of digits in the host names: the output guard takes 8+ digits for a phone number

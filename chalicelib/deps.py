@@ -170,3 +170,13 @@ def notify_job(job: dict) -> None:
 
     if job.get("callback_url"):
         webhooks.notify(conn(), outbound_fetcher(), job, jobs.job_json(job))
+
+
+def reset() -> None:
+    """Forget the settings and every client and service built in this process (tests and
+    benchmarks change the environment between runs)."""
+    get_settings.cache_clear()
+    get_secret_settings.cache_clear()
+    for factory in list(globals().values()):
+        if callable(getattr(factory, "cache_clear", None)) and getattr(factory, "__module__", "") == __name__:
+            factory.cache_clear()

@@ -9,15 +9,11 @@ import uuid
 import pytest
 
 from chalicelib import db, deps
-from chalicelib.settings import get_secret_settings, get_settings
+from chalicelib.settings import get_settings
 
 
 def _reset_caches() -> None:
-    get_settings.cache_clear()
-    get_secret_settings.cache_clear()
-    for factory in vars(deps).values():  # every cached factory of chalicelib/deps.py
-        if callable(getattr(factory, "cache_clear", None)) and getattr(factory, "__module__", "") == deps.__name__:
-            factory.cache_clear()
+    deps.reset()
 
 
 @pytest.fixture

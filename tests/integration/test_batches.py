@@ -286,3 +286,43 @@ def test_process_refuses_a_bad_mode_and_batch_in_dummy_mode_and_starts_nothing(c
     row = conn.execute("SELECT status, mode FROM jobs WHERE id = %s", (job["id"],)).fetchone()
     assert (row["status"], row["mode"]) == ("pending", "live")
     assert conn.execute("SELECT count(*) AS n FROM urls WHERE job_id = %s", (job["id"],)).fetchone()["n"] == 0
+
+
+def test_page_context_and_template_values_are_resolved_before_the_file_is_written(conn, live_settings, fake):
+    """The page is fetched (through the SSRF-safe fetcher, a local fake site) and summarised, the
+    row's template values filled in, both as data in the request the file carries; the rows keep
+    their context_status from the submit on."""
+    from chalicelib.outbound import Fetcher
+    from chalicelib.pages import PageCache, summarize_page
+    from tests.support.fake_site import FakeSite, html
+
+    with FakeSite() as site:
+        site.page("/acme", html(title="Acme Widgets | Home"))
+        cache = PageCache(deps.redis_client(), prefix=f"t:{uuid.uuid4().hex}", ttl_s=60)
+        fetcher = Fetcher(allow_networks=("127.0.0.1/32",))
+
+        def page_summary(url):
+            page = summarize_page(url, fetcher, cache)
+            return page.summary, page.context_status
+
+        harness = Harness(conn, live_settings, openai.OpenAI(base_url=fake.base_url, api_key="sk-test",
+                                                             max_retries=0))
+        harness.runner.page_summary = page_summary
+        account_id = service_account(conn)
+        data = b"first_name,website\nAda,acme.example.com\nGrace,globex.example.com\n"
+        job_id = jobs.create_from_upload(conn, deps.storage(), account_id=account_id, file_name="t.csv", data=data,
+                                         url_column="website")["job"]["id"]
+        jobs.start(conn, deps.storage(), deps.chunk_queue(), harness.settings, account_id, job_id, mode="batch",
+                   page_context=True, instructions="Greet {{first_name}} warmly.")
+        for row, url in ((1, site.url("/acme")), (2, "http://10.0.0.1/")):  # (an upload refuses both)
+            conn.execute("UPDATE urls SET url = %s WHERE job_id = %s AND row_number = %s", (url, job_id, row))
+        harness.submit_all(job_id)
+        [batch] = harness.batch_rows(job_id)
+        lines = [json.loads(line) for line in harness.client.files.content(batch["input_file_id"]).text.splitlines()]
+        prompts = {line["custom_id"]: line["body"]["messages"][-1]["content"] for line in lines}
+        rows = harness.rows(job_id)
+        assert "Acme Widgets" in prompts[str(rows[0]["id"])] and '"Ada"' in prompts[str(rows[0]["id"])]
+        assert '"Grace"' in prompts[str(rows[1]["id"])]
+        assert [r["context_status"] for r in rows] == ["fetched", "blocked"]  # 10.0.0.1: a private address
+        harness.runner.poll()
+        assert [r["context_status"] for r in harness.rows(job_id)] == ["fetched", "blocked"]

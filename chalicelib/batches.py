@@ -118,7 +118,7 @@ class BatchRunner:
 
     def _jsonl(self, job: dict, rows: list[dict]) -> tuple[bytes, dict[str, str]]:
         """The batch file (one request per row, the same a live call sends) and each row's
-        context_status. Pages are fetched CHUNK_CONCURRENCY at a time."""
+        context_status. Pages are fetched PAGE_FETCH_CONCURRENCY at a time."""
         def line(row: dict) -> tuple[str, str]:
             page, context = None, "off"
             if job["page_context"] and self.page_summary is not None:
@@ -128,7 +128,7 @@ class BatchRunner:
             request = {"custom_id": str(row["id"]), "method": "POST", "url": ENDPOINT, "body": body}
             return json.dumps(request, ensure_ascii=False, separators=(",", ":")), context
 
-        with ThreadPoolExecutor(max(1, self.settings.chunk_concurrency), thread_name_prefix="batch") as pool:
+        with ThreadPoolExecutor(max(1, self.settings.page_fetch_concurrency), thread_name_prefix="batch") as pool:
             built = list(pool.map(line, rows))
         data = ("\n".join(text for text, _ in built) + "\n").encode("utf-8")
         if len(data) > MAX_BYTES:

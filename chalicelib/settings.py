@@ -102,6 +102,7 @@ class Settings:
     page_fetch_timeout_s: float = 5.0  # one deadline over a page fetch: robots.txt, redirects, body
     page_cache_ttl_s: int = 86_400  # page summaries in Redis; failed fetches are kept briefly
     page_host_concurrency: int = 2  # fetches at once per host, per process (Lambda container)
+    page_fetch_concurrency: int = 32  # pages fetched at once per chunk handler, ahead of the generators
 
     @property
     def prices(self) -> dict:
@@ -185,6 +186,7 @@ class Settings:
             page_fetch_timeout_s=float(get("PAGE_FETCH_TIMEOUT_S", cls.page_fetch_timeout_s)),
             page_cache_ttl_s=int(get("PAGE_CACHE_TTL_S", cls.page_cache_ttl_s)),
             page_host_concurrency=max(1, int(get("PAGE_HOST_CONCURRENCY", cls.page_host_concurrency))),
+            page_fetch_concurrency=max(1, int(get("PAGE_FETCH_CONCURRENCY") or cls.page_fetch_concurrency)),
         )
 
 

@@ -2,7 +2,11 @@
 
 One call per SQS message. Rows are claimed a few at a time with a lease (`claim_urls`), handed
 to a thread pool of CHUNK_CONCURRENCY generators, and their results written by this thread
-alone in batches (every ≤ 1 s or 50 results) together with the job's counters. A redelivered or
+alone in batches (every ≤ 1 s or 50 results) together with the job's counters. With page
+context, each claimed row's page is fetched at once by a second pool (PAGE_FETCH_CONCURRENCY
+threads) and up to that many rows are claimed ahead, so a slow page waits in the fetch pool
+while the generators keep calling the model: the two stages wait on different things (a site,
+the shared rate) and need different numbers of threads. A redelivered or
 duplicate message skips finished rows and rows another live invocation holds; rows of a crashed
 invocation are taken over when their lease runs out. Cancel and the Lambda deadline stop the
 claiming, save what was generated and give the rest back.
@@ -80,8 +84,10 @@ class ChunkWorker:
         self.export = export
         self.clock = clock
         self.concurrency = max(1, settings.chunk_concurrency)
-        # Calls already in flight may take up to the LLM timeout to finish and be saved.
-        self.margin = deadline_margin_s if deadline_margin_s is not None else settings.openai_timeout_s + 10
+        self.page_concurrency = max(1, settings.page_fetch_concurrency)
+        # Calls already in flight may wait for their page and then the LLM to finish and be saved.
+        self.margin = deadline_margin_s if deadline_margin_s is not None else (
+            settings.page_fetch_timeout_s + settings.openai_timeout_s + 10)
         # Leases are renewed well before they run out, so a slow call is never retaken.
         self.renew_every = min(RENEW_EVERY_S, settings.lease_seconds / 3)
 
@@ -111,6 +117,9 @@ class ChunkWorker:
         now = self.clock()
         last_flush = last_status = last_renew = now
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="opener")
+        pages = (ThreadPoolExecutor(self.page_concurrency, thread_name_prefix="page")
+                 if job["page_context"] and self.page_summary is not None else None)
+        capacity = self.concurrency + (self.page_concurrency if pages is not None else 0)  # rows held at once
         stop_requested = _Flag()
         try:
             while True:
@@ -123,12 +132,12 @@ class ChunkWorker:
                     log.info("job is %s: stopping", run.status)
                     self._wait_briefly(in_flight, run)
                     break
-                free = self.concurrency - len(in_flight)
+                free = capacity - len(in_flight)
                 if not stopping and (not in_flight or free >= max(1, self.concurrency // 4)):
                     rows = self._db(db.claim_urls, run.job_id, run.chunk, run.owner, free,
                                     self.settings.lease_seconds)
                     for row in rows:
-                        in_flight[self._submit(pool, row, job, stop_requested)] = row
+                        in_flight[self._submit(pool, pages, row, job, stop_requested)] = row
                     if not rows:  # chunk drained, or the job stopped being processed
                         run.status = self._db(db.get_job_status, run.job_id) or "gone"
                         last_status = self.clock()
@@ -152,6 +161,8 @@ class ChunkWorker:
                     last_renew = now
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+            if pages is not None:
+                pages.shutdown(wait=False, cancel_futures=True)
             self._flush(run, outcome)
             run.to_release.extend(row["id"] for row in in_flight.values())
             outcome.released = self._db(db.release_urls, run.owner, run.to_release)
@@ -168,15 +179,22 @@ class ChunkWorker:
 
     # ------------------------------------------------------------ pieces
 
-    def _submit(self, pool: ThreadPoolExecutor, row: dict, job: dict, stop: _Flag) -> Future:
-        context = contextvars.copy_context()  # keeps job_id/chunk on the threads' log lines
-        return pool.submit(context.run, self._generate, row, job, stop)
+    def _submit(self, pool: ThreadPoolExecutor, pages: ThreadPoolExecutor | None, row: dict, job: dict,
+                stop: _Flag) -> Future:
+        """The row's generation (its page fetched at once in `pages`, if given); its future."""
+        page = None
+        if pages is not None:  # keeps job_id/chunk on the threads' log lines, as below
+            page = pages.submit(contextvars.copy_context().run, self.page_summary, row["url"])
+        return pool.submit(contextvars.copy_context().run, self._generate, row, job, stop, page)
 
-    def _generate(self, row: dict, job: dict, stop: _Flag) -> dict | None:
+    def _generate(self, row: dict, job: dict, stop: _Flag, page_fetch: Future | None = None) -> dict | None:
         """One URL -> a result dict, or None to give the row back (stop requested)."""
         page, context = None, "off"
-        if job["page_context"] and self.page_summary is not None:
-            page, context = self.page_summary(row["url"])  # never raises: a page that fails is a status
+        if page_fetch is not None:
+            if stop.is_set():
+                page_fetch.cancel()
+                return None
+            page, context = page_fetch.result()  # never raises: a page that fails is a status
         base = {"id": row["id"], "opener": None, "error": None, "prompt_tokens": None, "completion_tokens": None,
                 "context_status": context}
         try:

@@ -49,9 +49,9 @@ def start_job_at(conn, settings, urls: list[str], page_context: bool = True) -> 
     return job_id
 
 
-def make_worker(settings, fetcher: Fetcher | None, cache_prefix: str) -> ChunkWorker:
+def make_worker(settings, fetcher: Fetcher | None, cache_prefix: str, **overrides) -> ChunkWorker:
     s = Settings(**{**settings.__dict__, "openai_dummy_mode": True, "openai_dummy_delay_ms": (0, 0),
-                    "openai_rpm": 0, "openai_tpm": 0, "chunk_concurrency": 2})
+                    "openai_rpm": 0, "openai_tpm": 0, "chunk_concurrency": 2, **overrides})
     generator = OpenerGenerator(build_client(s), RateLimiter(deps.redis_client(), 0, 0, prefix=uuid.uuid4().hex),
                                 s.openai_model, max_retries=2)
     summary = None
@@ -138,3 +138,19 @@ def test_text_planted_in_a_page_never_reaches_the_csv_even_with_a_model_that_obe
     text = jobs.render_csv(conn, deps.storage(), db.get_job(conn, job_id), 10_000_000).read().decode()
     for needle in ("evil.example", "evil-competitor", "555 0199", "boss@", "Ignore previous"):
         assert needle not in text, needle  # neither as an opener nor quoted in an error
+
+
+def test_pages_are_fetched_ahead_of_the_generators_in_a_pool_of_their_own(conn, settings, site):
+    """A slow page must not hold a generator thread: with one generator and a page pool of 4
+    (PAGE_FETCH_CONCURRENCY), the handler claims rows ahead and 4 pages are fetched at once."""
+    for i in range(8):
+        site.add(f"/p{i}", html(title=f"Page {i}"), delay_s=0.4)
+    site.page("/robots.txt", b"")
+    job_id = start_job_at(conn, settings, [site.url(f"/p{i}") for i in range(8)])
+    worker = make_worker(settings, Fetcher(allow_networks=ALLOW, host_concurrency=8), f"t:{uuid.uuid4().hex}",
+                         chunk_concurrency=1, page_fetch_concurrency=4)
+    assert worker.process_chunk(job_id, 0, lambda: float("inf")).reason == "done"
+    rows = rows_of(conn, job_id)
+    assert [r["context_status"] for r in rows] == ["fetched"] * 8 and all(r["status"] == "completed" for r in rows)
+    assert all(f"Page {i}" in r["opener"] for i, r in enumerate(rows))  # each row got its own page
+    assert site.max_concurrent == 4

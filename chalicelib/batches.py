@@ -36,8 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 
 from chalicelib import db, pricing
-from chalicelib.logs import get_logger, log_context, redact_secrets
-from chalicelib.openers import UnusableAnswer, describe_error, opener_from_answer
+from chalicelib.logs import get_logger, log_context
+from chalicelib.openers import UnusableAnswer, describe_error, error_text, opener_from_answer
 
 log = get_logger("batches")
 
@@ -48,7 +48,6 @@ MAX_REQUESTS = 50_000  # the Batch API's limits per batch
 MAX_BYTES = 200 * 1024 * 1024
 POLL_LIMIT = 100  # batches retrieved per sweep
 ENDED = ("completed", "expired", "cancelled", "failed")
-MAX_ERROR_CHARS = 500
 EXPIRED_ERROR = ("The provider's Batch API did not run this request within its 24-hour window (batch expired); "
                  "retry the job to send it again")
 MISSING_ERROR = "The provider's batch ended without an answer for this request"
@@ -57,11 +56,6 @@ _REFUSED = (400, 401, 403, 404, 413, 415, 422)  # the provider will not take thi
 
 class BatchUnavailable(Exception):
     """The provider refused the batch (no Batch API, a bad key, a bad file): its rows failed."""
-
-
-def _message(text: str) -> str:
-    text = redact_secrets(" ".join(str(text).split()))
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
 class BatchRunner:
@@ -137,15 +131,15 @@ class BatchRunner:
 
     def _unsend(self, conn, batch_id: str, rows: list[dict], exc: BaseException) -> None:
         """The batch was not created: its rows go back to pending (the message is retried)."""
-        log.warning("batch not sent; its rows go back to pending", extra={"error": _message(describe_error(exc))})
+        log.warning("batch not sent; its rows go back to pending", extra={"error": error_text(describe_error(exc))})
         with conn.transaction():
             db.release_urls(conn, batch_id, [row["id"] for row in rows])
             db.finish_batch(conn, batch_id, expected=("submitting",),
-                            error=_message(f"not sent: {describe_error(exc)}"))
+                            error=error_text(f"not sent: {describe_error(exc)}"))
 
     def _refused(self, conn, job: dict, batch_id: str, rows: list[dict], exc: Exception) -> None:
         """The provider will not take the batch (no Batch API, a bad key): its rows fail with the reason."""
-        error = _message(f"The provider refused the batch: {describe_error(exc)}")
+        error = error_text(f"The provider refused the batch: {describe_error(exc)}")
         log.error("batch refused by the provider", extra={"error": error})
         results = [{"id": row["id"], "status": "failed", "error": error, "retry_count": row["retry_count"] + 1}
                    for row in rows]
@@ -234,7 +228,7 @@ class BatchRunner:
             try:
                 opener = opener_from_answer(response.get("body"), row["url"], job["instructions"])
             except UnusableAnswer as exc:
-                results[key] = {**failed, "error": _message(str(exc))}
+                results[key] = {**failed, "error": error_text(str(exc))}
                 return
             results[key] = {"id": row["id"], "status": "completed", "opener": opener.text,
                             "retry_count": row["retry_count"], "prompt_tokens": opener.prompt_tokens,
@@ -249,11 +243,11 @@ class BatchRunner:
             body = response.get("body")
             detail = body.get("error", {}).get("message") if isinstance(body, dict) and isinstance(
                 body.get("error"), dict) else None
-            results[key] = {**failed, "error": _message(
+            results[key] = {**failed, "error": error_text(
                 f"HTTP {response['status_code']} from the model API: {detail or 'no details'}")}
         else:
             message = error.get("message") if isinstance(error, dict) else None
-            results[key] = {**failed, "error": _message(
+            results[key] = {**failed, "error": error_text(
                 f"The provider's Batch API could not run this request: {message or code or 'no details'}")}
 
     @staticmethod
@@ -265,7 +259,7 @@ class BatchRunner:
         elif remote.status == "failed":
             errors = getattr(getattr(remote, "errors", None), "data", None) or []
             detail = "; ".join(str(e.message) for e in errors if getattr(e, "message", None))
-            reason = _message(f"The provider's batch failed: {detail or 'no details'}")
+            reason = error_text(f"The provider's batch failed: {detail or 'no details'}")
         for row in missing:
             if remote.status == "cancelled":
                 release.append(row["id"])
@@ -285,18 +279,15 @@ class BatchRunner:
                                                   "failed_rows": job["failed_rows"]})
                 self.completed(job)
             return
-        if saved["max_cost_usd"] is None:
+        over = pricing.over_budget(self.settings.prices, saved)
+        if over is None:
             return
-        cost = pricing.cost_usd(self.settings.prices, saved["model"], saved["prompt_tokens"],
-                                saved["completion_tokens"], saved["mode"])
-        if cost is not None and cost >= float(saved["max_cost_usd"]):
-            stopped = db.stop_for_budget(conn, job_id, (
-                f"budget_exceeded: the job cost ${cost:.4f}, reaching its max_cost_usd of "
-                f"${float(saved['max_cost_usd']):.4f}; every opener generated is kept. Retry the job to go on."))
-            if stopped is not None:
-                log.warning("job stopped at its budget", extra={"cost_usd": cost})
-                self.cancel_job(job_id)
-                self.notify(stopped)
+        cost, error = over
+        stopped = db.stop_for_budget(conn, job_id, error)
+        if stopped is not None:
+            log.warning("job stopped at its budget", extra={"cost_usd": cost})
+            self.cancel_job(job_id)
+            self.notify(stopped)
 
     # ------------------------------------------------------------ cancel
 

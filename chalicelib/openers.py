@@ -53,6 +53,7 @@ __all__ = [
     "build_messages",
     "clean_opener",
     "describe_error",
+    "error_text",
 ]
 
 log = logging.getLogger("csv_opener.openers")
@@ -86,11 +87,16 @@ def _trim(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+def error_text(message: str) -> str:
+    """A failure as stored on a URL row: one line, at most MAX_ERROR_CHARS, no key fragments."""
+    return _trim(redact_secrets(message), MAX_ERROR_CHARS)
+
+
 class GenerationFailed(Exception):
     """The URL could not get an opener; ``message`` is fit to show the user, ``attempts`` were made."""
 
     def __init__(self, message: str, attempts: int) -> None:
-        self.message = _trim(redact_secrets(message), MAX_ERROR_CHARS)  # stored on the URL: no key fragments
+        self.message = error_text(message)
         self.attempts = attempts
         super().__init__(self.message)
 

@@ -47,6 +47,18 @@ def cost_usd(prices: dict, model: str | None, prompt_tokens: int, completion_tok
     return float(cost * BATCH_DISCOUNT if mode == "batch" else cost)
 
 
+def over_budget(prices: dict, job: dict) -> tuple[float, str] | None:
+    """(cost, the budget_exceeded reason) once a job's cost from its counters (`model`, `mode`,
+    `prompt_tokens`, `completion_tokens`) reaches its `max_cost_usd`; None below it or without one."""
+    if job["max_cost_usd"] is None:
+        return None
+    cost = cost_usd(prices, job["model"], job["prompt_tokens"], job["completion_tokens"], job["mode"])
+    if cost is None or cost < float(job["max_cost_usd"]):
+        return None
+    return cost, (f"budget_exceeded: the job cost ${cost:.4f}, reaching its max_cost_usd of "
+                  f"${float(job['max_cost_usd']):.4f}; every opener generated is kept. Retry the job to go on.")
+
+
 def estimate(prices: dict, model: str, urls: int, instructions: str | None, fields: list[str],
              page_context: bool, sample_url: str = "https://www.example.com/") -> dict:
     """Expected tokens and price of `urls` calls: the prompt as built for a typical row (fields of

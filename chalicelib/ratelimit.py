@@ -278,6 +278,15 @@ return 0
 """
 
 
+# KEYS: learned limits. ARGV: ceiling rpm, ceiling tpm, start rpm. Returns the limits in force
+# and the learned ones as stored (nil: not heard from yet).
+_LIMITS_LUA = _LUA_COMMON + """
+local rpm, tpm = effective(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+local learned = redis.call('HMGET', KEYS[1], 'rpm', 'tpm')
+return {rpm, tpm, learned[1], learned[2]}
+"""
+
+
 class LimiterStopped(Exception):
     """``acquire`` gave up because ``should_stop()`` returned True; the caller must not call the API."""
 
@@ -336,6 +345,7 @@ class RateLimiter:
         self._cooldown_left_script = redis_client.register_script(_COOLDOWN_LEFT_LUA)
         self._refund_script = redis_client.register_script(_REFUND_LUA)
         self._learn_script = redis_client.register_script(_LEARN_LUA)
+        self._limits_script = redis_client.register_script(_LIMITS_LUA)
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -448,20 +458,12 @@ class RateLimiter:
     def limits(self, model: str | None = None) -> dict:
         """What is known of ``model``'s limits: learned from the provider (None: not heard from
         yet; -1: not sent), the ceilings, and the limits in force (0 = none)."""
-        raw = self._redis.hgetall(self._keys(model)[3])
-        learned = {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in raw.items()} if raw else None
-
-        def in_force(name: str, ceiling: int) -> int:  # as the scripts' effective() computes it
-            if learned is None:
-                starting = name == "rpm" and self.start_rpm and (not ceiling or self.start_rpm < ceiling)
-                return self.start_rpm if starting else ceiling
-            value = learned.get(name, -1)
-            if value <= 0:
-                return ceiling
-            return min(value, ceiling) if ceiling else value
-
+        rpm, tpm, learned_rpm, learned_tpm = self._limits_script(keys=[self._keys(model)[3]],
+                                                                 args=[self.rpm, self.tpm, self.start_rpm])
+        learned = None if learned_rpm is None or learned_tpm is None else {"rpm": int(learned_rpm),
+                                                                            "tpm": int(learned_tpm)}
         return {"learned": learned, "ceiling": {"rpm": self.rpm, "tpm": self.tpm},
-                "in_force": {"rpm": in_force("rpm", self.rpm), "tpm": in_force("tpm", self.tpm)}}
+                "in_force": {"rpm": int(rpm), "tpm": int(tpm)}}
 
     # -- internals ----------------------------------------------------------------------------
 

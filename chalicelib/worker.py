@@ -228,12 +228,10 @@ class ChunkWorker:
     def _check_budget(self, run: _Run, job: dict) -> None:
         """Stop the job cleanly (failed, budget_exceeded, everything generated kept) once its cost
         reaches max_cost_usd; the other handlers see the status and stop too."""
-        cost = pricing.cost_usd(self.settings.prices, job["model"], job["prompt_tokens"], job["completion_tokens"],
-                                job["mode"])
-        if cost is None or cost < float(job["max_cost_usd"]):
+        over = pricing.over_budget(self.settings.prices, job)
+        if over is None:
             return
-        error = (f"budget_exceeded: the job cost ${cost:.4f}, reaching its max_cost_usd of "
-                 f"${float(job['max_cost_usd']):.4f}; every opener generated is kept. Retry the job to go on.")
+        cost, error = over
         stopped = self._db(db.stop_for_budget, run.job_id, error)
         if stopped is not None:
             log.warning("job stopped at its budget", extra={"cost_usd": cost})

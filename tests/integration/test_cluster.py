@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,55 +29,19 @@ from redis.exceptions import ClusterCrossSlotError, RedisClusterException
 from chalicelib import apilimit, deps
 from chalicelib.ratelimit import _ACQUIRE_LUA, RateLimiter
 from chalicelib.settings import Settings
+from tests.support.limiter import (
+    EXACT,
+    bucket,
+    expected_dues,
+    fair_turns,
+    no_sleep,
+    per_ms,
+    recording_sleep,
+    reserve,
+    server_ms,
+)
 
 CLUSTER_URL = os.environ.get("REDIS_CLUSTER_URL", "")
-EXACT = 0.01  # ms: the scripts report waits to the microsecond; this is rounding, not a timing margin
-
-
-def per_ms(limit: int) -> float:
-    return limit / 60000
-
-
-def server_ms(client: RedisCluster, key: str) -> float:
-    """The clock of the node that owns `key` (for a limiter's key: the clock its scripts read)."""
-    sec, usec = client.time(target_nodes=client.get_node_from_key(key))
-    return sec * 1000 + usec / 1000
-
-
-def bucket(client: RedisCluster, limiter: RateLimiter, name: str = "requests") -> tuple[float, float]:
-    level, ts = client.hmget(f"{limiter.prefix}:{name}", "level", "ts")
-    return float(level), float(ts)
-
-
-def reserve(limiter: RateLimiter, client: RedisCluster, tokens: int = 1, name: str = "requests") -> tuple[float, float]:
-    """Reserve without sleeping: (the script's now, when the reservation is due)."""
-    wait = limiter._reserve_ms(tokens)
-    now = bucket(client, limiter, name)[1]
-    return now, now + wait
-
-
-def expected_dues(stamps: list[float], rate: float, burst: float, need: float = 1) -> list[float]:
-    """The documented bucket (see test_ratelimit.py): when each reservation at `stamps` is due."""
-    level, last, dues = burst, stamps[0], []
-    for t in stamps:
-        level = min(burst, level + (t - last) * rate) - need
-        last = t
-        dues.append(t - min(level, 0) / rate)
-    return dues
-
-
-def recording_sleep(slept: list[float]):
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        time.sleep(seconds)
-
-    return sleep
-
-
-def no_sleep(_seconds: float) -> None:
-    raise AssertionError("this test expects no sleeping")
-
-
 @pytest.fixture
 def cluster_url() -> str:
     if not CLUSTER_URL:
@@ -262,12 +225,7 @@ def test_two_accounts_share_the_rate_fairly(cluster, prefix):
     assert limiter._reserve(1, "b")[0]  # b joins: its own share, at once
     while limiter._reserve(1, "b")[0]:  # b's burst (one second of its share)
         pass
-    counts = {"a": 0, "b": 0}  # from now on each refills at 5/s
-    end = server_ms(cluster, limiter.keys[0]) + 3000
-    while server_ms(cluster, limiter.keys[0]) < end:
-        for account in ("a", "b"):
-            if limiter._reserve(1, account)[0]:
-                counts[account] += 1
+    counts = fair_turns(limiter, lambda: server_ms(cluster, limiter.keys[0]))  # from now on each refills at 5/s
     assert counts["a"] + counts["b"] <= 30 + 3, counts  # together never more than the whole rate
     assert abs(counts["a"] - counts["b"]) <= 3, counts
     assert min(counts.values()) >= 10, counts  # ~15 each at 5/s for 3 s

@@ -5,37 +5,23 @@ Counts are taken on the limiter's own (Redis server) clock; margins hold under l
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 
 import pytest
 import redis
 
 from chalicelib.ratelimit import LimiterStopped, RateLimiter
-
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def server_ms(client: redis.Redis) -> float:
-    sec, usec = client.time()
-    return sec * 1000 + usec / 1000
+from tests.support.limiter import REDIS_URL, fair_turns, key_prefix, redis_client, server_ms
 
 
 @pytest.fixture
 def client():
-    c = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
-    yield c
-    c.close()
+    yield from redis_client()
 
 
 @pytest.fixture
 def prefix(client):
-    p = f"test:fairshare:{uuid.uuid4().hex}"
-    yield p
-    keys = list(client.scan_iter(match=f"{{{p}}}:*"))
-    if keys:
-        client.delete(*keys)
+    yield from key_prefix(client, "fairshare")
 
 
 def test_one_account_alone_gets_the_whole_rate_booked_at_most_max_ahead(client, prefix):
@@ -60,12 +46,7 @@ def test_a_second_active_account_halves_the_first_ones_share(client, prefix):
     while limiter._reserve(1, "b")[0]:  # b's burst (one second of its share)
         pass
     # from now on each refills at 5/s: over the same span b gets as many turns as a
-    counts = {"a": 0, "b": 0}
-    end = server_ms(client) + 3000
-    while server_ms(client) < end:
-        for account in ("a", "b"):
-            if limiter._reserve(1, account)[0]:
-                counts[account] += 1
+    counts = fair_turns(limiter, lambda: server_ms(client))
     assert counts["a"] + counts["b"] <= 30 + 3, counts  # together never more than the whole rate
     assert abs(counts["a"] - counts["b"]) <= 3, counts
     assert min(counts.values()) >= 10, counts  # ~15 each at 5/s for 3 s

@@ -14,8 +14,18 @@ import pytest
 from chalicelib.openers import OpenerGenerator, build_client
 from chalicelib.ratelimit import RateLimiter, provider_limits
 from chalicelib.settings import Settings
-from tests.integration.test_ratelimit import EXACT, client, expected_dues, no_sleep, prefix  # noqa: F401 (fixtures)
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.limiter import EXACT, expected_dues, key_prefix, no_sleep, redis_client
+
+
+@pytest.fixture
+def client():
+    yield from redis_client()
+
+
+@pytest.fixture
+def prefix(client):
+    yield from key_prefix(client, "learned")
 
 
 def headers(rpm: int | None = None, tpm: int | None = None) -> dict[str, str]:
@@ -62,7 +72,7 @@ def test_provider_limits_reads_only_plain_positive_numbers(sent, expected):
     assert provider_limits(sent) == expected
 
 
-def test_a_cautious_start_until_the_provider_answers_then_its_limits(client, prefix):  # noqa: F811
+def test_a_cautious_start_until_the_provider_answers_then_its_limits(client, prefix):
     limiter = RateLimiter(client, rpm=0, tpm=0, prefix=prefix, start_rpm=180)  # 3 at once, then 3/s
     expect_bucket(limiter, 5, "gpt-4o-mini", 180)
     assert limiter.limits("gpt-4o-mini")["learned"] is None
@@ -76,7 +86,7 @@ def test_a_cautious_start_until_the_provider_answers_then_its_limits(client, pre
     expect_bucket(limiter, 150, "gpt-4o-mini", 6000)
 
 
-def test_a_wait_booked_in_the_cautious_start_is_booked_again_once_the_limits_are_known(client, prefix):  # noqa: F811
+def test_a_wait_booked_in_the_cautious_start_is_booked_again_once_the_limits_are_known(client, prefix):
     slept: list[float] = []
 
     def sleep(seconds: float) -> None:  # the provider answers while this caller sleeps
@@ -90,7 +100,7 @@ def test_a_wait_booked_in_the_cautious_start_is_booked_again_once_the_limits_are
     assert slept == [limiter.start_slice] and waited == limiter.start_slice  # one short slice, not the second
 
 
-def test_set_values_are_ceilings_over_learned_limits(client, prefix):  # noqa: F811
+def test_set_values_are_ceilings_over_learned_limits(client, prefix):
     limiter = RateLimiter(client, rpm=600, tpm=100_000, prefix=prefix, start_rpm=180)
     assert limiter.limits("m")["in_force"] == {"rpm": 180, "tpm": 100_000}  # the start is the lower
     limiter.observe("m", headers(10_000, 50_000))
@@ -98,7 +108,7 @@ def test_set_values_are_ceilings_over_learned_limits(client, prefix):  # noqa: F
     expect_bucket(limiter, 15, "m", 600)
 
 
-def test_a_server_that_sends_no_limits_runs_at_the_configured_values_or_unlimited(client, prefix):  # noqa: F811
+def test_a_server_that_sends_no_limits_runs_at_the_configured_values_or_unlimited(client, prefix):
     configured = RateLimiter(client, rpm=600, tpm=0, prefix=prefix, start_rpm=180)
     configured.observe("m", {})
     assert configured.limits("m")["learned"] == {"rpm": -1, "tpm": -1}
@@ -107,7 +117,7 @@ def test_a_server_that_sends_no_limits_runs_at_the_configured_values_or_unlimite
     assert all(unlimited.acquire(5000, model="m") == 0.0 for _ in range(500))
 
 
-def test_a_changed_limit_is_followed_with_the_next_answer(client, prefix):  # noqa: F811
+def test_a_changed_limit_is_followed_with_the_next_answer(client, prefix):
     limiter = RateLimiter(client, rpm=0, tpm=0, prefix=prefix)
     limiter.observe("m", headers(600, 100_000))
     expect_bucket(limiter, 15, "m", 600)
@@ -121,7 +131,7 @@ def test_a_changed_limit_is_followed_with_the_next_answer(client, prefix):  # no
     assert limiter.limits("m")["learned"] is None
 
 
-def test_each_model_has_its_own_buckets_and_cooldown(client, prefix):  # noqa: F811
+def test_each_model_has_its_own_buckets_and_cooldown(client, prefix):
     limiter = RateLimiter(client, rpm=0, tpm=0, prefix=prefix)
     limiter.observe("gpt-4o", headers(60, 10_000))  # 1 at once, then one a second
     limiter.observe("gpt-4o-mini", headers(6000, 2_000_000))
@@ -132,7 +142,7 @@ def test_each_model_has_its_own_buckets_and_cooldown(client, prefix):  # noqa: F
     assert dues(limiter, 1, "gpt-4o-mini") == [0.0]
 
 
-def test_the_generator_learns_the_fake_providers_limits_per_model(client, prefix):  # noqa: F811
+def test_the_generator_learns_the_fake_providers_limits_per_model(client, prefix):
     with FakeOpenAI(rpm=3000, tpm=1_000_000) as fake:
         settings = Settings(openai_dummy_mode=False, openai_base_url=fake.base_url, openai_api_key="sk-test")
         limiter = RateLimiter(client, rpm=0, tpm=0, prefix=prefix, start_rpm=180)
@@ -148,7 +158,7 @@ def test_the_generator_learns_the_fake_providers_limits_per_model(client, prefix
         assert limiter.limits("gpt-4o")["learned"] == {"rpm": 6000, "tpm": 1_000_000}
 
 
-def test_learned_limits_keys_stay_in_the_limiters_hash_slot(client, prefix):  # noqa: F811
+def test_learned_limits_keys_stay_in_the_limiters_hash_slot(client, prefix):
     limiter = RateLimiter(client, rpm=0, tpm=0, prefix=prefix)
     limiter.observe("weird model/{name}", headers(60, 60))
     keys = [k.decode() for k in client.scan_iter(match=f"{{{prefix}}}:*")]

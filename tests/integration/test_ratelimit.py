@@ -17,10 +17,8 @@ import bisect
 import itertools
 import logging
 import multiprocessing
-import os
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -29,53 +27,30 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from chalicelib.ratelimit import LimiterStopped, RateLimiter
-
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-EXACT = 0.01  # ms: the script reports waits to the microsecond; this is rounding, not a timing margin
-
-
-def server_ms(client: redis.Redis) -> float:
-    sec, usec = client.time()
-    return sec * 1000 + usec / 1000
-
-
-def per_ms(limit: int) -> float:
-    """A bucket's refill per millisecond, computed as the script computes it."""
-    return limit / 60000
+from tests.support.limiter import (
+    EXACT,
+    REDIS_URL,
+    bucket,
+    due_of_last,
+    expected_dues,
+    key_prefix,
+    no_sleep,
+    per_ms,
+    recording_sleep,
+    redis_client,
+    reserve,
+    server_ms,
+)
 
 
 @pytest.fixture
 def client():
-    c = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
-    try:
-        c.ping()
-    except redis.ConnectionError as exc:
-        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
-    yield c
-    c.close()
+    yield from redis_client()
 
 
 @pytest.fixture
 def prefix(client):
-    p = f"test:ratelimit:{uuid.uuid4().hex}"
-    yield p
-    keys = list(client.scan_iter(match=f"{{{p}}}:*"))
-    if keys:
-        client.delete(*keys)
-
-
-def bucket(client: redis.Redis, limiter: RateLimiter, name: str = "requests") -> tuple[float, float]:
-    """A bucket's stored (level, ts)."""
-    level, ts = client.hmget(f"{limiter.prefix}:{name}", "level", "ts")
-    return float(level), float(ts)
-
-
-def reserve(limiter: RateLimiter, client: redis.Redis, tokens: int = 1, name: str = "requests") -> tuple[float, float]:
-    """Reserve without sleeping; return (the script's now, when the reservation is due), both on the
-    script's own clock (outside a cooldown the bucket's `ts` is the `now` the script ran at)."""
-    wait = limiter._reserve_ms(tokens)
-    now = bucket(client, limiter, name)[1]
-    return now, now + wait
+    yield from key_prefix(client, "ratelimit")
 
 
 def reserve_bracketed(limiter: RateLimiter, client: redis.Redis) -> tuple[float, float]:
@@ -86,35 +61,6 @@ def reserve_bracketed(limiter: RateLimiter, client: redis.Redis) -> tuple[float,
     wait = limiter._reserve_ms(1)
     after = server_ms(client)
     return before + wait, after + wait
-
-
-def expected_dues(stamps: list[float], rate: float, burst: float, need: float = 1) -> list[float]:
-    """The documented bucket, as a reference: full at the first reservation, refilled at `rate` per
-    ms up to `burst`, `need` taken by each reservation at the script times `stamps`; each is due
-    when the level it leaves behind has refilled to zero."""
-    level, last, dues = burst, stamps[0], []
-    for t in stamps:
-        level = min(burst, level + (t - last) * rate) - need
-        last = t
-        dues.append(t - min(level, 0) / rate)
-    return dues
-
-
-def due_of_last(level: float, ts: float, rate: float) -> float:
-    """When the last reservation taken from a bucket in state (level, ts) is due."""
-    return ts - min(level, 0) / rate
-
-
-def recording_sleep(slept: list[float]):
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        time.sleep(seconds)
-
-    return sleep
-
-
-def no_sleep(_seconds: float) -> None:
-    raise AssertionError("this test expects no sleeping")
 
 
 # -- single process ---------------------------------------------------------------------------

@@ -22,12 +22,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -36,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import Fake
+from tests.support.util import free_port, stop, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -64,35 +62,6 @@ SETTINGS = {
     "LOG_LEVEL": "INFO",
     "PYTHONUNBUFFERED": "1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen | None, timeout: float = 20) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within `timeout` s (that PID only)."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
-def wait_for(predicate, timeout: float, every: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        time.sleep(every)
 
 
 def http(method: str, url: str, body: dict | None = None, headers: dict | None = None,
@@ -135,7 +104,7 @@ class Stack:
 
         self._spawn("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
                               "--save", "", "--appendonly", "no", "--dir", str(self.logs)])
-        wait_for(self._redis_up, 10, what="private redis-server up")
+        wait_for(self._redis_up, 10, every=0.1, what="private redis-server up")
 
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -156,7 +125,7 @@ class Stack:
             assert runner.poll() is None, f"runner exited; see {self.logs / 'runner.log'}"
             return '"runner started"' in (self.logs / "runner.log").read_text(errors="replace")
 
-        wait_for(runner_up, 30, what="runner started")
+        wait_for(runner_up, 30, every=0.1, what="runner started")
         return self
 
     def _redis_up(self) -> bool:

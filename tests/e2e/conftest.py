@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from tests.e2e.helpers import (
     wait_progress,
 )
 from tests.e2e.proxy import RecordingProxy
+from tests.support.util import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -88,24 +88,6 @@ BASE_SETTINGS = {
     # chunk messages come back in seconds.
     "RUNNER_VISIBILITY_S": "10",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen | None, timeout: float = 20) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within `timeout` s (that PID only)."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
 
 
 def _gone(pid: int) -> bool:

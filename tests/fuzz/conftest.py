@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support.util import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -58,12 +58,6 @@ class FuzzApi:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def admin(env: dict[str, str], *args: str) -> str:
     """`python -m chalicelib.admin ARGS`; its last line (the id or key those commands print)."""
     done = subprocess.run([PYTHON, "-m", "chalicelib.admin", *args], cwd=ROOT, env=env, capture_output=True,
@@ -85,18 +79,6 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 6
         if time.monotonic() > deadline:
             raise AssertionError(f"chalice local not healthy within {timeout} s; see {log}")
         time.sleep(0.25)
-
-
-def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within `timeout` s (that PID only)."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
 
 
 def drain_chunk_queue() -> None:

@@ -1,8 +1,10 @@
-"""Small helpers the integration tests share: waiting for a condition, a free local port."""
+"""Small helpers the tests share: waiting for a condition, a free local port, stopping a process."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -26,3 +28,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 20) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` s (that PID only)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

@@ -629,7 +629,7 @@ class OpenerGenerator:
         ``account`` takes the call from that account's fair share of the shared rate; ``fields``
         (the row's template columns) and ``page`` (a summary of the prospect's page) go into the
         prompt as data. An answer the output guard rejects is retried like an unusable one."""
-        messages = build_messages(url, instructions, fields, page)
+        request = self.request_body(url, instructions, model, fields, page)
         retrying = Retrying(
             stop=stop_after_attempt(self.max_retries),
             wait=self._wait,
@@ -643,7 +643,7 @@ class OpenerGenerator:
             for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    opener = self._attempt(messages, model or self.model, should_stop, attempts, account)
+                    opener = self._attempt(request, should_stop, attempts, account)
                     rejected = guard.problem(opener.text, url, instructions)
                     if rejected:
                         raise UnusableAnswer(opener.text, rejected)
@@ -659,16 +659,15 @@ class OpenerGenerator:
         return {"model": model or self.model, "messages": build_messages(url, instructions, fields, page),
                 "max_tokens": self.max_tokens, "temperature": TEMPERATURE}
 
-    def _attempt(self, messages: list[dict], model: str, should_stop: Callable[[], bool], number: int,
+    def _attempt(self, request: dict, should_stop: Callable[[], bool], number: int,
                  account: str | None = None) -> Opener:
-        estimate = estimate_tokens(messages, self.max_tokens)
+        model = request["model"]
+        estimate = estimate_tokens(request["messages"], request["max_tokens"])
         self.limiter.acquire(estimate, should_stop, account=account, model=model)
         try:
             # The SDK builds the request and raises its typed errors; the small JSON answer is read
             # directly (building the SDK's response model cost ~15 % of a call's CPU here).
-            response = self.client.chat.completions.with_raw_response.create(
-                model=model, messages=messages, max_tokens=self.max_tokens, temperature=TEMPERATURE
-            )
+            response = self.client.chat.completions.with_raw_response.create(**request)
         except openai.RateLimitError as exc:
             if provider_limits(exc.response.headers) != (-1, -1):  # OpenAI's 429s state the limits too
                 self.limiter.observe(model, exc.response.headers)

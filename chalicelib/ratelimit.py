@@ -38,7 +38,7 @@ How it works:
   sends no such headers. Until a model's provider has answered once, at most ``start_rpm``
   requests per minute go out (a cautious start: a few requests, not a wall of 429s; the app uses
   ``START_RPM``, 0 turns it off); waits booked in that phase are booked again as soon as the
-  limits are known.
+  limits are known, and the buckets go on from what the start used (not full again).
 * Each model has its own buckets, cooldown and fair shares (``acquire(..., model=m)``), as the
   provider limits each model on its own: jobs on different models share a key, not a bucket.
 
@@ -263,18 +263,25 @@ return 1
 
 
 # KEYS: learned limits, requests bucket, tokens bucket. ARGV: rpm, tpm (-1: not sent), ttl ms.
-# Returns 1 when these are the model's first known limits (the cautious start's bookings are
-# dropped: the buckets start full at the real limits), else 0.
+# Returns 1 when these are the model's first known limits, else 0. Then the cautious start's
+# bookings not yet due are dropped (their callers book again at the real limits), but what it
+# used stays used: a bucket it emptied starts empty, not full, since the provider's own bucket
+# has not refilled either (starting full sent a burst into it: a few 429s at every start).
 _LEARN_LUA = """
 local s = redis.call('HMGET', KEYS[1], 'rpm', 'tpm')
 local first = tonumber(s[1]) == nil or tonumber(s[2]) == nil
 redis.call('HSET', KEYS[1], 'rpm', ARGV[1], 'tpm', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if first then
-  redis.call('DEL', KEYS[2], KEYS[3])
-  return 1
+if not first then
+  return 0
 end
-return 0
+for _, key in ipairs({KEYS[2], KEYS[3]}) do
+  local level = tonumber(redis.call('HGET', key, 'level') or '')
+  if level ~= nil and level < 0 then
+    redis.call('HSET', key, 'level', 0)
+  end
+end
+return 1
 """
 
 

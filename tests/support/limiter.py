@@ -71,11 +71,13 @@ def reserve(limiter: RateLimiter, client: redis.Redis | RedisCluster, tokens: in
     return now, now + wait
 
 
-def expected_dues(stamps: list[float], rate: float, burst: float, need: float = 1) -> list[float]:
-    """The documented bucket, as a reference: full at the first reservation, refilled at `rate` per
-    ms up to `burst`, `need` taken by each reservation at the script times `stamps`; each is due
-    when the level it leaves behind has refilled to zero."""
-    level, last, dues = burst, stamps[0], []
+def expected_dues(stamps: list[float], rate: float, burst: float, need: float = 1,
+                  start: tuple[float, float] | None = None) -> list[float]:
+    """The documented bucket, as a reference: full at the first reservation (or, with `start`, at
+    (level, ts) then), refilled at `rate` per ms up to `burst`, `need` taken by each reservation
+    at the script times `stamps`; each is due when the level it leaves behind has refilled to zero."""
+    level, last = start if start is not None else (burst, stamps[0])
+    dues = []
     for t in stamps:
         level = min(burst, level + (t - last) * rate) - need
         last = t

@@ -187,13 +187,15 @@ def test_limits_are_learned_from_the_provider_when_not_configured(fresh, capsys)
     stated in its x-ratelimit-limit-* headers: after a cautious start the limiter paces at
     exactly that, so 429s stay rare and no request goes into a pause."""
     stack = fresh
-    stack.use_runner(OPENAI_RPM="", OPENAI_TPM="")
+    # a limiter of its own: the other tests' runs taught the shared one the base limit (9,000)
+    prefix = f"{stack.env['RATELIMIT_PREFIX']}:learned-{uuid.uuid4().hex[:8]}"
+    stack.use_runner(OPENAI_RPM="", OPENAI_TPM="", RATELIMIT_PREFIX=prefix)
     stack.fake.configure(rpm=1200)
     job_id, total, began = start_job(stack, 300)
     fig, _, _ = finish(stack, capsys, "limits learned", job_id, total, began, extra_s=total / 20)
     assert fig.completed == total and fig.rate_limited <= 0.01 * total, fig
     shared = redis.Redis.from_url(stack.env["REDIS_URL"])  # what every process of the stack now uses
-    limiter = RateLimiter(shared, 0, 0, prefix=stack.env["RATELIMIT_PREFIX"])
+    limiter = RateLimiter(shared, 0, 0, prefix=prefix)
     assert limiter.limits(stack.api.job(job_id)["model"])["learned"] == {"rpm": 1200, "tpm": FAKE_TPM}
     shared.close()
 

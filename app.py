@@ -10,12 +10,16 @@ import uuid
 
 from chalice import Chalice, CORSConfig, Rate, Response
 
-from chalicelib import apilimit, db, deps, jobs, logs, openapi, preview, web, webhooks
-from chalicelib.accounts import Caller, Unauthorized
+from chalicelib import deps, jobs, logs, web
+from chalicelib.accounts import Caller, Unauthorized, apilimit
+from chalicelib.adapters import db
+from chalicelib.adapters.health import run_checks
+from chalicelib.adapters.queue import parse_chunk_message
 from chalicelib.errors import BadRequest, DomainError, RateLimited
-from chalicelib.health import run_checks
-from chalicelib.queue import parse_chunk_message
-from chalicelib.uploads import parse_upload
+from chalicelib.intake.uploads import parse_upload
+from chalicelib.jobs import preview
+from chalicelib.outbound import webhooks
+from chalicelib.web import openapi
 
 logs.configure(deps.settings().log_level)
 log = logs.get_logger("api")
@@ -179,7 +183,7 @@ def _is_admin_request() -> bool:
 
 @route("/", methods=["GET"], public=True)
 def web_page():
-    """The web page (chalicelib/web/), with its own strict Content-Security-Policy."""
+    """The web page (chalicelib/web/static/), with its own strict Content-Security-Policy."""
     return web.page_response(deps.settings(), (app.current_request.context or {}).get("path"))
 
 
@@ -191,7 +195,7 @@ def web_asset(name):
 
 @route("/api/openapi.json", methods=["GET"], public=True)
 def openapi_document():
-    """The OpenAPI 3.1 description of this API (chalicelib/openapi.yaml), public."""
+    """The OpenAPI 3.1 description of this API (chalicelib/web/openapi.yaml), public."""
     return Response(openapi.document(), headers={"Cache-Control": "public, max-age=300"})
 
 

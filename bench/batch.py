@@ -57,7 +57,8 @@ def _openers(job_id: str) -> int:
 
 
 def _check_completed(job_id: str) -> dict:
-    from chalicelib import db, deps
+    from chalicelib import deps
+    from chalicelib.adapters import db
 
     job = db.get_job(deps.conn(), job_id)
     openers = _openers(job_id)
@@ -78,7 +79,9 @@ def run_batch(base_url: str, number: int) -> dict:
     fake_call(base_url, "/_fake/reset", {"keep_config": True})
     fake_call(base_url, "/_fake/config", {"batch_delay_s": BATCH_DELAY_S})
     _settings(base_url)
-    from chalicelib import db, deps, jobs, pricing
+    from chalicelib import deps, jobs
+    from chalicelib.adapters import db
+    from chalicelib.generation import pricing
 
     started = start_job(URLS, f"bat{number}", mode="batch", page_context=False)
     job_id, chunks = started["job"]["id"], started["chunks"]

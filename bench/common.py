@@ -91,7 +91,8 @@ def run_chunks_in_processes(job_id: str, chunks: int, env: dict[str, str]) -> fl
 
 
 def job_counts(job_id: str) -> dict:
-    from chalicelib import db, deps
+    from chalicelib import deps
+    from chalicelib.adapters import db
 
     job = db.get_job(deps.conn(), job_id)
     return {k: job[k] for k in ("status", "total_rows", "processed_rows", "failed_rows")}

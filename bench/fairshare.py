@@ -46,7 +46,8 @@ def start_job(account: str, n_urls: int, tag: str) -> str:
 
 
 def job(job_id: str) -> dict:
-    from chalicelib import db, deps
+    from chalicelib import deps
+    from chalicelib.adapters import db
 
     return db.get_job(deps.conn(), job_id)
 

@@ -297,7 +297,8 @@ def print_profile(path: Path, title: str) -> None:
 
 def bench(args: argparse.Namespace) -> int:
     from bench.common import bench_account
-    from chalicelib import db, deps
+    from chalicelib import deps
+    from chalicelib.adapters import db
 
     settings = deps.settings()
     db_name = settings.database_url.rsplit("/", 1)[-1]

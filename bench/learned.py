@@ -157,7 +157,8 @@ def run(base_url: str, label: str, ceiling: int, change_at: float | None, stop_a
     use_fake(base_url, OPENAI_RPM=str(ceiling) if ceiling else "", OPENAI_TPM="", CHUNK_SIZE=str(-(-URLS // WORKERS)),
              CHUNK_CONCURRENCY="16", OPENAI_TIMEOUT_S="10",
              RATELIMIT_PREFIX=f"{os.environ.get('RATELIMIT_PREFIX', 'bench')}:learned:{time.time_ns()}")
-    from chalicelib import db, deps
+    from chalicelib import deps
+    from chalicelib.adapters import db
 
     # no long run of digits in the host names: the output guard takes 8+ digits for a phone number
     job_id = make_job(URLS, f"learned-{''.join(c for c in label if c.isalpha())}")

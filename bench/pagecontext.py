@@ -224,7 +224,7 @@ class Sites:
 
     def publish(self, n: int, tag: str) -> list[str]:
         """n new pages with unique paths, spread round-robin over the sites; their URLs in row order."""
-        from chalicelib.pages import summarize_html
+        from chalicelib.outbound.summaries import summarize_html
 
         for site, path in self.published:  # the previous run's pages go (no run fetches another's)
             site.routes.pop(path, None)

@@ -1,4 +1,4 @@
-"""The SSRF table: hostile targets tried against chalicelib/outbound.py, and what each got.
+"""The SSRF table: hostile targets tried against chalicelib/outbound/fetcher.py, and what each got.
 
     .venv/bin/python -m bench.ssrf          (or: make bench BENCH=ssrf)
 

@@ -26,7 +26,8 @@ from typing import Any, TextIO
 
 import psycopg
 
-from chalicelib import accounts, db
+from chalicelib import accounts
+from chalicelib.adapters import db
 from chalicelib.errors import DomainError
 from chalicelib.settings import get_secret_settings
 

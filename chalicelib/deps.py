@@ -11,10 +11,10 @@ import boto3
 import redis
 from botocore.config import Config
 
-from chalicelib import db
-from chalicelib.queue import ChunkQueue
+from chalicelib.adapters import db
+from chalicelib.adapters.queue import ChunkQueue
+from chalicelib.adapters.storage import Storage
 from chalicelib.settings import Settings, get_secret_settings, get_settings
-from chalicelib.storage import Storage
 
 
 def settings() -> Settings:
@@ -85,7 +85,7 @@ def authenticator():
 def rate_limiter():
     """The shared provider limiter (one per process): limits learned per model from the provider's
     answers, OPENAI_RPM / OPENAI_TPM as ceilings, a cautious start until the provider answers."""
-    from chalicelib.ratelimit import START_RPM, RateLimiter
+    from chalicelib.generation.ratelimit import START_RPM, RateLimiter
 
     s = get_settings()
     return RateLimiter(redis_client(), s.openai_rpm, s.openai_tpm, prefix=s.ratelimit_prefix, start_rpm=START_RPM)
@@ -93,7 +93,8 @@ def rate_limiter():
 
 @lru_cache(maxsize=1)
 def opener_generator():
-    from chalicelib.openers import OpenerGenerator, build_client
+    from chalicelib.generation.client import build_client
+    from chalicelib.generation.openers import OpenerGenerator
 
     s = get_secret_settings()
     return OpenerGenerator(build_client(s), rate_limiter(), s.openai_model, max_retries=s.max_retries)
@@ -103,7 +104,7 @@ def opener_generator():
 def page_summaries():
     """url -> (summary or None, context_status): the SSRF-safe fetcher and the shared Redis cache
     of page summaries, one per process (the fetcher's per-host limits are per process)."""
-    from chalicelib.pages import PageCache, summarize_page
+    from chalicelib.outbound.summaries import PageCache, summarize_page
 
     s = get_settings()
     fetcher = outbound_fetcher()
@@ -122,7 +123,8 @@ def preview_generator():
     (API Gateway gives 29 s): a shorter timeout and two attempts."""
     import dataclasses
 
-    from chalicelib.openers import OpenerGenerator, build_client
+    from chalicelib.generation.client import build_client
+    from chalicelib.generation.openers import OpenerGenerator
 
     s = dataclasses.replace(get_secret_settings(), openai_timeout_s=min(12.0, get_settings().openai_timeout_s))
     return OpenerGenerator(build_client(s), rate_limiter(), s.openai_model, max_retries=2)
@@ -130,7 +132,7 @@ def preview_generator():
 
 @lru_cache(maxsize=1)
 def chunk_worker():
-    from chalicelib.worker import ChunkWorker
+    from chalicelib.generation.worker import ChunkWorker
 
     return ChunkWorker(get_conn=conn, generator=opener_generator(), queue=chunk_queue(), settings=get_settings(),
                        export=job_completed, page_summary=page_summaries(), notify=notify_job,
@@ -148,7 +150,7 @@ def job_completed(job: dict) -> None:
 @lru_cache(maxsize=1)
 def batch_runner():
     """Batch mode's submit, poll and cancel, on the workers' provider client and prompt."""
-    from chalicelib.batches import BatchRunner
+    from chalicelib.generation.batches import BatchRunner
 
     generator = opener_generator()
     return BatchRunner(get_conn=conn, client=generator.client, generator=generator, settings=get_settings(),
@@ -166,7 +168,8 @@ def outbound_fetcher():
 
 def notify_job(job: dict) -> None:
     """A job moved to completed, failed or canceled: its webhook, if it has a callback URL."""
-    from chalicelib import jobs, webhooks
+    from chalicelib import jobs
+    from chalicelib.outbound import webhooks
 
     if job.get("callback_url"):
         webhooks.notify(conn(), outbound_fetcher(), job, jobs.job_json(job))

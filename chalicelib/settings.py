@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 
 LOCALSTACK_URL = "http://127.0.0.1:4566"
@@ -220,10 +221,31 @@ def fetch_ssm_parameters(names: list[str]) -> dict[str, str]:
     return {p["Name"]: p["Value"] for p in response["Parameters"]}
 
 
+# USD per million input/output tokens; MODEL_PRICES adds to or overrides these.
+DEFAULT_PRICES = "gpt-4o-mini=0.15/0.60,gpt-4.1-mini=0.40/1.60,gpt-4.1-nano=0.10/0.40,gpt-4o=2.50/10.00"
+
+
+def parse_prices(text: str) -> dict[str, tuple[Decimal, Decimal]]:
+    """`"gpt-4o-mini=0.15/0.60,gpt-4o=2.50/10.00"` -> {model: (input, output) per million tokens}."""
+    prices = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        model, sep, pair = item.partition("=")
+        inp, sep2, out = pair.partition("/")
+        try:
+            if not (sep and sep2 and model.strip()):
+                raise ValueError
+            prices[model.strip()] = (Decimal(inp.strip()), Decimal(out.strip()))
+        except (ValueError, ArithmeticError):
+            raise ValueError(
+                f"MODEL_PRICES entry {item.strip()!r} is not model=input/output (USD per 1M tokens)") from None
+    return prices
+
+
+
 @lru_cache(maxsize=8)
 def _prices(model_prices: str) -> dict:
-    from chalicelib.pricing import DEFAULT_PRICES, parse_prices
-
     return {**parse_prices(DEFAULT_PRICES), **parse_prices(model_prices)}
 
 

@@ -302,7 +302,7 @@ def private_stack(kind: str) -> Iterator[dict[str, str]]:
 
 
 def run_tests(pytest_args: list[str]) -> int:
-    # the Redis Cluster forms while LocalStack starts; its URL is for tests/integration/test_cluster.py
+    # the Redis Cluster forms while LocalStack starts; its URL is for tests/integration/generation/test_cluster.py
     with (tempfile.TemporaryDirectory(prefix="csv-opener-cluster-") as cluster_dir,
           redis_cluster(Path(cluster_dir)) as cluster_ready,
           private_stack("test") as test_env):
@@ -348,7 +348,8 @@ DEV_KEY_FILE = ROOT / ".dev-key"  # git-ignored: the dev account's admin key, sh
 def dev_key(database_url: str) -> str:
     """The `dev` account's admin key: the one kept in .dev-key while it still works against this
     database, else a new one (keys are stored only as hashes, so a lost one cannot be shown again)."""
-    from chalicelib import accounts, db
+    from chalicelib import accounts
+    from chalicelib.adapters import db
 
     conn = db.connect(database_url)
     try:

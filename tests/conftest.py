@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 
-from chalicelib import db, deps
+from chalicelib import deps
+from chalicelib.adapters import db
 from chalicelib.settings import get_settings
 
 

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import Fake
+from tests.support.e2e import Fake
+from tests.support.stack import drain_queues
 from tests.support.util import free_port, stop, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +138,7 @@ class Stack:
             return False
 
     def _create_account(self) -> None:
-        from chalicelib import db
+        from chalicelib.adapters import db
         from tests.support.accounts import make_account
 
         self.account_name = f"browser-{uuid.uuid4().hex[:8]}"
@@ -159,7 +160,7 @@ class Stack:
         self._forget_account()
 
     def _forget_account(self) -> None:
-        from chalicelib import db
+        from chalicelib.adapters import db
 
         conn = db.get_conn(os.environ["DATABASE_URL"])
         conn.execute("DELETE FROM jobs WHERE account_id = %s", (self.account_id,))
@@ -192,18 +193,6 @@ def _remove_bucket_cors() -> None:
     deps.storage().s3.delete_bucket_cors(Bucket=os.environ.get("UPLOAD_BUCKET", "csv-opener-uploads"))
 
 
-def _drain_queues() -> None:
-    from chalicelib import deps
-
-    sqs = deps.chunk_queue().sqs
-    for url in (os.environ.get("CHUNK_QUEUE_URL"), os.environ.get("DROPS_QUEUE_URL")):
-        if url:
-            try:
-                sqs.purge_queue(QueueUrl=url)
-            except Exception:  # noqa: BLE001 - best effort clean-up
-                pass
-
-
 @pytest.fixture(scope="session")
 def chromium_path() -> str:
     """Debian's Chromium, installed by infra/browser.sh if it can be; else a skip saying how."""
@@ -229,7 +218,7 @@ def stack(request):
         yield s
     finally:
         s.close()
-        _drain_queues()
+        drain_queues()
         if added_cors:
             _remove_bucket_cors()
         if started and request.session.testsfailed == failed_before:

@@ -17,7 +17,6 @@ from playwright.sync_api import Page, expect
 
 from tests.support.util import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 XSS = "<img src=x onerror=window.__xss=1>"
 OPENER_COLUMNS = ["opener", "opener_status", "opener_error", "context_status"]
 CONTEXT_STATUSES = {"fetched", "blocked", "timeout", "not_html", "robots", "error", "off"}

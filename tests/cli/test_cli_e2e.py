@@ -18,10 +18,10 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.cli.conftest import SMALL_DIRECT_UPLOAD
-from tests.e2e.helpers import EXTRA_COLUMNS, make_csv, neutralize
+from tests.support.e2e import EXTRA_COLUMNS, make_csv, neutralize
+from tests.support.stack import SMALL_DIRECT_UPLOAD
+from tests.support.util import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 INSTRUCTIONS = "We are Acme Analytics; we help ops teams cut reporting time. Friendly tone."
 
 

@@ -12,8 +12,8 @@ import uuid
 
 import boto3
 
-from chalicelib.pricing import DEFAULT_PRICES, parse_prices
-from tests.e2e.helpers import (
+from chalicelib.settings import DEFAULT_PRICES, parse_prices
+from tests.support.e2e import (
     EXTRA_COLUMNS,
     STALL_S,
     assert_counters_consistent,

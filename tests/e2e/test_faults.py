@@ -22,9 +22,8 @@ import boto3
 import pytest
 import redis
 
-from chalicelib.ratelimit import RateLimiter
-from tests.e2e.conftest import FAKE_TPM
-from tests.e2e.helpers import (
+from chalicelib.generation.ratelimit import RateLimiter
+from tests.support.e2e import (
     EXTRA_COLUMNS,
     assert_finished_cleanly,
     assert_limiter_kept_its_promises,
@@ -36,7 +35,8 @@ from tests.e2e.helpers import (
     url_rows,
     wait_for,
 )
-from tests.e2e.helpers import make_csv as _make_csv
+from tests.support.e2e import make_csv as _make_csv
+from tests.support.stack import FAKE_TPM
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 from schemathesis.core.failures import FailureGroup
 
-from tests.fuzz.test_schemathesis import CHECKS, keep_traffic_local, schema
+from tests.support.fuzzing import CHECKS, keep_traffic_local, schema
 
 # An expected failure is the fuzzer's checks failing, not any error (a broken test would be one).
 known_bug = functools.partial(pytest.mark.xfail, strict=True, raises=FailureGroup)

@@ -1,4 +1,4 @@
-"""What the shared limiter's tests (tests/integration/test_ratelimit.py, test_fairshare.py,
+"""What the shared limiter's tests (tests/integration/generation/test_ratelimit.py, test_fairshare.py,
 test_cluster.py, test_learned_limits.py) have in common: a Redis client and a per-test key prefix
 (the bodies of their `client` and `prefix` fixtures; tests/conftest.py's `client` is the API's, so
 each module names its own), the Redis clock, a bucket's stored state, reservations without
@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import redis
 from redis.cluster import RedisCluster
 
-from chalicelib.ratelimit import RateLimiter
+from chalicelib.generation.ratelimit import RateLimiter
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 EXACT = 0.01  # ms: the scripts report waits to the microsecond; this is rounding, not a timing margin

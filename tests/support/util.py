@@ -7,7 +7,10 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ import collections
 import threading
 import time
 
-from chalicelib.openers import GenerationFailed
+from chalicelib.generation.answers import GenerationFailed
 
 
 class CountingGenerator:

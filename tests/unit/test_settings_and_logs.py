@@ -73,7 +73,7 @@ def test_no_log_line_holds_an_api_key_only_its_public_prefix(capsys):
 
 
 def test_provider_error_text_stored_on_a_url_carries_no_key_fragment():
-    from chalicelib.openers import GenerationFailed
+    from chalicelib.generation.answers import GenerationFailed
 
     failed = GenerationFailed("HTTP 401 from the model API: Incorrect API key provided: sk-proj-********abcd. "
                               "You can find your API key at https://platform.openai.com/account/api-keys.", 1)

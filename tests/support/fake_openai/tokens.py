@@ -1,7 +1,7 @@
 """Token counts for ``usage`` and the TPM limit, by a rule of their own.
 
 The app estimates a request's tokens as characters / 4 before sending it and corrects the
-estimate with ``usage`` afterwards (chalicelib/ratelimit.py). If the fake counted the same way,
+estimate with ``usage`` afterwards (chalicelib/generation/ratelimit.py). If the fake counted the same way,
 estimate and usage would always agree and a wrong correction could never show. So the fake
 counts roughly as OpenAI's BPE tokenizers do instead:
 

@@ -1,0 +1,207 @@
+"""Queries on URL rows: COPY in, pages of results, retry resets, and the chunk handler's claim,
+save, release and lease renewal."""
+
+from __future__ import annotations
+
+from psycopg.types.json import Jsonb
+
+from chalicelib.adapters.db.jobs import JOB_COLUMNS, PROGRESS
+
+# ---------------------------------------------------------------- urls
+
+def copy_urls(conn, job_id: str, rows) -> int:
+    """Bulk insert (row_number, chunk, url, fields) tuples with COPY; returns the count."""
+    count = 0
+    with conn.cursor() as cur, cur.copy("COPY urls (job_id, row_number, chunk, url, fields) FROM STDIN") as copy:
+        for row_number, chunk, url, fields in rows:
+            copy.write_row((job_id, row_number, chunk, url, None if fields is None else Jsonb(fields)))
+            count += 1
+    return count
+
+
+def results_page(conn, job_id: str, *, status: str | None, limit: int, after_row: int) -> list[dict]:
+    status_clause = "AND status = %s" if status else ""
+    params = (job_id, after_row, *([status] if status else []), limit)
+    return conn.execute(
+        f"""SELECT id, row_number AS row, url, status, opener, error, retry_count, context_status FROM urls
+            WHERE job_id = %s AND row_number > %s {status_clause}
+            ORDER BY row_number LIMIT %s""",
+        params,
+    ).fetchall()
+
+
+def iter_results(conn, job_id: str, batch: int = 5000):
+    """Every URL row of the job in file order, in keyset batches (bounded memory, no long cursor)."""
+    after = 0
+    while True:
+        rows = conn.execute(
+            """SELECT row_number, status, opener, error, context_status FROM urls
+               WHERE job_id = %s AND row_number > %s ORDER BY row_number LIMIT %s""",
+            (job_id, after, batch),
+        ).fetchall()
+        yield from rows
+        if len(rows) < batch:
+            return
+        after = rows[-1]["row_number"]
+
+
+def reset_for_retry(conn, job_id: str, include_unfinished: bool) -> tuple[int, int, list[int]]:
+    """Failed URLs (and, for a canceled job, unfinished ones) back to pending.
+    Returns (URLs reset, how many of them had failed, chunks to enqueue). Call in a transaction
+    together with `restart_job`, which moves the counters."""
+    statuses = ["failed", "pending", "processing"] if include_unfinished else ["failed"]
+    row = conn.execute(
+        """WITH target AS (
+               SELECT id, status AS old_status, chunk FROM urls
+               WHERE job_id = %s AND status = ANY(%s) FOR UPDATE
+           ), reset AS (
+               UPDATE urls u SET status = 'pending', error = NULL, claimed_by = NULL, lease_until = NULL,
+                                 finished_at = NULL
+               FROM target t WHERE u.id = t.id
+               RETURNING t.old_status, t.chunk
+           )
+           SELECT count(*) AS n, count(*) FILTER (WHERE old_status = 'failed') AS failed,
+                  coalesce(array_agg(DISTINCT chunk ORDER BY chunk), '{}') AS chunks
+           FROM reset""",
+        (job_id, statuses),
+    ).fetchone()
+    return row["n"], row["failed"], list(row["chunks"])
+
+
+def restart_job(conn, job_id: str, failed_reset: int, undispatched: list[int]) -> dict:
+    return conn.execute(
+        f"""UPDATE jobs j SET status = 'processing', failed_rows = failed_rows - %(f)s, finished_at = NULL,
+                   result_path = NULL, error = NULL, undispatched = %(waiting)s,
+                   progress = {PROGRESS.format(done="processed_rows + failed_rows - %(f)s")}
+            WHERE j.id = %(job)s AND j.status IN ('completed', 'failed', 'canceled') RETURNING {JOB_COLUMNS}""",
+        {"f": failed_reset, "job": job_id, "waiting": undispatched},
+    ).fetchone()
+
+
+# ---------------------------------------------------------------- chunk worker
+
+def claim_urls(conn, job_id: str, chunk: int, owner: str, limit: int, lease_s: int) -> list[dict]:
+    """Take up to `limit` unfinished URLs of the chunk: pending ones, or ones whose holder's lease
+    ran out (never our own: we still hold those). Rows another live invocation holds are
+    skipped; nothing is taken unless the job is processing (a cancel stops new claims at once)."""
+    return conn.execute(
+        """UPDATE urls u SET status = 'processing', claimed_by = %(owner)s,
+                  lease_until = now() + make_interval(secs => %(lease)s)
+           FROM (
+               SELECT id FROM urls
+               WHERE job_id = %(job)s AND chunk = %(chunk)s
+                 AND (status = 'pending'
+                      OR (status = 'processing' AND lease_until < now() AND claimed_by <> %(owner)s))
+                 AND EXISTS (SELECT 1 FROM jobs WHERE id = %(job)s AND status = 'processing')
+               ORDER BY row_number LIMIT %(limit)s
+               FOR UPDATE SKIP LOCKED
+           ) c
+           WHERE u.id = c.id
+           RETURNING u.id, u.url, u.row_number, u.retry_count, u.fields""",
+        {"owner": owner, "lease": lease_s, "job": job_id, "chunk": chunk, "limit": limit},
+    ).fetchall()
+
+
+def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
+    """Write finished URLs and move the job's counters in one statement (atomic, so the
+    invariant processed + failed + unfinished = total always holds). Rows this owner no longer
+    holds (lease taken over, job retried) are not written and not counted.
+    Each result: id, status ('completed' | 'failed'), opener, error, retry_count, prompt_tokens,
+    completion_tokens. Returns the job's status and counters after the write."""
+    columns = ("id", "status", "opener", "error", "retry_count", "prompt_tokens", "completion_tokens",
+               "context_status")
+    arrays = {c: [r.get(c) for r in results] for c in columns}
+    return conn.execute(
+        f"""WITH r AS (
+               SELECT * FROM unnest(%(id)s::uuid[], %(status)s::text[], %(opener)s::text[], %(error)s::text[],
+                                    %(retry_count)s::int[], %(prompt_tokens)s::int[], %(completion_tokens)s::int[],
+                                    %(context_status)s::text[])
+                    AS r(id, status, opener, error, retry_count, prompt_tokens, completion_tokens, context_status)
+           ), saved AS (
+               UPDATE urls u SET status = r.status, opener = r.opener, error = r.error,
+                      retry_count = r.retry_count, prompt_tokens = r.prompt_tokens,
+                      completion_tokens = r.completion_tokens, finished_at = now(),
+                      context_status = coalesce(r.context_status, u.context_status),
+                      claimed_by = NULL, lease_until = NULL
+               FROM r WHERE u.id = r.id AND u.status = 'processing' AND u.claimed_by = %(owner)s
+               RETURNING r.status, r.prompt_tokens, r.completion_tokens
+           ), s AS (
+               SELECT count(*) FILTER (WHERE status = 'completed') AS done,
+                      count(*) FILTER (WHERE status = 'failed') AS failed,
+                      coalesce(sum(prompt_tokens), 0) AS pt, coalesce(sum(completion_tokens), 0) AS ct
+               FROM saved
+           )
+           UPDATE jobs j SET processed_rows = j.processed_rows + s.done, failed_rows = j.failed_rows + s.failed,
+                  prompt_tokens = j.prompt_tokens + s.pt, completion_tokens = j.completion_tokens + s.ct,
+                  progress = {PROGRESS.format(done="j.processed_rows + s.done + j.failed_rows + s.failed")}
+           FROM s WHERE j.id = %(job)s
+           RETURNING j.status, j.total_rows, j.processed_rows, j.failed_rows, s.done + s.failed AS saved,
+                     j.model, j.mode, j.prompt_tokens, j.completion_tokens, j.max_cost_usd""",
+        {**arrays, "owner": owner, "job": job_id},
+    ).fetchone()
+
+
+def release_urls(conn, owner: str, ids: list) -> int:
+    """Give claimed, unfinished URLs back (cancel, deadline) so any invocation can take them."""
+    if not ids:
+        return 0
+    return conn.execute(
+        """UPDATE urls SET status = 'pending', claimed_by = NULL, lease_until = NULL
+           WHERE id = ANY(%s) AND claimed_by = %s AND status = 'processing'""",
+        (ids, owner),
+    ).rowcount
+
+
+def renew_leases(conn, owner: str, lease_s: int) -> int:
+    return conn.execute(
+        """UPDATE urls SET lease_until = now() + make_interval(secs => %s)
+           WHERE claimed_by = %s AND status = 'processing'""",
+        (lease_s, owner),
+    ).rowcount
+
+
+def chunk_lease_left(conn, job_id: str, chunk: int) -> float | None:
+    """Seconds until the last lease on the chunk's unfinished rows runs out (0 if pending rows
+    wait with no lease); None when the chunk is finished or the job is not processing."""
+    row = conn.execute(
+        """SELECT count(*) AS n,
+                  coalesce(max(extract(epoch FROM lease_until - now())) FILTER (WHERE status = 'processing'), 0)
+                      AS left_s
+           FROM urls
+           WHERE job_id = %s AND chunk = %s AND status IN ('pending', 'processing')
+             AND EXISTS (SELECT 1 FROM jobs WHERE id = %s AND status = 'processing')""",
+        (job_id, chunk, job_id),
+    ).fetchone()
+    return max(0.0, float(row["left_s"])) if row["n"] else None
+
+
+def unfinished_chunks(conn, idle_s: float | None = None) -> dict[str, list[int]]:
+    """Chunks with work nobody holds (pending, or leased by someone whose lease ran out), per
+    processing job; with `idle_s`, only jobs whose counters have not moved for that long."""
+    idle_clause = "AND j.updated_at < now() - make_interval(secs => %(idle)s)" if idle_s is not None else ""
+    rows = conn.execute(
+        f"""SELECT u.job_id, array_agg(DISTINCT u.chunk ORDER BY u.chunk) AS chunks
+            FROM jobs j JOIN urls u ON u.job_id = j.id
+                 AND (u.status = 'pending' OR (u.status = 'processing' AND u.lease_until < now()))
+            WHERE j.status = 'processing' {idle_clause}
+            GROUP BY u.job_id""",
+        {"idle": idle_s},
+    ).fetchall()
+    return {str(r["job_id"]): list(r["chunks"]) for r in rows}
+
+
+def fail_chunk(conn, job_id: str, chunk: int, error: str) -> dict:
+    """Give up on a chunk's unfinished URLs (its message is going to the dead-letter queue)."""
+    return conn.execute(
+        f"""WITH failed AS (
+               UPDATE urls SET status = 'failed', error = %(error)s, claimed_by = NULL, lease_until = NULL,
+                               finished_at = now()
+               WHERE job_id = %(job)s AND chunk = %(chunk)s AND status IN ('pending', 'processing')
+               RETURNING 1
+           ), s AS (SELECT count(*) AS n FROM failed)
+           UPDATE jobs j SET failed_rows = j.failed_rows + s.n, error = %(error)s,
+                  progress = {PROGRESS.format(done="j.processed_rows + j.failed_rows + s.n")}
+           FROM s WHERE j.id = %(job)s
+           RETURNING j.status, s.n AS failed""",
+        {"job": job_id, "chunk": chunk, "error": error},
+    ).fetchone()

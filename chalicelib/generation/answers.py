@@ -1,0 +1,205 @@
+"""What the model answered, made into an opener or refused: the opener and its token counts,
+the cleaning that turns a raw answer into plain text fit for a CSV cell (no markdown, quotes,
+placeholders or refusals; at most two sentences), and the errors a row can fail with."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from chalicelib.generation import guard
+from chalicelib.generation.prompt import MAX_INSTRUCTIONS_CHARS, SYSTEM_PROMPT, build_messages  # noqa: F401 (re-exported)
+from chalicelib.logs import redact_secrets
+
+log = logging.getLogger("csv_opener.openers")
+
+MAX_OPENER_CHARS = 300
+MAX_SENTENCES = 2
+MIN_OPENER_WORDS = 3
+MAX_ERROR_CHARS = 500
+UNUSABLE_MESSAGE = "The model returned no usable opener"
+
+# -- results and errors --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Opener:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    attempts: int
+
+
+def trim(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def error_text(message: str) -> str:
+    """A failure as stored on a URL row: one line, at most MAX_ERROR_CHARS, no key fragments."""
+    return trim(redact_secrets(message), MAX_ERROR_CHARS)
+
+
+class GenerationFailed(Exception):
+    """The URL could not get an opener; ``message`` is fit to show the user, ``attempts`` were made."""
+
+    def __init__(self, message: str, attempts: int) -> None:
+        self.message = error_text(message)
+        self.attempts = attempts
+        super().__init__(self.message)
+
+
+class UnusableAnswer(Exception):
+    """The API answered, but nothing in the answer survives ``clean_opener`` (retryable)."""
+
+    def __init__(self, raw: str | None, reason: str | None = None) -> None:
+        if reason:  # the guard's verdict; the answer itself is not repeated (it may carry what it found)
+            super().__init__(f"The model's answer was rejected: {reason}")
+            return
+        shown = trim(raw, 120) if raw and raw.strip() else "an empty answer"
+        super().__init__(f"{UNUSABLE_MESSAGE} (got: {shown})")
+
+
+# -- cleaning -------------------------------------------------------------------------------------
+
+_OPEN_QUOTES = "\"'“‘«„`"
+_CLOSE_QUOTES = "\"'”’»“`"
+_FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
+_LABEL = re.compile(
+    r"^(?:(?:sure|certainly|of course|absolutely)[,!.]?\s*)?"  # "Sure! Here's a short opener:"
+    r"(?:here(?:'s| is) (?:a|an|the|your|one)\b[^:]{0,60}:|opener:|opening line:|email opener:|message:)\s*",
+    re.IGNORECASE,
+)
+_LINK = re.compile(r"\[([^\]\n]+)\]\((?:[^)\s]+)\)")
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+", re.MULTILINE)
+_BULLET = re.compile(r"^\s*(?:[-*+•]|\d+[.)])\s+", re.MULTILINE)
+_EMPHASIS = re.compile(r"(?<![\w*_])(\*{1,3}|_{1,3})(?=\S)(.+?)(?<=\S)\1(?![\w*_])")
+_CODE = re.compile(r"`([^`\n]*)`")
+_PLACEHOLDER = re.compile(r"\[[^\]]*\]|\{[^}]*\}|<[^>]*>|\bX{3,}\b|_{3,}")
+_REFUSAL_START = re.compile(
+    r"^(?:i'?m sorry|i am sorry|sorry[,!.]|i apologi[sz]e|unfortunately,? i\b|as an ai\b|"
+    r"i (?:cannot|can'?t|am unable to|'m unable to|am not able to|'m not able to|won'?t)\s+"
+    r"(?:help|assist|access|browse|visit|view|open|see|provide|create|generate|write|comply|do that|fulfil))",
+    re.IGNORECASE,
+)
+_REFUSAL_ANYWHERE = re.compile(
+    r"\bas an ai\b|\bai language model\b|\bi (?:do not|don'?t) have (?:access|the ability) to (?:browse|the internet|"
+    r"real-time|external|visit)",
+    re.IGNORECASE,
+)
+_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)]*\s+(?=[\"'“‘(]?[A-Z0-9])")
+_ABBREVIATIONS = {
+    "inc", "co", "corp", "ltd", "llc", "mr", "mrs", "ms", "dr", "st", "vs", "etc", "e.g", "i.e", "jr", "sr",
+    "no", "approx", "dept", "est", "u.s", "u.k",
+}  # fmt: skip
+
+
+def _strip_markdown(text: str) -> str:
+    text = _FENCE.sub("", text.strip())
+    text = _LINK.sub(r"\1", text)
+    text = _HEADING.sub("", text)
+    text = _BULLET.sub("", text)
+    previous = None
+    while previous != text:  # nested emphasis: ***x***, **_x_**
+        previous, text = text, _EMPHASIS.sub(r"\2", text)
+    return _CODE.sub(r"\1", text)
+
+
+def _strip_quotes(text: str) -> str:
+    while len(text) >= 2 and text[0] in _OPEN_QUOTES and text[-1] in _CLOSE_QUOTES:
+        if text[0] in "'`" and text[-1] != text[0]:
+            break  # "'Tis" / trailing apostrophes are words, not quoting
+        text = text[1:-1].strip()
+    return text
+
+
+def _is_refusal(text: str) -> bool:
+    plain = text.replace("’", "'").replace("‘", "'")
+    return bool(_REFUSAL_START.search(plain) or _REFUSAL_ANYWHERE.search(plain))
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split on ., ! or ? followed by a capitalised word, keeping "Acme Inc. builds..." whole."""
+    sentences: list[str] = []
+    start = 0
+    for match in _SENTENCE_END.finditer(text):
+        before = text[start : match.start()].split()
+        last_word = before[-1].lower().rstrip(".") if before else ""
+        if last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha()):
+            continue
+        sentences.append(text[start : match.end()].strip())
+        start = match.end()
+    tail = text[start:].strip()
+    if tail:
+        sentences.append(tail)
+    return sentences
+
+
+# Control characters (NUL, escape sequences, C1) and bidi/zero-width format characters: never part
+# of an opener, and unsafe in a database text column or a spreadsheet cell.
+_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def clean_opener(text: str | None) -> str | None:
+    """A raw model answer as a plain-text opener fit for a CSV cell, or None when it is unusable."""
+    if not isinstance(text, str):
+        return None
+    cleaned = _UNSAFE_CHARS.sub(" ", text)  # one NUL would fail the whole batch's save
+    cleaned = _strip_markdown(cleaned)
+    cleaned = " ".join(cleaned.split())
+    cleaned = _LABEL.sub("", cleaned)
+    cleaned = _strip_quotes(cleaned)
+    if not cleaned or _PLACEHOLDER.search(cleaned) or _is_refusal(cleaned):
+        return None
+    sentences = split_sentences(cleaned)
+    if len(sentences) > MAX_SENTENCES:
+        cleaned = " ".join(sentences[:MAX_SENTENCES])
+    if len(cleaned) > MAX_OPENER_CHARS or len(cleaned.split()) < MIN_OPENER_WORDS:
+        return None
+    return cleaned
+
+
+def complete_sentences(text: str) -> str:
+    """Drop a trailing sentence cut off mid-way (the answer hit max_tokens); '' if none is complete."""
+    text = text.strip()
+    if not text or text[-1] in ".!?\"'”’)":
+        return text
+    sentences = split_sentences(text)
+    return " ".join(sentences[:-1])
+
+
+
+def token_count(usage: Any, name: str) -> int:
+    """A token count from an answer's `usage`: a non-negative int below 10 million, else 0."""
+    value = usage.get(name) if isinstance(usage, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10_000_000 else 0
+
+
+def usable_text(body: dict) -> str:
+    """The opener in a chat.completion body, cleaned; UnusableAnswer when there is none."""
+    choices = body.get("choices") or []
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    raw = message.get("content") if isinstance(message.get("content"), str) else None
+    if raw and choice.get("finish_reason") == "length":
+        raw = complete_sentences(raw)  # cut off by max_tokens: keep whole sentences only
+    text = clean_opener(raw)
+    if text is None:
+        raise UnusableAnswer(message.get("content") or message.get("refusal"))
+    return text
+
+
+def opener_from_answer(body: Any, url: str, instructions: str | None) -> Opener:
+    """A finished chat.completion (a Batch API output line's body) as an opener, checked as a live
+    answer is: cleaned, then the output guard. Raises UnusableAnswer (the reason for the row)."""
+    if not isinstance(body, dict):
+        raise UnusableAnswer(str(body)[:200])
+    text = usable_text(body)
+    rejected = guard.problem(text, url, instructions)
+    if rejected:
+        raise UnusableAnswer(text, rejected)
+    usage = body.get("usage")
+    return Opener(text=text, prompt_tokens=token_count(usage, "prompt_tokens"),
+                  completion_tokens=token_count(usage, "completion_tokens"), attempts=1)

@@ -1,0 +1,316 @@
+"""Batch mode: a job's requests through the provider's Batch API, at half the price.
+
+Why: a 100,000-row file that nobody needs within the hour costs twice what it should through live
+calls. The Batch API takes the same requests as a JSONL file and answers within 24 hours.
+
+How a batch job runs (a job with ``mode = 'batch'``; everything else is as for a live job):
+
+* **Submit** (the chunk handler, for each of the job's chunk messages): the chunk's pending URL
+  rows are claimed with the batch's id as ``claimed_by``, their page context and template values
+  are resolved, and each becomes one JSONL line, ``custom_id`` = the row's id, with exactly the
+  request a live call sends (``OpenerGenerator.request_body``). The file is uploaded (Files API),
+  the batch created, and the rows stay held for the provider's window (``BATCH_LEASE_S``), so the
+  stall sweep leaves them alone. A chunk message delivered twice finds nothing pending.
+* **Poll** (the scheduled sweep, never a Lambda that waits): each open batch is retrieved; a
+  finished one's output and error files are read back into the same rows through the same save
+  as live results (statuses, counters, tokens, budget), each answer cleaned and checked by the
+  output guard like a live one, and the job completes (results CSV, webhook) as a live job does.
+* **Cancel**: a canceled job's batches are cancelled at the provider; what they finished is kept,
+  the rest goes back to pending, so a retry sends it in a new batch. An expired batch keeps its
+  partial output and fails the rest with the reason. A retried job's failed rows go into a new
+  batch (the retry's chunk messages submit them).
+
+Known gap: a crash between the provider creating a batch and the row recording it (a few
+milliseconds) leaves that batch unread; its rows are claimed again once their short submit lease
+runs out and sent in a new batch (paid twice for those rows).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+
+from chalicelib.adapters import db
+from chalicelib.generation import pricing
+from chalicelib.generation.answers import UnusableAnswer, error_text, opener_from_answer
+from chalicelib.generation.client import describe_error
+from chalicelib.logs import get_logger, log_context
+
+log = get_logger("batches")
+
+ENDPOINT = "/v1/chat/completions"
+COMPLETION_WINDOW = "24h"
+BATCH_LEASE_S = 26 * 3600  # the provider's 24-hour window, and time for the sweep to read the result
+MAX_REQUESTS = 50_000  # the Batch API's limits per batch
+MAX_BYTES = 200 * 1024 * 1024
+POLL_LIMIT = 100  # batches retrieved per sweep
+ENDED = ("completed", "expired", "cancelled", "failed")
+EXPIRED_ERROR = ("The provider's Batch API did not run this request within its 24-hour window (batch expired); "
+                 "retry the job to send it again")
+MISSING_ERROR = "The provider's batch ended without an answer for this request"
+_REFUSED = (400, 401, 403, 404, 413, 415, 422)  # the provider will not take this batch: not worth retrying
+
+
+class BatchUnavailable(Exception):
+    """The provider refused the batch (no Batch API, a bad key, a bad file): its rows failed."""
+
+
+class BatchRunner:
+    """Submits, polls and cancels a job's batches. `client` is the provider's ``openai.OpenAI``;
+    `generator` builds the requests (``request_body``); `page_summary(url)` gives (summary,
+    context_status); `completed(job)` exports a completed job's CSV; `notify(job)` sends the
+    webhook of a job this runner stopped (budget)."""
+
+    def __init__(self, *, get_conn: Callable, client: openai.OpenAI, generator, settings,
+                 page_summary: Callable[[str], tuple[str | None, str]] | None = None,
+                 completed: Callable[[dict], None] = lambda job: None,
+                 notify: Callable[[dict], None] = lambda job: None) -> None:
+        self.get_conn = get_conn
+        self.client = client
+        self.generator = generator
+        self.settings = settings
+        self.page_summary = page_summary
+        self.completed = completed
+        self.notify = notify
+
+    # ------------------------------------------------------------ submit
+
+    def submit_chunk(self, job: dict, chunk: int) -> int:
+        """Send the chunk's pending URLs as one batch; returns how many (0: nothing pending)."""
+        conn = self.get_conn()
+        batch_id = str(uuid.uuid4())
+        limit = min(self.settings.chunk_size, MAX_REQUESTS)
+        rows = db.claim_urls(conn, str(job["id"]), chunk, batch_id, limit, self.settings.lease_seconds)
+        if not rows:
+            return 0
+        db.insert_batch(conn, batch_id, str(job["id"]), chunk, len(rows), job["model"])
+        with log_context(job_id=str(job["id"]), chunk=chunk, batch=batch_id):
+            try:
+                data, context = self._jsonl(job, rows)
+                uploaded = self.client.files.create(file=(f"{job['id']}-{chunk}.jsonl", io.BytesIO(data)),
+                                                    purpose="batch")
+                created = self.client.batches.create(
+                    input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window=COMPLETION_WINDOW,
+                    metadata={"job_id": str(job["id"]), "chunk": str(chunk), "batch": batch_id})
+            except (openai.APIStatusError, BatchUnavailable) as exc:
+                if isinstance(exc, openai.APIStatusError) and exc.status_code not in _REFUSED:
+                    self._unsend(conn, batch_id, rows, exc)
+                    raise
+                self._refused(conn, job, batch_id, rows, exc)
+                return 0
+            except Exception as exc:  # the provider unreachable, a timeout: the message comes back
+                self._unsend(conn, batch_id, rows, exc)
+                raise
+            with conn.transaction():
+                held = db.batch_submitted(conn, batch_id, uploaded.id, created.id, BATCH_LEASE_S, context)
+            log.info("batch submitted", extra={"provider_batch_id": created.id, "requests": held,
+                                               "bytes": len(data)})
+            return held
+
+    def _jsonl(self, job: dict, rows: list[dict]) -> tuple[bytes, dict[str, str]]:
+        """The batch file (one request per row, the same a live call sends) and each row's
+        context_status. Pages are fetched PAGE_FETCH_CONCURRENCY at a time."""
+        def line(row: dict) -> tuple[str, str]:
+            page, context = None, "off"
+            if job["page_context"] and self.page_summary is not None:
+                page, context = self.page_summary(row["url"])
+            body = self.generator.request_body(row["url"], job["instructions"], job["model"], row.get("fields"),
+                                               page)
+            request = {"custom_id": str(row["id"]), "method": "POST", "url": ENDPOINT, "body": body}
+            return json.dumps(request, ensure_ascii=False, separators=(",", ":")), context
+
+        with ThreadPoolExecutor(max(1, self.settings.page_fetch_concurrency), thread_name_prefix="batch") as pool:
+            built = list(pool.map(line, rows))
+        data = ("\n".join(text for text, _ in built) + "\n").encode("utf-8")
+        if len(data) > MAX_BYTES:
+            raise BatchUnavailable(f"The batch file would be {len(data)} bytes, over the Batch API's {MAX_BYTES}")
+        return data, {str(row["id"]): context for row, (_, context) in zip(rows, built, strict=True)}
+
+    def _unsend(self, conn, batch_id: str, rows: list[dict], exc: BaseException) -> None:
+        """The batch was not created: its rows go back to pending (the message is retried)."""
+        log.warning("batch not sent; its rows go back to pending", extra={"error": error_text(describe_error(exc))})
+        with conn.transaction():
+            db.release_urls(conn, batch_id, [row["id"] for row in rows])
+            db.finish_batch(conn, batch_id, expected=("submitting",),
+                            error=error_text(f"not sent: {describe_error(exc)}"))
+
+    def _refused(self, conn, job: dict, batch_id: str, rows: list[dict], exc: Exception) -> None:
+        """The provider will not take the batch (no Batch API, a bad key): its rows fail with the reason."""
+        error = error_text(f"The provider refused the batch: {describe_error(exc)}")
+        log.error("batch refused by the provider", extra={"error": error})
+        results = [{"id": row["id"], "status": "failed", "error": error, "retry_count": row["retry_count"] + 1}
+                   for row in rows]
+        with conn.transaction():
+            saved = db.save_results(conn, str(job["id"]), batch_id, results)
+            db.finish_batch(conn, batch_id, expected=("submitting",), error=error)
+        self._after_save(conn, str(job["id"]), saved)
+
+    # ------------------------------------------------------------ poll
+
+    def poll(self, limit: int = POLL_LIMIT) -> dict:
+        """One pass of the sweep over open batches: {"waiting", "ingested", "cancelled", "errors"}."""
+        conn = self.get_conn()
+        done = {"waiting": 0, "ingested": 0, "cancelled": 0, "errors": 0}
+        for batch in db.open_batches(conn, limit):
+            with log_context(job_id=str(batch["job_id"]), batch=str(batch["id"])):
+                try:
+                    done[self._poll_one(conn, batch)] += 1
+                except Exception:  # one provider or database hiccup must not stop the others
+                    log.exception("polling a batch failed; the next sweep tries again")
+                    done["errors"] += 1
+        return done
+
+    def _poll_one(self, conn, batch: dict) -> str:
+        remote = self.client.batches.retrieve(batch["provider_batch_id"])
+        if remote.status not in ENDED:
+            db.batch_polled(conn, batch["id"], remote.status)
+            if batch["job_status"] != "processing" and batch["status"] == "submitted":
+                self._cancel_remote(conn, batch)  # the job was canceled or stopped meanwhile
+                return "cancelled"
+            return "waiting"
+        self.ingest(conn, batch, remote)
+        return "ingested"
+
+    def ingest(self, conn, batch: dict, remote) -> int:
+        """Read a finished batch's output and error files into its rows; returns the rows saved.
+        Exactly once: the batch moves to done in the same transaction as the save."""
+        job = db.get_job(conn, batch["job_id"])
+        rows = {str(r["id"]): r for r in db.batch_rows(conn, batch["id"])}
+        results: dict[str, dict] = {}
+        release: list = []
+        for file_id in (remote.output_file_id, remote.error_file_id):
+            for line in self._lines(file_id):
+                self._read_line(line, rows, job, results, release)
+        missing = [row for key, row in rows.items() if key not in results and row["id"] not in release]
+        self._unanswered(remote, missing, results, release)
+        with conn.transaction():
+            if not db.finish_batch(conn, batch["id"], expected=("submitted", "cancelling"),
+                                   provider_status=remote.status):
+                return 0  # another sweep read it first
+            saved = db.save_results(conn, str(job["id"]), str(batch["id"]), list(results.values())) if results \
+                else None
+            db.release_urls(conn, str(batch["id"]), release)
+        log.info("batch read", extra={"provider_status": remote.status, "saved": saved["saved"] if saved else 0,
+                                      "released": len(release)})
+        self._after_save(conn, str(job["id"]), saved)
+        return saved["saved"] if saved else 0
+
+    def _lines(self, file_id: str | None):
+        """The JSON objects of a result file (lines that are not are skipped, logged)."""
+        if not file_id:
+            return
+        text = self.client.files.content(file_id).text
+        for number, raw in enumerate(text.splitlines(), start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                line = None
+            if isinstance(line, dict):
+                yield line
+            else:
+                log.warning("unreadable line in a batch result file", extra={"file_id": file_id, "line": number})
+
+    @staticmethod
+    def _read_line(line: dict, rows: dict[str, dict], job: dict, results: dict, release: list) -> None:
+        """One answer: an opener, a failure with its reason, or (cancelled) the row given back."""
+        row = rows.get(line.get("custom_id")) if isinstance(line.get("custom_id"), str) else None
+        if row is None or str(row["id"]) in results:
+            return  # not a row this batch still holds (a retried job's), or a repeat
+        key = str(row["id"])
+        failed = {"id": row["id"], "status": "failed", "retry_count": row["retry_count"] + 1}
+        response, error = line.get("response"), line.get("error")
+        if isinstance(response, dict) and response.get("status_code") == 200:
+            try:
+                opener = opener_from_answer(response.get("body"), row["url"], job["instructions"])
+            except UnusableAnswer as exc:
+                results[key] = {**failed, "error": error_text(str(exc))}
+                return
+            results[key] = {"id": row["id"], "status": "completed", "opener": opener.text,
+                            "retry_count": row["retry_count"], "prompt_tokens": opener.prompt_tokens,
+                            "completion_tokens": opener.completion_tokens}
+            return
+        code = error.get("code") if isinstance(error, dict) else None
+        if code == "batch_cancelled":
+            release.append(row["id"])
+        elif code == "batch_expired":
+            results[key] = {**failed, "error": EXPIRED_ERROR}
+        elif isinstance(response, dict) and isinstance(response.get("status_code"), int):
+            body = response.get("body")
+            detail = body.get("error", {}).get("message") if isinstance(body, dict) and isinstance(
+                body.get("error"), dict) else None
+            results[key] = {**failed, "error": error_text(
+                f"HTTP {response['status_code']} from the model API: {detail or 'no details'}")}
+        else:
+            message = error.get("message") if isinstance(error, dict) else None
+            results[key] = {**failed, "error": error_text(
+                f"The provider's Batch API could not run this request: {message or code or 'no details'}")}
+
+    @staticmethod
+    def _unanswered(remote, missing: list[dict], results: dict, release: list) -> None:
+        """Rows neither result file mentions: expired, given back (cancelled), or failed."""
+        reason = MISSING_ERROR
+        if remote.status == "expired":
+            reason = EXPIRED_ERROR
+        elif remote.status == "failed":
+            errors = getattr(getattr(remote, "errors", None), "data", None) or []
+            detail = "; ".join(str(e.message) for e in errors if getattr(e, "message", None))
+            reason = error_text(f"The provider's batch failed: {detail or 'no details'}")
+        for row in missing:
+            if remote.status == "cancelled":
+                release.append(row["id"])
+            else:
+                results[str(row["id"])] = {"id": row["id"], "status": "failed", "error": reason,
+                                           "retry_count": row["retry_count"] + 1}
+
+    def _after_save(self, conn, job_id: str, saved: dict | None) -> None:
+        """What a save leads to, as in the live worker: the job completed (CSV, webhook), or stopped
+        at its budget (the rest of its batches cancelled)."""
+        if saved is None or saved["status"] != "processing":
+            return
+        if saved["processed_rows"] + saved["failed_rows"] == saved["total_rows"]:
+            job = db.complete_job_if_done(conn, job_id)
+            if job is not None:
+                log.info("job completed", extra={"processed_rows": job["processed_rows"],
+                                                  "failed_rows": job["failed_rows"]})
+                self.completed(job)
+            return
+        over = pricing.over_budget(self.settings.prices, saved)
+        if over is None:
+            return
+        cost, error = over
+        stopped = db.stop_for_budget(conn, job_id, error)
+        if stopped is not None:
+            log.warning("job stopped at its budget", extra={"cost_usd": cost})
+            self.cancel_job(job_id)
+            self.notify(stopped)
+
+    # ------------------------------------------------------------ cancel
+
+    def cancel_job(self, job_id: str) -> int:
+        """Ask the provider to cancel the job's open batches (best effort: the sweep asks again for
+        a batch still running under a job that is no longer processing). Returns the batches asked."""
+        conn = self.get_conn()
+        asked = 0
+        for batch in db.job_batches(conn, job_id, ("submitted",)):
+            try:
+                self._cancel_remote(conn, batch)
+                asked += 1
+            except Exception:
+                log.exception("could not cancel a batch at the provider; the sweep will ask again",
+                              extra={"batch": str(batch["id"])})
+        return asked
+
+    def _cancel_remote(self, conn, batch: dict) -> None:
+        try:
+            self.client.batches.cancel(batch["provider_batch_id"])
+        except openai.BadRequestError:
+            return  # it ended meanwhile: the next poll reads it
+        db.batch_cancelling(conn, batch["id"])
+        log.info("batch cancel asked", extra={"provider_batch_id": batch["provider_batch_id"]})

@@ -1,0 +1,225 @@
+"""Dummy mode: an OpenAI chat-completions endpoint in-process (realistic openers, a configurable
+delay, no network). The real SDK client talks to it, so dummy runs go through the same limiter,
+retries and parsing as real ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+
+from chalicelib.generation.prompt import MAX_INSTRUCTIONS_CHARS, SYSTEM_PROMPT, build_messages  # noqa: F401 (re-exported)
+
+log = logging.getLogger("csv_opener.openers")
+
+DUMMY_BASE_URL = "http://dummy.invalid/v1"
+
+# -- dummy mode -----------------------------------------------------------------------------------
+
+DUMMY_TEMPLATES = (
+    "I came across {name} and liked how clearly you explain what you do. I'd love to share an idea "
+    "that could help your team grow a little faster.",
+    "{name} caught my eye while I was looking at companies doing interesting work in your space. I think "
+    "there's a quick win we could explore together.",
+    "It's clear the team at {name} cares about getting the details right. I had a thought on how to "
+    "build on that momentum this quarter.",
+    "I've been following {name} for a little while and really like the direction you're taking. Would "
+    "you be open to a short conversation about what's next?",
+    "Growing teams like yours at {name} often run into the same few bottlenecks. I'd be glad to share "
+    "how similar companies cleared them without adding headcount.",
+    "Your work at {name} stood out to me, especially the focus on customers. I'd love to swap notes on "
+    "what's working for companies at a similar stage.",
+    "I spent a few minutes on the {name} website and came away curious about your plans for the year. "
+    "I have an idea that might fit right in.",
+    "What {name} is building looks genuinely useful, and I suspect you're busy scaling it. I'd like to "
+    "show you a simple way to give your team some time back.",
+    "{name} reminded me of a few teams we've helped who were in a similar spot. Happy to share what "
+    "made the biggest difference for them.",
+    "Quick note from someone who admires what {name} has put together so far. I think we could help "
+    "you reach more of the right people.",
+    "{name} seems to be at an exciting stage, and that's usually when small improvements pay off most. "
+    "Could I share one that has worked well for teams like yours?",
+    "Reading about {name} made me want to reach out directly. I have a short idea that could make the "
+    "next few months a little easier for your team.",
+)
+MAX_DUMMY_NAME_CHARS = 40
+_URL_IN_TEXT = re.compile(r"https?://[^\s\"'<>]+", re.IGNORECASE)
+_DOMAIN_IN_TEXT = re.compile(r"\b(?:[a-z0-9-]+\.)+[a-z]{2,}\b", re.IGNORECASE)
+_ID_LIKE = re.compile(r"\d+|(?=[a-f]*\d)[0-9a-f]{6,}", re.IGNORECASE)  # "jane-doe-3b1a2c9f"
+_SECOND_LEVEL = {"co", "com", "org", "net", "ac", "gov", "edu", "ltd", "plc", "ne", "or"}
+_PROFILE_HOSTS = {"linkedin.com", "twitter.com", "x.com", "github.com", "facebook.com", "instagram.com"}
+
+
+def _title(slug: str) -> str:
+    words = [w for w in re.split(r"[-_.+\s]+", slug) if w and not _ID_LIKE.fullmatch(w)]
+    name = " ".join(w[:1].upper() + w[1:] for w in words)
+    if len(name) > MAX_DUMMY_NAME_CHARS:
+        name = name[:MAX_DUMMY_NAME_CHARS].rsplit(" ", 1)[0] or name[:MAX_DUMMY_NAME_CHARS]
+    return name
+
+
+def _registrable_label(host: str) -> str:
+    labels = [label for label in host.lower().rstrip(".").split(".") if label]
+    if labels and labels[0] == "www":
+        labels = labels[1:]
+    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL:
+        return labels[-3]
+    return labels[-2] if len(labels) >= 2 else (labels[0] if labels else "")
+
+
+def _decode_idna(host: str) -> str:
+    try:
+        return host.encode("ascii").decode("idna")
+    except (UnicodeError, ValueError):
+        return host
+
+
+def company_name(url: str) -> str:
+    """A display name from a URL: "https://www.acme-robotics.co.uk/x" -> "Acme Robotics".
+
+    Profile sites use the path instead: linkedin.com/company/acme -> "Acme".
+    """
+    parts = urlsplit(url if "://" in url else f"https://{url}")
+    host = _decode_idna(parts.hostname or "")
+    base = ".".join(host.lower().split(".")[-2:])
+    segments = [s for s in parts.path.split("/") if s]
+    if base in _PROFILE_HOSTS and segments:
+        kind_prefix = segments[0] in {"company", "in", "school", "showcase"} and len(segments) > 1
+        slug = segments[1] if kind_prefix else segments[0]
+        name = _title(slug)
+        if name:
+            return name
+    return _title(_registrable_label(host)) or "your company"
+
+
+def _texts(messages: list[Any], role: str | None = None) -> list[str]:
+    """The string contents of chat messages (of one role, if given)."""
+    return [
+        m["content"]
+        for m in messages
+        if isinstance(m, dict) and isinstance(m.get("content"), str) and (role is None or m.get("role") == role)
+    ]
+
+
+def _prospect_url(payload: dict[str, Any]) -> str:
+    messages = payload.get("messages") or []
+    for text in reversed(_texts(messages, "user") or _texts(messages)):
+        match = _URL_IN_TEXT.search(text) or _DOMAIN_IN_TEXT.search(text)
+        if match:
+            return match.group(0)
+    return ""
+
+
+_DATA_BLOCK = re.compile(r"<prospect_data>\n(.*?)\n</prospect_data>", re.DOTALL)
+_PAGE_TITLE = re.compile(r"<page>\n(?:title:\s*)?([^|\n]{3,80}?)(?:\s*[|\n]|\s+-\s)", re.IGNORECASE)
+
+
+def _prompt_data(payload: dict[str, Any]) -> tuple[dict[str, str], str | None]:
+    """The row's fields and the page title as the prompt carries them (see chalicelib/prompt.py)."""
+    text = "\n".join(_texts(payload.get("messages") or [], "user"))
+    fields = {}
+    block = _DATA_BLOCK.search(text)
+    for line in (block.group(1).splitlines() if block else []):
+        name, _, value = line.partition(": ")
+        try:
+            fields[name.strip().casefold()] = str(json.loads(value))
+        except ValueError:
+            continue
+    title = _PAGE_TITLE.search(text)
+    return fields, title.group(1).strip() if title else None
+
+
+def dummy_opener(url: str, fields: dict[str, str] | None = None, page_title: str | None = None) -> str:
+    """The dummy answer for a URL: the same every time for that URL, varied across URLs; it greets
+    the row's first name and names its company when the sheet gives them, and mentions the page's
+    title when there is one, so dummy runs show what templates and page context do."""
+    fields = fields or {}
+    digest = hashlib.sha256(url.strip().lower().encode("utf-8")).digest()
+    template = DUMMY_TEMPLATES[int.from_bytes(digest[:4], "big") % len(DUMMY_TEMPLATES)]
+    company = next((v for k, v in fields.items() if "company" in k and v.strip()), None)
+    text = template.format(name=(company or (company_name(url) if url else "your company"))[:MAX_DUMMY_NAME_CHARS])
+    if page_title:
+        text = f"I enjoyed reading {page_title[:60].rstrip()} on your site. " + text
+    person = next((v for k, v in fields.items() if k in ("first_name", "first name", "firstname", "name") and
+                   v.strip()), None)
+    if person:
+        text = f"Hi {person.split()[0][:30]}, {text[0].lower()}{text[1:]}"
+    return text[:300].rsplit(" ", 1)[0] if len(text) > 300 else text
+
+
+def _approx_tokens(text: str) -> int:
+    return math.ceil(len(text) / 4)
+
+
+def _error_response(status: int, message: str, error_type: str) -> httpx2.Response:
+    body = {"error": {"message": message, "type": error_type, "param": None, "code": None}}
+    return httpx2.Response(status, json=body)
+
+
+class DummyTransport(httpx2.BaseTransport):
+    """An OpenAI chat-completions endpoint in-process: realistic openers, a configurable delay, no network.
+
+    Thread-safe: the only shared state is a ``random.Random`` (whose calls are atomic), and the
+    delay is slept without holding any lock, so concurrent calls overlap like real ones.
+    """
+
+    def __init__(self, delay_ms: tuple[int, int] = (0, 0), sleep: Callable[[float], Any] = time.sleep) -> None:
+        low, high = delay_ms
+        if low < 0 or high < low:
+            raise ValueError(f"delay_ms must be a (low, high) range with 0 <= low <= high, got {delay_ms!r}")
+        self.delay_ms = (int(low), int(high))
+        self._sleep = sleep
+        self._random = random.Random()
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method != "POST" or not request.url.path.rstrip("/").endswith("/chat/completions"):
+            message = f"dummy mode serves only POST /chat/completions, not {request.method} {request.url.path}"
+            return _error_response(404, message, "invalid_request_error")
+        try:
+            payload = json.loads(request.read() or b"{}")
+        except ValueError:
+            return _error_response(400, "request body is not valid JSON", "invalid_request_error")
+        if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
+            return _error_response(400, "'messages' is required", "invalid_request_error")
+        self._delay()
+        return httpx2.Response(200, json=self._completion(payload))
+
+    def _delay(self) -> None:
+        low, high = self.delay_ms
+        if high > 0:
+            self._sleep(self._random.uniform(low, high) / 1000.0)
+
+    def _completion(self, payload: dict[str, Any]) -> dict[str, Any]:
+        url = _prospect_url(payload)
+        text = dummy_opener(url, *_prompt_data(payload))
+        prompt_chars = sum(len(text) for text in _texts(payload["messages"]))
+        prompt_tokens = math.ceil(prompt_chars / 4) + 4 * len(payload["messages"])
+        completion_tokens = _approx_tokens(text)
+        return {
+            "id": "chatcmpl-dummy-" + hashlib.sha256(url.encode("utf-8")).hexdigest()[:16],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": str(payload.get("model") or "dummy"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }

@@ -1,0 +1,195 @@
+"""Ask the LLM for one short outreach opener per URL, safely, politely and only as often as allowed.
+
+Why this exists: the chunk worker turns every URL of a job into an opener. Each call must take its
+turn from the shared Redis limiter, survive the API's bad moments (429, 5xx, timeouts, dropped
+connections) with one well-behaved retry policy, and hand back text that can go straight into a
+CSV cell. When it cannot, the URL fails with a message a user can act on.
+
+``OpenerGenerator.generate`` is one URL end to end. tenacity is the only retry layer (the SDK's
+own retries are off): exponential backoff with jitter, at least as long as ``Retry-After``; a
+429 also puts the shared limiter into a cooldown so every worker pauses, not just this one.
+The prompt is ``prompt.build_messages``; the client and its error reading, ``client``; dummy
+mode, ``dummy``; what an answer must be to become an opener, ``answers``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import openai
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from chalicelib.generation import guard
+from chalicelib.generation.answers import GenerationFailed, Opener, UnusableAnswer, token_count, usable_text
+from chalicelib.generation.client import (
+    BACKOFF_INITIAL_S,
+    BACKOFF_JITTER_S,
+    BACKOFF_MAX_S,
+    STOP_CHECK_SLICE_S,
+    describe_error,
+    is_quota_exhausted,
+    is_retryable,
+    retry_after,
+)
+from chalicelib.generation.prompt import build_messages
+from chalicelib.generation.ratelimit import LimiterStopped, estimate_tokens, provider_limits
+
+log = logging.getLogger("csv_opener.openers")
+
+TEMPERATURE = 0.7
+
+# -- generator ------------------------------------------------------------------------------------
+
+
+class Limiter(Protocol):
+    """What the generator needs from ``chalicelib.generation.ratelimit.RateLimiter`` (tests pass a fake)."""
+
+    def acquire(self, tokens: int, should_stop: Callable[[], bool] = ..., account: str | None = ...,
+                model: str | None = ...) -> float: ...
+
+    def refund(self, estimated: int, actual: int, model: str | None = ...) -> None: ...
+
+    def cooldown(self, seconds: float, model: str | None = ...) -> None: ...
+
+    def observe(self, model: str | None, headers: Any) -> None: ...
+
+
+def _json_body(content: bytes) -> dict:
+    """The answer's JSON object; anything else is an unusable answer (retried)."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        raise UnusableAnswer(content[:200].decode("utf-8", "replace")) from None
+    if not isinstance(body, dict):
+        raise UnusableAnswer(str(body)[:200])
+    return body
+
+
+class OpenerGenerator:
+    """Generates one opener per call; safe to share between the chunk worker's threads."""
+
+    def __init__(
+        self,
+        client: openai.OpenAI,
+        limiter: Limiter,
+        model: str,
+        max_retries: int = 3,
+        max_tokens: int = 120,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.limiter = limiter
+        self.model = model
+        self.max_retries = max(1, int(max_retries))  # attempts in total, the first one included
+        self.max_tokens = max_tokens
+        self._sleep = sleep
+        self._backoff = wait_exponential_jitter(
+            multiplier=BACKOFF_INITIAL_S, max=BACKOFF_MAX_S, jitter=BACKOFF_JITTER_S
+        )
+
+    def generate(
+        self,
+        url: str,
+        instructions: str | None = None,
+        model: str | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        account: str | None = None,
+        fields: dict[str, str] | None = None,
+        page: str | None = None,
+    ) -> Opener:
+        """The opener for ``url``; raises GenerationFailed, or LimiterStopped when asked to stop.
+        ``account`` takes the call from that account's fair share of the shared rate; ``fields``
+        (the row's template columns) and ``page`` (a summary of the prospect's page) go into the
+        prompt as data. An answer the output guard rejects is retried like an unusable one."""
+        request = self.request_body(url, instructions, model, fields, page)
+        retrying = Retrying(
+            stop=stop_after_attempt(self.max_retries),
+            wait=self._wait,
+            retry=retry_if_exception(is_retryable),
+            sleep=lambda seconds: self._pause(seconds, should_stop),
+            before_sleep=lambda state: self._log_retry(url, state),
+            reraise=True,
+        )
+        attempts = 0
+        try:
+            for attempt in retrying:
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    opener = self._attempt(request, should_stop, attempts, account)
+                    rejected = guard.problem(opener.text, url, instructions)
+                    if rejected:
+                        raise UnusableAnswer(opener.text, rejected)
+                    return opener
+        except (openai.OpenAIError, UnusableAnswer) as exc:
+            raise GenerationFailed(describe_error(exc), attempts) from exc
+        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    def request_body(self, url: str, instructions: str | None = None, model: str | None = None,
+                     fields: dict[str, str] | None = None, page: str | None = None) -> dict:
+        """The chat-completions request for one URL, as a live call sends it and a Batch API file
+        carries it (one prompt for both modes)."""
+        return {"model": model or self.model, "messages": build_messages(url, instructions, fields, page),
+                "max_tokens": self.max_tokens, "temperature": TEMPERATURE}
+
+    def _attempt(self, request: dict, should_stop: Callable[[], bool], number: int,
+                 account: str | None = None) -> Opener:
+        model = request["model"]
+        estimate = estimate_tokens(request["messages"], request["max_tokens"])
+        self.limiter.acquire(estimate, should_stop, account=account, model=model)
+        try:
+            # The SDK builds the request and raises its typed errors; the small JSON answer is read
+            # directly (building the SDK's response model cost ~15 % of a call's CPU here).
+            response = self.client.chat.completions.with_raw_response.create(**request)
+        except openai.RateLimitError as exc:
+            if provider_limits(exc.response.headers) != (-1, -1):  # OpenAI's 429s state the limits too
+                self.limiter.observe(model, exc.response.headers)
+            self._on_rate_limited(exc, model)
+            raise
+        # a success states the limits, or says by their absence that the server sends none (an
+        # error page may lack them for other reasons: only successes and 429s are read)
+        self.limiter.observe(model, response.http_response.headers)
+        body = _json_body(response.http_response.content)
+        usage = body.get("usage") or {}
+        if isinstance(usage.get("total_tokens"), int):
+            self.limiter.refund(estimate, usage["total_tokens"], model=model)
+        return Opener(text=usable_text(body), prompt_tokens=token_count(usage, "prompt_tokens"),
+                      completion_tokens=token_count(usage, "completion_tokens"), attempts=number)
+
+    def _on_rate_limited(self, exc: openai.RateLimitError, model: str) -> None:
+        if is_quota_exhausted(exc):
+            return  # not a rate problem: pausing everyone would not help
+        self.limiter.cooldown(retry_after(exc) or 1.0, model=model)
+
+    def _wait(self, retry_state: RetryCallState) -> float:
+        """Exponential backoff with jitter, but never shorter than the server's Retry-After."""
+        backoff = self._backoff(retry_state)
+        outcome = retry_state.outcome
+        hinted = retry_after(outcome.exception()) if outcome is not None and outcome.failed else None
+        return max(backoff, hinted or 0.0)
+
+    def _pause(self, seconds: float, should_stop: Callable[[], bool]) -> None:
+        """Sleep between attempts in slices; LimiterStopped as soon as should_stop() is True."""
+        remaining = seconds
+        while True:
+            if should_stop():
+                raise LimiterStopped("stopped between attempts; the URL goes back to pending")
+            if remaining <= 0:
+                return
+            step = min(STOP_CHECK_SLICE_S, remaining)
+            self._sleep(step)
+            remaining -= step
+
+    def _log_retry(self, url: str, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        log.info(
+            "opener attempt %d for %s failed (%s); retrying in %.2fs",
+            state.attempt_number,
+            url,
+            describe_error(exc) if exc is not None else "unknown error",
+            wait,
+        )

@@ -1,0 +1,390 @@
+"""One OpenAI requests-per-minute and tokens-per-minute budget shared through Redis.
+
+Why this exists: every chunk is processed by its own Lambda invocation, and each invocation
+runs up to 16 threads calling OpenAI. A per-process limiter cannot stop fifty containers from
+each spending the whole account budget at once; OpenAI then answers 429 and everything slows
+down. All of them therefore take their turn from one pair of token buckets kept in Redis.
+
+How it works:
+
+* Two token buckets (requests, tokens), each a Redis hash ``{level, ts}``, refill continuously at
+  ``limit / 60000`` per millisecond up to ``burst = max(limit / 60, need)``: one second's worth,
+  because OpenAI enforces its per-minute limits in shorter slices, not as one per-minute lump.
+* ``acquire`` is a *reservation* (GCRA-style): one atomic Lua script, on the Redis server clock,
+  deducts the caller's need at once (the level may go negative) and returns how long until that
+  reservation is covered. The caller sleeps that long and then calls the API without asking
+  again: no polling, no thundering herd, first come first served, and exactly ``limit`` per
+  minute in the long run however many processes share the budget.
+* ``cooldown(seconds)`` after a provider 429 pauses every worker in every process: it stores
+  ``<prefix>:cooldown_until`` and freezes both buckets until then (no credit accrues during the
+  pause, so the end of a pause releases at most one burst, then the steady rate). A reservation
+  made before the 429 that would have fired inside the pause is handed back and retaken after it.
+* ``refund`` corrects the token bucket once the response's real ``usage`` is known.
+* Fair share between accounts: ``acquire(..., account=id)`` also takes the turn from that
+  account's own pair of buckets, refilled at ``limit / n`` where n is the number of accounts that
+  asked in the last few seconds. An account may reserve at most ``MAX_AHEAD_MS`` ahead in its
+  share; beyond that it is told to come back later instead of queueing. So a big job cannot
+  stack up minutes of reservations in front of a small job of another account: while both run,
+  each gets half the provider rate, and alone, either gets all of it.
+* If Redis is unreachable ``acquire`` keeps retrying with backoff; it never lets a caller through
+  unthrottled. It gives up only when the caller's ``should_stop()`` says so (``LimiterStopped``).
+* Limits learned from the provider, per model. OpenAI answers every call with
+  ``x-ratelimit-limit-requests`` / ``x-ratelimit-limit-tokens`` (the organisation's RPM and TPM
+  for that model). ``observe(model, headers)`` stores them in ``P:m:<model>:limits`` and the
+  scripts use them from the next reservation on, so the system converges on the real limits
+  without being told, and follows a change (a tier upgrade) with the next answer. ``rpm`` and
+  ``tpm`` given to the limiter (OPENAI_RPM / OPENAI_TPM) are ceilings over what is learned (0 =
+  none): headroom for other users of the same key, and the limits in force for a server that
+  sends no such headers. Until a model's provider has answered once, at most ``start_rpm``
+  requests per minute go out (a cautious start: a few requests, not a wall of 429s; the app uses
+  ``START_RPM``, 0 turns it off); waits booked in that phase are booked again as soon as the
+  limits are known, and the buckets go on from what the start used (not full again).
+* Each model has its own buckets, cooldown and fair shares (``acquire(..., model=m)``), as the
+  provider limits each model on its own: jobs on different models share a key, not a bucket.
+
+A limit of 0 means "unlimited" for that bucket.
+
+Keys, with P the prefix in a hash tag (``{csv-opener:ratelimit}`` for ``csv-opener:ratelimit``;
+a prefix that already holds a tag, e.g. ``app:{rl}``, is used as it is) and B = ``P:m:<model>``
+(``P`` itself when no model is given): ``B:requests`` and ``B:tokens`` (the buckets),
+``B:cooldown_until``, ``B:limits`` (learned, a hash ``{rpm, tpm}``, -1 = the provider sends
+none), ``B:active_accounts`` (a zset) and ``B:share:<account>:requests|tokens``. Every key a
+script touches travels in ``KEYS``, and Redis Cluster hashes only the tag, so all of a limiter's
+keys share one hash slot and each script runs on the node that owns it (no CROSSSLOT); a single
+Redis stores the same keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis import exceptions as redis_exc
+
+from chalicelib.generation.ratelimit.headers import provider_limits
+
+START_RPM = 180  # before a model's provider has answered once: 3 requests at once, then 3 a second
+LEARNED_TTL_S = 3600  # learned limits are forgotten after an hour without an answer
+OBSERVE_EVERY_S = 20.0  # a process writes unchanged learned limits again at most this often
+
+# Errors that mean "Redis is not usable right now" (down, unreachable, failing over), not a bug.
+_UNAVAILABLE = (
+    redis_exc.ConnectionError,  # includes BusyLoadingError
+    redis_exc.TimeoutError,
+    redis_exc.ReadOnlyError,  # replica promoted / failover in progress
+    redis_exc.MasterDownError,
+    redis_exc.TryAgainError,
+    redis_exc.ClusterError,  # Redis Cluster: cluster down, or redirections exhausted while slots move
+    redis_exc.SlotNotCoveredError,  # Redis Cluster: a slot without a primary during a failover
+)
+
+
+def _hash_tag(key: str) -> str | None:
+    """What Redis Cluster hashes instead of the whole key: the text between the first ``{`` and
+    the next ``}``, if that is not empty; else None (the whole key is hashed)."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return key[start + 1:end] if end > start + 1 else None
+
+
+def _tagged_prefix(prefix: str) -> str:
+    """The prefix every key of a limiter starts with: ``prefix`` if it holds a hash tag already,
+    else ``{prefix}``, so that all keys built on it hash to one slot."""
+    if _hash_tag(prefix) is not None:
+        return prefix
+    if _hash_tag(f"{{{prefix}}}") is None:  # empty, or starting with '}'
+        raise ValueError(f"rate-limit prefix {prefix!r} cannot be made into a Redis hash tag")
+    return f"{{{prefix}}}"
+
+
+LUA_DIR = Path(__file__).with_name("lua")
+
+
+def _script(*names: str) -> str:
+    """The Lua source of a script: the files of lua/ named, in order (common.lua holds the shared
+    helpers: the server clock, loading a bucket, the limits in force)."""
+    return "".join((LUA_DIR / f"{name}.lua").read_text() for name in names)
+
+
+# The scripts (each file opens with its KEYS, ARGV and what it returns).
+_ACQUIRE_LUA = _script("common", "acquire")
+_COOLDOWN_LUA = _script("common", "cooldown")
+_COOLDOWN_LEFT_LUA = _script("common", "cooldown_left")
+_REFUND_LUA = _script("common", "refund")
+_LEARN_LUA = _script("learn")
+_LIMITS_LUA = _script("common", "limits")
+
+
+class LimiterStopped(Exception):
+    """``acquire`` gave up because ``should_stop()`` returned True; the caller must not call the API."""
+
+
+class RateLimiter:
+    """Requests-per-minute and tokens-per-minute limits shared by every process using ``prefix``:
+    learned from the provider per model (``observe``), capped by ``rpm`` / ``tpm`` (0 = no cap).
+
+    Works with a ``redis.Redis`` or a ``redis.RedisCluster``. Thread-safe (redis-py clients are).
+    Typical use around one OpenAI call::
+
+        estimate = estimate_tokens(messages, max_tokens)
+        limiter.acquire(estimate, should_stop=lambda: context.get_remaining_time_in_millis() < 60_000,
+                        model=model)
+        try:
+            response = client.chat.completions.with_raw_response.create(model=model, ...)
+        except openai.RateLimitError as exc:
+            limiter.observe(model, exc.response.headers)
+            limiter.cooldown(retry_after_seconds(exc.response.headers) or 1.0, model=model)
+            raise
+        limiter.observe(model, response.headers)
+        limiter.refund(estimate, usage["total_tokens"], model=model)
+    """
+
+    backoff_initial: float = 0.2  # seconds; first retry delay while Redis is unreachable
+    backoff_max: float = 5.0  # seconds; retry delays double up to this
+    share_window_ms: float = 5000.0  # an account counts as active this long after it last asked
+    max_ahead_ms: float = 1000.0  # how far ahead an account may reserve within its share
+    sleep_slice: float = 1.0  # seconds; long waits are cut into slices so should_stop is honoured
+    start_slice: float = 0.1  # seconds; a wait booked in the cautious start checks this often for the limits
+
+    def __init__(
+        self,
+        redis_client: redis.Redis | redis.RedisCluster,
+        rpm: int,
+        tpm: int,
+        prefix: str = "csv-opener:ratelimit",
+        sleep: Callable[[float], Any] = time.sleep,
+        log: logging.Logger | None = None,
+        start_rpm: int = 0,
+    ) -> None:
+        if rpm < 0 or tpm < 0 or start_rpm < 0:
+            raise ValueError(f"rpm, tpm and start_rpm must be >= 0 (0 = no limit), got {rpm}, {tpm}, {start_rpm}")
+        self.rpm = int(rpm)
+        self.tpm = int(tpm)
+        self.start_rpm = int(start_rpm)
+        self.prefix = _tagged_prefix(prefix)  # what every key starts with: one hash slot for all
+        self.keys = self._keys(None)[:3]
+        self.active_key = f"{self.prefix}:active_accounts"
+        self._redis = redis_client
+        self._sleep = sleep
+        self._log = log or logging.getLogger("csv_opener.ratelimit")
+        self._seen: dict[str, tuple[int, int, float]] = {}  # model -> limits this process last wrote, when
+        self._acquire_script = redis_client.register_script(_ACQUIRE_LUA)
+        self._cooldown_script = redis_client.register_script(_COOLDOWN_LUA)
+        self._cooldown_left_script = redis_client.register_script(_COOLDOWN_LEFT_LUA)
+        self._refund_script = redis_client.register_script(_REFUND_LUA)
+        self._learn_script = redis_client.register_script(_LEARN_LUA)
+        self._limits_script = redis_client.register_script(_LIMITS_LUA)
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def acquire(self, tokens: int, should_stop: Callable[[], bool] = lambda: False,
+                account: str | None = None, model: str | None = None) -> float:
+        """Block until one request of ``tokens`` tokens fits the shared budget of ``model`` (and,
+        with ``account``, that account's fair share of it); return seconds waited.
+
+        Sleeps (in slices of at most ``sleep_slice``) until the reservation is due, then checks
+        once more for a cooldown set meanwhile by someone else's 429 and, if there is one, sleeps
+        it off and reserves again. Raises ``LimiterStopped`` as soon as ``should_stop()`` is True
+        while waiting; the reservation is then simply wasted. Never returns without a reservation,
+        however long Redis stays unreachable.
+        """
+        if tokens < 0:
+            raise ValueError(f"tokens must be >= 0, got {tokens}")
+        if self.tpm and tokens > self.tpm:
+            self._log.warning(
+                "request needs %d tokens, more than the whole %d tokens-per-minute budget", tokens, self.tpm
+            )
+        waited = 0.0
+        while True:
+            (granted, wait_ms, starting), slept = self._with_retry(
+                lambda: self._reserve(tokens, account, model), should_stop)
+            waited += slept
+            if not granted:  # the account's share is booked ahead: ask again when it has room
+                waited += self._sleep_for(max(0.01, wait_ms / 1000.0 * random.uniform(1.0, 1.5)), should_stop)
+                continue
+            if wait_ms <= 0:
+                return waited  # granted now; the script already accounted for any cooldown
+            if starting:  # booked at the cautious start's rate: book again once the limits are known
+                slept, learned = self._sleep_until_learned(wait_ms / 1000.0, model, should_stop)
+                waited += slept
+                if learned:
+                    continue
+            else:
+                waited += self._sleep_for(wait_ms / 1000.0, should_stop)
+            try:
+                left = self._cooldown_left_ms(model) / 1000.0
+            except _UNAVAILABLE as exc:
+                # The reservation itself was granted under the budget; only the courtesy
+                # re-check failed. Go ahead rather than wait out an outage.
+                self._log.warning("Redis unreachable re-checking the rate-limit cooldown (%s); proceeding", exc)
+                return waited
+            if left <= 0:
+                return waited
+            # A 429 elsewhere paused everyone after we reserved: our slot was handed back
+            # (see _COOLDOWN_LUA), so wait the pause out and queue again behind it.
+            self._log.info("rate-limit cooldown in force; waiting %.2fs before reserving again", left)
+            waited += self._sleep_for(left, should_stop)
+
+    def refund(self, estimated: int, actual: int, model: str | None = None) -> None:
+        """Give back ``estimated - actual`` tokens (or take more when ``actual`` is larger).
+
+        Best effort: if Redis is unreachable the correction is logged and dropped.
+        """
+        delta = int(estimated) - int(actual)
+        if delta == 0 or (not self.tpm and self._seen.get(model or "", (0, 0))[1] < 0):
+            return  # no token limit: none set, and the provider (last heard) states none
+        try:
+            self._refund_script(keys=self._keys(model), args=[self.rpm, self.tpm, delta, self.start_rpm])
+        except _UNAVAILABLE as exc:
+            self._log.warning("Redis unreachable; token refund of %d dropped (%s)", delta, exc)
+
+    def cooldown(self, seconds: float, model: str | None = None) -> None:
+        """Pause every acquirer of ``model`` sharing this prefix for ``seconds`` (never shortens a pause).
+
+        Best effort: if Redis is unreachable it is logged; the caller's own retry still goes
+        through ``acquire``, which waits for Redis.
+        """
+        if seconds <= 0:
+            return
+        try:
+            self._cooldown_script(keys=self._keys(model), args=[self.rpm, self.tpm, float(seconds), self.start_rpm])
+        except _UNAVAILABLE as exc:
+            self._log.warning("Redis unreachable; shared cooldown of %.2fs not recorded (%s)", seconds, exc)
+            return
+        self._log.warning("rate-limit cooldown: every worker pauses for %.2fs", seconds)
+
+    def cooldown_remaining(self, model: str | None = None) -> float:
+        """Seconds left in the shared cooldown (0.0 if none, or if Redis is unreachable)."""
+        try:
+            return self._cooldown_left_ms(model) / 1000.0
+        except _UNAVAILABLE as exc:
+            self._log.warning("Redis unreachable reading the rate-limit cooldown (%s)", exc)
+            return 0.0
+
+    def observe(self, model: str | None, headers: Mapping[str, str]) -> None:
+        """Learn ``model``'s limits from a provider answer's headers (``provider_limits``); the
+        next reservation uses them. Cheap: a process writes only a change, or the same limits
+        again after ``OBSERVE_EVERY_S`` (to keep them from expiring). Best effort."""
+        rpm, tpm = provider_limits(headers)
+        key = model or ""
+        seen = self._seen.get(key)
+        now = time.monotonic()
+        if seen is not None and seen[:2] == (rpm, tpm) and now - seen[2] < OBSERVE_EVERY_S:
+            return
+        self._seen[key] = (rpm, tpm, now)
+        keys = self._keys(model)
+        try:
+            first = self._learn_script(keys=[keys[3], keys[0], keys[1]], args=[rpm, tpm, LEARNED_TTL_S * 1000])
+        except _UNAVAILABLE as exc:
+            self._seen.pop(key, None)
+            self._log.warning("Redis unreachable; provider limits not recorded (%s)", exc)
+            return
+        if first or seen is None or seen[:2] != (rpm, tpm):
+            self._log.info("provider limits for %s: %s requests/min, %s tokens/min", model or "the default model",
+                           rpm if rpm > 0 else "not sent", tpm if tpm > 0 else "not sent")
+
+    def limits(self, model: str | None = None) -> dict:
+        """What is known of ``model``'s limits: learned from the provider (None: not heard from
+        yet; -1: not sent), the ceilings, and the limits in force (0 = none)."""
+        rpm, tpm, learned_rpm, learned_tpm = self._limits_script(keys=[self._keys(model)[3]],
+                                                                 args=[self.rpm, self.tpm, self.start_rpm])
+        learned = None if learned_rpm is None or learned_tpm is None else {"rpm": int(learned_rpm),
+                                                                            "tpm": int(learned_tpm)}
+        return {"learned": learned, "ceiling": {"rpm": self.rpm, "tpm": self.tpm},
+                "in_force": {"rpm": int(rpm), "tpm": int(tpm)}}
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _keys(self, model: str | None) -> list[str]:
+        """requests, tokens, cooldown_until and learned limits of ``model`` (no model: the prefix's own)."""
+        base = f"{self.prefix}:m:{_model_key(model)}" if model else self.prefix
+        return [f"{base}:requests", f"{base}:tokens", f"{base}:cooldown_until", f"{base}:limits"]
+
+    def _reserve_ms(self, tokens: int, model: str | None = None) -> float:
+        """One reservation without a share (no sleeping, no retry); the wait in ms until it is due."""
+        return self._reserve(tokens, None, model)[1]
+
+    def _reserve(self, tokens: int, account: str | None, model: str | None = None) -> tuple[bool, float, bool]:
+        """One reservation (no sleeping, no retry): (True, ms until due, starting), or (False, ms
+        until the account's share has room: nothing was reserved, starting); `starting` while
+        the model's limits are not known yet."""
+        requests, tokens_key, cooldown, learned = self._keys(model)
+        base = requests.rsplit(":", 1)[0]
+        share = [f"{base}:share:{account or '-'}:requests", f"{base}:share:{account or '-'}:tokens"]
+        answer = self._acquire_script(
+            keys=[requests, tokens_key, cooldown, f"{base}:active_accounts", *share, learned],
+            args=[self.rpm, self.tpm, 1, int(tokens), account or "", self.share_window_ms, self.max_ahead_ms,
+                  self.start_rpm])
+        text = answer.decode() if isinstance(answer, bytes) else str(answer)
+        wait, _, starting = text[1:].partition(":")
+        return text[0] == "g", float(wait), starting == "1"
+
+    def _cooldown_left_ms(self, model: str | None = None) -> float:
+        return max(0.0, float(self._cooldown_left_script(keys=self._keys(model)[:3])))
+
+    def _sleep_until_learned(self, seconds: float, model: str | None,
+                             should_stop: Callable[[], bool]) -> tuple[float, bool]:
+        """Sleep up to ``seconds`` in short slices, stopping early once ``model``'s limits are
+        known; (seconds slept, whether they became known)."""
+        key = self._keys(model)[3]
+        slept = 0.0
+        while slept < seconds:
+            slept += self._sleep_for(min(self.start_slice, seconds - slept), should_stop)
+            try:
+                if self._redis.exists(key):
+                    return slept, True
+            except _UNAVAILABLE:
+                continue
+        return slept, False
+
+    def _with_retry(self, call: Callable[[], float], should_stop: Callable[[], bool]) -> tuple[float, float]:
+        """Run ``call`` until Redis answers; return (result, seconds slept in backoff)."""
+        slept = 0.0
+        delay = self.backoff_initial
+        attempt = 0
+        while True:
+            try:
+                return call(), slept
+            except _UNAVAILABLE as exc:
+                attempt += 1
+                if should_stop():
+                    raise LimiterStopped(f"gave up waiting for Redis after {attempt} attempt(s): {exc}") from exc
+                pause = delay * random.uniform(0.5, 1.0)
+                self._log.warning(
+                    "Redis unreachable for the rate limiter (%s: %s); attempt %d, retrying in %.2fs",
+                    type(exc).__name__,
+                    exc,
+                    attempt,
+                    pause,
+                )
+                slept += self._sleep_for(pause, should_stop)
+                delay = min(delay * 2, self.backoff_max)
+
+    def _sleep_for(self, seconds: float, should_stop: Callable[[], bool]) -> float:
+        """Sleep ``seconds`` in slices, raising LimiterStopped when ``should_stop()`` turns True."""
+        remaining = seconds
+        slept = 0.0
+        while remaining > 0:
+            if should_stop():
+                raise LimiterStopped(f"stopped with {remaining:.2f}s of the rate-limit wait left")
+            step = min(self.sleep_slice, remaining)
+            self._sleep(step)
+            slept += step
+            remaining -= step
+        return slept
+
+
+# -- helpers for callers ------------------------------------------------------------------------
+
+_MODEL_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._:/-]")
+
+
+def _model_key(model: str) -> str:
+    """A model name as a key part: ASCII letters, digits and ._:/- only, at most 100 characters."""
+    return _MODEL_KEY_UNSAFE.sub("_", model)[:100]

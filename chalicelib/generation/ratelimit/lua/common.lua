@@ -1,0 +1,51 @@
+-- Shared helpers. Times are milliseconds (with a fraction) on the Redis server clock, which
+-- every process sees alike; no client clock takes part in the accounting.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+
+-- Load a bucket and bring it up to date. A bucket whose ts lies in the future is frozen by a
+-- cooldown: it gains nothing until then.
+local function load(key, rate, burst)
+  local s = redis.call('HMGET', key, 'level', 'ts')
+  local level, ts = tonumber(s[1]), tonumber(s[2])
+  if level == nil or ts == nil then
+    return burst, now
+  end
+  if ts < now then
+    level = level + (now - ts) * rate
+    ts = now
+  end
+  return math.min(level, burst), ts
+end
+
+local function store(key, rate, burst, level, ts)
+  redis.call('HSET', key, 'level', level, 'ts', ts)
+  -- Expire a little after the bucket would be full again: a missing key reads as full.
+  redis.call('PEXPIRE', key, math.ceil(math.max(ts - now, 0) + (burst - level) / rate) + 1000)
+end
+
+local function cooldown_left()
+  local u = tonumber(redis.call('GET', KEYS[3]) or '')
+  if u == nil or u <= now then return 0 end
+  return u - now
+end
+
+-- The limits in force (rpm, tpm, 1 while the provider has not answered yet, else 0): what the
+-- provider told us (-1: it sends no such limit) capped by the operator's ceilings (0: none); until
+-- the provider has answered, at most start_rpm requests per minute.
+local function effective(key, ceil_rpm, ceil_tpm, start_rpm)
+  local s = redis.call('HMGET', key, 'rpm', 'tpm')
+  local lr, lt = tonumber(s[1]), tonumber(s[2])
+  if lr == nil or lt == nil then
+    if start_rpm > 0 and (ceil_rpm <= 0 or start_rpm < ceil_rpm) then
+      return start_rpm, ceil_tpm, 1
+    end
+    return ceil_rpm, ceil_tpm, 1
+  end
+  local function cap(learned, ceiling)
+    if learned <= 0 then return ceiling end
+    if ceiling > 0 and ceiling < learned then return ceiling end
+    return learned
+  end
+  return cap(lr, ceil_rpm), cap(lt, ceil_tpm), 0
+end

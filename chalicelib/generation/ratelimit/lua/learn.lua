@@ -1,0 +1,19 @@
+-- KEYS: learned limits, requests bucket, tokens bucket. ARGV: rpm, tpm (-1: not sent), ttl ms.
+-- Returns 1 when these are the model's first known limits, else 0. Then the cautious start's
+-- bookings not yet due are dropped (their callers book again at the real limits), but what it
+-- used stays used: a bucket it emptied starts empty, not full, since the provider's own bucket
+-- has not refilled either (starting full sent a burst into it: a few 429s at every start).
+local s = redis.call('HMGET', KEYS[1], 'rpm', 'tpm')
+local first = tonumber(s[1]) == nil or tonumber(s[2]) == nil
+redis.call('HSET', KEYS[1], 'rpm', ARGV[1], 'tpm', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if not first then
+  return 0
+end
+for _, key in ipairs({KEYS[2], KEYS[3]}) do
+  local level = tonumber(redis.call('HGET', key, 'level') or '')
+  if level ~= nil and level < 0 then
+    redis.call('HSET', key, 'level', 0)
+  end
+end
+return 1

@@ -1,0 +1,501 @@
+"""Read uploaded CSV files of URLs: guess their layout, then stream their rows.
+
+Uploads can hold 100,000+ rows and live in S3, so nothing here needs the whole file: the layout
+(encoding, delimiter, header, URL column) is guessed from the first ``SAMPLE_SIZE`` bytes, then
+records are decoded and parsed incrementally from an iterable of byte chunks (an S3 body's
+``iter_chunks()``), with memory bounded by the longest line. Messy input never raises
+``UnicodeDecodeError``; problems the user can fix raise :class:`CsvError`, which carries the
+API error code and HTTP status.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import itertools
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from chalicelib.intake.urls import InvalidUrl, looks_like_url, normalize_url
+
+SAMPLE_SIZE = 65536
+FIELD_SIZE_LIMIT = 1 << 20  # 1 MiB per cell
+MAX_LINE_LENGTH = 2 * FIELD_SIZE_LIMIT  # characters in one physical line
+MAX_ERRORS = 20
+MAX_ERROR_VALUE_LENGTH = 200  # a reported bad value is clipped to this
+DELIMITERS = (",", ";", "\t", "|")
+
+_DELIMITER_RECORDS = 50  # records parsed per candidate delimiter
+_SCORING_RECORDS = 100  # records scored when looking for the URL column
+_DECODE_ERRORS = "csvopener.cp1252_fallback"
+
+# Header names (lower-case, without spaces, "_" or "-") that mark the URL column, best first.
+URL_HEADERS = (
+    "url",
+    "urls",
+    "website",
+    "websiteurl",
+    "websites",
+    "site",
+    "siteurl",
+    "domain",
+    "domains",
+    "domainname",
+    "link",
+    "links",
+    "homepage",
+    "homepageurl",
+    "companyurl",
+    "companywebsite",
+    "companydomain",
+    "linkedin",
+    "linkedinurl",
+    "linkedinprofile",
+    "profile",
+    "profileurl",
+)
+
+_XLSX_MESSAGE = (
+    "This looks like an Excel workbook (.xlsx) or a ZIP archive; save it as CSV and upload again"
+)
+_XLS_MESSAGE = "This looks like an Excel workbook (.xls); save it as CSV and upload again"
+_BINARY_SIGNATURES = (
+    (b"%PDF", "This is a PDF document, not a CSV; export the data as CSV and upload again"),
+    (b"PK\x03\x04", _XLSX_MESSAGE),
+    (b"PK\x05\x06", "This is a ZIP archive; upload the CSV file itself"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", _XLS_MESSAGE),
+    (b"\x89PNG\r\n\x1a\n", "This is a PNG image, not a CSV; upload a CSV file"),
+    (b"\xff\xd8\xff", "This is a JPEG image, not a CSV; upload a CSV file"),
+    (b"GIF87a", "This is a GIF image, not a CSV; upload a CSV file"),
+    (b"GIF89a", "This is a GIF image, not a CSV; upload a CSV file"),
+    (b"\x1f\x8b", "This is a gzip-compressed file; decompress it and upload the CSV inside"),
+    (b"\xff\xfe", "This file is UTF-16 text; save it as CSV UTF-8 and upload again"),
+    (b"\xfe\xff", "This file is UTF-16 text; save it as CSV UTF-8 and upload again"),
+)
+_BINARY_MESSAGE = "This file contains binary data, not CSV text; upload a plain-text CSV file"
+_EMPTY_MESSAGE = "The file is empty; upload a CSV with one URL per row"
+_NO_URL_COLUMN_MESSAGE = 'No column of URLs found; name it "url" or pass url_column'
+
+
+class CsvError(ValueError):
+    """An upload we cannot use; ``code`` and ``message`` go into the API error body."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+    def to_dict(self) -> dict:
+        """The API error body: ``{"error": {"code", "message"}}``."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How to read a file, as guessed from its first bytes."""
+
+    encoding: str  # 'utf-8' or 'cp1252'; a UTF-8 BOM is skipped either way
+    delimiter: str  # one of DELIMITERS
+    has_header: bool
+    columns: tuple[str, ...]  # header cells (stripped), or generated names for a header-less file
+    url_index: int  # 0-based index of the URL column
+
+    @property
+    def url_column(self) -> str:
+        return self.columns[self.url_index]
+
+
+@dataclass
+class Row:
+    """The URL verdict for one data record."""
+
+    row: int  # 1-based data row number: the header and blank lines are not counted
+    url: str | None  # normalised URL, None when the value is not a URL we process
+    value: str  # the raw cell ('' when the record is too short to have one)
+    error: str | None  # why the value was rejected (an InvalidUrl message)
+
+
+@dataclass
+class Summary:
+    """What an upload holds, for the upload response."""
+
+    layout: Layout
+    total_rows: int  # rows with a valid URL
+    invalid_rows: int
+    errors: list[dict]  # the first MAX_ERRORS invalid rows as {"row", "value", "message"}
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def _fallback_char(byte: int) -> str:
+    try:
+        return bytes([byte]).decode("cp1252")
+    except UnicodeDecodeError:  # 0x81, 0x8D, 0x8F, 0x90, 0x9D: undefined in cp1252
+        return chr(byte)
+
+
+_FALLBACK_CHARS = tuple(_fallback_char(byte) for byte in range(256))
+
+
+def _decode_as_cp1252(exc: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: read undecodable bytes as cp1252 (Latin-1 where cp1252 has a gap)."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    bad = exc.object[exc.start:exc.end]
+    return "".join(_FALLBACK_CHARS[byte] for byte in bad), exc.end
+
+
+codecs.register_error(_DECODE_ERRORS, _decode_as_cp1252)
+csv.field_size_limit(FIELD_SIZE_LIMIT)
+
+
+def _strip_bom(data: bytes) -> bytes:
+    return data.removeprefix(codecs.BOM_UTF8)
+
+
+def _detect_encoding(data: bytes) -> str:
+    """UTF-8 when ``data`` decodes as UTF-8, ignoring a sequence cut at the end; else cp1252."""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(data, final=False)
+    except UnicodeDecodeError:
+        return "cp1252"
+    return "utf-8"
+
+
+def _without_bom(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The byte stream of ``chunks`` minus a leading UTF-8 BOM (which may span chunks)."""
+    iterator = iter(chunks)
+    head = b""
+    for chunk in iterator:
+        head += bytes(chunk)
+        if len(head) >= len(codecs.BOM_UTF8):
+            break
+    head = _strip_bom(head)
+    if head:
+        yield head
+    for chunk in iterator:
+        if chunk:
+            yield bytes(chunk)
+
+
+class _ChunkStream(io.RawIOBase):
+    """A readable raw stream over an iterable of byte chunks."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        super().__init__()
+        self._chunks = iter(chunks)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = memoryview(chunk)
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+def _text_lines(chunks: Iterable[bytes], encoding: str) -> Iterator[str]:
+    """Decoded physical lines, line endings kept (what csv.reader wants), each bounded."""
+    raw = _ChunkStream(_without_bom(chunks))
+    text = io.TextIOWrapper(io.BufferedReader(raw), encoding=encoding, errors=_DECODE_ERRORS,
+                            newline="")
+    while line := text.readline(MAX_LINE_LENGTH):
+        if len(line) >= MAX_LINE_LENGTH and line[-1] not in "\r\n":
+            raise csv.Error(f"a line is longer than {MAX_LINE_LENGTH} characters")
+        if "\x00" in line:  # the sample check sees only the first 64 KiB
+            raise CsvError("not_csv", _BINARY_MESSAGE, 415)
+        yield line
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+
+def _reader(lines: Iterable[str], delimiter: str) -> Iterator[list[str]]:
+    """csv.reader with default quoting; a space after a delimiter may precede a quote."""
+    return csv.reader(lines, delimiter=delimiter, skipinitialspace=True)
+
+
+def _is_blank(record: list[str]) -> bool:
+    return not any(cell.strip() for cell in record)
+
+
+def iter_records(chunks: Iterable[bytes], layout: Layout) -> Iterator[list[str]]:
+    """The decoded data records of the file (after the header), blank records skipped."""
+    reader = _reader(_text_lines(chunks, layout.encoding), layout.delimiter)
+    header_pending = layout.has_header
+    row = 0
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            where = "the header row" if header_pending else f"data row {row + 1}"
+            raise CsvError("unparseable_csv", f"The CSV could not be read at {where} ({exc}); "
+                           "a quote that is opened but never closed is the usual cause") from exc
+        if _is_blank(record):
+            continue
+        if header_pending:
+            header_pending = False
+            continue
+        row += 1
+        yield record
+
+
+def _url_verdict(number: int, record: list[str], index: int) -> Row:
+    value = record[index] if index < len(record) else ""
+    try:
+        return Row(row=number, url=normalize_url(value), value=value, error=None)
+    except InvalidUrl as exc:
+        return Row(row=number, url=None, value=value, error=str(exc))
+
+
+def iter_rows(chunks: Iterable[bytes], layout: Layout) -> Iterator[tuple[Row, list[str]]]:
+    """Each data record with its URL verdict."""
+    for number, record in enumerate(iter_records(chunks, layout), start=1):
+        yield _url_verdict(number, record, layout.url_index), record
+
+
+# --- layout detection -----------------------------------------------------------------------
+
+
+def detect_layout(sample: bytes, url_column: str | None = None) -> Layout:
+    """Guess how to read a file from its first bytes (``SAMPLE_SIZE`` of them, or all of it).
+
+    The sample may end mid-line or mid-character. ``url_column`` names the URL column (a header
+    cell, case and spacing ignored, or a 1-based column number); by default it is found from the
+    header names, then from the values.
+    """
+    _reject_binary(sample)
+    data = _strip_bom(sample)
+    encoding = _detect_encoding(data)
+    text = data.decode(encoding, _DECODE_ERRORS)
+    if not text.strip():
+        raise CsvError("empty_file", _EMPTY_MESSAGE)
+    truncated = len(sample) >= SAMPLE_SIZE
+    delimiter = _detect_delimiter(text, truncated)
+    records = _sample_records(text, delimiter, truncated, _SCORING_RECORDS + 1)
+    if not records:
+        raise CsvError("empty_file", _EMPTY_MESSAGE)
+    wanted = url_column.strip() if url_column and url_column.strip() else None
+    has_header = _has_header(records, wanted)
+    columns, url_index = _url_column(records, has_header, wanted)
+    return Layout(encoding=encoding, delimiter=delimiter, has_header=has_header,
+                  columns=columns, url_index=url_index)
+
+
+def _reject_binary(sample: bytes) -> None:
+    for magic, message in _BINARY_SIGNATURES:
+        if sample.startswith(magic):
+            raise CsvError("not_csv", message, 415)
+    if b"\x00" in sample:
+        raise CsvError("not_csv", _BINARY_MESSAGE, 415)
+
+
+def _sample_records(text: str, delimiter: str, truncated: bool, limit: int) -> list[list[str]]:
+    """Up to ``limit`` non-blank records of the sample, minus one cut by the sample's end."""
+    reader = _reader(io.StringIO(text, newline=""), delimiter)
+    records: list[list[str]] = []
+    try:
+        for record in reader:
+            if not _is_blank(record):
+                records.append(record)
+            if len(records) > limit:
+                return records[:limit]
+    except csv.Error:
+        return records[:limit]
+    if truncated and len(records) > 1:
+        records.pop()
+    return records
+
+
+def _detect_delimiter(text: str, truncated: bool) -> str:
+    """The delimiter giving the most records with the same field count (> 1); ',' otherwise."""
+    best, best_score = ",", 0
+    for delimiter in DELIMITERS:
+        score = _consistency(_sample_records(text, delimiter, truncated, _DELIMITER_RECORDS))
+        if score > best_score:
+            best, best_score = delimiter, score
+    return best
+
+
+def _consistency(records: list[list[str]]) -> int:
+    """How many records share the most common field count, or 0 when that count is 1."""
+    widths = Counter(len(record) for record in records)
+    if not widths:
+        return 0
+    width, count = max(widths.items(), key=lambda item: (item[1], item[0]))
+    return count if width > 1 else 0
+
+
+def _header_key(cell: str) -> str:
+    return re.sub(r"[\s_\-]+", "", cell).lower()
+
+
+def _known_header_index(header: list[str]) -> int | None:
+    keys = [_header_key(cell) for cell in header]
+    for name in URL_HEADERS:
+        if name in keys:
+            return keys.index(name)
+    return None
+
+
+def _named_index(header: list[str], wanted: str) -> int | None:
+    """The header cell matching ``wanted``: case-insensitively, then ignoring spacing too."""
+    lowered = [cell.strip().casefold() for cell in header]
+    if wanted.casefold() in lowered:
+        return lowered.index(wanted.casefold())
+    keys = [_header_key(cell) for cell in header]
+    key = _header_key(wanted)
+    return keys.index(key) if key and key in keys else None
+
+
+def _best_url_column(records: list[list[str]], width: int) -> int | None:
+    """The column whose values most often look like URLs (leftmost on ties), if any does."""
+    scores = [0] * width
+    for record in records:
+        for index, cell in enumerate(record[:width]):
+            scores[index] += looks_like_url(cell)
+    best = max(scores, default=0)
+    return scores.index(best) if best else None
+
+
+def _has_header(records: list[list[str]], wanted: str | None) -> bool:
+    """Whether the first record names the columns rather than holding data."""
+    first = records[0]
+    if _known_header_index(first) is not None:
+        return True
+    if wanted is not None and _named_index(first, wanted) is not None:
+        return True
+    if any(looks_like_url(cell) for cell in first):
+        return False
+    rest = records[1:]
+    best = _best_url_column(rest, max((len(record) for record in rest), default=0))
+    if best is None or best >= len(first):
+        return False
+    cell = first[best].strip()
+    return bool(cell) and not any(mark in cell for mark in "./:@")  # not a broken URL
+
+
+def _url_column(records: list[list[str]], has_header: bool,
+                wanted: str | None) -> tuple[tuple[str, ...], int]:
+    """The column names and the URL column's index."""
+    if has_header:
+        header = [cell.strip() for cell in records[0]]
+        index = _header_url_index(header, records[1:], wanted)
+        return tuple(header), index
+    width = max(len(record) for record in records)
+    index = _headerless_url_index(records, width, wanted)
+    return _generated_columns(width, index), index
+
+
+def _header_url_index(header: list[str], data: list[list[str]], wanted: str | None) -> int:
+    if wanted is not None:
+        index = _named_index(header, wanted)
+        if index is None:
+            index = _column_number(wanted, len(header))
+        if index is None:
+            raise CsvError("unknown_url_column",
+                           f"Column '{wanted}' not found; the columns are: {', '.join(header)}")
+        return index
+    index = _known_header_index(header)
+    if index is None:
+        index = _best_url_column(data, len(header))
+    if index is None:
+        raise CsvError("no_url_column", _NO_URL_COLUMN_MESSAGE)
+    return index
+
+
+def _headerless_url_index(records: list[list[str]], width: int, wanted: str | None) -> int:
+    best = _best_url_column(records, width)
+    if wanted is None:
+        if best is None:
+            raise CsvError("no_url_column", _NO_URL_COLUMN_MESSAGE)
+        return best
+    if _header_key(wanted) == "url" and best is not None:
+        return best
+    generated = re.fullmatch(r"column[\s_\-]*(\d+)", wanted, re.IGNORECASE)
+    index = _column_number(generated.group(1) if generated else wanted, width)
+    if index is None:
+        raise CsvError("unknown_url_column",
+                       f"Column '{wanted}' not found; the file has no header row, "
+                       f"so pass a column number from 1 to {width}")
+    return index
+
+
+def _column_number(wanted: str, width: int) -> int | None:
+    """The 0-based index for a 1-based column number given as text, if in range."""
+    if wanted.isascii() and wanted.isdigit() and 1 <= int(wanted) <= width:
+        return int(wanted) - 1
+    return None
+
+
+def _generated_columns(width: int, url_index: int) -> tuple[str, ...]:
+    if width == 1:
+        return ("url",)
+    return tuple("url" if index == url_index else f"column_{index + 1}" for index in range(width))
+
+
+# --- whole-file summary ---------------------------------------------------------------------
+
+
+def split_sample(chunks: Iterable[bytes]) -> tuple[bytes, Iterator[bytes]]:
+    """Read just enough of ``chunks`` for :func:`detect_layout`.
+
+    Returns the first ``SAMPLE_SIZE`` bytes and an iterator over the whole stream again
+    (the buffered bytes followed by the rest), so a one-shot stream is read once.
+    """
+    iterator = iter(chunks)
+    head: list[bytes] = []
+    size = 0
+    for chunk in iterator:
+        head.append(bytes(chunk))
+        size += len(chunk)
+        if size >= SAMPLE_SIZE:
+            break
+    buffered = b"".join(head)
+    return buffered[:SAMPLE_SIZE], itertools.chain([buffered], iterator)
+
+
+def summarize(chunks: Iterable[bytes], url_column: str | None = None) -> Summary:
+    """Detect the layout, then stream every row, counting valid and invalid URLs."""
+    sample, stream = split_sample(chunks)
+    layout = detect_layout(sample, url_column)
+    total = invalid = 0
+    errors: list[dict] = []
+    for row, _record in iter_rows(stream, layout):
+        if row.url is not None:
+            total += 1
+            continue
+        invalid += 1
+        if len(errors) < MAX_ERRORS:
+            errors.append({"row": row.row, "value": _clip(row.value), "message": row.error})
+    if total == 0:
+        raise CsvError("no_valid_urls", _no_valid_urls_message(layout, invalid, errors))
+    return Summary(layout=layout, total_rows=total, invalid_rows=invalid, errors=errors)
+
+
+def _clip(value: str) -> str:
+    if len(value) <= MAX_ERROR_VALUE_LENGTH:
+        return value
+    return value[:MAX_ERROR_VALUE_LENGTH - 1] + "…"
+
+
+def _no_valid_urls_message(layout: Layout, invalid: int, errors: list[dict]) -> str:
+    message = f"The file has no valid URL in column '{layout.url_column}'"
+    if errors:
+        first = errors[0]
+        message += f" ({invalid} rows checked; row {first['row']}: {first['message']})"
+    return message + "; URLs must be http(s) addresses of public websites, like acme.com"

@@ -1,0 +1,92 @@
+"""Changing a running job from outside: cancel, retry, and giving up a dead-lettered chunk."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg
+
+from chalicelib.adapters import db
+from chalicelib.adapters.queue import ChunkQueue
+from chalicelib.adapters.storage import Storage
+from chalicelib.errors import Conflict
+from chalicelib.generation.dispatch import dispatch_next, window
+from chalicelib.jobs.export import export_job
+from chalicelib.jobs.start import take_account_capacity
+from chalicelib.jobs.views import job_json, require_job
+from chalicelib.logs import get_logger
+from chalicelib.settings import Settings
+
+log = get_logger("jobs")
+
+
+
+def cancel(conn, account_id: str, job_id: str, notify: Callable[[dict], None] | None = None,
+           cancel_batches: Callable[[str], int] | None = None) -> dict:
+    job = require_job(conn, account_id, job_id)
+    canceled = db.cancel_job(conn, job["id"])
+    if canceled is None:
+        raise Conflict(f"Job is already {job['status']}; only pending or processing jobs can be canceled",
+                       code="not_cancelable")
+    log.info("job canceled", extra={"job_id": str(job["id"])})
+    if canceled["mode"] == "batch" and cancel_batches is not None:
+        try:
+            cancel_batches(str(job["id"]))  # what the batches finished is kept when the sweep reads them
+        except Exception:  # the provider unreachable: the sweep asks again
+            log.exception("cancelling the job's batches failed", extra={"job_id": str(job["id"])})
+    if notify is not None:
+        notify(canceled)
+    return {"job": job_json(canceled)}
+
+
+def retry(conn, queue: ChunkQueue, settings: Settings, account_id: str, job_id: str) -> dict:
+    """Failed URLs (and a canceled or failed job's unfinished ones) back to pending, job ->
+    processing, then their chunks are enqueued again (after the commit, as in `start`). The
+    retried URLs count against the account's daily quota like a start's."""
+    job = require_job(conn, account_id, job_id)
+    seen = job["status"]
+    if seen not in ("completed", "failed", "canceled"):
+        raise Conflict(f"Job is {seen}; retry a completed, failed or canceled job", code="not_retryable")
+    try:
+        with conn.transaction():
+            # One lock order everywhere: a job's URL rows, then the job row (as save_results and
+            # fail_chunk take them), then the account row.
+            conn.execute("SET LOCAL lock_timeout = '5s'")
+            retried, failed, chunks = db.reset_for_retry(conn, job["id"], seen != "completed")
+            job = db.get_job(conn, job["id"], lock=True, nowait=False)
+            if job["status"] != seen:
+                raise Conflict(f"Job became {job['status']} meanwhile; look at it again", code="busy")
+            if retried == 0:
+                raise Conflict("Nothing to retry: no failed or unprocessed URLs", code="nothing_to_retry")
+            take_account_capacity(conn, settings, account_id, retried)
+            chunks, waiting = window(chunks, settings, job["mode"])
+            job = db.restart_job(conn, job["id"], failed, waiting)
+    except psycopg.errors.LockNotAvailable:
+        raise Conflict("Job is being changed by another request", code="busy") from None
+    try:
+        queue.send_chunks(str(job["id"]), chunks)
+    except Exception as exc:
+        log.exception("enqueueing the retry failed", extra={"job_id": str(job["id"])})
+        db.fail_job(conn, job["id"], f"Could not queue the retry ({type(exc).__name__}); call retry again",
+                    expected="processing")
+        raise
+    log.info("job retried", extra={"job_id": str(job["id"]), "retried": retried, "chunks": len(chunks)})
+    return {"job": job_json(job), "retried": retried, "chunks": len(chunks)}
+
+
+def give_up_chunk(get_conn, storage: Storage, queue: ChunkQueue, job_id: str, chunk: int, receive_count: int,
+                  error: BaseException, notify: Callable[[dict], None] | None = None) -> None:
+    """The chunk's message failed its last delivery and goes to the dead-letter queue: its
+    unfinished URLs fail with the reason, the job says why, and it can complete (and be retried)."""
+    reason = (f"chunk {chunk} failed {receive_count} deliveries ({type(error).__name__}: {str(error)[:200]}); "
+              "its message is in the dead-letter queue. Retry the job to try again.")
+    conn = get_conn()
+    with conn.transaction():
+        result = db.fail_chunk(conn, job_id, chunk, reason)
+    log.error("chunk given up", extra={"job_id": job_id, "chunk": chunk, "failed": result and result["failed"]})
+    completed = db.complete_job_if_done(conn, job_id)
+    if completed is not None:  # its last work was this chunk: write the results CSV, as a worker would
+        export_job(get_conn, storage, completed)
+        if notify is not None:
+            notify(completed)
+    dispatch_next(conn, queue, job_id)

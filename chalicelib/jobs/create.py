@@ -1,0 +1,125 @@
+"""From an upload to a pending job: validate the CSV, store the original in S3, create the
+row; a presigned upload is validated when it is processed. Also how a job reads its stored file."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict
+
+from chalicelib.adapters import db
+from chalicelib.adapters.storage import ObjectChanged, ObjectMissing, Storage
+from chalicelib.errors import BadRequest, Conflict, DomainError, Gone
+from chalicelib.intake import csvfile
+from chalicelib.intake.uploads import (
+    check_file_type,
+    check_size,
+    clean_file_name,
+    clean_url_column,
+    safe_file_name,
+)
+from chalicelib.jobs.views import job_json
+from chalicelib.logs import get_logger
+from chalicelib.settings import Settings
+
+log = get_logger("jobs")
+
+
+
+def upload_key(account_id: str, job_id: str, file_name: str) -> str:
+    return f"uploads/{account_id}/{job_id}/{safe_file_name(file_name)}"
+
+
+def create_from_upload(conn, storage: Storage, *, account_id: str, file_name: str, data: bytes,
+                       url_column: str | None) -> dict:
+    """Validate the CSV, store the original in S3, create the pending job. -> 201 body."""
+    try:
+        summary = csvfile.summarize([data], url_column)
+    except csvfile.CsvError as exc:
+        raise csv_error(exc) from None
+    job_id = str(uuid.uuid4())
+    key = upload_key(account_id, job_id, file_name)
+    etag = storage.put_bytes(key, data)
+    try:
+        job = db.insert_job(conn, job_id=job_id, account_id=account_id, file_name=file_name, file_path=key,
+                            source="upload", source_etag=etag, **summary_fields(summary))
+    except Exception:
+        storage.delete(key)  # no orphan object for a job that does not exist
+        raise
+    log.info("upload stored", extra={"job_id": job_id, "total_rows": summary.total_rows,
+                                     "invalid_rows": summary.invalid_rows, "bytes": len(data)})
+    return upload_body(job, summary)
+
+
+def summary_fields(summary: csvfile.Summary) -> dict:
+    """What validation learned about a file, as job columns."""
+    return {"layout": asdict(summary.layout), "columns": list(summary.layout.columns),
+            "url_column": summary.layout.url_column, "total_rows": summary.total_rows,
+            "invalid_rows": summary.invalid_rows, "errors": summary.errors}
+
+
+def upload_body(job: dict, summary: csvfile.Summary) -> dict:
+    return {
+        "job": job_json(job),
+        "url_column": summary.layout.url_column,
+        "columns": list(summary.layout.columns),
+        "total_rows": summary.total_rows,
+        "invalid_rows": summary.invalid_rows,
+        "errors": summary.errors,
+    }
+
+
+def create_presigned_upload(conn, storage: Storage, *, account_id: str, file_name: str | None,
+                            url_column: str | None = None) -> dict:
+    """A pending job plus a presigned PUT URL; the file is validated by `start`."""
+    name = clean_file_name(file_name)
+    url_column = clean_url_column(url_column)
+    check_file_type(name, "text/csv")
+    job_id = str(uuid.uuid4())
+    key = upload_key(account_id, job_id, name)
+    job = db.insert_job(conn, job_id=job_id, account_id=account_id, file_name=name, file_path=key, source="presigned",
+                        url_column=url_column or None)
+    return {"job": job_json(job), "upload_url": storage.presigned_put(key), "method": "PUT",
+            "headers": {"Content-Type": "text/csv"}}
+
+
+def validate_stored(conn, storage: Storage, settings: Settings, job: dict) -> dict:
+    """Validate a presigned upload as /api/upload would; a bad file fails the job with the reason."""
+    try:
+        size, etag = storage.head(job["file_path"])
+    except ObjectMissing:
+        raise BadRequest("The file has not been uploaded yet; PUT it to upload_url first",
+                         code="file_not_uploaded") from None
+    try:
+        check_size(size, settings.max_file_size)  # before reading: the PUT itself is not capped
+        summary = csvfile.summarize(read_source(storage, {**job, "source_etag": etag}), job["url_column"])
+    except csvfile.CsvError as exc:
+        error = csv_error(exc)
+    except DomainError as exc:
+        error = exc
+    else:  # from now on the job reads exactly this version of the file
+        return db.update_job(conn, job["id"], source_etag=etag, **summary_fields(summary))
+    db.fail_job(conn, job["id"], error.message, expected="pending")
+    raise error
+
+
+def csv_error(exc: csvfile.CsvError) -> DomainError:
+    return DomainError(exc.message, code=exc.code, status=exc.status)
+
+
+def layout_of(job: dict) -> csvfile.Layout:
+    data = dict(job["layout"])
+    data["columns"] = tuple(data["columns"])
+    return csvfile.Layout(**data)
+
+
+def read_source(storage: Storage, job: dict) -> Iterator[bytes]:
+    """The job's file, exactly the version it validated (its ETag), as chunks of bytes."""
+    try:
+        yield from storage.iter_chunks(job["file_path"], job["source_etag"])
+    except ObjectChanged:
+        raise Conflict("The file was replaced after it was validated, so its rows no longer match this job; "
+                       "upload the new file as a new job", code="source_changed") from None
+    except ObjectMissing:
+        raise Gone("The uploaded file is no longer stored (deleted, or past the retention period); "
+                   "GET /api/jobs/{id}/results still lists every opener", code="source_gone") from None

@@ -1,0 +1,146 @@
+"""The results CSV: the original rows in order plus the opener columns, rendered for a download
+(inline or through S3) and written to S3 once a job completes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+import uuid
+from typing import IO
+
+import tenacity
+
+from chalicelib.adapters import db
+from chalicelib.adapters.storage import Storage
+from chalicelib.errors import Conflict
+from chalicelib.intake import csvfile
+from chalicelib.jobs.create import layout_of, read_source
+from chalicelib.jobs.views import require_job
+from chalicelib.logs import get_logger
+from chalicelib.settings import BINARY_BODY_LIMIT
+
+log = get_logger("jobs")
+
+
+
+EXTRA_COLUMNS = ("opener", "opener_status", "opener_error", "context_status")
+
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+INLINE_DOWNLOAD_LIMIT = BINARY_BODY_LIMIT  # larger downloads go through S3 (base64 in a 6 MB response)
+
+
+def neutralize(cell: str) -> str:
+    """Keep spreadsheets from running a cell as a formula."""
+    return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
+
+
+def write_csv(conn, storage: Storage, job: dict, out: IO[str]) -> int:
+    """The original rows in order plus opener columns, merge-joined with the URL rows by row
+    number (both in file order, so memory stays bounded). Returns the rows written."""
+    layout = layout_of(job)
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([neutralize(c) for c in (*layout.columns, *EXTRA_COLUMNS)])
+    width = len(layout.columns)
+    results = db.iter_results(conn, job["id"]) if job["status"] != "pending" else iter(())
+    current = next(results, None)
+    written = 0
+    for row, record in csvfile.iter_rows(read_source(storage, job), layout):
+        while current is not None and current["row_number"] < row.row:
+            current = next(results, None)
+        match = current if current is not None and current["row_number"] == row.row else None
+        extra = _extra_cells(row, match)
+        cells = record + [""] * (width - len(record))
+        writer.writerow([neutralize(c) for c in (*cells, *extra)])
+        written += 1
+    return written
+
+
+def _extra_cells(row, result: dict | None) -> tuple[str, ...]:
+    """The EXTRA_COLUMNS cells of one file row: an invalid row, a row with its URL result, or
+    one not (yet) processed."""
+    if row.url is None:
+        return "", "invalid", row.error or "", ""
+    if result is None:
+        return "", "pending", "", ""
+    status = result["status"] if result["status"] in ("completed", "failed") else "pending"
+    return result["opener"] or "", status, result["error"] or "", result["context_status"] or ""
+
+
+def render_csv(conn, storage: Storage, job: dict, spool_limit: int) -> IO[bytes]:
+    """The download CSV in a temporary file (in memory up to `spool_limit` bytes), rewound."""
+    buffer = tempfile.SpooledTemporaryFile(max_size=spool_limit, mode="w+b")
+    text = io.TextIOWrapper(buffer, encoding="utf-8", newline="")
+    write_csv(conn, storage, job, text)
+    text.flush()
+    text.detach()
+    buffer.seek(0)
+    return buffer
+
+
+def download(conn, storage: Storage, account_id: str, job_id: str) -> tuple[str, str | bytes, str]:
+    """-> ("inline", csv bytes, file name) or ("redirect", presigned URL, file name)."""
+    job = require_job(conn, account_id, job_id)
+    if job["layout"] is None:
+        raise Conflict("The file has not been validated yet; call /api/upload/process first", code="not_ready")
+    name = download_name(job["file_name"])
+    if job["status"] == "completed" and job["result_path"] and storage.exists(job["result_path"]):
+        return "redirect", storage.presigned_get(job["result_path"], name), name  # written once, not rebuilt
+    with render_csv(conn, storage, job, INLINE_DOWNLOAD_LIMIT + 1) as buffer:
+        data = buffer.read(INLINE_DOWNLOAD_LIMIT + 1)
+        if len(data) <= INLINE_DOWNLOAD_LIMIT:
+            return "inline", data, name
+        buffer.seek(0)
+        key = f"exports/{job['account_id']}/{job['id']}/{uuid.uuid4().hex}.csv"
+        storage.put_file(key, buffer)
+    return "redirect", storage.presigned_get(key, name), name
+
+
+def download_name(file_name: str) -> str:
+    stem = file_name.rsplit(".", 1)[0] if "." in file_name else file_name
+    return f"{stem}-openers.csv"
+
+
+def export_results(conn, storage: Storage, job: dict, keys: list[str]) -> None:
+    """Write the results CSV to S3 under each key (results/{job_id}.csv, and for drops also
+    results/<name>-openers.csv)."""
+    with render_csv(conn, storage, job, 8 * 1024 * 1024) as buffer:
+        storage.put_file(keys[0], buffer)
+    for key in keys[1:]:
+        storage.copy(keys[0], key)
+
+
+def result_keys(job: dict) -> list[str]:
+    keys = [f"results/{job['account_id']}/{job['id']}.csv"]
+    if job["source"] == "s3":
+        keys.append(f"results/{job['account_id']}/{download_name(job['file_name'])}")
+    return keys
+
+
+def export_job(get_conn, storage: Storage, job: dict) -> bool:
+    """Write the results CSV(s) of a completed job, retrying; a failure is logged and noted on
+    the job (the download still works) and never changes its status."""
+    keys = result_keys(job)
+
+    @tenacity.retry(stop=tenacity.stop_after_attempt(4), wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=8),
+                    reraise=True)
+    def attempt() -> None:
+        conn = get_conn()
+        export_results(conn, storage, db.get_job(conn, job["id"]), keys)
+        db.update_job(conn, job["id"], result_path=keys[0])
+
+    try:
+        attempt()
+    except Exception as exc:
+        log.exception("results export failed", extra={"job_id": str(job["id"])})
+        try:
+            db.update_job(get_conn(), job["id"], error=f"results file not written ({type(exc).__name__}); "
+                                                        "the download endpoint still works")
+        except Exception:
+            log.exception("could not record the export failure", extra={"job_id": str(job["id"])})
+        return False
+    log.info("results exported", extra={"job_id": str(job["id"]), "keys": keys})
+    return True

@@ -1,0 +1,82 @@
+"""Preview: openers for a job's first valid rows with the wording a user is trying, before they
+spend on the whole file. Same prompt, limiter (the account's fair share), guard and page context
+as the job would use; nothing is stored and the job does not start."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from chalicelib.adapters import db
+from chalicelib.adapters.storage import Storage
+from chalicelib.errors import BadRequest, Conflict
+from chalicelib.generation import pricing
+from chalicelib.generation.answers import GenerationFailed
+from chalicelib.intake import csvfile
+from chalicelib.jobs.create import layout_of, read_source, validate_stored
+from chalicelib.jobs.options import MAX_INSTRUCTIONS, account_limits, allowed_model, clean_text, flag, template_columns
+from chalicelib.jobs.views import require_job
+from chalicelib.settings import Settings
+
+MAX_ROWS = 5
+DEFAULT_ROWS = 3
+
+# (url) -> (page summary or None, context_status); the page fetcher, or "off"
+PageSummary = Callable[[str], tuple[str | None, str]]
+
+
+def _rows(value: object) -> int:
+    if value is None:
+        return DEFAULT_ROWS
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROWS:
+        raise BadRequest(f"rows must be a whole number from 1 to {MAX_ROWS}", code="bad_rows")
+    return value
+
+
+def first_rows(storage: Storage, job: dict, count: int, fields: dict[str, int]) -> list[tuple[int, str, dict]]:
+    """(row number, URL, template values) of the file's first `count` valid rows."""
+    found = []
+    for row, record in csvfile.iter_rows(read_source(storage, job), layout_of(job)):
+        if row.url is None:
+            continue
+        values = {name: (record[i] if i < len(record) else "")[:200] for name, i in fields.items()}
+        found.append((row.row, row.url, values))
+        if len(found) == count:
+            break
+    return found
+
+
+def preview(conn, storage: Storage, settings: Settings, generator, account_id: str, job_id: str, *,
+            instructions: object = None, model: object = None, page_context: object = True, rows: object = None,
+            page_summary: PageSummary | None = None) -> dict:
+    """-> {"previews": [...], "estimate": {...}} for the job's first valid rows."""
+    count = _rows(rows)
+    instructions = clean_text(instructions, "instructions", MAX_INSTRUCTIONS, allowed_controls="\n\r\t")
+    model = clean_text(model, "model", 100)
+    job = require_job(conn, account_id, job_id)
+    model = allowed_model(account_limits(db.get_account(conn, account_id), settings), model)
+    page_context = flag(page_context, "page_context", settings.page_context_default)
+    if job["layout"] is None:
+        if job["status"] != "pending":
+            raise Conflict("This job's file was never validated", code="not_ready")
+        job = validate_stored(conn, storage, settings, job)
+    fields = template_columns(instructions, job)
+    sample = first_rows(storage, job, count, fields)
+
+    def one(item: tuple[int, str, dict]) -> dict:
+        number, url, values = item
+        page, status = (page_summary(url) if page_context and page_summary else (None, "off"))
+        shown = {"row": number, "url": url, "context_status": status, "opener": None, "error": None,
+                 "prompt_tokens": 0, "completion_tokens": 0}
+        try:
+            opener = generator.generate(url, instructions, model, account=account_id, fields=values or None,
+                                        page=page)
+        except GenerationFailed as exc:
+            return {**shown, "error": exc.message}
+        return {**shown, "opener": opener.text, "prompt_tokens": opener.prompt_tokens,
+                "completion_tokens": opener.completion_tokens}
+
+    with ThreadPoolExecutor(max(1, len(sample))) as pool:
+        previews = list(pool.map(one, sample))
+    estimate = pricing.estimate(settings.prices, model, job["total_rows"], instructions, list(fields), page_context)
+    return {"previews": previews, "estimate": estimate}

@@ -1,0 +1,172 @@
+"""What the API shows of jobs: the job object, one job, the list, the results page, the
+account view and the metrics. Reads only."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from chalicelib import accounts
+from chalicelib.adapters import db
+from chalicelib.adapters.queue import ChunkQueue
+from chalicelib.errors import BadRequest, NotFound
+from chalicelib.generation import pricing
+from chalicelib.jobs.options import (
+    JOB_STATUSES,
+    URL_STATUSES,
+    account_limits,
+    check_status,
+    decode_cursor,
+    encode_cursor,
+    job_uuid,
+    parse_limit,
+    plain_number,
+)
+from chalicelib.logs import get_logger
+from chalicelib.outbound import webhooks
+from chalicelib.settings import Settings, get_settings
+
+log = get_logger("jobs")
+
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC ("…Z"), whatever the database session's time zone."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def job_json(job: dict) -> dict:
+    cost = pricing.cost_usd(get_settings().prices, job["model"], job["prompt_tokens"], job["completion_tokens"],
+                            job["mode"])
+    return {
+        "id": str(job["id"]),
+        "account_id": str(job["account_id"]),
+        "file_name": job["file_name"],
+        "status": job["status"],
+        "total_rows": job["total_rows"],
+        "processed_rows": job["processed_rows"],
+        "failed_rows": job["failed_rows"],
+        "progress": job["progress"],
+        "invalid_rows": job["invalid_rows"],
+        "url_column": job["url_column"],
+        "chunks": job["chunks"],
+        "source": job["source"],
+        "instructions": job["instructions"],
+        "model": job["model"],
+        "error": job["error"],
+        "result_path": job["result_path"],
+        "prompt_tokens": job["prompt_tokens"],
+        "completion_tokens": job["completion_tokens"],
+        "cost_usd": None if cost is None else round(cost, 6),
+        "max_cost_usd": None if job["max_cost_usd"] is None else float(job["max_cost_usd"]),
+        "page_context": job["page_context"],
+        "mode": job["mode"],
+        "callback_url": job["callback_url"],
+        "created_at": iso(job["created_at"]),
+        "updated_at": iso(job["updated_at"]),
+        "started_at": iso(job["started_at"]),
+        "finished_at": iso(job["finished_at"]),
+    }
+
+
+def require_job(conn, account_id: str, job_id: str) -> dict:
+    """The caller's job; another account's id is exactly an unknown id (same query, same 404)."""
+    job = db.get_account_job(conn, account_id, job_uuid(job_id))
+    if job is None:
+        raise NotFound(f"No job with id '{job_id}'", code="job_not_found")
+    return job
+
+
+def get(conn, account_id: str, job_id: str) -> dict:
+    """The job, with its webhook's delivery state when it has a callback URL."""
+    job = require_job(conn, account_id, job_id)
+    body = job_json(job)
+    if job["callback_url"]:
+        latest = webhooks.latest(conn, job["id"]) or {}
+        body["callback"] = {"url": job["callback_url"], **{k: iso(v) if isinstance(v, datetime) else v
+                                                            for k, v in latest.items()}}
+    return {"job": body}
+
+
+def list_(conn, account_id: str, *, status: str | None, limit: str | None, cursor: str | None) -> dict:
+    status = check_status(status, JOB_STATUSES)
+    size = parse_limit(limit, 20, 100)
+    after = None
+    if cursor:
+        created, job_id = decode_cursor(cursor, 2)
+        try:
+            after = (datetime.fromisoformat(created), str(uuid.UUID(job_id)))
+        except ValueError:
+            raise BadRequest("cursor is not valid", code="bad_cursor") from None
+    rows = db.list_jobs(conn, account_id, status=status, limit=size + 1, after=after)
+    page = rows[:size]
+    next_cursor = encode_cursor(page[-1]["created_at"].isoformat(), page[-1]["id"]) if len(rows) > size else None
+    return {"jobs": [job_json(j) for j in page], "next_cursor": next_cursor}
+
+
+def results(conn, account_id: str, job_id: str, *, status: str | None, limit: str | None,
+            cursor: str | None) -> dict:
+    job = require_job(conn, account_id, job_id)
+    status = check_status(status, URL_STATUSES)
+    size = parse_limit(limit, 100, 1000)
+    after = 0
+    if cursor:
+        (row,) = decode_cursor(cursor, 1)
+        after = plain_number(row)
+        if after is None:
+            raise BadRequest("cursor is not valid", code="bad_cursor")
+    rows = db.results_page(conn, job["id"], status=status, limit=size + 1, after_row=after)
+    page = rows[:size]
+    next_cursor = encode_cursor(page[-1]["row"]) if len(rows) > size else None
+    return {
+        "results": [{**r, "id": str(r["id"])} for r in page],
+        "next_cursor": next_cursor,
+    }
+
+
+def account_view(conn, settings: Settings, caller: accounts.Caller) -> dict:
+    """GET /api/account: who the key belongs to, the account's limits and today's usage (UTC)."""
+    account = db.get_account(conn, caller.account_id)
+    limits = account_limits(account, settings)
+    usage = accounts.usage_today(conn, caller.account_id)
+    usage["day"] = usage["day"].isoformat()
+    usage["cost_usd"] = round(sum(pricing.cost_usd(settings.prices, m["model"] or settings.openai_model,
+                                                    m["prompt_tokens"], m["completion_tokens"], m["mode"]) or 0
+                                  for m in usage["by_model"]), 6)
+    return {"account": {
+        "id": str(account["id"]), "name": account["name"],
+        "key": {"prefix": caller.key_prefix, "role": caller.role},
+        "limits": {"requests_per_minute": limits.rpm, "urls_per_day": limits.urls_per_day,
+                   "concurrent_jobs": limits.max_jobs, "models": list(limits.models)},
+        "usage_today": {**usage, "processing_jobs": db.processing_jobs(conn, caller.account_id),
+                        "urls_remaining": max(0, limits.urls_per_day - usage["urls"]) if limits.urls_per_day else None},
+    }}
+
+
+def metrics(conn, queue: ChunkQueue, account_id: str, *, admin: bool, limiter=None, models=()) -> dict:
+    """The account's jobs and URLs; queue depths and the provider limits of `models` (shared by
+    every account) for admin keys only."""
+    urls = db.url_totals(conn, account_id)
+    per_minute = urls.pop("finished_last_minute")
+    body = {
+        "jobs": {status: 0 for status in JOB_STATUSES} | db.jobs_by_status(conn, account_id),
+        "urls": urls,
+        "throughput": {"urls_last_minute": per_minute, "urls_per_second": round(per_minute / 60, 2)},
+        "discarded_results": int(db.discarded_results(conn, account_id)),  # generated after a cancel, thrown away
+    }
+    if not admin:
+        return body
+    body["queues"] = {}
+    for name, url in (("chunks", queue.queue_url), ("dead_letter", queue.dlq_url)):
+        try:
+            body["queues"][name] = queue.depth(url)
+        except Exception as exc:  # metrics still answer when a queue is unreachable
+            body["queues"][name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    if limiter is not None:
+        body["provider_limits"] = {}
+        for model in models:
+            try:
+                body["provider_limits"][model] = limiter.limits(model)
+            except Exception as exc:  # Redis unreachable
+                body["provider_limits"][model] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    return body

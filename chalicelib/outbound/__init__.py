@@ -1,0 +1,40 @@
+"""Outbound: every request the app makes on a user's behalf. The SSRF-safe fetcher and its
+address policy, page summaries for the prompt, and signed webhooks."""
+
+from chalicelib.outbound.addresses import (  # noqa: F401
+    METADATA_ADDRESSES,
+    PUBLIC_PORTS,
+    AddressPolicy,
+    IPAddress,
+    IPNetwork,
+    address_problem,
+    embedded_ipv4,
+    parse_networks,
+)
+from chalicelib.outbound.fetcher import (  # noqa: F401
+    BLOCKED,
+    DEFAULT_PORTS,
+    DEFAULT_TIMEOUT_S,
+    ERROR,
+    FETCHED,
+    HOST_CONCURRENCY,
+    HTML_TYPES,
+    MAX_BYTES,
+    MAX_REDIRECTS,
+    NOT_HTML,
+    PAGE_ACCEPT,
+    REDIRECT_CODES,
+    ROBOTS,
+    ROBOTS_CACHE_SIZE,
+    ROBOTS_MAX_BYTES,
+    ROBOTS_TTL_S,
+    STATUSES,
+    TIMEOUT,
+    USER_AGENT,
+    Deadline,
+    Fetcher,
+    FetchResult,
+    Hop,
+    HostSlots,
+    Resolver,
+)

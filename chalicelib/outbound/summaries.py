@@ -1,0 +1,237 @@
+"""A page's summary for the model: what a site says about itself, in at most 1,000 characters.
+
+`summarize_page(url, fetcher, cache)` fetches the page through the SSRF-safe fetcher
+(chalicelib/outbound/fetcher.py), extracts title, meta and Open Graph descriptions, the first headings
+and the start of the main text with selectolax (the lexbor HTML5 parser), and keeps the answer in
+Redis by normalised URL, so a retry or a second job with the same URL does not fetch it again.
+A failed fetch is kept too, briefly (`failure_ttl_s`), so a dead site is not hammered by every
+row that names it, while a passing outage does not stick for a day.
+
+The outcome is always a `(summary or None, context_status, reason)` triple; nothing raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import unicodedata
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from selectolax.lexbor import LexborHTMLParser, LexborNode
+
+from chalicelib.outbound import ERROR, FETCHED, STATUSES, Fetcher
+
+log = logging.getLogger(__name__)
+
+SUMMARY_LIMIT = 1000  # keeps the median prompt with page context under 600 tokens (bench/RESULTS.md)
+_TITLE_LIMIT = 200
+_DESCRIPTION_LIMIT = 300
+_HEADING_LIMIT = 120
+_HEADINGS = 6
+_HEADINGS_LIMIT = 400
+_MIN_TEXT = 40  # below this, leave the main text out rather than add a stub
+# Not the page's own words, or not words at all.
+_NOT_CONTENT = ("script, style, noscript, template, svg, math, canvas, iframe, object, embed, nav, header, "
+                "footer, aside, form, button, select, dialog, [hidden], [aria-hidden=true]")
+_MAIN = ("main", "[role=main]", "article")
+_DROPPED_CATEGORIES = frozenset({"Cf", "Cs", "Co", "Cn"})  # format (zero-width, bidi), surrogates, private, unassigned
+
+
+class PageSummary(NamedTuple):
+    summary: str | None
+    context_status: str  # fetched, blocked, timeout, not_html, robots, error
+    reason: str
+
+
+# --- extraction (pure) ------------------------------------------------------------------------
+
+
+def clean_text(text: str) -> str:
+    """Control characters become spaces, format characters (zero-width, bidi overrides) go,
+    and runs of whitespace become one space."""
+    kept = []
+    for ch in text:
+        if ch.isprintable() or ch.isspace():
+            kept.append(ch)
+            continue
+        category = unicodedata.category(ch)
+        if category == "Cc":
+            kept.append(" ")
+        elif category not in _DROPPED_CATEGORIES:
+            kept.append(ch)  # e.g. a line separator: isspace() covers it, kept for safety
+    return " ".join("".join(kept).split())
+
+
+def clip(text: str, limit: int) -> str:
+    """At most ``limit`` characters, cut at a word boundary with an ellipsis when cut."""
+    if len(text) <= limit:
+        return text
+    if limit <= 1:
+        return text[:limit]
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:-") + "…"
+
+
+def _parse(html: bytes | str, charset: str | None) -> LexborHTMLParser:
+    if isinstance(html, bytes) and charset:
+        try:
+            html = html.decode(charset, "replace")
+        except (LookupError, TypeError):  # an unknown or non-text codec: let the parser sniff
+            pass
+    if isinstance(html, bytes):
+        return LexborHTMLParser(html, encoding=True)  # BOM, then <meta charset>, else UTF-8
+    return LexborHTMLParser(html)
+
+
+def _text(node: LexborNode | None, limit: int) -> str:
+    if node is None:
+        return ""
+    # Clip the raw text first (cheaply, generously) so cleaning never walks a megabyte.
+    return clip(clean_text(node.text(separator=" ")[: limit * 4]), limit)
+
+
+def _meta(tree: LexborHTMLParser, selector: str, limit: int) -> str:
+    node = tree.css_first(selector)
+    if node is None:
+        return ""
+    return clip(clean_text((node.attributes.get("content") or "")[: limit * 4]), limit)
+
+
+def summarize_html(html: bytes | str, charset: str | None = None, limit: int = SUMMARY_LIMIT) -> str:
+    """The summary of one HTML document, at most ``limit`` characters ("" when it says nothing):
+
+        Title: …
+        Description: …
+        Open Graph: <og:title> — <og:description>   (the parts that repeat nothing above)
+        Headings: <h1/h2 text> | …
+        Text: <the start of the main content>
+    """
+    tree = _parse(html, charset)
+    title = _text(tree.css_first("title"), _TITLE_LIMIT)
+    description = _meta(tree, 'meta[name="description" i]', _DESCRIPTION_LIMIT)
+    og = [
+        part for part in (
+            _meta(tree, 'meta[property="og:title" i], meta[name="og:title" i]', _TITLE_LIMIT),
+            _meta(tree, 'meta[property="og:description" i], meta[name="og:description" i]', _DESCRIPTION_LIMIT),
+        )
+        if part and part not in (title, description)
+    ]
+    headings: list[str] = []
+    for node in tree.css("h1, h2"):  # before the page chrome (often holding the h1) is dropped
+        heading = _text(node, _HEADING_LIMIT)
+        if heading and heading not in headings and heading != title:
+            headings.append(heading)
+        if len(headings) == _HEADINGS:
+            break
+    lines = []
+    if title:
+        lines.append(f"Title: {title}")
+    if description:
+        lines.append(f"Description: {description}")
+    if og:
+        lines.append(f"Open Graph: {' — '.join(og)}")
+    if headings:
+        lines.append(clip(f"Headings: {' | '.join(headings)}", _HEADINGS_LIMIT))
+
+    for node in tree.css(_NOT_CONTENT):
+        node.decompose()
+    main = next((n for n in (tree.css_first(s) for s in _MAIN) if n is not None and n.text(strip=True)), None)
+    room = limit - sum(len(line) + 1 for line in lines) - len("Text: ")
+    if room >= _MIN_TEXT:
+        text = _text(main if main is not None else tree.body, room)
+        if text:
+            lines.append(f"Text: {text}")
+    return clip("\n".join(lines), limit)
+
+
+# --- cache ------------------------------------------------------------------------------------
+
+
+def cache_key_url(url: str) -> str:
+    """One spelling per page: lower-case scheme and host, no default port, no fragment, "/" for
+    an empty path (the query is kept: it may pick the page)."""
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+        host = (parts.hostname or "").rstrip(".").encode("idna").decode("ascii").lower()
+    except (ValueError, UnicodeError):
+        return text
+    scheme = parts.scheme.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != {"http": 80, "https": 443}.get(scheme):
+        host = f"{host}:{port}"
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{scheme}://{host}{parts.path or '/'}{query}"
+
+
+class PageCache:
+    """Summaries in Redis (shared by every Lambda invocation), by normalised URL.
+
+    ``ttl_s`` for a fetched page, ``failure_ttl_s`` (at most ``ttl_s``) for any other outcome.
+    Best effort: a Redis error is logged and treated as a miss, never raised."""
+
+    def __init__(self, redis_client: Any, prefix: str = "csv-opener:page", ttl_s: int = 86_400,
+                 failure_ttl_s: int = 600) -> None:
+        self.redis = redis_client
+        self.prefix = prefix
+        self.ttl_s = max(1, int(ttl_s))
+        self.failure_ttl_s = max(1, min(int(failure_ttl_s), self.ttl_s))
+
+    def key(self, url: str) -> str:
+        digest = hashlib.sha256(cache_key_url(url).encode("utf-8", "surrogatepass")).hexdigest()[:40]
+        return f"{self.prefix}:{digest}"
+
+    def get(self, url: str) -> PageSummary | None:
+        try:
+            raw = self.redis.get(self.key(url))
+        except Exception as exc:  # redis.RedisError and friends: the cache is optional
+            log.warning("page cache read failed: %s", exc)
+            return None
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            page = PageSummary(data["summary"], data["status"], data["reason"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        return page if page.context_status in STATUSES else None
+
+    def put(self, url: str, page: PageSummary) -> None:
+        ttl = self.ttl_s if page.context_status == FETCHED else self.failure_ttl_s
+        value = json.dumps({"summary": page.summary, "status": page.context_status, "reason": page.reason})
+        try:
+            self.redis.set(self.key(url), value, ex=ttl)
+        except Exception as exc:
+            log.warning("page cache write failed: %s", exc)
+
+
+# --- the service ------------------------------------------------------------------------------
+
+
+def summarize_page(url: str, fetcher: Fetcher, cache: PageCache | None = None) -> PageSummary:
+    """``(summary or None, context_status, reason)`` for ``url``: from the cache, or fetched and
+    summarised (then cached). ``summary`` is set only when ``context_status`` is ``fetched``."""
+    if cache is not None:
+        cached = cache.get(url)
+        if cached is not None:
+            return cached
+    result = fetcher.get_page(url)
+    if result.ok:
+        try:
+            text = summarize_html(result.body, result.charset)
+        except Exception:  # a parser bug must not fail the row
+            log.exception("page summary failed for %r", url)
+            text = ""
+        page = PageSummary(text, FETCHED, result.reason) if text else PageSummary(None, ERROR, "no readable text")
+    else:
+        page = PageSummary(None, result.status, result.reason)
+    if cache is not None:
+        cache.put(url, page)
+    return page

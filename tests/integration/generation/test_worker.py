@@ -1,0 +1,298 @@
+"""The chunk worker against the real PostgreSQL, Redis (limiter) and LocalStack (export,
+continuations): claiming, leases, concurrency, cancel, deadline, completion."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from chalicelib import deps, jobs
+from chalicelib.adapters import db
+from chalicelib.adapters.queue import parse_chunk_message
+from chalicelib.generation.client import build_client
+from chalicelib.generation.openers import OpenerGenerator
+from chalicelib.generation.ratelimit import RateLimiter
+from chalicelib.generation.worker import ChunkWorker
+from chalicelib.settings import Settings
+from tests.support.accounts import service_account
+from tests.support.api import drain_queue, purge_queue
+from tests.support.worker import CountingGenerator
+
+
+@pytest.fixture
+def settings_for(settings):
+    def make(**overrides) -> Settings:
+        values = {**settings.__dict__, "openai_dummy_mode": True, "openai_dummy_delay_ms": (0, 0),
+                  "openai_rpm": 0, "openai_tpm": 0, "chunk_size": 10, "chunk_concurrency": 4, **overrides}
+        return Settings(**values)
+
+    return make
+
+
+def make_worker(s: Settings, generator=None, export=None, prefix="t"):
+    inner = OpenerGenerator(build_client(s), RateLimiter(deps.redis_client(), s.openai_rpm, s.openai_tpm,
+                                                         prefix=f"{s.ratelimit_prefix}:{prefix}:{uuid.uuid4().hex}"),
+                            s.openai_model, max_retries=s.max_retries)
+    generator = generator or CountingGenerator(inner)
+    if not hasattr(generator, "generate"):  # a factory taking the real generator
+        generator = generator(inner)
+    exports = []
+
+    def record_export(job):
+        exports.append(job["id"])
+        return jobs.export_job(deps.conn, deps.storage(), job)
+
+    worker = ChunkWorker(get_conn=deps.conn, generator=generator, queue=deps.chunk_queue(),
+                         settings=s, export=export or record_export, deadline_margin_s=0)
+    return worker, generator, exports
+
+
+def start_job(conn, s: Settings, n: int, bad_rows: int = 0) -> str:
+    lines = [f"company{i}.example.com" for i in range(n)]
+    for k in range(bad_rows):
+        lines.insert(k * 2, "not a url")
+    data = ("website\n" + "\n".join(lines) + "\n").encode()
+    account_id = service_account(conn)
+    created = jobs.create_from_upload(conn, deps.storage(), account_id=account_id, file_name="w.csv", data=data,
+                                      url_column=None)
+    job_id = created["job"]["id"]
+    jobs.start(conn, deps.storage(), deps.chunk_queue(), s, account_id, job_id, instructions="We build CRMs.")
+    return job_id
+
+
+def counters(conn, job_id):
+    job = db.get_job(conn, job_id)
+    left = conn.execute("SELECT count(*) AS n FROM urls WHERE job_id = %s AND status IN ('pending', 'processing')",
+                        (job_id,)).fetchone()["n"]
+    return job, left
+
+
+def forever():
+    return float("inf")
+
+
+@pytest.fixture(autouse=True)
+def empty_queue(conn, settings):
+    purge_queue(settings.chunk_queue_url)
+
+
+def test_a_job_of_three_chunks_completes_with_exact_counters_and_an_exported_file(conn, settings_for):
+    s = settings_for()
+    job_id = start_job(conn, s, 25, bad_rows=2)
+    worker, gen, exports = make_worker(s)
+    outcomes = [worker.process_chunk(job_id, chunk, forever) for chunk in range(3)]
+    assert [o.reason for o in outcomes] == ["done"] * 3
+    assert [o.completed_job for o in outcomes] == [False, False, True]
+    job, left = counters(conn, job_id)
+    assert (job["status"], job["processed_rows"], job["failed_rows"], job["progress"]) == ("completed", 25, 0, 100)
+    assert left == 0
+    assert job["prompt_tokens"] > 0 and job["completion_tokens"] > 0 and job["finished_at"] is not None
+    assert set(gen.calls.values()) == {1} and len(gen.calls) == 25
+    rows = conn.execute("SELECT row_number, opener, retry_count FROM urls WHERE job_id = %s ORDER BY row_number",
+                        (job_id,)).fetchall()
+    assert all(r["opener"] and len(r["opener"]) <= 300 and r["retry_count"] == 0 for r in rows)
+    assert exports == [uuid.UUID(job_id)]
+    key = f"results/{job['account_id']}/{job_id}.csv"
+    body = deps.storage().s3.get_object(Bucket=deps.storage().bucket, Key=key)["Body"].read()
+    lines = body.decode().splitlines()
+    assert lines[0] == "website,opener,opener_status,opener_error,context_status" and len(lines) == 28
+    assert sum(",invalid," in line for line in lines) == 2
+    assert job["result_path"] == key
+
+
+def test_redelivered_message_for_a_finished_chunk_generates_nothing(conn, settings_for):
+    s = settings_for()
+    job_id = start_job(conn, s, 5)
+    worker, gen, _ = make_worker(s)
+    worker.process_chunk(job_id, 0, forever)
+    again = worker.process_chunk(job_id, 0, forever)
+    assert again.reason == "not_processing" and sum(gen.calls.values()) == 5
+
+
+def test_two_handlers_on_the_same_chunk_never_generate_a_url_twice(conn, settings_for):
+    s = settings_for(chunk_size=40, chunk_concurrency=8)
+    job_id = start_job(conn, s, 40)
+    worker_a, shared, _ = make_worker(s, generator=lambda inner: CountingGenerator(inner, delay_s=0.02))
+    worker_b, _, _ = make_worker(s, generator=shared)
+    results = {}
+    threads = [threading.Thread(target=lambda w=w, k=k: results.__setitem__(k, w.process_chunk(job_id, 0, forever)))
+               for k, w in (("a", worker_a), ("b", worker_b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert set(shared.calls.values()) == {1} and len(shared.calls) == 40
+    assert shared.overlaps == 0
+    assert results["a"].saved + results["b"].saved == 40 and results["a"].saved > 0 and results["b"].saved > 0
+    job, left = counters(conn, job_id)
+    assert (job["status"], job["processed_rows"], left) == ("completed", 40, 0)
+
+
+def test_rows_of_a_dead_invocation_are_taken_over_when_the_lease_runs_out(conn, settings_for, settings):
+    s = settings_for()
+    job_id = start_job(conn, s, 6)
+    dead = str(uuid.uuid4())
+    conn.execute("""UPDATE urls SET status = 'processing', claimed_by = %s, lease_until = now() - interval '1 s'
+                    WHERE job_id = %s AND row_number <= 3""", (dead, job_id))
+    worker, gen, _ = make_worker(s)
+    outcome = worker.process_chunk(job_id, 0, forever)
+    assert outcome.saved == 6 and len(gen.calls) == 6
+    assert counters(conn, job_id)[0]["status"] == "completed"
+
+
+def test_rows_leased_by_a_live_invocation_are_skipped_and_checked_again_later(conn, settings_for, settings):
+    s = settings_for()
+    job_id = start_job(conn, s, 6)
+    drain_queue(settings.chunk_queue_url)
+    conn.execute("""UPDATE urls SET status = 'processing', claimed_by = %s, lease_until = now() + interval '60 s'
+                    WHERE job_id = %s AND row_number = 2""", (str(uuid.uuid4()), job_id))
+    worker, gen, _ = make_worker(s)
+    outcome = worker.process_chunk(job_id, 0, forever)
+    assert outcome.saved == 5 and outcome.continued
+    assert "https://company1.example.com/" not in gen.calls
+    job, left = counters(conn, job_id)
+    assert (job["status"], job["processed_rows"], left) == ("processing", 5, 1)
+    sqs = deps.chunk_queue().sqs
+    attrs = sqs.get_queue_attributes(QueueUrl=settings.chunk_queue_url,
+                                     AttributeNames=["ApproximateNumberOfMessagesDelayed"])["Attributes"]
+    assert int(attrs["ApproximateNumberOfMessagesDelayed"]) == 1  # comes back once the lease can have run out
+
+
+def test_failed_generation_marks_the_url_failed_with_its_error_and_retry_count(conn, settings_for):
+    s = settings_for()
+    job_id = start_job(conn, s, 4)
+    worker, gen, _ = make_worker(s, generator=lambda inner: CountingGenerator(
+        inner, fail_urls={"https://company2.example.com/"}))
+    worker.process_chunk(job_id, 0, forever)
+    job, _ = counters(conn, job_id)
+    assert (job["status"], job["processed_rows"], job["failed_rows"]) == ("completed", 3, 1)
+    row = conn.execute("SELECT status, error, retry_count, opener FROM urls WHERE job_id = %s AND row_number = 3",
+                       (job_id,)).fetchone()
+    assert (row["status"], row["retry_count"], row["opener"]) == ("failed", 3, None)
+    assert "HTTP 500" in row["error"]
+
+
+def test_cancel_stops_the_handler_within_seconds_and_keeps_what_was_generated(conn, settings_for):
+    s = settings_for(chunk_size=500, chunk_concurrency=4, openai_dummy_delay_ms=(100, 150))
+    job_id = start_job(conn, s, 200)
+    worker, gen, _ = make_worker(s)
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("o", worker.process_chunk(job_id, 0, forever)))
+    thread.start()
+    waiting_since = time.monotonic()
+    while counters(conn, job_id)[0]["processed_rows"] == 0:  # cancel mid-run, once some rows are saved
+        assert thread.is_alive() and time.monotonic() - waiting_since < 60, "no row was saved"
+        time.sleep(0.05)
+    generated_before_cancel = sum(gen.calls.values())
+    jobs.cancel(deps.conn(), service_account(conn), job_id)
+    canceled_at = time.monotonic()
+    thread.join(60)
+    stopped_after = time.monotonic() - canceled_at
+    assert box["o"].reason == "canceled"
+    # It notices within ~1 s (status check), then gives calls in flight up to 2 s. The bound leaves
+    # room for a loaded machine and is still far below the 300 s lease a stuck handler would hold.
+    assert stopped_after < 15, stopped_after
+    # and it stops starting work: most of what was left when it was canceled is never generated
+    generated_after_cancel = sum(gen.calls.values()) - generated_before_cancel
+    assert generated_after_cancel < (200 - generated_before_cancel) / 2, (generated_before_cancel,
+                                                                          generated_after_cancel)
+    job, _ = counters(conn, job_id)
+    statuses = {r["status"]: r["n"] for r in conn.execute(
+        "SELECT status, count(*) AS n FROM urls WHERE job_id = %s GROUP BY status", (job_id,)).fetchall()}
+    assert job["status"] == "canceled" and "processing" not in statuses
+    assert job["processed_rows"] == statuses.get("completed", 0) > 0
+    assert statuses.get("pending", 0) > 0  # released, ready for a retry
+    # retry finishes it
+    jobs.retry(deps.conn(), deps.chunk_queue(), s, service_account(conn), job_id)
+    fast, _, _ = make_worker(settings_for(chunk_size=500, chunk_concurrency=8))
+    fast.process_chunk(job_id, 0, forever)
+    job, left = counters(conn, job_id)
+    assert (job["status"], job["processed_rows"], left) == ("completed", 200, 0)
+
+
+def test_near_the_deadline_the_handler_saves_releases_and_hands_on(conn, settings_for, settings):
+    s = settings_for(chunk_size=100, chunk_concurrency=2, openai_dummy_delay_ms=(30, 30))
+    job_id = start_job(conn, s, 100)
+    drain_queue(settings.chunk_queue_url)
+    worker, gen, _ = make_worker(s)
+    started = time.monotonic()
+    outcome = worker.process_chunk(job_id, 0, lambda: 0.5 - (time.monotonic() - started))
+    assert outcome.reason == "deadline" and outcome.continued
+    job, left = counters(conn, job_id)
+    assert 0 < job["processed_rows"] < 100 and left == 100 - job["processed_rows"]
+    assert conn.execute("SELECT count(*) AS n FROM urls WHERE job_id = %s AND status = 'processing'",
+                        (job_id,)).fetchone()["n"] == 0
+    messages = [parse_chunk_message(m["Body"]) for m in drain_queue(settings.chunk_queue_url)]
+    assert messages == [(job_id, 0)]
+    worker.process_chunk(job_id, 0, forever)
+    assert counters(conn, job_id)[0]["status"] == "completed"
+    assert set(gen.calls.values()) == {1}
+
+
+def test_progress_is_visible_while_a_chunk_runs_and_the_invariant_always_holds(conn, settings_for):
+    s = settings_for(chunk_size=300, chunk_concurrency=8, openai_dummy_delay_ms=(5, 15))
+    job_id = start_job(conn, s, 300)
+    worker, _, _ = make_worker(s)
+    thread = threading.Thread(target=worker.process_chunk, args=(job_id, 0, forever))
+    thread.start()
+    seen = []
+    watcher = db.connect(s.database_url)
+    watcher.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    while thread.is_alive():
+        with watcher.transaction():  # one snapshot for the job row and the URL rows
+            job = watcher.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
+            left = watcher.execute("SELECT count(*) AS n FROM urls WHERE job_id = %s AND status IN "
+                                   "('pending', 'processing')", (job_id,)).fetchone()["n"]
+        assert job["processed_rows"] + job["failed_rows"] + left == job["total_rows"]
+        seen.append(job["processed_rows"])
+        time.sleep(0.05)
+    thread.join()
+    watcher.close()
+    assert any(0 < n < 300 for n in seen)  # progress moved before the chunk ended
+
+
+def test_completion_happens_once_when_chunks_finish_together(conn, settings_for):
+    s = settings_for(chunk_size=20, chunk_concurrency=4)
+    job_id = start_job(conn, s, 80)
+    exported = []
+    workers = [make_worker(s, export=exported.append)[0] for _ in range(4)]
+    threads = [threading.Thread(target=w.process_chunk, args=(job_id, k, forever)) for k, w in enumerate(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(exported) == 1
+    assert counters(conn, job_id)[0]["status"] == "completed"
+
+
+def test_handler_drops_malformed_and_unknown_job_messages(client, conn):
+    from chalicelib.generation.worker import Outcome
+
+    assert client.lambda_.invoke("process_chunk", client.events.generate_sqs_event(
+        message_bodies=["not json"], queue_name="csv-opener-chunks")).payload is None
+    unknown = deps.chunk_worker().process_chunk(str(uuid.uuid4()), 0, forever)
+    assert unknown == Outcome("unknown_job")
+
+
+def test_a_job_keeps_only_its_window_of_chunk_messages_out_and_each_finished_chunk_sends_the_next(
+        conn, settings_for, settings):
+    s = settings_for(chunk_size=2, chunks_per_job=2)
+    job_id = start_job(conn, s, 9)  # 5 chunks
+    sent = lambda: sorted(parse_chunk_message(m["Body"])[1] for m in drain_queue(settings.chunk_queue_url))  # noqa: E731
+    assert sent() == [0, 1]
+    assert db.get_job(conn, job_id)["chunks"] == 5
+    worker, _, _ = make_worker(s)
+    order = []
+    for chunk in (1, 0, 2, 3, 4):
+        assert worker.process_chunk(job_id, chunk, forever).reason == "done"
+        order.append(sent())
+    assert order == [[2], [3], [4], [], []]
+    job, left = counters(conn, job_id)
+    assert (job["status"], left) == ("completed", 0)
+    # a redelivered finished chunk sends nothing more once the list is empty
+    worker.process_chunk(job_id, 0, forever)
+    assert sent() == []

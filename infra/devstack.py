@@ -294,6 +294,8 @@ def private_stack(kind: str) -> Iterator[dict[str, str]]:
             # No internet here: every made-up test domain would cost a page fetch its full 5 s of
             # failed DNS. Tests that exercise page context ask for it (against local fake sites).
             PAGE_CONTEXT_DEFAULT=env.get("PAGE_CONTEXT_DEFAULT", "false"),
+            # tests/support/teststack.py: the stack tests run only where this names the database
+            CSV_OPENER_TEST_STACK=db_name,
         )
         run_env.pop("OPENAI_API_KEY", None)  # tests and benchmarks never call a paid API
         migrate(run_env["DATABASE_URL"])

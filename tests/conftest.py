@@ -3,7 +3,6 @@ migrations applied, a private LocalStack with the resources, and the settings in
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from chalicelib import deps
 from chalicelib.adapters import db
 from chalicelib.settings import get_settings
+from tests.support.teststack import require_test_stack
 
 
 def _reset_caches() -> None:
@@ -19,6 +19,8 @@ def _reset_caches() -> None:
 
 @pytest.fixture
 def settings():
+    """The settings of `make test`'s throwaway stack (refused anywhere else: tests empty it)."""
+    require_test_stack()
     return get_settings()
 
 
@@ -113,7 +115,3 @@ def client(chalice_app, account):
     with Client(chalice_app, stage_name="local") as test_client:
         yield AuthedClient(test_client, account)
 
-
-def requires_stack() -> None:
-    if "AWS_ENDPOINT_URL" not in os.environ:
-        pytest.skip("needs the local stack: run through `make test`")

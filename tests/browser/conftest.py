@@ -34,6 +34,7 @@ import pytest
 
 from tests.support.e2e import Fake
 from tests.support.stack import drain_queues
+from tests.support.teststack import require_test_stack
 from tests.support.util import free_port, stop, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -205,8 +206,7 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="package")
 def stack(request):
-    if "AWS_ENDPOINT_URL" not in os.environ or "DATABASE_URL" not in os.environ:
-        pytest.skip("needs the local stack: run through `make test`")
+    require_test_stack()
     logs = Path(tempfile.mkdtemp(prefix="csv-opener-browser-"))
     failed_before = request.session.testsfailed
     s = Stack(logs)

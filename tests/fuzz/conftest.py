@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.teststack import require_test_stack
 from tests.support.util import free_port, stop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,8 +127,7 @@ def delete_account(database_url: str, account_id: str) -> None:
 
 @pytest.fixture(scope="package")
 def fuzz_api(request) -> FuzzApi:
-    if "AWS_ENDPOINT_URL" not in os.environ or "DATABASE_URL" not in os.environ:
-        pytest.skip("needs the local stack: run through `make test`")
+    require_test_stack()
     prefix = os.environ.get("RATELIMIT_PREFIX", "csv-opener-test:ratelimit") + ":fuzz"
     env = {**os.environ, **API_SETTINGS, "RATELIMIT_PREFIX": prefix}
     logs = Path(tempfile.mkdtemp(prefix="csv-opener-fuzz-"))

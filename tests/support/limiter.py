@@ -19,6 +19,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from chalicelib.generation.ratelimit import RateLimiter
+from tests.support.teststack import require_test_stack
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 EXACT = 0.01  # ms: the scripts report waits to the microsecond; this is rounding, not a timing margin
@@ -26,6 +27,7 @@ EXACT = 0.01  # ms: the scripts report waits to the microsecond; this is roundin
 
 def redis_client() -> Iterator[redis.Redis]:
     """A client of REDIS_URL, closed after (`make test` always has Redis: no skip when it is down)."""
+    require_test_stack()
     c = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
     c.ping()
     yield c
@@ -33,8 +35,9 @@ def redis_client() -> Iterator[redis.Redis]:
 
 
 def key_prefix(client: redis.Redis, name: str) -> Iterator[str]:
-    """A limiter prefix of its own for one test; its keys are deleted after."""
-    p = f"test:{name}:{uuid.uuid4().hex}"
+    """A limiter prefix of its own for one test, under the run's own (RATELIMIT_PREFIX, set by
+    `make test`), so a test never writes a key another run or `make dev` reads; deleted after."""
+    p = f"{os.environ['RATELIMIT_PREFIX']}:test:{name}:{uuid.uuid4().hex}"
     yield p
     keys = list(client.scan_iter(match=f"{{{p}}}:*"))
     if keys:

@@ -37,7 +37,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
-import pytest
 import redis
 from botocore.config import Config
 
@@ -52,6 +51,7 @@ from tests.support.e2e import (
     wait_progress,
 )
 from tests.support.proxy import RecordingProxy
+from tests.support.teststack import require_test_stack
 from tests.support.util import ROOT, free_port, stop
 
 PYTHON = sys.executable
@@ -436,8 +436,7 @@ def package_stack(request, name: str, env: dict[str, str] | None = None) -> Iter
     """The body of a package-scoped `stack` fixture: a Stack started with `env` over the base
     settings, closed and its queues drained at the end; the processes' logs are kept when a test
     of the package failed."""
-    if "AWS_ENDPOINT_URL" not in os.environ or "DATABASE_URL" not in os.environ:
-        pytest.skip("needs the local stack: run through `make test`")
+    require_test_stack()
     logs = Path(tempfile.mkdtemp(prefix=f"csv-opener-{name}-"))
     failed_before = request.session.testsfailed
     s = Stack(logs, request.config.add_cleanup)

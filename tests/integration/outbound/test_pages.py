@@ -5,6 +5,7 @@ an address off this machine is refused before a packet leaves (10.0.0.1, 169.254
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
@@ -350,7 +351,8 @@ def test_waiting_for_a_slot_counts_against_the_deadline(site):
 
 @pytest.fixture
 def cache(redis_client, unique):
-    return PageCache(redis_client, prefix=f"test:pages:{unique}", ttl_s=120, failure_ttl_s=5)
+    return PageCache(redis_client, prefix=f"{os.environ['RATELIMIT_PREFIX']}:test:pages:{unique}", ttl_s=120,
+                     failure_ttl_s=5)
 
 
 def test_a_cached_summary_is_not_fetched_again(site, fetcher, cache, redis_client):

@@ -14,6 +14,7 @@ import pytest
 
 from chalicelib import deps, jobs
 from chalicelib.adapters import db
+from chalicelib.errors import Conflict
 from tests.support.accounts import service_account
 from tests.support.api import LEADS, body, download, drain_queue, error_of, post_json, purge_queue, s3_keys
 
@@ -222,7 +223,7 @@ def test_lock_timeouts_answer_409_busy_not_500(client, conn, settings):
     try:
         with holder.transaction():
             holder.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
-            with pytest.raises(jobs.Conflict) as info:
+            with pytest.raises(Conflict) as info:
                 jobs.retry(conn, deps.chunk_queue(), settings, account_id, job_id)
     finally:
         holder.close()
@@ -253,8 +254,16 @@ def _worker(settings, delay_s: float, concurrency: int):
 def test_calls_in_flight_at_the_deadline_are_waited_for_and_saved_not_generated_again(conn, settings):
     s, worker, generator = _worker(settings, delay_s=1.0, concurrency=4)
     account_id, job_id = new_job(conn, s, n=10)
-    started = time.monotonic()
-    outcome = worker.process_chunk(job_id, 0, lambda: 0.3 - (time.monotonic() - started))
+    full: list[bool] = []
+
+    def time_left() -> float:
+        """The deadline comes once all four calls are in flight (an event, not a guess at how long
+        claiming and starting them takes on a loaded machine), and stays."""
+        if not full and len(generator.active) >= 4:
+            full.append(True)
+        return 0.0 if full else float("inf")
+
+    outcome = worker.process_chunk(job_id, 0, time_left)
     assert outcome.reason == "deadline" and outcome.continued
     assert outcome.saved == 4 and outcome.released == 0  # the four calls in flight were kept
     assert db.get_job(conn, job_id)["processed_rows"] == 4

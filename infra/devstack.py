@@ -128,11 +128,19 @@ def stop_process(proc: subprocess.Popen, name: str, timeout: float = 15) -> None
 STARTED_LOCALSTACKS: dict[int, dict[str, str]] = {}  # port -> LOCALSTACK_PID, _DIR, _START for tests
 
 
+class PortTaken(Exception):
+    """Our LocalStack could not have the port: another process took it after free_port()."""
+
+
 @contextmanager
-def localstack(port: int, volume_dir: Path) -> Iterator[str]:
-    """Start LocalStack (S3, SQS, CloudFormation, SSM) in host mode; yields its URL."""
+def localstack(port: int, volume_dir: Path, reuse: bool = True) -> Iterator[str]:
+    """Start LocalStack (S3, SQS, CloudFormation, SSM) in host mode; yields its URL. With `reuse`
+    (make dev), one already answering on the port is used; without (a private stack), that, or
+    ours exiting before it answers, is PortTaken."""
     endpoint = f"http://127.0.0.1:{port}"
     if localstack_healthy(port):
+        if not reuse:
+            raise PortTaken(port)
         say(f"LocalStack already running at {endpoint}; using it")
         yield endpoint
         return
@@ -151,8 +159,10 @@ def localstack(port: int, volume_dir: Path) -> Iterator[str]:
                                 start_new_session=True)
     try:
         deadline = time.monotonic() + 90
-        while not localstack_healthy(port):
+        while not localstack_healthy(port) or proc.poll() is not None:
             if proc.poll() is not None:
+                if not reuse:
+                    raise PortTaken(port)
                 sys.exit(f"[devstack] LocalStack exited with {proc.returncode}; see {log_path}")
             if time.monotonic() > deadline:
                 sys.exit(f"[devstack] LocalStack not healthy after 90 s; see {log_path}")
@@ -167,6 +177,21 @@ def localstack(port: int, volume_dir: Path) -> Iterator[str]:
         yield endpoint
     finally:
         stop_process(proc, "LocalStack")
+
+
+@contextmanager
+def private_localstack(volume_dir: Path, attempts: int = 3) -> Iterator[str]:
+    """LocalStack on a free port of its own, never another run's: free_port() only guesses, so a
+    port that is taken by the time LocalStack binds it is given up for another."""
+    for attempt in range(attempts):
+        port = free_port()
+        try:
+            with localstack(port, volume_dir / f"port-{port}", reuse=False) as endpoint:
+                yield endpoint
+            return
+        except PortTaken:
+            say(f"port {port} was taken meanwhile; trying another ({attempt + 1} of {attempts})")
+    sys.exit(f"[devstack] LocalStack could not get a free port in {attempts} attempts")
 
 
 def free_ports(count: int) -> list[int]:
@@ -281,7 +306,7 @@ def private_stack(kind: str) -> Iterator[dict[str, str]]:
     db_name = f"csv_opener_{kind}_{run_id}"
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"csv-opener-{kind}-")))
-        endpoint = stack.enter_context(localstack(free_port(), tmp / "localstack"))
+        endpoint = stack.enter_context(private_localstack(tmp / "localstack"))
         outputs = provision(endpoint, parameters=LOCAL_PARAMETERS)
         create_database(env, db_name)
         stack.callback(drop_database, env, db_name)

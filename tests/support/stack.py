@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,6 +67,7 @@ FAKE_RPM = 9000
 # for the provider and for us.
 FAKE_TPM = 500 * FAKE_RPM
 SMALL_DIRECT_UPLOAD = 2000  # the CLI package's direct-upload cap: a small file takes the presigned path
+PORT_ATTEMPTS = 3  # free_port() is a guess: another process may take the port before we bind it
 LIMIT_SHARE = 0.9  # our OPENAI_RPM / OPENAI_TPM: a real limit, a little below the provider's
 
 # The settings every e2e process runs with (the runner may be restarted with overrides).
@@ -169,18 +171,24 @@ class LocalStack:
 
 
 class Stack:
-    def __init__(self, logs: Path, at_exit: Callable[[Callable[[], None]], None] = lambda f: None) -> None:
+    def __init__(self, logs: Path, at_exit: Callable[[Callable[[], None]], None] = lambda f: None,
+                 name: str = "e2e") -> None:
+        self.name = name
         self.logs = logs
         self.runner_log = logs / "runner.log"
         self.localstack = LocalStack(dict(os.environ), at_exit) if LocalStack.available(os.environ) else None
         self.database_url = os.environ["DATABASE_URL"]
         self.redis_port = free_port()
         self.env = {**os.environ, **BASE_SETTINGS, "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
-                    "RATELIMIT_PREFIX": os.environ.get("RATELIMIT_PREFIX", "csv-opener-e2e:ratelimit") + ":e2e"}
+                    "RATELIMIT_PREFIX": os.environ.get("RATELIMIT_PREFIX", "csv-opener-e2e:ratelimit") + f":{name}"}
         self.env.pop("OPENAI_DUMMY_DELAY_MS", None)
         self.fake_proc = self.redis_proc = self.api_proc = self.runner_proc = None
+        self.redis_port_known = False
         self.proxy: RecordingProxy | None = None
         self.runner_overrides: dict[str, str] = {}
+        # The limiter's keys for the current test (new_test): learned limits, cooldowns and buckets
+        # never carry over from one test to the next.
+        self.limiter_prefix = self.env["RATELIMIT_PREFIX"]
         self.test_began = time.time()  # set by the `fresh` fixture
         self._sqs = None
 
@@ -193,7 +201,7 @@ class Stack:
             return subprocess.Popen(args, stderr=log if options["stdout"] is subprocess.PIPE else subprocess.STDOUT,
                                     start_new_session=True, **options)
 
-    def create_account(self) -> None:
+    def create_account(self, role: str = "member") -> None:
         """An account and its key, made with the operators' command as an operator would."""
         def admin(*args: str) -> str:
             done = subprocess.run([PYTHON, "-m", "chalicelib.admin", *args], cwd=ROOT, env=self.env,
@@ -201,17 +209,47 @@ class Stack:
             assert done.returncode == 0, done.stderr
             return done.stdout.strip().splitlines()[-1]
 
-        self.account_id = admin("create-account", f"e2e-{os.getpid()}")
+        self.account_name = f"{self.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.account_id = admin("create-account", self.account_name)
         admin("set-limits", self.account_id, "--urls-per-day", "0", "--jobs", "0")  # no quota in these tests
-        self.key = admin("create-key", self.account_id, "--name", "e2e")
+        self.key = admin("create-key", self.account_id, "--role", role, "--name", self.name)
 
-    def start(self) -> Stack:
-        self.create_account()
+    def forget_account(self) -> None:
+        """The account and its jobs go (the throwaway database is shared by every package)."""
+        import psycopg
+
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM jobs WHERE account_id = %s", (self.account_id,))
+            conn.execute("DELETE FROM accounts WHERE id = %s", (self.account_id,))
+
+    def start(self, *, runner: bool = True, role: str = "member") -> Stack:
+        """Every process; without `runner`, chunk messages stay on the queue (the fuzz package
+        drains them)."""
+        self.create_account(role)
         self.start_fake()
         self.start_redis()
         self.start_api()
-        self.start_runner()
+        if runner:
+            self.start_runner()
         return self
+
+    def new_test(self) -> None:
+        """A limiter prefix of the test's own for the workers (the runner restarts with it)."""
+        self.limiter_prefix = f"{self.env['RATELIMIT_PREFIX']}:t{uuid.uuid4().hex[:8]}"
+
+    @property
+    def url(self) -> str:
+        """The API's base URL (`chalice local`)."""
+        return self.api.base
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a client of the stack's account sends with every call."""
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def redis(self) -> redis.Redis:
+        """A client of the stack's private Redis."""
+        return redis.Redis(port=self.redis_port, socket_connect_timeout=2, socket_timeout=10)
 
     def start_fake(self) -> None:
         """The fake provider (its limits are its construction config, so a reset keeps them) and
@@ -228,10 +266,22 @@ class Stack:
         self.env["OPENAI_BASE_URL"] = f"{self.proxy.url}/v1"
 
     def start_redis(self) -> None:
-        self.redis_proc = self._spawn("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                                                "--save", "", "--appendonly", "no", "--dir", str(self.logs)])
-        client = redis.Redis(port=self.redis_port, socket_connect_timeout=1)
-        wait_for(lambda: self._ping(client), 10, every=0.05, what="private redis-server up")
+        """The private redis-server on `redis_port`. At the first start a port another process took
+        since free_port() picked it means another port; later (a fault test's restart) the API
+        and the runner know the port, so it must be the same one."""
+        for attempt in range(PORT_ATTEMPTS):
+            proc = self._spawn("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                                         "--save", "", "--appendonly", "no", "--dir", str(self.logs)])
+            client = redis.Redis(port=self.redis_port, socket_connect_timeout=1)
+            wait_for(lambda proc=proc, client=client: proc.poll() is not None or self._ping(client), 10, every=0.05,
+                     what="private redis-server up")
+            if proc.poll() is None:
+                self.redis_proc, self.redis_port_known = proc, True
+                return
+            if self.redis_port_known or attempt == PORT_ATTEMPTS - 1:
+                raise AssertionError(f"redis-server exited; see {self.logs / 'redis.log'}")
+            self.redis_port = free_port()
+            self.env["REDIS_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
 
     @staticmethod
     def _ping(client: redis.Redis) -> bool:
@@ -246,32 +296,41 @@ class Stack:
         self.redis_proc = None
 
     def start_api(self) -> None:
-        port = free_port()
-        self.api_proc = self._spawn(
-            "chalice",
-            [CHALICE, "local", "--stage", "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=self.env)
-        self.api = Api(f"http://127.0.0.1:{port}", self.key)
+        """`chalice local` on a free port; a port taken meanwhile by another process (a test run
+        beside this one) makes it exit, and it starts again on another."""
+        for attempt in range(PORT_ATTEMPTS):
+            port = free_port()
+            proc = self.api_proc = self._spawn(
+                "chalice",
+                [CHALICE, "local", "--stage", "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(port)],
+                cwd=ROOT, env=self.env)
+            self.api = Api(f"http://127.0.0.1:{port}", self.key)
 
-        def healthy():
-            assert self.api_proc.poll() is None, f"chalice local exited; see {self.logs / 'chalice.log'}"
-            try:
-                return self.api.call("GET", "/health", timeout=5).status == 200
-            except OSError:
-                return False
+            def healthy(proc=proc):
+                if proc.poll() is not None:
+                    return True
+                try:
+                    return self.api.call("GET", "/health", timeout=5).status == 200
+                except OSError:
+                    return False
 
-        wait_for(healthy, 60, every=0.25, what="chalice local GET /health 200")
+            wait_for(healthy, 60, every=0.25, what="chalice local GET /health 200")
+            if proc.poll() is None:
+                return
+            if attempt == PORT_ATTEMPTS - 1:
+                raise AssertionError(f"chalice local exited; see {self.logs / 'chalice.log'}")
 
     def start_runner(self, **overrides: str) -> None:
         """Start the event runner (if none is running) with the base settings plus `overrides`."""
         if self.runner_proc is not None and self.runner_proc.poll() is None:
             return
         self.runner_overrides = {k: str(v) for k, v in overrides.items()}
-        env = {**self.env, **self.runner_overrides}
+        env = {**self.env, "RATELIMIT_PREFIX": self.limiter_prefix, **self.runner_overrides}
         marker = '"runner started"'
         path = self.runner_log
         before = path.read_text(errors="replace").count(marker) if path.exists() else 0
         self.runner_proc = self._spawn("runner", [PYTHON, str(ROOT / "infra/runner.py")], cwd=ROOT, env=env)
+        self.runner_prefix = env["RATELIMIT_PREFIX"]
 
         def started():
             assert self.runner_proc.poll() is None, f"runner exited; see {path}"
@@ -292,7 +351,8 @@ class Stack:
     def use_runner(self, **overrides: str) -> None:
         """Make sure the runner runs with exactly these overrides (restarting it if needed)."""
         wanted = {k: str(v) for k, v in overrides.items()}
-        if self.runner_proc is not None and self.runner_proc.poll() is None and self.runner_overrides == wanted:
+        if (self.runner_proc is not None and self.runner_proc.poll() is None and self.runner_overrides == wanted
+                and self.runner_prefix == self.limiter_prefix):
             return
         self.stop_runner()
         self.start_runner(**wanted)
@@ -432,23 +492,27 @@ def drain_queues() -> None:
 
 
 @contextmanager
-def package_stack(request, name: str, env: dict[str, str] | None = None) -> Iterator[Stack]:
-    """The body of a package-scoped `stack` fixture: a Stack started with `env` over the base
-    settings, closed and its queues drained at the end; the processes' logs are kept when a test
-    of the package failed."""
+def package_stack(request, name: str, env: dict[str, str] | None = None, *, runner: bool = True,
+                  role: str = "member") -> Iterator[Stack]:
+    """The body of a package-scoped `stack` fixture (e2e, CLI, browser, fuzz): a Stack started
+    with `env` over the base settings (and a `role` key for its account), closed, its account
+    deleted and its queues drained at the end; the processes' logs are kept when a test of the
+    package failed."""
     require_test_stack()
     logs = Path(tempfile.mkdtemp(prefix=f"csv-opener-{name}-"))
     failed_before = request.session.testsfailed
-    s = Stack(logs, request.config.add_cleanup)
+    s = Stack(logs, request.config.add_cleanup, name)
     s.env.update(env or {})
     started = False
     try:
-        s.start()
+        s.start(runner=runner, role=role)
         started = True
         yield s
     finally:
         s.close()
         drain_queues()
+        if getattr(s, "account_id", None):
+            s.forget_account()
         if started and request.session.testsfailed == failed_before:
             shutil.rmtree(logs, ignore_errors=True)
         else:  # keep the processes' logs (chalice, runner, fake, redis) for the failure

@@ -138,8 +138,7 @@ def test_wrong_key_exits_2_unauthorized(fresh, tmp_path):
 def test_preview_reports_a_missing_endpoint(fresh, tmp_path):
     done = csv_opener(fresh, "preview", str(uuid.uuid4()), "--instructions", INSTRUCTIONS)
     assert done.returncode == 2
-    assert ("does not offer previews" in done.stderr  # not there yet: API Gateway's 403
-            or "job_not_found" in done.stderr)  # there: an unknown job
+    assert "job_not_found" in done.stderr  # the API offers previews: the job is unknown
     assert fresh.key.split("_", 2)[2] not in done.stderr  # chalice local's 403 quotes the Authorization header
 
 

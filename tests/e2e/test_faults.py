@@ -187,15 +187,13 @@ def test_limits_are_learned_from_the_provider_when_not_configured(fresh, capsys)
     stated in its x-ratelimit-limit-* headers: after a cautious start the limiter paces at
     exactly that, so 429s stay rare and no request goes into a pause."""
     stack = fresh
-    # a limiter of its own: the other tests' runs taught the shared one the base limit (9,000)
-    prefix = f"{stack.env['RATELIMIT_PREFIX']}:learned-{uuid.uuid4().hex[:8]}"
-    stack.use_runner(OPENAI_RPM="", OPENAI_TPM="", RATELIMIT_PREFIX=prefix)
+    stack.use_runner(OPENAI_RPM="", OPENAI_TPM="")  # the test's own limiter prefix (fresh): nothing learned yet
     stack.fake.configure(rpm=1200)
     job_id, total, began = start_job(stack, 300)
     fig, _, _ = finish(stack, capsys, "limits learned", job_id, total, began, extra_s=total / 20)
     assert fig.completed == total and fig.rate_limited <= 0.01 * total, fig
     shared = redis.Redis.from_url(stack.env["REDIS_URL"])  # what every process of the stack now uses
-    limiter = RateLimiter(shared, 0, 0, prefix=prefix)
+    limiter = RateLimiter(shared, 0, 0, prefix=stack.limiter_prefix)
     assert limiter.limits(stack.api.job(job_id)["model"])["learned"] == {"rpm": 1200, "tpm": FAKE_TPM}
     shared.close()
 
@@ -216,6 +214,13 @@ def test_provider_answers_500_to_everything(fresh, capsys):
     failed with the reason."""
     stack = fresh
     stack.use_runner(CHUNK_CONCURRENCY="32")  # each URL takes ~4 s of attempts and backoff: more at once
+    # A provider that has answered before (the test's limiter is new: until a first answer it
+    # would send 3 requests a second, its cautious start, and no 500 carries limits to learn)
+    warm_id, warm_total, _ = start_job(stack, 1)
+    stack.wait_job(warm_id, urls=warm_total)
+    stack.fake.reset()
+    stack.proxy.clear()
+    stack.test_began = time.time()
     stack.fake.configure(error_rate=1.0, error_statuses=[500])
     csv_file = _make_csv(f"f500{uuid.uuid4().hex[:6]}", 60, invalid_every=10)
     job_id = stack.api.upload(csv_file.name, csv_file.data)["job"]["id"]
@@ -403,3 +408,20 @@ def test_localstack_restarts_mid_job(fresh, capsys):
     wait_for(lambda: job_row(stack.database_url, job_id)["result_path"] == key, 30, what=f"{key} written",
              diagnose=lambda: stack.diagnose(job_id))
     assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] > 0
+
+
+def test_the_token_limit_binds_end_to_end(fresh, capsys):
+    """A provider whose tokens-per-minute limit binds long before its requests-per-minute one
+    (9,000 requests but 360,000 tokens a minute: about 14 requests/s of these ~420-token calls),
+    and which states neither (no x-ratelimit-limit-* headers, so nothing is learned): with
+    OPENAI_TPM set just under it and no RPM ceiling, the workers pace by tokens alone, so the
+    provider's token bucket never runs dry (at most a stray 429), where without the TPM ceiling
+    nothing would pace them at all."""
+    stack = fresh
+    provider_tpm = 360_000
+    stack.use_runner(OPENAI_RPM="", OPENAI_TPM=str(int(0.9 * provider_tpm)))
+    stack.fake.configure(tpm=provider_tpm, ratelimit_limit_headers=False)
+    job_id, total, began = start_job(stack, 300)
+    fig, _, stats = finish(stack, capsys, "TPM binds", job_id, total, began, extra_s=total / 10)
+    assert fig.completed == total and fig.rate_limited <= 0.01 * total, fig
+    assert stats["rate_limited"] <= 0.01 * total

@@ -358,14 +358,11 @@ def assert_openers_came_from_the_llm(stats: dict, rows: list[dict]) -> None:
 
 # ---------------------------------------------------------------- the shared limiter's figures
 
-COOLDOWN_LINE = re.compile(r"rate-limit cooldown: every worker pauses for ([0-9.]+)s")
+COOLDOWN_LINE = re.compile(r"rate-limit cooldown: every worker pauses for ([0-9.]+)s \(until ([0-9.]+)\)")
 # A request the limiter let through just before another worker's 429 set the cooldown may still
 # reach the provider just after it: it was in flight. Later than this into a pause is a worker
 # that did not pause.
 IN_FLIGHT_GRACE_S = 0.25
-# The pause is written to Redis a moment before the runner logs it: the window taken from the log
-# may end a little later than the real one.
-LOG_SLACK_S = 0.05
 
 
 def log_time(ts: str) -> float:
@@ -392,12 +389,15 @@ def log_entries(path: Path, since: float = 0.0) -> list[dict]:
 
 
 def cooldown_windows(entries: list[dict]) -> list[tuple[float, float]]:
-    """The shared pauses the runner logged ("every worker pauses for X s"), as (start, end)."""
+    """The shared pauses the runner logged ("every worker pauses for X s (until T)"), as (start,
+    end): the end is the server clock's (the same machine's), not the line's time, which may be
+    written late on a loaded machine."""
     windows = []
     for entry in entries:
         match = COOLDOWN_LINE.search(entry.get("message", ""))
         if match:
-            windows.append((entry["_t"], entry["_t"] + float(match.group(1))))
+            until = float(match.group(2))
+            windows.append((until - float(match.group(1)), until))
     return sorted(windows)
 
 
@@ -445,7 +445,7 @@ def limiter_figures(exchanges: list, entries: list[dict]) -> LimiterFigures:
     max_offset, late = 0.0, []
     for exchange in exchanges:
         for start, end in windows:
-            if start < exchange.sent < end - LOG_SLACK_S:
+            if start < exchange.sent < end:
                 offset = exchange.sent - start
                 max_offset = max(max_offset, offset)
                 if offset > IN_FLIGHT_GRACE_S:

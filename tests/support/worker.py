@@ -18,6 +18,7 @@ class CountingGenerator:
         self.fail_urls = set(fail_urls)
         self.delay_s = delay_s
         self.active: set[str] = set()
+        self.peak = 0  # most calls in flight at once
         self.overlaps = 0
         self.lock = threading.Lock()
 
@@ -27,6 +28,7 @@ class CountingGenerator:
             if url in self.active:
                 self.overlaps += 1
             self.active.add(url)
+            self.peak = max(self.peak, len(self.active))
         try:
             if self.delay_s:
                 time.sleep(self.delay_s)

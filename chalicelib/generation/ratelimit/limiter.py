@@ -253,11 +253,15 @@ class RateLimiter:
         if seconds <= 0:
             return
         try:
-            self._cooldown_script(keys=self._keys(model), args=[self.rpm, self.tpm, float(seconds), self.start_rpm])
+            answer = self._cooldown_script(keys=self._keys(model),
+                                           args=[self.rpm, self.tpm, float(seconds), self.start_rpm])
         except _UNAVAILABLE as exc:
             self._log.warning("Redis unreachable; shared cooldown of %.2fs not recorded (%s)", seconds, exc)
             return
-        self._log.warning("rate-limit cooldown: every worker pauses for %.2fs", seconds)
+        left_ms, until_ms = (float(x) for x in (answer.decode() if isinstance(answer, bytes) else answer).split())
+        # when the pause ends, as the server clock has it: exact, however late this line is written
+        self._log.warning("rate-limit cooldown: every worker pauses for %.2fs (until %.3f)", left_ms / 1000,
+                          until_ms / 1000)
 
     def cooldown_remaining(self, model: str | None = None) -> float:
         """Seconds left in the shared cooldown (0.0 if none, or if Redis is unreachable)."""

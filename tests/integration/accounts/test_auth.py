@@ -140,8 +140,11 @@ def test_another_accounts_job_is_exactly_an_unknown_job_on_every_endpoint(client
             ("GET", "/api/upload/{}/download", None),
             ("POST", "/api/upload/process", "job_id"),
             ("POST", "/api/upload/process", "jobId"),
+            ("POST", "/api/jobs/{}/preview", {"rows": 2}),  # a preview would generate (and be paid)
         ]:
             def call(some_id, method=method, path=path, payload=payload):
+                if isinstance(payload, dict):
+                    return post_json(intruder, path.format(some_id), payload)
                 if payload:
                     return post_json(intruder, path, {payload: some_id})
                 return intruder.http.request(method, path.format(some_id), headers={"Accept": "*/*"})

@@ -388,7 +388,10 @@ def test_many_processes_share_one_budget_accurately(client, prefix):
     allowed = burst + rate_per_ms * DURATION_S * 1000  # 50 + 500
     print(f"grants in the {DURATION_S:.0f}-s window: {in_window} (allowed {allowed:.0f})")
     assert in_window <= allowed + 1, (in_window, allowed)  # never more than the budget
-    assert in_window >= 0.85 * allowed, (in_window, allowed)  # and the budget is used, not wasted
+    # and the budget is used, not wasted: reservations the limiter made due inside the window (its
+    # own times, not when a loaded machine got round to waking the thread)
+    booked = sum(earliest < window_end for earliest, _ in grants)
+    assert booked >= 0.85 * allowed, (booked, allowed)
 
     # no 1-second window ever holds more than one burst plus one second's worth: count the grants
     # certainly due inside each window (both bounds in it), which cannot exceed the true number

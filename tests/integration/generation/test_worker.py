@@ -116,8 +116,23 @@ def test_redelivered_message_for_a_finished_chunk_generates_nothing(conn, settin
 def test_two_handlers_on_the_same_chunk_never_generate_a_url_twice(conn, settings_for):
     s = settings_for(chunk_size=40, chunk_concurrency=8)
     job_id = start_job(conn, s, 40)
-    worker_a, shared, _ = make_worker(s, generator=lambda inner: CountingGenerator(inner, delay_s=0.02))
-    worker_b, _, _ = make_worker(s, generator=shared)
+    started = {"a": threading.Event(), "b": threading.Event()}
+
+    class Gate:
+        """A handler's calls wait until the other handler has claimed rows and called too, so
+        both hold rows of the chunk at once (not a guess at how fast the first one is)."""
+
+        def __init__(self, inner, me: str, other: str) -> None:
+            self.inner, self.me, self.other = inner, me, other
+
+        def generate(self, *args, **kwargs):
+            started[self.me].set()
+            assert started[self.other].wait(30), f"handler {self.other} never got a row"
+            return self.inner.generate(*args, **kwargs)
+
+    _, shared, _ = make_worker(s, generator=lambda inner: CountingGenerator(inner, delay_s=0.02))
+    worker_a, _, _ = make_worker(s, generator=Gate(shared, "a", "b"))
+    worker_b, _, _ = make_worker(s, generator=Gate(shared, "b", "a"))
     results = {}
     threads = [threading.Thread(target=lambda w=w, k=k: results.__setitem__(k, w.process_chunk(job_id, 0, forever)))
                for k, w in (("a", worker_a), ("b", worker_b))]
@@ -219,8 +234,8 @@ def test_near_the_deadline_the_handler_saves_releases_and_hands_on(conn, setting
     job_id = start_job(conn, s, 100)
     drain_queue(settings.chunk_queue_url)
     worker, gen, _ = make_worker(s)
-    started = time.monotonic()
-    outcome = worker.process_chunk(job_id, 0, lambda: 0.5 - (time.monotonic() - started))
+    # the deadline comes after the tenth call (an event, whatever the machine's speed), and stays
+    outcome = worker.process_chunk(job_id, 0, lambda: 0.0 if sum(gen.calls.values()) >= 10 else float("inf"))
     assert outcome.reason == "deadline" and outcome.continued
     job, left = counters(conn, job_id)
     assert 0 < job["processed_rows"] < 100 and left == 100 - job["processed_rows"]

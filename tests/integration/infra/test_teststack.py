@@ -24,7 +24,7 @@ def test_the_marker_must_name_the_database_in_use():
 
 def test_plain_pytest_refuses_and_leaves_the_database_as_it_was(conn, account):
     job_id = str(uuid.uuid4())
-    db.insert_job(conn, job_id=job_id, account_id=account["id"], file_name="keep.csv", file_path="uploads/keep.csv",
+    db.insert_job(conn, job_id=job_id, account_id=account.id, file_name="keep.csv", file_path="uploads/keep.csv",
                   source="upload")
     env = {k: v for k, v in os.environ.items() if k != MARKER}  # the same database, but not said to be a test one
     run = subprocess.run(

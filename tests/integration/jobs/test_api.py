@@ -335,7 +335,8 @@ def test_big_download_redirects_to_a_presigned_url(client, conn, monkeypatch):
 # ---------------------------------------------------------------- metrics, hygiene
 
 def test_metrics_reports_the_accounts_jobs_urls_and_throughput_and_queues_to_admins_only(
-        client, conn, make_account):
+        client, conn, make_account, env):
+    env(OPENAI_RPM="3000", OPENAI_TPM="")
     other = client.as_account(make_account())
     other_job, _ = upload_and_process(other)  # another account's work never shows
     mark_urls_done(conn, other_job)
@@ -356,9 +357,8 @@ def test_metrics_reports_the_accounts_jobs_urls_and_throughput_and_queues_to_adm
     limits = data["provider_limits"]
     assert set(limits) == {"gpt-4o-mini", "gpt-4o"}
     assert limits["gpt-4o"]["learned"] == {"rpm": 5000, "tpm": 800000}
-    ceiling = limits["gpt-4o"]["ceiling"]
-    assert limits["gpt-4o"]["in_force"] == {"rpm": min(5000, ceiling["rpm"] or 5000),
-                                            "tpm": min(800000, ceiling["tpm"] or 800000)}
+    assert limits["gpt-4o"]["ceiling"] == {"rpm": 3000, "tpm": 0}  # OPENAI_RPM=3000, OPENAI_TPM unset
+    assert limits["gpt-4o"]["in_force"] == {"rpm": 3000, "tpm": 800000}
 
 
 def test_unexpected_errors_are_500_with_a_request_id_and_no_traceback(client, monkeypatch, capsys):

@@ -318,26 +318,28 @@ def test_batch_expiry_leaves_partial_output_and_expired_errors(fake: FakeOpenAI)
 
 
 def test_cancel_goes_through_cancelling_to_cancelled(fake: FakeOpenAI) -> None:
-    fake.configure(batch_delay_s=10.0, batch_cancel_delay_s=0.3)  # 10 of the 100 requests done per second
+    # Time moves only when the test says (age_batches): 100 requests over 1,000 s, an hour to cancel.
+    fake.configure(batch_delay_s=1000.0, batch_cancel_delay_s=3600.0)
     lines = requests(100)
     batch = start_batch(fake, lines)
-    time.sleep(0.3)
+    fake.age_batches(305)
     running = sdk(fake).batches.retrieve(batch.id)
     assert running.status == "in_progress" and running.request_counts is not None
-    assert running.request_counts.completed >= 3  # progress shows
+    assert running.request_counts.completed == 30  # progress shows: 305 s of 1,000
 
     cancelling = sdk(fake).batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
     assert cancelling.cancelled_at is None and cancelling.output_file_id is None
     assert cancelling.request_counts is not None
     done_count = cancelling.request_counts.completed
-    assert 3 <= done_count < 100
+    assert done_count == 30
+    fake.age_batches(3599)
     assert sdk(fake).batches.retrieve(batch.id).status == "cancelling"  # for batch_cancel_delay_s
 
-    time.sleep(0.2)
+    fake.age_batches(2)
     cancelled = wait_until_ended(fake, batch.id)
     assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None
-    assert cancelled.completed_at is None and cancelled.cancelling_at == cancelling.cancelling_at
+    assert cancelled.completed_at is None and cancelled.cancelled_at - cancelled.cancelling_at in (3600, 3601)
     ok, failed = read_lines(fake, cancelled.output_file_id), read_lines(fake, cancelled.error_file_id)
     assert sorted(ids(ok)) == sorted(x["custom_id"] for x in lines[:done_count])
     assert sorted(ids(failed)) == sorted(x["custom_id"] for x in lines[done_count:])

@@ -1,5 +1,6 @@
 -- KEYS: requests bucket, tokens bucket, cooldown_until, learned limits. ARGV: ceiling rpm,
--- ceiling tpm, seconds, start rpm. Returns the remaining cooldown in ms.
+-- ceiling tpm, seconds, start rpm. Returns '<remaining ms> <until ms>' (the pause in force, which
+-- a shorter new one never cuts, and when it ends on the server clock, in Unix milliseconds).
 local rpm, tpm = effective(KEYS[4], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4]))
 local untilms = math.max(now + tonumber(ARGV[3]) * 1000, now + cooldown_left())
 redis.call('SET', KEYS[3], string.format('%.3f', untilms), 'PX', math.ceil(untilms - now) + 1000)
@@ -19,4 +20,4 @@ end
 
 freeze(KEYS[1], rpm)
 freeze(KEYS[2], tpm)
-return string.format('%.3f', untilms - now)
+return string.format('%.3f %.3f', untilms - now, untilms)

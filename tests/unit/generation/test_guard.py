@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -181,3 +183,54 @@ def test_template_fields_are_found_and_matched_to_columns_ignoring_case_and_spac
     assert resolve_fields(["first name", "Company"], ["First  Name", "company", "website"]) == {
         "first name": 0, "Company": 1}
     assert resolve_fields(["role", "Company"], ["First Name", "company"]) == ["role"]
+
+
+# ---------------------------------------------------------------- {{column}} parsing in linear time
+
+
+class CountingText(str):
+    """Instructions that count how often the parser reads one of their characters."""
+
+    reads = 0
+
+    def __getitem__(self, key):
+        self.reads += 1
+        return super().__getitem__(key)
+
+
+# Each of these made the old `\{\{\s*([^{}\n]{1,100}?)\s*\}\}` backtrack for seconds (the spaces)
+# or is the shape a linear scanner most easily gets wrong.
+HOSTILE_TEMPLATES = [
+    ("{{" + " " * 6_000, []),
+    (("{{" + " " * 200) * 500, []),
+    ("{{" * 50_000, []),
+    ("{{" + "a" * 100_000, []),
+    ("{" * 100_000, []),
+    ("{{" * 1_000 + "a" + "}}" * 1_000, ["a"]),
+    ("{{ x }}" * 10_000, ["x"]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), HOSTILE_TEMPLATES,
+                         ids=[f"{t[:6]!r}x{len(t)}" for t, _ in HOSTILE_TEMPLATES])
+def test_template_fields_reads_each_character_a_bounded_number_of_times(text, expected):
+    counted = CountingText(text)
+    assert template_fields(counted) == expected
+    # a character-by-character scan (a regex engine would read none of them this way), linear
+    assert len(text) // 2 <= counted.reads <= 4 * len(text)
+
+
+def test_a_field_name_is_capped_and_blank_or_broken_names_are_not_fields():
+    assert template_fields("{{" + "x" * 100 + "}}") == ["x" * 100]
+    assert template_fields("{{" + "x" * 101 + "}}") == []
+    assert template_fields("{{ }} {{a\nb}} {{ a }b}} {{{x}}} {{\n y \n}}") == ["x", "y"]
+
+
+def test_template_fields_finds_what_the_old_pattern_found_on_ordinary_text():
+    """The scanner against the old regex (fine on short text), on random short strings."""
+    old = re.compile(r"\{\{\s*([^{}\n]{1,100}?)\s*\}\}")
+    rng = random.Random(19)
+    for _ in range(5_000):
+        text = "".join(rng.choice("{{}} ab\n") for _ in range(rng.randint(0, 14)))
+        expected = list(dict.fromkeys(m.group(1) for m in old.finditer(text) if m.group(1).strip()))
+        assert template_fields(text) == expected, repr(text)

@@ -20,6 +20,8 @@ MAX_SENTENCES = 2
 MIN_OPENER_WORDS = 3
 MAX_ERROR_CHARS = 500
 UNUSABLE_MESSAGE = "The model returned no usable opener"
+REJECTED_MESSAGE = "The model's answer was rejected"
+SAMPLE_CHARS = 60  # of a turned-down answer, in DEBUG logs only
 
 # -- results and errors --------------------------------------------------------------------------
 
@@ -52,14 +54,25 @@ class GenerationFailed(Exception):
 
 
 class UnusableAnswer(Exception):
-    """The API answered, but nothing in the answer survives ``clean_opener`` (retryable)."""
+    """The API answered, but the answer cannot become an opener (retryable).
 
-    def __init__(self, raw: str | None, reason: str | None = None) -> None:
-        if reason:  # the guard's verdict; the answer itself is not repeated (it may carry what it found)
-            super().__init__(f"The model's answer was rejected: {reason}")
-            return
-        shown = trim(raw, 120) if raw and raw.strip() else "an empty answer"
-        super().__init__(f"{UNUSABLE_MESSAGE} (got: {shown})")
+    The message says what was wrong with the answer and never quotes it: the text is the model's,
+    possibly steered by a hostile page or cell, and the message reaches the tenant (``urls.error``,
+    results, the CSV). ``reason`` is that description ("the answer was empty"); ``rejected`` marks
+    the output guard's verdict on an otherwise usable opener.
+    """
+
+    def __init__(self, reason: str, *, rejected: bool = False) -> None:
+        self.reason = reason
+        self.rejected = rejected
+        super().__init__(f"{REJECTED_MESSAGE if rejected else UNUSABLE_MESSAGE}: {reason}")
+
+
+def log_unusable(reason: str, raw: object) -> None:
+    """Operators may see a short, redacted sample of an answer that was turned down, at DEBUG
+    only (never in what a tenant sees)."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("unusable model answer (%s); sample: %r", reason, trim(redact_secrets(str(raw)), SAMPLE_CHARS))
 
 
 # -- cleaning -------------------------------------------------------------------------------------
@@ -144,21 +157,33 @@ _UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u20
 
 def clean_opener(text: str | None) -> str | None:
     """A raw model answer as a plain-text opener fit for a CSV cell, or None when it is unusable."""
-    if not isinstance(text, str):
-        return None
+    return cleaned_or_reason(text)[0]
+
+
+def cleaned_or_reason(text: str | None) -> tuple[str | None, str]:
+    """(the cleaned opener, "") or (None, what was wrong with the answer, in words that never
+    quote it)."""
+    if not isinstance(text, str) or not text.strip():
+        return None, "the answer was empty"
     cleaned = _UNSAFE_CHARS.sub(" ", text)  # one NUL would fail the whole batch's save
     cleaned = _strip_markdown(cleaned)
     cleaned = " ".join(cleaned.split())
     cleaned = _LABEL.sub("", cleaned)
     cleaned = _strip_quotes(cleaned)
-    if not cleaned or _PLACEHOLDER.search(cleaned) or _is_refusal(cleaned):
-        return None
+    if not cleaned:
+        return None, "the answer was empty"
+    if _is_refusal(cleaned):
+        return None, "the answer was a refusal, not an opener"
+    if _PLACEHOLDER.search(cleaned):
+        return None, "the answer contained a placeholder or template brackets"
     sentences = split_sentences(cleaned)
     if len(sentences) > MAX_SENTENCES:
         cleaned = " ".join(sentences[:MAX_SENTENCES])
-    if len(cleaned) > MAX_OPENER_CHARS or len(cleaned.split()) < MIN_OPENER_WORDS:
-        return None
-    return cleaned
+    if len(cleaned) > MAX_OPENER_CHARS:
+        return None, f"the answer was longer than {MAX_OPENER_CHARS} characters"
+    if len(cleaned.split()) < MIN_OPENER_WORDS:
+        return None, f"the answer was shorter than {MIN_OPENER_WORDS} words"
+    return cleaned, ""
 
 
 def complete_sentences(text: str) -> str:
@@ -178,16 +203,32 @@ def token_count(usage: Any, name: str) -> int:
 
 
 def usable_text(body: dict) -> str:
-    """The opener in a chat.completion body, cleaned; UnusableAnswer when there is none."""
+    """The opener in a chat.completion body, cleaned; UnusableAnswer (saying why) when there is none."""
     choices = body.get("choices") or []
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     raw = message.get("content") if isinstance(message.get("content"), str) else None
+    if raw is None and isinstance(message.get("refusal"), str) and message["refusal"].strip():
+        log_unusable("refusal", message["refusal"])
+        raise UnusableAnswer("the model refused to write an opener")
+    if not choices:
+        raise UnusableAnswer("the answer held no message")
     if raw and choice.get("finish_reason") == "length":
         raw = complete_sentences(raw)  # cut off by max_tokens: keep whole sentences only
-    text = clean_opener(raw)
+    text, reason = cleaned_or_reason(raw)
     if text is None:
-        raise UnusableAnswer(message.get("content") or message.get("refusal"))
+        log_unusable(reason, message.get("content"))
+        raise UnusableAnswer(reason)
+    return text
+
+
+def checked_text(body: dict, url: str, instructions: str | None) -> str:
+    """``usable_text``, then the output guard: UnusableAnswer(rejected=True) with the guard's reason."""
+    text = usable_text(body)
+    rejected = guard.problem(text, url, instructions)
+    if rejected:
+        log_unusable(rejected, text)
+        raise UnusableAnswer(rejected, rejected=True)
     return text
 
 
@@ -195,11 +236,9 @@ def opener_from_answer(body: Any, url: str, instructions: str | None) -> Opener:
     """A finished chat.completion (a Batch API output line's body) as an opener, checked as a live
     answer is: cleaned, then the output guard. Raises UnusableAnswer (the reason for the row)."""
     if not isinstance(body, dict):
-        raise UnusableAnswer(str(body)[:200])
-    text = usable_text(body)
-    rejected = guard.problem(text, url, instructions)
-    if rejected:
-        raise UnusableAnswer(text, rejected)
+        log_unusable("not a JSON object", body)
+        raise UnusableAnswer("the answer was not a JSON object")
+    text = checked_text(body, url, instructions)
     usage = body.get("usage")
     return Opener(text=text, prompt_tokens=token_count(usage, "prompt_tokens"),
                   completion_tokens=token_count(usage, "completion_tokens"), attempts=1)

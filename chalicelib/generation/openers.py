@@ -23,8 +23,14 @@ from typing import Any, Protocol
 import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from chalicelib.generation import guard
-from chalicelib.generation.answers import GenerationFailed, Opener, UnusableAnswer, token_count, usable_text
+from chalicelib.generation.answers import (
+    GenerationFailed,
+    Opener,
+    UnusableAnswer,
+    checked_text,
+    log_unusable,
+    token_count,
+)
 from chalicelib.generation.client import (
     BACKOFF_INITIAL_S,
     BACKOFF_JITTER_S,
@@ -63,9 +69,11 @@ def _json_body(content: bytes) -> dict:
     try:
         body = json.loads(content)
     except ValueError:
-        raise UnusableAnswer(content[:200].decode("utf-8", "replace")) from None
+        log_unusable("not JSON", content[:200].decode("utf-8", "replace"))
+        raise UnusableAnswer("the answer was not JSON") from None
     if not isinstance(body, dict):
-        raise UnusableAnswer(str(body)[:200])
+        log_unusable("not a JSON object", body)
+        raise UnusableAnswer("the answer was not a JSON object")
     return body
 
 
@@ -119,11 +127,7 @@ class OpenerGenerator:
             for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    opener = self._attempt(request, should_stop, attempts, account)
-                    rejected = guard.problem(opener.text, url, instructions)
-                    if rejected:
-                        raise UnusableAnswer(opener.text, rejected)
-                    return opener
+                    return self._attempt(request, should_stop, attempts, account, url, instructions)
         except (openai.OpenAIError, UnusableAnswer) as exc:
             raise GenerationFailed(describe_error(exc), attempts) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
@@ -136,7 +140,7 @@ class OpenerGenerator:
                 "max_tokens": self.max_tokens, "temperature": TEMPERATURE}
 
     def _attempt(self, request: dict, should_stop: Callable[[], bool], number: int,
-                 account: str | None = None) -> Opener:
+                 account: str | None, url: str, instructions: str | None) -> Opener:
         model = request["model"]
         estimate = estimate_tokens(request["messages"], request["max_tokens"])
         self.limiter.acquire(estimate, should_stop, account=account, model=model)
@@ -156,7 +160,8 @@ class OpenerGenerator:
         usage = body.get("usage") or {}
         if isinstance(usage.get("total_tokens"), int):
             self.limiter.refund(estimate, usage["total_tokens"], model=model)
-        return Opener(text=usable_text(body), prompt_tokens=token_count(usage, "prompt_tokens"),
+        # cleaned, then the output guard: a rejected answer is an UnusableAnswer, retried
+        return Opener(text=checked_text(body, url, instructions), prompt_tokens=token_count(usage, "prompt_tokens"),
                       completion_tokens=token_count(usage, "completion_tokens"), attempts=number)
 
     def _on_rate_limited(self, exc: openai.RateLimitError, model: str) -> None:

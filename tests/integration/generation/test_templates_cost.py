@@ -147,3 +147,15 @@ def test_preview_checks_its_input_and_the_job_like_process_does(client, make_acc
     assert error_of(post_json(client, path, {"model": "gpt-4o"}))[1] == "model_not_allowed"
     other = client.as_account(make_account())
     assert error_of(post_json(other, path, {})) == (404, "job_not_found")
+
+
+def test_instructions_over_the_cap_are_400_on_preview_and_process_and_nothing_starts(client, conn, settings):
+    """Both check MAX_INSTRUCTIONS (2,000 characters) before any {{column}} is looked for."""
+    job = body(upload_csv(client, PEOPLE))["job"]
+    hostile = "{{" + " " * 1_998 + "x"  # 2,001 characters once trimmed
+    for path, payload in ((f"/api/jobs/{job['id']}/preview", {}), ("/api/upload/process", {"job_id": job["id"]})):
+        response = post_json(client, path, {**payload, "instructions": hostile})
+        assert error_of(response) == (400, "bad_instructions")
+        assert "longer than 2000 characters" in body(response)["error"]["message"]
+    assert db.get_job(conn, job["id"])["status"] == "pending"
+    assert drain_queue(settings.chunk_queue_url) == []

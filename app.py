@@ -224,8 +224,9 @@ def upload(caller: Caller):
 @route("/api/upload/url", methods=["POST"])
 def upload_url(caller: Caller):
     body = json_body()
-    result = jobs.create_presigned_upload(deps.conn(), deps.storage(), account_id=caller.account_id,
-                                          file_name=body.get("file_name"), url_column=body.get("url_column"))
+    result = jobs.create_presigned_upload(deps.conn(), deps.storage(), deps.settings(), account_id=caller.account_id,
+                                          file_name=body.get("file_name"), size=body.get("size"),
+                                          url_column=body.get("url_column"))
     return Response(result, status_code=201)
 
 

@@ -90,6 +90,9 @@ class Settings:
     ip_rate_limit_per_minute: int = 600  # per client address: /health and failed authentications
     account_urls_per_day: int = 100_000
     account_max_jobs: int = 10
+    # jobs an account may hold uploaded (or promised a presigned upload) but not yet processed;
+    # each one may hold a file of up to max_file_size in the bucket; 0 = no limit
+    account_max_pending: int = 20
     api_key_cache_s: float = 30.0
     presign_expires_s: int = 900
     ratelimit_prefix: str = "csv-opener:ratelimit"
@@ -176,6 +179,7 @@ class Settings:
             ip_rate_limit_per_minute=int(get("IP_RATE_LIMIT_PER_MINUTE", cls.ip_rate_limit_per_minute)),
             account_urls_per_day=int(get("ACCOUNT_URLS_PER_DAY", cls.account_urls_per_day)),
             account_max_jobs=int(get("ACCOUNT_MAX_JOBS", cls.account_max_jobs)),
+            account_max_pending=int(get("ACCOUNT_MAX_PENDING", cls.account_max_pending)),
             api_key_cache_s=min(60.0, float(get("API_KEY_CACHE_S", cls.api_key_cache_s))),
             presign_expires_s=min(900, int(get("PRESIGN_EXPIRES_S", cls.presign_expires_s))),
             ratelimit_prefix=get("RATELIMIT_PREFIX", cls.ratelimit_prefix),

@@ -9,6 +9,7 @@ a request that carries a foreign Authorization header, and the key must not leav
 from __future__ import annotations
 
 import email.utils
+import os
 import re
 import time
 import xml.etree.ElementTree as ElementTree
@@ -242,10 +243,12 @@ class Api:
         return Upload(job=body["job"], how="direct", summary=body)
 
     def upload_presigned(self, path: Path, url_column: str | None = None) -> Upload:
-        payload = {"file_name": path.name, **({"url_column": url_column} if url_column else {})}
-        created = self.call("POST", "/api/upload/url", json=payload)
-        headers = created.get("headers") or {"Content-Type": "text/csv"}
         with path.open("rb") as file:  # a file object: httpx sends its length, S3 wants no chunked body
+            # the URL is signed for exactly this many bytes (the open file's, in case it was replaced)
+            size = os.fstat(file.fileno()).st_size
+            payload = {"file_name": path.name, "size": size, **({"url_column": url_column} if url_column else {})}
+            created = self.call("POST", "/api/upload/url", json=payload)
+            headers = created.get("headers") or {"Content-Type": "text/csv"}
             response = self._send(self.storage, created.get("method", "PUT"), created["upload_url"], content=file,
                                   headers=headers)
         if not response.is_success:

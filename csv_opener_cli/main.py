@@ -40,7 +40,7 @@ opener, opener_status, opener_error and context_status). Ctrl-C asks whether to 
 EPILOG = """\
 environment:
   CSV_OPENER_API   the API's base URL (default http://127.0.0.1:8000, `make dev`; on AWS the
-                   "Rest API URL" that `chalice deploy` prints)
+                   stage's invoke URL, https://<api-id>.execute-api.<region>.amazonaws.com/api)
   CSV_OPENER_KEY   your API key (cso_<prefix>_<secret>). Prefer it to --key: a --key value is
                    visible to other users of the machine in `ps` and stays in your shell history.
                    Only the key's cso_<prefix> is ever printed.

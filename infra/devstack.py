@@ -151,7 +151,9 @@ def localstack(port: int, volume_dir: Path, reuse: bool = True) -> Iterator[str]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LOCALSTACK_"))}
     settings = dict(SERVICES="s3,sqs,cloudformation,ssm", GATEWAY_LISTEN=f"127.0.0.1:{port}",
                     LOCALSTACK_VOLUME_DIR=str(volume_dir), SQS_ENDPOINT_STRATEGY="path",
-                    DISABLE_EVENTS="1", SKIP_SSL_CERT_DOWNLOAD="1", SKIP_INFRA_DOWNLOADS="1")
+                    DISABLE_EVENTS="1", SKIP_SSL_CERT_DOWNLOAD="1", SKIP_INFRA_DOWNLOADS="1",
+                    # check presigned URLs as S3 does: a PUT of another length than the signed one is refused
+                    S3_SKIP_SIGNATURE_VALIDATION="0")
     env.update(settings)
     argv = [str(LOCALSTACK_PYTHON), "-m", "localstack.runtime.main"]
     with open(log_path, "ab") as log:

@@ -18,7 +18,9 @@ from botocore.exceptions import ClientError
 
 TEMPLATE = Path(__file__).resolve().parent / "resources.yaml"
 STACK = "csv-opener-resources"
-LOCAL_PARAMETERS = {"DropsQueueName": "csv-opener-drops"}
+# A local stack's bucket takes presigned PUTs and GETs from any page (a test browser's origin
+# changes per run); AWS has no default: --param BrowserOrigins=https://... (README "Deploy to AWS").
+LOCAL_PARAMETERS = {"DropsQueueName": "csv-opener-drops", "BrowserOrigins": "*"}
 
 
 def _client(endpoint: str | None, region: str):

@@ -1,5 +1,5 @@
 """S3 adapter: the upload bucket, around an injected boto3 S3 client. Presigned URLs last at most
-15 minutes (900 s) and name exactly one object."""
+15 minutes (900 s) and name exactly one object; a presigned PUT also names its exact size."""
 
 from __future__ import annotations
 
@@ -81,10 +81,17 @@ class Storage:
     def delete(self, key: str) -> None:
         self.s3.delete_object(Bucket=self.bucket, Key=key)
 
-    def presigned_put(self, key: str, expires_s: int = 900, content_type: str = "text/csv") -> str:
+    def keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix` (paged by the SDK)."""
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", ())]
+
+    def presigned_put(self, key: str, size: int, expires_s: int = 900, content_type: str = "text/csv") -> str:
+        """A PUT URL for exactly `size` bytes: with SigV4, ContentLength joins the signed headers
+        (X-Amz-SignedHeaders=content-length;...), so S3 refuses a body of any other length."""
         return self.s3.generate_presigned_url(
             "put_object",
-            Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
+            Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type, "ContentLength": size},
             ExpiresIn=expires_s,
         )
 

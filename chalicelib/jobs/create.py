@@ -1,5 +1,10 @@
 """From an upload to a pending job: validate the CSV, store the original in S3, create the
-row; a presigned upload is validated when it is processed. Also how a job reads its stored file."""
+row; a presigned upload is validated when it is processed. Also how a job reads its stored file.
+
+A presigned upload is bounded three ways, since the bucket takes the bytes without us: the URL
+is signed for the exact size the caller declared (S3 refuses a longer body), an account holds
+at most `account_max_pending` such jobs not yet processed, and a stored file that fails
+validation is deleted with its job failed."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from dataclasses import asdict
 
 from chalicelib.adapters import db
 from chalicelib.adapters.storage import ObjectChanged, ObjectMissing, Storage
-from chalicelib.errors import BadRequest, Conflict, DomainError, Gone
+from chalicelib.errors import BadRequest, Conflict, DomainError, Gone, RateLimited
 from chalicelib.intake import csvfile
 from chalicelib.intake.uploads import (
     check_file_type,
@@ -69,18 +74,36 @@ def upload_body(job: dict, summary: csvfile.Summary) -> dict:
     }
 
 
-def create_presigned_upload(conn, storage: Storage, *, account_id: str, file_name: str | None,
-                            url_column: str | None = None) -> dict:
-    """A pending job plus a presigned PUT URL; the file is validated by `start`."""
+def create_presigned_upload(conn, storage: Storage, settings: Settings, *, account_id: str, file_name: object,
+                            size: object, url_column: object = None) -> dict:
+    """A pending job plus a PUT URL for exactly `size` bytes; the file is validated by `start`."""
     name = clean_file_name(file_name)
     url_column = clean_url_column(url_column)
     check_file_type(name, "text/csv")
+    size = clean_size(size, settings.max_file_size)
     job_id = str(uuid.uuid4())
     key = upload_key(account_id, job_id, name)
-    job = db.insert_job(conn, job_id=job_id, account_id=account_id, file_name=name, file_path=key, source="presigned",
-                        url_column=url_column or None)
-    return {"job": job_json(job), "upload_url": storage.presigned_put(key), "method": "PUT",
-            "headers": {"Content-Type": "text/csv"}}
+    with conn.transaction():
+        db.lock_account(conn, account_id)  # concurrent requests of one account count one at a time
+        pending = db.pending_presigned(conn, account_id)
+        if settings.account_max_pending and pending >= settings.account_max_pending:
+            raise RateLimited(
+                f"This account has {pending} presigned uploads not yet processed, its limit; call "
+                "/api/upload/process for them (or cancel the ones you do not need), then ask again",
+                code="too_many_pending")
+        job = db.insert_job(conn, job_id=job_id, account_id=account_id, file_name=name, file_path=key,
+                            source="presigned", url_column=url_column or None)
+    return {"job": job_json(job), "upload_url": storage.presigned_put(key, size, settings.presign_expires_s),
+            "method": "PUT", "headers": {"Content-Type": "text/csv"}}  # the length is the body's own
+
+
+def clean_size(value: object, max_size: int) -> int:
+    """The declared size of a presigned upload: a whole number of bytes, 1..max_size."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadRequest(f"size is required: the file's length in bytes, a whole number from 1 to {max_size:,}, "
+                         'e.g. {"file_name": "leads.csv", "size": 52428800}', code="bad_size")
+    check_size(value, max_size)
+    return value
 
 
 def validate_stored(conn, storage: Storage, settings: Settings, job: dict) -> dict:
@@ -91,7 +114,7 @@ def validate_stored(conn, storage: Storage, settings: Settings, job: dict) -> di
         raise BadRequest("The file has not been uploaded yet; PUT it to upload_url first",
                          code="file_not_uploaded") from None
     try:
-        check_size(size, settings.max_file_size)  # before reading: the PUT itself is not capped
+        check_size(size, settings.max_file_size)  # before reading (a URL signed before MAX_FILE_SIZE dropped)
         summary = csvfile.summarize(read_source(storage, {**job, "source_etag": etag}), job["url_column"])
     except csvfile.CsvError as exc:
         error = csv_error(exc)
@@ -99,8 +122,18 @@ def validate_stored(conn, storage: Storage, settings: Settings, job: dict) -> di
         error = exc
     else:  # from now on the job reads exactly this version of the file
         return db.update_job(conn, job["id"], source_etag=etag, **summary_fields(summary))
-    db.fail_job(conn, job["id"], error.message, expected="pending")
+    if db.fail_job(conn, job["id"], error.message, expected="pending") is not None:
+        delete_refused(storage, job["file_path"])
     raise error
+
+
+def delete_refused(storage: Storage, key: str) -> None:
+    """A refused file goes (it would only take space until the retention period); the failed job
+    keeps the reason. A failed delete is logged: the lifecycle rule removes the object later."""
+    try:
+        storage.delete(key)
+    except Exception:
+        log.exception("could not delete a refused upload", extra={"key": key})
 
 
 def csv_error(exc: csvfile.CsvError) -> DomainError:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import tempfile
-import uuid
+from datetime import UTC, datetime, timedelta
 from typing import IO
 
 import tenacity
@@ -31,6 +31,9 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 INLINE_DOWNLOAD_LIMIT = BINARY_BODY_LIMIT  # larger downloads go through S3 (base64 in a 6 MB response)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def neutralize(cell: str) -> str:
@@ -89,14 +92,37 @@ def download(conn, storage: Storage, account_id: str, job_id: str) -> tuple[str,
     name = download_name(job["file_name"])
     if job["status"] == "completed" and job["result_path"] and storage.exists(job["result_path"]):
         return "redirect", storage.presigned_get(job["result_path"], name), name  # written once, not rebuilt
+    key = export_key(job)
+    if storage.exists(key):  # no progress since this version was rendered
+        return "redirect", storage.presigned_get(key, name), name
     with render_csv(conn, storage, job, INLINE_DOWNLOAD_LIMIT + 1) as buffer:
         data = buffer.read(INLINE_DOWNLOAD_LIMIT + 1)
         if len(data) <= INLINE_DOWNLOAD_LIMIT:
             return "inline", data, name
         buffer.seek(0)
-        key = f"exports/{job['account_id']}/{job['id']}/{uuid.uuid4().hex}.csv"
         storage.put_file(key, buffer)
+    drop_older_exports(storage, key)
     return "redirect", storage.presigned_get(key, name), name
+
+
+def export_key(job: dict) -> str:
+    """Where a big download of the job as it is now is kept: named by its progress (counters and
+    last update), so a download with no progress since the last one finds it already written."""
+    updated_us = (job["updated_at"] - EPOCH) // timedelta(microseconds=1)
+    version = f"{job['processed_rows']}-{job['failed_rows']}-{updated_us}"
+    return f"exports/{job['account_id']}/{job['id']}/{version}.csv"
+
+
+def drop_older_exports(storage: Storage, key: str) -> None:
+    """Delete the job's earlier versions (the bucket's lifecycle rule for exports/ removes any a
+    failure leaves). A link to one handed out moments ago then finds it gone, and a new download
+    gives the newer version."""
+    for older in storage.keys(key.rsplit("/", 1)[0] + "/"):
+        if older != key:
+            try:
+                storage.delete(older)
+            except Exception:
+                log.exception("could not delete an old export", extra={"key": older})
 
 
 def download_name(file_name: str) -> str:

@@ -303,8 +303,8 @@ def test_run_falls_back_to_presigned_when_the_api_says_so(leads):
     fake.overrides[("POST", "/api/upload")] = error(413, "use_presigned_upload", "too big for one request")
     run = cli(fake, "run", str(leads), "--instructions", "x", "--url-column", "website")
     assert run.code == 0, run.err
-    assert json.loads(fake.calls("POST", "/api/upload/url")[0].content) == {"file_name": "leads.csv",
-                                                                           "url_column": "website"}
+    assert json.loads(fake.calls("POST", "/api/upload/url")[0].content) == {
+        "file_name": "leads.csv", "size": leads.stat().st_size, "url_column": "website"}  # the PUT's exact length
     put = [r for r in fake.requests if r.method == "PUT"][0]
     assert put.url.host == "s3.test" and put.content == leads.read_bytes()
     assert put.headers["content-type"] == "text/csv" and put.headers["content-length"] == str(leads.stat().st_size)

@@ -43,7 +43,7 @@ def jobs(fuzz_api, http):
     canceled = upload()
     call("POST", "/api/upload/process", json={"job_id": canceled})
     call("POST", f"/api/upload/{canceled}/cancel")
-    presigned = call("POST", "/api/upload/url", json={"file_name": "big.csv"})["job"]["id"]
+    presigned = call("POST", "/api/upload/url", json={"file_name": "big.csv", "size": 5000})["job"]["id"]
     JOB_POOL[:] = [pending, processing, canceled, presigned]
     yield JOB_POOL
     JOB_POOL.clear()

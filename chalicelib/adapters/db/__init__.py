@@ -10,6 +10,7 @@ from chalicelib.adapters.db.accounts import (  # noqa: F401
     add_urls_today,
     get_account,
     lock_account,
+    pending_presigned,
     processing_jobs,
     urls_today,
 )

@@ -24,6 +24,12 @@ def processing_jobs(conn, account_id: str) -> int:
                         (account_id,)).fetchone()["n"]
 
 
+def pending_presigned(conn, account_id: str) -> int:
+    """Presigned-upload jobs of the account not yet processed, whether their file came or not."""
+    return conn.execute("SELECT count(*) AS n FROM jobs WHERE account_id = %s AND status = 'pending' "
+                        "AND source = 'presigned'", (account_id,)).fetchone()["n"]
+
+
 UTC_TODAY = "(now() AT TIME ZONE 'UTC')::date"
 
 

@@ -315,7 +315,7 @@
   async function presignedUpload(file, urlColumn) {
     const previous = state.upload && state.upload.job && state.upload.job.status === "pending" ? state.upload.job.id : null;
     const columns = await localColumns(file).catch(() => []);
-    const request = { file_name: file.name };
+    const request = { file_name: file.name, size: file.size };  // the upload URL takes exactly this many bytes
     if (urlColumn) request.url_column = urlColumn;
     const created = await call("POST", "api/upload/url", { json: request });
     const headers = created.headers || { "Content-Type": "text/csv" };

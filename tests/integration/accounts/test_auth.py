@@ -123,7 +123,7 @@ def test_another_accounts_job_is_exactly_an_unknown_job_on_every_endpoint(client
     owner = client
     job_id, started = upload_and_process(owner, urls_file(3))
     assert started.status_code == 202
-    presigned = body(post_json(owner, "/api/upload/url", {"file_name": "later.csv"}))["job"]["id"]
+    presigned = body(post_json(owner, "/api/upload/url", {"file_name": "later.csv", "size": 100}))["job"]["id"]
     drain_queue(settings.chunk_queue_url)
     before = {j: db.get_job(conn, j) for j in (job_id, presigned)}
     rows_before = conn.execute("SELECT * FROM urls WHERE job_id = %s ORDER BY row_number", (job_id,)).fetchall()
@@ -161,7 +161,7 @@ def test_another_accounts_job_is_exactly_an_unknown_job_on_every_endpoint(client
     assert body(intruder.http.get("/api/jobs?status=processing"))["jobs"] == []
     metrics = body(intruder.http.get("/api/metrics"))
     assert sum(metrics["jobs"].values()) == 0 and metrics["urls"]["pending"] == 0
-    mine = body(post_json(intruder, "/api/upload/url", {"file_name": "x.csv"}))
+    mine = body(post_json(intruder, "/api/upload/url", {"file_name": "x.csv", "size": 100}))
     path = urllib.parse.urlsplit(mine["upload_url"]).path
     assert f"/uploads/{intruder.account.id}/{mine['job']['id']}/x.csv" in path
     assert owner.account.id not in mine["upload_url"]
@@ -170,7 +170,7 @@ def test_another_accounts_job_is_exactly_an_unknown_job_on_every_endpoint(client
 
 
 def test_presigned_urls_expire_within_15_minutes(client):
-    data = body(post_json(client, "/api/upload/url", {"file_name": "big.csv"}))
+    data = body(post_json(client, "/api/upload/url", {"file_name": "big.csv", "size": 100}))
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(data["upload_url"]).query)
     assert int(query["X-Amz-Expires"][0]) <= 900
 

@@ -2,9 +2,11 @@
 
 `chalice package --stage prod` runs in both formats; the CloudFormation it writes and
 `infra/resources.yaml` pass cfn-lint; and the values that must agree across
-`.chalice/config.json`, `.chalice/policy-prod.json`, the API Gateway responses and the resources
-template are checked against each other. No AWS account is needed: packaging builds the Lambda
-zip with pip (cached under `.chalice/deployments/`) and renders templates offline.
+`.chalice/config.json`, the per-function policies `.chalice/policy-prod-<function>.json`, the API
+Gateway responses and the resources template are checked against each other. Each function's
+role may do what that function does and no more (least privilege, issue 19 item 16). No AWS
+account is needed: packaging builds the Lambda zip with pip (cached under
+`.chalice/deployments/`) and renders templates offline.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
@@ -25,7 +28,8 @@ CHALICE = Path(sys.executable).parent / "chalice"
 CFN_LINT = Path(sys.executable).parent / "cfn-lint"
 CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text())
 PROD = CONFIG["stages"]["prod"]
-POLICY = json.loads((ROOT / ".chalice" / "policy-prod.json").read_text())
+POLICIES = {name: json.loads((ROOT / ".chalice" / f"policy-prod-{name}.json").read_text())
+            for name in ("api_handler", "process_chunk", "start_dropped_csv", "requeue_stalled")}
 SAM_RESPONSES = ROOT / "infra" / "api-gateway-responses.json"
 TF_RESPONSES = ROOT / "infra" / "api-gateway-responses.tf.json"
 RESOURCES = ROOT / "infra" / "resources.yaml"
@@ -34,6 +38,14 @@ SECRETS = {"DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY"}
 VPC_ACTIONS = {"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DeleteNetworkInterface",
                "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"}
 CHUNK_QUEUE = "csv-opener-chunks"
+# The region and account in the policies' ARNs: Terraform's data sources, which the Terraform
+# package (the deploy path, README) declares and resolves; the CloudFormation equivalents.
+REGION, ACCOUNT = "${data.aws_region.chalice.name}", "${data.aws_caller_identity.chalice.account_id}"
+TF_TO_CFN = {REGION: "${AWS::Region}", ACCOUNT: "${AWS::AccountId}"}
+BUCKET_ARN = "arn:aws:s3:::" + PROD["environment_variables"]["UPLOAD_BUCKET"]
+QUEUE_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{CHUNK_QUEUE}"
+DLQ_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{CHUNK_QUEUE}-dlq"
+SECRETS_ARN = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/csv-opener/*"
 # handler -> (timeout s, memory MB) the issue asks for; config.json must say the same.
 EXPECTED_FUNCTIONS = {
     "app.app": ("api_handler", 29, 1024),
@@ -41,6 +53,7 @@ EXPECTED_FUNCTIONS = {
     "app.start_dropped_csv": ("start_dropped_csv", 300, 1024),
     "app.requeue_stalled": ("requeue_stalled", 60, 256),
 }
+EXPECTED_FUNCTIONS_BY_NAME = {name for name, _, _ in EXPECTED_FUNCTIONS.values()}
 
 # Chalice refuses to render @app.on_s3_event into CloudFormation (CloudFormation cannot add a
 # notification to a bucket that another stack owns), so `chalice package --pkg-format
@@ -84,7 +97,25 @@ def sam(tmp_path_factory) -> tuple[Path, dict]:
     result = _package(out, "--pkg-format", "cloudformation", "--merge-template", str(SAM_RESPONSES),
                       cli=[sys.executable, "-c", CFN_WITHOUT_S3_NOTIFICATION])
     assert result.returncode == 0, result.stderr[-3000:]
-    return out / "sam.json", json.loads((out / "sam.json").read_text())
+    template = json.loads((out / "sam.json").read_text())
+    for role in _of_type(template, "AWS::IAM::Role").values():  # as a CloudFormation deploy would need
+        for policy in role["Properties"]["Policies"]:
+            policy["PolicyDocument"] = _cfn_policy(policy["PolicyDocument"])
+    (out / "sam.json").write_text(json.dumps(template))
+    return out / "sam.json", template
+
+
+def _cfn_policy(value):
+    """A policy with Terraform's region and account references as CloudFormation `Fn::Sub`s."""
+    if isinstance(value, dict):
+        return {k: _cfn_policy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cfn_policy(v) for v in value]
+    if isinstance(value, str) and any(ref in value for ref in TF_TO_CFN):
+        for ref, pseudo in TF_TO_CFN.items():
+            value = value.replace(ref, pseudo)
+        return {"Fn::Sub": value}
+    return value
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +143,10 @@ def test_config_matches_the_issue_and_keeps_secrets_out():
     assert env["OPENAI_DUMMY_MODE"] == "false"
     assert env["CHUNK_QUEUE_URL"].endswith(f"/{CHUNK_QUEUE}")
     assert env["DLQ_URL"].endswith(f"/{CHUNK_QUEUE}-dlq")
-    assert PROD["autogen_policy"] is False and PROD["iam_policy_file"] == "policy-prod.json"
+    assert PROD["autogen_policy"] is False and "iam_policy_file" not in PROD  # one policy per function
+    for name in EXPECTED_FUNCTIONS_BY_NAME:
+        assert functions[name]["iam_policy_file"] == f"policy-prod-{name}.json"
+        assert functions[name].get("autogen_policy", False) is False
     for scope in [CONFIG, *CONFIG["stages"].values()]:
         for name in SECRETS & set(scope.get("environment_variables", {})):  # only SSM references
             assert scope["environment_variables"][name] == f"ssm:/csv-opener/{name}", "secrets never go in config.json"
@@ -125,31 +159,75 @@ def test_local_stage_takes_its_settings_from_the_process_environment():
     assert not CONFIG["stages"]["local"].get("environment_variables")
 
 
-def test_policy_is_limited_to_the_bucket_queues_and_logs():
-    bucket = PROD["environment_variables"]["UPLOAD_BUCKET"]
-    allowed = {
-        "arn:aws:logs:*:*:*",
-        f"arn:aws:s3:::{bucket}",
-        f"arn:aws:s3:::{bucket}/*",
-        f"arn:aws:sqs:*:*:{CHUNK_QUEUE}",
-        f"arn:aws:sqs:*:*:{CHUNK_QUEUE}-dlq",
-        "arn:aws:ssm:*:*:parameter/csv-opener/*",  # the secrets (README "Deploy to AWS")
-    }
-    actions: dict[str, set[str]] = {}
-    for statement in POLICY["Statement"]:
-        assert statement["Effect"] == "Allow"
-        if set(statement["Action"]) <= VPC_ACTIONS and statement["Resource"] == "*":
-            continue  # README: what Lambdas in a VPC (RDS, ElastiCache) need; EC2 wants "*" here
+def _grants(policy: dict) -> list[tuple[str, str]]:
+    """(action, resource) pairs of a policy's Allow statements (it has no other kind)."""
+    pairs = []
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow" and "NotAction" not in statement and "NotResource" not in statement
         resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-        assert set(resources) <= allowed
-        for resource in resources:
-            actions.setdefault(resource, set()).update(statement["Action"])
-    assert all("*" not in action for granted in actions.values() for action in granted)
-    assert actions[f"arn:aws:sqs:*:*:{CHUNK_QUEUE}-dlq"] == {"sqs:GetQueueAttributes"}
-    assert actions["arn:aws:ssm:*:*:parameter/csv-opener/*"] == {"ssm:GetParameters"}
+        pairs += [(action, resource) for action in statement["Action"] for resource in resources]
+    return pairs
+
+
+def _allows(policy: dict, action: str, resource: str) -> bool:
+    """Whether the policy lets `action` on `resource` (a concrete ARN), as IAM matches wildcards."""
+    return any(fnmatchcase(action, a) and fnmatchcase(resource, r) for a, r in _grants(policy))
+
+
+def _object(prefix: str) -> str:
+    return f"{BUCKET_ARN}/{prefix}some-account/some-job/file.csv"
+
+
+def test_every_function_has_its_own_policy_limited_to_its_bucket_prefixes_queues_and_logs():
+    for name, policy in POLICIES.items():
+        log_group = "csv-opener-prod" + ("" if name == "api_handler" else f"-{name}")
+        allowed = {BUCKET_ARN, QUEUE_ARN, DLQ_ARN, SECRETS_ARN,
+                   f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/{log_group}:*",
+                   *(f"{BUCKET_ARN}/{prefix}/*" for prefix in ("uploads", "incoming", "results", "exports",
+                                                               "rejected"))}
+        for action, resource in _grants(policy):
+            if action in VPC_ACTIONS and resource == "*":
+                continue  # README: what Lambdas in a VPC (RDS, ElastiCache) need; EC2 wants "*" here
+            assert "*" not in action, (name, action)
+            assert resource in allowed, (name, resource)
+            parts = resource.split(":")
+            if parts[2] in ("sqs", "ssm", "logs"):  # region and account named, never a wildcard
+                assert (parts[3], parts[4]) == (REGION, ACCOUNT), (name, resource)
+        assert _allows(policy, "ssm:GetParameters", SECRETS_ARN), name
+        assert not any(a.startswith("ssm:") and a != "ssm:GetParameters" for a, _ in _grants(policy)), name
+        assert _allows(policy, "sqs:SendMessage", QUEUE_ARN), name  # each one may enqueue chunks
+
+
+def test_only_the_chunk_worker_receives_and_deletes_chunk_messages():
+    consume = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility")
     # what the SQS event source mapping needs from the function's role
-    assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"} <= actions[
-        f"arn:aws:sqs:*:*:{CHUNK_QUEUE}"]
+    assert all(_allows(POLICIES["process_chunk"], a, QUEUE_ARN) for a in (*consume, "sqs:GetQueueAttributes"))
+    for name in ("api_handler", "start_dropped_csv", "requeue_stalled"):
+        assert not any(_allows(POLICIES[name], a, arn) for a in consume for arn in (QUEUE_ARN, DLQ_ARN)), name
+    for name, policy in POLICIES.items():  # the dead-letter queue: only its depth, for the API's metrics
+        assert {a for a, r in _grants(policy) if r == DLQ_ARN} == ({"sqs:GetQueueAttributes"} if name == "api_handler"
+                                                                   else set()), name
+
+
+def test_only_the_api_writes_uploads_and_exports():
+    api, worker = POLICIES["api_handler"], POLICIES["process_chunk"]
+    for action in ("s3:PutObject", "s3:DeleteObject"):
+        assert _allows(api, action, _object("uploads/")) and _allows(api, action, _object("exports/"))
+        for name in ("process_chunk", "start_dropped_csv", "requeue_stalled"):
+            assert not _allows(POLICIES[name], action, _object("uploads/")), (name, action)
+            assert not _allows(POLICIES[name], action, _object("exports/")), (name, action)
+    assert not any(_allows(api, "s3:PutObject", _object(prefix)) for prefix in ("results/", "incoming/"))
+    # the worker reads sources and writes results, nothing else
+    assert all(_allows(worker, "s3:GetObject", _object(prefix)) for prefix in ("uploads/", "incoming/"))
+    assert {r for a, r in _grants(worker) if a in ("s3:PutObject", "s3:DeleteObject")} == {f"{BUCKET_ARN}/results/*"}
+    # a drop is read, and a rejected one moved aside: the sweep starts drops a crash left, too
+    for name in ("start_dropped_csv", "requeue_stalled"):
+        policy = POLICIES[name]
+        assert _allows(policy, "s3:GetObject", _object("incoming/"))
+        assert _allows(policy, "s3:PutObject", _object("rejected/"))
+        assert _allows(policy, "s3:DeleteObject", _object("incoming/"))
+    assert not _allows(POLICIES["start_dropped_csv"], "s3:PutObject", _object("results/"))
+    assert _allows(POLICIES["requeue_stalled"], "s3:PutObject", _object("results/"))  # a crash's missing CSV
 
 
 # --- infra/resources.yaml ----------------------------------------------------------------------
@@ -187,6 +265,14 @@ def test_stored_files_expire_after_the_retention_period_and_the_bucket_refuses_p
     # the web page PUTs presigned uploads and GETs presigned downloads from the browser
     [cors] = template["Resources"]["UploadBucket"]["Properties"]["CorsConfiguration"]["CorsRules"]
     assert set(cors["AllowedMethods"]) == {"GET", "PUT"} and cors["AllowedOrigins"] == {"Ref": "BrowserOrigins"}
+
+
+def test_the_buckets_browser_origins_have_no_default_so_production_names_them():
+    from infra.provision import LOCAL_PARAMETERS
+
+    origins = cfn_yaml.load(str(RESOURCES))["Parameters"]["BrowserOrigins"]
+    assert "Default" not in origins  # a stack on AWS is refused without --param BrowserOrigins=...
+    assert LOCAL_PARAMETERS["BrowserOrigins"] == "*"  # a local stack (make dev, make test) allows any page
 
 
 def test_the_prod_stage_names_its_cors_origins_and_refuses_to_start_without_them():
@@ -232,9 +318,10 @@ def test_cloudformation_functions_event_source_and_roles(sam):
     assert int(PROD["environment_variables"]["MAX_CONCURRENT_JOBS"]) == 10
 
     roles = _of_type(template, "AWS::IAM::Role")
-    assert len(roles) == len(EXPECTED_FUNCTIONS)  # one role per function, each with the same policy
-    for role in roles.values():
-        assert [p["PolicyDocument"] for p in role["Properties"]["Policies"]] == [POLICY]
+    assert len(roles) == len(EXPECTED_FUNCTIONS)  # one role per function, each with its own policy
+    for handler, (name, _, _) in EXPECTED_FUNCTIONS.items():
+        role = template["Resources"][by_handler[handler]["Role"]["Fn::GetAtt"][0]]
+        assert [p["PolicyDocument"] for p in role["Properties"]["Policies"]] == [_cfn_policy(POLICIES[name])]
         assert "ManagedPolicyArns" not in role["Properties"]
 
 
@@ -298,8 +385,14 @@ def test_terraform_functions_event_source_and_s3_notification(terraform):
         "filter_prefix": "incoming/",
         "filter_suffix": ".csv",
     }]
-    for policy in resources["aws_iam_role_policy"].values():
-        assert json.loads(policy["policy"]) == POLICY
+    # one role per function, each with its own policy; Terraform resolves the region and account
+    assert set(terraform["data"]) >= {"aws_region", "aws_caller_identity"}
+    policies = resources["aws_iam_role_policy"]
+    assert len(resources["aws_iam_role"]) == len(policies) == len(EXPECTED_FUNCTIONS)
+    for name in EXPECTED_FUNCTIONS_BY_NAME:
+        role = functions[name]["role"].removeprefix("${aws_iam_role.").removesuffix(".arn}")
+        [policy] = [p for p in policies.values() if p["role"] == f"${{aws_iam_role.{role}.id}}"]
+        assert json.loads(policy["policy"]) == POLICIES[name], name
 
 
 @pytest.mark.slow

@@ -174,10 +174,11 @@ def test_instructions_must_be_text(client):
 def test_presigned_upload_then_process_validates_the_stored_file(client, conn, settings):
     import urllib.request
 
-    created = post_json(client, "/api/upload/url", {"file_name": "big.csv"})
+    file = b"website\nacme.com\nglobex.com\nbad value\n"
+    created = post_json(client, "/api/upload/url", {"file_name": "big.csv", "size": len(file)})
     data = body(created)
     assert created.status_code == 201 and data["job"]["status"] == "pending"
-    request = urllib.request.Request(data["upload_url"], data=b"website\nacme.com\nglobex.com\nbad value\n",
+    request = urllib.request.Request(data["upload_url"], data=file,
                                      method="PUT", headers={"Content-Type": "text/csv"})
     with urllib.request.urlopen(request) as put:
         assert put.status == 200
@@ -190,7 +191,7 @@ def test_presigned_upload_then_process_validates_the_stored_file(client, conn, s
 def test_presigned_upload_of_a_bad_file_fails_the_job_with_the_reason(client, conn, account):
     import urllib.request
 
-    data = body(post_json(client, "/api/upload/url", {"file_name": "bad.csv"}))
+    data = body(post_json(client, "/api/upload/url", {"file_name": "bad.csv", "size": 15}))
     request = urllib.request.Request(data["upload_url"], data=b"%PDF-1.4 binary", method="PUT",
                                      headers={"Content-Type": "text/csv"})
     with urllib.request.urlopen(request) as put:  # the client PUTs to the URL it was given
@@ -205,7 +206,7 @@ def test_presigned_upload_of_a_bad_file_fails_the_job_with_the_reason(client, co
 
 
 def test_process_before_the_presigned_put_is_400_and_keeps_the_job_pending(client):
-    data = body(post_json(client, "/api/upload/url", {"file_name": "later.csv"}))
+    data = body(post_json(client, "/api/upload/url", {"file_name": "later.csv", "size": 100}))
     response = post_json(client, "/api/upload/process", {"job_id": data["job"]["id"]})
     assert error_of(response) == (400, "file_not_uploaded")
     assert body(client.http.get(f"/api/jobs/{data['job']['id']}"))["job"]["status"] == "pending"

@@ -117,7 +117,7 @@ def test_a_nul_byte_after_the_first_64_kib_is_400_and_stores_nothing(client, con
 
 
 def test_a_presigned_file_with_a_late_nul_fails_the_job_cleanly(client, conn):
-    created = body(post_json(client, "/api/upload/url", {"file_name": "late.csv"}))
+    created = body(post_json(client, "/api/upload/url", {"file_name": "late.csv", "size": 100}))
     data = b"url\n" + b"".join(f"site{i}.example.com\n".encode() for i in range(6000)) + b"nul\x00.example.com\n"
     deps.storage().put_bytes(f"uploads/{client.account.id}/{created['job']['id']}/late.csv", data)
     response = post_json(client, "/api/upload/process", {"job_id": created["job"]["id"]})
@@ -143,7 +143,7 @@ def test_a_download_with_a_non_latin1_name_has_an_ascii_fallback_and_utf8_name(c
 
 def test_bidi_and_other_format_characters_are_stripped_from_stored_names(client):
     name = "invoice\u202egnp.csv"  # right-to-left override: shows as "invoicevsc.png"
-    created = body(post_json(client, "/api/upload/url", {"file_name": name}))
+    created = body(post_json(client, "/api/upload/url", {"file_name": name, "size": 100}))
     assert created["job"]["file_name"] == "invoicegnp.csv"
     raw = client.http.post("/api/upload?filename=a%E2%80%8Bb%E2%81%A6.csv", headers={"Content-Type": "text/csv"},
                            body=LEADS)
@@ -230,3 +230,132 @@ def test_lone_surrogates_in_json_text_are_400_not_500(client, conn, path, payloa
     job = body(upload_csv(client, LEADS))["job"]
     response = post_json(client, "/api/upload/process", {"job_id": job["id"], "instructions": "Hi \ud800"})
     assert error_of(response) == (400, "bad_instructions")
+
+
+# ---------------------------------------------------------------- presigned uploads, bounded (issue 19, item 9)
+
+def put(url: str, data: bytes) -> int:
+    """PUT `data` to a presigned URL as a browser or the CLI does; the HTTP status S3 answered."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=data, method="PUT", headers={"Content-Type": "text/csv"})
+    try:
+        with urllib.request.urlopen(request) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def presign(client, file_name: str, size: int) -> dict:
+    response = post_json(client, "/api/upload/url", {"file_name": file_name, "size": size})
+    assert response.status_code == 201, response.body
+    return body(response)
+
+
+SMALL_CSV = b"website\nacme.com\nglobex.com\n"
+
+
+def test_s3_refuses_a_presigned_put_of_more_or_fewer_bytes_than_declared(client, conn):
+    created = presign(client, "sized.csv", len(SMALL_CSV))
+    key = f"uploads/{client.account.id}/{created['job']['id']}/sized.csv"
+    assert "content-length" in created["upload_url"].lower()  # X-Amz-SignedHeaders names it
+    assert put(created["upload_url"], SMALL_CSV + b"initech.com\n" * 1000) == 403
+    assert put(created["upload_url"], SMALL_CSV[:-3]) == 403
+    assert s3_keys(key) == []
+    assert put(created["upload_url"], SMALL_CSV) == 200
+    response = post_json(client, "/api/upload/process", {"job_id": created["job"]["id"]})
+    assert response.status_code == 202, response.body
+
+
+@pytest.mark.parametrize("payload", [
+    {"file_name": "x.csv"},
+    {"file_name": "x.csv", "size": None},
+    {"file_name": "x.csv", "size": 0},
+    {"file_name": "x.csv", "size": -5},
+    {"file_name": "x.csv", "size": 1.5},
+    {"file_name": "x.csv", "size": "100"},
+    {"file_name": "x.csv", "size": True},
+])
+def test_a_presigned_upload_needs_its_size_in_whole_bytes(client, conn, payload):
+    response = post_json(client, "/api/upload/url", payload)
+    assert error_of(response) == (400, "bad_size")
+    assert "size" in body(response)["error"]["message"]
+    assert job_count(conn) == 0
+
+
+def test_a_presigned_upload_over_max_file_size_is_413_before_anything_is_created(client, conn, env):
+    env(MAX_FILE_SIZE="1000")
+    assert error_of(post_json(client, "/api/upload/url", {"file_name": "x.csv", "size": 1001})) == (
+        413, "file_too_large")
+    assert job_count(conn) == 0
+    assert presign(client, "x.csv", 1000)["job"]["status"] == "pending"
+
+
+def test_a_presigned_file_that_fails_validation_is_deleted_and_its_job_failed(client, conn):
+    data = b"%PDF-1.4 binary"
+    created = presign(client, "bad.csv", len(data))
+    key = f"uploads/{client.account.id}/{created['job']['id']}/bad.csv"
+    assert put(created["upload_url"], data) == 200 and s3_keys(key) == [key]
+    assert error_of(post_json(client, "/api/upload/process", {"job_id": created["job"]["id"]})) == (415, "not_csv")
+    job = db.get_job(conn, created["job"]["id"])
+    assert job["status"] == "failed" and "PDF" in job["error"]
+    assert s3_keys(key) == []
+
+
+def test_a_stored_file_over_max_file_size_is_deleted_and_its_job_failed(client, conn, env):
+    data = b"website\n" + b"".join(f"site{i}.example.com\n".encode() for i in range(100))
+    created = presign(client, "big.csv", len(data))
+    key = f"uploads/{client.account.id}/{created['job']['id']}/big.csv"
+    assert put(created["upload_url"], data) == 200
+    env(MAX_FILE_SIZE="1000")  # lowered after the URL was signed
+    assert error_of(post_json(client, "/api/upload/process", {"job_id": created["job"]["id"]})) == (
+        413, "file_too_large")
+    job = db.get_job(conn, created["job"]["id"])
+    assert job["status"] == "failed" and "limit is 1,000" in job["error"]
+    assert s3_keys(key) == []
+
+
+def test_presigned_jobs_not_yet_processed_are_capped_per_account(client, conn, env, make_account):
+    env(ACCOUNT_MAX_PENDING="2")
+    first = presign(client, "a.csv", len(SMALL_CSV))
+    presign(client, "b.csv", len(SMALL_CSV))
+    refused = post_json(client, "/api/upload/url", {"file_name": "c.csv", "size": len(SMALL_CSV)})
+    assert error_of(refused) == (429, "too_many_pending")
+    assert "2 presigned uploads" in body(refused)["error"]["message"]
+    assert job_count(conn) == 2
+    other = client.as_account(make_account())  # another account's pending jobs are its own
+    assert post_json(other, "/api/upload/url", {"file_name": "c.csv", "size": 5}).status_code == 201
+    assert put(first["upload_url"], SMALL_CSV) == 200  # processing one frees its place
+    assert post_json(client, "/api/upload/process", {"job_id": first["job"]["id"]}).status_code == 202
+    presign(client, "c.csv", len(SMALL_CSV))
+
+
+def test_a_big_download_of_an_unfinished_job_is_rendered_once_per_progress(client, conn, monkeypatch):
+    from chalicelib.jobs import export
+
+    monkeypatch.setattr(export, "INLINE_DOWNLOAD_LIMIT", 50)
+    renders = []
+    real_render = export.render_csv
+    monkeypatch.setattr(export, "render_csv", lambda *args: renders.append(args[2]["id"]) or real_render(*args))
+    job_id, _ = upload_and_process(client)
+    prefix = f"exports/{client.account.id}/{job_id}/"
+
+    first = download(client, job_id)
+    second = download(client, job_id)
+    assert first.status_code == second.status_code == 302
+    assert len(renders) == 1  # the second found the first's export: no progress in between
+    [stored] = s3_keys(prefix)
+    assert f"/{stored}?" in first.headers["Location"] and f"/{stored}?" in second.headers["Location"]
+
+    conn.execute("UPDATE urls SET status = 'completed', opener = 'Hi Acme, nice plant.', finished_at = now() "
+                 "WHERE job_id = %s AND url LIKE 'https://acme.com%%'", (job_id,))
+    conn.execute("UPDATE jobs SET processed_rows = 1, progress = 50 WHERE id = %s", (job_id,))
+    third = download(client, job_id)
+    assert third.status_code == 302 and len(renders) == 2
+    [newer] = s3_keys(prefix)  # the older version is gone
+    assert newer != stored and f"/{newer}?" in third.headers["Location"]
+    import urllib.request
+
+    with urllib.request.urlopen(third.headers["Location"]) as fetched:
+        assert "Hi Acme, nice plant." in fetched.read().decode()

@@ -271,7 +271,8 @@ def test_answers_along_a_jobs_life_match_the_document(api, env):
     assert status == 200 and seen["job"]["callback"]["url"] == local
 
     # the presigned path, before its file arrives
-    status, presigned = api("POST", "/api/upload/url", json_body={"file_name": "big.csv", "url_column": "website"})
+    status, presigned = api("POST", "/api/upload/url", json_body={"file_name": "big.csv", "size": 5000,
+                                                                 "url_column": "website"})
     assert status == 201 and presigned["job"]["url_column"] == "website"
     assert api("POST", "/api/upload/url", json_body={})[0] == 400
     assert api("POST", "/api/upload/url", json_body={"file_name": "big.pdf"})[0] == 415

@@ -867,3 +867,22 @@ def test_cli_flags_for_structured_answers_misbehaviour_and_the_cache() -> None:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=10)
     assert proc.returncode == 0
+
+
+def test_e2e_control_helpers_drive_the_new_knobs(fake: FakeOpenAI) -> None:
+    from tests.support.e2e import Fake
+
+    control = Fake(fake.url)
+    assert control.misbehave({"spam": ["acme"]}, seed=5)["misbehave"] == {"spam": ["acme"]}
+    assert fake.config.misbehave_seed == 5
+    assert content_of(fake, ask("https://acme.com")).startswith("Act now!!!")
+    assert control.quality_stats() == {"misbehaved": 1, "misbehaved_by_rule": {
+        "invent": 0, "repeat": 0, "long": 0, "spam": 1, "wrong_language": 0, "no_json": 0},
+        "reasks": 0, "cache_hits": 0, "cached_tokens": 0}
+    control.refuse(response_format=True)
+    assert (fake.config.response_format_supported, fake.config.prompt_cache_key_supported) == (False, True)
+    with pytest.raises(openai.BadRequestError):
+        content_of(fake, ask("https://acme.com"), response_format={"type": "json_object"})
+    control.refuse()
+    assert fake.config.response_format_supported is True
+    assert control.prompt_cache(min_tokens=10, ttl_s=60)["prompt_cache_min_tokens"] == 10

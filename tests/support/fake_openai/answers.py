@@ -2,9 +2,11 @@
 the request may carry (:func:`check`), then what the fake writes (:func:`compose`).
 
 A plain request (no ``response_format``, no JSON asked for in words) gets the plain opener of
-responses.py (``make_opener``; in the asked-for language when that is not English). A request
-wanting JSON gets the structured answer of structured.py built from writing.py's drafts. The
-misbehaviour rule of the request's URL (misbehave.py) replaces the drafts on a first answer.
+responses.py (``make_opener``, as before structured answers existed, so older tests keep their
+expectations; in the asked-for language when that is not English). A request wanting JSON gets
+the structured answer of structured.py built from writing.py's drafts; with ``content`` set, the
+drafts are that text with evidence null. The misbehaviour rule of the request's URL
+(misbehave.py) replaces the drafts on a first answer (``content`` or not).
 """
 
 from __future__ import annotations

@@ -164,7 +164,10 @@ class FakeOpenAIServer:
         first/last received chat request, so comparable across processes).
         All of these are of live chat completions only; the Batch API counts
         ``files`` (uploaded), ``batches`` (created), ``batch_requests`` (requests
-        in created batches) and ``batches_cancelled``."""
+        in created batches) and ``batches_cancelled``. Live and batch answers
+        together count ``misbehaved`` (answers that broke a ``misbehave`` rule),
+        ``misbehaved_by_rule``, ``reasks`` (answers about a URL answered before),
+        ``cache_hits`` and ``cached_tokens`` (prompt_cache.py)."""
         with self._lock:
             out = dict(self._stats)
             out["by_url"] = dict(self._by_url)

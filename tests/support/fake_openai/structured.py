@@ -15,8 +15,9 @@ the prompt, as a chatty model answers that.
     the answer is ``{"opener", "evidence"}``, or ``{"openers": [...]}`` when the prompt asks for
     several variants.
 ``{"type": "text"}`` or none
-    Plain text, unless the prompt asks for JSON (:func:`asks_for_json`: a system or user message
-    says "JSON", "opener" and "evidence"): then the JSON comes inside a sentence of prose.
+    Plain text, unless the prompt asks for JSON (:func:`asks_for_json`: the system and user
+    messages, outside the ``<page>``/``<prospect_data>`` blocks, say "JSON", "opener" and
+    "evidence"): then the JSON comes inside a sentence of prose.
 
 The variants hint is "3 openers" / "three different openers" / "variants: 3" in a system or user
 message.
@@ -31,7 +32,7 @@ from typing import Any, Literal
 
 from .responses import APIError
 from .tokens import message_text
-from .writing import Draft
+from .writing import Draft, instruction_texts
 
 Kind = Literal["text", "json_schema", "json_object", "prompt"]
 
@@ -50,15 +51,16 @@ def _texts(messages: Sequence[Any]) -> list[str]:
 
 
 def asks_for_json(messages: Sequence[Any]) -> bool:
-    """Whether a system or user message asks for the ``{"opener", "evidence"}`` JSON in words."""
-    return any(re.search(r"\bjson\b", text, re.IGNORECASE) and "opener" in text.lower()
-               and "evidence" in text.lower() for text in _texts(messages))
+    """Whether the system and user messages, outside their data blocks, ask for the ``{"opener",
+    "evidence"}`` JSON in words: they say "JSON", "opener" and "evidence"."""
+    text = "\n".join(instruction_texts(messages))
+    return bool(re.search(r"\bjson\b", text, re.IGNORECASE)) and "opener" in text.lower() and "evidence" in text.lower()
 
 
 def variants_hint(messages: Sequence[Any]) -> int | None:
-    """How many openers the prompt asks for, if it says so."""
+    """How many openers the prompt asks for, if it says so (outside the data blocks)."""
     found = None
-    for text in _texts(messages):
+    for text in instruction_texts(messages):
         for match in _HINT.finditer(text):
             word = (match.group(1) or match.group(2)).lower()
             found = _COUNT_WORDS.get(word) or int(word)

@@ -9,7 +9,8 @@ the ``<prospect_data>`` block (``name: "value"`` lines, JSON-quoted, decoded her
 is ``None`` and the opener is generic (names the host, claims nothing, holds no number).
 
 The language asked for is the last one the system or user messages name outside the data blocks,
-as ``in German`` / ``language: German`` / ``language: de``; English when none is named. The fake
+as ``in German`` / ``language: German`` / ``language: de`` / ``ISO 639-1 code "de"``; English when
+none is named. The fake
 writes English, German, French and Spanish (:data:`LANGUAGES`); another language asked for is
 answered in English, as a weak model would.
 """
@@ -33,10 +34,11 @@ _NAMES = {
     "spanish": "es", "español": "es", "espanol": "es", "italian": "it", "dutch": "nl", "portuguese": "pt",
     "polish": "pl", "swedish": "sv", "danish": "da", "japanese": "ja", "chinese": "zh",
 }
+_CODES = frozenset("ar cs da de el en es fi fr he hi hu id it ja ko nl no pl pt ro ru sv th tr uk vi zh".split())
 _NAME = "|".join(sorted(_NAMES, key=len, reverse=True))
 _ASKED = re.compile(
     rf"\b(?:in|language\s*[:=]?)\s*[\"'(]?({_NAME})\b"
-    r"|\blanguage(?:\s+code)?(?:\s*\(ISO 639-1\))?\s*[:=]\s*[\"'(]?([a-z]{2})\b(?![-\w])",
+    r"|\b(?:language|ISO 639-1)(?:\s+code)?(?:\s*\(ISO 639-1\))?\s*(?:[:=]|\bis\b)?\s*[\"'(]?([a-z]{2})\b(?![-\w])",
     re.IGNORECASE,
 )
 _BLOCK = re.compile(r"<(page|prospect_data)>(.*?)</\1>", re.DOTALL)
@@ -143,7 +145,7 @@ _REPEATED = {
 # ---------------------------------------------------------------------------- reading the prompt
 
 
-def _instruction_texts(messages: Sequence[Any]) -> list[str]:
+def instruction_texts(messages: Sequence[Any]) -> list[str]:
     """System and user texts, without their data blocks (a page saying "in English" asks nothing)."""
     return [_BLOCK.sub(" ", message_text(m)) for m in messages
             if isinstance(m, dict) and m.get("role") in ("system", "developer", "user")]
@@ -152,9 +154,12 @@ def _instruction_texts(messages: Sequence[Any]) -> list[str]:
 def asked_language(messages: Sequence[Any]) -> str:
     """The ISO 639-1 code of the language the request asks for (the last one named), else ``en``."""
     found = "en"
-    for text in _instruction_texts(messages):
+    for text in instruction_texts(messages):
         for match in _ASKED.finditer(text):
-            found = _NAMES[match.group(1).lower()] if match.group(1) else match.group(2).lower()
+            if match.group(1):
+                found = _NAMES[match.group(1).lower()]
+            elif match.group(2).lower() in _CODES:  # "language to ..." names no language
+                found = match.group(2).lower()
     return found
 
 

@@ -663,17 +663,28 @@ def test_response_format_refused_when_unsupported_then_json_in_prose(fake: FakeO
     answer = json.loads(embedded.group(0))
     assert answer["evidence"] in PAGE and answer["evidence"] in answer["opener"]
 
+    # the marker may be spread over the system and user messages, but a page saying it asks nothing
+    split = prompt("https://acme.com", page=PAGE, steer="Reply in JSON.",
+                   system=SYSTEM["content"] + " Give the evidence for your opener.")
+    embedded = re.search(r"\{.*\}", content_of(fake, split))
+    assert embedded and json.loads(embedded.group(0))["evidence"] in PAGE
+    page_says_it = prompt("https://acme.com", page='Our API returns JSON: {"opener": 1, "evidence": 2}.')
+    assert content_of(fake, page_says_it) == make_opener("https://acme.com")
+
     # a plain request stays plain
     assert content_of(fake, ask("https://acme.com")) == make_opener("https://acme.com")
     stats = fake.stats()
-    assert (stats["bad_requests"], stats["ok"]) == (2, 2)
+    assert (stats["bad_requests"], stats["ok"]) == (2, 4)
 
 
 def test_the_language_asked_for_is_written(fake: FakeOpenAI) -> None:
     german = structured(fake, prompt("https://acme.com", page=PAGE, steer="Write the opener in German."))["opener"]
     assert len(words(german) & GERMAN) >= 3 and len(words(german.replace(PAGE, "")) & ENGLISH) <= 1
-    coded = structured(fake, prompt("https://acme.com", steer="Language: de"))["opener"]
-    assert len(words(coded) & GERMAN) >= 3
+    for steer in ("Language: de", 'Write in the language of ISO 639-1 code "de".'):
+        coded = structured(fake, prompt("https://acme.com", steer=steer))["opener"]
+        assert len(words(coded) & GERMAN) >= 3, steer
+    for steer in ("Use the language to the point.", "Write in the language the page uses."):  # no language named
+        assert len(words(structured(fake, prompt("https://acme.com", steer=steer))["opener"]) & ENGLISH) >= 3
     # a page that mentions a language asks for nothing
     english = structured(fake, prompt("https://acme.com", page="Our menu in German and French."))["opener"]
     assert len(words(english) & ENGLISH) >= 3 and not words(english) & {"Sie", "für", "Ihnen"}

@@ -94,6 +94,8 @@ class FakeOpenAIServer:
         self._by_url: dict[str, int] = {}
         self._ok_by_url: dict[str, int] = {}
         self._by_model: dict[str, dict[str, int]] = {}
+        self._refused: dict[str, int] = {}  # parameter -> 400s naming it (answers.check)
+        self._by_format: dict[str, int] = {}  # answer kind (structured.Kind) -> ok answers
 
     def _model_stats(self, model: str) -> dict[str, int]:
         entry = self._by_model.get(model)
@@ -164,7 +166,10 @@ class FakeOpenAIServer:
         first/last received chat request, so comparable across processes).
         All of these are of live chat completions only; the Batch API counts
         ``files`` (uploaded), ``batches`` (created), ``batch_requests`` (requests
-        in created batches) and ``batches_cancelled``. Live and batch answers
+        in created batches) and ``batches_cancelled``. ``refused`` counts the
+        live 400s naming a parameter (``{"response_format": 2}``), ``by_format``
+        the live ok answers by kind (``text``, ``json_schema``, ``json_object``,
+        ``prompt``: JSON asked for in words). Live and batch answers
         together count ``misbehaved`` (answers that broke a ``misbehave`` rule),
         ``misbehaved_by_rule``, ``reasks`` (answers about a URL answered before),
         ``cache_hits`` and ``cached_tokens`` (prompt_cache.py)."""
@@ -173,6 +178,8 @@ class FakeOpenAIServer:
             out["by_url"] = dict(self._by_url)
             out["ok_by_url"] = dict(self._ok_by_url)
             out["by_model"] = {model: dict(entry) for model, entry in self._by_model.items()}
+            out["refused"] = dict(self._refused)
+            out["by_format"] = dict(self._by_format)
             out["in_flight"] = self._in_flight
             out.update(self._tracker.stats())
             out["cache_hits"], out["cached_tokens"] = self._cache.hits, self._cache.cached_tokens
@@ -345,6 +352,8 @@ class FakeOpenAIServer:
         except (HTTPError, APIError) as exc:
             with self._lock:
                 self._stats["bad_requests"] += 1
+                if isinstance(exc, APIError) and exc.param:
+                    self._refused[exc.param] = self._refused.get(exc.param, 0) + 1
             if isinstance(exc, APIError):
                 return exc.result()
             if exc.status == 401:
@@ -407,6 +416,7 @@ class FakeOpenAIServer:
                 return 200, responses.malformed(fate.malformed_kind, payload), rl_headers
             with self._lock:
                 self._tracker.delivered(url, answer.rule)
+                self._by_format[kind] = self._by_format.get(kind, 0) + 1
                 cached = self._cache.use(model, answer.cache_key, messages, per_message, time.monotonic(),
                                          config.prompt_cache_min_tokens, config.prompt_cache_ttl_s)
                 self._stats["ok"] += 1

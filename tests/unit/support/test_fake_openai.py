@@ -641,7 +641,9 @@ def test_strict_schemas_are_checked_as_openai_checks_them(fake: FakeOpenAI) -> N
     assert info.value.param == "response_format.json_schema.name"
     # without strict, OpenAI takes any schema
     assert json.loads(content_of(fake, prompt("https://acme.com"), response_format=schema_format(loose, False)))
-    assert fake.stats()["bad_requests"] == 4
+    stats = fake.stats()
+    assert stats["bad_requests"] == 4 and stats["by_format"] == {"json_schema": 1}
+    assert stats["refused"] == {"response_format": 3, "response_format.json_schema.name": 1}
 
 
 def test_response_format_refused_when_unsupported_then_json_in_prose(fake: FakeOpenAI) -> None:
@@ -675,6 +677,8 @@ def test_response_format_refused_when_unsupported_then_json_in_prose(fake: FakeO
     assert content_of(fake, ask("https://acme.com")) == make_opener("https://acme.com")
     stats = fake.stats()
     assert (stats["bad_requests"], stats["ok"]) == (2, 4)
+    assert stats["refused"] == {"response_format": 2}
+    assert stats["by_format"] == {"prompt": 2, "text": 2}
 
 
 def test_the_language_asked_for_is_written(fake: FakeOpenAI) -> None:

@@ -362,7 +362,9 @@ class FakeOpenAIServer:
 
         messages: list[Any] = request["messages"]
         model = str(request["model"])
-        answer = answers.compose(request, kind, config, tracker)  # the event loop's thread: no lock needed
+        # Without the lock: the tracker is written only on this (the event loop's) thread, by the live
+        # endpoint and the batch store; other threads only read its counters.
+        answer = answers.compose(request, kind, config, tracker)
         url, content = answer.url, answer.content
         per_message = [message_tokens(message) for message in messages]
         p_tokens = REPLY_PRIMING + sum(per_message)  # = prompt_tokens(messages)

@@ -182,6 +182,29 @@ class Fake:
     def stats(self) -> dict:
         return http("GET", f"{self.url}/_fake/stats").json()
 
+    def misbehave(self, rules: dict, seed: int = 0) -> dict:
+        """Bad first answers per row: ``{rule: fraction of URLs | [URL substrings]}`` with rules ``invent``,
+        ``repeat``, ``long``, ``spam``, ``wrong_language``, ``no_json`` (tests/support/fake_openai/misbehave.py);
+        ``{}`` turns it off."""
+        return self.configure(misbehave=rules, misbehave_seed=seed)
+
+    def refuse(self, *, response_format: bool = False, prompt_cache_key: bool = False) -> dict:
+        """Answer requests carrying these parameters with OpenAI's 400 naming them (as a server without
+        structured outputs / prompt cache keys does); ``refuse()`` accepts both again."""
+        return self.configure(response_format_supported=not response_format,
+                              prompt_cache_key_supported=not prompt_cache_key)
+
+    def prompt_cache(self, min_tokens: int = 1024, ttl_s: float = 300.0) -> dict:
+        """Size and lifetime of the fake's prompt cache (``usage.prompt_tokens_details.cached_tokens``)."""
+        return self.configure(prompt_cache_min_tokens=min_tokens, prompt_cache_ttl_s=ttl_s)
+
+    def quality_stats(self) -> dict:
+        """The counters of misbehaviour and caching: ``misbehaved``, ``misbehaved_by_rule``, ``reasks``,
+        ``cache_hits``, ``cached_tokens``."""
+        stats = self.stats()
+        return {key: stats[key] for key in ("misbehaved", "misbehaved_by_rule", "reasks", "cache_hits",
+                                            "cached_tokens")}
+
     def wait_quiet(self, timeout: float = 15) -> dict:
         """Stats once nothing is in flight any more."""
         return wait_for(lambda: (s := self.stats())["in_flight"] == 0 and s, timeout, every=0.2,

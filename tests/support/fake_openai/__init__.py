@@ -14,7 +14,12 @@ Where things are
 ``ratelimit.py``  RPM/TPM limits per model (bucket or window), 429s with OpenAI's headers
 ``tokens.py``     token counts for ``usage`` and TPM (a BPE-like rule, not the app's chars/4)
 ``faults.py``     the per-request draw: hang, 5xx, malformed answer, latency
-``responses.py``  the opener (from the URL in the prompt) and OpenAI's JSON bodies
+``responses.py``  the plain opener (from the URL in the prompt) and OpenAI's JSON bodies
+``answers.py``    the content of one answer (live and batch alike): which of the following applies
+``structured.py`` ``response_format`` (JSON schema / JSON object) checked and answered as OpenAI does
+``writing.py``    grounded openers (evidence from the ``<page>``/``<prospect_data>`` blocks), languages
+``misbehave.py``  bad first answers per row (invent, repeat, long, spam, wrong_language, no_json)
+``prompt_cache.py`` ``usage.prompt_tokens_details.cached_tokens`` for repeated prompt prefixes
 ``batches.py``    the Batch API: files and batches, in memory, ending with time
 ``wire.py``       HTTP/1.1 parsing and framing
 ``server.py``     :class:`FakeOpenAIServer` (asyncio) and :class:`FakeOpenAI` (in a thread)
@@ -26,7 +31,12 @@ Endpoints
     A ``chat.completion`` whose content is a deterministic short opener that mentions the host
     of the first ``http(s)://`` URL in the last user message (falling back to a URL in any other
     message, then to a bare domain such as ``acme.com`` in the last user message). ``usage``
-    counts tokens as tokens.py says. ``stream: true`` is rejected with a 400.
+    counts tokens as tokens.py says, with ``prompt_tokens_details.cached_tokens`` (prompt_cache.py).
+    ``stream: true`` is rejected with a 400. A request with ``response_format`` (or asking for
+    ``{"opener", "evidence"}`` JSON in words) gets JSON whose evidence is copied from the prompt's
+    page or row (structured.py, writing.py), in the language asked for; ``misbehave`` makes the
+    first answer of chosen URLs bad (misbehave.py); ``response_format_supported`` /
+    ``prompt_cache_key_supported`` off refuse those parameters with OpenAI's 400 naming them.
 ``GET /v1/models``, ``GET /v1/models/{id}``
     A minimal model list / model object.
 ``POST /v1/files`` (multipart, ``purpose=batch``), ``GET /v1/files``, ``GET /v1/files/{id}``,
@@ -54,8 +64,9 @@ The ``/v1`` prefix is optional (``/chat/completions`` works too).
 A chat request, in order
 ------------------------
 1. Parse/validate (400 for bad JSON, missing ``model``/``messages``; 401 if ``api_key`` is
-   configured and the bearer token differs). Counted in ``requests`` and, when valid, in
-   ``by_url`` and ``by_model``.
+   configured and the bearer token differs; 400 naming ``response_format``, ``messages`` or
+   ``prompt_cache_key`` for a parameter refused, see answers.py). Counted in ``requests`` and,
+   when valid, in ``by_url`` and ``by_model``.
 2. ``insufficient_quota``: 429 with ``{"error": {"type": "insufficient_quota", "code":
    "insufficient_quota", ...}}`` and no ``retry-after``, as OpenAI answers when billing is
    exhausted.
@@ -84,6 +95,7 @@ prints the final stats as one JSON line on stderr)::
     python -m tests.support.fake_openai --port 0 --latency-ms 200 --rpm 600
     python -m tests.support.fake_openai --latency-ms 100,300 --error-rate 0.05
     python -m tests.support.fake_openai --rpm 500 --model-limits '{"gpt-4o": {"rpm": 100}}' --batch-delay-s 5
+    python -m tests.support.fake_openai --misbehave '{"invent": 0.1, "repeat": 0.1}' --no-response-format
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ when a batch ends.
 
 Batches
 -------
-A batch takes the batch knobs (``batch_delay_s``, ``batch_error_rate``,
-``batch_expire_fraction``) and ``content`` in force when it is created, and a private RNG seeded
+A batch takes the configuration in force when it is created (the batch knobs ``batch_delay_s``,
+``batch_error_rate``, ``batch_expire_fraction``, and what shapes answers: ``content``,
+``response_format_supported``, ``misbehave``, ...), and a private RNG seeded
 from the server's, which decides which requests fail and shuffles the output lines (OpenAI
 does not promise their order, so clients must not depend on it). Its status is computed
 whenever it is read:
@@ -31,11 +32,13 @@ whenever it is read:
   that has ended cannot be cancelled (400); cancelling a ``cancelling`` batch changes nothing.
 
 When it ends its output file holds one line per successful request, its error file one line per
-failed one (``batch_error_rate``: a 500 response) and per request not done (``response`` null,
-``error`` ``batch_expired`` or ``batch_cancelled``); ``request_counts.failed`` counts the error
-file's lines. A file that would be empty is not made (its id stays null). Successful bodies are
-what ``POST /v1/chat/completions`` answers for the same body (opener, ``content``, token
-counts).
+failed one (``batch_error_rate``: a 500 response; a parameter the live endpoint refuses, such as
+``response_format`` with ``response_format_supported`` off: that 400 response) and per request
+not done (``response`` null, ``error`` ``batch_expired`` or ``batch_cancelled``);
+``request_counts.failed`` counts the error file's lines. A file that would be empty is not made
+(its id stays null). Successful bodies are what ``POST /v1/chat/completions`` answers for the
+same body (answers.py: opener, structured JSON, ``content``, token counts); a batch answer is a
+first answer like a live one (misbehave.py), and both share the prompt cache.
 
 Batch requests do not count against the live ``rpm``/``tpm`` limits, nor in the live chat stats.
 All of this is called under the server's lock, except :func:`parse_upload`; so while a batch of
@@ -53,9 +56,12 @@ from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
 
+from . import answers
 from .config import FakeConfig
-from .responses import completion, error_body, find_url, make_opener, server_error_body
-from .tokens import count_tokens, prompt_tokens
+from .misbehave import Tracker
+from .prompt_cache import PromptCache
+from .responses import APIError, completion, server_error_body
+from .tokens import REPLY_PRIMING, count_tokens, message_tokens
 
 ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOW = "24h"
@@ -70,17 +76,6 @@ CANCELLED = {"code": "batch_cancelled", "message": "This request was cancelled."
 ENDED = ("completed", "expired", "cancelled", "failed")
 
 _Result = tuple[int, bytes, list[tuple[str, str]]]
-
-
-class APIError(Exception):
-    """An error answer (OpenAI's error body)."""
-
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
-
-    def result(self) -> _Result:
-        return self.status, error_body(self.message, "invalid_request_error", self.code, self.param), []
 
 
 # --------------------------------------------------------------------------- upload parsing
@@ -195,7 +190,7 @@ class Batch:
     rng: random.Random
     delay_s: float
     expire_fraction: float | None
-    content: str | None
+    config: FakeConfig  # what the answers are made with (content, response_format, misbehave, ...)
     created_wall: float
     created_mono: float
     status: str = "in_progress"  # until it ends ("validating" only in the create answer)
@@ -258,7 +253,9 @@ class BatchStore:
     """Files and batches of one server (until its ``reset()``). Not thread-safe: the server
     calls :meth:`handle` under its lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, tracker: Tracker | None = None, cache: PromptCache | None = None) -> None:
+        self.tracker = tracker or Tracker()  # shared with the live endpoint: a URL is answered once
+        self.cache = cache or PromptCache()
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, Batch] = {}
         self.stats = {"files": 0, "batches": 0, "batch_requests": 0, "batches_cancelled": 0}
@@ -357,7 +354,7 @@ class BatchStore:
             rng=batch_rng,
             delay_s=config.batch_delay_s,
             expire_fraction=config.batch_expire_fraction,
-            content=config.content,
+            config=config,
             created_wall=time.time(),
             created_mono=now_mono,
         )
@@ -398,6 +395,24 @@ class BatchStore:
             self._finish(batch, "completed" if batch.expire_fraction is None else "expired",
                          batch.progress(batch.delay_s), batch.delay_s)
 
+    def _answer(self, n: int, created: int, body: dict[str, Any], config: FakeConfig) -> tuple[int, dict[str, Any]]:
+        """What the live endpoint answers for ``body``: a ``chat.completion``, or the 400 of a parameter
+        it refuses. Misbehaviour and the prompt cache are shared with the live endpoint."""
+        try:
+            kind = answers.check(body, config)
+        except APIError as exc:
+            return exc.status, json.loads(exc.body())
+        answer = answers.compose(body, kind, config, self.tracker)
+        self.tracker.delivered(answer.url, answer.rule)
+        messages = body["messages"]
+        per_message = [message_tokens(message) for message in messages]
+        cached = self.cache.use(str(body["model"]), answer.cache_key, messages, per_message, time.monotonic(),
+                                config.prompt_cache_min_tokens, config.prompt_cache_ttl_s)
+        payload = completion(n, created, str(body["model"]), answer.content, REPLY_PRIMING + sum(per_message),
+                             count_tokens(answer.content), cached)
+        payload["id"] = f"chatcmpl-fakebatch{n:012d}"
+        return 200, payload
+
     def _finish(self, batch: Batch, status: str, done: int, end_after: float) -> None:
         """Write the output and error files: requests before ``done`` succeeded or failed (500)
         as drawn, the others were not done (``batch_expired``/``batch_cancelled``)."""
@@ -417,9 +432,10 @@ class BatchStore:
                 line["response"] = {"status_code": 500, "request_id": f"req_fakebatch{n:012d}", "body": error}
                 failed.append(line)
             else:
-                line["response"] = {"status_code": 200, "request_id": f"req_fakebatch{n:012d}",
-                                    "body": _completion(n, created, body, batch.content)}
-                ok.append(line)
+                status_code, response_body = self._answer(n, created, body, batch.config)
+                line["response"] = {"status_code": status_code, "request_id": f"req_fakebatch{n:012d}",
+                                    "body": response_body}
+                (ok if status_code == 200 else failed).append(line)
         batch.rng.shuffle(ok)
         batch.rng.shuffle(failed)
         if ok:
@@ -431,13 +447,6 @@ class BatchStore:
         batch.end_after = end_after
 
 
-def _completion(n: int, created: int, body: dict[str, Any], override: str | None) -> dict[str, Any]:
-    """The ``chat.completion`` the live endpoint answers for ``body``."""
-    messages = body["messages"]
-    content = make_opener(find_url(messages), override)
-    payload = completion(n, created, str(body["model"]), content, prompt_tokens(messages), count_tokens(content))
-    payload["id"] = f"chatcmpl-fakebatch{n:012d}"
-    return payload
 
 
 def _jsonl(lines: list[dict[str, Any]]) -> bytes:

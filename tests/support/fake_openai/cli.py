@@ -72,6 +72,16 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="Batch API: batches expire at --batch-delay-s with only this share done")
     p.add_argument("--batch-cancel-delay-s", type=float, default=0.0,
                    help="Batch API: seconds a cancelled batch stays cancelling")
+    p.add_argument("--no-response-format", dest="response_format_supported", action="store_false",
+                   help="refuse requests carrying response_format with a 400 naming it")
+    p.add_argument("--no-prompt-cache-key", dest="prompt_cache_key_supported", action="store_false",
+                   help="refuse requests carrying prompt_cache_key with a 400 naming it")
+    p.add_argument("--prompt-cache-min-tokens", type=int, default=1024,
+                   help="shortest prompt prefix that is cached (tokens)")
+    p.add_argument("--prompt-cache-ttl-s", type=float, default=300.0, help="seconds an unused prefix stays cached")
+    p.add_argument("--misbehave", type=_json_object, default={},
+                   help='bad first answers per row, e.g. \'{"invent": 0.1, "spam": ["acme.com"]}\'')
+    p.add_argument("--misbehave-seed", type=int, default=0, help="salt of the hash choosing misbehaving URLs")
     return p
 
 
@@ -105,6 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_error_rate=args.batch_error_rate,
             batch_expire_fraction=args.batch_expire_fraction,
             batch_cancel_delay_s=args.batch_cancel_delay_s,
+            response_format_supported=args.response_format_supported,
+            prompt_cache_key_supported=args.prompt_cache_key_supported,
+            prompt_cache_min_tokens=args.prompt_cache_min_tokens,
+            prompt_cache_ttl_s=args.prompt_cache_ttl_s,
+            misbehave=args.misbehave,
+            misbehave_seed=args.misbehave_seed,
         )
     except ValueError as exc:
         print(f"fake_openai: {exc}", file=sys.stderr)

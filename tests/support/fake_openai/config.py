@@ -7,6 +7,8 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from .misbehave import RULES
+
 MALFORMED_KINDS: tuple[str, ...] = ("invalid_json", "empty_choices", "empty_content", "null_content")
 """``invalid_json``: 200 with a truncated JSON body; ``empty_choices``: ``choices == []``;
 ``empty_content``: content ``""``; ``null_content``: content ``null``."""
@@ -70,6 +72,20 @@ class FakeConfig:
     its requests done (the first ones of the file)."""
     batch_cancel_delay_s: float = 0.0
     """Batch API: seconds a cancelled batch stays ``cancelling`` before it is ``cancelled``."""
+    response_format_supported: bool = True
+    """False = refuse every request carrying ``response_format`` with OpenAI's 400 naming that
+    parameter (as servers and models without structured outputs do); see structured.py."""
+    prompt_cache_key_supported: bool = True
+    """False = refuse every request carrying ``prompt_cache_key`` with a 400 naming it."""
+    prompt_cache_min_tokens: int = 1024
+    """Shortest prompt prefix (tokens) that is cached, as at OpenAI; see prompt_cache.py."""
+    prompt_cache_ttl_s: float = 300.0
+    """How long an unused prefix stays cached (OpenAI: 5 to 10 minutes)."""
+    misbehave: dict[str, float | tuple[str, ...]] = dataclasses.field(default_factory=dict, hash=False)
+    """Bad first answers per row: ``{rule: fraction of URLs, or list of URL substrings}``, rules as in
+    misbehave.RULES; fractions add up to at most 1. See misbehave.py."""
+    misbehave_seed: int = 0
+    """Salt of the hash that picks a fraction rule's URLs (another seed, other URLs)."""
 
     def limits_for(self, model: str) -> tuple[int, int]:
         """``(rpm, tpm)`` of ``model``: its ``model_limits`` entry, else the global values."""
@@ -89,6 +105,8 @@ class FakeConfig:
         for key, value in out.items():
             if isinstance(value, tuple):
                 out[key] = list(value)
+        out["misbehave"] = {rule: list(hits) if isinstance(hits, tuple) else hits
+                            for rule, hits in self.misbehave.items()}
         return out
 
 
@@ -141,7 +159,8 @@ def _normalise(changes: Mapping[str, Any]) -> dict[str, Any]:
             value = _num(name, value, 0.001, 60.0)
         elif name == "hang_seconds":
             value = _num(name, value)
-        elif name in ("count_rejected", "insufficient_quota", "ratelimit_headers", "ratelimit_limit_headers"):
+        elif name in ("count_rejected", "insufficient_quota", "ratelimit_headers", "ratelimit_limit_headers",
+                      "response_format_supported", "prompt_cache_key_supported"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{name} must be a boolean")
         elif name == "error_statuses":
@@ -162,12 +181,41 @@ def _normalise(changes: Mapping[str, Any]) -> dict[str, Any]:
             if bad:
                 raise ConfigError(f"unknown malformed kind(s) {bad}; choose from {list(MALFORMED_KINDS)}")
             value = tuple(value)
+        elif name == "misbehave":
+            value = _misbehave(value)
+        elif name == "misbehave_seed":
+            value = _int(name, value)
+        elif name == "prompt_cache_min_tokens":
+            value = _int(name, value)
+            if value < 1:
+                raise ConfigError("prompt_cache_min_tokens must be at least 1")
+        elif name == "prompt_cache_ttl_s":
+            value = _num(name, value)
         elif name == "seed":
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError("seed must be an integer or null")
         elif name in ("content", "api_key") and value is not None and not isinstance(value, str):
             raise ConfigError(f"{name} must be a string or null")
         out[name] = value
+    return out
+
+
+def _misbehave(value: Any) -> dict[str, float | tuple[str, ...]]:
+    if not isinstance(value, Mapping):
+        raise ConfigError('misbehave must be an object like {"invent": 0.1, "spam": ["acme.com"]}')
+    out: dict[str, float | tuple[str, ...]] = {}
+    for rule, hits in value.items():
+        if rule not in RULES:
+            raise ConfigError(f"misbehave: unknown rule {rule!r}; choose from {list(RULES)}")
+        if isinstance(hits, (list, tuple)):
+            if not all(isinstance(part, str) and part for part in hits):
+                raise ConfigError(f"misbehave[{rule!r}]: a list must hold non-empty URL substrings")
+            out[rule] = tuple(hits)
+        else:
+            out[rule] = _num(f"misbehave[{rule!r}]", hits, 0.0, 1.0)
+    total = sum(share for share in out.values() if isinstance(share, float))
+    if total > 1.0 + 1e-9:
+        raise ConfigError(f"misbehave: the fractions add up to {total:g}, more than 1")
     return out
 
 

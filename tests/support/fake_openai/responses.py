@@ -65,7 +65,7 @@ def find_url(messages: Sequence[Any]) -> str | None:
     return None
 
 
-def _host(url: str) -> str:
+def host_of(url: str) -> str:
     try:
         host = urlsplit(url if "://" in url else "http://" + url).hostname or url
     except ValueError:
@@ -76,7 +76,7 @@ def _host(url: str) -> str:
 
 def make_opener(url: str | None, override: str | None = None) -> str:
     """The deterministic opener for ``url`` (≤ 300 chars, no quotes or placeholders)."""
-    host = _host(url) if url else ""
+    host = host_of(url) if url else ""
     if override is not None:
         return override.replace("{url}", url or "").replace("{host}", host)
     if not url:
@@ -91,6 +91,20 @@ def make_opener(url: str | None, override: str | None = None) -> str:
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
     """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
     return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
+
+
+class APIError(Exception):
+    """An error answer of type ``invalid_request_error`` (OpenAI's error body)."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+    def body(self) -> bytes:
+        return error_body(self.message, "invalid_request_error", self.code, self.param)
+
+    def result(self) -> tuple[int, bytes, list[tuple[str, str]]]:
+        return self.status, self.body(), []
 
 
 INSUFFICIENT_QUOTA = error_body(
@@ -109,8 +123,9 @@ def server_error_body(status: int) -> bytes:
 
 
 def completion(seq: int, created: int, model: str, content: str | None, prompt_tokens: int,
-               completion_tokens: int) -> dict[str, Any]:
-    """A ``chat.completion`` with one choice whose message is ``content``."""
+               completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """A ``chat.completion`` with one choice whose message is ``content``; ``usage`` has OpenAI's
+    details, ``prompt_tokens_details.cached_tokens`` among them (see prompt_cache.py)."""
     return {
         "id": f"chatcmpl-fake{seq:012d}",
         "object": "chat.completion",
@@ -128,6 +143,9 @@ def completion(seq: int, created: int, model: str, content: str | None, prompt_t
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
         },
         "system_fingerprint": "fp_fake",
     }

@@ -14,11 +14,13 @@ import threading
 import time
 from typing import Any, Self
 
-from . import batches, faults, responses
+from . import answers, batches, faults, responses
 from .config import ConfigError, FakeConfig
+from .misbehave import Tracker
+from .prompt_cache import PromptCache
 from .ratelimit import RateLimits
-from .responses import error_body, find_url, make_opener
-from .tokens import count_tokens, prompt_tokens
+from .responses import APIError, error_body
+from .tokens import REPLY_PRIMING, count_tokens, message_tokens
 from .wire import MAX_BODY, MAX_HEAD, HTTPError, parse_head, read_body, response
 
 log = logging.getLogger("fake_openai")
@@ -55,11 +57,17 @@ class FakeOpenAIServer:
             self._rng = random.Random(config.seed)
         if old is None:
             self._limits: dict[str, RateLimits] = {}  # model -> its limits, made on first use
-            self._batches = batches.BatchStore()
+            self._new_memory()
         now = time.monotonic()
         for model, limits in self._limits.items():  # rebuild (refill) only those that changed
             if limits.settings != RateLimits.settings_for(config, model):
                 self._limits[model] = RateLimits(config, now, model)
+
+    def _new_memory(self) -> None:
+        """Forget what was answered: URLs (misbehave.py), cached prefixes, files and batches."""
+        self._tracker = Tracker()
+        self._cache = PromptCache()
+        self._batches = batches.BatchStore(self._tracker, self._cache)
 
     def _limits_for(self, model: str, now: float) -> RateLimits:
         limits = self._limits.get(model)
@@ -86,6 +94,8 @@ class FakeOpenAIServer:
         self._by_url: dict[str, int] = {}
         self._ok_by_url: dict[str, int] = {}
         self._by_model: dict[str, dict[str, int]] = {}
+        self._refused: dict[str, int] = {}  # parameter -> 400s naming it (answers.check)
+        self._by_format: dict[str, int] = {}  # answer kind (structured.Kind) -> ok answers
 
     def _model_stats(self, model: str) -> dict[str, int]:
         entry = self._by_model.get(model)
@@ -132,7 +142,7 @@ class FakeOpenAIServer:
                 self._config = self._initial
             self._rng = random.Random(self._config.seed)
             self._limits = {}
-            self._batches = batches.BatchStore()
+            self._new_memory()
             self._reset_stats()
             self._seq = 0
 
@@ -156,13 +166,23 @@ class FakeOpenAIServer:
         first/last received chat request, so comparable across processes).
         All of these are of live chat completions only; the Batch API counts
         ``files`` (uploaded), ``batches`` (created), ``batch_requests`` (requests
-        in created batches) and ``batches_cancelled``."""
+        in created batches) and ``batches_cancelled``. ``refused`` counts the
+        live 400s naming a parameter (``{"response_format": 2}``), ``by_format``
+        the live ok answers by kind (``text``, ``json_schema``, ``json_object``,
+        ``prompt``: JSON asked for in words). Live and batch answers
+        together count ``misbehaved`` (answers that broke a ``misbehave`` rule),
+        ``misbehaved_by_rule``, ``reasks`` (answers about a URL answered before),
+        ``cache_hits`` and ``cached_tokens`` (prompt_cache.py)."""
         with self._lock:
             out = dict(self._stats)
             out["by_url"] = dict(self._by_url)
             out["ok_by_url"] = dict(self._ok_by_url)
             out["by_model"] = {model: dict(entry) for model, entry in self._by_model.items()}
+            out["refused"] = dict(self._refused)
+            out["by_format"] = dict(self._by_format)
             out["in_flight"] = self._in_flight
+            out.update(self._tracker.stats())
+            out["cache_hits"], out["cached_tokens"] = self._cache.hits, self._cache.cached_tokens
             out.update(self._batches.stats)
             return out
 
@@ -323,22 +343,31 @@ class FakeOpenAIServer:
                 st["first_request_at"] = now_wall
             st["last_request_at"] = now_wall
             config = self._config
+            tracker = self._tracker
         try:
             request = _parse_chat(body)
             if config.api_key is not None and headers.get("authorization", "") != f"Bearer {config.api_key}":
                 raise HTTPError(401, "Incorrect API key provided.")
-        except HTTPError as exc:
+            kind = answers.check(request, config)
+        except (HTTPError, APIError) as exc:
             with self._lock:
                 self._stats["bad_requests"] += 1
+                if isinstance(exc, APIError) and exc.param:
+                    self._refused[exc.param] = self._refused.get(exc.param, 0) + 1
+            if isinstance(exc, APIError):
+                return exc.result()
             if exc.status == 401:
                 return 401, error_body(exc.message, "invalid_request_error", "invalid_api_key"), []
             return exc.status, error_body(exc.message, "invalid_request_error"), []
 
         messages: list[Any] = request["messages"]
         model = str(request["model"])
-        url = find_url(messages)
-        content = make_opener(url, config.content)
-        p_tokens = prompt_tokens(messages)
+        # Without the lock: the tracker is written only on this (the event loop's) thread, by the live
+        # endpoint and the batch store; other threads only read its counters.
+        answer = answers.compose(request, kind, config, tracker)
+        url, content = answer.url, answer.content
+        per_message = [message_tokens(message) for message in messages]
+        p_tokens = REPLY_PRIMING + sum(per_message)  # = prompt_tokens(messages)
         c_tokens = count_tokens(content)
         max_out = request.get("max_completion_tokens") or request.get("max_tokens")
         if isinstance(max_out, bool) or not isinstance(max_out, int) or max_out <= 0:
@@ -382,12 +411,16 @@ class FakeOpenAIServer:
                 with self._lock:
                     self._stats["errors"] += 1
                 return fate.status, responses.server_error_body(fate.status), rl_headers
-            payload = responses.completion(seq, int(now_wall), model, content, p_tokens, c_tokens)
             if fate.outcome == "malformed":
+                payload = responses.completion(seq, int(now_wall), model, content, p_tokens, c_tokens)
                 with self._lock:
                     self._stats["malformed"] += 1
                 return 200, responses.malformed(fate.malformed_kind, payload), rl_headers
             with self._lock:
+                self._tracker.delivered(url, answer.rule)
+                self._by_format[kind] = self._by_format.get(kind, 0) + 1
+                cached = self._cache.use(model, answer.cache_key, messages, per_message, time.monotonic(),
+                                         config.prompt_cache_min_tokens, config.prompt_cache_ttl_s)
                 self._stats["ok"] += 1
                 self._stats["prompt_tokens"] += p_tokens
                 self._stats["completion_tokens"] += c_tokens
@@ -397,6 +430,7 @@ class FakeOpenAIServer:
                 model_stats["completion_tokens"] += c_tokens
                 if url is not None:
                     self._ok_by_url[url] = self._ok_by_url.get(url, 0) + 1
+            payload = responses.completion(seq, int(now_wall), model, content, p_tokens, c_tokens, cached)
             return 200, json.dumps(payload).encode(), rl_headers
         finally:
             with self._lock:

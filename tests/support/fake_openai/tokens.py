@@ -68,11 +68,13 @@ def message_text(message: Any) -> str:
     return ""
 
 
+def message_tokens(message: Any) -> int:
+    """One message's share of ``prompt_tokens``: its text and role, plus its framing."""
+    role = message.get("role") if isinstance(message, dict) else None
+    role_tokens = count_tokens(role) if isinstance(role, str) else 0
+    return TOKENS_PER_MESSAGE + count_tokens(message_text(message)) + role_tokens
+
+
 def prompt_tokens(messages: Sequence[Any]) -> int:
     """``usage.prompt_tokens`` of a chat request: each message's text and role, plus framing."""
-    total = REPLY_PRIMING
-    for message in messages:
-        role = message.get("role") if isinstance(message, dict) else None
-        total += TOKENS_PER_MESSAGE + count_tokens(message_text(message))
-        total += count_tokens(role) if isinstance(role, str) else 0
-    return total
+    return REPLY_PRIMING + sum(message_tokens(message) for message in messages)

@@ -482,3 +482,68 @@ def test_cli_flags_for_model_limits_and_batches() -> None:
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert bad.returncode == 2 and "--model-limits" in bad.stderr
+
+
+# --------------------------------------------------------------------------- structured answers in batches (issue 20)
+
+OPENER_FORMAT = {"type": "json_schema", "json_schema": {"name": "opener", "strict": True, "schema": {
+    "type": "object", "properties": {"opener": {"type": "string"}, "evidence": {"type": ["string", "null"]}},
+    "required": ["opener", "evidence"], "additionalProperties": False}}}
+PAGE = "Acme bakes sourdough bread in Cologne, with flour from local mills."
+
+
+def structured_line(custom_id: str, site: str) -> dict[str, Any]:
+    """A batch line asking for the opener as JSON, with a page summary to rest on."""
+    entry = line(custom_id, site)
+    entry["body"]["messages"][1]["content"] += f"\n\n<page>\n{PAGE}\n</page>"
+    entry["body"]["response_format"] = OPENER_FORMAT
+    return entry
+
+
+def test_batch_answers_structured_requests_as_the_live_endpoint_does(fake: FakeOpenAI) -> None:
+    lines = [structured_line(f"row-{i}", f"https://company{i}.example/about") for i in range(5)]
+    done = wait_until_ended(fake, start_batch(fake, lines).id)
+    results = {r["custom_id"]: r for r in read_lines(fake, done.output_file_id)}
+    assert len(results) == 5
+    for entry in lines:
+        batched = ChatCompletion.model_validate(results[entry["custom_id"]]["response"]["body"])
+        answer = json.loads(batched.choices[0].message.content or "")
+        assert answer["evidence"] in PAGE and answer["evidence"] in answer["opener"]
+        live = sdk(fake).chat.completions.create(**entry["body"])
+        assert live.choices[0].message.content == batched.choices[0].message.content
+        assert live.usage == batched.usage
+
+
+def test_batch_first_answers_misbehave_and_live_reasks_behave(fake: FakeOpenAI) -> None:
+    fake.configure(misbehave={"invent": ["company1."], "long": ["company3."]})
+    lines = [structured_line(f"row-{i}", f"https://company{i}.example/about") for i in range(5)]
+    done = wait_until_ended(fake, start_batch(fake, lines).id)
+    results = {r["custom_id"]: r for r in read_lines(fake, done.output_file_id)}
+
+    def opener(body: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(body["choices"][0]["message"]["content"])
+
+    assert "25 years" in opener(results["row-1"]["response"]["body"])["opener"]
+    assert len(opener(results["row-3"]["response"]["body"])["opener"].split()) == 90
+    assert all(opener(results[f"row-{i}"]["response"]["body"])["evidence"] in PAGE for i in (0, 2, 4))
+    stats = fake.stats()
+    assert (stats["misbehaved"], stats["misbehaved_by_rule"]["invent"], stats["reasks"]) == (2, 1, 0)
+
+    live = sdk(fake).chat.completions.create(**lines[1]["body"])  # the re-ask of row 1, live
+    assert json.loads(live.choices[0].message.content or "")["evidence"] in PAGE
+    stats = fake.stats()
+    assert (stats["misbehaved"], stats["reasks"]) == (2, 1)
+
+
+def test_batch_lines_are_refused_as_live_requests_are(fake: FakeOpenAI) -> None:
+    fake.configure(response_format_supported=False)
+    lines = [structured_line("structured", "https://acme.com"), line("plain", "https://globex.com")]
+    done = wait_until_ended(fake, start_batch(fake, lines).id)
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (1, 1)
+    (failed,) = read_lines(fake, done.error_file_id)
+    assert failed["custom_id"] == "structured" and failed["error"] is None
+    assert failed["response"]["status_code"] == 400
+    error = failed["response"]["body"]["error"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", "response_format", None)
+    assert ids(read_lines(fake, done.output_file_id)) == ["plain"]

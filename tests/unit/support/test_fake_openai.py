@@ -527,3 +527,377 @@ def test_server_capacity_with_raw_keepalive_client(fake: FakeOpenAI, capsys: pyt
             f"\nfake_openai raw capacity: {conns * per} requests over {conns} keep-alive connections: "
             f"{float(out):.0f} requests/s"
         )
+
+
+# --------------------------------------------------------------------------- structured answers (issue 20)
+
+OPENER = {
+    "type": "object",
+    "properties": {"opener": {"type": "string"}, "evidence": {"type": ["string", "null"]}},
+    "required": ["opener", "evidence"],
+    "additionalProperties": False,
+}
+PAGE = "Acme bakes sourdough bread in Cologne since 1998, with flour from local mills.\nWe deliver before 7am."
+GERMAN = {"Sie", "Ihr", "Ihre", "Ihnen", "für", "und", "ein", "ist", "mir", "uns", "das", "dass", "auf"}
+ENGLISH = {"you", "your", "the", "and", "a", "to", "is", "I", "this", "what", "for", "we"}
+
+
+def schema_format(schema: dict[str, Any] = OPENER, strict: bool = True, name: str = "opener") -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": name, "strict": strict, "schema": schema}}
+
+
+def prompt(url: str, page: str | None = None, fields: dict[str, str] | None = None, steer: str = "",
+           system: str = SYSTEM["content"]) -> list[dict[str, str]]:
+    """Messages laid out as the app lays them out: the data in <prospect_data> / <page> blocks."""
+    parts = [f"Prospect URL: {url}"]
+    if fields:
+        parts.append("<prospect_data>\n" + "\n".join(f"{k}: {json.dumps(v, ensure_ascii=False)}"
+                                                     for k, v in fields.items()) + "\n</prospect_data>")
+    if page:
+        parts.append(f"<page>\n{page}\n</page>")
+    if steer:
+        parts.append(steer)
+    parts.append("Write the opener.")
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+def content_of(fake: FakeOpenAI, messages: list[dict[str, str]], **kwargs: Any) -> str:
+    content = sdk(fake).chat.completions.create(model="m", messages=messages, **kwargs).choices[0].message.content
+    assert content is not None
+    return content
+
+
+def structured(fake: FakeOpenAI, messages: list[dict[str, str]], schema: dict[str, Any] = OPENER) -> Any:
+    return json.loads(content_of(fake, messages, response_format=schema_format(schema)))
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[^\W\d_]+", text))
+
+
+def test_json_schema_answer_rests_on_the_page(fake: FakeOpenAI) -> None:
+    answer = structured(fake, prompt("https://acme.com/about", page=PAGE, fields={"city": "Köln"}))
+    assert set(answer) == {"opener", "evidence"}
+    evidence = answer["evidence"]
+    assert isinstance(evidence, str) and len(evidence.split()) >= 3
+    assert evidence in PAGE  # copied verbatim, the page preferred to the row
+    assert evidence in answer["opener"] and "acme.com" in answer["opener"]
+    assert set(re.findall(r"\d+", answer["opener"])) <= set(re.findall(r"\d+", PAGE))  # no number of its own
+    assert len(answer["opener"].split()) <= 40
+
+
+def test_json_schema_evidence_from_the_row_else_null(fake: FakeOpenAI) -> None:
+    fields = {"company": 'Bäckerei "Sonne"', "website": "https://sonne.de"}
+    answer = structured(fake, prompt("https://sonne.de", fields=fields))
+    assert answer["evidence"] == 'Bäckerei "Sonne"'  # a field's value, decoded, never the URL field
+    assert answer["evidence"] in answer["opener"]
+
+    bare = structured(fake, prompt("https://globex.io"))
+    assert bare["evidence"] is None
+    assert "globex.io" in bare["opener"] and not re.search(r"\d", bare["opener"])
+
+    not_nullable = {**OPENER, "properties": {"opener": {"type": "string"}, "evidence": {"type": "string"}}}
+    assert structured(fake, prompt("https://globex.io"), not_nullable)["evidence"] == ""
+
+
+def test_json_schema_variants_from_the_schema_or_the_prompt(fake: FakeOpenAI) -> None:
+    def variants(low: int | None, high: int | None) -> dict[str, Any]:
+        array: dict[str, Any] = {"type": "array", "items": {"$ref": "#/$defs/opener"}}
+        array.update({k: v for k, v in (("minItems", low), ("maxItems", high)) if v is not None})
+        return {"type": "object", "properties": {"openers": array}, "required": ["openers"],
+                "additionalProperties": False, "$defs": {"opener": OPENER}}
+
+    three = structured(fake, prompt("https://acme.com", page=PAGE), variants(3, 3))["openers"]
+    assert len(three) == 3 and len({v["opener"] for v in three}) == 3
+    assert len({" ".join(v["opener"].split()[:8]) for v in three}) == 3  # not near-duplicates of each other
+    assert all(v["evidence"] in PAGE for v in three)
+
+    two = structured(fake, prompt("https://acme.com", page=PAGE, steer="Write 2 different openers."), variants(1, 3))
+    assert len(two["openers"]) == 2
+    assert len(structured(fake, prompt("https://acme.com"), variants(None, None))["openers"]) == 1
+
+
+def test_json_object_answers_json_and_needs_the_word_json(fake: FakeOpenAI) -> None:
+    asked = prompt("https://acme.com", page=PAGE, steer="Answer in JSON.")
+    answer = json.loads(content_of(fake, asked, response_format={"type": "json_object"}))
+    assert set(answer) == {"opener", "evidence"} and answer["evidence"] in PAGE
+
+    with pytest.raises(openai.BadRequestError) as info:
+        content_of(fake, prompt("https://acme.com"), response_format={"type": "json_object"})
+    assert info.value.param == "messages" and "json" in info.value.message
+
+
+def test_strict_schemas_are_checked_as_openai_checks_them(fake: FakeOpenAI) -> None:
+    loose = {**OPENER}
+    del loose["additionalProperties"]
+    partial = {**OPENER, "required": ["opener"]}
+    for schema, words_in_message in ((loose, "additionalProperties"), (partial, "Missing 'evidence'"),
+                                     ({"type": "array", "items": OPENER}, "type: \"object\"")):
+        with pytest.raises(openai.BadRequestError) as info:
+            content_of(fake, prompt("https://acme.com"), response_format=schema_format(schema))
+        assert info.value.param == "response_format" and words_in_message in info.value.message
+    with pytest.raises(openai.BadRequestError) as info:
+        content_of(fake, prompt("https://acme.com"), response_format=schema_format(name="no spaces allowed"))
+    assert info.value.param == "response_format.json_schema.name"
+    # without strict, OpenAI takes any schema
+    assert json.loads(content_of(fake, prompt("https://acme.com"), response_format=schema_format(loose, False)))
+    stats = fake.stats()
+    assert stats["bad_requests"] == 4 and stats["by_format"] == {"json_schema": 1}
+    assert stats["refused"] == {"response_format": 3, "response_format.json_schema.name": 1}
+
+
+def test_response_format_refused_when_unsupported_then_json_in_prose(fake: FakeOpenAI) -> None:
+    status, config = http(fake, "POST", "/_fake/config", b'{"response_format_supported": false}')
+    assert status == 200 and config["response_format_supported"] is False
+    for response_format in (schema_format(), {"type": "json_object"}):
+        with pytest.raises(openai.BadRequestError) as info:
+            content_of(fake, prompt("https://acme.com", steer="json"), response_format=response_format)
+        error = info.value.response.json()["error"]
+        assert info.value.status_code == 400 and set(error) == {"message", "type", "param", "code"}
+        assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", "response_format", None)
+        assert "'response_format'" in error["message"]
+
+    # the fallback: JSON asked for in words is answered inside prose, as a chatty server does
+    ask_json = 'Answer with JSON only: {"opener": "...", "evidence": "the words of the page it rests on"}.'
+    text = content_of(fake, prompt("https://acme.com", page=PAGE, steer=ask_json))
+    embedded = re.search(r"\{.*\}", text)
+    assert embedded and text.strip() != embedded.group(0)  # there is prose around it
+    answer = json.loads(embedded.group(0))
+    assert answer["evidence"] in PAGE and answer["evidence"] in answer["opener"]
+
+    # the marker may be spread over the system and user messages, but a page saying it asks nothing
+    split = prompt("https://acme.com", page=PAGE, steer="Reply in JSON.",
+                   system=SYSTEM["content"] + " Give the evidence for your opener.")
+    embedded = re.search(r"\{.*\}", content_of(fake, split))
+    assert embedded and json.loads(embedded.group(0))["evidence"] in PAGE
+    page_says_it = prompt("https://acme.com", page='Our API returns JSON: {"opener": 1, "evidence": 2}.')
+    assert content_of(fake, page_says_it) == make_opener("https://acme.com")
+
+    # a plain request stays plain
+    assert content_of(fake, ask("https://acme.com")) == make_opener("https://acme.com")
+    stats = fake.stats()
+    assert (stats["bad_requests"], stats["ok"]) == (2, 4)
+    assert stats["refused"] == {"response_format": 2}
+    assert stats["by_format"] == {"prompt": 2, "text": 2}
+
+
+def test_the_language_asked_for_is_written(fake: FakeOpenAI) -> None:
+    german = structured(fake, prompt("https://acme.com", page=PAGE, steer="Write the opener in German."))["opener"]
+    assert len(words(german) & GERMAN) >= 3 and len(words(german.replace(PAGE, "")) & ENGLISH) <= 1
+    for steer in ("Language: de", 'Write in the language of ISO 639-1 code "de".'):
+        coded = structured(fake, prompt("https://acme.com", steer=steer))["opener"]
+        assert len(words(coded) & GERMAN) >= 3, steer
+    for steer in ("Use the language to the point.", "Write in the language the page uses."):  # no language named
+        assert len(words(structured(fake, prompt("https://acme.com", steer=steer))["opener"]) & ENGLISH) >= 3
+    # a page that mentions a language asks for nothing
+    english = structured(fake, prompt("https://acme.com", page="Our menu in German and French."))["opener"]
+    assert len(words(english) & ENGLISH) >= 3 and not words(english) & {"Sie", "für", "Ihnen"}
+
+
+# --------------------------------------------------------------------------- misbehaviour (issue 20)
+
+
+def test_each_rule_misbehaves_on_the_first_answer_then_behaves(fake: FakeOpenAI) -> None:
+    rules = ["invent", "repeat", "long", "spam", "wrong_language", "no_json"]
+    fake.configure(misbehave={rule: [f"{rule.replace('_', '-')}.example"] for rule in rules})
+    url = {rule: f"https://{rule.replace('_', '-')}.example/home" for rule in rules}
+
+    def first(rule: str) -> tuple[str, Any]:
+        text = content_of(fake, prompt(url[rule], page=PAGE), response_format=schema_format())
+        return text, (json.loads(text) if text.startswith("{") else None)
+
+    _, invented = first("invent")
+    assert "25 years" in invented["opener"] and "25" not in PAGE
+    assert invented["evidence"] and invented["evidence"] not in PAGE
+    _, repeated = first("repeat")
+    again = structured(fake, prompt("https://repeat.example/other", page=PAGE))  # a second row of the rule
+    assert repeated == again and repeated["evidence"] is None
+    _, long = first("long")
+    assert len(long["opener"].split()) == 90 and long["evidence"] in PAGE
+    _, spam = first("spam")
+    assert "Act now!!! Limited time offer, guaranteed results" in spam["opener"]
+    _, wrong = first("wrong_language")
+    assert len(words(wrong["opener"]) & GERMAN) >= 3  # English was asked for
+    text, no_json = first("no_json")
+    assert no_json is None and "{" not in text and "acme" not in text and "no-json.example" in text
+
+    stats = fake.stats()
+    assert stats["misbehaved"] == 7 and stats["reasks"] == 0
+    assert stats["misbehaved_by_rule"] == {"invent": 1, "repeat": 2, "long": 1, "spam": 1, "wrong_language": 1,
+                                           "no_json": 1}
+
+    for rule in rules:  # the re-ask behaves
+        _, answer = first(rule)
+        assert answer is not None and answer["evidence"] in PAGE and len(answer["opener"].split()) <= 40
+        assert "!" not in answer["opener"] and len(words(answer["opener"]) & ENGLISH) >= 3
+    stats = fake.stats()
+    assert (stats["misbehaved"], stats["reasks"]) == (7, 6)
+
+
+def test_wrong_language_answers_english_when_another_is_asked(fake: FakeOpenAI) -> None:
+    fake.configure(misbehave={"wrong_language": ["acme"]})
+    steer = "Write the opener in German."
+    wrong = structured(fake, prompt("https://acme.com", page=PAGE, steer=steer))["opener"]
+    right = structured(fake, prompt("https://acme.com", page=PAGE, steer=steer))["opener"]
+    assert len(words(wrong) & ENGLISH) >= 3 and not words(wrong) & {"Sie", "für", "Ihnen"}
+    assert len(words(right) & GERMAN) >= 3
+
+
+def test_misbehaviour_in_plain_answers_and_no_json_only_when_json_was_asked(fake: FakeOpenAI) -> None:
+    fake.configure(misbehave={"spam": ["spam.example"], "no_json": ["plain.example"]})
+    assert content_of(fake, ask("https://spam.example")).startswith("Act now!!!")
+    assert content_of(fake, ask("https://spam.example")) == make_opener("https://spam.example")
+    assert content_of(fake, ask("https://plain.example")) == make_opener("https://plain.example")
+    assert fake.stats()["misbehaved_by_rule"]["no_json"] == 0
+
+
+def test_a_failed_first_request_leaves_the_first_answer_bad(fake: FakeOpenAI) -> None:
+    """A retry after a 5xx is not a re-ask: nothing was answered yet."""
+    fake.configure(misbehave={"invent": ["acme"]}, error_rate=1)
+    with pytest.raises(openai.InternalServerError):
+        structured(fake, prompt("https://acme.com", page=PAGE))
+    fake.configure(error_rate=0)
+    assert "25 years" in structured(fake, prompt("https://acme.com", page=PAGE))["opener"]
+    assert "25 years" not in structured(fake, prompt("https://acme.com", page=PAGE))["opener"]
+
+
+def test_fractions_pick_urls_by_a_seeded_hash(fake: FakeOpenAI) -> None:
+    urls = [f"https://site{i}.example" for i in range(200)]
+
+    def bad_urls(**config: Any) -> dict[str, set[str]]:
+        fake.reset()
+        fake.configure(**config)
+        out: dict[str, set[str]] = {"invent": set(), "spam": set()}
+        for url in urls:
+            opener = structured(fake, prompt(url))["opener"]
+            if "25 years" in opener:
+                out["invent"].add(url)
+            elif opener.startswith("Act now"):
+                out["spam"].add(url)
+        return out
+
+    first = bad_urls(misbehave={"invent": 0.1, "spam": 0.2})
+    assert 8 <= len(first["invent"]) <= 35 and 22 <= len(first["spam"]) <= 60  # 20 and 40 expected
+    assert not first["invent"] & first["spam"]
+    assert fake.stats()["misbehaved_by_rule"]["invent"] == len(first["invent"])
+    assert bad_urls(misbehave={"invent": 0.1, "spam": 0.2}) == first  # deterministic
+    other = bad_urls(misbehave={"invent": 0.1, "spam": 0.2}, misbehave_seed=7)
+    assert other["invent"] != first["invent"]
+    # a larger share keeps the URLs of the smaller one (same hash, longer range)
+    assert bad_urls(misbehave={"invent": 0.3})["invent"] >= first["invent"]
+
+
+def test_misbehave_config_is_validated(fake: FakeOpenAI) -> None:
+    for body in ({"misbehave": {"lie": 0.1}}, {"misbehave": {"invent": 0.7, "spam": 0.4}},
+                 {"misbehave": {"spam": [""]}}, {"misbehave": {"invent": 2}}, {"misbehave": [1]}):
+        status, err = http(fake, "POST", "/_fake/config", json.dumps(body).encode())
+        assert status == 400 and "misbehave" in err["error"]["message"]
+    status, config = http(fake, "POST", "/_fake/config", b'{"misbehave": {"invent": 0.5, "spam": ["a.com"]}}')
+    assert status == 200 and config["misbehave"] == {"invent": 0.5, "spam": ["a.com"]}
+
+
+# --------------------------------------------------------------------------- prompt cache (issue 22)
+
+
+LONG_SYSTEM = SYSTEM["content"] + " " + " ".join(f"Rule {i}: keep the opener warm and specific." for i in range(150))
+
+
+def usage_of(fake: FakeOpenAI, messages: list[dict[str, str]], **kwargs: Any) -> Any:
+    usage = sdk(fake).chat.completions.create(model="m", messages=messages, **kwargs).usage
+    assert usage is not None and usage.prompt_tokens_details is not None
+    return usage
+
+
+def test_cached_tokens_for_a_repeated_long_prefix(fake: FakeOpenAI) -> None:
+    system_tokens = prompt_tokens([{"role": "system", "content": LONG_SYSTEM}])
+    assert system_tokens >= 1024
+    assert usage_of(fake, ask("https://a.com")).prompt_tokens_details.cached_tokens == 0  # short prompts: never
+
+    first = usage_of(fake, prompt("https://a.com", system=LONG_SYSTEM))
+    long_page = " ".join(f"Line {i} of the page about bread and ovens." for i in range(40))
+    second = usage_of(fake, prompt("https://b.com", page=long_page, system=LONG_SYSTEM))  # same system, other row
+    assert first.prompt_tokens_details.cached_tokens == 0
+    cached = second.prompt_tokens_details.cached_tokens
+    assert cached >= 1024 and (cached - 1024) % 128 == 0 and cached <= system_tokens < second.prompt_tokens
+    again = usage_of(fake, prompt("https://b.com", page=long_page, system=LONG_SYSTEM))  # all of it seen before
+    assert cached < again.prompt_tokens_details.cached_tokens <= again.prompt_tokens
+    stats = fake.stats()
+    assert (stats["cache_hits"], stats["cached_tokens"]) == (2, cached + again.prompt_tokens_details.cached_tokens)
+
+
+def test_prompt_cache_is_per_model_and_prompt_cache_key(fake: FakeOpenAI) -> None:
+    def cached(url: str, model: str = "m", **kwargs: Any) -> int:
+        messages = prompt(url, system=LONG_SYSTEM)
+        usage = sdk(fake).chat.completions.create(model=model, messages=messages, **kwargs).usage
+        assert usage is not None and usage.prompt_tokens_details is not None
+        return usage.prompt_tokens_details.cached_tokens or 0
+
+    assert cached("https://a.com", prompt_cache_key="job-1") == 0
+    assert cached("https://b.com", prompt_cache_key="job-2") == 0  # another key: another cache
+    assert cached("https://c.com") == 0  # no key is a key of its own
+    assert cached("https://d.com", prompt_cache_key="job-1") >= 1024
+    assert cached("https://e.com", model="gpt-4o", prompt_cache_key="job-1") == 0  # another model
+
+
+def test_prompt_cache_threshold_and_expiry_are_configurable(fake: FakeOpenAI) -> None:
+    fake.configure(prompt_cache_min_tokens=10)
+    assert usage_of(fake, ask("https://a.com")).prompt_tokens_details.cached_tokens == 0
+    system_only = prompt_tokens([SYSTEM])
+    # the system message (its prefix: the first message) is 12 tokens with the framing: 10 are cached
+    assert usage_of(fake, ask("https://b.com")).prompt_tokens_details.cached_tokens == 10 <= system_only
+    fake.configure(prompt_cache_ttl_s=0)  # everything seen has expired by the next request
+    assert usage_of(fake, ask("https://c.com")).prompt_tokens_details.cached_tokens == 0
+
+
+def test_prompt_cache_key_refused_when_unsupported(fake: FakeOpenAI) -> None:
+    assert usage_of(fake, ask("https://a.com"), prompt_cache_key="job-1").prompt_tokens == prompt_tokens(
+        ask("https://a.com"))
+    status, _ = http(fake, "POST", "/_fake/config", b'{"prompt_cache_key_supported": false}')
+    assert status == 200
+    with pytest.raises(openai.BadRequestError) as info:
+        usage_of(fake, ask("https://a.com"), prompt_cache_key="job-1")
+    assert info.value.param == "prompt_cache_key" and "prompt_cache_key" in info.value.message
+    assert info.value.body["type"] == "invalid_request_error"
+    assert usage_of(fake, ask("https://a.com")).prompt_tokens  # without the key it is answered
+    assert fake.stats()["bad_requests"] == 1
+
+
+def test_cli_flags_for_structured_answers_misbehaviour_and_the_cache() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.fake_openai", "--port", "0", "--no-response-format",
+         "--no-prompt-cache-key", "--prompt-cache-min-tokens", "64", "--misbehave", '{"spam": 0.25}',
+         "--misbehave-seed", "3"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    try:
+        assert proc.stdout is not None
+        base_url = proc.stdout.readline().strip()
+        with urllib.request.urlopen(base_url.removesuffix("/v1") + "/_fake/config", timeout=5) as resp:
+            config = json.loads(resp.read())
+        assert (config["response_format_supported"], config["prompt_cache_key_supported"]) == (False, False)
+        assert (config["prompt_cache_min_tokens"], config["misbehave"], config["misbehave_seed"]) == (
+            64, {"spam": 0.25}, 3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0
+
+
+def test_e2e_control_helpers_drive_the_new_knobs(fake: FakeOpenAI) -> None:
+    from tests.support.e2e import Fake
+
+    control = Fake(fake.url)
+    assert control.misbehave({"spam": ["acme"]}, seed=5)["misbehave"] == {"spam": ["acme"]}
+    assert fake.config.misbehave_seed == 5
+    assert content_of(fake, ask("https://acme.com")).startswith("Act now!!!")
+    assert control.quality_stats() == {"misbehaved": 1, "misbehaved_by_rule": {
+        "invent": 0, "repeat": 0, "long": 0, "spam": 1, "wrong_language": 0, "no_json": 0},
+        "reasks": 0, "cache_hits": 0, "cached_tokens": 0}
+    control.refuse(response_format=True)
+    assert (fake.config.response_format_supported, fake.config.prompt_cache_key_supported) == (False, True)
+    with pytest.raises(openai.BadRequestError):
+        content_of(fake, ask("https://acme.com"), response_format={"type": "json_object"})
+    control.refuse()
+    assert fake.config.response_format_supported is True
+    assert control.prompt_cache(min_tokens=10, ttl_s=60)["prompt_cache_min_tokens"] == 10

@@ -113,7 +113,7 @@ def test_a_name_from_the_system_resolver_is_checked_like_any_other(site, fetcher
     assert request["user_agent"] == USER_AGENT == "CSVOpenerBot/1.0 (+https://csv-opener.example.com/bot)"
 
     blocked = Fetcher().get_page(site.url("/", host="localhost"))
-    assert (blocked.status, blocked.reason) == ("blocked", "refused: localhost is 127.0.0.1 (loopback)")
+    assert (blocked.status, blocked.reason) == ("blocked", "refused: localhost (loopback address)")
     assert set(site_connections(connections, site)) == {("127.0.0.1", site.port)}
 
 
@@ -167,15 +167,15 @@ def other_sites():
 
 @pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
 @pytest.mark.parametrize("target, reason", [
-    ("http://10.0.0.1/", "refused: 10.0.0.1 (private)"),
-    ("http://169.254.169.254/latest/meta-data/", "refused: 169.254.169.254 (cloud metadata)"),
+    ("http://10.0.0.1/", "refused: 10.0.0.1 (private address)"),
+    ("http://169.254.169.254/latest/meta-data/", "refused: 169.254.169.254 (cloud metadata address)"),
     ("https://169.254.169.254/", "cloud metadata"),
     ("http://[fd00:ec2::254]/", "cloud metadata"),
-    ("http://127.0.0.2:{second}/", "refused: 127.0.0.2 (loopback)"),
-    ("http://0x7f000002:{second}/", "0x7f000002 is 127.0.0.2 (loopback)"),
-    ("http://[::1]:{v6}/", "refused: ::1 (loopback)"),
-    ("http://[::ffff:127.0.0.1]:{port}/", "IPv4-mapped 127.0.0.1: loopback"),
-    ("http://[::ffff:10.0.0.1]/", "IPv4-mapped 10.0.0.1: private"),
+    ("http://127.0.0.2:{second}/", "refused: 127.0.0.2 (loopback address)"),
+    ("http://0x7f000002:{second}/", "refused: 0x7f000002 (loopback address)"),
+    ("http://[::1]:{v6}/", "refused: ::1 (loopback address)"),
+    ("http://[::ffff:127.0.0.1]:{port}/", "IPv4-mapped loopback address"),
+    ("http://[::ffff:10.0.0.1]/", "IPv4-mapped private address"),
     ("http://100.64.0.1/", "CGNAT"),
     ("ftp://127.0.0.1:{port}/", "scheme ftp"),
 ])

@@ -102,16 +102,17 @@ def opener_generator():
 
 @lru_cache(maxsize=1)
 def page_summaries():
-    """url -> (summary or None, context_status): the SSRF-safe fetcher and the shared Redis cache
-    of page summaries, one per process (the fetcher's per-host limits are per process)."""
+    """(url, account_id) -> (summary or None, context_status): the SSRF-safe fetcher and the
+    shared Redis cache of page summaries (per account: a cached page must not tell one account
+    that another fetched it), one per process (the fetcher's per-host limits are per process)."""
     from chalicelib.outbound.summaries import PageCache, summarize_page
 
     s = get_settings()
     fetcher = outbound_fetcher()
     cache = PageCache(redis_client(), prefix=f"{s.ratelimit_prefix}:page", ttl_s=s.page_cache_ttl_s)
 
-    def summary(url: str) -> tuple[str | None, str]:
-        page = summarize_page(url, fetcher, cache)
+    def summary(url: str, account_id: str) -> tuple[str | None, str]:
+        page = summarize_page(url, fetcher, cache, account_id)
         return page.summary, page.context_status
 
     return summary

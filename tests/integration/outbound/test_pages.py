@@ -356,22 +356,34 @@ def cache(redis_client, unique):
 
 
 def test_a_cached_summary_is_not_fetched_again(site, fetcher, cache, redis_client):
-    first = summarize_page(site.url("/"), fetcher, cache)
+    first = summarize_page(site.url("/"), fetcher, cache, "account-a")
     assert first.context_status == "fetched"
-    again = summarize_page(site.url("/"), fetcher, cache)
-    same_page = summarize_page(site.url("/#team").replace("http://", "HTTP://"), fetcher, cache)
+    again = summarize_page(site.url("/"), fetcher, cache, "account-a")
+    same_page = summarize_page(site.url("/#team").replace("http://", "HTTP://"), fetcher, cache, "account-a")
     assert first == again == same_page
     assert site.hits["/"] == 1
-    ttl = redis_client.ttl(cache.key(site.url("/")))
+    ttl = redis_client.ttl(cache.key(site.url("/"), "account-a"))
     assert 100 < ttl <= 120
 
 
+def test_the_cache_is_per_account_so_a_hit_never_tells_one_tenant_what_another_fetched(site, fetcher, cache):
+    """Issue 19 item 12: A's fetch of a URL does not make B's first request for it a hit."""
+    assert summarize_page(site.url("/"), fetcher, cache, "account-a").context_status == "fetched"
+    assert site.hits["/"] == 1
+    assert summarize_page(site.url("/"), fetcher, cache, "account-b").context_status == "fetched"
+    assert site.hits["/"] == 2  # B's request reached the site
+    summarize_page(site.url("/"), fetcher, cache, "account-b")
+    summarize_page(site.url("/"), fetcher, cache, "account-a")
+    assert site.hits["/"] == 2  # and each account's own cache still works
+    assert cache.key(site.url("/"), "account-a") != cache.key(site.url("/"), "account-b")
+
+
 def test_a_failed_fetch_is_cached_briefly(site, fetcher, cache, redis_client):
-    first = summarize_page(site.url("/pdf"), fetcher, cache)
-    assert summarize_page(site.url("/pdf"), fetcher, cache) == first == (None, "not_html",
-                                                                          "content type application/pdf")
+    first = summarize_page(site.url("/pdf"), fetcher, cache, "account-a")
+    assert summarize_page(site.url("/pdf"), fetcher, cache, "account-a") == first == (
+        None, "not_html", "content type application/pdf")
     assert site.hits["/pdf"] == 1
-    assert 0 < redis_client.ttl(cache.key(site.url("/pdf"))) <= 5
+    assert 0 < redis_client.ttl(cache.key(site.url("/pdf"), "account-a")) <= 5
 
 
 def test_the_cache_is_best_effort(site, fetcher):
@@ -382,7 +394,7 @@ def test_the_cache_is_best_effort(site, fetcher):
         def set(self, *args, **kwargs):
             raise redis.ConnectionError("down")
 
-    page = summarize_page(site.url("/"), fetcher, PageCache(Broken()))
+    page = summarize_page(site.url("/"), fetcher, PageCache(Broken()), "account-a")
     assert page.context_status == "fetched"
 
 

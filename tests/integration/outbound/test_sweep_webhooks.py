@@ -24,6 +24,7 @@ from chalicelib.outbound import Fetcher, webhooks
 from tests.support.accounts import service_account
 from tests.support.api import purge_queue
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.webhook_receiver import Receiver
 
 ALLOW = ("127.0.0.1/32",)
 
@@ -56,34 +57,6 @@ class Tarpit:
         self.sock.close()
 
 
-class Receiver:
-    """Answers 204 to every POST, counting them."""
-
-    def __init__(self) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        receiver = self
-        self.posts = 0
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                receiver.posts += 1
-                self.send_response(204)
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture(autouse=True)
 def clean(conn, settings):
     purge_queue(settings.chunk_queue_url)
@@ -98,9 +71,8 @@ def tarpit():
 
 @pytest.fixture
 def receiver():
-    r = Receiver()
-    yield r
-    r.close()
+    with Receiver(status=204) as r:
+        yield r
 
 
 def a_job(conn, settings, account_id: str, mode: str | None = None) -> str:
@@ -176,7 +148,7 @@ def test_receivers_that_never_answer_do_not_hold_the_other_steps_and_nothing_is_
     assert 1 <= report["attempted"] <= webhooks.SWEEP_WORKERS * 4 + 1 and report["attempted"] < report["due"]
     # A's share capped; B's delivery taken in its turn, not behind A's 50
     assert report["due"] == webhooks.SWEEP_PER_ACCOUNT + 1
-    assert receiver.posts == 1 and report["delivered"] == 1
+    assert len(receiver.requests) == 1 and report["delivered"] == 1
     rows = conn.execute("SELECT attempts, last_error, next_attempt_at <= now() AS due FROM webhook_deliveries "
                         "WHERE job_id = %s", (a_job_id,)).fetchall()
     tried = [r for r in rows if r["attempts"] == 1]

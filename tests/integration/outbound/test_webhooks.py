@@ -7,11 +7,9 @@ item 16: Fernet under WEBHOOK_SECRET_KEYS, key rotation, a wrong key failing lou
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from cryptography.fernet import Fernet
@@ -20,6 +18,7 @@ from chalicelib import deps, jobs
 from chalicelib.adapters import db
 from chalicelib.outbound import sealing, webhooks
 from tests.support.api import LEADS, body, error_of, post_json, purge_queue, upload_csv
+from tests.support.webhook_receiver import Receiver
 
 SECRET = "whsec_test"
 BODY = b'{"type":"job.completed","job":{"id":"x"}}'
@@ -53,34 +52,6 @@ def test_the_signature_is_hmac_sha256_over_timestamp_dot_body():
 
 
 # ---------------------------------------------------------------- delivery
-
-class Receiver:
-    """A local webhook receiver: answers `status`, records every request."""
-
-    def __init__(self) -> None:
-        self.status = 200
-        self.requests: list[tuple[dict, bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, data))
-                self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/csv-opener"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture
 def receiver(env):

@@ -188,7 +188,7 @@ def notify_job(job: dict) -> None:
     from chalicelib.outbound import webhooks
 
     if job.get("callback_url"):
-        webhooks.notify(conn(), outbound_fetcher(), webhook_box(), job, jobs.job_json(job))
+        webhooks.notify(conn(), outbound_fetcher(), webhook_box, job, jobs.job_json(job))
 
 
 def reset() -> None:

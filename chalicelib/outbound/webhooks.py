@@ -237,13 +237,14 @@ def deliver_due(get_conn, fetcher, box: SecretBox, *, budget_s: float = SWEEP_BU
     return report
 
 
-def notify(conn, fetcher, box: SecretBox | None, job: dict, job_body: dict) -> None:
+def notify(conn, fetcher, box: Callable[[], SecretBox] | None, job: dict, job_body: dict) -> None:
     """A job changed to completed, failed or canceled: queue its webhook and try it once now.
-    Never raises: a receiver's trouble is the delivery's record, not the job's."""
+    Never raises: a receiver's trouble is the delivery's record, not the job's. The box is built
+    after the delivery is queued, so a key fault (logged, loudly) leaves it due for the sweep."""
     try:
         delivery = enqueue(conn, job, job_body)
         if delivery is not None and fetcher is not None and box is not None:
-            attempt(conn, fetcher, box, delivery)
+            attempt(conn, fetcher, box(), delivery)
     except Exception:
         log.exception("could not queue or attempt a webhook", extra={"job_id": str(job.get("id"))})
 

@@ -322,16 +322,26 @@ def test_rotating_the_key_reseals_every_secret_and_then_the_old_key_can_go(clien
     assert webhooks.verify(secret, headers["x-csv-opener-signature"], data)
 
 
-def test_a_wrong_key_fails_loudly_when_the_container_starts_using_webhooks(client, conn, settings, account, keys):
+def test_a_wrong_key_fails_loudly_when_the_container_starts_using_webhooks(client, conn, settings, account, keys,
+                                                                         receiver):
     keys(KEY_A, sealing.LOCAL_DEV_KEY)
-    body(post_json(client, "/api/account/webhook-secret", {}))
+    secret = body(post_json(client, "/api/account/webhook-secret", {}))["secret"]
     keys(KEY_C)  # not the key that sealed it
     with pytest.raises(sealing.SealingKeyError, match="does not hold"):
         deps.webhook_box()
     with pytest.raises(sealing.SealingKeyError, match="does not hold"):
         deps.webhook_box()  # every time, until fixed: a failed build is not kept
+    job_id = run_job(client, receiver.url)  # the job completes; nothing is sent unsigned, nothing lost
+    assert db.get_job(conn, job_id)["status"] == "completed" and receiver.requests == []
+    row = delivery_row(conn, job_id)
+    assert (row["attempts"], row["delivered_at"]) == (0, None)
     done = sweep(conn, settings)  # the sweep's other steps still run; the webhooks step says why
     assert "SealingKeyError" in done["errors"]["webhooks"] and "requeued" in done
+    assert receiver.requests == []
+    keys(KEY_A, sealing.LOCAL_DEV_KEY)  # the key put back: the queued delivery goes out, signed
+    assert sweep(conn, settings)["webhooks_delivered"] == 1
+    [(headers, data)] = receiver.requests
+    assert webhooks.verify(secret, headers["x-csv-opener-signature"], data)
     with pytest.raises(sealing.SealingKeyError, match="not a Fernet key"):
         sealing.SecretBox(["not-a-key"])
     with pytest.raises(sealing.SealingKeyError, match="empty"):

@@ -207,7 +207,7 @@ def account(caller: Caller):
 @route("/api/account/webhook-secret", methods=["POST"])
 def webhook_secret(caller: Caller):
     """Create or rotate the account's webhook signing secret; shown only in this answer."""
-    return Response({"secret": webhooks.rotate_secret(deps.conn(), caller.account_id),
+    return Response({"secret": webhooks.rotate_secret(deps.conn(), deps.webhook_box(), caller.account_id),
                      "header": webhooks.HEADER}, status_code=201)
 
 
@@ -349,9 +349,13 @@ def requeue_stalled(event):
     """Every 5 minutes: chunks of jobs without progress for 10 minutes whose work nobody holds
     are enqueued again (a lost message must not leave a job processing forever); completed jobs
     without their results CSV get it; drops whose start failed are started; finished Batch API
-    batches are read back into their jobs."""
-    jobs.sweep(deps.conn(), deps.conn, deps.storage(), deps.chunk_queue(), deps.settings(), deps.outbound_fetcher(),
-               poll_batches=deps.batch_runner().poll)
+    batches are read back into their jobs; due webhooks are retried within what time is left.
+    A step that failed fails the invocation (an alarm), after every other step ran."""
+    done = jobs.sweep(deps.conn(), deps.conn, deps.storage(), deps.chunk_queue(), deps.settings(),
+                      deps.outbound_fetcher(), poll_batches=deps.batch_runner().poll, webhook_box=deps.webhook_box,
+                      remaining_s=remaining_seconds(getattr(event, "context", None)))
+    if done["errors"]:
+        raise RuntimeError(f"sweep steps failed: {done['errors']}")
 
 
 def remaining_seconds(context):

@@ -102,16 +102,17 @@ def opener_generator():
 
 @lru_cache(maxsize=1)
 def page_summaries():
-    """url -> (summary or None, context_status): the SSRF-safe fetcher and the shared Redis cache
-    of page summaries, one per process (the fetcher's per-host limits are per process)."""
+    """(url, account_id) -> (summary or None, context_status): the SSRF-safe fetcher and the
+    shared Redis cache of page summaries (per account: a cached page must not tell one account
+    that another fetched it), one per process (the fetcher's per-host limits are per process)."""
     from chalicelib.outbound.summaries import PageCache, summarize_page
 
     s = get_settings()
     fetcher = outbound_fetcher()
     cache = PageCache(redis_client(), prefix=f"{s.ratelimit_prefix}:page", ttl_s=s.page_cache_ttl_s)
 
-    def summary(url: str) -> tuple[str | None, str]:
-        page = summarize_page(url, fetcher, cache)
+    def summary(url: str, account_id: str) -> tuple[str | None, str]:
+        page = summarize_page(url, fetcher, cache, account_id)
         return page.summary, page.context_status
 
     return summary
@@ -166,13 +167,28 @@ def outbound_fetcher():
     return Fetcher.from_settings(get_settings())
 
 
+@lru_cache(maxsize=1)
+def webhook_box():
+    """Seals and opens the accounts' webhook secrets (WEBHOOK_SECRET_KEYS; the local stack's
+    development key when empty outside prod). Checked against what is stored when built, so a
+    wrong or missing key fails here, loudly, the first time a container needs it (and again on
+    every call until fixed: a failed build is not cached)."""
+    from chalicelib.outbound import sealing, webhooks
+
+    s = get_secret_settings()
+    keys = s.webhook_secret_keys or ((sealing.LOCAL_DEV_KEY,) if s.stage != "prod" else ())
+    box = sealing.SecretBox(keys)
+    webhooks.check_keys(conn(), box)
+    return box
+
+
 def notify_job(job: dict) -> None:
     """A job moved to completed, failed or canceled: its webhook, if it has a callback URL."""
     from chalicelib import jobs
     from chalicelib.outbound import webhooks
 
     if job.get("callback_url"):
-        webhooks.notify(conn(), outbound_fetcher(), job, jobs.job_json(job))
+        webhooks.notify(conn(), outbound_fetcher(), webhook_box, job, jobs.job_json(job))
 
 
 def reset() -> None:

@@ -107,6 +107,9 @@ class Settings:
     page_cache_ttl_s: int = 86_400  # page summaries in Redis; failed fetches are kept briefly
     page_host_concurrency: int = 2  # fetches at once per host, per process (Lambda container)
     page_fetch_concurrency: int = 32  # pages fetched at once per chunk handler, ahead of the generators
+    # Fernet keys sealing the accounts' webhook secrets (chalicelib/outbound/sealing.py): the first
+    # seals, all open. Empty: the local stack's development key; the prod stage refuses that.
+    webhook_secret_keys: tuple[str, ...] = ()
 
     @property
     def prices(self) -> dict:
@@ -127,6 +130,10 @@ class Settings:
             raise RuntimeError(
                 "The prod stage needs CORS_ALLOW_ORIGIN: the comma-separated https origins allowed to call the "
                 f"API from a browser (not '*'); got {self.cors_allow_origin!r}")
+        if not self.webhook_secret_keys:
+            raise RuntimeError(
+                "The prod stage needs WEBHOOK_SECRET_KEYS (Fernet keys sealing the webhook secrets, e.g. "
+                "ssm:/csv-opener/WEBHOOK_SECRET_KEYS); the local development key is for the local stack only")
         if self.outbound_allow_networks:
             raise RuntimeError(
                 "The prod stage refuses OUTBOUND_ALLOW_NETWORKS (outbound requests go to public addresses only); "
@@ -192,10 +199,11 @@ class Settings:
             page_cache_ttl_s=int(get("PAGE_CACHE_TTL_S", cls.page_cache_ttl_s)),
             page_host_concurrency=max(1, int(get("PAGE_HOST_CONCURRENCY", cls.page_host_concurrency))),
             page_fetch_concurrency=max(1, int(get("PAGE_FETCH_CONCURRENCY") or cls.page_fetch_concurrency)),
+            webhook_secret_keys=tuple(k.strip() for k in get("WEBHOOK_SECRET_KEYS", "").split(",") if k.strip()),
         )
 
 
-SECRET_NAMES = ("DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY")
+SECRET_NAMES = ("DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY", "WEBHOOK_SECRET_KEYS")
 SSM_PREFIX = "ssm:"
 
 

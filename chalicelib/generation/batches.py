@@ -67,7 +67,7 @@ class BatchRunner:
     webhook of a job this runner stopped (budget)."""
 
     def __init__(self, *, get_conn: Callable, client: openai.OpenAI, generator, settings,
-                 page_summary: Callable[[str], tuple[str | None, str]] | None = None,
+                 page_summary: Callable[[str, str], tuple[str | None, str]] | None = None,
                  completed: Callable[[dict], None] = lambda job: None,
                  notify: Callable[[dict], None] = lambda job: None) -> None:
         self.get_conn = get_conn
@@ -118,7 +118,7 @@ class BatchRunner:
         def line(row: dict) -> tuple[str, str]:
             page, context = None, "off"
             if job["page_context"] and self.page_summary is not None:
-                page, context = self.page_summary(row["url"])
+                page, context = self.page_summary(row["url"], job["account_id"])
             body = self.generator.request_body(row["url"], job["instructions"], job["model"], row.get("fields"),
                                                page)
             request = {"custom_id": str(row["id"]), "method": "POST", "url": ENDPOINT, "body": body}

@@ -74,11 +74,11 @@ class ChunkWorker:
     def __init__(self, *, get_conn: Callable, generator, queue, settings,
                  export: Callable, clock: Callable[[], float] = time.monotonic,
                  deadline_margin_s: float | None = None,
-                 page_summary: Callable[[str], tuple[str | None, str]] | None = None,
+                 page_summary: Callable[[str, str], tuple[str | None, str]] | None = None,
                  notify: Callable[[dict], None] | None = None, batches=None) -> None:
         self.batches = batches  # batch mode (chalicelib/batches.py): a batch job's chunk is sent as one batch
         self.notify = notify  # a job that this worker moved to failed (budget): its webhook
-        self.page_summary = page_summary  # url -> (summary, context_status); None: no page context
+        self.page_summary = page_summary  # (url, account_id) -> (summary, context_status); None: no page context
         self.get_conn = get_conn
         self.generator = generator
         self.queue = queue
@@ -186,7 +186,7 @@ class ChunkWorker:
         """The row's generation (its page fetched at once in `pages`, if given); its future."""
         page = None
         if pages is not None:  # keeps job_id/chunk on the threads' log lines, as below
-            page = pages.submit(contextvars.copy_context().run, self.page_summary, row["url"])
+            page = pages.submit(contextvars.copy_context().run, self.page_summary, row["url"], job["account_id"])
         return pool.submit(contextvars.copy_context().run, self._generate, row, job, stop, page)
 
     def _generate(self, row: dict, job: dict, stop: _Flag, page_fetch: Future | None = None) -> dict | None:

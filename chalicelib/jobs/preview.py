@@ -22,7 +22,7 @@ MAX_ROWS = 5
 DEFAULT_ROWS = 3
 
 # (url) -> (page summary or None, context_status); the page fetcher, or "off"
-PageSummary = Callable[[str], tuple[str | None, str]]
+PageSummary = Callable[[str, str], tuple[str | None, str]]  # (url, account_id) -> (summary, context_status)
 
 
 def _rows(value: object) -> int:
@@ -65,7 +65,7 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
 
     def one(item: tuple[int, str, dict]) -> dict:
         number, url, values = item
-        page, status = (page_summary(url) if page_context and page_summary else (None, "off"))
+        page, status = (page_summary(url, account_id) if page_context and page_summary else (None, "off"))
         shown = {"row": number, "url": url, "context_status": status, "opener": None, "error": None,
                  "prompt_tokens": 0, "completion_tokens": 0}
         try:

@@ -1,4 +1,5 @@
-"""The scheduled sweep: what crashes and lost messages left undone, done again."""
+"""The scheduled sweep: what crashes and lost messages left undone, done again, each step
+isolated from the others' failures and the webhooks' share bounded in time."""
 
 from __future__ import annotations
 
@@ -18,26 +19,62 @@ log = get_logger("jobs")
 
 
 EXPORT_AFTER_S = 60  # a completed job without its results CSV this long after finishing: export it
-
-
 DROP_START_AFTER_S = 300  # a drop still pending this long after its notification: start it
+HANDLER_TIMEOUT_S = 60.0  # requeue_stalled's lambda_timeout (.chalice/config.json): without a Lambda context
+RESERVE_S = 5.0  # of the handler's time, kept for returning after the webhooks' share
 
 
 def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Settings, fetcher=None,
-          poll_batches: Callable[[], dict] | None = None) -> dict:
+          poll_batches: Callable[[], dict] | None = None, *,
+          webhook_box: Callable[[], webhooks.SecretBox] | None = None,
+          remaining_s: Callable[[], float] | None = None) -> dict:
     """The scheduled sweep: chunks of stalled jobs enqueued again, results CSVs that a crash
-    never wrote, drops whose start never happened, webhook deliveries due for another attempt,
-    and batch-mode batches read back when the provider has finished them. Returns what it did."""
-    done = {"requeued": requeue_unfinished(conn, queue, idle_s=settings.stall_after_s), "exported": 0,
-            "drops_started": 0,
-            "webhooks_delivered": webhooks.deliver_due(conn, fetcher) if fetcher is not None else 0}
-    for job in db.completed_without_results(conn, EXPORT_AFTER_S):
-        done["exported"] += export_job(get_conn, storage, job)
-    for job in db.stale_pending_drops(conn, DROP_START_AFTER_S):
-        log.info("starting a dropped file left pending", extra={"job_id": str(job["id"])})
-        done["drops_started"] += start_drop_job(conn, storage, queue, settings, job) is not None
+    never wrote, drops whose start never happened, batch-mode batches read back when the
+    provider has finished them, webhook secrets sealed with the current key, and webhook
+    deliveries due for another attempt. Returns what it did.
+
+    Each step is isolated: one that raises is logged and recorded in ``errors`` and the others
+    still run. Webhooks go last, within what is left of the handler's time (`remaining_s`, the
+    Lambda context's clock) less RESERVE_S, capped at webhooks.SWEEP_BUDGET_S: a receiver that
+    never answers cannot hold the steps that keep jobs moving, nor the handler past its timeout."""
+    remaining = remaining_s or (lambda: HANDLER_TIMEOUT_S)
+    done: dict = {"requeued": 0, "exported": 0, "drops_started": 0, "webhooks_delivered": 0, "errors": {}}
+
+    def step(name: str, run: Callable[[], object]) -> None:
+        try:
+            run()
+        except Exception as exc:
+            log.exception("sweep step failed", extra={"step": name})
+            done["errors"][name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+
+    def requeue() -> None:
+        done["requeued"] = requeue_unfinished(conn, queue, idle_s=settings.stall_after_s)
+
+    def exports() -> None:
+        for job in db.completed_without_results(conn, EXPORT_AFTER_S):
+            step("exports", lambda job=job: done.__setitem__("exported", done["exported"] + export_job(
+                get_conn, storage, job)))
+
+    def drops() -> None:
+        for job in db.stale_pending_drops(conn, DROP_START_AFTER_S):
+            log.info("starting a dropped file left pending", extra={"job_id": str(job["id"])})
+            step("drops", lambda job=job: done.__setitem__("drops_started", done["drops_started"] + (
+                start_drop_job(conn, storage, queue, settings, job) is not None)))
+
+    step("requeue", requeue)
+    step("exports", exports)
+    step("drops", drops)
     if poll_batches is not None:
-        done["batches"] = poll_batches()
+        step("batches", lambda: done.__setitem__("batches", poll_batches()))
+    if fetcher is not None and webhook_box is not None:
+        def deliver() -> None:
+            box = webhook_box()  # a wrong key raises here, after the other steps ran
+            done["secrets_resealed"] = webhooks.reseal_secrets(conn, box)
+            budget = max(0.0, min(webhooks.SWEEP_BUDGET_S, remaining() - RESERVE_S))
+            report = webhooks.deliver_due(get_conn, fetcher, box, budget_s=budget,
+                                          attempt_timeout_s=min(webhooks.ATTEMPT_TIMEOUT_S, fetcher.timeout_s))
+            done["webhooks"], done["webhooks_delivered"] = report, report["delivered"]
+        step("webhooks", deliver)
     return done
 
 

@@ -1,6 +1,10 @@
 """Which addresses an outbound request may reach: public ones on ports 80 and 443, plus an
 allow-list (OUTBOUND_ALLOW_NETWORKS) for tests, never the cloud metadata service. Pure: the
-fetcher resolves a name once and asks :class:`AddressPolicy` about every address it got."""
+fetcher resolves a name once and asks :class:`AddressPolicy` about every address it got.
+
+A refusal says what kind of address it was (loopback, private, cloud metadata, ...) and never
+which one: the reason reaches a row's `context_status`, a webhook's last error and logs a tenant
+may see, and the address a name resolved to inside our network is ours to keep."""
 
 from __future__ import annotations
 
@@ -59,7 +63,8 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address
 
 def address_problem(ip: IPAddress) -> str | None:
     """What kind of non-public address ``ip`` is ("loopback", "private", "cloud metadata",
-    "IPv4-mapped 10.0.0.1: private", ...), or None for a public address a request may go to.
+    "IPv4-mapped private", ...), or None for a public address a request may go to. Never the
+    address itself, nor the IPv4 address an IPv6 one carries.
 
     ``ipaddress``'s ``is_global`` is the base, with explicit checks where it is too generous
     (3.11 calls multicast, IPv6 site-local and the IPv4-embedding IPv6 forms global)."""
@@ -71,10 +76,10 @@ def address_problem(ip: IPAddress) -> str | None:
             form, v4 = embedded
             problem = address_problem(v4)
             if problem is not None:
-                return f"{form} {v4}: {problem}"
+                return f"{form} {problem}"
             if form in ("IPv4-mapped", "NAT64", "6to4"):
                 return None  # a public IPv4 address, reached another way
-            return f"{form} {v4}"  # Teredo, or the deprecated IPv4-compatible form
+            return form  # Teredo, or the deprecated IPv4-compatible form
     if ip in METADATA_ADDRESSES:
         return "cloud metadata"
     for label, flag in (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
@@ -103,12 +108,13 @@ class AddressPolicy:
         return ip not in METADATA_ADDRESSES and any(ip.version == n.version and ip in n for n in self.allow)
 
     def problem(self, ip: IPAddress, port: int) -> str | None:
-        """Why a connection to ``ip``:``port`` is refused, or None."""
+        """Why a connection to ``ip``:``port`` is refused ("loopback address", "port 8080: 80 and
+        443 only"), or None. The reason names the kind of address, never the address."""
         if self.allowed_network(ip):
             return None
         problem = address_problem(ip)
         if problem is not None:
-            return f"{ip} ({problem})"
+            return f"{problem} address"
         if port not in PUBLIC_PORTS:
-            return f"{ip} port {port} (80 and 443 only)"
+            return f"port {port}: 80 and 443 only"
         return None

@@ -105,7 +105,7 @@ class Hop:
 @dataclass(frozen=True)
 class FetchResult:
     status: str  # one of STATUSES
-    reason: str  # short, for people and logs: "HTTP 404", "10.0.0.1 is a private address"
+    reason: str  # short, for people and logs: "HTTP 404", "refused: db.internal (private address)"
     url: str  # as asked for
     final_url: str | None = None  # after redirects
     http_status: int | None = None
@@ -394,10 +394,10 @@ class Fetcher:
             problem = self.policy.problem(ip, port)
             (refused if problem else allowed).append(problem or ip)
         if not allowed:
-            literal = _ip_literal(host) is not None
-            raise _Stop(BLOCKED, f"refused: {refused[0]}" if literal else f"refused: {host} is {refused[0]}")
+            # The URL's own host and the kind of address, never the address a name resolved to.
+            raise _Stop(BLOCKED, f"refused: {host} ({refused[0]})")
         if refused:
-            log.info("outbound: %s also resolves to refused addresses (%s); using %s", host, refused[0], allowed[0])
+            log.info("outbound: %s also resolves to a refused address (%s); using an allowed one", host, refused[0])
         path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
         if parts.query:
             path += "?" + quote(parts.query, safe="/%:@!$&'()*+,;=-._~?")

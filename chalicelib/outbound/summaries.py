@@ -3,7 +3,9 @@
 `summarize_page(url, fetcher, cache)` fetches the page through the SSRF-safe fetcher
 (chalicelib/outbound/fetcher.py), extracts title, meta and Open Graph descriptions, the first headings
 and the start of the main text with selectolax (the lexbor HTML5 parser), and keeps the answer in
-Redis by normalised URL, so a retry or a second job with the same URL does not fetch it again.
+Redis by account and normalised URL, so a retry or a second job of the same account with the same
+URL does not fetch it again. Per account, not shared: a cache hit (an answer with no fetch, or a
+page's state from earlier) would tell one tenant which URLs another tenant fetched.
 A failed fetch is kept too, briefly (`failure_ttl_s`), so a dead site is not hammered by every
 row that names it, while a passing outage does not stick for a day.
 
@@ -172,7 +174,7 @@ def cache_key_url(url: str) -> str:
 
 
 class PageCache:
-    """Summaries in Redis (shared by every Lambda invocation), by normalised URL.
+    """Summaries in Redis (shared by every Lambda invocation), by account and normalised URL.
 
     ``ttl_s`` for a fetched page, ``failure_ttl_s`` (at most ``ttl_s``) for any other outcome.
     Best effort: a Redis error is logged and treated as a miss, never raised."""
@@ -184,13 +186,13 @@ class PageCache:
         self.ttl_s = max(1, int(ttl_s))
         self.failure_ttl_s = max(1, min(int(failure_ttl_s), self.ttl_s))
 
-    def key(self, url: str) -> str:
+    def key(self, url: str, account_id: str) -> str:
         digest = hashlib.sha256(cache_key_url(url).encode("utf-8", "surrogatepass")).hexdigest()[:40]
-        return f"{self.prefix}:{digest}"
+        return f"{self.prefix}:{account_id}:{digest}"
 
-    def get(self, url: str) -> PageSummary | None:
+    def get(self, url: str, account_id: str) -> PageSummary | None:
         try:
-            raw = self.redis.get(self.key(url))
+            raw = self.redis.get(self.key(url, account_id))
         except Exception as exc:  # redis.RedisError and friends: the cache is optional
             log.warning("page cache read failed: %s", exc)
             return None
@@ -203,11 +205,11 @@ class PageCache:
             return None
         return page if page.context_status in STATUSES else None
 
-    def put(self, url: str, page: PageSummary) -> None:
+    def put(self, url: str, account_id: str, page: PageSummary) -> None:
         ttl = self.ttl_s if page.context_status == FETCHED else self.failure_ttl_s
         value = json.dumps({"summary": page.summary, "status": page.context_status, "reason": page.reason})
         try:
-            self.redis.set(self.key(url), value, ex=ttl)
+            self.redis.set(self.key(url, account_id), value, ex=ttl)
         except Exception as exc:
             log.warning("page cache write failed: %s", exc)
 
@@ -215,11 +217,15 @@ class PageCache:
 # --- the service ------------------------------------------------------------------------------
 
 
-def summarize_page(url: str, fetcher: Fetcher, cache: PageCache | None = None) -> PageSummary:
-    """``(summary or None, context_status, reason)`` for ``url``: from the cache, or fetched and
-    summarised (then cached). ``summary`` is set only when ``context_status`` is ``fetched``."""
+def summarize_page(url: str, fetcher: Fetcher, cache: PageCache | None = None,
+                   account_id: str | None = None) -> PageSummary:
+    """``(summary or None, context_status, reason)`` for ``url``: from ``account_id``'s cache, or
+    fetched and summarised (then cached for that account). ``summary`` is set only when
+    ``context_status`` is ``fetched``. Without an account nothing is cached."""
+    if account_id is None:
+        cache = None
     if cache is not None:
-        cached = cache.get(url)
+        cached = cache.get(url, account_id)
         if cached is not None:
             return cached
     result = fetcher.get_page(url)
@@ -233,5 +239,5 @@ def summarize_page(url: str, fetcher: Fetcher, cache: PageCache | None = None) -
     else:
         page = PageSummary(None, result.status, result.reason)
     if cache is not None:
-        cache.put(url, page)
+        cache.put(url, account_id, page)
     return page

@@ -7,7 +7,14 @@ five minutes (replays).
 Deliveries are rows in `webhook_deliveries`, the queue: the first attempt happens when the job
 changes status; a non-2xx answer or a timeout is retried with exponential backoff by the
 scheduled sweep, for up to a day. Every attempt goes through the SSRF-safe fetcher (public
-addresses only; https in the prod stage).
+addresses only; https in the prod stage) and is signed afresh (a new timestamp: a receiver
+refuses one older than five minutes, and a retry may come an hour later).
+
+The sweep's share is bounded: a small pool of threads, a time budget it never starts an attempt
+past, and a cap per account, so receivers that never answer (one tenant's, or many) cannot hold
+the sweep or starve other tenants' deliveries. What is not attempted stays due for the next sweep.
+
+The account's secret is stored sealed (chalicelib/outbound/sealing.py), never in the clear.
 """
 
 from __future__ import annotations
@@ -16,12 +23,16 @@ import hashlib
 import hmac
 import json
 import secrets
+import threading
 import time
-from datetime import timedelta
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from chalicelib.errors import BadRequest
 from chalicelib.logs import get_logger
+from chalicelib.outbound.sealing import PREFIX, SealingKeyError, SecretBox
 
 log = get_logger("webhooks")
 
@@ -32,6 +43,21 @@ FIRST_RETRY_S = 30
 MAX_RETRY_S = 3600
 MAX_URL_CHARS = 2048
 EVENTS = {"completed": "job.completed", "failed": "job.failed", "canceled": "job.canceled"}
+# The sweep's share (its Lambda has 60 s; requeue, exports, drops and batch polling need the rest).
+SWEEP_WORKERS = 4  # attempts at once
+SWEEP_BUDGET_S = 30.0  # no attempt starts that could end after this
+SWEEP_LIMIT = 200  # deliveries looked at per sweep
+SWEEP_PER_ACCOUNT = 20  # of which at most this many of one account
+ATTEMPT_TIMEOUT_S = 5.0  # one attempt: connect, send, answer (the fetcher's deadline)
+CLAIM_S = 120  # an attempt in flight is not due for this long (a crashed one comes back after it)
+RESEAL_LIMIT = 500  # secrets resealed per sweep
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
 
 
 def new_secret() -> str:
@@ -72,6 +98,7 @@ def clean_callback_url(value: object, *, https_only: bool) -> str | None:
 
 
 def retry_delay_s(attempts: int) -> int:
+    """Seconds before the next attempt after `attempts` failed ones: 30, 60, 120, ... 3600."""
     return min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** max(0, attempts - 1))
 
 
@@ -88,58 +115,161 @@ def enqueue(conn, job: dict, job_body: dict) -> dict | None:
     ).fetchone()
 
 
-def attempt(conn, fetcher, delivery: dict) -> bool:
-    """One attempt; records its outcome (delivered, or the next attempt's time, or given up)."""
-    secret_row = conn.execute(
-        "SELECT a.webhook_secret FROM jobs j JOIN accounts a ON a.id = j.account_id WHERE j.id = %s",
-        (delivery["job_id"],)).fetchone()
-    secret = (secret_row or {}).get("webhook_secret")
+def account_secret(conn, box: SecretBox, job_id) -> str | None:
+    """The signing secret of the job's account, opened; a value still in the clear (from before
+    encryption) or sealed with an older key is sealed again with the current key on the way."""
+    row = conn.execute("SELECT a.id, a.webhook_secret FROM jobs j JOIN accounts a ON a.id = j.account_id "
+                       "WHERE j.id = %s", (job_id,)).fetchone()
+    if row is None or not row["webhook_secret"]:
+        return None
+    secret = box.open(row["webhook_secret"])
+    if not box.is_current(row["webhook_secret"]):
+        _reseal(conn, row["id"], row["webhook_secret"], box.seal(secret))
+    return secret
+
+
+def _reseal(conn, account_id, stored: str, sealed: str) -> bool:
+    # Only over the value read: a rotation in between wins.
+    return conn.execute("UPDATE accounts SET webhook_secret = %s WHERE id = %s AND webhook_secret = %s",
+                        (sealed, account_id, stored)).rowcount == 1
+
+
+def attempt(conn, fetcher, box: SecretBox, delivery: dict, *, now: Clock = utcnow,
+            timeout_s: float | None = None) -> bool:
+    """One attempt, signed at `now()`; records its outcome: delivered, or the next attempt's
+    time, or given up (the next attempt would be more than a day after the event)."""
+    secret = account_secret(conn, box, delivery["job_id"])
     body = delivery["body"].encode()
     headers = {"User-Agent": "CSVOpener-Webhooks/1.0", "X-CSV-Opener-Event": delivery["event"],
                "X-CSV-Opener-Delivery": str(delivery["id"])}
+    sent_at = now()
     if secret:
-        headers[HEADER] = signature(secret, int(time.time()), body)
-    result = fetcher.post_json(delivery["url"], body, headers)
+        headers[HEADER] = signature(secret, int(sent_at.timestamp()), body)
+    result = fetcher.post_json(delivery["url"], body, headers, timeout_s=timeout_s)
     ok = result.status == "fetched" and result.http_status is not None and 200 <= result.http_status < 300
     attempts = delivery["attempts"] + 1
     if ok:
         conn.execute("""UPDATE webhook_deliveries SET attempts = %s, last_status = %s, last_error = NULL,
-                               delivered_at = now() WHERE id = %s AND delivered_at IS NULL""",
-                     (attempts, result.http_status, delivery["id"]))
+                               delivered_at = %s WHERE id = %s AND delivered_at IS NULL AND gave_up_at IS NULL""",
+                     (attempts, result.http_status, sent_at, delivery["id"]))
         log.info("webhook delivered", extra={"job_id": str(delivery["job_id"]), "event": delivery["event"]})
         return True
     error = result.reason if result.http_status is None else f"HTTP {result.http_status}"
+    next_at = sent_at + timedelta(seconds=retry_delay_s(attempts))
+    gave_up = sent_at if next_at > delivery["created_at"] + GIVE_UP_AFTER else None
     conn.execute(
-        """UPDATE webhook_deliveries SET attempts = %(n)s, last_status = %(status)s, last_error = %(error)s,
-                  next_attempt_at = now() + make_interval(secs => %(delay)s),
-                  gave_up_at = CASE WHEN now() + make_interval(secs => %(delay)s) > created_at + %(limit)s
-                                    THEN now() END
-           WHERE id = %(id)s AND delivered_at IS NULL""",
-        {"n": attempts, "status": result.http_status, "error": error[:300], "delay": retry_delay_s(attempts),
-         "limit": GIVE_UP_AFTER, "id": delivery["id"]})
+        """UPDATE webhook_deliveries SET attempts = %s, last_status = %s, last_error = %s, next_attempt_at = %s,
+                  gave_up_at = %s
+           WHERE id = %s AND delivered_at IS NULL AND gave_up_at IS NULL""",
+        (attempts, result.http_status, error[:300], next_at, gave_up, delivery["id"]))
     log.warning("webhook delivery failed", extra={"job_id": str(delivery["job_id"]), "attempts": attempts,
-                                                  "error": error[:300]})
+                                                  "error": error[:300], "gave_up": gave_up is not None})
     return False
 
 
-def deliver_due(conn, fetcher, limit: int = 50) -> int:
-    """The sweep's part: attempt the deliveries that are due; returns how many were delivered."""
-    due = conn.execute(
-        """SELECT id, job_id, event, url, body, attempts, created_at FROM webhook_deliveries
-           WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now()
-           ORDER BY next_attempt_at LIMIT %s""", (limit,)).fetchall()
-    return sum(attempt(conn, fetcher, d) for d in due)
+def due_deliveries(conn, limit: int, per_account: int) -> list[dict]:
+    """Deliveries due now, at most `per_account` of any one account, taken in turns (each
+    account's oldest first, then each one's second, ...) so one tenant's backlog of receivers
+    that never answer does not hold the others' deliveries behind it."""
+    return conn.execute(
+        """SELECT id, job_id, event, url, body, attempts, created_at, account_id FROM (
+               SELECT d.id, d.job_id, d.event, d.url, d.body, d.attempts, d.created_at, d.next_attempt_at,
+                      j.account_id,
+                      row_number() OVER (PARTITION BY j.account_id ORDER BY d.next_attempt_at, d.id) AS nth
+               FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id
+               WHERE d.delivered_at IS NULL AND d.gave_up_at IS NULL AND d.next_attempt_at <= now()) due
+           WHERE nth <= %s ORDER BY nth, next_attempt_at, id LIMIT %s""", (per_account, limit)).fetchall()
 
 
-def notify(conn, fetcher, job: dict, job_body: dict) -> None:
+def claim(conn, delivery_id, claim_s: int = CLAIM_S) -> dict | None:
+    """Take one due delivery for an attempt (another sweep running at once gets None): it is
+    not due again for `claim_s`, so an attempt that crashed is retried after that."""
+    return conn.execute(
+        """UPDATE webhook_deliveries SET next_attempt_at = now() + make_interval(secs => %s)
+           WHERE id = %s AND delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now()
+           RETURNING id, job_id, event, url, body, attempts, created_at""", (claim_s, delivery_id)).fetchone()
+
+
+def deliver_due(get_conn, fetcher, box: SecretBox, *, budget_s: float = SWEEP_BUDGET_S,
+                workers: int = SWEEP_WORKERS, limit: int = SWEEP_LIMIT, per_account: int = SWEEP_PER_ACCOUNT,
+                attempt_timeout_s: float = ATTEMPT_TIMEOUT_S, now: Clock = utcnow) -> dict:
+    """The sweep's part: attempt due deliveries, `workers` at a time, starting none that could
+    end after `budget_s` (each is cut at `attempt_timeout_s`). Returns what it did, and the
+    budget and attempt timeout it kept to; what it did not reach stays due, untouched."""
+    report = {"due": 0, "attempted": 0, "delivered": 0, "failed": 0, "skipped": 0, "errors": 0,
+              "budget_s": budget_s, "attempt_timeout_s": attempt_timeout_s, "workers": workers}
+    ends_at = time.monotonic() + budget_s
+    pending = list(due_deliveries(get_conn(), limit, per_account))
+    report["due"] = len(pending)
+    lock = threading.Lock()
+
+    def take() -> dict | None:
+        with lock:
+            # Start nothing that could outlast the budget: the attempt's own deadline bounds it.
+            if not pending or ends_at - time.monotonic() < attempt_timeout_s:
+                return None
+            report["attempted"] += 1
+            return pending.pop(0)
+
+    def work() -> None:
+        conn = get_conn()  # this thread's connection
+        while (candidate := take()) is not None:
+            try:
+                delivery = claim(conn, candidate["id"])
+                if delivery is None:  # delivered, given up or taken since it was listed
+                    outcome = "skipped"
+                else:
+                    outcome = "delivered" if attempt(conn, fetcher, box, delivery, now=now,
+                                                     timeout_s=attempt_timeout_s) else "failed"
+            except SealingKeyError:
+                raise  # a configuration fault: the sweep reports it (the claim expires: nothing lost)
+            except Exception:
+                log.exception("webhook attempt failed", extra={"delivery_id": str(candidate["id"])})
+                outcome = "errors"
+            with lock:
+                report[outcome] += 1
+
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="webhook") as pool:
+        futures = [pool.submit(work) for _ in range(max(1, min(workers, len(pending))))]
+    for future in futures:
+        future.result()  # a SealingKeyError, raised again here
+    report["left_due"] = len(pending)
+    return report
+
+
+def notify(conn, fetcher, box: Callable[[], SecretBox] | None, job: dict, job_body: dict) -> None:
     """A job changed to completed, failed or canceled: queue its webhook and try it once now.
-    Never raises: a receiver's trouble is the delivery's record, not the job's."""
+    Never raises: a receiver's trouble is the delivery's record, not the job's. The box is built
+    after the delivery is queued, so a key fault (logged, loudly) leaves it due for the sweep."""
     try:
         delivery = enqueue(conn, job, job_body)
-        if delivery is not None and fetcher is not None:
-            attempt(conn, fetcher, delivery)
+        if delivery is not None and fetcher is not None and box is not None:
+            attempt(conn, fetcher, box(), delivery)
     except Exception:
         log.exception("could not queue or attempt a webhook", extra={"job_id": str(job.get("id"))})
+
+
+def reseal_secrets(conn, box: SecretBox, limit: int = RESEAL_LIMIT) -> int:
+    """Seal with the current key the secrets still in the clear (from before encryption) or
+    sealed with an older key; the sweep's part of a key rotation. Returns how many."""
+    rows = conn.execute(
+        """SELECT id, webhook_secret FROM accounts
+           WHERE webhook_secret IS NOT NULL AND NOT starts_with(webhook_secret, %s) ORDER BY id LIMIT %s""",
+        (f"{PREFIX}{box.current_id}:", limit)).fetchall()
+    return sum(_reseal(conn, row["id"], row["webhook_secret"], box.seal(box.open(row["webhook_secret"])))
+               for row in rows)
+
+
+def check_keys(conn, box: SecretBox) -> None:
+    """At start: every key id the stored secrets name is configured, and the newest of each
+    opens. Raises SealingKeyError otherwise (a wrong or missing key is found here, loudly, not
+    by deliveries going out unsigned)."""
+    rows = conn.execute(
+        """SELECT DISTINCT ON (split_part(webhook_secret, ':', 2)) webhook_secret FROM accounts
+           WHERE starts_with(webhook_secret, %s)
+           ORDER BY split_part(webhook_secret, ':', 2), created_at DESC""", (PREFIX,)).fetchall()
+    for row in rows:
+        box.open(row["webhook_secret"])
 
 
 def latest(conn, job_id) -> dict | None:
@@ -149,7 +279,8 @@ def latest(conn, job_id) -> dict | None:
     return row
 
 
-def rotate_secret(conn, account_id: str) -> str:
+def rotate_secret(conn, box: SecretBox, account_id: str) -> str:
+    """A new signing secret for the account, stored sealed; the old one signs nothing more."""
     secret = new_secret()
-    conn.execute("UPDATE accounts SET webhook_secret = %s WHERE id = %s", (secret, account_id))
+    conn.execute("UPDATE accounts SET webhook_secret = %s WHERE id = %s", (box.seal(secret), account_id))
     return secret

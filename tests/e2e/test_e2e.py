@@ -277,3 +277,33 @@ def test_a_batch_mode_job_goes_through_the_batch_api_and_the_sweep(fresh, capsys
     report(capsys, f"[e2e] batch mode: {csv_file.valid} URLs in 3 batches, completed {seconds:.1f} s after "
                    f"process (provider 2 s per batch, sweep every 1 s); cost ${job['cost_usd']:.6f}, "
                    f"estimate live ${estimate['cost_usd']} / batch ${estimate['batch_cost_usd']}")
+
+
+def test_a_job_with_a_callback_gets_one_signed_webhook(fresh, capsys):
+    """The whole path of a webhook over real HTTP: the secret made through the API (stored
+    sealed), the job completed by the runner's worker, one signed job.completed POST to a local
+    receiver (reached through OUTBOUND_ALLOW_NETWORKS), and the delivery shown on the job."""
+    import json
+
+    from chalicelib.outbound import webhooks
+    from tests.support.webhook_receiver import Receiver
+
+    stack, api = fresh, fresh.api
+    stack.use_runner(OUTBOUND_ALLOW_NETWORKS="127.0.0.1/32")
+    reply = api.call("POST", "/api/account/webhook-secret", {})
+    assert reply.status == 201, reply.body[:300]
+    secret = reply.json()["secret"]
+    csv_file = make_csv(tag(), 12)
+    with Receiver() as receiver:
+        job_id = api.upload(csv_file.name, csv_file.data)["job"]["id"]
+        api.process(job_id, callback_url=receiver.url, page_context=False)
+        stack.wait_job(job_id, urls=csv_file.valid)
+        wait_for(lambda: api.job(job_id).get("callback", {}).get("delivered_at"), 20, what="webhook delivered",
+                 diagnose=stack.diagnose)
+    [(headers, data)] = receiver.requests
+    assert webhooks.verify(secret, headers["x-csv-opener-signature"], data)
+    event = json.loads(data)
+    assert (event["type"], event["job"]["id"], event["job"]["status"]) == ("job.completed", job_id, "completed")
+    shown = api.job(job_id)["callback"]
+    assert (shown["attempts"], shown["last_status"]) == (1, 200)
+    report(capsys, f"[e2e] webhook: one signed job.completed POST for {csv_file.valid} URLs")

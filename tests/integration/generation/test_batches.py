@@ -329,8 +329,8 @@ def test_page_context_and_template_values_are_resolved_before_the_file_is_writte
         cache = PageCache(deps.redis_client(), prefix=f"t:{uuid.uuid4().hex}", ttl_s=60)
         fetcher = Fetcher(allow_networks=("127.0.0.1/32",))
 
-        def page_summary(url):
-            page = summarize_page(url, fetcher, cache)
+        def page_summary(url, account_id):
+            page = summarize_page(url, fetcher, cache, account_id)
             return page.summary, page.context_status
 
         harness = Harness(conn, live_settings, openai.OpenAI(base_url=fake.base_url, api_key="sk-test",

@@ -39,10 +39,10 @@ def site():
         yield s
 
 
-def start_job_at(conn, settings, urls: list[str], page_context: bool = True) -> str:
+def start_job_at(conn, settings, urls: list[str], page_context: bool = True, account_id: str | None = None) -> str:
     """A started job whose rows point at `urls` (the fake site's local address: an upload would
     refuse it, rightly, so the rows are pointed there after the start)."""
-    account_id = service_account(conn)
+    account_id = account_id or service_account(conn)
     data = b"website\n" + b"".join(f"p{i}-{uuid.uuid4().hex[:6]}.example.com\n".encode() for i in range(len(urls)))
     job_id = jobs.create_from_upload(conn, deps.storage(), account_id=account_id, file_name="p.csv", data=data,
                                      url_column=None)["job"]["id"]
@@ -61,8 +61,8 @@ def make_worker(settings, fetcher: Fetcher | None, cache_prefix: str, **override
     if fetcher is not None:
         cache = PageCache(deps.redis_client(), prefix=cache_prefix, ttl_s=60)
 
-        def summary(url):
-            page = summarize_page(url, fetcher, cache)
+        def summary(url, account_id):
+            page = summarize_page(url, fetcher, cache, account_id)
             return page.summary, page.context_status
 
     return ChunkWorker(get_conn=deps.conn, generator=generator, queue=deps.chunk_queue(), settings=s,
@@ -100,6 +100,18 @@ def test_a_summary_is_cached_so_a_second_job_does_not_fetch_again(conn, settings
         make_worker(settings, Fetcher(allow_networks=ALLOW), prefix).process_chunk(job_id, 0, lambda: float("inf"))
         assert rows_of(conn, job_id)[0]["context_status"] == "fetched"
     assert site.hits["/acme"] == 1
+
+
+def test_the_worker_caches_pages_per_account_so_another_account_fetches_its_own(conn, settings, site, make_account):
+    """Issue 19 item 12, through the chunk worker: account B's first job with a URL that A's job
+    fetched reaches the site itself (a shared hit would tell B that someone fetched it)."""
+    site.page("/acme", html(title="Acme Widgets"))
+    prefix = f"t:{uuid.uuid4().hex}"
+    for account_id, hits in ((make_account().id, 1), (make_account().id, 2)):
+        job_id = start_job_at(conn, settings, [site.url("/acme")], account_id=account_id)
+        make_worker(settings, Fetcher(allow_networks=ALLOW), prefix).process_chunk(job_id, 0, lambda: float("inf"))
+        assert rows_of(conn, job_id)[0]["context_status"] == "fetched"
+        assert site.hits["/acme"] == hits
 
 
 def test_without_page_context_nothing_is_fetched_and_the_row_says_off(conn, settings, site):

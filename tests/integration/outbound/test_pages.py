@@ -113,7 +113,7 @@ def test_a_name_from_the_system_resolver_is_checked_like_any_other(site, fetcher
     assert request["user_agent"] == USER_AGENT == "CSVOpenerBot/1.0 (+https://csv-opener.example.com/bot)"
 
     blocked = Fetcher().get_page(site.url("/", host="localhost"))
-    assert (blocked.status, blocked.reason) == ("blocked", "refused: localhost is 127.0.0.1 (loopback)")
+    assert (blocked.status, blocked.reason) == ("blocked", "refused: localhost (loopback address)")
     assert set(site_connections(connections, site)) == {("127.0.0.1", site.port)}
 
 
@@ -167,15 +167,15 @@ def other_sites():
 
 @pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
 @pytest.mark.parametrize("target, reason", [
-    ("http://10.0.0.1/", "refused: 10.0.0.1 (private)"),
-    ("http://169.254.169.254/latest/meta-data/", "refused: 169.254.169.254 (cloud metadata)"),
+    ("http://10.0.0.1/", "refused: 10.0.0.1 (private address)"),
+    ("http://169.254.169.254/latest/meta-data/", "refused: 169.254.169.254 (cloud metadata address)"),
     ("https://169.254.169.254/", "cloud metadata"),
     ("http://[fd00:ec2::254]/", "cloud metadata"),
-    ("http://127.0.0.2:{second}/", "refused: 127.0.0.2 (loopback)"),
-    ("http://0x7f000002:{second}/", "0x7f000002 is 127.0.0.2 (loopback)"),
-    ("http://[::1]:{v6}/", "refused: ::1 (loopback)"),
-    ("http://[::ffff:127.0.0.1]:{port}/", "IPv4-mapped 127.0.0.1: loopback"),
-    ("http://[::ffff:10.0.0.1]/", "IPv4-mapped 10.0.0.1: private"),
+    ("http://127.0.0.2:{second}/", "refused: 127.0.0.2 (loopback address)"),
+    ("http://0x7f000002:{second}/", "refused: 0x7f000002 (loopback address)"),
+    ("http://[::1]:{v6}/", "refused: ::1 (loopback address)"),
+    ("http://[::ffff:127.0.0.1]:{port}/", "IPv4-mapped loopback address"),
+    ("http://[::ffff:10.0.0.1]/", "IPv4-mapped private address"),
     ("http://100.64.0.1/", "CGNAT"),
     ("ftp://127.0.0.1:{port}/", "scheme ftp"),
 ])
@@ -356,22 +356,34 @@ def cache(redis_client, unique):
 
 
 def test_a_cached_summary_is_not_fetched_again(site, fetcher, cache, redis_client):
-    first = summarize_page(site.url("/"), fetcher, cache)
+    first = summarize_page(site.url("/"), fetcher, cache, "account-a")
     assert first.context_status == "fetched"
-    again = summarize_page(site.url("/"), fetcher, cache)
-    same_page = summarize_page(site.url("/#team").replace("http://", "HTTP://"), fetcher, cache)
+    again = summarize_page(site.url("/"), fetcher, cache, "account-a")
+    same_page = summarize_page(site.url("/#team").replace("http://", "HTTP://"), fetcher, cache, "account-a")
     assert first == again == same_page
     assert site.hits["/"] == 1
-    ttl = redis_client.ttl(cache.key(site.url("/")))
+    ttl = redis_client.ttl(cache.key(site.url("/"), "account-a"))
     assert 100 < ttl <= 120
 
 
+def test_the_cache_is_per_account_so_a_hit_never_tells_one_tenant_what_another_fetched(site, fetcher, cache):
+    """Issue 19 item 12: A's fetch of a URL does not make B's first request for it a hit."""
+    assert summarize_page(site.url("/"), fetcher, cache, "account-a").context_status == "fetched"
+    assert site.hits["/"] == 1
+    assert summarize_page(site.url("/"), fetcher, cache, "account-b").context_status == "fetched"
+    assert site.hits["/"] == 2  # B's request reached the site
+    summarize_page(site.url("/"), fetcher, cache, "account-b")
+    summarize_page(site.url("/"), fetcher, cache, "account-a")
+    assert site.hits["/"] == 2  # and each account's own cache still works
+    assert cache.key(site.url("/"), "account-a") != cache.key(site.url("/"), "account-b")
+
+
 def test_a_failed_fetch_is_cached_briefly(site, fetcher, cache, redis_client):
-    first = summarize_page(site.url("/pdf"), fetcher, cache)
-    assert summarize_page(site.url("/pdf"), fetcher, cache) == first == (None, "not_html",
-                                                                          "content type application/pdf")
+    first = summarize_page(site.url("/pdf"), fetcher, cache, "account-a")
+    assert summarize_page(site.url("/pdf"), fetcher, cache, "account-a") == first == (
+        None, "not_html", "content type application/pdf")
     assert site.hits["/pdf"] == 1
-    assert 0 < redis_client.ttl(cache.key(site.url("/pdf"))) <= 5
+    assert 0 < redis_client.ttl(cache.key(site.url("/pdf"), "account-a")) <= 5
 
 
 def test_the_cache_is_best_effort(site, fetcher):
@@ -382,7 +394,7 @@ def test_the_cache_is_best_effort(site, fetcher):
         def set(self, *args, **kwargs):
             raise redis.ConnectionError("down")
 
-    page = summarize_page(site.url("/"), fetcher, PageCache(Broken()))
+    page = summarize_page(site.url("/"), fetcher, PageCache(Broken()), "account-a")
     assert page.context_status == "fetched"
 
 

@@ -78,18 +78,18 @@ HOSTILE_ADDRESSES = [
     ("fec0::1", "site-local"),
     ("ff02::1", "multicast"),
     ("2001:db8::1", "documentation"),
-    ("::ffff:127.0.0.1", "IPv4-mapped 127.0.0.1: loopback"),
-    ("::ffff:10.0.0.1", "IPv4-mapped 10.0.0.1: private"),
-    ("::ffff:169.254.169.254", "IPv4-mapped 169.254.169.254: cloud metadata"),
-    ("::127.0.0.1", "IPv4-compatible 127.0.0.1: loopback"),
-    ("::8.8.8.8", "IPv4-compatible 8.8.8.8"),  # deprecated form: refused even for a public address
-    ("64:ff9b::a00:1", "NAT64 10.0.0.1: private"),
-    ("64:ff9b::7f00:1", "NAT64 127.0.0.1: loopback"),
-    ("64:ff9b::a9fe:a9fe", "NAT64 169.254.169.254: cloud metadata"),
+    ("::ffff:127.0.0.1", "IPv4-mapped loopback"),
+    ("::ffff:10.0.0.1", "IPv4-mapped private"),
+    ("::ffff:169.254.169.254", "IPv4-mapped cloud metadata"),
+    ("::127.0.0.1", "IPv4-compatible loopback"),
+    ("::8.8.8.8", "IPv4-compatible"),  # deprecated form: refused even for a public address
+    ("64:ff9b::a00:1", "NAT64 private"),
+    ("64:ff9b::7f00:1", "NAT64 loopback"),
+    ("64:ff9b::a9fe:a9fe", "NAT64 cloud metadata"),
     ("64:ff9b:1::a00:1", "local-use NAT64"),
-    ("2002:0a00:0001::", "6to4 10.0.0.1: private"),
-    ("2002:7f00:0001::1", "6to4 127.0.0.1: loopback"),
-    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "Teredo 10.0.0.1: private"),
+    ("2002:0a00:0001::", "6to4 private"),
+    ("2002:7f00:0001::1", "6to4 loopback"),
+    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "Teredo private"),
     ("fe80::1%eth0", "scoped"),
 ]
 PUBLIC_ADDRESSES = ["8.8.8.8", "1.1.1.1", PUBLIC_V4, "2606:4700:4700::1111", "2a00:1450:4001::1",
@@ -98,8 +98,11 @@ PUBLIC_ADDRESSES = ["8.8.8.8", "1.1.1.1", PUBLIC_V4, "2606:4700:4700::1111", "2a
 
 @pytest.mark.parametrize("address, label", HOSTILE_ADDRESSES)
 def test_hostile_addresses_are_refused_with_their_kind(address, label):
-    problem = address_problem(ipaddress.ip_address(address))
+    ip = ipaddress.ip_address(address)
+    problem = address_problem(ip)
     assert problem is not None and label in problem
+    reason = AddressPolicy().problem(ip, 80)
+    assert label in reason and str(ip) not in reason and str(getattr(ip, "ipv4_mapped", None)) not in reason
 
 
 @pytest.mark.parametrize("address", PUBLIC_ADDRESSES)
@@ -138,13 +141,13 @@ def test_metadata_addresses_stay_refused_inside_an_allowed_network():
 # production: glibc's getaddrinfo reads decimal, octal and hex IPv4 forms itself.
 HOSTILE_URLS = [
     ("http://127.0.0.1/", "loopback"),
-    ("http://localhost/", "localhost is 127.0.0.1 (loopback)"),
-    ("http://2130706433/", "2130706433 is 127.0.0.1 (loopback)"),
-    ("http://0x7f.1/", "0x7f.1 is 127.0.0.1 (loopback)"),
-    ("http://017700000001/", "017700000001 is 127.0.0.1 (loopback)"),
-    ("http://0x7f000001/", "127.0.0.1 (loopback)"),
-    ("http://127.1/", "127.0.0.1 (loopback)"),
-    ("http://0177.0.0.1/", "127.0.0.1 (loopback)"),
+    ("http://localhost/", "localhost (loopback address)"),
+    ("http://2130706433/", "2130706433 (loopback address)"),
+    ("http://0x7f.1/", "0x7f.1 (loopback address)"),
+    ("http://017700000001/", "017700000001 (loopback address)"),
+    ("http://0x7f000001/", "0x7f000001 (loopback address)"),
+    ("http://127.1/", "127.1 (loopback address)"),
+    ("http://0177.0.0.1/", "0177.0.0.1 (loopback address)"),
     ("http://10.0.0.1/", "private"),
     ("http://192.168.0.1:8080/admin", "private"),
     ("http://172.16.5.4/", "private"),
@@ -163,14 +166,14 @@ HOSTILE_URLS = [
     ("http://[fe80::1%25eth0]/", "scoped"),
     ("http://[fc00::1]/", "private"),
     ("http://[ff02::1]/", "multicast"),
-    ("http://[::ffff:127.0.0.1]/", "IPv4-mapped 127.0.0.1"),
-    ("http://[::ffff:7f00:1]/", "IPv4-mapped 127.0.0.1"),
-    ("http://[::ffff:10.0.0.1]/", "IPv4-mapped 10.0.0.1"),
-    ("http://[64:ff9b::a00:1]/", "NAT64 10.0.0.1"),
-    ("http://[2002:0a00:0001::]/", "6to4 10.0.0.1"),
-    ("http://metadata.google.internal/computeMetadata/v1/", "metadata.google.internal is 169.254.169.254"),
-    ("http://rebind.example/", "rebind.example is 10.1.2.3 (private)"),
-    ("http://mixed-private.example/", "127.0.0.1 (loopback)"),
+    ("http://[::ffff:127.0.0.1]/", "IPv4-mapped loopback"),
+    ("http://[::ffff:7f00:1]/", "IPv4-mapped loopback"),
+    ("http://[::ffff:10.0.0.1]/", "IPv4-mapped private"),
+    ("http://[64:ff9b::a00:1]/", "NAT64 private"),
+    ("http://[2002:0a00:0001::]/", "6to4 private"),
+    ("http://metadata.google.internal/computeMetadata/v1/", "metadata.google.internal (cloud metadata address)"),
+    ("http://rebind.example/", "rebind.example (private address)"),
+    ("http://mixed-private.example/", "mixed-private.example (loopback address)"),
     ("http://public.example:8080/", "port 8080"),
     ("https://public.example:8443/", "port 8443"),
     ("ftp://public.example/", "scheme ftp"),
@@ -278,9 +281,29 @@ def test_each_redirect_is_resolved_and_checked_again(connections):
         fetcher = Fetcher(allow_networks=["127.0.0.1/32"],
                           resolver=resolver_of({"internal.example": ["10.0.0.1"]}))
         result = fetcher.get_page(site.url("/away"))
-    assert result.status == "blocked" and "internal.example is 10.0.0.1 (private)" in result.reason
+    assert result.status == "blocked" and "internal.example (private address)" in result.reason
+    assert "10.0.0.1" not in result.reason
     assert [h.address for h in result.hops] == ["127.0.0.1"]
     assert set(connections) == {("127.0.0.1", site.port)}
+
+
+@pytest.mark.parametrize("resolved, kind", [(["10.0.0.1"], "private address"), (["127.0.0.1"], "loopback address"),
+                                             (["::ffff:10.0.0.1"], "IPv4-mapped private address"),
+                                             (["169.254.169.254"], "cloud metadata address")])
+def test_a_refusal_says_why_without_naming_the_address_the_name_resolved_to(resolved, kind, connections):
+    """Issue 19 item 7: the reason reaches a row's context_status, a webhook's last error and
+    logs a tenant may see; the address inside our network behind a name is not theirs to learn."""
+    fetcher = Fetcher(resolver=resolver_of({"intranet.example": resolved}))
+    for result in (fetcher.get_page("http://intranet.example/"), fetcher.post_json("http://intranet.example/h", b"{}")):
+        assert (result.status, result.reason) == ("blocked", f"refused: intranet.example ({kind})")
+        assert resolved[0] not in result.reason and "10.0.0.1" not in result.reason
+    assert connections == []
+
+
+def test_a_port_refusal_does_not_name_the_address_either(connections):
+    result = Fetcher(resolver=resolver_of({"public.example": [PUBLIC_V4]})).get_page("http://public.example:8080/")
+    assert (result.status, result.reason) == ("blocked", "refused: public.example (port 8080: 80 and 443 only)")
+    assert PUBLIC_V4 not in result.reason
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -296,7 +319,8 @@ def test_outbound_allow_networks_setting_parses_and_checks_cidrs():
 
 
 def test_prod_stage_refuses_an_outbound_allow_list():
-    base = {"STAGE": "prod", "CORS_ALLOW_ORIGIN": "https://app.example.com"}
+    base = {"STAGE": "prod", "CORS_ALLOW_ORIGIN": "https://app.example.com",
+            "WEBHOOK_SECRET_KEYS": "ssm:/csv-opener/WEBHOOK_SECRET_KEYS"}
     Settings.from_env(base).check_stage()
     with pytest.raises(RuntimeError, match="OUTBOUND_ALLOW_NETWORKS"):
         Settings.from_env({**base, "OUTBOUND_ALLOW_NETWORKS": "127.0.0.1/32"}).check_stage()

@@ -66,10 +66,6 @@ def route(path: str, public: bool = False, **options):
                     return view(**params)
                 return view(authenticated_caller(), **params)
             except Unauthorized as exc:
-                try:
-                    limit_client_address()  # failed attempts count against the address
-                except RateLimited as limited:
-                    return error_response(limited.status, limited.code, limited.message, limited.headers)
                 return error_response(exc.status, exc.code, exc.message, {"WWW-Authenticate": "Bearer"})
             except DomainError as exc:
                 return error_response(exc.status, exc.code, exc.message, exc.headers)
@@ -97,7 +93,7 @@ def presented_key() -> str | None:
 
 def authenticated_caller() -> Caller:
     """The caller of this request (401 otherwise), counted against its account's request limit."""
-    caller = deps.authenticator().authenticate(presented_key())
+    caller = authenticate(presented_key())
     s = deps.settings()
     limit = caller.rpm if caller.rpm is not None else s.api_rate_limit_per_minute
     wait = apilimit.check(deps.redis_client(), s.ratelimit_prefix, f"account:{caller.account_id}", limit,
@@ -108,8 +104,26 @@ def authenticated_caller() -> Caller:
     return caller
 
 
+def authenticate(key: str | None) -> Caller:
+    """The key's caller, or Unauthorized counted against the client's address. An address over its
+    limit of failed authentications is refused (429) before the key is looked up, whatever the
+    key: a flood of made-up keys must not cost a database query each."""
+    s = deps.settings()
+    scope = f"auth-failures:{client_address()}"
+    wait = apilimit.wait_if_over(deps.redis_client(), s.ratelimit_prefix, scope, s.ip_rate_limit_per_minute)
+    if wait is not None:
+        raise RateLimited(f"Too many failed authentications from this address; try again in {wait} s",
+                          headers={"Retry-After": str(wait)})
+    try:
+        return deps.authenticator().authenticate(key)
+    except Unauthorized:
+        apilimit.check(deps.redis_client(), s.ratelimit_prefix, scope, s.ip_rate_limit_per_minute,
+                       s.api_rate_window_s)
+        raise
+
+
 def limit_client_address() -> None:
-    """Per-address limit for what is not tied to an account (/health, failed authentication)."""
+    """Per-address limit for what is not tied to an account (/health)."""
     s = deps.settings()
     wait = apilimit.check(deps.redis_client(), s.ratelimit_prefix, f"ip:{client_address()}",
                           s.ip_rate_limit_per_minute, s.api_rate_window_s)
@@ -176,8 +190,8 @@ def _is_admin_request() -> bool:
     if not key:
         return False
     try:
-        return deps.authenticator().authenticate(key).is_admin
-    except Exception:  # a bad key or an unreachable database: the anonymous answer
+        return authenticate(key).is_admin
+    except Exception:  # a bad key, too many of them, an unreachable database: the anonymous answer
         return False
 
 

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from chalicelib import accounts, deps, jobs
+from chalicelib.accounts import Authenticator
 from chalicelib.adapters import db
 from chalicelib.errors import DomainError
 from tests.support.api import (
@@ -312,12 +313,51 @@ def test_health_is_rate_limited_per_address(client, env, monkeypatch):
     assert client.anonymous.get("/health").status_code == 200
 
 
-def test_failed_authentications_are_rate_limited_per_address(client, env, monkeypatch, account):
-    env(IP_RATE_LIMIT_PER_MINUTE="3", API_RATE_WINDOW_S="600")
+class CountingLookups:
+    """A get_conn for a real Authenticator that counts how often it goes to the database."""
+
+    def __init__(self, get_conn) -> None:
+        self._get_conn = get_conn
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        return self._get_conn()
+
+
+def test_an_address_over_its_failed_authentication_limit_is_429_before_any_key_lookup(
+        client, env, monkeypatch, make_account):
+    env(IP_RATE_LIMIT_PER_MINUTE="3", API_RATE_WINDOW_S="600", API_KEY_CACHE_S="0")
+    lookups = CountingLookups(deps.conn)
+    auth = Authenticator(lookups, ttl_s=0)  # the app's, counting its trips to the database
+    monkeypatch.setattr(deps, "authenticator", lambda: auth)
+    good = make_account()
     _from_address(monkeypatch)
-    codes = [client.anonymous.get("/api/jobs").status_code for _ in range(4)]
-    assert codes == [401, 401, 401, 429]
-    assert client.http.get("/api/jobs").status_code == 200  # a valid key is not held back by them
+    forged = [accounts.generate_key()[0] for _ in range(6)]  # made-up keys: each a lookup if it got one
+    codes = [client.anonymous.get("/api/jobs", headers={"Authorization": f"Bearer {key}"}).status_code
+             for key in forged[:3]]
+    assert codes == [401, 401, 401] and lookups.calls == 3
+    for key in (*forged[3:], good.key):  # over the limit: refused unread, a good key too
+        limited = client.anonymous.get("/api/jobs", headers={"Authorization": f"Bearer {key}"})
+        assert error_of(limited) == (429, "rate_limited")
+        assert 500 <= int(limited.headers["Retry-After"]) <= 600
+    assert lookups.calls == 3  # not one more query
+    # /health does not look up a key for that address either: the anonymous answer
+    assert body(client.anonymous.get("/health", headers={"Authorization": f"Bearer {good.key}"}))["checks"][
+        "postgres"] == {"ok": True}
+    assert lookups.calls == 3
+
+    _from_address(monkeypatch)  # another address: a good key works, its own failures are its own
+    assert client.anonymous.get("/api/jobs", headers={"Authorization": f"Bearer {good.key}"}).status_code == 200
+    assert lookups.calls == 4
+    assert client.anonymous.get("/api/jobs", headers={"Authorization": f"Bearer {forged[0]}"}).status_code == 401
+
+
+def test_health_requests_do_not_use_up_the_failed_authentication_limit(client, env, monkeypatch):
+    env(IP_RATE_LIMIT_PER_MINUTE="2", API_RATE_WINDOW_S="600")
+    _from_address(monkeypatch)
+    assert [client.anonymous.get("/health").status_code for _ in range(3)] == [200, 200, 429]
+    assert client.http.get("/api/jobs").status_code == 200  # a key from that address is still looked at
 
 
 # ---------------------------------------------------------------- S3 drops

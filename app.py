@@ -171,7 +171,7 @@ def hygiene(event, get_response):
 @route("/health", methods=["GET"], public=True)
 def health():
     """Open to anyone (rate limited per address): the status and each check's ok flag; the
-    latencies and error texts only for admin keys."""
+    latencies and error texts only for keys of an operator account."""
     limit_client_address()
     s3, sqs = deps.storage(), deps.chunk_queue()
     ok, body = run_checks({
@@ -180,17 +180,20 @@ def health():
         "s3": s3.check,
         "sqs": sqs.check,
     })
-    if not _is_admin_request():
+    if _is_operator_request():
+        body["checks"] = {name: {**c, "error": logs.redact_secrets(c["error"])} if "error" in c else c
+                          for name, c in body["checks"].items()}
+    else:
         body = {"status": body["status"], "checks": {name: {"ok": c["ok"]} for name, c in body["checks"].items()}}
     return Response(body, status_code=200 if ok else 503)
 
 
-def _is_admin_request() -> bool:
+def _is_operator_request() -> bool:
     key = presented_key()
     if not key:
         return False
     try:
-        return authenticate(key).is_admin
+        return authenticate(key).is_operator
     except Exception:  # a bad key, too many of them, an unreachable database: the anonymous answer
         return False
 
@@ -319,11 +322,12 @@ def content_disposition(name: str) -> str:
 
 @route("/api/metrics", methods=["GET"])
 def metrics(caller: Caller):
-    if not caller.is_admin:
-        return jobs.metrics(deps.conn(), deps.chunk_queue(), caller.account_id, admin=False)
+    """The account's own figures; the shared queues and provider limits for operator keys only."""
+    if not caller.is_operator:
+        return jobs.metrics(deps.conn(), deps.chunk_queue(), caller.account_id, operator=False)
     models = sorted({deps.settings().openai_model, *jobs.account_models(deps.conn(), deps.settings(),
                                                                         caller.account_id)})
-    return jobs.metrics(deps.conn(), deps.chunk_queue(), caller.account_id, admin=True,
+    return jobs.metrics(deps.conn(), deps.chunk_queue(), caller.account_id, operator=True,
                         limiter=deps.rate_limiter(), models=models)
 
 

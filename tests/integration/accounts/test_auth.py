@@ -284,14 +284,16 @@ def test_only_allowed_models_and_the_default_is_the_first_allowed(client, conn, 
 
 # ---------------------------------------------------------------- /health
 
-def test_health_is_open_but_details_are_for_admin_keys(client, make_account):
+def test_health_is_open_but_details_are_for_operator_keys(client, make_account):
     anonymous = body(client.anonymous.get("/health"))
     assert anonymous == {"status": "ok", "checks": {n: {"ok": True} for n in ("postgres", "redis", "s3", "sqs")}}
-    member = body(client.http.get("/health"))
-    assert member == anonymous
-    admin = client.as_account(make_account(role="admin"))
-    detailed = body(admin.http.get("/health"))
-    assert all("latency_ms" in c for c in detailed["checks"].values())
+    assert body(client.http.get("/health")) == anonymous  # a member key
+    customer_admin = client.as_account(make_account(role="admin"))
+    assert body(customer_admin.http.get("/health")) == anonymous  # an admin of a customer account
+    for role in ("member", "admin"):  # any key of an operator account
+        operator = client.as_account(make_account(role=role, operator=True))
+        detailed = body(operator.http.get("/health"))
+        assert all("latency_ms" in c for c in detailed["checks"].values()), detailed
 
 
 def _from_address(monkeypatch) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import uuid
 
 import pytest
@@ -335,7 +336,7 @@ def test_big_download_redirects_to_a_presigned_url(client, conn, monkeypatch):
 
 # ---------------------------------------------------------------- metrics, hygiene
 
-def test_metrics_reports_the_accounts_jobs_urls_and_throughput_and_queues_to_admins_only(
+def test_metrics_reports_the_accounts_own_figures_and_the_shared_ones_to_operator_keys_only(
         client, conn, make_account, env):
     env(OPENAI_RPM="3000", OPENAI_TPM="")
     other = client.as_account(make_account())
@@ -345,21 +346,38 @@ def test_metrics_reports_the_accounts_jobs_urls_and_throughput_and_queues_to_adm
     job_id, _ = upload_and_process(client)
     mark_urls_done(conn, job_id, failed_rows=[2])
     conn.execute("UPDATE urls SET finished_at = now() WHERE job_id = %s", (job_id,))
-    data = body(client.http.get("/api/metrics"))
-    assert data["jobs"] == {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "canceled": 0}
-    assert data["urls"] == {"pending": 0, "processing": 0, "completed": 1, "failed": 1}
-    assert data["throughput"]["urls_last_minute"] == 2
-    assert "queues" not in data and "provider_limits" not in data  # the whole service's: admin keys only
-    admin = client.as_account(make_account(role="admin", models=["gpt-4o-mini", "gpt-4o"]))
+    own = {"jobs": {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "canceled": 0},
+           "urls": {"pending": 0, "processing": 0, "completed": 1, "failed": 1},
+           "throughput": {"urls_last_minute": 2, "urls_per_second": 0.03}, "discarded_results": 0}
+    assert body(client.http.get("/api/metrics")) == own  # a member key
+    customer_admin = client.as_account(make_account(role="admin", models=["gpt-4o-mini", "gpt-4o"]))
+    admin_job, _ = upload_and_process(customer_admin)
+    data = body(customer_admin.http.get("/api/metrics"))  # an admin of a customer account: its own only
+    assert "queues" not in data and "provider_limits" not in data
+    assert data["jobs"]["processing"] == 1 and data["urls"]["pending"] == 2 and data["jobs"]["completed"] == 0
+
+    operator = client.as_account(make_account(operator=True, models=["gpt-4o-mini", "gpt-4o"]))  # a member key
     deps.rate_limiter().observe("gpt-4o", {"x-ratelimit-limit-requests": "5000", "x-ratelimit-limit-tokens": "800000"})
-    data = body(admin.http.get("/api/metrics"))
-    assert data["jobs"]["completed"] == 0
+    data = body(operator.http.get("/api/metrics"))
+    assert sum(data["jobs"].values()) == 0  # still its own account's jobs
     assert set(data["queues"]) == {"chunks", "dead_letter"} and "visible" in data["queues"]["chunks"]
     limits = data["provider_limits"]
     assert set(limits) == {"gpt-4o-mini", "gpt-4o"}
     assert limits["gpt-4o"]["learned"] == {"rpm": 5000, "tpm": 800000}
     assert limits["gpt-4o"]["ceiling"] == {"rpm": 3000, "tpm": 0}  # OPENAI_RPM=3000, OPENAI_TPM unset
     assert limits["gpt-4o"]["in_force"] == {"rpm": 3000, "tpm": 800000}
+
+
+def test_an_unreachable_queue_in_metrics_is_described_not_quoted(client, env, make_account):
+    operator = client.as_account(make_account(operator=True))
+    env(AWS_ENDPOINT_URL="http://127.0.0.1:9", REDIS_URL="redis://127.0.0.1:9/0")  # nothing listens there
+    data = body(operator.http.get("/api/metrics"))
+    assert data["queues"] == {
+        "chunks": {"error": "the chunks queue could not be reached (EndpointConnectionError)"},
+        "dead_letter": {"error": "the dead_letter queue could not be reached (EndpointConnectionError)"}}
+    assert data["provider_limits"]["gpt-4o-mini"]["error"].startswith(
+        "the rate limiter's store (Redis) could not be reached (")
+    assert "127.0.0.1" not in json.dumps(data)
 
 
 def test_unexpected_errors_are_500_with_a_request_id_and_no_traceback(client, monkeypatch, capsys):

@@ -101,6 +101,16 @@ def test_rejected_uploads_store_nothing(client, conn, case, expected):
     assert s3_keys("uploads/") == before
 
 
+@pytest.mark.parametrize("boundary", ["caf\u00e9-\u20ac", "\U0001f4c4boundary"], ids=["euro-sign", "emoji"])
+def test_a_multipart_content_type_outside_latin1_is_400_in_the_error_shape(client, conn, boundary):
+    _, payload = multipart({}, ("leads.csv", LEADS, "text/csv"))
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    response = client.http.post("/api/upload", headers=headers, body=payload)
+    assert error_of(response) == (400, "bad_multipart")
+    assert "Latin-1" in body(response)["error"]["message"]
+    assert conn.execute("SELECT count(*) AS n FROM jobs").fetchone()["n"] == 0
+
+
 def test_file_over_max_file_size_is_413(client, env, conn):
     env(MAX_FILE_SIZE="1000")
     response = upload_csv(client, b"url\n" + b"acme.com\n" * 200)

@@ -330,6 +330,20 @@ def test_download_before_processing_lists_rows_as_pending(client):
     assert [r[-1] for r in rows[1:]] == ["", "", ""]
 
 
+def test_download_to_a_client_that_does_not_accept_csv_is_406_in_the_error_shape(client):
+    job_id = body(upload_csv(client, LEADS))["job"]["id"]
+    for accept in ("application/json", None, "text/html, application/xml;q=0.9"):
+        headers = {"Accept": accept} if accept else {}
+        response = client.http.get(f"/api/upload/{job_id}/download", headers=headers)
+        assert error_of(response) == (406, "not_acceptable"), response.body
+        assert "text/csv" in body(response)["error"]["message"]
+    unknown = client.http.get(f"/api/upload/{uuid.uuid4()}/download", headers={"Accept": "application/json"})
+    assert error_of(unknown) == (404, "job_not_found")  # the job is looked at first
+    for accept in ("text/csv", "text/csv;q=0.9, application/json", "*/*"):
+        response = client.http.get(f"/api/upload/{job_id}/download", headers={"Accept": accept})
+        assert response.status_code == 200 and response.body.startswith(b"name,website,notes,opener")
+
+
 def test_big_download_redirects_to_a_presigned_url(client, conn, monkeypatch):
     from chalicelib.jobs import export
 

@@ -187,6 +187,11 @@ class Authenticator:
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, tuple[float, _KeyRecord | None]] = OrderedDict()
 
+    @property
+    def ttl_s(self) -> float:
+        """How long a lookup is trusted: the longest a revoked key keeps working in this process."""
+        return self._ttl_s
+
     def authenticate(self, raw_key: str | None) -> Caller:
         if not raw_key:
             raise Unauthorized("An API key is required: send `Authorization: Bearer <key>` or `X-Api-Key: <key>`.")

@@ -5,6 +5,9 @@ and the per-account limits refuse with their code and leave nothing half-done.""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -27,6 +30,7 @@ from tests.support.api import (
     upload_and_process,
     upload_csv,
 )
+from tests.support.util import ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -360,6 +364,61 @@ def test_health_requests_do_not_use_up_the_failed_authentication_limit(client, e
     _from_address(monkeypatch)
     assert [client.anonymous.get("/health").status_code for _ in range(3)] == [200, 200, 429]
     assert client.http.get("/api/jobs").status_code == 200  # a key from that address is still looked at
+
+
+# ---------------------------------------------------------------- the operators' command over HTTP
+
+def admin_command(*argv: str) -> str:
+    """`python -m chalicelib.admin ARGV` in a subprocess against the test database; its last line."""
+    done = subprocess.run([sys.executable, "-m", "chalicelib.admin", *argv], cwd=ROOT, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.rstrip("\n").splitlines()[-1]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_revoke_key_by_the_command_takes_effect_when_the_key_cache_expires(client, env, monkeypatch, make_account):
+    env(API_KEY_CACHE_S="5")
+    ttl = deps.authenticator().ttl_s
+    assert ttl == 5  # the app's authenticator trusts a lookup for API_KEY_CACHE_S
+    clock = FakeClock()  # the app's authenticator with that TTL, on a clock the test moves
+    auth = Authenticator(deps.conn, ttl_s=ttl, clock=clock)
+    monkeypatch.setattr(deps, "authenticator", lambda: auth)
+    holder = client.as_account(make_account())
+    assert holder.http.get("/api/jobs").status_code == 200  # looked up and cached
+
+    admin_command("revoke-key", holder.account.prefix)
+    clock.now += ttl - 0.1
+    assert holder.http.get("/api/jobs").status_code == 200  # still within the cache's lifetime
+    clock.now += 0.2
+    assert "revoked" in unauthorized(holder.http.get("/api/jobs"))
+
+
+def test_the_key_cache_cannot_outlive_60_s(env):
+    env(API_KEY_CACHE_S="3600")
+    assert deps.authenticator().ttl_s == 60
+    with pytest.raises(ValueError, match="60"):
+        Authenticator(deps.conn, ttl_s=60.5)
+
+
+def test_an_accounts_rpm_set_by_the_command_limits_its_requests_only(client, env, make_account, redis_client,
+                                                                      settings):
+    env(API_RATE_WINDOW_S="600", API_RATE_LIMIT_PER_MINUTE="100")
+    limited, other = client.as_account(make_account()), client.as_account(make_account())
+    admin_command("set-limits", limited.account.id, "--rpm", "3")
+    assert [limited.http.get("/api/jobs").status_code for _ in range(3)] == [200, 200, 200]
+    refused = limited.http.get("/api/jobs")
+    assert error_of(refused) == (429, "rate_limited") and 500 <= int(refused.headers["Retry-After"]) <= 600
+    assert [other.http.get("/api/jobs").status_code for _ in range(5)] == [200] * 5  # the default, 100
+    counter = f"{settings.ratelimit_prefix}:api:{{account:{limited.account.id}}}"
+    assert int(redis_client.get(counter)) == 4
 
 
 # ---------------------------------------------------------------- S3 drops

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import urllib.parse
 import uuid
 
@@ -66,10 +67,6 @@ def route(path: str, public: bool = False, **options):
                     return view(**params)
                 return view(authenticated_caller(), **params)
             except Unauthorized as exc:
-                try:
-                    limit_client_address()  # failed attempts count against the address
-                except RateLimited as limited:
-                    return error_response(limited.status, limited.code, limited.message, limited.headers)
                 return error_response(exc.status, exc.code, exc.message, {"WWW-Authenticate": "Bearer"})
             except DomainError as exc:
                 return error_response(exc.status, exc.code, exc.message, exc.headers)
@@ -97,7 +94,7 @@ def presented_key() -> str | None:
 
 def authenticated_caller() -> Caller:
     """The caller of this request (401 otherwise), counted against its account's request limit."""
-    caller = deps.authenticator().authenticate(presented_key())
+    caller = authenticate(presented_key())
     s = deps.settings()
     limit = caller.rpm if caller.rpm is not None else s.api_rate_limit_per_minute
     wait = apilimit.check(deps.redis_client(), s.ratelimit_prefix, f"account:{caller.account_id}", limit,
@@ -108,8 +105,26 @@ def authenticated_caller() -> Caller:
     return caller
 
 
+def authenticate(key: str | None) -> Caller:
+    """The key's caller, or Unauthorized counted against the client's address. An address over its
+    limit of failed authentications is refused (429) before the key is looked up, whatever the
+    key: a flood of made-up keys must not cost a database query each."""
+    s = deps.settings()
+    scope = f"auth-failures:{client_address()}"
+    wait = apilimit.wait_if_over(deps.redis_client(), s.ratelimit_prefix, scope, s.ip_rate_limit_per_minute)
+    if wait is not None:
+        raise RateLimited(f"Too many failed authentications from this address; try again in {wait} s",
+                          headers={"Retry-After": str(wait)})
+    try:
+        return deps.authenticator().authenticate(key)
+    except Unauthorized:
+        apilimit.check(deps.redis_client(), s.ratelimit_prefix, scope, s.ip_rate_limit_per_minute,
+                       s.api_rate_window_s)
+        raise
+
+
 def limit_client_address() -> None:
-    """Per-address limit for what is not tied to an account (/health, failed authentication)."""
+    """Per-address limit for what is not tied to an account (/health)."""
     s = deps.settings()
     wait = apilimit.check(deps.redis_client(), s.ratelimit_prefix, f"ip:{client_address()}",
                           s.ip_rate_limit_per_minute, s.api_rate_window_s)
@@ -157,7 +172,7 @@ def hygiene(event, get_response):
 @route("/health", methods=["GET"], public=True)
 def health():
     """Open to anyone (rate limited per address): the status and each check's ok flag; the
-    latencies and error texts only for admin keys."""
+    latencies and error texts only for keys of an operator account."""
     limit_client_address()
     s3, sqs = deps.storage(), deps.chunk_queue()
     ok, body = run_checks({
@@ -166,18 +181,21 @@ def health():
         "s3": s3.check,
         "sqs": sqs.check,
     })
-    if not _is_admin_request():
+    if _is_operator_request():
+        body["checks"] = {name: {**c, "error": logs.redact_secrets(c["error"])} if "error" in c else c
+                          for name, c in body["checks"].items()}
+    else:
         body = {"status": body["status"], "checks": {name: {"ok": c["ok"]} for name, c in body["checks"].items()}}
     return Response(body, status_code=200 if ok else 503)
 
 
-def _is_admin_request() -> bool:
+def _is_operator_request() -> bool:
     key = presented_key()
     if not key:
         return False
     try:
-        return deps.authenticator().authenticate(key).is_admin
-    except Exception:  # a bad key or an unreachable database: the anonymous answer
+        return authenticate(key).is_operator
+    except Exception:  # a bad key, too many of them, an unreachable database: the anonymous answer
         return False
 
 
@@ -288,10 +306,22 @@ def download(caller: Caller, job_id):
     kind, payload, name = jobs.download(deps.conn(), deps.storage(), caller.account_id, job_id)
     if kind == "redirect":
         return Response("", status_code=302, headers={"Location": payload})
+    if not accepts_binary(app.current_request.headers.get("accept")):
+        raise DomainError("The download is a CSV file: send `Accept: text/csv` (or `*/*`, as browsers and curl do).",
+                          code="not_acceptable", status=406)
     return Response(payload, status_code=200, headers={
         "Content-Type": "text/csv; charset=utf-8",
         "Content-Disposition": content_disposition(name),
     })
+
+
+def accepts_binary(accept: str | None) -> bool:
+    """Whether a response of one of the API's binary types (text/csv) may go to a client sending
+    this Accept header. API Gateway hands such a body over decoded only then (else as base64 text),
+    and Chalice refuses to send it otherwise, with a 400 in its own shape; this is its rule
+    (chalice.app._matches_content_type), checked first so the refusal is ours."""
+    offered = {part.strip() for part in re.split("[,;]", (accept or "").lower())}
+    return "*/*" in offered or bool(offered & {t.lower() for t in app.api.binary_types})
 
 
 def content_disposition(name: str) -> str:
@@ -305,11 +335,12 @@ def content_disposition(name: str) -> str:
 
 @route("/api/metrics", methods=["GET"])
 def metrics(caller: Caller):
-    if not caller.is_admin:
-        return jobs.metrics(deps.conn(), deps.chunk_queue(), caller.account_id, admin=False)
+    """The account's own figures; the shared queues and provider limits for operator keys only."""
+    if not caller.is_operator:
+        return jobs.metrics(deps.conn(), deps.chunk_queue(), caller.account_id, operator=False)
     models = sorted({deps.settings().openai_model, *jobs.account_models(deps.conn(), deps.settings(),
                                                                         caller.account_id)})
-    return jobs.metrics(deps.conn(), deps.chunk_queue(), caller.account_id, admin=True,
+    return jobs.metrics(deps.conn(), deps.chunk_queue(), caller.account_id, operator=True,
                         limiter=deps.rate_limiter(), models=models)
 
 

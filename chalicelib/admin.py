@@ -1,6 +1,7 @@
 """The operators' command for accounts and API keys, over chalicelib.accounts:
 
-    python -m chalicelib.admin create-account NAME
+    python -m chalicelib.admin create-account NAME [--operator]
+    python -m chalicelib.admin set-operator ACCOUNT_ID [--off]
     python -m chalicelib.admin create-key ACCOUNT_ID [--role admin] [--name N]
     python -m chalicelib.admin revoke-key PREFIX
     python -m chalicelib.admin disable-account ACCOUNT_ID | enable-account ACCOUNT_ID
@@ -11,7 +12,8 @@
 references are read from SSM. Scripts rely on the last line: `create-account` prints the new
 account's id alone on it, `create-key` the new key. Exit status: 0 done, 2 bad input (arguments,
 ids, an unknown account or prefix), 1 anything else. A key is printed once, by create-key, and
-never logged.
+never logged. An operator account's keys (any role) see platform-wide figures (queue depths,
+provider limits, /health details); every other account sees its own figures only.
 """
 
 from __future__ import annotations
@@ -79,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("create-account", help="create an account; prints its id on the last line")
     p.add_argument("name")
+    p.add_argument("--operator", action="store_true",
+                   help="the platform's own account: its keys see queue depths, provider limits, /health details")
+    p = commands.add_parser("set-operator", help="make an account an operator account (--off: a customer again)")
+    p.add_argument("account_id", type=_account_id, metavar="ACCOUNT_ID")
+    p.add_argument("--off", action="store_true")
     p = commands.add_parser("create-key", help="create an API key; prints the key (once) on the last line")
     p.add_argument("account_id", type=_account_id, metavar="ACCOUNT_ID")
     p.add_argument("--role", choices=accounts.ROLES, default="member")
@@ -150,6 +157,7 @@ ACCOUNT_TABLE = (
     ("JOBS", _limit_cell("max_jobs")),
     ("MODELS", _limit_cell("models")),
     ("KEYS", lambda a: a.get("active_keys")),
+    ("OPERATOR", lambda a: "yes" if a["operator"] else "no"),
     ("CREATED", lambda a: a["created_at"]),
 )
 KEY_TABLE = (
@@ -171,8 +179,8 @@ def _limits_line(account: dict) -> str:
 # ---------------------------------------------------------------- commands
 
 def create_account(conn, args, out: TextIO) -> None:
-    account = accounts.create_account(conn, args.name)
-    print(f"created account {account['name']!r}", file=out)
+    account = accounts.create_account(conn, args.name, operator=args.operator)
+    print(f"created {'operator ' if account['operator'] else ''}account {account['name']!r}", file=out)
     print(account["id"], file=out)
 
 
@@ -188,6 +196,12 @@ def revoke_key(conn, args, out: TextIO) -> None:
     row = accounts.revoke_key(conn, args.prefix)
     print(f"revoked key {row['prefix']} of account {row['account_name']!r} ({row['account_id']}); "
           "the API refuses it within 60 s", file=out)
+
+
+def set_operator(conn, args, out: TextIO) -> None:
+    account = accounts.set_operator(conn, args.account_id, not args.off)
+    kind = "an operator account" if account["operator"] else "a customer account"
+    print(f"account {account['name']!r} ({account['id']}) is now {kind}; its keys follow within 60 s", file=out)
 
 
 def disable_account(conn, args, out: TextIO) -> None:
@@ -224,7 +238,7 @@ def show_account(conn, args, out: TextIO) -> None:
     if args.json:
         print(_dumps({"account": account, "usage_today": usage}), file=out)
         return
-    print(table([account], ACCOUNT_TABLE[:3] + ACCOUNT_TABLE[-1:]), file=out)
+    print(table([account], ACCOUNT_TABLE[:3] + ACCOUNT_TABLE[-2:]), file=out)
     print(f"limits: {_limits_line(account)}", file=out)
     print(f"today ({usage['day']}, UTC): {usage['urls']} URLs accepted, {usage['prompt_tokens']} prompt tokens, "
           f"{usage['completion_tokens']} completion tokens", file=out)
@@ -232,6 +246,7 @@ def show_account(conn, args, out: TextIO) -> None:
 
 COMMANDS = {
     "create-account": create_account,
+    "set-operator": set_operator,
     "create-key": create_key,
     "revoke-key": revoke_key,
     "disable-account": disable_account,

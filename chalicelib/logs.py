@@ -22,11 +22,22 @@ _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 # Our API keys (the public prefix may stay) and provider keys, masked or not ("sk-...abcd").
 _SECRETS = re.compile(r"\b(cso_[0-9a-f]{8})_[A-Za-z0-9_\-]+|\b(sk-)[A-Za-z0-9_*\-]{4,}")
+# The user:password of a URL (postgresql://app:pw@host, rediss://:token@host) in a library's error.
+_URL_CREDENTIALS = re.compile(r"\b([a-z][a-z0-9+.\-]*://)[^\s/@]*@", re.IGNORECASE)
 
 
 def redact_secrets(text: str) -> str:
-    """`text` with every API key (ours after its public prefix, the provider's whole) replaced."""
-    return _SECRETS.sub(lambda m: f"{m.group(1)}_[redacted]" if m.group(1) else "sk-[redacted]", text)
+    """`text` with every API key (ours after its public prefix, the provider's whole) and every
+    URL's credentials replaced."""
+    text = _SECRETS.sub(lambda m: f"{m.group(1)}_[redacted]" if m.group(1) else "sk-[redacted]", text)
+    return _URL_CREDENTIALS.sub(r"\1[redacted]@", text)
+
+
+def public_error(description: str, exc: BaseException) -> str:
+    """What a caller may read of a failure on our side: our own description and the exception's
+    type, never its text. Library messages name hosts, ports, queue URLs and sometimes
+    credentials; that text goes to the log (redacted by the formatter), not to a tenant."""
+    return f"{description} ({type(exc).__name__})"
 
 
 class JsonFormatter(logging.Formatter):

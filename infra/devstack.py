@@ -382,6 +382,10 @@ def dev_key(database_url: str) -> str:
 
     conn = db.connect(database_url)
     try:
+        # An operator account: the developer sees the queues, provider limits and /health details.
+        account = accounts.ensure_account(conn, "dev", operator=True)
+        if not account["operator"]:  # made before accounts had the flag
+            accounts.set_operator(conn, str(account["id"]))
         if DEV_KEY_FILE.exists():
             key = DEV_KEY_FILE.read_text().strip()
             try:
@@ -389,7 +393,6 @@ def dev_key(database_url: str) -> str:
                 return key
             except accounts.Unauthorized:
                 pass
-        account = accounts.ensure_account(conn, "dev")
         key, _row = accounts.create_key(conn, str(account["id"]), role="admin", name="make dev")
     finally:
         conn.close()

@@ -39,6 +39,7 @@ from chalicelib.accounts.store import (  # noqa: F401
     require_account,
     revoke_key,
     set_limits,
+    set_operator,
     usage_today,
     valid_uuid,
 )

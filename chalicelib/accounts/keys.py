@@ -85,8 +85,8 @@ def display_prefix(prefix: str) -> str:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: the key's id, prefix and role, its account, and the account's own limits
-    (None: the setting's default applies)."""
+    """Who is calling: the key's id, prefix and role, its account (an operator account's keys see
+    platform-wide figures), and the account's own limits (None: the setting's default applies)."""
 
     key_id: str
     key_prefix: str
@@ -97,10 +97,17 @@ class Caller:
     urls_per_day: int | None = None
     max_jobs: int | None = None
     models: tuple[str, ...] | None = None
+    operator: bool = False
 
     @property
     def is_admin(self) -> bool:
+        """Admin of its own account; says nothing about other accounts or the platform."""
         return self.role == "admin"
+
+    @property
+    def is_operator(self) -> bool:
+        """A key of an operator account (any role): may see platform-wide figures."""
+        return self.operator
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,8 @@ def effective_limits(source: Caller | dict, *, default_rpm: int, default_urls_pe
 
 _LOOKUP_SQL = """
 SELECT k.id AS key_id, k.prefix, k.secret_hash, k.role, k.revoked_at,
-       a.id AS account_id, a.name AS account_name, a.disabled_at, a.rpm, a.urls_per_day, a.max_jobs, a.models
+       a.id AS account_id, a.name AS account_name, a.disabled_at, a.operator, a.rpm, a.urls_per_day, a.max_jobs,
+       a.models
 FROM api_keys k JOIN accounts a ON a.id = k.account_id
 WHERE k.prefix = %s"""
 
@@ -155,6 +163,7 @@ def _record(row: dict) -> _KeyRecord:
         key_id=str(row["key_id"]), key_prefix=row["prefix"], role=row["role"], account_id=str(row["account_id"]),
         account_name=row["account_name"], rpm=row["rpm"], urls_per_day=row["urls_per_day"],
         max_jobs=row["max_jobs"], models=None if row["models"] is None else tuple(row["models"]),
+        operator=row["operator"],
     )
     return _KeyRecord(bytes(row["secret_hash"]), row["revoked_at"] is not None, row["disabled_at"] is not None,
                       caller)
@@ -177,6 +186,11 @@ class Authenticator:
         self._clock = clock
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, tuple[float, _KeyRecord | None]] = OrderedDict()
+
+    @property
+    def ttl_s(self) -> float:
+        """How long a lookup is trusted: the longest a revoked key keeps working in this process."""
+        return self._ttl_s
 
     def authenticate(self, raw_key: str | None) -> Caller:
         if not raw_key:

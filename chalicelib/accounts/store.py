@@ -96,14 +96,18 @@ def normalize_prefix(text: object) -> str:
 
 # ---------------------------------------------------------------- accounts
 
-ACCOUNT_COLUMNS = "id, name, created_at, disabled_at, rpm, urls_per_day, max_jobs, models"
+ACCOUNT_COLUMNS = "id, name, created_at, disabled_at, operator, rpm, urls_per_day, max_jobs, models"
 KEY_COLUMNS = "k.id, k.prefix, k.name, k.role, k.created_at, k.last_used_at, k.revoked_at, k.account_id"
 
 
-def create_account(conn: psycopg.Connection, name: str) -> dict:
+def create_account(conn: psycopg.Connection, name: str, *, operator: bool = False) -> dict:
+    """A new account; an `operator` account's keys see platform-wide figures (SPEC "Roles")."""
     name = _text(name, "account name")
-    account = conn.execute(f"INSERT INTO accounts (name) VALUES (%s) RETURNING {ACCOUNT_COLUMNS}", (name,)).fetchone()
-    log.info("account created", extra={"account_id": str(account["id"])})
+    if not isinstance(operator, bool):
+        raise BadRequest("operator must be true or false.", code="invalid_operator")
+    account = conn.execute(f"INSERT INTO accounts (name, operator) VALUES (%s, %s) RETURNING {ACCOUNT_COLUMNS}",
+                           (name, operator)).fetchone()
+    log.info("account created", extra={"account_id": str(account["id"]), "operator": operator})
     return account
 
 
@@ -126,11 +130,12 @@ def find_account_by_name(conn: psycopg.Connection, name: str) -> dict | None:
     ).fetchone()
 
 
-def ensure_account(conn: psycopg.Connection, name: str, **limits) -> dict:
-    """The account of that name, created (with `limits`, as set_limits takes them) if missing."""
+def ensure_account(conn: psycopg.Connection, name: str, *, operator: bool = False, **limits) -> dict:
+    """The account of that name, created (an `operator` one if asked, with `limits` as set_limits
+    takes them) if missing."""
     account = find_account_by_name(conn, name)
     if account is None:
-        account = create_account(conn, name)
+        account = create_account(conn, name, operator=operator)
         if limits:
             account = set_limits(conn, str(account["id"]), **limits)
     return account
@@ -160,6 +165,16 @@ def disable_account(conn: psycopg.Connection, account_id: str) -> dict:
     """Its keys stop working (within the authentication cache's TTL); its data stays."""
     account = _update_account(conn, account_id, "disabled_at = coalesce(disabled_at, now())")
     log.info("account disabled", extra={"account_id": str(account["id"])})
+    return account
+
+
+def set_operator(conn: psycopg.Connection, account_id: str, operator: bool = True) -> dict:
+    """Make the account an operator account (its keys see platform-wide figures) or a customer
+    again; its keys follow within the authentication cache's TTL."""
+    if not isinstance(operator, bool):
+        raise BadRequest("operator must be true or false.", code="invalid_operator")
+    account = _update_account(conn, account_id, "operator = %s", (operator,))
+    log.info("account operator flag set", extra={"account_id": str(account["id"]), "operator": operator})
     return account
 
 

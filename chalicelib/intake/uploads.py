@@ -15,6 +15,7 @@ from python_multipart import parse_form
 from python_multipart.exceptions import FormParserError
 
 from chalicelib.errors import BadRequest, TooLarge, UnsupportedMediaType
+from chalicelib.logs import redact_secrets
 
 CSV_EXTENSIONS = {".csv", ".tsv", ".txt", ""}
 # What browsers and tools send for CSV files (Excel on Windows says vnd.ms-excel).
@@ -139,11 +140,20 @@ def _parse_multipart(content_type: str, body: bytes, max_size: int) -> UploadedF
         name = (field.field_name or b"").decode("utf-8", "replace")
         fields[name] = (field.value or b"").decode("utf-8", "replace").strip()
 
-    headers = {"Content-Type": content_type.encode("latin-1"), "Content-Length": str(len(body)).encode()}
+    try:
+        # HTTP header values are Latin-1; API Gateway may hand over other characters (a boundary
+        # with "é" or an emoji), which no multipart body can be framed by.
+        encoded_type = content_type.encode("latin-1")
+    except UnicodeEncodeError:
+        raise BadRequest("The Content-Type header has characters outside Latin-1; use an ASCII multipart boundary",
+                         code="bad_multipart") from None
+    headers = {"Content-Type": encoded_type, "Content-Length": str(len(body)).encode()}
     try:
         parse_form(headers, io.BytesIO(body), on_field, files.append)
     except (FormParserError, ValueError) as exc:
-        raise BadRequest(f"The multipart body could not be read ({exc}); send the file in a part named 'file'",
+        # The parser's words describe the caller's own body (no host or key of ours); capped.
+        detail = redact_secrets(str(exc))[:200]
+        raise BadRequest(f"The multipart body could not be read ({detail}); send the file in a part named 'file'",
                          code="bad_multipart") from exc
     part = next((f for f in files if (f.field_name or b"") == b"file"), None)
     if part is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from chalicelib import accounts
+from chalicelib import accounts, logs
 from chalicelib.adapters import db
 from chalicelib.adapters.queue import ChunkQueue
 from chalicelib.errors import BadRequest, NotFound
@@ -143,9 +143,10 @@ def account_view(conn, settings: Settings, caller: accounts.Caller) -> dict:
     }}
 
 
-def metrics(conn, queue: ChunkQueue, account_id: str, *, admin: bool, limiter=None, models=()) -> dict:
-    """The account's jobs and URLs; queue depths and the provider limits of `models` (shared by
-    every account) for admin keys only."""
+def metrics(conn, queue: ChunkQueue, account_id: str, *, operator: bool, limiter=None, models=()) -> dict:
+    """The account's jobs and URLs; for an operator account's keys only (SPEC "Roles") also what
+    every account shares: the queue depths and the provider limits of `models`. A failure to read
+    one of those is described, never quoted (library errors name hosts and queue URLs)."""
     urls = db.url_totals(conn, account_id)
     per_minute = urls.pop("finished_last_minute")
     body = {
@@ -154,19 +155,23 @@ def metrics(conn, queue: ChunkQueue, account_id: str, *, admin: bool, limiter=No
         "throughput": {"urls_last_minute": per_minute, "urls_per_second": round(per_minute / 60, 2)},
         "discarded_results": int(db.discarded_results(conn, account_id)),  # generated after a cancel, thrown away
     }
-    if not admin:
+    if not operator:
         return body
     body["queues"] = {}
     for name, url in (("chunks", queue.queue_url), ("dead_letter", queue.dlq_url)):
         try:
             body["queues"][name] = queue.depth(url)
         except Exception as exc:  # metrics still answer when a queue is unreachable
-            body["queues"][name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            log.warning("queue depth unavailable", extra={"queue": name, "error": f"{type(exc).__name__}: {exc}"})
+            body["queues"][name] = {"error": logs.public_error(f"the {name} queue could not be reached", exc)}
     if limiter is not None:
         body["provider_limits"] = {}
         for model in models:
             try:
                 body["provider_limits"][model] = limiter.limits(model)
             except Exception as exc:  # Redis unreachable
-                body["provider_limits"][model] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+                log.warning("provider limits unavailable", extra={"model": model,
+                                                                  "error": f"{type(exc).__name__}: {exc}"})
+                body["provider_limits"][model] = {
+                    "error": logs.public_error("the rate limiter's store (Redis) could not be reached", exc)}
     return body

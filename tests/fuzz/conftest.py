@@ -1,7 +1,7 @@
 """The API as a client sees it, for the fuzzer: the shared Stack (tests/support/stack.py) once for
 the package, without its event runner.
 
-The Stack makes an account with an admin key (with the operators' command, as an operator would;
+The Stack makes an operator account with an admin key (with the operators' command, as an operator would;
 no daily URL quota, no job limit) and starts `chalice local` with the API request limits off, so
 the fuzzer's burst of requests from one address is never throttled, and in dummy mode, so
 previews generate in-process.
@@ -45,8 +45,9 @@ def webhook_targets(stack) -> list[str]:
 
 @pytest.fixture(scope="package")
 def fuzz_api(request):
-    # An admin key: its answers are the fullest (/api/metrics, /health details).
-    with package_stack(request, "fuzz", API_SETTINGS, runner=False, role="admin") as stack:
+    # An admin key of an operator account: its answers are the fullest (queue depths in
+    # /api/metrics, /health details).
+    with package_stack(request, "fuzz", API_SETTINGS, runner=False, role="admin", operator=True) as stack:
         yield stack
         # Tests send traffic to this machine only (tests/support/fuzzing.py: keep_traffic_local).
         fetched = page_fetches(stack)

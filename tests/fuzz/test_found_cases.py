@@ -61,10 +61,9 @@ def test_process_instructions_with_a_lone_surrogate(fuzz_api, http, pending_job)
                                                     media_type="application/json"), fuzz_api, http)
 
 
-@known_bug(reason="bug: GET /api/upload/{id}/download with `Accept: application/json` -> "
-                  "400 in Chalice's own shape {\"Code\": \"BadRequest\", \"Message\"} (the "
-                  "binary-response check of text/csv), not an {\"error\": ...} body nor a "
-                  "documented status")
+# GET /api/upload/{id}/download with `Accept: application/json` used to answer 400 in Chalice's own
+# shape {"Code": "BadRequest", "Message"} (its binary-response check of text/csv), neither an
+# {"error": ...} body nor a documented status; now a documented 406 not_acceptable in SPEC's shape.
 def test_download_to_a_client_that_does_not_accept_csv(fuzz_api, http, pending_job):
     send(schema["/api/upload/{job_id}/download"]["GET"].Case(path_parameters={"job_id": pending_job}),
          fuzz_api, http, headers={"Accept": "application/json"})

@@ -21,10 +21,12 @@ class TestAccount:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-def make_account(conn, name: str | None = None, role: str = "member", **limits) -> TestAccount:
-    """A new account (limits as set-limits takes them) with one key of `role`."""
+def make_account(conn, name: str | None = None, role: str = "member", operator: bool = False,
+                 **limits) -> TestAccount:
+    """A new account (an operator account if asked; limits as set-limits takes them) with one key
+    of `role`."""
     name = name or f"test-{uuid.uuid4().hex[:8]}"
-    account = accounts.create_account(conn, name)
+    account = accounts.create_account(conn, name, operator=operator)
     account_id = str(account["id"])
     if limits:
         accounts.set_limits(conn, account_id, **limits)

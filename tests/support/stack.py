@@ -201,8 +201,9 @@ class Stack:
             return subprocess.Popen(args, stderr=log if options["stdout"] is subprocess.PIPE else subprocess.STDOUT,
                                     start_new_session=True, **options)
 
-    def create_account(self, role: str = "member") -> None:
-        """An account and its key, made with the operators' command as an operator would."""
+    def create_account(self, role: str = "member", operator: bool = False) -> None:
+        """An account (an operator account if asked) and its key, made with the operators' command
+        as an operator would."""
         def admin(*args: str) -> str:
             done = subprocess.run([PYTHON, "-m", "chalicelib.admin", *args], cwd=ROOT, env=self.env,
                                   capture_output=True, text=True, timeout=60)
@@ -210,7 +211,7 @@ class Stack:
             return done.stdout.strip().splitlines()[-1]
 
         self.account_name = f"{self.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.account_id = admin("create-account", self.account_name)
+        self.account_id = admin("create-account", self.account_name, *(["--operator"] if operator else []))
         admin("set-limits", self.account_id, "--urls-per-day", "0", "--jobs", "0")  # no quota in these tests
         self.key = admin("create-key", self.account_id, "--role", role, "--name", self.name)
 
@@ -222,10 +223,10 @@ class Stack:
             conn.execute("DELETE FROM jobs WHERE account_id = %s", (self.account_id,))
             conn.execute("DELETE FROM accounts WHERE id = %s", (self.account_id,))
 
-    def start(self, *, runner: bool = True, role: str = "member") -> Stack:
+    def start(self, *, runner: bool = True, role: str = "member", operator: bool = False) -> Stack:
         """Every process; without `runner`, chunk messages stay on the queue (the fuzz package
         drains them)."""
-        self.create_account(role)
+        self.create_account(role, operator)
         self.start_fake()
         self.start_redis()
         self.start_api()
@@ -493,11 +494,11 @@ def drain_queues() -> None:
 
 @contextmanager
 def package_stack(request, name: str, env: dict[str, str] | None = None, *, runner: bool = True,
-                  role: str = "member") -> Iterator[Stack]:
+                  role: str = "member", operator: bool = False) -> Iterator[Stack]:
     """The body of a package-scoped `stack` fixture (e2e, CLI, browser, fuzz): a Stack started
-    with `env` over the base settings (and a `role` key for its account), closed, its account
-    deleted and its queues drained at the end; the processes' logs are kept when a test of the
-    package failed."""
+    with `env` over the base settings (and a `role` key for its account, an operator account if
+    asked), closed, its account deleted and its queues drained at the end; the processes' logs are
+    kept when a test of the package failed."""
     require_test_stack()
     logs = Path(tempfile.mkdtemp(prefix=f"csv-opener-{name}-"))
     failed_before = request.session.testsfailed
@@ -505,7 +506,7 @@ def package_stack(request, name: str, env: dict[str, str] | None = None, *, runn
     s.env.update(env or {})
     started = False
     try:
-        s.start(runner=runner, role=role)
+        s.start(runner=runner, role=role, operator=operator)
         started = True
         yield s
     finally:

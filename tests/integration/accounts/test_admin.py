@@ -206,6 +206,33 @@ def test_the_command_runs_as_a_module_in_a_subprocess(pg, tag):
         Authenticator(lambda: pg).authenticate(key)
 
 
+def test_create_account_operator_through_the_real_command(pg, tag):
+    """`create-account NAME --operator` (SPEC): the id alone on the last line, an operator account
+    whose keys authenticate as such; without the flag, a customer account."""
+    done = run_cli("create-account", f"{tag}-ops", "--operator")
+    assert done.returncode == 0, done.stderr
+    operator_id = last_line(done.stdout)
+    assert str(uuid.UUID(operator_id)) == operator_id and accounts.get_account(pg, operator_id)["operator"] is True
+    done = run_cli("create-key", operator_id)  # a member key of the operator account
+    assert done.returncode == 0, done.stderr
+    assert Authenticator(lambda: pg).authenticate(last_line(done.stdout)).is_operator
+
+    customer_id = last_line(run_cli("create-account", f"{tag}-customer").stdout)
+    assert accounts.get_account(pg, customer_id)["operator"] is False
+    key = last_line(run_cli("create-key", customer_id, "--role", "admin").stdout)
+    caller = Authenticator(lambda: pg).authenticate(key)
+    assert caller.is_admin and not caller.is_operator
+
+    listed = {a["id"]: a["operator"] for a in json.loads(run_cli("list-accounts", "--json").stdout)}
+    assert (listed[operator_id], listed[customer_id]) == (True, False)
+    row = next(line for line in run_cli("list-accounts").stdout.splitlines() if line.startswith(operator_id))
+    assert row.split()[-3] == "yes"  # OPERATOR, before CREATED (a date and a time)
+    done = run_cli("set-operator", customer_id)
+    assert done.returncode == 0 and accounts.get_account(pg, customer_id)["operator"] is True
+    assert run_cli("set-operator", customer_id, "--off").returncode == 0
+    assert accounts.get_account(pg, customer_id)["operator"] is False
+
+
 def test_an_unreachable_database_is_exit_1_not_a_traceback():
     env = {**os.environ, "DATABASE_URL": "postgresql://127.0.0.1:1/nothing"}
     result = subprocess.run([sys.executable, "-m", "chalicelib.admin", "list-accounts"], cwd=ROOT, env=env,

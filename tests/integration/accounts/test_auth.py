@@ -5,6 +5,9 @@ and the per-account limits refuse with their code and leave nothing half-done.""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -13,6 +16,7 @@ import uuid
 import pytest
 
 from chalicelib import accounts, deps, jobs
+from chalicelib.accounts import Authenticator
 from chalicelib.adapters import db
 from chalicelib.errors import DomainError
 from tests.support.api import (
@@ -26,6 +30,7 @@ from tests.support.api import (
     upload_and_process,
     upload_csv,
 )
+from tests.support.util import ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -283,14 +288,16 @@ def test_only_allowed_models_and_the_default_is_the_first_allowed(client, conn, 
 
 # ---------------------------------------------------------------- /health
 
-def test_health_is_open_but_details_are_for_admin_keys(client, make_account):
+def test_health_is_open_but_details_are_for_operator_keys(client, make_account):
     anonymous = body(client.anonymous.get("/health"))
     assert anonymous == {"status": "ok", "checks": {n: {"ok": True} for n in ("postgres", "redis", "s3", "sqs")}}
-    member = body(client.http.get("/health"))
-    assert member == anonymous
-    admin = client.as_account(make_account(role="admin"))
-    detailed = body(admin.http.get("/health"))
-    assert all("latency_ms" in c for c in detailed["checks"].values())
+    assert body(client.http.get("/health")) == anonymous  # a member key
+    customer_admin = client.as_account(make_account(role="admin"))
+    assert body(customer_admin.http.get("/health")) == anonymous  # an admin of a customer account
+    for role in ("member", "admin"):  # any key of an operator account
+        operator = client.as_account(make_account(role=role, operator=True))
+        detailed = body(operator.http.get("/health"))
+        assert all("latency_ms" in c for c in detailed["checks"].values()), detailed
 
 
 def _from_address(monkeypatch) -> str:
@@ -312,12 +319,106 @@ def test_health_is_rate_limited_per_address(client, env, monkeypatch):
     assert client.anonymous.get("/health").status_code == 200
 
 
-def test_failed_authentications_are_rate_limited_per_address(client, env, monkeypatch, account):
-    env(IP_RATE_LIMIT_PER_MINUTE="3", API_RATE_WINDOW_S="600")
+class CountingLookups:
+    """A get_conn for a real Authenticator that counts how often it goes to the database."""
+
+    def __init__(self, get_conn) -> None:
+        self._get_conn = get_conn
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        return self._get_conn()
+
+
+def test_an_address_over_its_failed_authentication_limit_is_429_before_any_key_lookup(
+        client, env, monkeypatch, make_account):
+    env(IP_RATE_LIMIT_PER_MINUTE="3", API_RATE_WINDOW_S="600", API_KEY_CACHE_S="0")
+    lookups = CountingLookups(deps.conn)
+    auth = Authenticator(lookups, ttl_s=0)  # the app's, counting its trips to the database
+    monkeypatch.setattr(deps, "authenticator", lambda: auth)
+    good = make_account()
     _from_address(monkeypatch)
-    codes = [client.anonymous.get("/api/jobs").status_code for _ in range(4)]
-    assert codes == [401, 401, 401, 429]
-    assert client.http.get("/api/jobs").status_code == 200  # a valid key is not held back by them
+    forged = [accounts.generate_key()[0] for _ in range(6)]  # made-up keys: each a lookup if it got one
+    codes = [client.anonymous.get("/api/jobs", headers={"Authorization": f"Bearer {key}"}).status_code
+             for key in forged[:3]]
+    assert codes == [401, 401, 401] and lookups.calls == 3
+    for key in (*forged[3:], good.key):  # over the limit: refused unread, a good key too
+        limited = client.anonymous.get("/api/jobs", headers={"Authorization": f"Bearer {key}"})
+        assert error_of(limited) == (429, "rate_limited")
+        assert 500 <= int(limited.headers["Retry-After"]) <= 600
+    assert lookups.calls == 3  # not one more query
+    # /health does not look up a key for that address either: the anonymous answer
+    assert body(client.anonymous.get("/health", headers={"Authorization": f"Bearer {good.key}"}))["checks"][
+        "postgres"] == {"ok": True}
+    assert lookups.calls == 3
+
+    _from_address(monkeypatch)  # another address: a good key works, its own failures are its own
+    assert client.anonymous.get("/api/jobs", headers={"Authorization": f"Bearer {good.key}"}).status_code == 200
+    assert lookups.calls == 4
+    assert client.anonymous.get("/api/jobs", headers={"Authorization": f"Bearer {forged[0]}"}).status_code == 401
+
+
+def test_health_requests_do_not_use_up_the_failed_authentication_limit(client, env, monkeypatch):
+    env(IP_RATE_LIMIT_PER_MINUTE="2", API_RATE_WINDOW_S="600")
+    _from_address(monkeypatch)
+    assert [client.anonymous.get("/health").status_code for _ in range(3)] == [200, 200, 429]
+    assert client.http.get("/api/jobs").status_code == 200  # a key from that address is still looked at
+
+
+# ---------------------------------------------------------------- the operators' command over HTTP
+
+def admin_command(*argv: str) -> str:
+    """`python -m chalicelib.admin ARGV` in a subprocess against the test database; its last line."""
+    done = subprocess.run([sys.executable, "-m", "chalicelib.admin", *argv], cwd=ROOT, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.rstrip("\n").splitlines()[-1]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_revoke_key_by_the_command_takes_effect_when_the_key_cache_expires(client, env, monkeypatch, make_account):
+    env(API_KEY_CACHE_S="5")
+    ttl = deps.authenticator().ttl_s
+    assert ttl == 5  # the app's authenticator trusts a lookup for API_KEY_CACHE_S
+    clock = FakeClock()  # the app's authenticator with that TTL, on a clock the test moves
+    auth = Authenticator(deps.conn, ttl_s=ttl, clock=clock)
+    monkeypatch.setattr(deps, "authenticator", lambda: auth)
+    holder = client.as_account(make_account())
+    assert holder.http.get("/api/jobs").status_code == 200  # looked up and cached
+
+    admin_command("revoke-key", holder.account.prefix)
+    clock.now += ttl - 0.1
+    assert holder.http.get("/api/jobs").status_code == 200  # still within the cache's lifetime
+    clock.now += 0.2
+    assert "revoked" in unauthorized(holder.http.get("/api/jobs"))
+
+
+def test_the_key_cache_cannot_outlive_60_s(env):
+    env(API_KEY_CACHE_S="3600")
+    assert deps.authenticator().ttl_s == 60
+    with pytest.raises(ValueError, match="60"):
+        Authenticator(deps.conn, ttl_s=60.5)
+
+
+def test_an_accounts_rpm_set_by_the_command_limits_its_requests_only(client, env, make_account, redis_client,
+                                                                      settings):
+    env(API_RATE_WINDOW_S="600", API_RATE_LIMIT_PER_MINUTE="100")
+    limited, other = client.as_account(make_account()), client.as_account(make_account())
+    admin_command("set-limits", limited.account.id, "--rpm", "3")
+    assert [limited.http.get("/api/jobs").status_code for _ in range(3)] == [200, 200, 200]
+    refused = limited.http.get("/api/jobs")
+    assert error_of(refused) == (429, "rate_limited") and 500 <= int(refused.headers["Retry-After"]) <= 600
+    assert [other.http.get("/api/jobs").status_code for _ in range(5)] == [200] * 5  # the default, 100
+    counter = f"{settings.ratelimit_prefix}:api:{{account:{limited.account.id}}}"
+    assert int(redis_client.get(counter)) == 4
 
 
 # ---------------------------------------------------------------- S3 drops

@@ -5,8 +5,8 @@ import pytest
 
 @pytest.fixture
 def account(make_account):
-    """Health details (latencies, error texts) are for admin keys."""
-    return make_account(role="admin")
+    """Health details (latencies, error texts) are for the keys of an operator account."""
+    return make_account(operator=True)
 
 
 def test_health_reports_every_dependency(client):
@@ -39,6 +39,16 @@ def test_health_is_503_when_redis_is_down(client, env):
     assert body["status"] == "error"
     assert body["checks"]["redis"]["ok"] is False
     assert all(body["checks"][name]["ok"] is True for name in ("postgres", "s3", "sqs")), body
+
+
+def test_a_customer_admin_key_gets_no_details(client, make_account, env):
+    env(AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    customer = client.as_account(make_account(role="admin"))
+    response = customer.http.get("/health")
+    assert response.status_code == 503
+    assert json.loads(response.body)["checks"] == {"postgres": {"ok": True}, "redis": {"ok": True},
+                                                   "s3": {"ok": False}, "sqs": {"ok": False}}
+    assert "127.0.0.1" not in response.body.decode()
 
 
 def test_every_response_carries_security_headers(client):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import uuid
 
 import pytest
@@ -98,6 +99,16 @@ def test_rejected_uploads_store_nothing(client, conn, case, expected):
     assert error_of(response) == expected
     assert conn.execute("SELECT count(*) AS n FROM jobs").fetchone()["n"] == 0
     assert s3_keys("uploads/") == before
+
+
+@pytest.mark.parametrize("boundary", ["caf\u00e9-\u20ac", "\U0001f4c4boundary"], ids=["euro-sign", "emoji"])
+def test_a_multipart_content_type_outside_latin1_is_400_in_the_error_shape(client, conn, boundary):
+    _, payload = multipart({}, ("leads.csv", LEADS, "text/csv"))
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    response = client.http.post("/api/upload", headers=headers, body=payload)
+    assert error_of(response) == (400, "bad_multipart")
+    assert "Latin-1" in body(response)["error"]["message"]
+    assert conn.execute("SELECT count(*) AS n FROM jobs").fetchone()["n"] == 0
 
 
 def test_file_over_max_file_size_is_413(client, env, conn):
@@ -319,6 +330,20 @@ def test_download_before_processing_lists_rows_as_pending(client):
     assert [r[-1] for r in rows[1:]] == ["", "", ""]
 
 
+def test_download_to_a_client_that_does_not_accept_csv_is_406_in_the_error_shape(client):
+    job_id = body(upload_csv(client, LEADS))["job"]["id"]
+    for accept in ("application/json", None, "text/html, application/xml;q=0.9"):
+        headers = {"Accept": accept} if accept else {}
+        response = client.http.get(f"/api/upload/{job_id}/download", headers=headers)
+        assert error_of(response) == (406, "not_acceptable"), response.body
+        assert "text/csv" in body(response)["error"]["message"]
+    unknown = client.http.get(f"/api/upload/{uuid.uuid4()}/download", headers={"Accept": "application/json"})
+    assert error_of(unknown) == (404, "job_not_found")  # the job is looked at first
+    for accept in ("text/csv", "text/csv;q=0.9, application/json", "*/*"):
+        response = client.http.get(f"/api/upload/{job_id}/download", headers={"Accept": accept})
+        assert response.status_code == 200 and response.body.startswith(b"name,website,notes,opener")
+
+
 def test_big_download_redirects_to_a_presigned_url(client, conn, monkeypatch):
     from chalicelib.jobs import export
 
@@ -335,7 +360,7 @@ def test_big_download_redirects_to_a_presigned_url(client, conn, monkeypatch):
 
 # ---------------------------------------------------------------- metrics, hygiene
 
-def test_metrics_reports_the_accounts_jobs_urls_and_throughput_and_queues_to_admins_only(
+def test_metrics_reports_the_accounts_own_figures_and_the_shared_ones_to_operator_keys_only(
         client, conn, make_account, env):
     env(OPENAI_RPM="3000", OPENAI_TPM="")
     other = client.as_account(make_account())
@@ -345,21 +370,38 @@ def test_metrics_reports_the_accounts_jobs_urls_and_throughput_and_queues_to_adm
     job_id, _ = upload_and_process(client)
     mark_urls_done(conn, job_id, failed_rows=[2])
     conn.execute("UPDATE urls SET finished_at = now() WHERE job_id = %s", (job_id,))
-    data = body(client.http.get("/api/metrics"))
-    assert data["jobs"] == {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "canceled": 0}
-    assert data["urls"] == {"pending": 0, "processing": 0, "completed": 1, "failed": 1}
-    assert data["throughput"]["urls_last_minute"] == 2
-    assert "queues" not in data and "provider_limits" not in data  # the whole service's: admin keys only
-    admin = client.as_account(make_account(role="admin", models=["gpt-4o-mini", "gpt-4o"]))
+    own = {"jobs": {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "canceled": 0},
+           "urls": {"pending": 0, "processing": 0, "completed": 1, "failed": 1},
+           "throughput": {"urls_last_minute": 2, "urls_per_second": 0.03}, "discarded_results": 0}
+    assert body(client.http.get("/api/metrics")) == own  # a member key
+    customer_admin = client.as_account(make_account(role="admin", models=["gpt-4o-mini", "gpt-4o"]))
+    admin_job, _ = upload_and_process(customer_admin)
+    data = body(customer_admin.http.get("/api/metrics"))  # an admin of a customer account: its own only
+    assert "queues" not in data and "provider_limits" not in data
+    assert data["jobs"]["processing"] == 1 and data["urls"]["pending"] == 2 and data["jobs"]["completed"] == 0
+
+    operator = client.as_account(make_account(operator=True, models=["gpt-4o-mini", "gpt-4o"]))  # a member key
     deps.rate_limiter().observe("gpt-4o", {"x-ratelimit-limit-requests": "5000", "x-ratelimit-limit-tokens": "800000"})
-    data = body(admin.http.get("/api/metrics"))
-    assert data["jobs"]["completed"] == 0
+    data = body(operator.http.get("/api/metrics"))
+    assert sum(data["jobs"].values()) == 0  # still its own account's jobs
     assert set(data["queues"]) == {"chunks", "dead_letter"} and "visible" in data["queues"]["chunks"]
     limits = data["provider_limits"]
     assert set(limits) == {"gpt-4o-mini", "gpt-4o"}
     assert limits["gpt-4o"]["learned"] == {"rpm": 5000, "tpm": 800000}
     assert limits["gpt-4o"]["ceiling"] == {"rpm": 3000, "tpm": 0}  # OPENAI_RPM=3000, OPENAI_TPM unset
     assert limits["gpt-4o"]["in_force"] == {"rpm": 3000, "tpm": 800000}
+
+
+def test_an_unreachable_queue_in_metrics_is_described_not_quoted(client, env, make_account):
+    operator = client.as_account(make_account(operator=True))
+    env(AWS_ENDPOINT_URL="http://127.0.0.1:9", REDIS_URL="redis://127.0.0.1:9/0")  # nothing listens there
+    data = body(operator.http.get("/api/metrics"))
+    assert data["queues"] == {
+        "chunks": {"error": "the chunks queue could not be reached (EndpointConnectionError)"},
+        "dead_letter": {"error": "the dead_letter queue could not be reached (EndpointConnectionError)"}}
+    assert data["provider_limits"]["gpt-4o-mini"]["error"].startswith(
+        "the rate limiter's store (Redis) could not be reached (")
+    assert "127.0.0.1" not in json.dumps(data)
 
 
 def test_unexpected_errors_are_500_with_a_request_id_and_no_traceback(client, monkeypatch, capsys):
@@ -388,9 +430,12 @@ def test_api_rate_limit_is_per_account_with_retry_after(client, env, make_accoun
     assert client.as_account(make_account()).http.get("/api/jobs").status_code == 200
     roomy = client.as_account(make_account(rpm=10))
     assert [roomy.http.get("/api/jobs").status_code for _ in range(5)] == [200] * 5
-    keys = [k.decode() for k in redis_client.scan_iter(f"{settings.ratelimit_prefix}:api:*")]
-    assert f"{settings.ratelimit_prefix}:api:{{account:{client.account.id}}}" in keys
-    assert not list(redis_client.scan_iter("csv-opener:api:*"))  # nothing outside the run's prefix
+    # The limiter's counter of this account (`<RATELIMIT_PREFIX>:api:{account:<id>}`, the hash tag
+    # keeping it on one cluster slot) counted every request, and no key under any other prefix did.
+    counter = f"{settings.ratelimit_prefix}:api:{{account:{client.account.id}}}"
+    assert int(redis_client.get(counter)) == 5
+    everywhere = sorted(k.decode() for k in redis_client.scan_iter(f"*:api:{{account:{client.account.id}}}"))
+    assert everywhere == [counter]
 
 
 def test_cors_headers_from_the_setting(client, env):

@@ -92,6 +92,14 @@ def test_caller_is_admin_only_with_the_admin_role():
     assert admin.is_admin and not member.is_admin
 
 
+def test_only_a_key_of_an_operator_account_is_an_operator_whatever_its_role():
+    def caller(role: str, **account) -> Caller:
+        return Caller(key_id="k", key_prefix="0123abcd", role=role, account_id="a", account_name="acme", **account)
+
+    assert not caller("admin").is_operator and not caller("member").is_operator  # customers by default
+    assert caller("member", operator=True).is_operator and caller("admin", operator=True).is_operator
+
+
 def _no_database():
     raise AssertionError("a key refused by its shape must not reach the database")
 

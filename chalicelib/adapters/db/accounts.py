@@ -5,7 +5,8 @@ from __future__ import annotations
 
 # ---------------------------------------------------------------- accounts (limits at start)
 
-ACCOUNT_LIMIT_COLUMNS = "id, name, disabled_at, rpm, urls_per_day, max_jobs, models"
+ACCOUNT_LIMIT_COLUMNS = ("id, name, disabled_at, rpm, urls_per_day, max_jobs, models, "
+                         "webhook_secret IS NOT NULL AS has_webhook_secret")  # never the secret itself
 
 
 def lock_account(conn, account_id: str) -> dict | None:
@@ -39,3 +40,4 @@ def add_urls_today(conn, account_id: str, count: int) -> None:
             ON CONFLICT (account_id, day) DO UPDATE SET urls = account_usage.urls + EXCLUDED.urls""",
         (account_id, count),
     )
+

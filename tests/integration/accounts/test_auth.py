@@ -14,6 +14,7 @@ import pytest
 
 from chalicelib import accounts, deps, jobs
 from chalicelib.adapters import db
+from chalicelib.errors import DomainError
 from tests.support.api import (
     LEADS,
     body,
@@ -232,7 +233,7 @@ def test_the_daily_count_is_exact_under_concurrent_process_calls(client, conn, m
             barrier.wait(10)
             jobs.start(own, deps.storage(), deps.chunk_queue(), settings, account.id, job_id)
             outcomes.append("started")
-        except jobs.DomainError as exc:
+        except DomainError as exc:
             outcomes.append(exc.code)
         finally:
             own.close()

@@ -136,16 +136,18 @@ def test_a_failing_receiver_is_retried_with_backoff_by_the_sweep(client, conn, r
 
 
 def test_a_canceled_job_posts_job_canceled(client, conn, receiver):
+    secret = body(post_json(client, "/api/account/webhook-secret", {}))["secret"]  # nothing is sent unsigned
     job = body(upload_csv(client, LEADS))["job"]
     post_json(client, "/api/upload/process", {"job_id": job["id"], "callback_url": receiver.url})
     assert client.http.post(f"/api/upload/{job['id']}/cancel").status_code == 200
     [(headers, data)] = receiver.requests
     assert json.loads(data)["type"] == "job.canceled"
-    assert "x-csv-opener-signature" not in headers  # no secret yet: unsigned, and the account can see that
+    assert webhooks.verify(secret, headers["x-csv-opener-signature"], data)
 
 
 def test_callbacks_to_private_addresses_are_never_sent(client, conn, env):
     env(OPENAI_DUMMY_DELAY_MS="0")  # no allow-list: 127.0.0.1 and 10.0.0.1 are refused
+    post_json(client, "/api/account/webhook-secret", {})
     job = body(upload_csv(client, LEADS))["job"]
     post_json(client, "/api/upload/process", {"job_id": job["id"], "callback_url": "http://10.0.0.1/hook"})
     client.http.post(f"/api/upload/{job['id']}/cancel")

@@ -41,3 +41,14 @@ def add_urls_today(conn, account_id: str, count: int) -> None:
         (account_id, count),
     )
 
+
+def add_preview_tokens(conn, account_id: str, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+    """A preview's tokens into the day's usage (they belong to no job: see sql/0010)."""
+    conn.execute(
+        f"""INSERT INTO preview_usage (account_id, day, model, prompt_tokens, completion_tokens)
+            VALUES (%s, {UTC_TODAY}, %s, %s, %s)
+            ON CONFLICT (account_id, day, model) DO UPDATE SET
+                prompt_tokens = preview_usage.prompt_tokens + EXCLUDED.prompt_tokens,
+                completion_tokens = preview_usage.completion_tokens + EXCLUDED.completion_tokens""",
+        (account_id, model, prompt_tokens, completion_tokens),
+    )

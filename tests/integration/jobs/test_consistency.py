@@ -14,6 +14,7 @@ import pytest
 
 from chalicelib import deps, jobs
 from chalicelib.adapters import db
+from chalicelib.errors import Conflict
 from tests.support.accounts import service_account
 from tests.support.api import LEADS, body, download, drain_queue, error_of, post_json, purge_queue, s3_keys
 
@@ -222,7 +223,7 @@ def test_lock_timeouts_answer_409_busy_not_500(client, conn, settings):
     try:
         with holder.transaction():
             holder.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
-            with pytest.raises(jobs.Conflict) as info:
+            with pytest.raises(Conflict) as info:
                 jobs.retry(conn, deps.chunk_queue(), settings, account_id, job_id)
     finally:
         holder.close()

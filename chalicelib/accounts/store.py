@@ -278,20 +278,27 @@ def list_keys(conn: psycopg.Connection, account_id: str | None = None) -> list[d
 # ---------------------------------------------------------------- usage
 
 def usage_today(conn: psycopg.Connection, account_id: str) -> dict:
-    """Today's (UTC) usage: URLs counted against the daily quota, and tokens of URLs finished
-    today, in total and per job model (None: the default model) and mode (live or batch).
+    """Today's (UTC) usage: URLs counted against the daily quota (starts, retries and
+    previews), and tokens of URLs finished today plus today's previews (live calls), in total and
+    per job model (None: the default model) and mode (live or batch).
 
     Only jobs updated today are joined: a URL finishing moves its job's counters in the same
     statement (the counters' invariant), so its job's updated_at is at least its finished_at."""
     account_id = valid_uuid(account_id)
     rows = conn.execute(
         """WITH today AS (SELECT (now() AT TIME ZONE 'UTC')::date AS day,
-                                 date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS since)
-           SELECT j.model, j.mode, coalesce(sum(u.prompt_tokens), 0) AS prompt_tokens,
-                  coalesce(sum(u.completion_tokens), 0) AS completion_tokens
-           FROM today, jobs j JOIN urls u ON u.job_id = j.id
-           WHERE j.account_id = %(account)s AND j.updated_at >= today.since AND u.finished_at >= today.since
-           GROUP BY j.model, j.mode ORDER BY j.model NULLS FIRST, j.mode""",
+                                 date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS since),
+           used AS (
+               SELECT j.model, j.mode, u.prompt_tokens, u.completion_tokens
+               FROM today, jobs j JOIN urls u ON u.job_id = j.id
+               WHERE j.account_id = %(account)s AND j.updated_at >= today.since AND u.finished_at >= today.since
+               UNION ALL
+               SELECT p.model, 'live', p.prompt_tokens, p.completion_tokens
+               FROM today, preview_usage p WHERE p.account_id = %(account)s AND p.day = today.day
+           )
+           SELECT model, mode, coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+                  coalesce(sum(completion_tokens), 0) AS completion_tokens
+           FROM used GROUP BY model, mode ORDER BY model NULLS FIRST, mode""",
         {"account": account_id},
     ).fetchall()
     quota = conn.execute(

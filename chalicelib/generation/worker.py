@@ -51,8 +51,8 @@ _db_retry = retry(
 
 @dataclass
 class Outcome:
-    """What one call did: `reason` is done, canceled, deadline, not_processing, unknown_job or
-    batch_submitted (`saved`: the requests sent in the batch)."""
+    """What one call did: `reason` is done, canceled, account_disabled, deadline, not_processing,
+    unknown_job or batch_submitted (`saved`: the requests sent in the batch)."""
     reason: str = "done"
     saved: int = 0
     released: int = 0
@@ -128,8 +128,10 @@ class ChunkWorker:
                 if not stopping and remaining_s() < self.margin:
                     outcome.reason, stopping = "deadline", True
                     stop_requested.set()
-                if not stopping and run.status != "processing":  # canceled, or completed by the last save
-                    outcome.reason = "done" if run.status == "completed" else "canceled"
+                if not stopping and run.status != "processing":  # canceled, completed by the last save,
+                    # or its account disabled (claims take nothing then; the sweep resumes it once enabled)
+                    outcome.reason = {"completed": "done", "account_disabled": "account_disabled"}.get(
+                        run.status, "canceled")
                     stop_requested.set()
                     log.info("job is %s: stopping", run.status)
                     self._wait_briefly(in_flight, run)

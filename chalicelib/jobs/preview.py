@@ -1,6 +1,8 @@
 """Preview: openers for a job's first valid rows with the wording a user is trying, before they
 spend on the whole file. Same prompt, limiter (the account's fair share), guard and page context
-as the job would use; nothing is stored and the job does not start."""
+as the job would use; nothing is stored and the job does not start. Its calls are paid like any
+other: the rows count against the account's URLs-per-day quota (taken before any call) and its
+tokens in the day's usage."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from chalicelib.generation.answers import GenerationFailed
 from chalicelib.intake import csvfile
 from chalicelib.jobs.create import layout_of, read_source, validate_stored
 from chalicelib.jobs.options import MAX_INSTRUCTIONS, account_limits, allowed_model, clean_text, flag, template_columns
+from chalicelib.jobs.start import take_account_capacity
 from chalicelib.jobs.views import require_job
 from chalicelib.settings import Settings
 
@@ -62,6 +65,8 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
         job = validate_stored(conn, storage, settings, job)
     fields = template_columns(instructions, job)
     sample = first_rows(storage, job, count, fields)
+    with conn.transaction():  # refused over quota before any call; not a job, so no job slot
+        take_account_capacity(conn, settings, account_id, len(sample), new_job=False)
 
     def one(item: tuple[int, str, dict]) -> dict:
         number, url, values = item
@@ -78,5 +83,7 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
 
     with ThreadPoolExecutor(max(1, len(sample))) as pool:
         previews = list(pool.map(one, sample))
+    db.add_preview_tokens(conn, account_id, model, sum(p["prompt_tokens"] for p in previews),
+                          sum(p["completion_tokens"] for p in previews))
     estimate = pricing.estimate(settings.prices, model, job["total_rows"], instructions, list(fields), page_context)
     return {"previews": previews, "estimate": estimate}

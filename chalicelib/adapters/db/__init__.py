@@ -7,6 +7,7 @@ parameters are never formatted into SQL, bulk rows go by COPY.
 from chalicelib.adapters.db.accounts import (  # noqa: F401
     ACCOUNT_LIMIT_COLUMNS,
     UTC_TODAY,
+    add_preview_tokens,
     add_urls_today,
     get_account,
     lock_account,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 # ---------------------------------------------------------------- accounts (limits at start)
 
-ACCOUNT_LIMIT_COLUMNS = "id, name, disabled_at, rpm, urls_per_day, max_jobs, models"
+ACCOUNT_LIMIT_COLUMNS = ("id, name, disabled_at, rpm, urls_per_day, max_jobs, models, "
+                         "webhook_secret IS NOT NULL AS has_webhook_secret")  # never the secret itself
 
 
 def lock_account(conn, account_id: str) -> dict | None:
@@ -44,4 +45,16 @@ def add_urls_today(conn, account_id: str, count: int) -> None:
         f"""INSERT INTO account_usage (account_id, day, urls) VALUES (%s, {UTC_TODAY}, %s)
             ON CONFLICT (account_id, day) DO UPDATE SET urls = account_usage.urls + EXCLUDED.urls""",
         (account_id, count),
+    )
+
+
+def add_preview_tokens(conn, account_id: str, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+    """A preview's tokens into the day's usage (they belong to no job: see sql/0010)."""
+    conn.execute(
+        f"""INSERT INTO preview_usage (account_id, day, model, prompt_tokens, completion_tokens)
+            VALUES (%s, {UTC_TODAY}, %s, %s, %s)
+            ON CONFLICT (account_id, day, model) DO UPDATE SET
+                prompt_tokens = preview_usage.prompt_tokens + EXCLUDED.prompt_tokens,
+                completion_tokens = preview_usage.completion_tokens + EXCLUDED.completion_tokens""",
+        (account_id, model, prompt_tokens, completion_tokens),
     )

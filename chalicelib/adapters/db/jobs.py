@@ -14,6 +14,16 @@ def _json(value):
 # progress = round(100 * (processed + failed) / total), for a `done` expression
 PROGRESS = "CASE WHEN j.total_rows = 0 THEN 0 ELSE round(100.0 * ({done}) / j.total_rows) END"
 
+# The job {job} (an SQL expression) is processing and its account is enabled: a chunk handler
+# may spend on it. A disabled account's jobs stay processing, their rows pending, until it is
+# enabled again.
+RUNNABLE_JOB = """SELECT 1 FROM jobs rj JOIN accounts ra ON ra.id = rj.account_id
+                  WHERE rj.id = {job} AND rj.status = 'processing' AND ra.disabled_at IS NULL"""
+
+# Jobs of enabled accounts only: what the sweep does for an account (exports, drop starts) waits
+# while it is disabled.
+ENABLED_ACCOUNT = "account_id IN (SELECT id FROM accounts WHERE disabled_at IS NULL)"
+
 JOB_COLUMNS = """id, account_id, file_name, file_path, status, total_rows, processed_rows, failed_rows, progress,
     invalid_rows, url_column, columns, layout, errors, chunks, instructions, model, source, source_etag, error,
     result_path, prompt_tokens, completion_tokens, discarded_results, page_context, max_cost_usd, callback_url,
@@ -52,7 +62,12 @@ def get_account_job(conn, account_id: str, job_id: str) -> dict | None:
 
 
 def get_job_status(conn, job_id: str) -> str | None:
-    row = conn.execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    """The job's status as its chunk handlers act on it: "account_disabled" for a processing
+    job of a disabled account (they stop, as on a cancel, and hand nothing on)."""
+    row = conn.execute(
+        """SELECT CASE WHEN j.status = 'processing' AND a.disabled_at IS NOT NULL THEN 'account_disabled'
+                       ELSE j.status END AS status
+           FROM jobs j JOIN accounts a ON a.id = j.account_id WHERE j.id = %s""", (job_id,)).fetchone()
     return row["status"] if row else None
 
 
@@ -133,7 +148,7 @@ def get_job_by_source_key(conn, source_key: str) -> dict | None:
 def completed_without_results(conn, older_than_s: float, limit: int = 20) -> list[dict]:
     """Completed jobs whose results CSV was never written (a crash between completion and export)."""
     return conn.execute(
-        f"""SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'completed' AND result_path IS NULL
+        f"""SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'completed' AND result_path IS NULL AND {ENABLED_ACCOUNT}
               AND finished_at < now() - make_interval(secs => %s) ORDER BY finished_at LIMIT %s""",
         (older_than_s, limit),
     ).fetchall()
@@ -142,7 +157,7 @@ def completed_without_results(conn, older_than_s: float, limit: int = 20) -> lis
 def stale_pending_drops(conn, older_than_s: float, limit: int = 20) -> list[dict]:
     """S3 drops whose start never happened (SQS, S3 or a timeout failed after the job row)."""
     return conn.execute(
-        f"""SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'pending' AND source = 's3'
+        f"""SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'pending' AND source = 's3' AND {ENABLED_ACCOUNT}
               AND created_at < now() - make_interval(secs => %s) ORDER BY created_at LIMIT %s""",
         (older_than_s, limit),
     ).fetchall()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from psycopg.types.json import Jsonb
 
-from chalicelib.adapters.db.jobs import JOB_COLUMNS, PROGRESS
+from chalicelib.adapters.db.jobs import JOB_COLUMNS, PROGRESS, RUNNABLE_JOB
 
 # ---------------------------------------------------------------- urls
 
@@ -83,16 +83,18 @@ def restart_job(conn, job_id: str, failed_reset: int, undispatched: list[int]) -
 def claim_urls(conn, job_id: str, chunk: int, owner: str, limit: int, lease_s: int) -> list[dict]:
     """Take up to `limit` unfinished URLs of the chunk: pending ones, or ones whose holder's lease
     ran out (never our own: we still hold those). Rows another live invocation holds are
-    skipped; nothing is taken unless the job is processing (a cancel stops new claims at once)."""
+    skipped; nothing is taken unless the job is processing (a cancel stops new claims at once)
+    and its account is enabled (a disabled account spends nothing more; enabled again, the
+    sweep hands its chunks out again)."""
     return conn.execute(
-        """UPDATE urls u SET status = 'processing', claimed_by = %(owner)s,
+        f"""UPDATE urls u SET status = 'processing', claimed_by = %(owner)s,
                   lease_until = now() + make_interval(secs => %(lease)s)
            FROM (
                SELECT id FROM urls
                WHERE job_id = %(job)s AND chunk = %(chunk)s
                  AND (status = 'pending'
                       OR (status = 'processing' AND lease_until < now() AND claimed_by <> %(owner)s))
-                 AND EXISTS (SELECT 1 FROM jobs WHERE id = %(job)s AND status = 'processing')
+                 AND EXISTS ({RUNNABLE_JOB.format(job="%(job)s")})
                ORDER BY row_number LIMIT %(limit)s
                FOR UPDATE SKIP LOCKED
            ) c
@@ -162,14 +164,15 @@ def renew_leases(conn, owner: str, lease_s: int) -> int:
 
 def chunk_lease_left(conn, job_id: str, chunk: int) -> float | None:
     """Seconds until the last lease on the chunk's unfinished rows runs out (0 if pending rows
-    wait with no lease); None when the chunk is finished or the job is not processing."""
+    wait with no lease); None when the chunk is finished or the job is not processing (or its
+    account is disabled)."""
     row = conn.execute(
-        """SELECT count(*) AS n,
+        f"""SELECT count(*) AS n,
                   coalesce(max(extract(epoch FROM lease_until - now())) FILTER (WHERE status = 'processing'), 0)
                       AS left_s
            FROM urls
            WHERE job_id = %s AND chunk = %s AND status IN ('pending', 'processing')
-             AND EXISTS (SELECT 1 FROM jobs WHERE id = %s AND status = 'processing')""",
+             AND EXISTS ({RUNNABLE_JOB.format(job="%s")})""",
         (job_id, chunk, job_id),
     ).fetchone()
     return max(0.0, float(row["left_s"])) if row["n"] else None
@@ -177,11 +180,13 @@ def chunk_lease_left(conn, job_id: str, chunk: int) -> float | None:
 
 def unfinished_chunks(conn, idle_s: float | None = None) -> dict[str, list[int]]:
     """Chunks with work nobody holds (pending, or leased by someone whose lease ran out), per
-    processing job; with `idle_s`, only jobs whose counters have not moved for that long."""
+    processing job of an enabled account; with `idle_s`, only jobs whose counters have not moved
+    for that long (a job left waiting while its account was disabled is one, once enabled)."""
     idle_clause = "AND j.updated_at < now() - make_interval(secs => %(idle)s)" if idle_s is not None else ""
     rows = conn.execute(
         f"""SELECT u.job_id, array_agg(DISTINCT u.chunk ORDER BY u.chunk) AS chunks
-            FROM jobs j JOIN urls u ON u.job_id = j.id
+            FROM jobs j JOIN accounts a ON a.id = j.account_id AND a.disabled_at IS NULL
+                 JOIN urls u ON u.job_id = j.id
                  AND (u.status = 'pending' OR (u.status = 'processing' AND u.lease_until < now()))
             WHERE j.status = 'processing' {idle_clause}
             GROUP BY u.job_id""",

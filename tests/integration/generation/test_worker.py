@@ -356,3 +356,67 @@ def test_a_job_keeps_only_its_window_of_chunk_messages_out_and_each_finished_chu
     # a redelivered finished chunk sends nothing more once the list is empty
     worker.process_chunk(job_id, 0, forever)
     assert sent() == []
+
+
+# ---------------------------------------------------------------- a disabled account's jobs (issue 19 item 11)
+
+def start_account_job(conn, s: Settings, account_id: str, n: int) -> str:
+    data = ("website\n" + "".join(f"d{i}-{uuid.uuid4().hex[:6]}.example.com\n" for i in range(n))).encode()
+    job_id = jobs.create_from_upload(conn, deps.storage(), account_id=account_id, file_name="d.csv", data=data,
+                                     url_column=None)["job"]["id"]
+    jobs.start(conn, deps.storage(), deps.chunk_queue(), s, account_id, job_id)
+    return job_id
+
+
+def test_a_disabled_accounts_job_makes_no_call_and_goes_on_once_enabled_and_swept(conn, settings_for, settings,
+                                                                                    make_account):
+    from chalicelib import accounts
+
+    s = settings_for()
+    account = make_account()
+    job_id = start_account_job(conn, s, account.id, 5)
+    assert len(drain_queue(settings.chunk_queue_url)) == 1
+    accounts.disable_account(conn, account.id)
+    worker, gen, _ = make_worker(s)
+    outcome = worker.process_chunk(job_id, 0, forever)
+    assert (outcome.reason, outcome.saved, outcome.continued) == ("account_disabled", 0, False)
+    assert sum(gen.calls.values()) == 0 and drain_queue(settings.chunk_queue_url) == []  # nothing handed on
+    job, left = counters(conn, job_id)
+    assert (job["status"], left) == ("processing", 5)
+    assert jobs.requeue_unfinished(conn, deps.chunk_queue()) == 0  # the sweep leaves it alone
+    accounts.enable_account(conn, account.id)
+    assert jobs.requeue_unfinished(conn, deps.chunk_queue()) == 1
+    assert [parse_chunk_message(m["Body"]) for m in drain_queue(settings.chunk_queue_url)] == [(job_id, 0)]
+    assert worker.process_chunk(job_id, 0, forever).reason == "done"
+    job, left = counters(conn, job_id)
+    assert (job["status"], job["processed_rows"], left) == ("completed", 5, 0)
+    assert sum(gen.calls.values()) == 5
+
+
+def test_disabling_an_account_stops_its_running_chunk_at_the_next_claim(conn, settings_for, settings, make_account):
+    from chalicelib import accounts
+
+    s = settings_for(chunk_size=20, chunk_concurrency=1)  # one row claimed at a time
+    account = make_account()
+    job_id = start_account_job(conn, s, account.id, 20)
+    drain_queue(settings.chunk_queue_url)
+
+    class DisablingGenerator(CountingGenerator):
+        """Disables the account while generating the first row (as an operator would, meanwhile)."""
+
+        def generate(self, url, *args, **kwargs):
+            if not self.calls:
+                other = db.connect(s.database_url)
+                accounts.disable_account(other, account.id)
+                other.close()
+            return super().generate(url, *args, **kwargs)
+
+    worker, gen, _ = make_worker(s, generator=lambda inner: DisablingGenerator(inner))
+    outcome = worker.process_chunk(job_id, 0, forever)
+    assert outcome.reason == "account_disabled" and not outcome.continued
+    assert sum(gen.calls.values()) == 1  # the call in flight is kept; no other is made
+    job, left = counters(conn, job_id)
+    assert (job["status"], job["processed_rows"], left) == ("processing", 1, 19)
+    assert conn.execute("SELECT count(*) AS n FROM urls WHERE job_id = %s AND status = 'processing'",
+                        (job_id,)).fetchone()["n"] == 0
+    assert drain_queue(settings.chunk_queue_url) == []

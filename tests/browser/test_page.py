@@ -317,7 +317,7 @@ def test_cancel_retry_and_failed_rows(page: Page, fresh):
 
 def test_csv_cells_and_model_answers_stay_text(page: Page, fresh):
     stack = fresh
-    # The model answers with markup: the app refuses it as an opener and keeps it in the row's error.
+    # The model answers with markup: the app refuses it as an opener and says why, never quoting it.
     stack.fake.configure(content=XSS + " Hello {host}, your team does great work.")
     rows = [["company", "website", XSS], ["Evil", XSS, XSS], ["Fine", "https://fine.example.com/", XSS],
             ["Also", "https://also.example.com/", "x"]]
@@ -330,8 +330,9 @@ def test_csv_cells_and_model_answers_stay_text(page: Page, fresh):
     page.click("#start-button")
     wait_status(page, "completed")
     expect(page.locator("#job-failed")).to_have_text("2")
-    answers = [r[3] for r in table(page, "#results-table")]
-    assert len(answers) == 2 and all(XSS in a for a in answers), answers  # the model's answer, as text
+    errors = [r[3] for r in table(page, "#results-table")]
+    assert errors == ["The model returned no usable opener: the answer contained a placeholder or template "
+                      "brackets"] * 2, errors
 
     assert page.locator("img[src='x']").count() == 0
     assert page.evaluate("typeof window.__xss") == "undefined"

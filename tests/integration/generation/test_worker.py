@@ -280,7 +280,7 @@ def test_near_the_deadline_the_handler_saves_releases_and_hands_on(conn, setting
     drain_queue(settings.chunk_queue_url)
     worker, gen, _ = make_worker(s)
     # the deadline comes after the tenth call (an event, whatever the machine's speed), and stays
-    outcome = worker.process_chunk(job_id, 0, lambda: 0.0 if sum(gen.calls.values()) >= 10 else float("inf"))
+    outcome = worker.process_chunk(job_id, 0, lambda: -1.0 if sum(gen.calls.values()) >= 10 else float("inf"))
     assert outcome.reason == "deadline" and outcome.continued
     job, left = counters(conn, job_id)
     assert 0 < job["processed_rows"] < 100 and left == 100 - job["processed_rows"]

@@ -266,7 +266,7 @@ def test_calls_in_flight_at_the_deadline_are_waited_for_and_saved_not_generated_
     def time_left() -> float:
         """The deadline has come once all four calls were in flight together (an event, not a
         guess at how long claiming and starting them takes on a loaded machine)."""
-        return 0.0 if generator.peak >= 4 else float("inf")
+        return -1.0 if generator.peak >= 4 else float("inf")  # past the deadline
 
     outcome = worker.process_chunk(job_id, 0, time_left)
     assert outcome.reason == "deadline" and outcome.continued

@@ -26,7 +26,6 @@ SCHEMA_NAME = "opener"
 # holds another (or breaks a terminal) is worse than a refused answer. Line breaks become spaces.
 _CONTROL = re.compile("[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200b-\u200f"
                       "\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 _WRAPPING_QUOTES = "\"'“”‘’«»"
 
 
@@ -140,16 +139,14 @@ def _load(content: str | None) -> Any:
 
 
 def _find_json(content: str) -> Any:
-    """The first JSON object or list with what we asked for: the whole text, a code fence, or
-    the first one found inside prose. None when there is none."""
-    candidates = [content.strip(), *(m.group(1).strip() for m in _FENCE.finditer(content))]
-    for candidate in candidates:
-        try:
-            data = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(data, (dict, list)):
-            return data
+    """The JSON object or list with what we asked for: the whole text, else the first one found
+    inside prose or a code fence. None when there is none."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        data = None
+    if isinstance(data, (dict, list)):
+        return data
     decoder = json.JSONDecoder()
     for match in re.finditer(r"[{\[]", content):
         try:

@@ -178,30 +178,30 @@ class DuplicateIndex:
             # The last try stores the opener whatever changed: under a storm of adds to one
             # bucket we prefer progress to an endless loop (first words are still checked).
             force = "1" if attempt == self.max_tries else "0"
-            added = self._add(keys=keys, args=[first8, opener, self.ttl_s, self.bucket_cap, force,
-                                               len(buckets), *buckets, *map(_text, stamps)])
+            added = self._add(keys=keys, args=[self.ttl_s, self.bucket_cap, force,
+                                               first8, opener, len(buckets), *buckets, *map(_text, stamps)])
             if int(added[0]) == 1:
                 return Verdict(_text(added[2]), "first_words", examined, attempt)
             if int(added[0]) == 0:
                 return Verdict(None, None, examined, attempt)
         raise AssertionError("unreachable: the last try is forced")
 
-    def seed(self, job_id: str, openers: Iterable[str], batch: int = 500) -> None:
-        """Store openers already accepted for the job (no checks among them), in pipelined
-        batches: an index lost to its TTL is rebuilt from the database this way."""
+    def seed(self, job_id: str, openers: Iterable[str], batch: int = 200) -> None:
+        """Store openers already accepted for the job (no checks among them but first words),
+        ``batch`` to a script call: an index lost to its TTL is rebuilt from the database this way.
+        One script call, not a pipeline: Redis Cluster clients refuse scripts in pipelines."""
         keys = self.keys(job_id)
-        pipe = self.redis.pipeline(transaction=False)
-        pending = 0
+        records: list[Any] = []
+        count = 0
         for opener in openers:
             buckets = band_buckets(opener)
-            self._add(keys=keys, args=[first_words_key(opener), opener, self.ttl_s, self.bucket_cap, "1",
-                                       len(buckets), *buckets], client=pipe)
-            pending += 1
-            if pending == batch:
-                pipe.execute()
-                pending = 0
-        if pending:
-            pipe.execute()
+            records += [first_words_key(opener), opener, len(buckets), *buckets]
+            count += 1
+            if count == batch:
+                self._add(keys=keys, args=[self.ttl_s, self.bucket_cap, "1", *records])
+                records, count = [], 0
+        if records:
+            self._add(keys=keys, args=[self.ttl_s, self.bucket_cap, "1", *records])
 
     def forget(self, job_id: str) -> None:
         """Delete the job's index (its job is finished, canceled or deleted)."""

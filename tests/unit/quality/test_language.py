@@ -61,6 +61,12 @@ def test_the_rows_names_are_left_out_before_detecting(line, names):
     assert not is_wrong_language(line, "en", names=names)
 
 
+@pytest.mark.parametrize(("written", "expected"), [("pt", "gl"), ("nl", "af"), ("es", "gl")])
+def test_close_siblings_the_detector_confuses_are_not_wrong(written, expected):
+    # Galician and Afrikaans lines read as Portuguese, Spanish, Dutch to the model.
+    assert not is_wrong_language(LINES[written], expected)
+
+
 def test_unknown_or_malformed_expected_language_is_not_judged():
     assert not is_wrong_language(LINES["de"], "xx")
     assert not is_wrong_language(LINES["de"], "")

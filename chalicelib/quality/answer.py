@@ -75,6 +75,23 @@ def response_format(variants: int = 1) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}}
 
 
+def json_instruction(variants: int = 1) -> str:
+    """The same request in words, for a server that refused ``response_format`` (the prompt
+    ends with it; ``parse_lenient`` reads the answer)."""
+    one = '{"opener": "<the opener>", "evidence": "<the prospect\'s words it rests on, copied exactly>" or null}'
+    if variants == 1:
+        return f"Answer with only this JSON object and nothing else: {one}"
+    return (f'Answer with only this JSON object and nothing else: {{"openers": [{one}, ...]}} '
+            f"holding exactly {variants} different openers.")
+
+
+def refuses_response_format(status: int, message: str | None) -> bool:
+    """Whether a provider error says the server does not take ``response_format`` (a 400 that
+    names it): the caller then asks that model with ``json_instruction`` instead."""
+    text = (message or "").lower()
+    return status == 400 and ("response_format" in text or "json_schema" in text)
+
+
 # -- strict: the answer to response_format ---------------------------------------------------------
 
 

@@ -163,6 +163,7 @@ class DuplicateIndex:
         """``check_and_add`` with what it took (see ``Verdict``)."""
         keys = self.keys(job_id)
         first8, buckets = first_words_key(opener), band_buckets(opener)
+        mine = " ".join(tokens(opener))
         examined = 0
         for attempt in range(1, self.max_tries + 1):
             found = self._lookup(keys=keys[:3], args=[first8, *buckets])
@@ -171,7 +172,8 @@ class DuplicateIndex:
             stamps, ids, texts = found[1], found[2], found[3]
             examined += len(ids)
             for text in map(_text, texts):
-                if text and similarity(opener, text) >= self.threshold:
+                if text and fuzz.token_set_ratio(mine, " ".join(tokens(text)), processor=None,
+                                                 score_cutoff=self.threshold):
                     return Verdict(text, "similar", examined, attempt)
             if self.after_lookup is not None:
                 self.after_lookup()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from chalicelib.errors import BadRequest
 from chalicelib.quality import language as lang
+from chalicelib.quality.grounding import Grounding
 from chalicelib.quality.text import normalise
 
 DEFAULT_MIN_WORDS = 8
@@ -120,3 +121,13 @@ def check(opener: str, *, generic: bool = False, language: str | None = None,
     if generic:
         found.append((GENERIC, "specific: use one detail from the page or the row, and give its words as evidence"))
     return Checked(tuple(f for f, _ in found), words, tuple(r for _, r in found))
+
+
+def reask_message(grounding: Grounding | None = None, checked: Checked | None = None) -> str | None:
+    """The message that asks for an opener again: what grounding did not find and what each
+    flag asks for, in one sentence (None when there is nothing to ask again for)."""
+    wanted = [*(checked.reasks if checked else ())]
+    missing = grounding.not_found() if grounding is not None and not grounding.ok else ""
+    if not wanted and not missing:
+        return None
+    return "Write the opener again: " + "; ".join(([missing] if missing else []) + wanted) + "."

@@ -59,15 +59,26 @@ def client() -> Iterator[CountingRedis]:
     c.close()
 
 
-def handler(client, prefix, **kwargs) -> DuplicateIndex:
-    """One chunk handler's index: its own client (its own connections), the job's shared keys."""
-    return DuplicateIndex(CountingRedis.from_url(os.environ["REDIS_URL"]) if client is None else client,
-                          prefix=prefix, **kwargs)
+@pytest.fixture
+def handler(prefix) -> Iterator:
+    """Make one chunk handler's index: its own client (its own connections), the job's shared
+    keys under ``prefix``; the clients are closed after the test."""
+    clients: list[CountingRedis] = []
+
+    def make(client: CountingRedis | None = None, **kwargs) -> DuplicateIndex:
+        if client is None:
+            client = CountingRedis.from_url(os.environ["REDIS_URL"], socket_connect_timeout=2, socket_timeout=30)
+            clients.append(client)
+        return DuplicateIndex(client, **{"prefix": prefix, **kwargs})
+
+    yield make
+    for c in clients:
+        c.close()
 
 
-def test_duplicates_are_found_across_handlers(client, prefix):
+def test_duplicates_are_found_across_handlers(client, handler):
     job = "job-1"
-    first, second = handler(client, prefix), handler(None, prefix)
+    first, second = handler(client), handler()
     assert first.check_and_add(job, BASE) is None
     verdict = second.check(job, SAME_START)
     assert verdict.duplicate_of == BASE and verdict.reason == "first_words"
@@ -78,15 +89,15 @@ def test_duplicates_are_found_across_handlers(client, prefix):
     assert set(client.hvals(first.keys(job)[1])) == {BASE.encode(), UNRELATED.encode()}
 
 
-def test_each_job_has_its_own_index(client, prefix):
-    index = handler(client, prefix)
+def test_each_job_has_its_own_index(client, handler):
+    index = handler(client)
     assert index.check_and_add("job-a", BASE) is None
     assert index.check_and_add("job-b", BASE) is None
     assert index.check_and_add("job-a", BASE) == BASE
 
 
-def test_keys_share_one_hash_tag_expire_and_are_forgotten(client, prefix):
-    index = handler(client, prefix, ttl_s=600)
+def test_keys_share_one_hash_tag_expire_and_are_forgotten(client, handler, prefix):
+    index = handler(client, ttl_s=600)
     index.check_and_add("job-1", BASE)
     keys = index.keys("job-1")
     assert all(k.startswith(f"{{{prefix}:job-1}}:") for k in keys)
@@ -96,8 +107,8 @@ def test_keys_share_one_hash_tag_expire_and_are_forgotten(client, prefix):
     assert index.check_and_add("job-1", REWORDED) is None
 
 
-def test_a_prefix_with_its_own_hash_tag_is_used_as_it_is(client, prefix):
-    index = handler(client, f"{{{prefix}:tagged}}")
+def test_a_prefix_with_its_own_hash_tag_is_used_as_it_is(client, handler, prefix):
+    index = handler(client, prefix=f"{{{prefix}:tagged}}")
     assert index.keys("j")[0] == f"{{{prefix}:tagged}}:j:first8"
     assert index.check_and_add("j", BASE) is None and index.check_and_add("j", REWORDED) == BASE
 
@@ -130,9 +141,9 @@ def _race(indexes: list[DuplicateIndex], openers: list[str], job: str) -> list:
 
 
 @pytest.mark.parametrize("other", [REWORDED, SAME_START], ids=["similar", "same-first-words"])
-def test_two_handlers_adding_near_identical_openers_at_once_accept_one(client, prefix, other):
+def test_two_handlers_adding_near_identical_openers_at_once_accept_one(handler, other):
     assert first_words_key(REWORDED) != first_words_key(BASE) and similarity(REWORDED, BASE) >= 85
-    indexes = [handler(None, prefix), handler(None, prefix)]
+    indexes = [handler(), handler()]
     results = _race(indexes, [BASE, other], "job-race")
     accepted = [r for r in results if r.duplicate_of is None]
     refused = [r for r in results if r.duplicate_of is not None]
@@ -143,8 +154,8 @@ def test_two_handlers_adding_near_identical_openers_at_once_accept_one(client, p
     assert refused[0].tries == 2 or refused[0].reason == "first_words"
 
 
-def test_racing_unrelated_openers_are_both_accepted(prefix):
-    results = _race([handler(None, prefix), handler(None, prefix)], [BASE, UNRELATED], "job-race")
+def test_racing_unrelated_openers_are_both_accepted(handler):
+    results = _race([handler(), handler()], [BASE, UNRELATED], "job-race")
     assert [r.duplicate_of for r in results] == [None, None]
     assert [r.tries for r in results] == [1, 1]  # no shared bucket: no conflict, no second lookup
 
@@ -170,8 +181,8 @@ def _probe(index: DuplicateIndex, client: CountingRedis, job: str, openers: list
 
 
 @pytest.mark.slow
-def test_work_per_opener_is_the_same_at_1k_and_100k_stored_openers(client, prefix):
-    index = handler(client, prefix)
+def test_work_per_opener_stays_bounded_from_1k_to_100k_stored_openers(client, handler):
+    index = handler(client)
     stored = synthetic_openers(100_000, seed=1)
     stored[70_000] = BASE  # one real opener deep in the big job: still found at the end
     index.seed("small", stored[:1_000])

@@ -12,10 +12,12 @@ from chalicelib.quality.answer import (
     MAX_OPENER_CHARS,
     Answer,
     AnswerError,
+    json_instruction,
     parse_answer,
     parse_answers,
     parse_lenient,
     parse_lenient_answers,
+    refuses_response_format,
     response_format,
 )
 
@@ -143,3 +145,19 @@ def test_lenient_variants_from_a_list_or_an_object():
     assert len(parse_lenient_answers(json.dumps({"openers": items}), 2)) == 2
     with pytest.raises(AnswerError):
         parse_lenient_answers(json.dumps({"openers": items[:1]}), 2)
+
+
+def test_the_fallback_asks_for_the_same_json_in_words():
+    assert '"opener"' in json_instruction() and '"evidence"' in json_instruction()
+    assert "exactly 2" in json_instruction(2) and '"openers"' in json_instruction(2)
+
+
+@pytest.mark.parametrize(("status", "message", "refused"), [
+    (400, "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.", True),
+    (400, "Unrecognized request argument supplied: response_format", True),
+    (400, "This model's maximum context length is 8192 tokens.", False),
+    (500, "response_format failed", False),
+    (400, None, False),
+])
+def test_a_400_naming_response_format_means_the_server_refuses_it(status, message, refused):
+    assert refuses_response_format(status, message) is refused

@@ -8,7 +8,9 @@ import pytest
 
 from chalicelib.errors import BadRequest
 from chalicelib.quality import flags
-from chalicelib.quality.flags import check, check_word_limits, count_words, spam_hits, spam_phrases
+from chalicelib.quality.flags import check, check_word_limits, count_words, reask_message, spam_hits, spam_phrases
+from chalicelib.quality.grounding import Source
+from chalicelib.quality.grounding import check as ground
 
 CLEAN = "Loved how Bäckerei Müller bakes its rye with flour from the farm next door."
 
@@ -100,3 +102,15 @@ def test_flags_come_in_spec_order_and_are_known():
     checked = check("Act now!! " + " ".join(["word"] * 45), generic=True, duplicate_of="x")
     assert checked.flags == ("too_long", "duplicate", "spammy", "generic")
     assert set(checked.flags) <= set(flags.FLAGS)
+
+
+def test_the_re_ask_message_says_what_grounding_missed_and_what_each_flag_asks():
+    source = Source.of("Bäckerei Müller bakes rye since 1998.", ["Bäckerei Müller"])
+    grounding = ground("Congrats on 25 years of rye at Bäckerei Müller, a real institution!!", "bakes rye", source)
+    checked = check("Congrats on 25 years of rye at Bäckerei Müller, a real institution!!", max_words=10)
+    message = reask_message(grounding, checked)
+    assert message.startswith("Write the opener again: ")
+    assert "these figures are not in the source: 25" in message
+    assert "shorter: at most 10 words" in message and "exclamation" in message
+    assert reask_message(ground(CLEAN, "bakes rye", source), check(CLEAN)) is None
+    assert reask_message(None, None) is None

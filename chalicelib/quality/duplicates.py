@@ -179,9 +179,10 @@ class DuplicateIndex:
                 self.after_lookup()
             # The last try stores the opener whatever changed: under a storm of adds to one
             # bucket we prefer progress to an endless loop (first words are still checked).
-            force = "1" if attempt == self.max_tries else "0"
-            added = self._add(keys=keys, args=[self.ttl_s, self.bucket_cap, force,
-                                               first8, opener, len(buckets), *buckets, *map(_text, stamps)])
+            force = attempt == self.max_tries
+            seen = [] if force else [_text(stamp) for stamp in stamps]
+            added = self._add(keys=keys, args=[self.ttl_s, self.bucket_cap, "1" if force else "0",
+                                               first8, opener, len(buckets), *buckets, *seen])
             if int(added[0]) == 1:
                 return Verdict(_text(added[2]), "first_words", examined, attempt)
             if int(added[0]) == 0:

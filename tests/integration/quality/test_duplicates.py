@@ -113,6 +113,13 @@ def test_a_prefix_with_its_own_hash_tag_is_used_as_it_is(client, handler, prefix
     assert index.check_and_add("j", BASE) is None and index.check_and_add("j", REWORDED) == BASE
 
 
+def test_the_last_try_stores_the_opener_without_comparing_stamps(client, handler):
+    index = handler(client, max_tries=1)  # every add is the last try: forced
+    assert [index.check_and_add("job-1", o) for o in (BASE, UNRELATED)] == [None, None]
+    assert index.check_and_add("job-1", REWORDED) == BASE  # still compared before the add
+    assert client.hlen(index.keys("job-1")[1]) == 2
+
+
 def _race(indexes: list[DuplicateIndex], openers: list[str], job: str) -> list:
     """Both handlers look up before either adds: each waits at the barrier after its first lookup."""
     barrier = threading.Barrier(len(indexes), timeout=30)

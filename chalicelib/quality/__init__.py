@@ -5,7 +5,7 @@ Below ``generation`` in the layers: pure functions on an answer and its source, 
 duplicate index adapter around an injected Redis client. The worker, batch mode and preview call
 it in this order: ``answer`` (parse what the model said), ``grounding.check`` (against the
 row's ``grounding.Source``), ``DuplicateIndex.check_and_add``, then ``flags.check`` for the rest;
-each result carries the words for the re-ask message.
+each result carries the words for the re-ask message (``flags.reask_message`` joins them).
 """
 
 from chalicelib.quality.answer import (
@@ -20,7 +20,7 @@ from chalicelib.quality.answer import (
     response_format,
 )
 from chalicelib.quality.duplicates import DuplicateIndex, Verdict, is_near_duplicate
-from chalicelib.quality.flags import Checked, check_word_limits, count_words
+from chalicelib.quality.flags import Checked, check_word_limits, count_words, reask_message
 from chalicelib.quality.grounding import GENERIC, UNSUPPORTED, VERIFIED, Grounding, Source
 from chalicelib.quality.language import is_wrong_language, page_language
 
@@ -28,5 +28,5 @@ __all__ = [
     "GENERIC", "MAX_EVIDENCE_CHARS", "MAX_OPENER_CHARS", "UNSUPPORTED", "VERIFIED", "Answer", "AnswerError",
     "Checked", "DuplicateIndex", "Grounding", "Source", "Verdict", "check_word_limits", "count_words",
     "is_near_duplicate", "is_wrong_language", "page_language", "parse_answer", "parse_answers", "parse_lenient",
-    "parse_lenient_answers", "response_format",
+    "parse_lenient_answers", "reask_message", "response_format",
 ]

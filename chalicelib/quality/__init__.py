@@ -3,9 +3,12 @@ of accepted openers that finds near-duplicates (SPEC "Openers you can trust").
 
 Below ``generation`` in the layers: pure functions on an answer and its source, plus the
 duplicate index adapter around an injected Redis client. The worker, batch mode and preview call
-it in this order: ``answer`` (parse what the model said), ``grounding.check`` (against the
-row's ``grounding.Source``), ``DuplicateIndex.check_and_add``, then ``flags.check`` for the rest;
-each result carries the words for the re-ask message (``flags.reask_message`` joins them).
+it in this order: ``answer`` (``response_format`` out, ``parse_answer`` back, or
+``json_instruction`` / ``parse_lenient`` for a server that ``refuses_response_format``),
+``grounding.check`` against the row's ``grounding.Source``, ``flags.check``; re-ask with
+``flags.reask_message`` when something is missing or flagged; and last, on the opener about to
+be kept, ``DuplicateIndex.check_and_add`` (it stores what it accepts, so an opener that is then
+thrown away would haunt the job's later rows).
 """
 
 from chalicelib.quality.answer import (

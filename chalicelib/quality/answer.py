@@ -60,8 +60,8 @@ _ANSWER_SCHEMA: dict[str, Any] = {
 
 def response_format(variants: int = 1) -> dict[str, Any]:
     """The ``response_format`` of a chat completion asking for one answer (or ``variants``
-    different ones) in strict structured-output mode. Lengths and counts are checked by the
-    parser, not the schema: strict mode does not promise to enforce them."""
+    different ones, ``minItems`` = ``maxItems`` = ``variants``) in strict structured-output mode.
+    Lengths and counts are checked by the parser all the same: an answer is untrusted input."""
     if not 1 <= variants <= MAX_VARIANTS:
         raise ValueError(f"variants must be between 1 and {MAX_VARIANTS}")
     if variants == 1:
@@ -70,6 +70,7 @@ def response_format(variants: int = 1) -> dict[str, Any]:
         name = f"{SCHEMA_NAME}s"
         schema = {"type": "object",
                   "properties": {"openers": {"type": "array", "items": _ANSWER_SCHEMA,
+                                             "minItems": variants, "maxItems": variants,
                                              "description": f"exactly {variants} different openers"}},
                   "required": ["openers"], "additionalProperties": False}
     return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}}

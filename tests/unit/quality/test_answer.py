@@ -43,6 +43,7 @@ def test_response_format_for_variants_wraps_the_same_answer_in_a_list():
     schema = response_format(3)["json_schema"]["schema"]
     assert schema["required"] == ["openers"] and schema["additionalProperties"] is False
     assert schema["properties"]["openers"]["items"] == response_format()["json_schema"]["schema"]
+    assert schema["properties"]["openers"]["minItems"] == schema["properties"]["openers"]["maxItems"] == 3
     with pytest.raises(ValueError):
         response_format(4)
 

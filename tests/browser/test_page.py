@@ -18,7 +18,8 @@ from playwright.sync_api import Page, expect
 from tests.support.util import wait_for
 
 XSS = "<img src=x onerror=window.__xss=1>"
-OPENER_COLUMNS = ["opener", "opener_status", "opener_error", "context_status"]
+OPENER_COLUMNS = ["opener", "opener_status", "opener_error", "context_status", "opener_evidence", "opener_quality",
+                  "opener_language"]
 CONTEXT_STATUSES = {"fetched", "blocked", "timeout", "not_html", "robots", "error", "off"}
 
 

@@ -77,7 +77,10 @@ def job_json(job: dict) -> dict:
 def quality_summary(counters: dict, written: int) -> dict:
     """SPEC's job `quality` from the counters the worker keeps in jobs.quality (see
     sql/0012_quality.sql): `written` is the openers the job has written (its completed rows)."""
-    flagged = {flag: int(n) for flag, n in (counters.get("flagged") or {}).items() if n}
+    counts = counters.get("flagged") or {}
+    # SPEC's order of the flags (jsonb keeps keys in its own order), any other after them
+    order = [*FLAGS, *sorted(set(counts) - set(FLAGS))]
+    flagged = {flag: int(counts[flag]) for flag in order if counts.get(flag)}
     return {
         "verified": int(counters.get("verified", 0)),
         "generic": int(counters.get("generic", 0)),

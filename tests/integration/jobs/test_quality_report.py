@@ -59,6 +59,7 @@ def test_the_job_summarises_the_workers_counters_with_its_options(client, conn):
     job = job_of(client, job_id)
     assert job["quality"] == {"verified": 2, "generic": 1, "flagged": {"duplicate": 1, "too_long": 2},
                               "duplicate_rate": 0.25, "median_words": 16, "regenerated": 3, "reused": 1}
+    assert list(job["quality"]["flagged"]) == ["too_long", "duplicate"]  # SPEC's order, whatever jsonb's
     assert (job["grounding"], job["min_words"], job["max_words"], job["language"]) == ("flag", 5, 30, "de")
     listed = body(client.http.get("/api/jobs"))["jobs"]
     assert [j["quality"] for j in listed if j["id"] == job_id] == [job["quality"]]

@@ -29,7 +29,7 @@ from chalicelib.generation import pricing
 from chalicelib.generation.answers import GenerationFailed
 from chalicelib.generation.dispatch import dispatch_next
 from chalicelib.generation.ratelimit import LimiterStopped
-from chalicelib.logs import get_logger, log_context
+from chalicelib.logs import get_logger, log_context, public_error
 
 log = get_logger("worker")
 
@@ -211,7 +211,7 @@ class ChunkWorker:
                     "retry_count": row["retry_count"] + exc.attempts}
         except Exception as exc:  # a bug must not loop a URL forever: record it as this URL's failure
             log.exception("unexpected error generating an opener", extra={"url": row["url"]})
-            error = f"internal error: {type(exc).__name__}: {exc}"
+            error = public_error("internal error while generating this opener", exc)  # its text: the log
             return {**base, "status": "failed", "error": error[:MAX_ERROR_CHARS], "retry_count": row["retry_count"] + 1}
         return {**base, "status": "completed", "opener": opener.text,
                 "retry_count": row["retry_count"] + opener.attempts - 1,

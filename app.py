@@ -264,6 +264,7 @@ def process(caller: Caller):
     job_id = body.get("job_id") or body.get("jobId")
     if not job_id:
         raise BadRequest("job_id is required", code="missing_job_id")
+    emf.tag(job_id=job_id)
     result = jobs.start(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id,
                         instructions=body.get("instructions"), model=body.get("model"),
                         page_context=body.get("page_context"), max_cost_usd=body.get("max_cost_usd"),

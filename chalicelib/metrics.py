@@ -103,7 +103,12 @@ class Recorder:
             for key, value in self.properties.items():
                 if value is not None:
                     provider.add_metadata(key=key, value=str(value))
-            documents.append(provider.serialize_metric_set())
+            document = provider.serialize_metric_set()
+            for name in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]:  # one value: a plain number, so
+                values = document[name["Name"]]  # Logs Insights can sum it (`stats sum(CostUsd) by account_id`)
+                if isinstance(values, list) and len(values) == 1:
+                    document[name["Name"]] = values[0]
+            documents.append(document)
         return documents
 
 

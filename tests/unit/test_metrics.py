@@ -60,6 +60,7 @@ def test_one_invocation_is_one_valid_emf_document_with_ids_as_properties(capsys)
     assert [total(document, m) for m in ("PromptTokens", "CompletionTokens")] == [500, 100]
     assert total(document, "CostUsd") == pytest.approx(600 / 1_000_000)
     assert total(document, "ChunkQueueLag") == 2500 and total(document, "LimiterWait") == 250
+    assert document["UrlsCompleted"] == 2  # a single value is a plain number (Logs Insights sums it)
     units = {m["Name"]: m["Unit"] for m in directive["Metrics"]}
     assert units["LlmLatency"] == units["ChunkQueueLag"] == "Milliseconds" and units["UrlsCompleted"] == "Count"
 

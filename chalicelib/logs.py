@@ -105,3 +105,12 @@ def bind(**fields: Any) -> None:
 def context_field(name: str) -> Any:
     """A field of the current context (None when absent), e.g. the correlation id to pass on."""
     return dict(_context.get()).get(name)
+
+
+CORRELATION_HEADER = "X-Correlation-Id"
+
+
+def correlation_headers() -> dict[str, str]:
+    """The header that carries the current correlation id to a receiver (webhooks), if there is one."""
+    correlation_id = context_field("correlation_id")
+    return {CORRELATION_HEADER: str(correlation_id)} if correlation_id else {}

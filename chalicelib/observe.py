@@ -5,7 +5,8 @@ message and webhook it caused. Each invocation gets one log context (the Lambda 
 function, a correlation id) and one EMF flush (chalicelib/metrics.py). The correlation id is the
 caller's `X-Correlation-Id` when it is a sane token, else the request id; the chunk messages sent
 during the request carry it (chalicelib/adapters/queue.py), and the chunk handler takes it back
-from its message, together with the message's age (ChunkQueueLag).
+from its message, together with the message's age (ChunkQueueLag), and sends it on with the
+job's webhook (`X-Correlation-Id`, chalicelib/outbound/webhooks.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from chalicelib import logs, metrics
 from chalicelib.adapters.queue import chunk_correlation_id
 
-HEADER = "X-Correlation-Id"
+HEADER = logs.CORRELATION_HEADER
 _SANE = re.compile(r"^[A-Za-z0-9._:\-]{1,100}$")  # ends up in logs and messages: no free text
 
 # Chalice's event classes -> the function names of .chalice/config.json

@@ -67,3 +67,27 @@ def test_a_chunk_run_prints_valid_emf_and_logs_with_its_job_account_and_the_requ
     assert (finished["correlation_id"], finished["request_id"], finished["function"], finished["account_id"],
             finished["job_id"]) == ("upload-7f3a", context.aws_request_id, "process_chunk",
                                     client.account.id, job_id)
+
+
+def test_the_webhook_of_a_job_completed_by_its_chunk_carries_the_requests_correlation_id(client, settings, env):
+    import app
+    from tests.support.webhook_receiver import Receiver
+
+    env(OUTBOUND_ALLOW_NETWORKS="127.0.0.1/32", OPENAI_DUMMY_DELAY_MS="0", OPENAI_RPM="0", OPENAI_TPM="0")
+    receiver = Receiver()
+    try:
+        assert client.http.post("/api/account/webhook-secret", body="{}",
+                                headers={"Content-Type": "application/json"}).status_code == 201
+        job_id = body(upload_csv(client, b"website\nhooli.example.com\n"))["job"]["id"]
+        started = client.http.post("/api/upload/process", headers={"Content-Type": "application/json",
+                                                                   "X-Correlation-Id": "hook-5c2e"},
+                                   body=json.dumps({"job_id": job_id, "callback_url": receiver.url}))
+        assert started.status_code == 202, started.body
+        [message] = receive_all(settings.chunk_queue_url)
+        app.process_chunk(sqs_event(message, CHUNK_ARN, "us-east-1"),
+                          LambdaContext("process_chunk", 900, threading.Event()))
+        [(headers, data)] = receiver.requests
+        assert json.loads(data)["type"] == "job.completed"
+        assert headers["x-correlation-id"] == "hook-5c2e"
+    finally:
+        receiver.close()

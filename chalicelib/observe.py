@@ -31,11 +31,15 @@ def _lambda_context(event: Any) -> Any:
     return getattr(event, "lambda_context", None) or getattr(event, "context", None)
 
 
+def _api_request_id(event: Any) -> str | None:
+    """API Gateway's id of an HTTP request (the one a 500 answer quotes), if any."""
+    context = getattr(event, "context", None)
+    return context.get("requestId") if isinstance(context, dict) else None
+
+
 def _request_id(event: Any) -> str:
-    context = _lambda_context(event)
-    request_id = getattr(context, "aws_request_id", None)
-    if not request_id and isinstance(getattr(event, "context", None), dict):  # an HTTP request's context
-        request_id = event.context.get("requestId")
+    """Lambda's request id of this invocation (API Gateway's, or a new one, where there is none: locally)."""
+    request_id = getattr(_lambda_context(event), "aws_request_id", None) or _api_request_id(event)
     return str(request_id or uuid.uuid4())
 
 
@@ -55,7 +59,8 @@ def run(event: Any, get_response: Callable[[Any], Any]) -> Any:
         records = [record.to_dict() for record in event]
         correlation_id = next((c for c in (chunk_correlation_id(r.get("body", "")) for r in records) if c),
                               request_id)
-    with logs.log_context(request_id=request_id, function=function, correlation_id=correlation_id), \
+    with logs.log_context(request_id=request_id, function=function, correlation_id=correlation_id,
+                          api_request_id=_api_request_id(event) if function == "api_handler" else None), \
             metrics.invocation(function, request_id=request_id, correlation_id=correlation_id):
         for record in records:
             metrics.queue_lag((record.get("attributes") or {}).get("SentTimestamp"))

@@ -133,3 +133,12 @@ def test_flush_writes_to_the_given_stream():
     out = io.StringIO()
     metrics.flush(recorder, out)
     assert emf_documents(out.getvalue())[0]["function"] == "requeue_stalled"
+
+
+def test_a_callers_correlation_id_is_kept_only_when_it_is_a_plain_token():
+    from chalicelib import observe
+
+    assert observe.correlation_from_request({"x-correlation-id": "upload-1:a.b"}, "req-1") == "upload-1:a.b"
+    assert observe.correlation_from_request({"x-correlation-id": 'a b\n{"level": "error"}'}, "req-1") == "req-1"
+    assert observe.correlation_from_request({"x-correlation-id": "x" * 101}, "req-1") == "req-1"
+    assert observe.correlation_from_request({}, "req-1") == "req-1"

@@ -91,3 +91,12 @@ def test_the_webhook_of_a_job_completed_by_its_chunk_carries_the_requests_correl
         assert headers["x-correlation-id"] == "hook-5c2e"
     finally:
         receiver.close()
+
+
+def test_an_api_request_refused_counts_in_api4xx_with_its_account_and_job(client, capsys):
+    unknown = "0b5e8a1e-7c44-4d8e-9a51-3f1f0e6c2d11"
+    capsys.readouterr()
+    assert client.http.get(f"/api/jobs/{unknown}").status_code == 404
+    [document] = [d for d in emf_documents(capsys.readouterr().out) if d["function"] == "api_handler"]
+    assert total(document, "Api4xx") == 1 and total(document, "Invocations") == 1 and "Api5xx" not in document
+    assert (document["account_id"], document["job_id"]) == (client.account.id, unknown)

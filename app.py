@@ -257,7 +257,9 @@ def process(caller: Caller):
     result = jobs.start(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id,
                         instructions=body.get("instructions"), model=body.get("model"),
                         page_context=body.get("page_context"), max_cost_usd=body.get("max_cost_usd"),
-                        callback_url=body.get("callback_url"), mode=body.get("mode"))
+                        callback_url=body.get("callback_url"), mode=body.get("mode"),
+                        grounding=body.get("grounding"), min_words=body.get("min_words"),
+                        max_words=body.get("max_words"), language=body.get("language"))
     return Response(result, status_code=202)
 
 

@@ -137,7 +137,16 @@ def chunk_worker():
 
     return ChunkWorker(get_conn=conn, generator=opener_generator(), queue=chunk_queue(), settings=get_settings(),
                        export=job_completed, page_summary=page_summaries(), notify=notify_job,
-                       batches=batch_runner())
+                       batches=batch_runner(), duplicates=duplicate_index())
+
+
+@lru_cache(maxsize=1)
+def duplicate_index():
+    """The job-wide index of accepted openers (near-duplicates across every chunk and handler of
+    a job), in the shared Redis under the settings' prefix."""
+    from chalicelib.quality.duplicates import DuplicateIndex
+
+    return DuplicateIndex(redis_client(), prefix=f"{get_settings().ratelimit_prefix}:dup")
 
 
 def job_completed(job: dict) -> None:

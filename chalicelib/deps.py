@@ -164,7 +164,8 @@ def batch_runner():
 
     generator = opener_generator()
     return BatchRunner(get_conn=conn, client=generator.client, generator=generator, settings=get_settings(),
-                       page_summary=page_summaries(), completed=job_completed, notify=notify_job)
+                       page_summary=page_summaries(), completed=job_completed, notify=notify_job,
+                       duplicates=duplicate_index())
 
 
 @lru_cache(maxsize=1)

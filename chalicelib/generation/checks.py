@@ -16,13 +16,18 @@ Calls made again go through the same generator, so they count in tokens, cost an
 
 from __future__ import annotations
 
+import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from chalicelib.generation.answers import GenerationFailed, Opener
+from chalicelib.outbound.summaries import declared_language_of
 from chalicelib.quality import flags as quality_flags
 from chalicelib.quality import grounding as quality_grounding
+from chalicelib.quality.duplicates import is_near_duplicate
 from chalicelib.quality.language import page_language
 
 STRICT = "strict"
@@ -40,6 +45,22 @@ class Generator(Protocol):
 
 class Duplicates(Protocol):
     def check_and_add(self, job_id: str, opener: str) -> str | None: ...
+
+
+class LocalDuplicates:
+    """A duplicate index for a handful of openers in one process (a preview's): SPEC's rule,
+    every opener compared with every one accepted before it."""
+
+    def __init__(self) -> None:
+        self._accepted: list[str] = []
+        self._lock = threading.Lock()
+
+    def check_and_add(self, job_id: str, opener: str) -> str | None:
+        with self._lock:
+            repeats = next((a for a in self._accepted if is_near_duplicate(opener, a)), None)
+            if repeats is None:
+                self._accepted.append(opener)
+            return repeats
 
 
 class Ungrounded(GenerationFailed):
@@ -80,11 +101,12 @@ class Checked:
 
 
 def row_language(options: Options, page: str | None, declared: str | None = None) -> str:
-    """The language to write a row in: the job's, or with ``auto`` the page's declared language,
-    else the one its summary reads as, else English."""
+    """The language to write a row in: the job's, or with ``auto`` the page's declared language
+    (``declared``, else the summary's ``Language:`` line), else the one its summary reads as,
+    else English."""
     if options.language != AUTO:
         return options.language
-    return page_language(declared, None, None, page) or DEFAULT_LANGUAGE
+    return page_language(declared or declared_language_of(page), None, None, page) or DEFAULT_LANGUAGE
 
 
 def generate_checked(generator: Generator, *, job_id: str, url: str, instructions: str | None,
@@ -98,8 +120,14 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
     in hand (a Batch API result): checked before any live call is made."""
     language = row_language(options, page, declared_language)
     values = [v for v in (fields or {}).values() if v]
-    source = quality_grounding.Source.of(page, values, instructions)
     has_source = bool(page) or bool(values)
+    # The URL is the row's too: an opener may name the prospect's domain ("b2b-24.example.com")
+    # without making a claim (its digits are no figure). It is no reason to ask a generic opener
+    # again, though.
+    host = (urlsplit(url if "://" in url else f"https://{url}").hostname or "").removeprefix("www.")
+    domain = re.compile(rf"(?:https?://)?(?:www\.)?{re.escape(host)}/?", re.IGNORECASE) if host else None
+    values += [url, host] if host else [url]
+    source = quality_grounding.Source.of(page, values, instructions)
     max_calls = max(1, max_calls)
     total = {"prompt": 0, "completion": 0, "attempts": 0}
     calls = 0
@@ -123,7 +151,8 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
 
     while True:
         opener = ask()
-        found = quality_grounding.check(opener.text, opener.evidence, source)
+        claims = domain.sub(" ", opener.text) if domain is not None else opener.text
+        found = quality_grounding.check(claims, opener.evidence, source)
         checked = quality_flags.check(opener.text, generic=found.status == quality_grounding.GENERIC,
                                       language=language, min_words=options.min_words,
                                       max_words=options.max_words, names=tuple(values))

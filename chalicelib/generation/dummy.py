@@ -151,8 +151,7 @@ def dummy_opener(url: str, fields: dict[str, str] | None = None, page_title: str
     title when there is one (in place of the template's first sentence, to stay within the
     default word limits), so dummy runs show what templates and page context do. ``turn``: how
     many times the row was asked again (each gets the next template)."""
-    text, _ = dummy_answer(url, fields, page_title, turn)
-    return text
+    return dummy_answer(url, fields, page_title, turn)[0]
 
 
 def dummy_answer(url: str, fields: dict[str, str] | None = None, page_title: str | None = None,
@@ -176,6 +175,14 @@ def dummy_answer(url: str, fields: dict[str, str] | None = None, page_title: str
     if person:
         text = f"Hi {person.split()[0][:30]}, {text[0].lower()}{text[1:]}"
     return (text[:300].rsplit(" ", 1)[0] if len(text) > 300 else text), evidence
+
+
+def _evidence(opener: str, fields: dict[str, str], page_title: str | None) -> str | None:
+    """What the opener quotes of the prompt's data, verbatim: the page title or a field value."""
+    for candidate in (page_title[:60].rstrip() if page_title else None, *fields.values()):
+        if candidate and len(candidate) >= 3 and candidate in opener:
+            return candidate
+    return None
 
 
 def _asks_for_json(payload: dict[str, Any]) -> bool:
@@ -230,8 +237,10 @@ class DummyTransport(httpx2.BaseTransport):
     def _completion(self, payload: dict[str, Any]) -> dict[str, Any]:
         url = _prospect_url(payload)
         turn = max(0, len(_texts(payload["messages"], "user")) - 1)  # a re-ask is one more user message
-        opener, evidence = dummy_answer(url, *_prompt_data(payload), turn=turn)
-        text = json.dumps({"opener": opener, "evidence": evidence}) if _asks_for_json(payload) else opener
+        fields, title = _prompt_data(payload)
+        opener = dummy_opener(url, fields, title, turn=turn) if turn else dummy_opener(url, fields, title)
+        text = json.dumps({"opener": opener, "evidence": _evidence(opener, fields, title)}) \
+            if _asks_for_json(payload) else opener
         prompt_chars = sum(len(text) for text in _texts(payload["messages"]))
         prompt_tokens = math.ceil(prompt_chars / 4) + 4 * len(payload["messages"])
         completion_tokens = _approx_tokens(text)

@@ -198,21 +198,19 @@ class ChunkWorker:
 
     def _generate(self, row: dict, job: dict, stop: _Flag, page_fetch: Future | None = None) -> dict | None:
         """One URL -> a result dict, or None to give the row back (stop requested)."""
-        page, context, declared = None, "off", None
+        page, context = None, "off"
         if page_fetch is not None:
             if stop.is_set():
                 page_fetch.cancel()
                 return None
-            fetched = page_fetch.result()  # never raises: a page that fails is a status
-            page, context = fetched[0], fetched[1]
-            declared = fetched[2] if len(fetched) > 2 else None  # the page's declared language
+            page, context = page_fetch.result()  # never raises: a page that fails is a status
         base = {"id": row["id"], "opener": None, "error": None, "prompt_tokens": None, "completion_tokens": None,
                 "context_status": context}
         try:
             opener = checks.generate_checked(
                 self.generator, job_id=str(job["id"]), url=row["url"], instructions=job["instructions"],
                 model=job["model"], options=checks.Options.of(job), fields=row.get("fields"), page=page,
-                declared_language=declared, duplicates=self.duplicates, max_calls=self.settings.max_retries,
+                duplicates=self.duplicates, max_calls=self.settings.max_retries,
                 should_stop=stop.is_set, account=str(job["account_id"]))
         except LimiterStopped:
             return None

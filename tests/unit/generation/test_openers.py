@@ -649,3 +649,16 @@ def test_a_reask_is_one_more_user_message_after_the_first() -> None:
     assert system["content"].endswith("The opener has 5 to 20 words.")
     assert user["content"].endswith("Write the opener in German.")
     assert reask == {"role": "user", "content": "Write the opener again: shorter: at most 20 words."}
+
+
+def test_dummy_mode_answers_the_structured_json_with_verbatim_evidence_and_varies_on_a_reask() -> None:
+    generator, _ = dummy_generator()
+    page = "Title: Sonne Bakery | Sourdough since 1998\nText: We bake bread."
+    first = generator.generate("https://sonne.example/", page=page)
+    assert first.evidence == "Sonne Bakery" and first.text.startswith("I enjoyed reading Sonne Bakery on your site.")
+    with_company = generator.generate("https://acme.com/", "Mention {{company}}.", fields={"company": "Acme Robotics"})
+    assert with_company.evidence == "Acme Robotics" and "Acme Robotics" in with_company.text
+    plain = generator.generate("https://acme.com/")
+    assert plain.evidence is None  # names nothing of the data: a generic opener
+    again = generator.generate("https://acme.com/", reask="Write the opener again: do not repeat: x.")
+    assert again.text != plain.text and clean_opener(again.text) == again.text

@@ -110,12 +110,11 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, openai.APITimeoutError):
         return "Timed out waiting for the model API"
     if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__
-        reason = f"{type(cause).__name__}: {cause}" if cause else exc.message
-        return f"Could not connect to the model API ({reason})"
+        # the kind of failure, not the library's text (it names the provider's host and address)
+        return f"Could not connect to the model API ({type(exc.__cause__ or exc).__name__})"
     if isinstance(exc, UnusableAnswer):
         return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    return f"The model API call failed ({type(exc).__name__})"
 
 
 def retry_after(exc: BaseException | None) -> float | None:

@@ -33,7 +33,7 @@ from chalicelib.generation import checks, pricing
 from chalicelib.generation.answers import GenerationFailed
 from chalicelib.generation.dispatch import dispatch_next
 from chalicelib.generation.ratelimit import LimiterStopped
-from chalicelib.logs import get_logger, log_context
+from chalicelib.logs import get_logger, log_context, public_error
 
 log = get_logger("worker")
 
@@ -222,7 +222,7 @@ class ChunkWorker:
             return failed
         except Exception as exc:  # a bug must not loop a URL forever: record it as this URL's failure
             log.exception("unexpected error generating an opener", extra={"url": row["url"]})
-            error = f"internal error: {type(exc).__name__}: {exc}"
+            error = public_error("internal error while generating this opener", exc)  # its text: the log
             return {**base, "status": "failed", "error": error[:MAX_ERROR_CHARS], "retry_count": row["retry_count"] + 1}
         return {**base, "status": "completed", "opener": opener.text,
                 "retry_count": row["retry_count"] + opener.attempts - 1 - opener.regenerations,

@@ -78,8 +78,9 @@ def give_up_chunk(get_conn, storage: Storage, queue: ChunkQueue, job_id: str, ch
                   error: BaseException, notify: Callable[[dict], None] | None = None) -> None:
     """The chunk's message failed its last delivery and goes to the dead-letter queue: its
     unfinished URLs fail with the reason, the job says why, and it can complete (and be retried)."""
-    reason = (f"chunk {chunk} failed {receive_count} deliveries ({type(error).__name__}: {str(error)[:200]}); "
+    reason = (f"chunk {chunk} failed {receive_count} deliveries ({type(error).__name__}); "
               "its message is in the dead-letter queue. Retry the job to try again.")
+    log.error("chunk given up: its last delivery failed", exc_info=error, extra={"job_id": job_id, "chunk": chunk})
     conn = get_conn()
     with conn.transaction():
         result = db.fail_chunk(conn, job_id, chunk, reason)

@@ -123,9 +123,13 @@ def test_retry_and_a_saving_worker_never_deadlock(conn, settings):
 
 def test_a_job_completed_by_giving_up_its_last_chunk_gets_its_results_csv(conn, settings):
     account_id, job_id = new_job(conn, settings, n=2)
-    jobs.give_up_chunk(deps.conn, deps.storage(), deps.chunk_queue(), job_id, 0, 5, RuntimeError("boom"))
+    jobs.give_up_chunk(deps.conn, deps.storage(), deps.chunk_queue(), job_id, 0, 5,
+                       RuntimeError("boom at sqs.internal:4566 with key AKIA123"))
     job = db.get_job(conn, job_id)
     assert job["status"] == "completed" and job["failed_rows"] == 2
+    errors = {r["error"] for r in conn.execute("SELECT error FROM urls WHERE job_id = %s", (job_id,)).fetchall()}
+    assert errors == {"chunk 0 failed 5 deliveries (RuntimeError); its message is in the dead-letter queue. "
+                      "Retry the job to try again."}  # the kind of failure, never the library's text
     assert job["result_path"] == f"results/{account_id}/{job_id}.csv"
     text = deps.storage().s3.get_object(Bucket=deps.storage().bucket, Key=job["result_path"])["Body"].read().decode()
     assert text.count(",failed,") == 2

@@ -143,10 +143,15 @@ def chunk_worker():
 @lru_cache(maxsize=1)
 def duplicate_index():
     """The job-wide index of accepted openers (near-duplicates across every chunk and handler of
-    a job), in the shared Redis under the settings' prefix."""
+    a job), in the shared Redis under the settings' prefix. None in dummy mode: its openers come
+    from a dozen templates, near-duplicates of each other by construction, so asking again would
+    only double every dummy job's calls (the other checks still run)."""
     from chalicelib.quality.duplicates import DuplicateIndex
 
-    return DuplicateIndex(redis_client(), prefix=f"{get_settings().ratelimit_prefix}:dup")
+    s = get_settings()
+    if s.openai_dummy_mode:
+        return None
+    return DuplicateIndex(redis_client(), prefix=f"{s.ratelimit_prefix}:dup")
 
 
 def job_completed(job: dict) -> None:

@@ -279,7 +279,7 @@ def get_job(caller: Caller, job_id):
 def job_results(caller: Caller, job_id):
     q = query()
     return jobs.results(deps.conn(), caller.account_id, job_id, status=q.get("status"), limit=q.get("limit"),
-                        cursor=q.get("cursor"))
+                        cursor=q.get("cursor"), quality=q.get("quality"))
 
 
 @route("/api/jobs/{job_id}/preview", methods=["POST"])

@@ -268,7 +268,9 @@ def process(caller: Caller):
     result = jobs.start(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id,
                         instructions=body.get("instructions"), model=body.get("model"),
                         page_context=body.get("page_context"), max_cost_usd=body.get("max_cost_usd"),
-                        callback_url=body.get("callback_url"), mode=body.get("mode"))
+                        callback_url=body.get("callback_url"), mode=body.get("mode"),
+                        grounding=body.get("grounding"), min_words=body.get("min_words"),
+                        max_words=body.get("max_words"), language=body.get("language"))
     return Response(result, status_code=202)
 
 
@@ -297,7 +299,9 @@ def preview_job(caller: Caller, job_id):
     return preview.preview(deps.conn(), deps.storage(), deps.settings(), deps.preview_generator(), caller.account_id,
                            job_id, instructions=body.get("instructions"), model=body.get("model"),
                            page_context=body.get("page_context"), rows=body.get("rows"),
-                           page_summary=deps.page_summaries())
+                           page_summary=deps.page_summaries(), grounding=body.get("grounding"),
+                           min_words=body.get("min_words"), max_words=body.get("max_words"),
+                           language=body.get("language"))
 
 
 @route("/api/jobs/{job_id}/retry", methods=["POST"])

@@ -137,7 +137,21 @@ def chunk_worker():
 
     return ChunkWorker(get_conn=conn, generator=opener_generator(), queue=chunk_queue(), settings=get_settings(),
                        export=job_completed, page_summary=page_summaries(), notify=notify_job,
-                       batches=batch_runner())
+                       batches=batch_runner(), duplicates=duplicate_index())
+
+
+@lru_cache(maxsize=1)
+def duplicate_index():
+    """The job-wide index of accepted openers (near-duplicates across every chunk and handler of
+    a job), in the shared Redis under the settings' prefix. None in dummy mode: its openers come
+    from a dozen templates, near-duplicates of each other by construction, so asking again would
+    only double every dummy job's calls (the other checks still run)."""
+    from chalicelib.quality.duplicates import DuplicateIndex
+
+    s = get_settings()
+    if s.openai_dummy_mode:
+        return None
+    return DuplicateIndex(redis_client(), prefix=f"{s.ratelimit_prefix}:dup")
 
 
 def job_completed(job: dict) -> None:
@@ -155,7 +169,8 @@ def batch_runner():
 
     generator = opener_generator()
     return BatchRunner(get_conn=conn, client=generator.client, generator=generator, settings=get_settings(),
-                       page_summary=page_summaries(), completed=job_completed, notify=notify_job)
+                       page_summary=page_summaries(), completed=job_completed, notify=notify_job,
+                       duplicates=duplicate_index())
 
 
 @lru_cache(maxsize=1)

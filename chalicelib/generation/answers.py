@@ -1,6 +1,9 @@
-"""What the model answered, made into an opener or refused: the opener and its token counts,
-the cleaning that turns a raw answer into plain text fit for a CSV cell (no markdown, quotes,
-placeholders or refusals; at most two sentences), and the errors a row can fail with."""
+"""What the model answered, made into an opener or refused: the opener, its evidence and its
+token counts, the cleaning that turns a raw answer into plain text fit for a CSV cell (no
+markdown, quotes, placeholders or refusals; at most two sentences), and the errors a row can
+fail with. The answer is the JSON of ``chalicelib.quality.answer`` (read strictly when it was
+asked for through ``response_format``, leniently when asked for in words); its opener is then
+cleaned and passed through the output guard as a plain answer was."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import Any
 from chalicelib.generation import guard
 from chalicelib.generation.prompt import MAX_INSTRUCTIONS_CHARS, SYSTEM_PROMPT, build_messages  # noqa: F401 (re-exported)
 from chalicelib.logs import redact_secrets
+from chalicelib.quality.answer import AnswerError, parse_answer, parse_lenient
 
 log = logging.getLogger("csv_opener.openers")
 
@@ -32,6 +36,7 @@ class Opener:
     prompt_tokens: int
     completion_tokens: int
     attempts: int
+    evidence: str | None = None
 
 
 def trim(text: str, limit: int) -> str:
@@ -202,8 +207,9 @@ def token_count(usage: Any, name: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10_000_000 else 0
 
 
-def usable_text(body: dict) -> str:
-    """The opener in a chat.completion body, cleaned; UnusableAnswer (saying why) when there is none."""
+def _content(body: dict) -> tuple[str | None, dict, dict]:
+    """(the message's text, the message, the choice) of a chat.completion body; UnusableAnswer
+    for a refusal or an answer without a message."""
     choices = body.get("choices") or []
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
@@ -213,32 +219,56 @@ def usable_text(body: dict) -> str:
         raise UnusableAnswer("the model refused to write an opener")
     if not choices:
         raise UnusableAnswer("the answer held no message")
+    return raw, message, choice
+
+
+def usable_text(body: dict) -> str:
+    """The opener in a plain-text chat.completion body, cleaned; UnusableAnswer (saying why) when
+    there is none."""
+    raw, message, choice = _content(body)
     if raw and choice.get("finish_reason") == "length":
         raw = complete_sentences(raw)  # cut off by max_tokens: keep whole sentences only
+    return _cleaned(raw, message.get("content"))
+
+
+def _cleaned(raw: str | None, sample: object) -> str:
     text, reason = cleaned_or_reason(raw)
     if text is None:
-        log_unusable(reason, message.get("content"))
+        log_unusable(reason, sample)
         raise UnusableAnswer(reason)
     return text
 
 
-def checked_text(body: dict, url: str, instructions: str | None) -> str:
-    """``usable_text``, then the output guard: UnusableAnswer(rejected=True) with the guard's reason."""
-    text = usable_text(body)
+def usable_answer(body: dict, lenient: bool = False) -> tuple[str, str | None]:
+    """(opener, evidence) of a structured answer: the JSON parsed (strictly, or leniently when it
+    was asked for in words), the opener cleaned; UnusableAnswer saying why when it is not one."""
+    raw, message, _ = _content(body)
+    try:
+        answer = parse_lenient(raw) if lenient else parse_answer(raw)
+    except AnswerError as exc:
+        log_unusable(exc.reason, message.get("content"))
+        raise UnusableAnswer(exc.message[0].lower() + exc.message[1:]) from None
+    return _cleaned(answer.opener, answer.opener), answer.evidence
+
+
+def checked_answer(body: dict, url: str, instructions: str | None, lenient: bool = False) -> tuple[str, str | None]:
+    """``usable_answer``, then the output guard on the opener: UnusableAnswer(rejected=True)
+    with the guard's reason."""
+    text, evidence = usable_answer(body, lenient)
     rejected = guard.problem(text, url, instructions)
     if rejected:
         log_unusable(rejected, text)
         raise UnusableAnswer(rejected, rejected=True)
-    return text
+    return text, evidence
 
 
 def opener_from_answer(body: Any, url: str, instructions: str | None) -> Opener:
     """A finished chat.completion (a Batch API output line's body) as an opener, checked as a live
-    answer is: cleaned, then the output guard. Raises UnusableAnswer (the reason for the row)."""
+    answer is: parsed, cleaned, then the output guard. Raises UnusableAnswer (the reason for the row)."""
     if not isinstance(body, dict):
         log_unusable("not a JSON object", body)
         raise UnusableAnswer("the answer was not a JSON object")
-    text = checked_text(body, url, instructions)
+    text, evidence = checked_answer(body, url, instructions)
     usage = body.get("usage")
     return Opener(text=text, prompt_tokens=token_count(usage, "prompt_tokens"),
-                  completion_tokens=token_count(usage, "completion_tokens"), attempts=1)
+                  completion_tokens=token_count(usage, "completion_tokens"), attempts=1, evidence=evidence)

@@ -14,7 +14,11 @@ How a batch job runs (a job with ``mode = 'batch'``; everything else is as for a
 * **Poll** (the scheduled sweep, never a Lambda that waits): each open batch is retrieved; a
   finished one's output and error files are read back into the same rows through the same save
   as live results (statuses, counters, tokens, budget), each answer cleaned and checked by the
-  output guard like a live one, and the job completes (results CSV, webhook) as a live job does.
+  output guard like a live one, then by the quality checks (``checks.generate_checked`` with the
+  batch's answer as the first one): an answer that fails a check is asked again live, through
+  the workers' generator and limiter, unless the job has reached its budget (then it is kept
+  flagged, or fails ``ungrounded`` in strict mode). The job completes (results CSV, webhook) as a
+  live job does.
 * **Cancel**: a canceled job's batches are cancelled at the provider; what they finished is kept,
   the rest goes back to pending, so a retry sends it in a new batch. An expired batch keeps its
   partial output and fails the rest with the reason. A retried job's failed rows go into a new
@@ -36,9 +40,10 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 
 from chalicelib.adapters import db
-from chalicelib.generation import pricing
-from chalicelib.generation.answers import UnusableAnswer, error_text, opener_from_answer
+from chalicelib.generation import checks, pricing
+from chalicelib.generation.answers import GenerationFailed, UnusableAnswer, error_text, opener_from_answer
 from chalicelib.generation.client import describe_error
+from chalicelib.generation.ratelimit import LimiterStopped
 from chalicelib.logs import get_logger, log_context
 
 log = get_logger("batches")
@@ -69,7 +74,8 @@ class BatchRunner:
     def __init__(self, *, get_conn: Callable, client: openai.OpenAI, generator, settings,
                  page_summary: Callable[[str, str], tuple[str | None, str]] | None = None,
                  completed: Callable[[dict], None] = lambda job: None,
-                 notify: Callable[[dict], None] = lambda job: None) -> None:
+                 notify: Callable[[dict], None] = lambda job: None, duplicates=None) -> None:
+        self.duplicates = duplicates  # the job-wide index of accepted openers (None: not checked)
         self.get_conn = get_conn
         self.client = client
         self.generator = generator
@@ -115,12 +121,13 @@ class BatchRunner:
     def _jsonl(self, job: dict, rows: list[dict]) -> tuple[bytes, dict[str, str]]:
         """The batch file (one request per row, the same a live call sends) and each row's
         context_status. Pages are fetched PAGE_FETCH_CONCURRENCY at a time."""
+        options = checks.Options.of(job)
+
         def line(row: dict) -> tuple[str, str]:
-            page, context = None, "off"
-            if job["page_context"] and self.page_summary is not None:
-                page, context = self.page_summary(row["url"], job["account_id"])
+            page, context = self._page(job, row)
             body = self.generator.request_body(row["url"], job["instructions"], job["model"], row.get("fields"),
-                                               page)
+                                               page, language=checks.row_language(options, page),
+                                               min_words=options.min_words, max_words=options.max_words)
             request = {"custom_id": str(row["id"]), "method": "POST", "url": ENDPOINT, "body": body}
             return json.dumps(request, ensure_ascii=False, separators=(",", ":")), context
 
@@ -130,6 +137,13 @@ class BatchRunner:
         if len(data) > MAX_BYTES:
             raise BatchUnavailable(f"The batch file would be {len(data)} bytes, over the Batch API's {MAX_BYTES}")
         return data, {str(row["id"]): context for row, (_, context) in zip(rows, built, strict=True)}
+
+    def _page(self, job: dict, row: dict) -> tuple[str | None, str]:
+        """(summary, context_status) of the row's page, when the job uses it (from the shared
+        cache when the page was read before)."""
+        if not job["page_context"] or self.page_summary is None:
+            return None, "off"
+        return self.page_summary(row["url"], job["account_id"])
 
     def _unsend(self, conn, batch_id: str, rows: list[dict], exc: BaseException) -> None:
         """The batch was not created: its rows go back to pending (the message is retried)."""
@@ -217,8 +231,7 @@ class BatchRunner:
             else:
                 log.warning("unreadable line in a batch result file", extra={"file_id": file_id, "line": number})
 
-    @staticmethod
-    def _read_line(line: dict, rows: dict[str, dict], job: dict, results: dict, release: list) -> None:
+    def _read_line(self, line: dict, rows: dict[str, dict], job: dict, results: dict, release: list) -> None:
         """One answer: an opener, a failure with its reason, or (cancelled) the row given back."""
         row = rows.get(line.get("custom_id")) if isinstance(line.get("custom_id"), str) else None
         if row is None or str(row["id"]) in results:
@@ -232,9 +245,7 @@ class BatchRunner:
             except UnusableAnswer as exc:
                 results[key] = {**failed, "error": error_text(str(exc))}
                 return
-            results[key] = {"id": row["id"], "status": "completed", "opener": opener.text,
-                            "retry_count": row["retry_count"], "prompt_tokens": opener.prompt_tokens,
-                            "completion_tokens": opener.completion_tokens}
+            results[key] = self._checked(job, row, opener, failed)
             return
         code = error.get("code") if isinstance(error, dict) else None
         if code == "batch_cancelled":
@@ -251,6 +262,31 @@ class BatchRunner:
             message = error.get("message") if isinstance(error, dict) else None
             results[key] = {**failed, "error": error_text(
                 f"The provider's Batch API could not run this request: {message or code or 'no details'}")}
+
+    def _checked(self, job: dict, row: dict, opener, failed: dict) -> dict:
+        """A batch answer through the quality checks (asked again live where they say so, within
+        the job's budget): the row's result."""
+        page, _ = self._page(job, row)
+        within_budget = pricing.over_budget(self.settings.prices, job) is None
+        try:
+            kept = checks.generate_checked(
+                self.generator, job_id=str(job["id"]), url=row["url"], instructions=job["instructions"],
+                model=job["model"], options=checks.Options.of(job), fields=row.get("fields"), page=page,
+                duplicates=self.duplicates,
+                max_calls=self.settings.max_retries if within_budget else 1, account=str(job["account_id"]),
+                first=opener)
+        except (GenerationFailed, LimiterStopped) as exc:
+            message = exc.message if isinstance(exc, GenerationFailed) else "stopped while asking again"
+            result = {**failed, "error": error_text(message), "prompt_tokens": opener.prompt_tokens,
+                      "completion_tokens": opener.completion_tokens}
+            if isinstance(exc, checks.Ungrounded):
+                result["grounding"] = "unsupported"
+            return result
+        return {"id": row["id"], "status": "completed", "opener": kept.text,
+                "retry_count": row["retry_count"] + kept.attempts - 1 - kept.regenerations,
+                "prompt_tokens": kept.prompt_tokens, "completion_tokens": kept.completion_tokens,
+                "evidence": kept.evidence, "grounding": kept.grounding, "quality": kept.quality,
+                "words": kept.words, "language": kept.language, "regenerations": kept.regenerations}
 
     @staticmethod
     def _unanswered(remote, missing: list[dict], results: dict, release: list) -> None:

@@ -1,6 +1,11 @@
 """Dummy mode: an OpenAI chat-completions endpoint in-process (realistic openers, a configurable
 delay, no network). The real SDK client talks to it, so dummy runs go through the same limiter,
-retries and parsing as real ones."""
+retries, parsing and quality checks as real ones.
+
+It answers what was asked: the JSON ``{"opener", "evidence"}`` (as content, whether asked for
+through ``response_format`` or in words) with evidence copied verbatim from the prompt's data (the
+page's title, else the row's company field, else null: a generic opener), or plain text for a
+request that asks for neither. A re-ask (a second user message) gets another of its templates."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx2
 
+from chalicelib.generation.answers import split_sentences
 from chalicelib.generation.prompt import MAX_INSTRUCTIONS_CHARS, SYSTEM_PROMPT, build_messages  # noqa: F401 (re-exported)
 
 log = logging.getLogger("csv_opener.openers")
@@ -138,22 +144,52 @@ def _prompt_data(payload: dict[str, Any]) -> tuple[dict[str, str], str | None]:
     return fields, title.group(1).strip() if title else None
 
 
-def dummy_opener(url: str, fields: dict[str, str] | None = None, page_title: str | None = None) -> str:
+def dummy_opener(url: str, fields: dict[str, str] | None = None, page_title: str | None = None,
+                 turn: int = 0) -> str:
     """The dummy answer for a URL: the same every time for that URL, varied across URLs; it greets
     the row's first name and names its company when the sheet gives them, and mentions the page's
-    title when there is one, so dummy runs show what templates and page context do."""
+    title when there is one (in place of the template's first sentence, to stay within the
+    default word limits), so dummy runs show what templates and page context do. ``turn``: how
+    many times the row was asked again (each gets the next template)."""
+    return dummy_answer(url, fields, page_title, turn)[0]
+
+
+def dummy_answer(url: str, fields: dict[str, str] | None = None, page_title: str | None = None,
+                 turn: int = 0) -> tuple[str, str | None]:
+    """(opener, evidence) of ``dummy_opener``: the evidence is the page title or the company
+    field as the prompt gave it, verbatim, or None when the opener names neither."""
     fields = fields or {}
     digest = hashlib.sha256(url.strip().lower().encode("utf-8")).digest()
-    template = DUMMY_TEMPLATES[int.from_bytes(digest[:4], "big") % len(DUMMY_TEMPLATES)]
+    template = DUMMY_TEMPLATES[(int.from_bytes(digest[:4], "big") + turn) % len(DUMMY_TEMPLATES)]
     company = next((v for k, v in fields.items() if "company" in k and v.strip()), None)
-    text = template.format(name=(company or (company_name(url) if url else "your company"))[:MAX_DUMMY_NAME_CHARS])
+    name = (company or (company_name(url) if url else "your company"))[:MAX_DUMMY_NAME_CHARS]
+    text = template.format(name=name)
+    evidence = name if company and company == name else None
     if page_title:
-        text = f"I enjoyed reading {page_title[:60].rstrip()} on your site. " + text
+        title = page_title[:60].rstrip()
+        second = " ".join(split_sentences(text)[1:]) or text
+        text = f"I enjoyed reading {title} on your site. " + second
+        evidence = title
     person = next((v for k, v in fields.items() if k in ("first_name", "first name", "firstname", "name") and
                    v.strip()), None)
     if person:
         text = f"Hi {person.split()[0][:30]}, {text[0].lower()}{text[1:]}"
-    return text[:300].rsplit(" ", 1)[0] if len(text) > 300 else text
+    return (text[:300].rsplit(" ", 1)[0] if len(text) > 300 else text), evidence
+
+
+def _evidence(opener: str, fields: dict[str, str], page_title: str | None) -> str | None:
+    """What the opener quotes of the prompt's data, verbatim: the page title or a field value."""
+    for candidate in (page_title[:60].rstrip() if page_title else None, *fields.values()):
+        if candidate and len(candidate) >= 3 and candidate in opener:
+            return candidate
+    return None
+
+
+def _asks_for_json(payload: dict[str, Any]) -> bool:
+    """Whether the request wants the structured answer: through response_format, or in words."""
+    if isinstance(payload.get("response_format"), dict):
+        return payload["response_format"].get("type") in ("json_schema", "json_object")
+    return any('"opener"' in text and "evidence" in text for text in _texts(payload.get("messages") or []))
 
 
 def _approx_tokens(text: str) -> int:
@@ -200,7 +236,11 @@ class DummyTransport(httpx2.BaseTransport):
 
     def _completion(self, payload: dict[str, Any]) -> dict[str, Any]:
         url = _prospect_url(payload)
-        text = dummy_opener(url, *_prompt_data(payload))
+        turn = max(0, len(_texts(payload["messages"], "user")) - 1)  # a re-ask is one more user message
+        fields, title = _prompt_data(payload)
+        opener = dummy_opener(url, fields, title, turn=turn) if turn else dummy_opener(url, fields, title)
+        text = json.dumps({"opener": opener, "evidence": _evidence(opener, fields, title)}) \
+            if _asks_for_json(payload) else opener
         prompt_chars = sum(len(text) for text in _texts(payload["messages"]))
         prompt_tokens = math.ceil(prompt_chars / 4) + 4 * len(payload["messages"])
         completion_tokens = _approx_tokens(text)

@@ -10,6 +10,11 @@ own retries are off): exponential backoff with jitter, at least as long as ``Ret
 429 also puts the shared limiter into a cooldown so every worker pauses, not just this one.
 The prompt is ``prompt.build_messages``; the client and its error reading, ``client``; dummy
 mode, ``dummy``; what an answer must be to become an opener, ``answers``.
+
+The answer is asked for as JSON through ``response_format`` (``quality.response_format()``). A
+server that refuses it (a 400 naming ``response_format``) is asked again at once with the JSON
+asked for in words, and so is every later call to that model from this process (logged once):
+the refusal is a property of the server, not of the row.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from chalicelib.generation.answers import (
     GenerationFailed,
     Opener,
     UnusableAnswer,
-    checked_text,
+    checked_answer,
     log_unusable,
     token_count,
 )
@@ -44,6 +49,8 @@ from chalicelib.generation.client import (
 )
 from chalicelib.generation.prompt import build_messages
 from chalicelib.generation.ratelimit import LimiterStopped, estimate_tokens, provider_limits
+from chalicelib.quality.answer import refuses_response_format, response_format
+from chalicelib.quality.flags import DEFAULT_MAX_WORDS, DEFAULT_MIN_WORDS
 
 log = logging.getLogger("csv_opener.openers")
 
@@ -96,6 +103,7 @@ class OpenerGenerator:
         self.max_retries = max(1, int(max_retries))  # attempts in total, the first one included
         self.max_tokens = max_tokens
         self._sleep = sleep
+        self.json_in_prompt: set[str] = set()  # models whose server refused response_format
         self._backoff = wait_exponential_jitter(
             multiplier=BACKOFF_INITIAL_S, max=BACKOFF_MAX_S, jitter=BACKOFF_JITTER_S
         )
@@ -109,12 +117,15 @@ class OpenerGenerator:
         account: str | None = None,
         fields: dict[str, str] | None = None,
         page: str | None = None,
+        **asked: Any,
     ) -> Opener:
         """The opener for ``url``; raises GenerationFailed, or LimiterStopped when asked to stop.
         ``account`` takes the call from that account's fair share of the shared rate; ``fields``
         (the row's template columns) and ``page`` (a summary of the prospect's page) go into the
-        prompt as data. An answer the output guard rejects is retried like an unusable one."""
-        request = self.request_body(url, instructions, model, fields, page)
+        prompt as data; ``asked``: ``language``, ``min_words``, ``max_words`` and ``reask`` of
+        ``prompt.build_messages``. An answer the output guard rejects is retried like an unusable one."""
+        def body() -> dict:
+            return self.request_body(url, instructions, model, fields, page, **asked)
         retrying = Retrying(
             stop=stop_after_attempt(self.max_retries),
             wait=self._wait,
@@ -128,20 +139,44 @@ class OpenerGenerator:
             for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    return self._attempt(request, should_stop, attempts, account, url, instructions)
+                    return self._attempt(body, should_stop, attempts, account, url, instructions)
         except (openai.OpenAIError, UnusableAnswer) as exc:
             raise GenerationFailed(describe_error(exc), attempts) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     def request_body(self, url: str, instructions: str | None = None, model: str | None = None,
-                     fields: dict[str, str] | None = None, page: str | None = None) -> dict:
+                     fields: dict[str, str] | None = None, page: str | None = None, *, language: str = "en",
+                     min_words: int = DEFAULT_MIN_WORDS, max_words: int = DEFAULT_MAX_WORDS,
+                     reask: str | None = None) -> dict:
         """The chat-completions request for one URL, as a live call sends it and a Batch API file
-        carries it (one prompt for both modes)."""
-        return {"model": model or self.model, "messages": build_messages(url, instructions, fields, page),
-                "max_tokens": self.max_tokens, "temperature": TEMPERATURE}
+        carries it (one prompt for both modes): ``response_format`` unless the model's server
+        refused it, then the JSON asked for in words."""
+        model = model or self.model
+        in_words = model in self.json_in_prompt
+        request = {"model": model,
+                   "messages": build_messages(url, instructions, fields, page, language=language, min_words=min_words,
+                                              max_words=max_words, json_in_prompt=in_words, reask=reask),
+                   "max_tokens": self.max_tokens, "temperature": TEMPERATURE}
+        if not in_words:
+            request["response_format"] = response_format()
+        return request
 
-    def _attempt(self, request: dict, should_stop: Callable[[], bool], number: int,
+    def _attempt(self, body: Callable[[], dict], should_stop: Callable[[], bool], number: int,
                  account: str | None, url: str, instructions: str | None) -> Opener:
+        request = body()
+        try:
+            return self._call(request, should_stop, number, account, url, instructions)
+        except openai.BadRequestError as exc:
+            if "response_format" not in request or not refuses_response_format(exc.status_code, describe_error(exc)):
+                raise
+            if request["model"] not in self.json_in_prompt:
+                self.json_in_prompt.add(request["model"])
+                log.warning("model %s refused response_format: asking for the JSON in the prompt from now on",
+                            request["model"])
+        return self._call(body(), should_stop, number, account, url, instructions)
+
+    def _call(self, request: dict, should_stop: Callable[[], bool], number: int,
+              account: str | None, url: str, instructions: str | None) -> Opener:
         model = request["model"]
         estimate = estimate_tokens(request["messages"], request["max_tokens"])
         metrics.limiter_wait(self.limiter.acquire(estimate, should_stop, account=account, model=model))
@@ -161,9 +196,10 @@ class OpenerGenerator:
         usage = body.get("usage") or {}
         if isinstance(usage.get("total_tokens"), int):
             self.limiter.refund(estimate, usage["total_tokens"], model=model)
-        # cleaned, then the output guard: a rejected answer is an UnusableAnswer, retried
-        return Opener(text=checked_text(body, url, instructions), prompt_tokens=token_count(usage, "prompt_tokens"),
-                      completion_tokens=token_count(usage, "completion_tokens"), attempts=number)
+        # parsed, cleaned, then the output guard: a rejected answer is an UnusableAnswer, retried
+        text, evidence = checked_answer(body, url, instructions, lenient="response_format" not in request)
+        return Opener(text=text, prompt_tokens=token_count(usage, "prompt_tokens"),
+                      completion_tokens=token_count(usage, "completion_tokens"), attempts=number, evidence=evidence)
 
     def _on_rate_limited(self, exc: openai.RateLimitError, model: str) -> None:
         if is_quota_exhausted(exc):

@@ -10,6 +10,10 @@ the shared rate) and need different numbers of threads. A redelivered or
 duplicate message skips finished rows and rows another live invocation holds; rows of a crashed
 invocation are taken over when their lease runs out. Cancel and the Lambda deadline stop the
 claiming, save what was generated and give the rest back.
+
+Every answer goes through ``checks.generate_checked`` before it is saved: grounding, flags and
+the job-wide duplicate index (``duplicates``, shared by every handler of the job through Redis),
+asking the model again where the checks say so; a job's index is forgotten when it completes.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 
 from chalicelib import metrics
 from chalicelib.adapters import db
-from chalicelib.generation import pricing
+from chalicelib.generation import checks, pricing
 from chalicelib.generation.answers import GenerationFailed
 from chalicelib.generation.dispatch import dispatch_next
 from chalicelib.generation.ratelimit import LimiterStopped
@@ -77,7 +81,8 @@ class ChunkWorker:
                  export: Callable, clock: Callable[[], float] = time.monotonic,
                  deadline_margin_s: float | None = None,
                  page_summary: Callable[[str, str], tuple[str | None, str]] | None = None,
-                 notify: Callable[[dict], None] | None = None, batches=None) -> None:
+                 notify: Callable[[dict], None] | None = None, batches=None, duplicates=None) -> None:
+        self.duplicates = duplicates  # quality.DuplicateIndex (job-wide); None: duplicates not checked
         self.batches = batches  # batch mode (chalicelib/batches.py): a batch job's chunk is sent as one batch
         self.notify = notify  # a job that this worker moved to failed (budget): its webhook
         self.page_summary = page_summary  # (url, account_id) -> (summary, context_status); None: no page context
@@ -207,20 +212,28 @@ class ChunkWorker:
         base = {"id": row["id"], "opener": None, "error": None, "prompt_tokens": None, "completion_tokens": None,
                 "context_status": context}
         try:
-            opener = self.generator.generate(row["url"], job["instructions"], job["model"], should_stop=stop.is_set,
-                                             account=str(job["account_id"]), fields=row.get("fields"), page=page)
+            opener = checks.generate_checked(
+                self.generator, job_id=str(job["id"]), url=row["url"], instructions=job["instructions"],
+                model=job["model"], options=checks.Options.of(job), fields=row.get("fields"), page=page,
+                duplicates=self.duplicates, max_calls=self.settings.max_retries,
+                should_stop=stop.is_set, account=str(job["account_id"]))
         except LimiterStopped:
             return None
         except GenerationFailed as exc:
-            return {**base, "status": "failed", "error": exc.message[:MAX_ERROR_CHARS],
-                    "retry_count": row["retry_count"] + exc.attempts}
+            failed = {**base, "status": "failed", "error": exc.message[:MAX_ERROR_CHARS],
+                      "retry_count": row["retry_count"] + exc.attempts}
+            if isinstance(exc, checks.Ungrounded):
+                failed["grounding"] = "unsupported"
+            return failed
         except Exception as exc:  # a bug must not loop a URL forever: record it as this URL's failure
             log.exception("unexpected error generating an opener", extra={"url": row["url"]})
             error = public_error("internal error while generating this opener", exc)  # its text: the log
             return {**base, "status": "failed", "error": error[:MAX_ERROR_CHARS], "retry_count": row["retry_count"] + 1}
         return {**base, "status": "completed", "opener": opener.text,
-                "retry_count": row["retry_count"] + opener.attempts - 1,
-                "prompt_tokens": opener.prompt_tokens, "completion_tokens": opener.completion_tokens}
+                "retry_count": row["retry_count"] + opener.attempts - 1 - opener.regenerations,
+                "prompt_tokens": opener.prompt_tokens, "completion_tokens": opener.completion_tokens,
+                "evidence": opener.evidence, "grounding": opener.grounding, "quality": opener.quality,
+                "words": opener.words, "language": opener.language, "regenerations": opener.regenerations}
 
     def _flush(self, run: _Run, outcome: Outcome) -> None:
         if not run.buffer:
@@ -272,6 +285,7 @@ class ChunkWorker:
         if job is None:
             return False  # someone else completed it
         log.info("job completed", extra={"processed_rows": job["processed_rows"], "failed_rows": job["failed_rows"]})
+        self.forget_duplicates(job_id)
         self.export(job)
         return True
 
@@ -294,6 +308,16 @@ class ChunkWorker:
             log.info("rows still leased elsewhere; checking again later", extra={"delay_s": delay})
             self.queue.send_continuation(run.job_id, run.chunk, delay_s=delay)
             outcome.continued = True
+
+    def forget_duplicates(self, job_id: str) -> None:
+        """The job is complete: its index of accepted openers is no longer needed (best effort:
+        its keys expire anyway)."""
+        if self.duplicates is None:
+            return
+        try:
+            self.duplicates.forget(str(job_id))
+        except Exception:
+            log.exception("could not forget the job's duplicate index")
 
     def _db(self, query: Callable, *args):
         """Run a query on this thread's connection; a lost connection is retried on a new one."""

@@ -15,6 +15,8 @@ from chalicelib.intake.uploads import (
     has_control_characters,
 )
 from chalicelib.logs import get_logger
+from chalicelib.quality import flags
+from chalicelib.quality.flags import check_word_limits
 from chalicelib.settings import Settings
 
 log = get_logger("jobs")
@@ -150,3 +152,25 @@ def allowed_model(limits: accounts.Limits, model: str | None) -> str:
         raise BadRequest(f"Model '{model}' is not allowed for this account; allowed: {', '.join(limits.models)}",
                          code="model_not_allowed")
     return model
+
+
+GROUNDING_MODES = ("strict", "flag")
+
+
+def quality_options(grounding: object = None, min_words: object = None, max_words: object = None,
+                    language: object = None) -> dict:
+    """The checks a job's openers go through (SPEC "Openers you can trust"), with their defaults:
+    {"grounding", "min_words", "max_words", "language"}; a 400 with a clear code for a bad value."""
+    if grounding is None:
+        grounding = "strict"
+    if grounding not in GROUNDING_MODES:
+        raise BadRequest('grounding must be "strict" or "flag"', code="bad_grounding")
+    low, high = check_word_limits(flags.DEFAULT_MIN_WORDS if min_words is None else min_words,
+                                  flags.DEFAULT_MAX_WORDS if max_words is None else max_words)
+    if language is None:
+        language = "auto"
+    if not isinstance(language, str) or (language != "auto" and not (
+            len(language) == 2 and language.isascii() and language.isalpha() and language.islower())):
+        raise BadRequest('language must be "auto" or a two-letter ISO 639-1 code in lower case, such as "de"',
+                         code="bad_language")
+    return {"grounding": grounding, "min_words": low, "max_words": high, "language": language}

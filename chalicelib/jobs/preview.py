@@ -2,7 +2,9 @@
 spend on the whole file. Same prompt, limiter (the account's fair share), guard and page context
 as the job would use; nothing is stored and the job does not start. Its calls are paid like any
 other: the rows count against the account's URLs-per-day quota (taken before any call) and its
-tokens in the day's usage."""
+tokens in the day's usage. The same quality checks as the job's run on each answer (grounding,
+flags, asking again), with the options the job would take; near-duplicates are looked for among
+the previews themselves (the job's index does not exist yet)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,19 @@ from concurrent.futures import ThreadPoolExecutor
 from chalicelib.adapters import db
 from chalicelib.adapters.storage import Storage
 from chalicelib.errors import BadRequest, Conflict
-from chalicelib.generation import pricing
+from chalicelib.generation import checks, pricing
 from chalicelib.generation.answers import GenerationFailed
 from chalicelib.intake import csvfile
 from chalicelib.jobs.create import layout_of, read_source, validate_stored
-from chalicelib.jobs.options import MAX_INSTRUCTIONS, account_limits, allowed_model, clean_text, flag, template_columns
+from chalicelib.jobs.options import (
+    MAX_INSTRUCTIONS,
+    account_limits,
+    allowed_model,
+    clean_text,
+    flag,
+    quality_options,
+    template_columns,
+)
 from chalicelib.jobs.start import take_account_capacity
 from chalicelib.jobs.views import require_job
 from chalicelib.settings import Settings
@@ -51,9 +61,11 @@ def first_rows(storage: Storage, job: dict, count: int, fields: dict[str, int]) 
 
 def preview(conn, storage: Storage, settings: Settings, generator, account_id: str, job_id: str, *,
             instructions: object = None, model: object = None, page_context: object = True, rows: object = None,
-            page_summary: PageSummary | None = None) -> dict:
+            page_summary: PageSummary | None = None, grounding: object = None, min_words: object = None,
+            max_words: object = None, language: object = None) -> dict:
     """-> {"previews": [...], "estimate": {...}} for the job's first valid rows."""
     count = _rows(rows)
+    options = checks.Options(**quality_options(grounding, min_words, max_words, language))
     instructions = clean_text(instructions, "instructions", MAX_INSTRUCTIONS, allowed_controls="\n\r\t")
     model = clean_text(model, "model", 100)
     job = require_job(conn, account_id, job_id)
@@ -68,18 +80,28 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
     with conn.transaction():  # refused over quota before any call; not a job, so no job slot
         take_account_capacity(conn, settings, account_id, len(sample), new_job=False)
 
+    among_previews = checks.LocalDuplicates()
+
     def one(item: tuple[int, str, dict]) -> dict:
         number, url, values = item
         page, status = (page_summary(url, account_id) if page_context and page_summary else (None, "off"))
         shown = {"row": number, "url": url, "context_status": status, "opener": None, "error": None,
-                 "prompt_tokens": 0, "completion_tokens": 0}
+                 "prompt_tokens": 0, "completion_tokens": 0, "evidence": None, "grounding": None, "quality": [],
+                 "words": None, "language": None, "regenerations": 0}
         try:
-            opener = generator.generate(url, instructions, model, account=account_id, fields=values or None,
-                                        page=page)
+            opener = checks.generate_checked(
+                generator, job_id=str(job["id"]), url=url, instructions=instructions, model=model, options=options,
+                fields=values or None, page=page, duplicates=among_previews,
+                max_calls=getattr(generator, "max_retries", 2), account=account_id)
         except GenerationFailed as exc:
-            return {**shown, "error": exc.message}
+            failed = {**shown, "error": exc.message}
+            if isinstance(exc, checks.Ungrounded):
+                failed["grounding"] = "unsupported"
+            return failed
         return {**shown, "opener": opener.text, "prompt_tokens": opener.prompt_tokens,
-                "completion_tokens": opener.completion_tokens}
+                "completion_tokens": opener.completion_tokens, "evidence": opener.evidence,
+                "grounding": opener.grounding, "quality": opener.quality, "words": opener.words,
+                "language": opener.language, "regenerations": opener.regenerations}
 
     with ThreadPoolExecutor(max(1, len(sample))) as pool:
         previews = list(pool.map(one, sample))

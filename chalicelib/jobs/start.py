@@ -29,6 +29,7 @@ from chalicelib.jobs.options import (
     flag,
     job_mode,
     money,
+    quality_options,
     template_columns,
 )
 from chalicelib.jobs.views import job_json, require_job
@@ -42,7 +43,9 @@ log = get_logger("jobs")
 
 def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account_id: str, job_id: str, *,
           instructions: str | None = None, model: str | None = None, page_context: object = None,
-          max_cost_usd: object = None, callback_url: object = None, mode: object = None) -> dict:
+          max_cost_usd: object = None, callback_url: object = None, mode: object = None,
+          grounding: object = None, min_words: object = None, max_words: object = None,
+          language: object = None) -> dict:
     """Store the job's URLs (COPY), job -> processing, then enqueue one message per chunk. -> 202 body.
 
     Exactly once: the job row is locked NOWAIT and must be pending, so a concurrent or second
@@ -65,6 +68,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
                          "create it with POST /api/account/webhook-secret, then call again",
                          code="webhook_secret_missing")
     asked_mode = job_mode(mode, settings)
+    checks = quality_options(grounding, min_words, max_words, language)
     if job["status"] == "pending":  # anything else is the 409 below
         if job["layout"] is None:  # a presigned upload: its count is known once it is read, so first
             check_capacity(conn, limits, account_id, None)  # what can be refused without it
@@ -93,7 +97,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
             job = db.start_job(conn, job["id"], total_rows=total, invalid_rows=job["invalid_rows"],
                                chunks=chunks, instructions=instructions, model=model, undispatched=waiting,
                                page_context=page_context, max_cost_usd=max_cost_usd, callback_url=callback_url,
-                               mode=mode)
+                               mode=mode, **checks)
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being started by another request", code="already_started") from None
     try:

@@ -10,6 +10,10 @@ A failed fetch is kept too, briefly (`failure_ttl_s`), so a dead site is not ham
 row that names it, while a passing outage does not stick for a day.
 
 The outcome is always a `(summary or None, context_status, reason)` triple; nothing raises.
+A page that declares its language (`<html lang>`, else `og:locale`, else the first
+`Content-Language`) has it as the summary's first line, `Language: de-AT`: it is part of what the
+page says about itself, it is cached with the rest, and the quality checks read it back
+(`declared_language_of`) to write the opener in it when a job's language is `auto`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import unicodedata
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -104,9 +109,34 @@ def _meta(tree: LexborHTMLParser, selector: str, limit: int) -> str:
     return clip(clean_text((node.attributes.get("content") or "")[: limit * 4]), limit)
 
 
-def summarize_html(html: bytes | str, charset: str | None = None, limit: int = SUMMARY_LIMIT) -> str:
+_LANGUAGE_LINE = "Language: "
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{1,8}(?:[-_][A-Za-z0-9]{1,8}){0,3}")
+
+
+def _declared_language(tree: LexborHTMLParser, content_language: str | None) -> str | None:
+    """The language tag the page declares (as written, if it looks like one), or None."""
+    root = tree.css_first("html")
+    og = tree.css_first('meta[property="og:locale" i], meta[name="og:locale" i]')
+    first_header = (content_language or "").split(",")[0].split(";")[0]
+    for tag in (root.attributes.get("lang") if root is not None else None,
+                og.attributes.get("content") if og is not None else None, first_header):
+        tag = (tag or "").strip()
+        if _LANGUAGE_TAG.fullmatch(tag):
+            return tag
+    return None
+
+
+def declared_language_of(summary: str | None) -> str | None:
+    """The language tag a summary's first line declares (see the module docstring), or None."""
+    first = (summary or "").split("\n", 1)[0]
+    return first[len(_LANGUAGE_LINE):] if first.startswith(_LANGUAGE_LINE) else None
+
+
+def summarize_html(html: bytes | str, charset: str | None = None, limit: int = SUMMARY_LIMIT,
+                   content_language: str | None = None) -> str:
     """The summary of one HTML document, at most ``limit`` characters ("" when it says nothing):
 
+        Language: <the declared language tag>   (only when the page declares one)
         Title: …
         Description: …
         Open Graph: <og:title> — <og:description>   (the parts that repeat nothing above)
@@ -114,6 +144,7 @@ def summarize_html(html: bytes | str, charset: str | None = None, limit: int = S
         Text: <the start of the main content>
     """
     tree = _parse(html, charset)
+    declared = _declared_language(tree, content_language)
     title = _text(tree.css_first("title"), _TITLE_LIMIT)
     description = _meta(tree, 'meta[name="description" i]', _DESCRIPTION_LIMIT)
     og = [
@@ -148,6 +179,8 @@ def summarize_html(html: bytes | str, charset: str | None = None, limit: int = S
         text = _text(main if main is not None else tree.body, room)
         if text:
             lines.append(f"Text: {text}")
+    if lines and declared:
+        lines.insert(0, f"{_LANGUAGE_LINE}{declared}")
     return clip("\n".join(lines), limit)
 
 
@@ -231,7 +264,7 @@ def summarize_page(url: str, fetcher: Fetcher, cache: PageCache | None = None,
     result = fetcher.get_page(url)
     if result.ok:
         try:
-            text = summarize_html(result.body, result.charset)
+            text = summarize_html(result.body, result.charset, content_language=result.headers.get("content-language"))
         except Exception:  # a parser bug must not fail the row
             log.exception("page summary failed for %r", url)
             text = ""

@@ -97,14 +97,16 @@ def update_job(conn, job_id: str, **fields) -> dict | None:
 
 def start_job(conn, job_id: str, *, total_rows: int, invalid_rows: int, chunks: int,
               instructions: str | None, model: str | None, undispatched: list[int], page_context: bool = True,
-              max_cost_usd: float | None = None, callback_url: str | None = None, mode: str = "live") -> dict:
+              max_cost_usd: float | None = None, callback_url: str | None = None, mode: str = "live",
+              grounding: str = "strict", min_words: int = 8, max_words: int = 40, language: str = "auto") -> dict:
     return conn.execute(
         f"""UPDATE jobs SET status = 'processing', total_rows = %s, invalid_rows = %s, chunks = %s,
                    instructions = %s, model = %s, started_at = now(), error = NULL, undispatched = %s,
-                   page_context = %s, max_cost_usd = %s, callback_url = %s, mode = %s
+                   page_context = %s, max_cost_usd = %s, callback_url = %s, mode = %s,
+                   grounding = %s, min_words = %s, max_words = %s, language = %s
             WHERE id = %s AND status = 'pending' RETURNING {JOB_COLUMNS}""",
         (total_rows, invalid_rows, chunks, instructions, model, undispatched, page_context, max_cost_usd,
-         callback_url, mode, job_id),
+         callback_url, mode, grounding, min_words, max_words, language, job_id),
     ).fetchone()
 
 

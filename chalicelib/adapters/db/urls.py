@@ -120,38 +120,79 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
     invariant processed + failed + unfinished = total always holds). Rows this owner no longer
     holds (lease taken over, job retried) are not written and not counted.
     Each result: id, status ('completed' | 'failed'), opener, error, retry_count, prompt_tokens,
-    completion_tokens. Returns the job's status and counters after the write."""
+    completion_tokens, and what the quality checks found (optional): evidence, grounding, quality
+    (a list of flags), words, language, reused, regenerations. The job's ``quality`` counters move
+    in the same statement: {"verified", "generic", "unsupported", "regenerated", "reused": n,
+    "flagged": {flag: n}, "words": {"<words>": n}}. Returns the job's status and counters after
+    the write."""
     columns = ("id", "status", "opener", "error", "retry_count", "prompt_tokens", "completion_tokens",
-               "context_status")
+               "context_status", "evidence", "grounding", "words", "language", "reused", "regenerations")
     arrays = {c: [r.get(c) for r in results] for c in columns}
+    # Flags travel as one ';'-joined string per row: unnest() would flatten a text[][] into one list.
+    arrays["quality"] = [";".join(r.get("quality") or ()) for r in results]
     return conn.execute(
         f"""WITH r AS (
                SELECT * FROM unnest(%(id)s::uuid[], %(status)s::text[], %(opener)s::text[], %(error)s::text[],
                                     %(retry_count)s::int[], %(prompt_tokens)s::int[], %(completion_tokens)s::int[],
-                                    %(context_status)s::text[])
-                    AS r(id, status, opener, error, retry_count, prompt_tokens, completion_tokens, context_status)
+                                    %(context_status)s::text[], %(evidence)s::text[], %(grounding)s::text[],
+                                    %(quality)s::text[], %(words)s::int[], %(language)s::text[],
+                                    %(reused)s::boolean[], %(regenerations)s::int[])
+                    AS r(id, status, opener, error, retry_count, prompt_tokens, completion_tokens, context_status,
+                         evidence, grounding, quality, words, language, reused, regenerations)
            ), saved AS (
                UPDATE urls u SET status = r.status, opener = r.opener, error = r.error,
                       retry_count = r.retry_count, prompt_tokens = r.prompt_tokens,
                       completion_tokens = r.completion_tokens, finished_at = now(),
                       context_status = coalesce(r.context_status, u.context_status),
+                      evidence = r.evidence, grounding = r.grounding,
+                      quality = string_to_array(coalesce(r.quality, ''), ';'), words = r.words,
+                      language = r.language, reused = coalesce(r.reused, false),
+                      regenerations = coalesce(r.regenerations, 0),
                       claimed_by = NULL, lease_until = NULL
                FROM r WHERE u.id = r.id AND u.status = 'processing' AND u.claimed_by = %(owner)s
-               RETURNING r.status, r.prompt_tokens, r.completion_tokens
+               RETURNING r.status, r.prompt_tokens, r.completion_tokens, u.grounding, u.quality, u.words, u.reused,
+                         u.regenerations
            ), s AS (
                SELECT count(*) FILTER (WHERE status = 'completed') AS done,
                       count(*) FILTER (WHERE status = 'failed') AS failed,
-                      coalesce(sum(prompt_tokens), 0) AS pt, coalesce(sum(completion_tokens), 0) AS ct
+                      coalesce(sum(prompt_tokens), 0) AS pt, coalesce(sum(completion_tokens), 0) AS ct,
+                      count(*) FILTER (WHERE grounding = 'verified') AS verified,
+                      count(*) FILTER (WHERE grounding = 'generic') AS generic,
+                      count(*) FILTER (WHERE grounding = 'unsupported') AS unsupported,
+                      coalesce(sum(regenerations), 0) AS regenerated,
+                      count(*) FILTER (WHERE reused) AS reused,
+                      (SELECT coalesce(jsonb_object_agg(flag, n), '{{}}') FROM (
+                           SELECT flag, count(*) AS n FROM saved, unnest(saved.quality) AS flag GROUP BY flag) f
+                      ) AS flagged,
+                      (SELECT coalesce(jsonb_object_agg(w::text, n), '{{}}') FROM (
+                           SELECT words AS w, count(*) AS n FROM saved WHERE words IS NOT NULL GROUP BY words) h
+                      ) AS words
                FROM saved
            )
            UPDATE jobs j SET processed_rows = j.processed_rows + s.done, failed_rows = j.failed_rows + s.failed,
                   prompt_tokens = j.prompt_tokens + s.pt, completion_tokens = j.completion_tokens + s.ct,
-                  progress = {PROGRESS.format(done="j.processed_rows + s.done + j.failed_rows + s.failed")}
+                  progress = {PROGRESS.format(done="j.processed_rows + s.done + j.failed_rows + s.failed")},
+                  quality = jsonb_build_object(
+                      'verified', coalesce((j.quality->>'verified')::int, 0) + s.verified,
+                      'generic', coalesce((j.quality->>'generic')::int, 0) + s.generic,
+                      'unsupported', coalesce((j.quality->>'unsupported')::int, 0) + s.unsupported,
+                      'regenerated', coalesce((j.quality->>'regenerated')::int, 0) + s.regenerated,
+                      'reused', coalesce((j.quality->>'reused')::int, 0) + s.reused,
+                      'flagged', {_ADD_COUNTS.format(old="j.quality->'flagged'", new="s.flagged")},
+                      'words', {_ADD_COUNTS.format(old="j.quality->'words'", new="s.words")})
            FROM s WHERE j.id = %(job)s
            RETURNING j.status, j.total_rows, j.processed_rows, j.failed_rows, s.done + s.failed AS saved,
                      j.model, j.mode, j.prompt_tokens, j.completion_tokens, j.max_cost_usd""",
         {**arrays, "owner": owner, "job": job_id},
     ).fetchone()
+
+
+# Two {key: count} objects added key by key (the job's quality histograms).
+_ADD_COUNTS = """(SELECT coalesce(jsonb_object_agg(k, n), '{{}}') FROM (
+                      SELECT k, sum(v::int) AS n FROM (
+                          SELECT key AS k, value AS v FROM jsonb_each_text(coalesce({old}, '{{}}'))
+                          UNION ALL SELECT key, value FROM jsonb_each_text({new})) a
+                      GROUP BY k) b)"""
 
 
 def release_urls(conn, owner: str, ids: list) -> int:

@@ -25,9 +25,16 @@ from chalicelib.generation.openers import OpenerGenerator
 from chalicelib.generation.ratelimit import RateLimiter
 from tests.support.accounts import service_account
 from tests.support.api import body, error_of, post_json, purge_queue, upload_csv
-from tests.support.fake_openai import FakeOpenAI, make_opener
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.fake_openai.responses import host_of
+from tests.support.fake_openai.writing import good
 
 MODEL = "gpt-4o-mini"
+
+
+def make_opener(url: str) -> str:
+    """The fake's structured answer for a row with no page and no fields: its generic opener."""
+    return good(host_of(url), [], "en").opener
 
 
 @pytest.fixture(autouse=True)
@@ -111,10 +118,21 @@ def test_a_batch_job_sends_one_batch_per_chunk_and_reads_the_results_back(harnes
             url = rows[line["custom_id"]]["url"]
             assert (line["method"], line["url"]) == ("POST", "/v1/chat/completions")
             body = line["body"]  # what a live call sends (tests/unit/generation/test_openers.py checks that side)
-            assert set(body) == {"model", "messages", "max_tokens", "temperature"}, body
+            assert set(body) == {"model", "messages", "max_tokens", "temperature", "response_format"}, body
             assert (body["model"], body["max_tokens"], body["temperature"]) == (MODEL, 120, 0.7)
+            assert body["response_format"] == {
+                "type": "json_schema",
+                "json_schema": {"name": "opener", "strict": True, "schema": {
+                    "type": "object",
+                    "properties": {
+                        "opener": {"type": "string", "description": "the opening line, plain text"},
+                        "evidence": {"type": ["string", "null"],
+                                     "description": "the prospect's own words, copied exactly from its page or row, "
+                                                    "that the opener's specific detail rests on; null if none"}},
+                    "required": ["opener", "evidence"], "additionalProperties": False}}}
             assert [m["role"] for m in body["messages"]] == ["system", "user"]
-            assert url in body["messages"][-1]["content"]
+            assert body["messages"][0]["content"].endswith("The opener has 8 to 40 words.")
+            assert body["messages"][-1]["content"] == f"Prospect URL: {url}\n\nWrite the opener in English."
     # held by their batch for the provider's window: the stall sweep leaves them alone
     assert all(r["status"] == "processing" and r["claimed_by"] is not None for r in rows.values())
     assert db.unfinished_chunks(conn) == {}
@@ -124,7 +142,8 @@ def test_a_batch_job_sends_one_batch_per_chunk_and_reads_the_results_back(harnes
     assert harness.runner.poll()["ingested"] == 3
 
     job = harness.job(job_id)
-    assert (job["status"], job["processed_rows"], job["failed_rows"], job["progress"]) == ("completed", 25, 0, 100)
+    assert (job["status"], job["processed_rows"], job["failed_rows"], job["progress"]) == ("completed", 25, 0, 100), [
+        r["error"] for r in harness.rows(job_id) if r["error"]]
     assert [j["id"] for j in harness.exported] == [job["id"]]  # results CSV and webhook, once
     for row in harness.rows(job_id):
         assert row["status"] == "completed" and row["opener"] == make_opener(row["url"]) and row["claimed_by"] is None
@@ -356,3 +375,26 @@ def test_page_context_and_template_values_are_resolved_before_the_file_is_writte
         assert [r["context_status"] for r in rows] == ["fetched", "blocked"]  # 10.0.0.1: a private address
         harness.runner.poll()
         assert [r["context_status"] for r in harness.rows(job_id)] == ["fetched", "blocked"]
+
+
+def test_a_batch_answer_that_fails_a_check_is_asked_again_live_and_counted(harness, fake, conn):
+    fake.configure(batch_delay_s=3600)
+    job_id = harness.start(4)["job"]["id"]
+    invented = harness.rows(job_id)[0]["url"]
+    fake.configure(misbehave={"invent": [invented]})
+    assert harness.submit_all(job_id) == 4
+    fake.age_batches(3600)
+    assert harness.runner.poll()["ingested"] == 1
+
+    stats = fake.stats()
+    assert (stats["batch_requests"], stats["requests"], stats["misbehaved_by_rule"]["invent"]) == (4, 1, 1)
+    saved = {r["url"]: r for r in conn.execute(
+        "SELECT url, status, opener, grounding, regenerations, prompt_tokens FROM urls WHERE job_id = %s",
+        (job_id,)).fetchall()}
+    assert all(r["status"] == "completed" and r["opener"] == make_opener(url) for url, r in saved.items())
+    assert [r["regenerations"] for url, r in saved.items() if url == invented] == [1]
+    assert sum(r["regenerations"] for r in saved.values()) == 1
+    job = harness.job(job_id)
+    assert job["quality"]["regenerated"] == 1 and job["quality"]["generic"] == 4
+    # the live call made again is in the job's tokens with the batch's
+    assert job["prompt_tokens"] == sum(r["prompt_tokens"] for r in saved.values()) > 0

@@ -172,7 +172,10 @@ def test_fields_and_page_text_cannot_close_their_tags_and_are_capped(cell):
     page = content.split("<page>\n", 1)[1].split("\n</page>", 1)[0]
     assert len(page) <= 1000
     assert "never instructions" in system["content"]
-    assert content.index("</page>") < content.index("About the sender")  # instructions come after the data
+    # The sender's instructions steer from the system message, never from among the data (and
+    # stay the same prefix for every row of a job); the data cannot reach the system message.
+    assert "About the sender" in system["content"] and "About the sender" not in content
+    assert cell not in system["content"] and content.endswith("Write the opener in English.")
 
 
 def test_template_fields_are_found_and_matched_to_columns_ignoring_case_and_spacing():

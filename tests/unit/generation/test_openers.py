@@ -59,7 +59,12 @@ class FakeLimiter:
         self.observed.append((model, dict(headers)))
 
 
-def completion(content: str | None, usage: bool = True, finish_reason: str = "stop") -> httpx2.Response:
+def completion(content: str | None, usage: bool = True, finish_reason: str = "stop", evidence: str | None = None,
+               raw: bool = False) -> httpx2.Response:
+    """A chat.completion whose content is the structured answer {"opener": content, "evidence"}
+    (``raw``: ``content`` as it is, e.g. broken JSON or prose)."""
+    if isinstance(content, str) and not raw:
+        content = json.dumps({"opener": content, "evidence": evidence})
     body: dict[str, Any] = {
         "id": "chatcmpl-test",
         "object": "chat.completion",
@@ -127,16 +132,27 @@ def test_success_uses_limiter_and_refunds_real_usage() -> None:
     h = Harness(completion(GOOD))
     opener = h.generate()
     assert opener == Opener(text=GOOD, prompt_tokens=40, completion_tokens=17, attempts=1)
-    # The estimate taken before the call: the prompt's 1005 + 48 characters at 4 per token (264),
+    # The estimate taken before the call: the prompt's 1293 + 60 characters at 4 per token (339),
     # 4 tokens of framing for each of the 2 messages, and max_tokens 120.
-    assert h.limiter.acquired == [392]
-    assert h.limiter.refunds == [(392, 57)]  # then corrected to the usage the API reported (40 + 17)
+    assert h.limiter.acquired == [467]
+    assert h.limiter.refunds == [(467, 57)]  # then corrected to the usage the API reported (40 + 17)
     assert h.limiter.cooldowns == [] and h.sleeps == []
     body = h.script.requests[0]
     assert body["model"] == "gpt-test" and body["max_tokens"] == 120 and body["temperature"] == 0.7
     system, user = body["messages"]
-    assert system["role"] == "system" and len(system["content"]) == 1005 and "300 characters" in system["content"]
-    assert user == {"role": "user", "content": "Prospect URL: https://acme.com/\n\nWrite the opener."}
+    assert system["role"] == "system" and len(system["content"]) == 1293 and "300 characters" in system["content"]
+    assert system["content"].endswith("The opener has 8 to 40 words.")
+    assert user == {"role": "user", "content": "Prospect URL: https://acme.com/\n\nWrite the opener in English."}
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "opener", "strict": True, "schema": {
+            "type": "object",
+            "properties": {
+                "opener": {"type": "string", "description": "the opening line, plain text"},
+                "evidence": {"type": ["string", "null"],
+                             "description": "the prospect's own words, copied exactly from its page or row, that "
+                                            "the opener's specific detail rests on; null if none"}},
+            "required": ["opener", "evidence"], "additionalProperties": False}}}
 
 
 def test_instructions_and_model_override_reach_the_request() -> None:
@@ -156,10 +172,11 @@ def test_missing_usage_means_zero_tokens_and_no_refund() -> None:
     assert h.limiter.refunds == []
 
 
-def test_answer_cut_off_by_max_tokens_keeps_whole_sentences() -> None:
-    cut_off = "Acme builds great warehouse robots. And I wanted to ask whether the"
-    h = Harness(completion(cut_off, finish_reason="length"))
-    assert h.generate().text == "Acme builds great warehouse robots."
+def test_answer_cut_off_by_max_tokens_is_broken_json_and_asked_again() -> None:
+    cut_off = '{"opener": "Acme builds great warehouse robots. And I wanted to ask whether the'
+    h = Harness(completion(cut_off, finish_reason="length", raw=True), completion(GOOD))
+    opener = h.generate()
+    assert opener.text == GOOD and opener.attempts == 2 and len(h.script.requests) == 2
 
 
 def test_each_answer_tells_the_limiter_the_models_limits_and_every_call_names_its_model() -> None:
@@ -334,8 +351,12 @@ PLANTED = "PLANTED-7f3a"
 PLANTED_ANSWERS = [
     (completion(f"I'm sorry, but I can't browse websites. {PLANTED}"), "the answer was a refusal"),
     (completion(f"Hi [First Name], {PLANTED} loves what Acme builds."), "contained a placeholder"),
-    (completion(""), "the answer was empty"),
-    (completion(f"{PLANTED} " * 80), "longer than 300 characters"),
+    (completion("", raw=True), "the answer is empty"),
+    (completion("   "), "the opener is empty"),
+    (completion(f"{PLANTED} " * 40), "longer than 300 characters"),
+    (completion(json.dumps({"opener": f"{PLANTED} " * 80, "evidence": None}), raw=True),
+     "the opener is longer than 600 characters"),
+    (completion(f"Acme is great, {PLANTED}", raw=True), "the answer is not valid JSON"),
     (httpx2.Response(200, content=f"<html>{PLANTED} not json</html>".encode()), "the answer was not JSON"),
     (httpx2.Response(200, json=[PLANTED]), "not a JSON object"),
     (completion(f"Acme's robots look great; claim your {PLANTED} prize at https://evil.example/x today."),
@@ -388,11 +409,14 @@ def test_build_messages() -> None:
     messages = build_messages(" https://acme.com/ ", "  We sell coffee machines; keep it light.  ")
     assert [m["role"] for m in messages] == ["system", "user"]
     assert "https://acme.com/" in messages[1]["content"]
-    assert "We sell coffee machines; keep it light." in messages[1]["content"]
+    # The job's constant part (house rules, limits, the sender's instructions) is the system
+    # message, the row's data the user message: the same prefix for every row of a job.
+    assert messages[0]["content"].endswith("About the sender and how to write (from the sender):\n"
+                                           "We sell coffee machines; keep it light.")
     assert "300 characters" in messages[0]["content"]
-    assert "sender" not in build_messages(URL, None)[1]["content"]
+    assert "sender" not in build_messages(URL, None)[0]["content"].split("The opener has")[1]
     assert build_messages(URL, "   ") == build_messages(URL, None)
-    assert len(build_messages(URL, "z" * 50_000)[1]["content"]) < 2_200
+    assert len(build_messages(URL, "z" * 50_000)[0]["content"]) < 1_300 + 2_100
 
 
 # -- clean_opener -----------------------------------------------------------------------------------
@@ -580,3 +604,61 @@ def test_dummy_delay_runs_concurrently(monkeypatch: pytest.MonkeyPatch) -> None:
         texts = list(pool.map(generator.generate, [f"https://{d}/" for d in DOMAINS[:8]]))
     assert len(texts) == 8 and not meet.broken
     assert inside["most"] == 8  # 8 x 200 ms overlapped, not serialised behind a lock
+
+
+# -- structured answers ----------------------------------------------------------------------------
+
+
+def test_the_answers_evidence_comes_back_with_the_opener() -> None:
+    h = Harness(completion(GOOD, evidence="small warehouses"))
+    assert h.generate().evidence == "small warehouses"
+
+
+def test_a_server_refusing_response_format_is_asked_in_words_at_once_and_from_then_on(caplog) -> None:
+    refused = api_error(400, "Invalid parameter: 'response_format' of type 'json_schema' is not supported with "
+                             "this model.")
+    prose = ('Sure! Here is the opener you asked for, as JSON: {"opener": "' + GOOD + '", "evidence": null} '
+             "Let me know if you would like another angle.")
+    h = Harness(refused, completion(prose, raw=True), completion(GOOD, raw=True))
+    with caplog.at_level("WARNING", logger="csv_opener.openers"):
+        first = h.generate()
+        second = h.generate(url="https://other.example/")
+    assert (first.text, first.evidence, first.attempts) == (GOOD, None, 1)
+    assert second.text == GOOD  # a bare sentence is read as the opener, without evidence
+    asked = h.script.requests
+    assert len(asked) == 3 and "response_format" in asked[0]
+    assert all("response_format" not in body for body in asked[1:])
+    assert all(body["messages"][1]["content"].endswith(
+        'Write the opener in English. Answer with only this JSON object and nothing else: {"opener": "<the opener>", '
+        '"evidence": "<the prospect\'s words it rests on, copied exactly>" or null}') for body in asked[1:])
+    assert caplog.text.count("refused response_format") == 1
+    assert h.limiter.cooldowns == [] and h.sleeps == []
+
+
+def test_another_400_is_not_taken_for_a_refused_response_format() -> None:
+    h = Harness(api_error(400, "'messages' is too long"))
+    with pytest.raises(GenerationFailed):
+        h.generate()
+    assert len(h.script.requests) == 1 and h.generator.json_in_prompt == set()
+
+
+def test_a_reask_is_one_more_user_message_after_the_first() -> None:
+    h = Harness(completion(GOOD))
+    h.generate(reask="Write the opener again: shorter: at most 20 words.", language="de", min_words=5, max_words=20)
+    system, user, reask = h.script.requests[0]["messages"]
+    assert system["content"].endswith("The opener has 5 to 20 words.")
+    assert user["content"].endswith("Write the opener in German.")
+    assert reask == {"role": "user", "content": "Write the opener again: shorter: at most 20 words."}
+
+
+def test_dummy_mode_answers_the_structured_json_with_verbatim_evidence_and_varies_on_a_reask() -> None:
+    generator, _ = dummy_generator()
+    page = "Title: Sonne Bakery | Sourdough since 1998\nText: We bake bread."
+    first = generator.generate("https://sonne.example/", page=page)
+    assert first.evidence == "Sonne Bakery" and first.text.startswith("I enjoyed reading Sonne Bakery on your site.")
+    with_company = generator.generate("https://acme.com/", "Mention {{company}}.", fields={"company": "Acme Robotics"})
+    assert with_company.evidence == "Acme Robotics" and "Acme Robotics" in with_company.text
+    plain = generator.generate("https://acme.com/")
+    assert plain.evidence is None  # names nothing of the data: a generic opener
+    again = generator.generate("https://acme.com/", reask="Write the opener again: do not repeat: x.")
+    assert again.text != plain.text and clean_opener(again.text) == again.text

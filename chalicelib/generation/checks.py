@@ -1,0 +1,200 @@
+"""Every opener checked before it is stored (SPEC "Openers you can trust"): one row's answer asked
+for, checked against the row's source, asked for again when something is wrong, and the verdict.
+
+Why a module of its own: the worker, batch mode and preview check answers alike, and the order
+matters. Grounding first (an unsupported opener is asked again, at most ``max_calls`` calls in
+all, telling the model what was not found); then the flags (word limits, spam, wrong language,
+generic): a flagged opener is asked again once, told what to avoid; last, on the opener about to
+be kept, the job-wide duplicate index, which stores what it accepts (a duplicate is asked again
+too, if the one re-ask was not spent, told the line it repeats). After that: with grounding
+``strict`` an opener still unsupported fails the row (``Ungrounded``); with ``flag`` it is kept
+with the ``ungrounded`` flag. A generic opener is not asked again when its row has no source at
+all (no page, no fields): there is nothing specific to ask for, and the call would be wasted.
+
+Calls made again go through the same generator, so they count in tokens, cost and the limiter.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from chalicelib.generation.answers import GenerationFailed, Opener
+from chalicelib.outbound.summaries import declared_language_of
+from chalicelib.quality import flags as quality_flags
+from chalicelib.quality import grounding as quality_grounding
+from chalicelib.quality.duplicates import is_near_duplicate
+from chalicelib.quality.language import page_language
+
+STRICT = "strict"
+FLAG = "flag"
+AUTO = "auto"
+DEFAULT_LANGUAGE = "en"
+UNGROUNDED_MESSAGE = ("ungrounded: the model's openers for this row rested on details that are not in the "
+                      "prospect's page or row, after {calls} tries")
+
+
+class Generator(Protocol):
+    def generate(self, url: str, instructions: str | None = ..., model: str | None = ...,
+                 should_stop: Callable[[], bool] = ..., account: str | None = ..., **data: Any) -> Opener: ...
+
+
+class Duplicates(Protocol):
+    def check_and_add(self, job_id: str, opener: str) -> str | None: ...
+
+
+class LocalDuplicates:
+    """A duplicate index for a handful of openers in one process (a preview's): SPEC's rule,
+    every opener compared with every one accepted before it."""
+
+    def __init__(self) -> None:
+        self._accepted: list[str] = []
+        self._lock = threading.Lock()
+
+    def check_and_add(self, job_id: str, opener: str) -> str | None:
+        with self._lock:
+            repeats = next((a for a in self._accepted if is_near_duplicate(opener, a)), None)
+            if repeats is None:
+                self._accepted.append(opener)
+            return repeats
+
+
+class Ungrounded(GenerationFailed):
+    """Strict grounding: no answer for the row could be grounded (the row fails, ``ungrounded``)."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """A job's checks: ``grounding`` strict | flag, word limits, ``language`` auto | ISO 639-1."""
+
+    grounding: str = STRICT
+    min_words: int = quality_flags.DEFAULT_MIN_WORDS
+    max_words: int = quality_flags.DEFAULT_MAX_WORDS
+    language: str = AUTO
+
+    @classmethod
+    def of(cls, job: dict) -> Options:
+        return cls(job.get("grounding") or STRICT, job.get("min_words") or quality_flags.DEFAULT_MIN_WORDS,
+                   job.get("max_words") or quality_flags.DEFAULT_MAX_WORDS, job.get("language") or AUTO)
+
+
+@dataclass
+class Checked:
+    """The opener kept for a row and what the checks found; tokens and attempts summed over
+    every call made for it (``regenerations``: the calls made again by the checks)."""
+
+    text: str
+    evidence: str | None
+    grounding: str
+    quality: list[str]
+    words: int
+    language: str
+    regenerations: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 0
+    reasks: list[str] = field(default_factory=list)
+
+
+def row_language(options: Options, page: str | None, declared: str | None = None) -> str:
+    """The language to write a row in: the job's, or with ``auto`` the page's declared language
+    (``declared``, else the summary's ``Language:`` line), else the one its summary reads as,
+    else English."""
+    if options.language != AUTO:
+        return options.language
+    return page_language(declared or declared_language_of(page), None, None, page) or DEFAULT_LANGUAGE
+
+
+def generate_checked(generator: Generator, *, job_id: str, url: str, instructions: str | None,
+                     model: str | None, options: Options, fields: dict[str, str] | None = None,
+                     page: str | None = None, declared_language: str | None = None,
+                     duplicates: Duplicates | None = None, max_calls: int = 3,
+                     should_stop: Callable[[], bool] = lambda: False, account: str | None = None,
+                     first: Opener | None = None) -> Checked:
+    """The row's opener, checked (see the module docstring). Raises ``Ungrounded`` (strict mode),
+    ``GenerationFailed`` or ``LimiterStopped`` as the generator does. ``first``: an answer already
+    in hand (a Batch API result): checked before any live call is made."""
+    language = row_language(options, page, declared_language)
+    values = [v for v in (fields or {}).values() if v]
+    has_source = bool(page) or bool(values)
+    # The URL is the row's too: an opener may name the prospect's domain ("b2b-24.example.com")
+    # without making a claim (its digits are no figure). It is no reason to ask a generic opener
+    # again, though.
+    host = (urlsplit(url if "://" in url else f"https://{url}").hostname or "").removeprefix("www.")
+    domain = re.compile(rf"(?:https?://)?(?:www\.)?{re.escape(host)}/?", re.IGNORECASE) if host else None
+    values += [url, host] if host else [url]
+    source = quality_grounding.Source.of(page, values, instructions)
+    max_calls = max(1, max_calls)
+    total = {"prompt": 0, "completion": 0, "attempts": 0}
+    calls = 0
+    flag_reasked = False
+    reask: str | None = None
+    reasks: list[str] = []
+
+    def ask() -> Opener:
+        nonlocal calls
+        if first is not None and calls == 0:
+            opener = first
+        else:
+            opener = generator.generate(url, instructions, model, should_stop=should_stop, account=account,
+                                        fields=fields, page=page, language=language, min_words=options.min_words,
+                                        max_words=options.max_words, reask=reask)
+        calls += 1
+        total["prompt"] += opener.prompt_tokens
+        total["completion"] += opener.completion_tokens
+        total["attempts"] += opener.attempts
+        return opener
+
+    while True:
+        opener = ask()
+        claims = domain.sub(" ", opener.text) if domain is not None else opener.text
+        found = quality_grounding.check(claims, opener.evidence, source)
+        checked = quality_flags.check(opener.text, generic=found.status == quality_grounding.GENERIC,
+                                      language=language, min_words=options.min_words,
+                                      max_words=options.max_words, names=tuple(values))
+        reaskable = [f for f in checked.flags if has_source or f != quality_flags.GENERIC]
+        if not found.ok and calls < max_calls:
+            reask = quality_flags.reask_message(found, checked)
+            reasks.append(reask or "")
+            continue
+        if found.ok and reaskable and not flag_reasked and calls <= max_calls:
+            flag_reasked = True
+            reask = quality_flags.reask_message(None, _only(checked, reaskable))
+            reasks.append(reask or "")
+            continue
+        if not found.ok and options.grounding == STRICT:
+            raise Ungrounded(UNGROUNDED_MESSAGE.format(calls=calls), total["attempts"])
+        repeats = duplicates.check_and_add(job_id, opener.text) if duplicates is not None else None
+        if repeats is not None and not flag_reasked and calls <= max_calls:
+            flag_reasked = True
+            with_duplicate = quality_flags.check(opener.text, generic=found.status == quality_grounding.GENERIC,
+                                                 language=language, duplicate_of=repeats,
+                                                 min_words=options.min_words, max_words=options.max_words,
+                                                 names=tuple(values))
+            reask = quality_flags.reask_message(found, with_duplicate)
+            reasks.append(reask or "")
+            continue
+        quality = list(checked.flags)
+        if repeats is not None:
+            quality.insert(_duplicate_position(quality), quality_flags.DUPLICATE)
+        if not found.ok:
+            quality.append(quality_flags.UNGROUNDED)
+        return Checked(opener.text, opener.evidence, found.status, quality, checked.words, language,
+                       regenerations=calls - 1, prompt_tokens=total["prompt"],
+                       completion_tokens=total["completion"], attempts=total["attempts"], reasks=reasks)
+
+
+def _only(checked: quality_flags.Checked, kept: list[str]) -> quality_flags.Checked:
+    """``checked`` with only the ``kept`` flags (and their re-ask instructions)."""
+    pairs = [(f, r) for f, r in zip(checked.flags, checked.reasks, strict=True) if f in kept]
+    return quality_flags.Checked(tuple(f for f, _ in pairs), checked.words, tuple(r for _, r in pairs))
+
+
+def _duplicate_position(found: list[str]) -> int:
+    """Where ``duplicate`` goes in SPEC's order of flags."""
+    order = quality_flags.FLAGS
+    return sum(1 for f in found if order.index(f) < order.index(quality_flags.DUPLICATE))

@@ -8,8 +8,9 @@ generic): a flagged opener is asked again once, told what to avoid; last, on the
 be kept, the job-wide duplicate index, which stores what it accepts (a duplicate is asked again
 too, if the one re-ask was not spent, told the line it repeats). After that: with grounding
 ``strict`` an opener still unsupported fails the row (``Ungrounded``); with ``flag`` it is kept
-with the ``ungrounded`` flag. A generic opener is not asked again when its row has no source at
-all (no page, no fields): there is nothing specific to ask for, and the call would be wasted.
+with the ``ungrounded`` flag. A generic opener, or one that repeats another, is not asked again
+when its row has no source at all (no page, no fields): there is nothing specific to ask for, so
+the new line would be as generic as the first and the call wasted; it keeps its flags.
 
 Calls made again go through the same generator, so they count in tokens, cost and the limiter.
 """
@@ -169,7 +170,7 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
         if not found.ok and options.grounding == STRICT:
             raise Ungrounded(UNGROUNDED_MESSAGE.format(calls=calls), total["attempts"])
         repeats = duplicates.check_and_add(job_id, opener.text) if duplicates is not None else None
-        if repeats is not None and not flag_reasked and calls <= max_calls:
+        if repeats is not None and has_source and not flag_reasked and calls <= max_calls:
             flag_reasked = True
             with_duplicate = quality_flags.check(opener.text, generic=found.status == quality_grounding.GENERIC,
                                                  language=language, duplicate_of=repeats,

@@ -124,6 +124,14 @@ def test_a_duplicate_is_asked_again_with_the_line_it_repeats_then_flagged_if_it_
     assert kept.quality == ["duplicate"] and len(stuck.calls) == 2
 
 
+def test_a_duplicate_of_a_row_with_no_source_is_flagged_without_a_call_more():
+    """Nothing specific to ask for (no page, no fields): a second line would be as generic."""
+    generic = "I came across your bakery and liked how clearly you explain what you do every single day."
+    stuck = Scripted((generic, None))
+    kept = run(stuck, page=None, duplicates=Index(generic))
+    assert kept.quality == ["duplicate", "generic"] and len(stuck.calls) == 1 and kept.regenerations == 0
+
+
 def test_language_auto_is_the_pages_declared_else_detected_else_english():
     auto = checks.Options()
     assert checks.row_language(auto, PAGE, declared="de-AT") == "de"

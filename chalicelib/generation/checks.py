@@ -24,12 +24,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from redis import exceptions as redis_exc
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
 from chalicelib.generation.answers import GenerationFailed, Opener
+from chalicelib.logs import get_logger
 from chalicelib.outbound.summaries import declared_language_of
 from chalicelib.quality import flags as quality_flags
 from chalicelib.quality import grounding as quality_grounding
 from chalicelib.quality.duplicates import is_near_duplicate
 from chalicelib.quality.language import page_language
+
+log = get_logger("checks")
 
 STRICT = "strict"
 FLAG = "flag"
@@ -169,7 +175,7 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
             continue
         if not found.ok and options.grounding == STRICT:
             raise Ungrounded(UNGROUNDED_MESSAGE.format(calls=calls), total["attempts"])
-        repeats = duplicates.check_and_add(job_id, opener.text) if duplicates is not None else None
+        repeats = _repeats(duplicates, job_id, opener.text) if duplicates is not None else None
         if repeats is not None and has_source and not flag_reasked and calls <= max_calls:
             flag_reasked = True
             with_duplicate = quality_flags.check(opener.text, generic=found.status == quality_grounding.GENERIC,
@@ -187,6 +193,27 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
         return Checked(opener.text, opener.evidence, found.status, quality, checked.words, language,
                        regenerations=calls - 1, prompt_tokens=total["prompt"],
                        completion_tokens=total["completion"], attempts=total["attempts"], reasks=reasks)
+
+
+# Redis failing over or restarting: a few seconds of retries, then the opener is kept unchecked for
+# duplicates (a lost check costs a possible repeat; a failed row would cost the opener).
+_INDEX_DOWN = (redis_exc.ConnectionError, redis_exc.TimeoutError, redis_exc.BusyLoadingError,
+               redis_exc.ReadOnlyError, redis_exc.ClusterDownError, redis_exc.TryAgainError, OSError)
+
+
+def _repeats(duplicates: Duplicates, job_id: str, text: str, attempts: int = 5) -> str | None:
+    """The accepted opener `text` repeats, from the job's index; None when unique, or when the
+    index stayed unreachable (logged)."""
+    try:
+        for attempt in Retrying(stop=stop_after_attempt(attempts), reraise=True,
+                                wait=wait_exponential(multiplier=0.25, max=2),
+                                retry=retry_if_exception_type(_INDEX_DOWN)):
+            with attempt:
+                return duplicates.check_and_add(job_id, text)
+    except _INDEX_DOWN as exc:
+        log.warning("duplicate index unreachable; opener kept without the duplicate check",
+                    extra={"job_id": job_id, "error": type(exc).__name__})
+    return None
 
 
 def _only(checked: quality_flags.Checked, kept: list[str]) -> quality_flags.Checked:

@@ -30,7 +30,7 @@ from tests.support.e2e import (
     url_rows,
     wait_for,
 )
-from tests.support.fake_openai import make_opener
+from tests.support.fake_openai import structured_opener
 
 
 def tag() -> str:
@@ -68,7 +68,7 @@ def assert_download_matches(table: list[list[str]], csv_file, rows: list[dict]) 
         assert status == url["status"], (index, got, url)
         assert context == (url["context_status"] or ""), (index, got, url)
         if status == "completed":
-            assert opener == url["opener"] == make_opener(url["url"]), (index, got, url)
+            assert opener == url["opener"] == structured_opener(url["url"]), (index, got, url)
             assert error == ""
         else:
             assert status == "failed" and opener == "" and error == url["error"], (index, got, url)
@@ -266,7 +266,7 @@ def test_a_batch_mode_job_goes_through_the_batch_api_and_the_sweep(fresh, capsys
     job = stack.wait_job(job_id, urls=csv_file.valid, extra_s=30, stall_s=30)
     seconds = time.monotonic() - began
     rows = assert_finished_cleanly(stack.database_url, job_id, csv_file.valid)
-    assert all(r["status"] == "completed" and r["opener"] == make_opener(r["url"]) for r in rows)
+    assert all(r["status"] == "completed" and r["opener"] == structured_opener(r["url"]) for r in rows)
     stats = stack.fake.stats()
     assert (stats["requests"], stats["batches"], stats["batch_requests"]) == (0, 3, csv_file.valid)
     assert_download_matches(api.download(job_id), csv_file, rows)

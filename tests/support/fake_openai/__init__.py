@@ -105,6 +105,7 @@ from .config import MALFORMED_KINDS, ConfigError, FakeConfig
 from .responses import find_url, make_opener
 from .server import FakeOpenAI, FakeOpenAIServer
 from .tokens import count_tokens, prompt_tokens
+from .writing import structured_opener
 
 __all__ = [
     "MALFORMED_KINDS",
@@ -116,5 +117,6 @@ __all__ = [
     "find_url",
     "main",
     "make_opener",
+    "structured_opener",
     "prompt_tokens",
 ]

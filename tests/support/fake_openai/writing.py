@@ -266,3 +266,11 @@ def misbehaving(rule: str, host: str, candidates: Sequence[str], language: str, 
         text = " ".join(words[:LONG_WORDS]).rstrip(",;:")
         return Draft(text if text.endswith((".", "!", "?")) else text + ".", draft.evidence)
     raise ValueError(f"no opener for rule {rule!r}")
+
+
+def structured_opener(url: str, language: str = "en", index: int = 0) -> str:
+    """The opener of the fake's structured answer (``response_format``) about ``url`` when the
+    prompt carries no page and no row fields: what tests expect such a row to hold."""
+    from .responses import host_of
+
+    return good(host_of(url), [], language, index).opener

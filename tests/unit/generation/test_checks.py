@@ -6,6 +6,7 @@ tests/integration/generation/test_quality_worker.py."""
 from __future__ import annotations
 
 import pytest
+import redis
 
 from chalicelib.generation import checks
 from chalicelib.generation.answers import Opener
@@ -150,3 +151,23 @@ def test_the_prospects_own_domain_is_no_claim_even_with_digits_in_it():
                          None))
     with pytest.raises(checks.Ungrounded):  # the same digits as a figure of their own are a claim
         run(invented, page=None, url="https://b5-331950.example.com/")
+
+
+class FlakyIndex:
+    """An index whose Redis is down for the first `down` calls."""
+
+    def __init__(self, down: int) -> None:
+        self.down, self.calls = down, 0
+
+    def check_and_add(self, job_id, opener):
+        self.calls += 1
+        if self.calls <= self.down:
+            raise redis.exceptions.ConnectionError("Connection refused")
+        return "the line it repeats"
+
+
+def test_an_index_that_comes_back_is_asked_again_and_one_that_stays_down_keeps_the_opener():
+    back = FlakyIndex(down=1)
+    assert checks._repeats(back, "job", "an opener", attempts=3) == "the line it repeats" and back.calls == 2
+    gone = FlakyIndex(down=10)
+    assert checks._repeats(gone, "job", "an opener", attempts=2) is None and gone.calls == 2  # kept, not failed

@@ -344,7 +344,7 @@ def run_tests(pytest_args: list[str]) -> int:
 
 
 BENCHMARKS = ("ingest", "overhead", "utilization", "fairshare", "pagecontext",  # what `make bench` runs, in order
-              "learned", "batch", "refusal")
+              "learned", "aimd", "batch", "refusal")
 
 
 def run_bench(args: list[str]) -> int:

@@ -226,9 +226,14 @@ class RateLimiter:
                 "request needs %d tokens, more than the whole %d tokens-per-minute budget", tokens, self.tpm
             )
         waited = 0.0
+        stale = False
         while True:
+            # A booking made again after a cut skips the account's share: it took its turn there
+            # already (and that share was not forgiven), the shared buckets pace it.
+            who = None if stale else account
             (granted, wait_ms, starting, gen), slept = self._with_retry(
-                lambda: self._book(tokens, account, model), should_stop)
+                lambda: self._book(tokens, who, model), should_stop)  # noqa: B023 (called at once)
+            stale = False
             waited += slept
             if not granted:  # the account's share is booked ahead: ask again when it has room
                 waited += self._sleep_for(max(0.01, wait_ms / 1000.0 * random.uniform(1.0, 1.5)), should_stop)
@@ -255,6 +260,7 @@ class RateLimiter:
             if left <= 0:
                 # A 429 cut the rate after we booked: the booking, made at the old rate, was
                 # forgiven (see lua/cooldown.lua); book again at the new one.
+                stale = True
                 continue
             # A 429 elsewhere paused everyone after we reserved: our slot was handed back
             # (see _COOLDOWN_LUA), so wait the pause out and queue again behind it.
@@ -343,9 +349,8 @@ class RateLimiter:
         if now - self._grown.get(key, -1e9) < self.aimd_period_ms / 4000.0:
             return
         self._grown[key] = now
-        keys = self._keys(model)
         try:
-            self._grow_script(keys=[keys[3], keys[0]], args=[self.rpm, self.aimd_period_ms, self.aimd_step])
+            self._grow_script(keys=[self._keys(model)[3]], args=[self.rpm, self.aimd_period_ms, self.aimd_step])
         except _UNAVAILABLE as exc:
             self._log.warning("Redis unreachable; a success not reported to the rate controller (%s)", exc)
 

@@ -52,5 +52,7 @@ if account ~= '' then
   wait = math.max(wait, share_wait)
 end
 wait = math.max(wait, reserve(KEYS[1], rpm, tonumber(ARGV[3])))
+-- The requests booked since the controller's window opened: whether the rate is used (grow.lua).
+if starting == 0 then redis.call('HINCRBY', KEYS[7], 'used', tonumber(ARGV[3])) end
 wait = math.max(wait, reserve(KEYS[2], tpm, tonumber(ARGV[4])))
 return string.format('g%.3f:%d:%d', math.max(wait, 0), starting, gen)

@@ -13,7 +13,8 @@ local cut = 0
 if found ~= nil and (last_cut == nil or now - last_cut >= tonumber(ARGV[5])) then
   local lowered = math.max(tonumber(ARGV[7]), found * tonumber(ARGV[6]))
   redis.call('HSET', KEYS[4], 'found', string.format('%.3f', lowered), 'peak', string.format('%.3f', found),
-             'phase', 'avoid', 'cut', string.format('%.3f', now), 'last', string.format('%.3f', now), 'gen', gen + 1)
+             'phase', 'avoid', 'cut', string.format('%.3f', now), 'last', string.format('%.3f', now), 'gen', gen + 1,
+             'win', string.format('%.3f', now), 'used', 0)
   cut = 1
   -- Every booking not yet due was made at the old rate: forgive them all; their callers see the
   -- new generation when they wake and book again at the new rate (acquire).

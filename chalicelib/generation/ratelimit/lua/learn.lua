@@ -12,9 +12,11 @@ local first = tonumber(s[1]) == nil or tonumber(s[2]) == nil
 local stated = tonumber(ARGV[1])
 redis.call('HSET', KEYS[1], 'rpm', ARGV[1], 'tpm', ARGV[2])
 if stated > 0 and (tonumber(s[1]) ~= stated or s[3] == false) then
-  redis.call('HSET', KEYS[1], 'found', ARGV[1], 'peak', ARGV[1], 'phase', 'avoid', 'last', string.format('%.3f', now))
+  redis.call('HSET', KEYS[1], 'found', ARGV[1], 'peak', ARGV[1], 'phase', 'avoid', 'last', string.format('%.3f', now),
+             'win', string.format('%.3f', now), 'used', 0)
 elseif s[3] == false then
-  redis.call('HSET', KEYS[1], 'found', ARGV[4], 'phase', 'slow', 'last', string.format('%.3f', now))
+  redis.call('HSET', KEYS[1], 'found', ARGV[4], 'phase', 'slow', 'last', string.format('%.3f', now),
+             'win', string.format('%.3f', now), 'used', 0)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if not first then

@@ -402,9 +402,11 @@ def test_the_migration_gives_existing_jobs_the_default_account(settings, unique,
             assert "(account_id, created_at DESC, id DESC)" in indexes["jobs_account_created_idx"]
             assert "(account_id, status, created_at DESC, id DESC)" in indexes["jobs_account_status_created_idx"]
             assert "WHERE (status = 'processing'::text)" in indexes["jobs_processing_idx"]
-            conn.execute("SET enable_seqscan = off")
-            plan = conn.execute("EXPLAIN SELECT id FROM jobs WHERE status = 'processing'").fetchall()
-            assert "jobs_processing_idx" in str(plan)
+            # built and usable (not a plan: whether the planner may use a new index yet depends on
+            # transactions of other databases of the server, such as another test run's)
+            valid = conn.execute("""SELECT indisvalid AND indisready AND indislive AS ok FROM pg_index
+                                    WHERE indexrelid = 'jobs_processing_idx'::regclass""").fetchone()["ok"]
+            assert valid is True
     finally:
         with psycopg.connect(admin_url, autocommit=True) as server:
             server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

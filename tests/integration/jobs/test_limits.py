@@ -85,8 +85,10 @@ def test_a_start_over_the_job_limit_is_refused_without_reading_the_file(conn, ma
 def test_a_presigned_file_is_not_read_when_the_quota_is_already_used_up(conn, make_account, settings):
     account = make_account(urls_per_day=5)
     db.add_urls_today(conn, account.id, 5)
-    job = jobs.create_presigned_upload(conn, deps.storage(), account_id=account.id, file_name="p.csv")["job"]
-    deps.storage().put_bytes(db.get_job(conn, job["id"])["file_path"], urls_file(50))
+    data = urls_file(50)
+    job = jobs.create_presigned_upload(conn, deps.storage(), settings, account_id=account.id, file_name="p.csv",
+                                       size=len(data))["job"]
+    deps.storage().put_bytes(db.get_job(conn, job["id"])["file_path"], data)
     storage = CountingStorage(deps.storage())
     with pytest.raises(DomainError) as refused:
         jobs.start(conn, storage, deps.chunk_queue(), settings, account.id, job["id"])

@@ -11,7 +11,8 @@ import uuid
 
 from chalice import Chalice, CORSConfig, Rate, Response
 
-from chalicelib import deps, jobs, logs, web
+from chalicelib import deps, jobs, logs, observe, web
+from chalicelib import metrics as emf
 from chalicelib.accounts import Caller, Unauthorized, apilimit
 from chalicelib.adapters import db
 from chalicelib.adapters.health import run_checks
@@ -62,6 +63,7 @@ def route(path: str, public: bool = False, **options):
     def decorator(view):
         @functools.wraps(view)
         def wrapped(**params):
+            emf.tag(job_id=params.get("job_id"))
             try:
                 if public:
                     return view(**params)
@@ -95,6 +97,7 @@ def presented_key() -> str | None:
 def authenticated_caller() -> Caller:
     """The caller of this request (401 otherwise), counted against its account's request limit."""
     caller = authenticate(presented_key())
+    emf.tag(account_id=caller.account_id)
     s = deps.settings()
     limit = caller.rpm if caller.rpm is not None else s.api_rate_limit_per_minute
     wait = apilimit.check(deps.redis_client(), s.ratelimit_prefix, f"account:{caller.account_id}", limit,
@@ -153,6 +156,13 @@ def json_body() -> dict:
 
 def query() -> dict:
     return app.current_request.query_params or {}
+
+
+@app.middleware("all")
+def observed(event, get_response):
+    """Every invocation of every function: one log context (request, correlation id) and one EMF
+    metrics flush (chalicelib/observe.py)."""
+    return observe.run(event, get_response)
 
 
 @app.middleware("http")
@@ -254,6 +264,7 @@ def process(caller: Caller):
     job_id = body.get("job_id") or body.get("jobId")
     if not job_id:
         raise BadRequest("job_id is required", code="missing_job_id")
+    emf.tag(job_id=job_id)
     result = jobs.start(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id,
                         instructions=body.get("instructions"), model=body.get("model"),
                         page_context=body.get("page_context"), max_cost_usd=body.get("max_cost_usd"),
@@ -277,7 +288,7 @@ def get_job(caller: Caller, job_id):
 def job_results(caller: Caller, job_id):
     q = query()
     return jobs.results(deps.conn(), caller.account_id, job_id, status=q.get("status"), limit=q.get("limit"),
-                        cursor=q.get("cursor"))
+                        cursor=q.get("cursor"), quality=q.get("quality"))
 
 
 @route("/api/jobs/{job_id}/preview", methods=["POST"])

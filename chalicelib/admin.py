@@ -7,6 +7,9 @@
     python -m chalicelib.admin disable-account ACCOUNT_ID | enable-account ACCOUNT_ID
     python -m chalicelib.admin set-limits ACCOUNT_ID [--rpm N] [--urls-per-day N] [--jobs N] [--models a,b]
     python -m chalicelib.admin list-accounts [--json] | list-keys [ACCOUNT_ID] [--json] | show-account ACCOUNT_ID
+    python -m chalicelib.admin redrive-dlq [--limit N] [--json]
+    python -m chalicelib.admin stuck-jobs [--minutes N] [--json]
+    python -m chalicelib.admin usage [ACCOUNT_ID] [--days N] [--json]
 
 (`make admin ARGS="…"` runs the same), against the database DATABASE_URL names; `ssm:`
 references are read from SSM. Scripts rely on the last line: `create-account` prints the new
@@ -14,6 +17,8 @@ account's id alone on it, `create-key` the new key. Exit status: 0 done, 2 bad i
 ids, an unknown account or prefix), 1 anything else. A key is printed once, by create-key, and
 never logged. An operator account's keys (any role) see platform-wide figures (queue depths,
 provider limits, /health details); every other account sees its own figures only.
+The last three are the runbook's (docs/operations.md, chalicelib/operations.py); they also use
+the chunk queue and its dead-letter queue of the settings.
 """
 
 from __future__ import annotations
@@ -28,10 +33,10 @@ from typing import Any, TextIO
 
 import psycopg
 
-from chalicelib import accounts
+from chalicelib import accounts, operations
 from chalicelib.adapters import db
 from chalicelib.errors import DomainError
-from chalicelib.settings import get_secret_settings
+from chalicelib.settings import get_secret_settings, get_settings
 
 RESET = "default"  # a limit given as `default` goes back to the setting's default
 
@@ -74,6 +79,16 @@ def _models(text: str) -> list[str] | str:
     return models
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 100000, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m chalicelib.admin",
                                      description="Manage CSV Opener accounts and API keys (DATABASE_URL).")
@@ -109,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = commands.add_parser("show-account", help="an account, its limits and today's usage")
     p.add_argument("account_id", type=_account_id, metavar="ACCOUNT_ID")
+    p.add_argument("--json", action="store_true")
+    p = commands.add_parser("redrive-dlq", help="send dead-lettered chunk messages back to the chunk queue "
+                                                "(after the cause is fixed); reports what it moved")
+    p.add_argument("--limit", type=_positive, help="move at most N messages")
+    p.add_argument("--json", action="store_true")
+    p = commands.add_parser("stuck-jobs", help="processing jobs without progress, why, and the fix")
+    p.add_argument("--minutes", type=_positive, default=15, help="without progress for this long (default 15)")
+    p.add_argument("--json", action="store_true")
+    p = commands.add_parser("usage", help="URLs, tokens and cost per UTC day, of one account or all")
+    p.add_argument("account_id", type=_account_id, nargs="?", metavar="ACCOUNT_ID")
+    p.add_argument("--days", type=_positive, default=7, help="the last N days, today included (default 7)")
     p.add_argument("--json", action="store_true")
     return parser
 
@@ -244,6 +270,68 @@ def show_account(conn, args, out: TextIO) -> None:
           f"{usage['completion_tokens']} completion tokens", file=out)
 
 
+REDRIVE_TABLE = (
+    ("JOB", lambda m: m["job_id"]),
+    ("CHUNK", lambda m: m["chunk"]),
+    ("ROWS REOPENED", lambda m: m["reopened_rows"]),
+    ("ACTION", lambda m: m["action"]),
+)
+STUCK_TABLE = (
+    ("JOB", lambda j: j["id"]),
+    ("ACCOUNT", lambda j: j["account_name"]),
+    ("SINCE", lambda j: j["updated_at"]),
+    ("DONE", lambda j: f"{j['processed_rows'] + j['failed_rows']}/{j['total_rows']}"),
+    ("WHY", lambda j: j["why"]),
+)
+USAGE_TABLE = (
+    ("DAY", lambda u: u["day"]),
+    ("ACCOUNT", lambda u: u["account_id"]),
+    ("ACCEPTED", lambda u: u["accepted"]),
+    ("COMPLETED", lambda u: u["completed"]),
+    ("FAILED", lambda u: u["failed"]),
+    ("PROMPT TOKENS", lambda u: u["prompt_tokens"]),
+    ("COMPLETION TOKENS", lambda u: u["completion_tokens"]),
+    ("COST USD", lambda u: None if u["cost_usd"] is None else f"{u['cost_usd']:.4f}"),
+)
+
+
+def _chunk_queue():
+    from chalicelib import deps  # the entry point's clients (LocalStack endpoint or AWS), built on use
+
+    return deps.chunk_queue()
+
+
+def redrive_dlq(conn, args, out: TextIO, queue=None) -> None:
+    moved = operations.redrive_dlq(conn, queue or _chunk_queue(), limit=args.limit)
+    if args.json:
+        print(_dumps({"moved": sum(m["action"] == "redriven" for m in moved), "messages": moved}), file=out)
+        return
+    if moved:
+        print(table(moved, REDRIVE_TABLE), file=out)
+    print(f"redriven {sum(m['action'] == 'redriven' for m in moved)} of {len(moved)} dead-lettered message(s)",
+          file=out)
+
+
+def stuck_jobs(conn, args, out: TextIO, queue=None) -> None:
+    jobs = operations.stuck_jobs(conn, queue or _chunk_queue(), args.minutes)
+    if args.json:
+        print(_dumps(jobs), file=out)
+        return
+    if jobs:
+        print(table(jobs, STUCK_TABLE), file=out)
+        for job in jobs:
+            print(f"{job['id']}: {job['fix']}", file=out)
+    print(f"{len(jobs)} processing job(s) without progress for {args.minutes} minute(s)", file=out)
+
+
+def usage(conn, args, out: TextIO) -> None:
+    s = get_settings()
+    if args.account_id is not None:
+        accounts.require_account(conn, args.account_id)
+    lines = operations.usage(conn, s.prices, s.openai_model, args.account_id, args.days)
+    print(_dumps(lines) if args.json else table(lines, USAGE_TABLE), file=out)
+
+
 COMMANDS = {
     "create-account": create_account,
     "set-operator": set_operator,
@@ -255,6 +343,9 @@ COMMANDS = {
     "list-accounts": list_accounts,
     "list-keys": list_keys,
     "show-account": show_account,
+    "redrive-dlq": redrive_dlq,
+    "stuck-jobs": stuck_jobs,
+    "usage": usage,
 }
 
 

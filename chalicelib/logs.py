@@ -1,7 +1,10 @@
 """Structured logging: one JSON object per line on stdout (what Lambda ships to CloudWatch).
 
 `log_context(job_id=..., chunk=...)` tags every line logged inside it, across the threads the
-chunk worker starts (they copy the context explicitly).
+chunk worker starts (they copy the context explicitly). Every handler invocation opens one
+(chalicelib/observe.py) with the Lambda request id, the function and the correlation id, so every
+function's lines have one shape; `bind(...)` adds what is learnt later (account id, job id) until
+the enclosing `log_context` ends.
 """
 
 from __future__ import annotations
@@ -90,3 +93,24 @@ def log_context(**fields: Any) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
+
+
+def bind(**fields: Any) -> None:
+    """Add fields to the current context without a block of its own: they stay until the
+    enclosing `log_context` ends (the invocation's, opened by chalicelib/observe.py)."""
+    merged = {**dict(_context.get()), **{k: v for k, v in fields.items() if v is not None}}
+    _context.set(tuple(merged.items()))
+
+
+def context_field(name: str) -> Any:
+    """A field of the current context (None when absent), e.g. the correlation id to pass on."""
+    return dict(_context.get()).get(name)
+
+
+CORRELATION_HEADER = "X-Correlation-Id"
+
+
+def correlation_headers() -> dict[str, str]:
+    """The header that carries the current correlation id to a receiver (webhooks), if there is one."""
+    correlation_id = context_field("correlation_id")
+    return {CORRELATION_HEADER: str(correlation_id)} if correlation_id else {}

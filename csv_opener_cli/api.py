@@ -256,8 +256,9 @@ class Api:
         return Upload(job=created["job"], how="presigned")
 
     def process(self, job_id: str, instructions: str | None = None, model: str | None = None,
-                mode: str | None = None) -> dict:
-        body: dict[str, Any] = {"job_id": job_id}
+                mode: str | None = None, options: dict[str, Any] | None = None) -> dict:
+        """POST /api/upload/process; `options`: more fields of its body (the quality options)."""
+        body: dict[str, Any] = {"job_id": job_id, **(options or {})}
         if instructions is not None:
             body["instructions"] = instructions
         if model:
@@ -276,8 +277,8 @@ class Api:
         items = list(self._pages("/api/jobs", "jobs", params, limit, JOBS_PAGE_MAX))
         return {"jobs": items[:limit]}
 
-    def results(self, job_id: str, status: str | None = None, limit: int = 50) -> dict:
-        params = {"status": status} if status else {}
+    def results(self, job_id: str, status: str | None = None, limit: int = 50, quality: str | None = None) -> dict:
+        params = {k: v for k, v in (("status", status), ("quality", quality)) if v}
         items = list(self._pages(f"/api/jobs/{_segment(job_id)}/results", "results", params, limit, RESULTS_PAGE_MAX))
         return {"results": items[:limit]}
 
@@ -300,7 +301,8 @@ class Api:
     def retry(self, job_id: str) -> dict:
         return self.call("POST", f"/api/jobs/{_segment(job_id)}/retry")
 
-    def preview(self, job_id: str, instructions: str, rows: int | None = None, model: str | None = None) -> dict:
+    def preview(self, job_id: str, instructions: str, rows: int | None = None, model: str | None = None,
+                options: dict[str, Any] | None = None) -> dict:
         """POST /api/jobs/{id}/preview (SPEC, "Endpoints added after the first release"). A server
         without it answers API Gateway's 403 (or 404 `not_found` behind the gateway responses)."""
         body: dict[str, Any] = {"instructions": instructions}
@@ -308,6 +310,7 @@ class Api:
             body["rows"] = rows
         if model:
             body["model"] = model
+        body.update(options or {})
         try:
             return self.call("POST", f"/api/jobs/{_segment(job_id)}/preview", json=body)
         except ApiError as exc:

@@ -28,6 +28,7 @@ OK, JOB_FAILED, ERROR, INTERRUPTED = 0, 1, 2, 130
 DEFAULT_API = "http://127.0.0.1:8000"
 JOB_STATUSES = ("pending", "processing", "completed", "failed", "canceled")
 URL_STATUSES = ("pending", "processing", "completed", "failed")
+QUALITY_FLAGS = ("too_long", "too_short", "duplicate", "spammy", "wrong_language", "generic", "ungrounded", "edited")
 
 DESCRIPTION = """\
 Write outreach openers for a CSV of URLs with the CSV Opener API.
@@ -35,7 +36,8 @@ Write outreach openers for a CSV of URLs with the CSV Opener API.
   csv-opener run leads.csv --instructions "We are Acme; we help ops teams cut reporting time."
 
 uploads leads.csv, starts the job, shows its progress and writes leads-openers.csv (your rows plus
-opener, opener_status, opener_error and context_status). Ctrl-C asks whether to cancel the job or leave it running."""
+opener, opener_status, opener_error, context_status, opener_evidence, opener_quality and
+opener_language) and prints what the quality checks found. Ctrl-C asks whether to cancel the job or leave it running."""
 
 EPILOG = """\
 environment:
@@ -57,6 +59,7 @@ examples:
   csv-opener jobs --status processing
   csv-opener status JOB_ID --json | jq .job.progress
   csv-opener results JOB_ID --status failed
+  csv-opener results JOB_ID --quality duplicate
   csv-opener retry JOB_ID --wait -o leads-openers.csv"""
 
 
@@ -77,6 +80,33 @@ def count_arg(low: int, high: int) -> Callable[[str], int]:
         return int(text)
 
     return parse
+
+
+def language_arg(text: str) -> str:
+    value = text.strip().lower()
+    if value != "auto" and not (len(value) == 2 and value.isascii() and value.isalpha()):
+        raise argparse.ArgumentTypeError(f"must be auto or a two-letter ISO 639-1 code such as de, not {text!r}")
+    return value
+
+
+def add_quality_options(parser: argparse.ArgumentParser) -> None:
+    """The quality options of process and preview (sent only when given: the API has the defaults)."""
+    group = parser.add_argument_group("quality checks")
+    group.add_argument("--grounding", choices=("strict", "flag"),
+                       help="an opener whose detail is not in the page or row: strict fails the row (API "
+                            "default), flag keeps it flagged ungrounded")
+    group.add_argument("--min-words", type=count_arg(1, 200), metavar="N", help="fewer words is flagged (default 8)")
+    group.add_argument("--max-words", type=count_arg(1, 200), metavar="N", help="more words is flagged (default 40)")
+    group.add_argument("--language", type=language_arg, metavar="CODE",
+                       help="auto (each prospect's language, the default) or an ISO 639-1 code such as de")
+
+
+def quality_options(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("grounding", "min_words", "max_words", "language")
+    options = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if options.get("min_words", 0) > options.get("max_words", 200):
+        raise UsageError("--min-words must not be greater than --max-words")
+    return options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="batch: through the provider's Batch API, half the price, done within 24 hours "
                           "(default: the API's, live for most files)")
     run.add_argument("-o", "--output", metavar="OUT", help="where to write the result ('-' for stdout)")
+    add_quality_options(run)
 
     status = command("status", "show a job's status and counters")
     status.add_argument("job_id", metavar="ID", type=job_id_arg)
@@ -129,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     results = command("results", "show a job's per-URL results in file order")
     results.add_argument("job_id", metavar="ID", type=job_id_arg)
     results.add_argument("--status", choices=URL_STATUSES)
+    results.add_argument("--quality", choices=QUALITY_FLAGS, metavar="FLAG",
+                         help=f"only rows with this quality flag ({', '.join(QUALITY_FLAGS)})")
     results.add_argument("--limit", type=count_arg(1, 1_000_000), default=50, metavar="N",
                          help="at most N rows (50)")
 
@@ -150,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--instructions", metavar="TEXT", required=True)
     preview.add_argument("--rows", type=count_arg(1, 5), metavar="N", help="how many rows, 1 to 5 (API default 3)")
     preview.add_argument("--model", metavar="MODEL")
+    add_quality_options(preview)
     return parser
 
 
@@ -237,6 +271,23 @@ def job_summary(job: dict) -> str:
     return f"{processed} processed · {failed} failed · {total} total"
 
 
+def quality_summary(job: dict) -> str | None:
+    """One line of what the quality checks found (None from a server that does not report it)."""
+    quality = job.get("quality")
+    if not isinstance(quality, dict):
+        return None
+    flagged = quality.get("flagged") or {}
+    parts = [f"{quality.get('verified', 0)} verified", f"{quality.get('generic', 0)} generic",
+             "flagged: " + (", ".join(f"{n} {printable(str(flag))}" for flag, n in sorted(flagged.items()))
+                            if flagged else "none")]
+    if quality.get("duplicate_rate"):
+        parts.append(f"duplicates {quality['duplicate_rate']:.1%}")
+    if quality.get("median_words") is not None:
+        parts.append(f"median {quality['median_words']:g} words")
+    parts += [f"{quality.get('regenerated', 0)} regenerated", f"{quality.get('reused', 0)} reused"]
+    return " · ".join(parts)
+
+
 def human_status(ctx: Context, job: dict) -> None:
     lines = [
         ("job", job["id"]),
@@ -249,6 +300,8 @@ def human_status(ctx: Context, job: dict) -> None:
         ("started", when(job.get("started_at"))),
         ("finished", when(job.get("finished_at"))),
     ]
+    if quality_summary(job):
+        lines.append(("quality", quality_summary(job)))
     if job.get("error"):
         lines.append(("error", printable(job["error"])))
     for label, value in lines:
@@ -347,10 +400,18 @@ def finish(ctx: Context, job: dict, output: str | None, extra: dict | None = Non
         ctx.info(f"{job['failed_rows']} URL(s) failed: csv-opener results {job_id} --status failed; "
                  f"try them again: csv-opener retry {job_id} --wait")
 
+    summary = quality_summary(job)
+    if summary and written == "-":  # stdout holds the CSV
+        ctx.info(f"Quality: {summary}")
+    if (job.get("quality") or {}).get("flagged"):
+        ctx.info(f"Flagged openers: csv-opener results {job_id} --quality FLAG")
+
     def human() -> None:
         if written != "-":
             target = f" → {written}" if written else ""
             ctx.out(f"Job {job_id} completed: {job_summary(job)}{target}")
+            if summary:
+                ctx.out(f"Quality: {summary}")
 
     ctx.emit(document, human)
     return OK
@@ -381,6 +442,7 @@ def cmd_run(ctx: Context) -> int:
     if output != "-" and not Path(output).resolve().parent.is_dir():
         raise UsageError(f"-o {output}: no such directory")
     instructions = read_instructions(args)
+    options = quality_options(args)  # a usage error before anything is uploaded
 
     size = path.stat().st_size
     ctx.info(f"Uploading {path.name} ({human_size(size)}) to {ctx.api.base_url} with key {key_label(ctx.key)}")
@@ -395,7 +457,7 @@ def cmd_run(ctx: Context) -> int:
                      f"{printable(str(error.get('message')))}")
     else:
         ctx.info(f"Job {job_id}: uploaded through a presigned URL")
-    started = ctx.api.process(job_id, instructions, args.model, args.mode)
+    started = ctx.api.process(job_id, instructions, args.model, args.mode, options)
     job = started["job"]
     ctx.info(f"Job {job_id} started: {job['total_rows']} URLs in {started.get('chunks', '?')} chunk(s)"
              + (f", {job['invalid_rows']} invalid row(s) kept as they are" if job.get("invalid_rows") else "")
@@ -438,16 +500,22 @@ def cmd_jobs(ctx: Context) -> int:
 
 
 def cmd_results(ctx: Context) -> int:
-    body = ctx.api.results(ctx.args.job_id, ctx.args.status, ctx.args.limit)
+    args = ctx.args
+    body = ctx.api.results(args.job_id, args.status, args.limit, args.quality)
 
     def human() -> None:
         if not body["results"]:
-            ctx.out("No results" + (f" {ctx.args.status}" if ctx.args.status else "") + ".")
+            which = " ".join(x for x in (args.status, args.quality and f"flagged {args.quality}") if x)
+            ctx.out("No results" + (f" {which}" if which else "") + ".")
             return
         rows = [[str(r.get("row", "")), r.get("status", ""), printable(r.get("url") or ""),
+                 printable(",".join(r.get("quality") or ()) or "–"),
                  printable(r.get("opener") or r.get("error") or "").replace("\n", " ")] for r in body["results"]]
-        for line in table(rows, ["ROW", "STATUS", "URL", "OPENER / ERROR"]):
+        for line in table(rows, ["ROW", "STATUS", "URL", "FLAGS", "OPENER / ERROR"]):
             ctx.out(line)
+        for r in body["results"]:
+            if args.quality and r.get("evidence"):
+                ctx.out(f"  row {r.get('row')} evidence: {printable(r['evidence'])}")
 
     ctx.emit(body, human)
     return OK
@@ -489,7 +557,7 @@ def cmd_retry(ctx: Context) -> int:
 
 def cmd_preview(ctx: Context) -> int:
     args = ctx.args
-    body = ctx.api.preview(args.job_id, args.instructions, args.rows, args.model)
+    body = ctx.api.preview(args.job_id, args.instructions, args.rows, args.model, quality_options(args))
 
     def human() -> None:
         for item in body.get("previews") or []:
@@ -499,7 +567,11 @@ def cmd_preview(ctx: Context) -> int:
             details = ", ".join(x for x in (context, tokens) if x)
             url = printable(item.get("url") or "")
             ctx.out(f"row {item.get('row')}  {url}" + (f"  ({details})" if details else ""))
-            ctx.out(f"  {printable(item.get('opener') or '')}")
+            ctx.out(f"  {printable(item.get('opener') or item.get('error') or '')}")
+            if item.get("quality"):
+                ctx.out(f"  flags: {printable(', '.join(item['quality']))}")
+            if item.get("evidence"):
+                ctx.out(f"  evidence: {printable(item['evidence'])}")
         estimate = body.get("estimate")
         if isinstance(estimate, dict):
             cost = estimate.get("cost_usd")

@@ -134,7 +134,7 @@ class PortTaken(Exception):
 
 @contextmanager
 def localstack(port: int, volume_dir: Path, reuse: bool = True) -> Iterator[str]:
-    """Start LocalStack (S3, SQS, CloudFormation, SSM) in host mode; yields its URL. With `reuse`
+    """Start LocalStack (S3, SQS, CloudFormation, SSM, CloudWatch, SNS) in host mode; yields its URL. With `reuse`
     (make dev), one already answering on the port is used; without (a private stack), that, or
     ours exiting before it answers, is PortTaken."""
     endpoint = f"http://127.0.0.1:{port}"
@@ -149,7 +149,8 @@ def localstack(port: int, volume_dir: Path, reuse: bool = True) -> Iterator[str]
     volume_dir.mkdir(parents=True, exist_ok=True)
     log_path = volume_dir / "localstack.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LOCALSTACK_"))}
-    settings = dict(SERVICES="s3,sqs,cloudformation,ssm", GATEWAY_LISTEN=f"127.0.0.1:{port}",
+    # cloudwatch and sns: the alarms, their topic and the dashboard of infra/resources.yaml
+    settings = dict(SERVICES="s3,sqs,cloudformation,ssm,cloudwatch,sns", GATEWAY_LISTEN=f"127.0.0.1:{port}",
                     LOCALSTACK_VOLUME_DIR=str(volume_dir), SQS_ENDPOINT_STRATEGY="path",
                     DISABLE_EVENTS="1", SKIP_SSL_CERT_DOWNLOAD="1", SKIP_INFRA_DOWNLOADS="1",
                     # check presigned URLs as S3 does: a PUT of another length than the signed one is refused

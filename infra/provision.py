@@ -10,24 +10,55 @@ an unchanged template is a no-op, a changed one is an update.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
 
 import boto3
+import yaml
 from botocore.exceptions import ClientError
 
 TEMPLATE = Path(__file__).resolve().parent / "resources.yaml"
 STACK = "csv-opener-resources"
 # A local stack's bucket takes presigned PUTs and GETs from any page (a test browser's origin
 # changes per run); AWS has no default: --param BrowserOrigins=https://... (README "Deploy to AWS").
-LOCAL_PARAMETERS = {"DropsQueueName": "csv-opener-drops", "BrowserOrigins": "*"}
+# Its alarm topic gets a (never confirmed) email subscription, so the wiring is there to read back.
+LOCAL_PARAMETERS = {"DropsQueueName": "csv-opener-drops", "BrowserOrigins": "*",
+                    "AlarmEmail": "oncall@example.com"}
 
 
-def _client(endpoint: str | None, region: str):
+def _client(endpoint: str | None, region: str, service: str = "cloudformation"):
     kwargs = {"region_name": region}
     if endpoint:
         kwargs.update(endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test")
-    return boto3.client("cloudformation", **kwargs)
+    return boto3.client(service, **kwargs)
+
+
+class _TemplateLoader(yaml.SafeLoader):
+    """Reads CloudFormation's short tags (!Ref, !Sub, ...) as {"Tag": value}."""
+
+
+_TemplateLoader.add_multi_constructor("!", lambda loader, tag, node: {tag: (
+    loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else
+    loader.construct_sequence(node, deep=True) if isinstance(node, yaml.SequenceNode) else
+    loader.construct_mapping(node, deep=True))})
+
+
+def put_local_dashboard(endpoint: str, region: str, parameters: dict[str, str], outputs: dict[str, str]) -> str:
+    """LocalStack's CloudFormation has no provider for AWS::CloudWatch::Dashboard (it skips the
+    resource), while its CloudWatch API keeps dashboards: put the template's dashboard through
+    the API, its `!Sub` variables filled in from the parameters and the stack's outputs."""
+    template = yaml.load(TEMPLATE.read_text(), Loader=_TemplateLoader)  # noqa: S506 (SafeLoader subclass)
+    resource = template["Resources"]["OperationsDashboard"]["Properties"]
+    body, _ = resource["DashboardBody"]["Sub"]
+    values = {name: str(spec.get("Default", "")) for name, spec in template["Parameters"].items()}
+    values.update(parameters)
+    values.update({"AWS::Region": region,
+                   "DeadLetterQueueName": outputs["ChunkDeadLetterQueueUrl"].rsplit("/", 1)[1]})
+    body = re.sub(r"\$\{([A-Za-z:]+)\}", lambda m: values[m.group(1)], body)
+    name = resource["DashboardName"]
+    _client(endpoint, region, "cloudwatch").put_dashboard(DashboardName=name, DashboardBody=body)
+    return name
 
 
 def _wait(cfn, stack: str, timeout_s: float = 180) -> dict:
@@ -69,7 +100,10 @@ def provision(endpoint: str | None, region: str = "us-east-1", stack: str = STAC
             if "No updates are to be performed" not in str(exc):
                 raise
     desc = _wait(cfn, stack)
-    return {o["OutputKey"]: o["OutputValue"] for o in desc.get("Outputs", [])}
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in desc.get("Outputs", [])}
+    if endpoint:
+        outputs["DashboardName"] = put_local_dashboard(endpoint, region, parameters or {}, outputs)
+    return outputs
 
 
 def main() -> None:

@@ -1,4 +1,9 @@
-"""SQS adapter: chunk messages `{"job_id", "chunk"}` on the chunk queue, sent ten at a time."""
+"""SQS adapter: chunk messages `{"job_id", "chunk"}` on the chunk queue, sent ten at a time.
+
+A message sent while a correlation id is in the log context (the HTTP request or event that led
+to it, chalicelib/observe.py) carries it as `"correlation_id"`, so the chunk handler's lines and
+metrics join the request's; a message without one (older senders) is read as before.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from collections.abc import Iterable
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from chalicelib.logs import context_field
+
 BATCH = 10  # SendMessageBatch maximum
 
 
@@ -15,8 +22,15 @@ class EnqueueFailed(RuntimeError):
     pass
 
 
-def chunk_message(job_id: str, chunk: int) -> str:
-    return json.dumps({"job_id": str(job_id), "chunk": chunk})
+CORRELATION_ID = "correlation_id"
+
+
+def chunk_message(job_id: str, chunk: int, correlation_id: str | None = None) -> str:
+    message = {"job_id": str(job_id), "chunk": chunk}
+    correlation_id = correlation_id or context_field(CORRELATION_ID)
+    if correlation_id:
+        message[CORRELATION_ID] = str(correlation_id)
+    return json.dumps(message)
 
 
 def parse_chunk_message(body: str) -> tuple[str, int]:
@@ -26,6 +40,15 @@ def parse_chunk_message(body: str) -> tuple[str, int]:
         return str(uuid.UUID(str(data["job_id"]))), int(data["chunk"])
     except (TypeError, KeyError, ValueError, AttributeError) as exc:
         raise ValueError(f"not a chunk message: {body[:200]!r}") from exc
+
+
+def chunk_correlation_id(body: str) -> str | None:
+    """The correlation id a chunk message carries; None for an older message or not a chunk message."""
+    try:
+        value = json.loads(body).get(CORRELATION_ID)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return str(value)[:100] if value else None
 
 
 class ChunkQueue:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from chalicelib import metrics
 from chalicelib.generation.answers import (
     GenerationFailed,
     Opener,
@@ -143,11 +144,11 @@ class OpenerGenerator:
                  account: str | None, url: str, instructions: str | None) -> Opener:
         model = request["model"]
         estimate = estimate_tokens(request["messages"], request["max_tokens"])
-        self.limiter.acquire(estimate, should_stop, account=account, model=model)
+        metrics.limiter_wait(self.limiter.acquire(estimate, should_stop, account=account, model=model))
         try:
             # The SDK builds the request and raises its typed errors; the small JSON answer is read
             # directly (building the SDK's response model cost ~15 % of a call's CPU here).
-            response = self.client.chat.completions.with_raw_response.create(**request)
+            response = metrics.llm_call(self.client.chat.completions.with_raw_response.create, **request)
         except openai.RateLimitError as exc:
             if provider_limits(exc.response.headers) != (-1, -1):  # OpenAI's 429s state the limits too
                 self.limiter.observe(model, exc.response.headers, ok=False)

@@ -15,6 +15,7 @@ claiming, save what was generated and give the rest back.
 from __future__ import annotations
 
 import contextvars
+import functools
 import time
 import uuid
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 import psycopg
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
+from chalicelib import metrics
 from chalicelib.adapters import db
 from chalicelib.generation import pricing
 from chalicelib.generation.answers import GenerationFailed
@@ -104,6 +106,8 @@ class ChunkWorker:
             if job["status"] != "processing":
                 log.info("job is %s; nothing to do", job["status"])
                 return Outcome("not_processing")
+            metrics.tag_job(job, price=functools.partial(  # its URLs' dollars, for the CostUsd metric
+                pricing.cost_usd, self.settings.prices, job["model"] or self.settings.openai_model))
             if job["mode"] == "batch" and self.batches is not None:
                 return Outcome("batch_submitted", saved=self.batches.submit_chunk(job, chunk))
             run = _Run(job_id, chunk)
@@ -180,6 +184,7 @@ class ChunkWorker:
             run.to_release.append(row["id"])
         else:
             run.buffer.append(result)
+            metrics.url_result(result)
 
     # ------------------------------------------------------------ pieces
 

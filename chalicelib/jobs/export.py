@@ -22,16 +22,14 @@ from chalicelib.settings import BINARY_BODY_LIMIT
 
 log = get_logger("jobs")
 
-
-
-EXTRA_COLUMNS = ("opener", "opener_status", "opener_error", "context_status")
-
+# What the checks found comes after the columns earlier downloads had, so a sheet that reads
+# them by position keeps working.
+EXTRA_COLUMNS = ("opener", "opener_status", "opener_error", "context_status",
+                 "opener_evidence", "opener_quality", "opener_language")
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
-
 INLINE_DOWNLOAD_LIMIT = BINARY_BODY_LIMIT  # larger downloads go through S3 (base64 in a 6 MB response)
-
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -66,11 +64,12 @@ def _extra_cells(row, result: dict | None) -> tuple[str, ...]:
     """The EXTRA_COLUMNS cells of one file row: an invalid row, a row with its URL result, or
     one not (yet) processed."""
     if row.url is None:
-        return "", "invalid", row.error or "", ""
+        return "", "invalid", row.error or "", "", "", "", ""
     if result is None:
-        return "", "pending", "", ""
+        return "", "pending", "", "", "", "", ""
     status = result["status"] if result["status"] in ("completed", "failed") else "pending"
-    return result["opener"] or "", status, result["error"] or "", result["context_status"] or ""
+    return (result["opener"] or "", status, result["error"] or "", result["context_status"] or "",
+            result["evidence"] or "", ";".join(result["quality"] or ()), result["language"] or "")
 
 
 def render_csv(conn, storage: Storage, job: dict, spool_limit: int) -> IO[bytes]:

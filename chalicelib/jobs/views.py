@@ -24,10 +24,10 @@ from chalicelib.jobs.options import (
 )
 from chalicelib.logs import get_logger
 from chalicelib.outbound import webhooks
+from chalicelib.quality.flags import DUPLICATE, FLAGS
 from chalicelib.settings import Settings, get_settings
 
 log = get_logger("jobs")
-
 
 
 def iso(value: datetime | None) -> str | None:
@@ -62,11 +62,60 @@ def job_json(job: dict) -> dict:
         "page_context": job["page_context"],
         "mode": job["mode"],
         "callback_url": job["callback_url"],
+        "grounding": job["grounding"],
+        "min_words": job["min_words"],
+        "max_words": job["max_words"],
+        "language": job["language"],
+        "quality": quality_summary(job["quality"] or {}, job["processed_rows"]),
         "created_at": iso(job["created_at"]),
         "updated_at": iso(job["updated_at"]),
         "started_at": iso(job["started_at"]),
         "finished_at": iso(job["finished_at"]),
     }
+
+
+def quality_summary(counters: dict, written: int) -> dict:
+    """SPEC's job `quality` from the counters the worker keeps in jobs.quality (see
+    sql/0012_quality.sql): `written` is the openers the job has written (its completed rows)."""
+    counts = counters.get("flagged") or {}
+    # SPEC's order of the flags (jsonb keeps keys in its own order), any other after them
+    order = [*FLAGS, *sorted(set(counts) - set(FLAGS))]
+    flagged = {flag: int(counts[flag]) for flag in order if counts.get(flag)}
+    return {
+        "verified": int(counters.get("verified", 0)),
+        "generic": int(counters.get("generic", 0)),
+        "flagged": flagged,
+        "duplicate_rate": round(flagged.get(DUPLICATE, 0) / written, 4) if written else 0,
+        "median_words": histogram_median(counters.get("words") or {}),
+        "regenerated": int(counters.get("regenerated", 0)),
+        "reused": int(counters.get("reused", 0)),
+    }
+
+
+def histogram_median(histogram: dict) -> float | int | None:
+    """The median of a {"<value>": count} histogram (the mean of the two middle values when the
+    count is even) without expanding it; None when it is empty."""
+    counts = sorted((int(value), int(n)) for value, n in histogram.items() if int(n) > 0)
+    total = sum(n for _, n in counts)
+    if not total:
+        return None
+
+    def value_at(position: int) -> int:  # the value at a 0-based position of the sorted values
+        seen = 0
+        for value, n in counts:
+            seen += n
+            if position < seen:
+                return value
+        raise AssertionError("position beyond the histogram")
+
+    median = (value_at((total - 1) // 2) + value_at(total // 2)) / 2
+    return int(median) if median.is_integer() else median
+
+
+def check_quality(value: str | None) -> str | None:
+    if value and value not in FLAGS:
+        raise BadRequest(f"quality must be one of {', '.join(FLAGS)}", code="bad_quality")
+    return value or None
 
 
 def require_job(conn, account_id: str, job_id: str) -> dict:
@@ -105,9 +154,10 @@ def list_(conn, account_id: str, *, status: str | None, limit: str | None, curso
 
 
 def results(conn, account_id: str, job_id: str, *, status: str | None, limit: str | None,
-            cursor: str | None) -> dict:
+            cursor: str | None, quality: str | None = None) -> dict:
     job = require_job(conn, account_id, job_id)
     status = check_status(status, URL_STATUSES)
+    quality = check_quality(quality)
     size = parse_limit(limit, 100, 1000)
     after = 0
     if cursor:
@@ -115,7 +165,8 @@ def results(conn, account_id: str, job_id: str, *, status: str | None, limit: st
         after = plain_number(row)
         if after is None:
             raise BadRequest("cursor is not valid", code="bad_cursor")
-    rows = db.results_page(conn, job["id"], status=status, limit=size + 1, after_row=after)
+    rows = db.results_page(conn, job["id"], status=status, limit=size + 1, after_row=after,
+                           quality=quality)
     page = rows[:size]
     next_cursor = encode_cursor(page[-1]["row"]) if len(rows) > size else None
     return {

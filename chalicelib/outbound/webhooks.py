@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from chalicelib.errors import BadRequest
-from chalicelib.logs import get_logger
+from chalicelib.logs import correlation_headers, get_logger
 from chalicelib.outbound.sealing import PREFIX, SealingKeyError, SecretBox
 
 log = get_logger("webhooks")
@@ -141,7 +141,7 @@ def attempt(conn, fetcher, box: SecretBox, delivery: dict, *, now: Clock = utcno
     secret = account_secret(conn, box, delivery["job_id"])
     body = delivery["body"].encode()
     headers = {"User-Agent": "CSVOpener-Webhooks/1.0", "X-CSV-Opener-Event": delivery["event"],
-               "X-CSV-Opener-Delivery": str(delivery["id"])}
+               "X-CSV-Opener-Delivery": str(delivery["id"]), **correlation_headers()}
     sent_at = now()
     if secret:
         headers[HEADER] = signature(secret, int(sent_at.timestamp()), body)

@@ -18,7 +18,8 @@ from playwright.sync_api import Page, expect
 from tests.support.util import wait_for
 
 XSS = "<img src=x onerror=window.__xss=1>"
-OPENER_COLUMNS = ["opener", "opener_status", "opener_error", "context_status"]
+OPENER_COLUMNS = ["opener", "opener_status", "opener_error", "context_status", "opener_evidence", "opener_quality",
+                  "opener_language"]
 CONTEXT_STATUSES = {"fetched", "blocked", "timeout", "not_html", "robots", "error", "off"}
 
 
@@ -355,8 +356,9 @@ def test_keyboard_and_phone(page: Page, fresh):
     pick_file(page, "phone.csv", csv_bytes(leads("phone", 5, invalid={2: "ftp://files.example.org/x"})))
     expect(page.locator("#summary-rows")).to_have_text("4")
     page.focus("#instructions")
-    page.keyboard.press("Tab")
-    assert page.evaluate("document.activeElement.id") == "batch-mode"
+    for control in ("batch-mode", "grounding-select", "min-words", "max-words", "language-input"):
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == control
     page.keyboard.press("Tab")
     if page.evaluate("document.activeElement.id") == "preview-button":  # the API offers previews
         page.keyboard.press("Tab")
@@ -400,5 +402,66 @@ def test_preview_shown_when_the_api_offers_it(page: Page, fresh):
     expect(page.locator("#preview-list li p")).to_have_text(XSS + " Hello preview-001.")
     expect(page.locator("#preview-estimate")).to_contain_text("$0.01, $0.01 in batch mode")
     assert sent == [{"rows": 3, "instructions": "Short and friendly."}]
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    no_error(page)
+
+
+def test_quality_summary_flags_evidence_and_the_flag_filter(page: Page, fresh):
+    """The start form sends the quality options a person changed (and only those); a job's
+    quality summary, each row's flags and evidence (as text) show, and the flag filter asks the
+    API for the flagged rows. The checks' findings are written to the job's rows the way the
+    worker's save writes them (sql/0012_quality.sql), so the page is tested on its own."""
+    import psycopg
+
+    stack = fresh
+    sign_in(page, stack.key)
+    pick_file(page, "q.csv", csv_bytes(leads("quality", 4)))
+    expect(page.locator("#summary-section")).to_be_visible()
+    sent: list[dict] = []
+    page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/api/upload/process")
+            else None)
+    page.select_option("#grounding-select", "flag")
+    page.fill("#min-words", "5")
+    page.fill("#max-words", "0")
+    page.fill("#language-input", "DE")
+    page.click("#start-button")
+    expect(page.locator("#error")).to_have_text("Words at most must be a whole number from 1 to 200.")
+    assert sent == []  # nothing sent while an option is wrong
+    page.fill("#max-words", "40")
+    page.click("#start-button")
+    expect(page.locator("#job-section")).to_be_visible()
+    assert len(sent) == 1 and {k: sent[0].get(k) for k in ("grounding", "min_words", "max_words", "language")} == {
+        "grounding": "flag", "min_words": 5, "max_words": None, "language": "de"}, sent
+    wait_status(page, "completed")
+
+    job_id = stack.api.call("GET", "/api/jobs?limit=1").json()["jobs"][0]["id"]
+    with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        for row, flags, evidence in ((1, ["duplicate"], None), (2, [], XSS + " since 1921"),
+                                     (3, ["duplicate", "too_long"], None)):
+            conn.execute("UPDATE urls SET quality = %s, evidence = %s WHERE job_id = %s AND row_number = %s",
+                         (flags, evidence, job_id, row))
+        conn.execute("UPDATE jobs SET quality = %s WHERE id = %s", (json.dumps({
+            "verified": 1, "generic": 2, "regenerated": 3, "reused": 0,
+            "flagged": {"duplicate": 2, "too_long": 1}, "words": {"12": 2, "20": 2}}), job_id))
+
+    page.click("#jobs-refresh")
+    page.locator("#jobs-table tbody tr").first.get_by_role("button").click()
+    expect(page.locator("#quality-box")).to_be_visible()
+    expect(page.locator("#quality-flagged")).to_have_text("too_long 1, duplicate 2")  # SPEC's order of flags
+    expect(page.locator("#quality-verified")).to_have_text("1")
+    expect(page.locator("#quality-duplicates")).to_have_text("50.0 %")
+    expect(page.locator("#quality-words")).to_have_text("16")
+    expect(page.locator("#quality-regenerated")).to_have_text("3")
+    expect(page.locator("#results-table tbody tr")).to_have_count(4)
+    rows = table(page, "#results-table")
+    assert [(r[0], r[4], r[5]) for r in rows] == [("1", "duplicate", ""), ("2", "", XSS + " since 1921"),
+                                                  ("3", "duplicate too_long", ""), ("4", "", "")], rows
+    expect(page.locator("#results-table .flag")).to_have_count(3)
+
+    page.select_option("#quality-filter", "duplicate")
+    expect(page.locator("#results-table tbody tr")).to_have_count(2)
+    assert [r[0] for r in table(page, "#results-table")] == ["1", "3"]
+    page.select_option("#quality-filter", "spammy")
+    expect(page.locator("#results-empty")).to_be_visible()
     assert page.evaluate("typeof window.__xss") == "undefined"
     no_error(page)

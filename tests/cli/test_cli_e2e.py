@@ -50,7 +50,7 @@ def assert_result_file(path: Path, csv_file) -> None:
     assert len(table) - 1 == len(body)
     for index, (original, got) in enumerate(zip(body, table[1:], strict=True)):
         assert got[:3] == [neutralize(c) for c in original], (index, got)
-        opener, status, error, context = got[3:]
+        opener, status, error, context = got[3:7]
         if index in csv_file.invalid_rows:
             assert (opener, status, context) == ("", "invalid", "") and error, (index, got)
         else:

@@ -481,8 +481,8 @@ def test_results_table():
         "next_cursor": None})
     run = cli(fake, "results", JOB_ID, "--status", "failed", "--limit", "5")
     assert run.code == 0
-    assert run.out.splitlines()[1].split() == ["2", "completed", "https://acme.com/", "Hi", "Acme"]
-    assert run.out.splitlines()[2].split() == ["3", "failed", "https://beta.io/", "timeout"]
+    assert run.out.splitlines()[1].split() == ["2", "completed", "https://acme.com/", "–", "Hi", "Acme"]
+    assert run.out.splitlines()[2].split() == ["3", "failed", "https://beta.io/", "–", "timeout"]
     assert dict(fake.calls("GET", f"/api/jobs/{JOB_ID}/results")[0].url.params) == {"status": "failed", "limit": "5"}
 
 
@@ -567,3 +567,74 @@ def test_line_display_prints_changes_at_most_every_few_seconds():
 def test_api_error_transient():
     assert ApiError(0, "connection_error", "x").transient and ApiError(503, "x", "y").transient
     assert not ApiError(429, "rate_limited", "z").transient
+
+
+# ---------------------------------------------------------------- quality
+
+
+QUALITY = {"verified": 2, "generic": 1, "flagged": {"too_long": 1, "duplicate": 1}, "duplicate_rate": 0.3333,
+           "median_words": 17.5, "regenerated": 2, "reused": 0}
+
+
+def test_run_sends_the_quality_options_and_prints_the_summary(leads, tmp_path):
+    fake = FakeApi(polls=[job("completed", 3, 0, total=3, quality=QUALITY)])
+    run = cli(fake, "run", str(leads), "--instructions", "x", "--grounding", "flag", "--min-words", "5",
+              "--max-words", "30", "--language", "DE", "-o", str(tmp_path / "o.csv"))
+    assert run.code == 0, run.err
+    assert json.loads(fake.calls("POST", "/api/upload/process")[0].content) == {
+        "job_id": JOB_ID, "instructions": "x", "grounding": "flag", "min_words": 5, "max_words": 30, "language": "de"}
+    assert ("Quality: 2 verified · 1 generic · flagged: 1 duplicate, 1 too_long · duplicates 33.3% · "
+            "median 17.5 words · 2 regenerated · 0 reused") in run.out
+    assert f"csv-opener results {JOB_ID} --quality FLAG" in run.err
+    # without the options nothing is sent (the API's defaults hold), and an old server's job prints no line
+    plain = FakeApi()
+    run = cli(plain, "run", str(leads), "--instructions", "x", "-o", str(tmp_path / "p.csv"))
+    assert run.code == 0 and "Quality" not in run.out
+    assert json.loads(plain.calls("POST", "/api/upload/process")[0].content) == {"job_id": JOB_ID, "instructions": "x"}
+
+
+def test_status_shows_the_quality_summary():
+    run = cli(FakeApi(polls=[job("completed", 3, 0, total=3, quality={**QUALITY, "flagged": {}, "duplicate_rate": 0})]),
+              "status", JOB_ID)
+    assert "quality    2 verified · 1 generic · flagged: none · median 17.5 words" in run.out
+
+
+@pytest.mark.parametrize("argv", [
+    ["--grounding", "loose"], ["--min-words", "0"], ["--max-words", "201"], ["--language", "deu"],
+    ["--language", "d1"], ["--min-words", "30", "--max-words", "10"],
+])
+def test_bad_quality_options_are_usage_errors_before_any_request(leads, argv):
+    fake = FakeApi()
+    run = cli(fake, "run", str(leads), "--instructions", "x", *argv)
+    assert run.code == 2 and fake.requests == []
+
+
+def test_results_filter_by_flag_shows_flags_and_evidence():
+    fake = FakeApi()
+    fake.overrides[("GET", f"/api/jobs/{JOB_ID}/results")] = httpx.Response(200, json={"results": [
+        {"row": 2, "url": "https://acme.com/", "status": "completed", "opener": "Hi Acme", "error": None,
+         "quality": ["duplicate", "too_long"], "evidence": "since 1921\x1b[31m"}], "next_cursor": None})
+    run = cli(fake, "results", JOB_ID, "--quality", "duplicate")
+    assert run.code == 0
+    assert run.out.splitlines()[0].split() == ["ROW", "STATUS", "URL", "FLAGS", "OPENER", "/", "ERROR"]
+    assert run.out.splitlines()[1].split() == ["2", "completed", "https://acme.com/", "duplicate,too_long", "Hi",
+                                               "Acme"]
+    assert "row 2 evidence: since 1921?[31m" in run.out
+    assert dict(fake.calls("GET", f"/api/jobs/{JOB_ID}/results")[0].url.params) == {"quality": "duplicate",
+                                                                                    "limit": "50"}
+    fake.overrides[("GET", f"/api/jobs/{JOB_ID}/results")] = httpx.Response(200, json={"results": [],
+                                                                                      "next_cursor": None})
+    assert cli(fake, "results", JOB_ID, "--quality", "spammy").out == "No results flagged spammy.\n"
+    assert cli(FakeApi(), "results", JOB_ID, "--quality", "dupe").code == 2  # a usage error, no request
+
+
+def test_preview_sends_the_quality_options_and_shows_flags_and_evidence():
+    fake = FakeApi()
+    fake.overrides[("POST", f"/api/jobs/{JOB_ID}/preview")] = httpx.Response(200, json={
+        "previews": [{"row": 1, "url": "https://acme.com/", "opener": "Hi Acme", "context_status": "fetched",
+                      "prompt_tokens": 1, "completion_tokens": 1, "quality": ["too_short"],
+                      "evidence": "family bakery"}], "estimate": {"urls": 4}})
+    run = cli(fake, "preview", JOB_ID, "--instructions", "x", "--language", "fr", "--grounding", "strict")
+    assert run.code == 0, run.err
+    assert json.loads(fake.requests[0].content) == {"instructions": "x", "language": "fr", "grounding": "strict"}
+    assert "  flags: too_short" in run.out and "  evidence: family bakery" in run.out

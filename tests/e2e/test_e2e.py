@@ -60,7 +60,7 @@ def assert_download_matches(table: list[list[str]], csv_file, rows: list[dict]) 
     url_iter = iter(rows)  # URL rows in file order: one per valid input row
     for index, (original, got) in enumerate(zip(body, table[1:], strict=True)):
         assert got[:3] == [neutralize(c) for c in original], (index, original, got)
-        opener, status, error, context = got[3:]
+        opener, status, error, context = got[3:7]
         if index in csv_file.invalid_rows:
             assert (opener, status, context) == ("", "invalid", "") and error, (index, got)
             continue

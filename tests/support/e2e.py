@@ -21,7 +21,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-EXTRA_COLUMNS = ["opener", "opener_status", "opener_error", "context_status"]
+EXTRA_COLUMNS = ["opener", "opener_status", "opener_error", "context_status", "opener_evidence", "opener_quality",
+                 "opener_language"]
 
 
 # ---------------------------------------------------------------- HTTP

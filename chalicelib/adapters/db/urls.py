@@ -19,14 +19,25 @@ def copy_urls(conn, job_id: str, rows) -> int:
     return count
 
 
-def results_page(conn, job_id: str, *, status: str | None, limit: int, after_row: int) -> list[dict]:
-    status_clause = "AND status = %s" if status else ""
-    params = (job_id, after_row, *([status] if status else []), limit)
+def results_page(conn, job_id: str, *, status: str | None, limit: int, after_row: int,
+                 quality: str | None = None) -> list[dict]:
+    """A page of the job's URL rows in file order after `after_row`; with `quality`, only rows
+    carrying that flag."""
+    clauses, params = ["job_id = %s", "row_number > %s"], [job_id, after_row]
+    if status:
+        clauses.append("status = %s")
+        params.append(status)
+    if quality:
+        # `quality <> '{}'` adds nothing to the meaning but is the partial index's own predicate:
+        # the planner may use urls_quality_idx only when the query states it.
+        clauses.append("quality @> ARRAY[%s]::text[] AND quality <> '{}'")
+        params.append(quality)
     return conn.execute(
-        f"""SELECT id, row_number AS row, url, status, opener, error, retry_count, context_status FROM urls
-            WHERE job_id = %s AND row_number > %s {status_clause}
+        f"""SELECT id, row_number AS row, url, status, opener, error, retry_count, context_status,
+                   evidence, grounding, quality, words, language, reused FROM urls
+            WHERE {" AND ".join(clauses)}
             ORDER BY row_number LIMIT %s""",
-        params,
+        (*params, limit),
     ).fetchall()
 
 
@@ -35,7 +46,7 @@ def iter_results(conn, job_id: str, batch: int = 5000):
     after = 0
     while True:
         rows = conn.execute(
-            """SELECT row_number, status, opener, error, context_status FROM urls
+            """SELECT row_number, status, opener, error, context_status, evidence, quality, language FROM urls
                WHERE job_id = %s AND row_number > %s ORDER BY row_number LIMIT %s""",
             (job_id, after, batch),
         ).fetchall()

@@ -14,6 +14,9 @@
   const JOBS_PAGE = 10;
   const ETA_WINDOW_MS = 60000;
   const ACTIVE = new Set(["processing"]);
+  // The API's defaults for the quality options: a field left at its default is not sent.
+  const QUALITY_DEFAULTS = { grounding: "strict", min_words: 8, max_words: 40, language: "auto" };
+  const WORD_LIMITS = [1, 200];
 
   const $ = (id) => document.getElementById(id);
   const el = {};
@@ -27,7 +30,9 @@
     "job-progress", "job-percent", "job-processed", "job-failed", "job-remaining", "job-eta", "job-error",
     "download-button", "cancel-button", "retry-button", "new-button", "results-filter", "results-refresh",
     "results-table", "results-empty", "results-prev", "results-page", "results-next", "jobs-refresh",
-    "jobs-table", "jobs-empty", "jobs-more", "summary-title", "job-title",
+    "jobs-table", "jobs-empty", "jobs-more", "summary-title", "job-title", "grounding-select", "min-words",
+    "max-words", "language-input", "quality-box", "quality-verified", "quality-generic", "quality-duplicates",
+    "quality-words", "quality-regenerated", "quality-reused", "quality-flagged", "quality-filter",
   ].forEach((id) => {
     el[id] = $(id);
     if (!el[id]) throw new Error(`The page has no element #${id}`);
@@ -433,6 +438,67 @@
     handleFile(state.file, column);
   });
 
+  // ------------------------------------------------------------------ quality options
+
+  /** The start form's quality options that differ from the API's defaults, checked here so a
+   * mistake is said in words before anything is sent. */
+  function qualityOptions() {
+    const options = {};
+    const grounding = el["grounding-select"].value;
+    if (grounding !== QUALITY_DEFAULTS.grounding) options.grounding = grounding;
+    const limits = {};
+    [["min_words", "min-words", "at least"], ["max_words", "max-words", "at most"]].forEach(([name, id, words]) => {
+      const text = el[id].value.trim();
+      const value = Number(text);
+      if (!/^\d+$/.test(text) || value < WORD_LIMITS[0] || value > WORD_LIMITS[1]) {
+        throw new Error(`Words ${words} must be a whole number from ${WORD_LIMITS[0]} to ${WORD_LIMITS[1]}.`);
+      }
+      limits[name] = value;
+      if (value !== QUALITY_DEFAULTS[name]) options[name] = value;
+    });
+    if (limits.min_words > limits.max_words) throw new Error("The least words must not be more than the most words.");
+    const language = el["language-input"].value.trim().toLowerCase();
+    if (!/^(auto|[a-z]{2})$/.test(language)) {
+      throw new Error("Language must be auto or a two-letter code such as de, fr or es.");
+    }
+    if (language !== QUALITY_DEFAULTS.language) options.language = language;
+    return options;
+  }
+
+  function resetQualityOptions() {
+    el["grounding-select"].value = QUALITY_DEFAULTS.grounding;
+    el["min-words"].value = String(QUALITY_DEFAULTS.min_words);
+    el["max-words"].value = String(QUALITY_DEFAULTS.max_words);
+    el["language-input"].value = QUALITY_DEFAULTS.language;
+  }
+
+  /** A row's flags as labels (text only), separated by spaces for screen readers and copying. */
+  function flagList(flags) {
+    const box = document.createElement("span");
+    (Array.isArray(flags) ? flags : []).forEach((flag, i) => {
+      if (i > 0) box.append(" ");
+      const label = document.createElement("span");
+      label.className = "flag";
+      label.textContent = String(flag);
+      box.append(label);
+    });
+    return box;
+  }
+
+  function renderQuality(quality) {
+    show(el["quality-box"], Boolean(quality));
+    if (!quality) return;
+    setText(el["quality-verified"], formatNumber(quality.verified));
+    setText(el["quality-generic"], formatNumber(quality.generic));
+    setText(el["quality-duplicates"], `${(100 * Number(quality.duplicate_rate || 0)).toFixed(1)} %`);
+    setText(el["quality-words"], quality.median_words == null ? "–" : String(quality.median_words));
+    setText(el["quality-regenerated"], formatNumber(quality.regenerated));
+    setText(el["quality-reused"], formatNumber(quality.reused));
+    const flagged = Object.entries(quality.flagged || {});
+    setText(el["quality-flagged"], flagged.length
+      ? flagged.map(([flag, n]) => `${flag} ${formatNumber(n)}`).join(", ") : "none");
+  }
+
   // ------------------------------------------------------------------ preview
 
   async function detectPreview() {
@@ -456,6 +522,7 @@
       const body = { rows: 3 };
       const instructions = el.instructions.value.trim();
       if (instructions) body.instructions = instructions;
+      Object.assign(body, qualityOptions());
       const answer = await call("POST", `api/jobs/${encodeURIComponent(state.upload.job.id)}/preview`, { json: body });
       const items = (answer.previews || []).map((p) => {
         const li = document.createElement("li");
@@ -463,8 +530,15 @@
         url.className = "url";
         url.textContent = p.url || "";
         const opener = document.createElement("p");
-        opener.textContent = p.opener || "";
+        opener.textContent = p.opener || p.error || "";
         li.append(url, opener);
+        if (Array.isArray(p.quality) && p.quality.length) li.append(flagList(p.quality));
+        if (p.evidence) {
+          const evidence = document.createElement("p");
+          evidence.className = "evidence";
+          evidence.textContent = `Rests on: ${p.evidence}`;
+          li.append(evidence);
+        }
         return li;
       });
       el["preview-list"].replaceChildren(...items);
@@ -499,6 +573,7 @@
       const instructions = el.instructions.value.trim();
       if (instructions) body.instructions = instructions;
       if (el["batch-mode"].checked) body.mode = "batch";
+      Object.assign(body, qualityOptions());
       const answer = await call("POST", "api/upload/process", { json: body });
       notify(`Started: ${formatNumber(answer.job.total_rows)} URLs in ${formatNumber(answer.chunks)} chunk(s).`);
       state.upload = null;
@@ -555,6 +630,7 @@
     state.samples = [];
     state.results = { cursors: [null], index: 0, next: null };
     el["results-filter"].value = "";
+    el["quality-filter"].value = "";
     show(el["job-section"], true);
     renderJob(job);
     loadResults();
@@ -593,6 +669,7 @@
     setText(el["job-eta"], eta(job));
     setText(el["job-error"], job.error || "");
     show(el["job-error"], Boolean(job.error));
+    renderQuality(job.quality);
     el["cancel-button"].disabled = !(job.status === "pending" || job.status === "processing");
     el["retry-button"].disabled = !((job.status === "completed" && job.failed_rows > 0)
       || job.status === "canceled" || (job.status === "failed" && job.total_rows > 0));
@@ -643,6 +720,7 @@
     show(el["summary-section"], false);
     show(el["upload-progress-box"], false);
     el.instructions.value = "";
+    resetQualityOptions();
     notify("");
     showError("");
     el["file-input"].focus();
@@ -709,7 +787,10 @@
     const r = state.results;
     try {
       const answer = await call("GET", `api/jobs/${encodeURIComponent(id)}/results`, {
-        query: { limit: RESULTS_PAGE, status: el["results-filter"].value, cursor: r.cursors[r.index] },
+        query: {
+          limit: RESULTS_PAGE, status: el["results-filter"].value, quality: el["quality-filter"].value,
+          cursor: r.cursors[r.index],
+        },
       });
       if (!state.job || state.job.id !== id) return;
       r.next = answer.next_cursor || null;
@@ -719,7 +800,7 @@
         status.dataset.status = row.status;
         status.textContent = row.status;
         const text = row.status === "failed" ? (row.error || "") : (row.opener || "");
-        return [row.row, row.url, status, text];
+        return [row.row, row.url, status, text, flagList(row.quality), row.evidence || ""];
       });
       fillTable(el["results-table"], rows);
       show(el["results-empty"], rows.length === 0);
@@ -731,10 +812,10 @@
     }
   }
 
-  el["results-filter"].addEventListener("change", () => {
+  ["results-filter", "quality-filter"].forEach((id) => el[id].addEventListener("change", () => {
     state.results = { cursors: [null], index: 0, next: null };
     loadResults();
-  });
+  }));
   el["results-refresh"].addEventListener("click", () => loadResults());
   el["results-next"].addEventListener("click", () => {
     const r = state.results;

@@ -101,7 +101,8 @@ def test_a_job_of_three_chunks_completes_with_exact_counters_and_an_exported_fil
     key = f"results/{job['account_id']}/{job_id}.csv"
     body = deps.storage().s3.get_object(Bucket=deps.storage().bucket, Key=key)["Body"].read()
     lines = body.decode().splitlines()
-    assert lines[0] == "website,opener,opener_status,opener_error,context_status" and len(lines) == 28
+    assert lines[0] == ("website,opener,opener_status,opener_error,context_status,opener_evidence,opener_quality,"
+                        "opener_language") and len(lines) == 28
     assert sum(",invalid," in line for line in lines) == 2
     assert job["result_path"] == key
 

@@ -252,7 +252,8 @@ def test_job_and_results_in_file_order_with_keyset_cursor(client, conn):
     first = body(client.http.get(f"/api/jobs/{job_id}/results?limit=3"))
     assert [r["row"] for r in first["results"]] == [1, 2, 3]
     assert set(first["results"][0]) == {"id", "row", "url", "status", "opener", "error", "retry_count",
-                                        "context_status"}
+                                        "context_status", "evidence", "grounding", "quality", "words", "language",
+                                        "reused"}
     rest = body(client.http.get(f"/api/jobs/{job_id}/results?limit=10&cursor={first['next_cursor']}"))
     assert [r["row"] for r in rest["results"]] == [4, 5, 6, 7] and rest["next_cursor"] is None
     assert body(client.http.get(f"/api/jobs/{job_id}/results?status=failed"))["results"] == []
@@ -308,26 +309,30 @@ def test_download_has_every_row_in_order_with_opener_columns_and_no_formulas(cli
     assert response.headers["Content-Type"].startswith("text/csv")
     assert 'attachment; filename="leads-openers.csv"' in response.headers["Content-Disposition"]
     rows = list(csv.reader(io.StringIO(response.body.decode("utf-8"))))
-    assert rows[0] == ["name", "website", "notes", "opener", "opener_status", "opener_error", "context_status"]
-    assert rows[1] == ["Acme", "acme.com", "'=SUM(A1)", "'=Hello https://acme.com/", "completed", "", "fetched"]
+    assert rows[0] == ["name", "website", "notes", "opener", "opener_status", "opener_error", "context_status",
+                       "opener_evidence", "opener_quality", "opener_language"]
+    assert rows[1] == ["Acme", "acme.com", "'=SUM(A1)", "'=Hello https://acme.com/", "completed", "", "fetched",
+                       "", "", ""]
     assert rows[2][:2] == ["Bad", "javascript:alert(1)"] and rows[2][4] == "invalid" and rows[2][5]
-    assert rows[2][6] == ""
-    assert rows[3] == ["Globex", "globex.com", "", "", "failed", "HTTP 500", "timeout"]
+    assert rows[2][6:] == ["", "", "", ""]
+    assert rows[3] == ["Globex", "globex.com", "", "", "failed", "HTTP 500", "timeout", "", "", ""]
 
 
 def test_download_of_a_headerless_latin1_file_adds_a_header_and_reencodes(client, conn):
     data = "acme.com\ncaf\u00e9-berlin.de\n".encode("cp1252")
     job_id, _ = upload_and_process(client, data)
     rows = list(csv.reader(io.StringIO(download(client, job_id).body.decode("utf-8"))))
-    assert rows[0] == ["url", "opener", "opener_status", "opener_error", "context_status"]
-    assert rows[2][0] == "caf\u00e9-berlin.de" and rows[2][2:] == ["pending", "", ""]
+    assert rows[0] == ["url", "opener", "opener_status", "opener_error", "context_status", "opener_evidence",
+                       "opener_quality", "opener_language"]
+    assert rows[2][0] == "caf\u00e9-berlin.de" and rows[2][2:] == ["pending", "", "", "", "", ""]
 
 
 def test_download_before_processing_lists_rows_as_pending(client):
     job = body(upload_csv(client, LEADS))["job"]
     rows = list(csv.reader(io.StringIO(download(client, job["id"]).body.decode())))
-    assert [r[-3] for r in rows[1:]] == ["pending", "pending", "invalid"]
-    assert [r[-1] for r in rows[1:]] == ["", "", ""]
+    status = rows[0].index("opener_status")
+    assert [r[status] for r in rows[1:]] == ["pending", "pending", "invalid"]
+    assert [r[status + 2:] for r in rows[1:]] == [["", "", "", ""]] * 3
 
 
 def test_download_to_a_client_that_does_not_accept_csv_is_406_in_the_error_shape(client):
@@ -355,7 +360,8 @@ def test_big_download_redirects_to_a_presigned_url(client, conn, monkeypatch):
 
     with urllib.request.urlopen(response.headers["Location"]) as fetched:
         text = fetched.read().decode()
-    assert text.startswith("name,website,notes,opener,opener_status,opener_error,context_status\r\n")
+    assert text.startswith("name,website,notes,opener,opener_status,opener_error,context_status,opener_evidence,"
+                           "opener_quality,opener_language\r\n")
 
 
 # ---------------------------------------------------------------- metrics, hygiene

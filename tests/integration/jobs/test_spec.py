@@ -161,14 +161,15 @@ def test_download_prefixes_every_formula_like_cell_with_a_quote(client, conn):
                  "AND row_number = 7", (job_id,))
     rows = list(csv.reader(io.StringIO(download(client, job_id).body.decode("utf-8"), newline="")))
     assert rows == [
-        ["name", "website", "notes", "opener", "opener_status", "opener_error", "context_status"],
-        ["Plus", "acme.com", "'+1 555 0100", "'+1 for Acme", "completed", "", ""],
-        ["At", "globex.com", "'@SUM(A1)", "'@Globex hi", "completed", "", ""],
-        ["Tab", "initech.com", "'\tTAB", "'\tInitech", "completed", "", ""],
-        ["CR", "umbrella.com", "'\rCR", "'\rUmbrella", "completed", "", ""],
-        ["Minus", "hooli.com", "'-2", "'-Hooli", "completed", "", ""],
-        ["Equals", "stark.com", "'=1+1", "'=Stark", "completed", "", ""],
-        ["Plain", "wonka.com", "1+1 @ noon", "", "failed", "'@timeout", ""],
+        ["name", "website", "notes", "opener", "opener_status", "opener_error", "context_status", "opener_evidence",
+         "opener_quality", "opener_language"],
+        ["Plus", "acme.com", "'+1 555 0100", "'+1 for Acme", "completed", "", "", "", "", ""],
+        ["At", "globex.com", "'@SUM(A1)", "'@Globex hi", "completed", "", "", "", "", ""],
+        ["Tab", "initech.com", "'\tTAB", "'\tInitech", "completed", "", "", "", "", ""],
+        ["CR", "umbrella.com", "'\rCR", "'\rUmbrella", "completed", "", "", "", "", ""],
+        ["Minus", "hooli.com", "'-2", "'-Hooli", "completed", "", "", "", "", ""],
+        ["Equals", "stark.com", "'=1+1", "'=Stark", "completed", "", "", "", "", ""],
+        ["Plain", "wonka.com", "1+1 @ noon", "", "failed", "'@timeout", "", "", "", ""],
     ]
 
 

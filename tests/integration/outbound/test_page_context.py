@@ -88,8 +88,9 @@ def test_pages_are_summarised_into_the_prompt_and_a_failed_fetch_is_only_a_statu
     # the download carries the same statuses, one column after opener_error
     job = db.get_job(conn, job_id)
     table = list(csv.reader(io.StringIO(jobs.render_csv(conn, deps.storage(), job, 1 << 20).read().decode())))
-    assert table[0] == ["website", *jobs.EXTRA_COLUMNS] and table[0][-1] == "context_status"
-    assert [line[-1] for line in table[1:]] == ["fetched", "not_html", "blocked"]
+    column = table[0].index("context_status")
+    assert table[0] == ["website", *jobs.EXTRA_COLUMNS] and table[0][column - 1] == "opener_error"
+    assert [line[column] for line in table[1:]] == ["fetched", "not_html", "blocked"]
 
 
 def test_a_summary_is_cached_so_a_second_job_does_not_fetch_again(conn, settings, site):

@@ -247,6 +247,11 @@ def test_answers_along_a_jobs_life_match_the_document(api, env):
     assert api("POST", "/api/upload/process", json_body={"job_id": job_id})[0] == 409
     status, results = api("GET", "/api/jobs/{job_id}/results", f"/api/jobs/{job_id}/results?limit=1&status=pending")
     assert status == 200 and len(results["results"]) == 1 and results["next_cursor"]
+    assert results["results"][0]["quality"] == [] and started["job"]["quality"]["flagged"] == {}
+    flagged = "/api/jobs/{job_id}/results"
+    assert api("GET", flagged, f"/api/jobs/{job_id}/results?quality=duplicate") == (200, {"results": [],
+                                                                                       "next_cursor": None})
+    assert api("GET", flagged, f"/api/jobs/{job_id}/results?quality=dupe")[0] == 400
     assert api("POST", "/api/jobs/{job_id}/retry", f"/api/jobs/{job_id}/retry")[0] == 409
     assert api("POST", "/api/upload/{job_id}/cancel", f"/api/upload/{job_id}/cancel")[0] == 200
     assert api("POST", "/api/upload/{job_id}/cancel", f"/api/upload/{job_id}/cancel")[0] == 409
@@ -256,7 +261,8 @@ def test_answers_along_a_jobs_life_match_the_document(api, env):
     assert api("POST", "/api/jobs/{job_id}/retry", f"/api/jobs/{unknown}/retry")[0] == 404
     status, csv_body = api("GET", "/api/upload/{job_id}/download", f"/api/upload/{job_id}/download")
     assert status == 200
-    assert csv_body.startswith(b"company,website,opener,opener_status,opener_error,context_status\r\n")
+    assert csv_body.startswith(b"company,website,opener,opener_status,opener_error,context_status,opener_evidence,"
+                               b"opener_quality,opener_language\r\n")
     assert api("GET", "/api/upload/{job_id}/download", f"/api/upload/{unknown}/download")[0] == 404
 
     # a webhook: on this machine (tests reach nothing else), refused by the SSRF-safe fetcher anyway

@@ -345,7 +345,7 @@ def run_tests(pytest_args: list[str]) -> int:
 
 
 BENCHMARKS = ("ingest", "overhead", "utilization", "fairshare", "pagecontext",  # what `make bench` runs, in order
-              "learned", "batch", "refusal", "quality")
+              "learned", "aimd", "batch", "refusal", "quality")
 
 
 def run_bench(args: list[str]) -> int:

@@ -69,7 +69,7 @@ class Limiter(Protocol):
 
     def cooldown(self, seconds: float, model: str | None = ...) -> None: ...
 
-    def observe(self, model: str | None, headers: Any) -> None: ...
+    def observe(self, model: str | None, headers: Any, ok: bool = ...) -> None: ...
 
 
 def _json_body(content: bytes) -> dict:
@@ -186,7 +186,7 @@ class OpenerGenerator:
             response = metrics.llm_call(self.client.chat.completions.with_raw_response.create, **request)
         except openai.RateLimitError as exc:
             if provider_limits(exc.response.headers) != (-1, -1):  # OpenAI's 429s state the limits too
-                self.limiter.observe(model, exc.response.headers)
+                self.limiter.observe(model, exc.response.headers, ok=False)
             self._on_rate_limited(exc, model)
             raise
         # a success states the limits, or says by their absence that the server sends none (an

@@ -196,7 +196,8 @@ def account_view(conn, settings: Settings, caller: accounts.Caller) -> dict:
 
 def metrics(conn, queue: ChunkQueue, account_id: str, *, operator: bool, limiter=None, models=()) -> dict:
     """The account's jobs and URLs; for an operator account's keys only (SPEC "Roles") also what
-    every account shares: the queue depths and the provider limits of `models`. A failure to read
+    every account shares: the queue depths and the provider limits of `models` (``RateLimiter.limits``:
+    learned, ceilings, the rate found from 429s, in force, and how each was set). A failure to read
     one of those is described, never quoted (library errors name hosts and queue URLs)."""
     urls = db.url_totals(conn, account_id)
     per_minute = urls.pop("finished_last_minute")

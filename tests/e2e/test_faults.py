@@ -161,17 +161,28 @@ def test_llm_5xx_and_hangs(fresh, capsys):
             assert "HTTP 5" in row["error"] or "Timed out" in row["error"], row
 
 
-# With OPENAI_RPM ten times the provider's limit, every pause ends with up to one request per
-# worker thread (3 runners' chunks x CHUNK_CONCURRENCY 8) against a provider bucket of 20: a few
-# of those are refused, then everybody pauses again. Without the shared pause it would be ~90 %.
-MAX_STORM_429_SHARE = 0.30
+# With OPENAI_RPM ten times the provider's limit and no limit stated, the rate is found from the
+# 429s (the shared controller: slow start until the first one, a cut on each, at most once a
+# second): after the first pause a few percent of calls are refused, not the ~30 % of a shared
+# pause alone, or the ~90 % of none. (Measured: see the report's "after the first pause".)
+MAX_STORM_429_SHARE = 0.08
+
+
+def found_from_429s(stack, job_id: str) -> dict:
+    """The limits the shared limiter has for the job's model now (what every process uses)."""
+    shared = redis.Redis.from_url(stack.env["REDIS_URL"])
+    try:
+        return RateLimiter(shared, 0, 0, prefix=stack.limiter_prefix).limits(stack.api.job(job_id)["model"])
+    finally:
+        shared.close()
 
 
 def test_429_storm(fresh, capsys):
     """The provider allows a tenth of what we believe our limit is, and does not state its limit
     (as Azure OpenAI, it sends x-ratelimit-remaining/-reset but no -limit: the limiter cannot
-    learn it): a storm of 429s. Every URL still ends, the shared cooldown pauses every worker
-    after each 429 and keeps the storm down after the first one, and no URL is generated twice."""
+    learn it): the rate is found from its 429s, under the OPENAI_RPM ceiling. Every URL still
+    ends, the shared cooldown pauses every worker after each 429, the controller's cuts keep the
+    429s down after the first one, and no URL is generated twice."""
     stack = fresh
     stack.use_runner(OPENAI_RPM="12000")  # we think 200/s...
     stack.fake.configure(rpm=1200, ratelimit_limit_headers=False)  # ...the provider allows 20/s
@@ -180,6 +191,24 @@ def test_429_storm(fresh, capsys):
                        max_429_share=MAX_STORM_429_SHARE)
     assert fig.rate_limited > 0
     assert fig.completed >= 0.95 * total, fig
+    limits = found_from_429s(stack, job_id)
+    assert limits["how"]["rpm"] == "found from 429s" and limits["found"]["phase"] == "additive increase", limits
+    assert limits["in_force"]["rpm"] < 12000, limits
+
+
+def test_a_provider_stating_no_limit_is_paced_at_the_rate_found_from_its_429s(fresh, capsys):
+    """OPENAI_RPM unset and a provider (as vLLM or LiteLLM) that sends no x-ratelimit-* header at
+    all and allows 20 requests/s: no setting, yet after the first pause only a few percent of the
+    calls are refused (before the controller: unpaced, ~75 %), and every URL completes."""
+    stack = fresh
+    stack.use_runner(OPENAI_RPM="", OPENAI_TPM="")
+    stack.fake.configure(rpm=1200, ratelimit_headers=False)
+    job_id, total, began = start_job(stack, 400)
+    fig, _, _ = finish(stack, capsys, "no limit stated", job_id, total, began, extra_s=total / 20,
+                       max_429_share=MAX_STORM_429_SHARE)
+    assert fig.completed == total, fig
+    limits = found_from_429s(stack, job_id)
+    assert limits["learned"] == {"rpm": -1, "tpm": -1} and limits["how"]["rpm"] == "found from 429s", limits
 
 
 def test_limits_are_learned_from_the_provider_when_not_configured(fresh, capsys):

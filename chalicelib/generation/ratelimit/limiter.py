@@ -35,10 +35,25 @@ How it works:
   without being told, and follows a change (a tier upgrade) with the next answer. ``rpm`` and
   ``tpm`` given to the limiter (OPENAI_RPM / OPENAI_TPM) are ceilings over what is learned (0 =
   none): headroom for other users of the same key, and the limits in force for a server that
-  sends no such headers. Until a model's provider has answered once, at most ``start_rpm``
-  requests per minute go out (a cautious start: a few requests, not a wall of 429s; the app uses
-  ``START_RPM``, 0 turns it off); waits booked in that phase are booked again as soon as the
-  limits are known, and the buckets go on from what the start used (not full again).
+  sends no such headers (over the rate found from its 429s, below). Until a model's provider
+  has answered once, at most ``start_rpm`` requests per minute go out (a cautious start: a few
+  requests, not a wall of 429s; the app uses ``START_RPM``, 0 turns it off); waits booked in
+  that phase are booked again as soon as the limits are known, and the buckets go on from what
+  the start used (not full again).
+* A rate found from 429s (AIMD, as TCP finds a path's rate), per model, for a server that
+  states no limit (vLLM, LiteLLM, Ollama, some Azure deployments) or states a wrong one. One
+  controller per model lives in the limits hash (``found``, ``phase``, ``peak``, ``last``, ``cut``,
+  ``gen``) and every process updates it through one atomic script, so fifty handlers run one
+  controller, not fifty: ``observe`` of a success may raise it (lua/grow.lua: slow-start doubling
+  per period until the first 429, then half the way back to where the last 429 came, then an
+  additive probe past it, at most once per ``aimd_period_ms`` and only while the rate is used);
+  ``cooldown`` after a 429 cuts it by ``aimd_decrease`` at most once per period (lua/cooldown.lua),
+  so one burst of 429s is one signal. A cut also forgives every booking not yet due and bumps
+  ``gen``: a caller that booked at the old rate books again when it wakes, so the cut takes
+  effect at once, not after the queue booked at the old rate has drained into more 429s. A
+  stated limit resets the controller to it (and it is never probed past); ``OPENAI_RPM`` stays a
+  ceiling: the rate in force is min(found, ceiling), and the buckets pace with it. ``limits``
+  says which set it ("stated", "found from 429s", "ceiling").
 * Each model has its own buckets, cooldown and fair shares (``acquire(..., model=m)``), as the
   provider limits each model on its own: jobs on different models share a key, not a bucket.
 
@@ -48,10 +63,10 @@ Keys, with P the prefix in a hash tag (``{csv-opener:ratelimit}`` for ``csv-open
 a prefix that already holds a tag, e.g. ``app:{rl}``, is used as it is) and B = ``P:m:<model>``
 (``P`` itself when no model is given): ``B:requests`` and ``B:tokens`` (the buckets),
 ``B:cooldown_until``, ``B:limits`` (learned, a hash ``{rpm, tpm}``, -1 = the provider sends
-none), ``B:active_accounts`` (a zset) and ``B:share:<account>:requests|tokens``. Every key a
-script touches travels in ``KEYS``, and Redis Cluster hashes only the tag, so all of a limiter's
-keys share one hash slot and each script runs on the node that owns it (no CROSSSLOT); a single
-Redis stores the same keys.
+none, and the rate controller's fields), ``B:active_accounts`` (a zset) and
+``B:share:<account>:requests|tokens``. Every key a script touches travels in ``KEYS``, and
+Redis Cluster hashes only the tag, so all of a limiter's keys share one hash slot and each script
+runs on the node that owns it (no CROSSSLOT); a single Redis stores the same keys.
 """
 
 from __future__ import annotations
@@ -117,7 +132,8 @@ _ACQUIRE_LUA = _script("common", "acquire")
 _COOLDOWN_LUA = _script("common", "cooldown")
 _COOLDOWN_LEFT_LUA = _script("common", "cooldown_left")
 _REFUND_LUA = _script("common", "refund")
-_LEARN_LUA = _script("learn")
+_LEARN_LUA = _script("common", "learn")
+_GROW_LUA = _script("common", "grow")
 _LIMITS_LUA = _script("common", "limits")
 
 
@@ -151,6 +167,13 @@ class RateLimiter:
     max_ahead_ms: float = 1000.0  # how far ahead an account may reserve within its share
     sleep_slice: float = 1.0  # seconds; long waits are cut into slices so should_stop is honoured
     start_slice: float = 0.1  # seconds; a wait booked in the cautious start checks this often for the limits
+    # The rate controller (the rate found from 429s; see the module docstring and lua/grow.lua,
+    # lua/cooldown.lua). The period is the feedback loop's: long enough for the calls sent at
+    # one rate to answer before the next change (a call takes a fraction of a second to a few).
+    aimd_period_ms: float = 1000.0  # at most one increase, and one cut, per period
+    aimd_decrease: float = 0.7  # a 429 multiplies the rate found by this
+    aimd_step: float = 0.05  # the additive step: this fraction of the rate the last 429 came at
+    aimd_min_rpm: float = 6.0  # cuts never go below this (one request every 10 s)
 
     def __init__(
         self,
@@ -179,6 +202,8 @@ class RateLimiter:
         self._cooldown_left_script = redis_client.register_script(_COOLDOWN_LEFT_LUA)
         self._refund_script = redis_client.register_script(_REFUND_LUA)
         self._learn_script = redis_client.register_script(_LEARN_LUA)
+        self._grow_script = redis_client.register_script(_GROW_LUA)
+        self._grown: dict[str, float] = {}  # model -> when this process last reported a success (monotonic)
         self._limits_script = redis_client.register_script(_LIMITS_LUA)
 
     # -- public API ---------------------------------------------------------------------------
@@ -201,9 +226,14 @@ class RateLimiter:
                 "request needs %d tokens, more than the whole %d tokens-per-minute budget", tokens, self.tpm
             )
         waited = 0.0
+        stale = False
         while True:
-            (granted, wait_ms, starting), slept = self._with_retry(
-                lambda: self._reserve(tokens, account, model), should_stop)
+            # A booking made again after a cut skips the account's share: it took its turn there
+            # already (and that share was not forgiven), the shared buckets pace it.
+            who = None if stale else account
+            (granted, wait_ms, starting, gen), slept = self._with_retry(
+                lambda: self._book(tokens, who, model), should_stop)  # noqa: B023 (called at once)
+            stale = False
             waited += slept
             if not granted:  # the account's share is booked ahead: ask again when it has room
                 waited += self._sleep_for(max(0.01, wait_ms / 1000.0 * random.uniform(1.0, 1.5)), should_stop)
@@ -218,14 +248,20 @@ class RateLimiter:
             else:
                 waited += self._sleep_for(wait_ms / 1000.0, should_stop)
             try:
-                left = self._cooldown_left_ms(model) / 1000.0
+                left_ms, now_gen = self._cooldown_state(model)
+                left = left_ms / 1000.0
             except _UNAVAILABLE as exc:
                 # The reservation itself was granted under the budget; only the courtesy
                 # re-check failed. Go ahead rather than wait out an outage.
                 self._log.warning("Redis unreachable re-checking the rate-limit cooldown (%s); proceeding", exc)
                 return waited
-            if left <= 0:
+            if left <= 0 and (gen is None or now_gen is None or now_gen == gen):
                 return waited
+            if left <= 0:
+                # A 429 cut the rate after we booked: the booking, made at the old rate, was
+                # forgiven (see lua/cooldown.lua); book again at the new one.
+                stale = True
+                continue
             # A 429 elsewhere paused everyone after we reserved: our slot was handed back
             # (see _COOLDOWN_LUA), so wait the pause out and queue again behind it.
             self._log.info("rate-limit cooldown in force; waiting %.2fs before reserving again", left)
@@ -254,11 +290,15 @@ class RateLimiter:
             return
         try:
             answer = self._cooldown_script(keys=self._keys(model),
-                                           args=[self.rpm, self.tpm, float(seconds), self.start_rpm])
+                                           args=[self.rpm, self.tpm, float(seconds), self.start_rpm,
+                                                 self.aimd_period_ms, self.aimd_decrease, self.aimd_min_rpm])
         except _UNAVAILABLE as exc:
             self._log.warning("Redis unreachable; shared cooldown of %.2fs not recorded (%s)", seconds, exc)
             return
-        left_ms, until_ms = (float(x) for x in (answer.decode() if isinstance(answer, bytes) else answer).split())
+        left_ms, until_ms, cut = (float(x) for x in (answer.decode() if isinstance(answer, bytes) else answer).split())
+        if cut:
+            self._log.warning("rate-limit 429 for %s: the request rate found is cut by a factor %.2f",
+                              model or "the default model", self.aimd_decrease)
         # when the pause ends, as the server clock has it: exact, however late this line is written
         self._log.warning("rate-limit cooldown: every worker pauses for %.2fs (until %.3f)", left_ms / 1000,
                           until_ms / 1000)
@@ -266,15 +306,22 @@ class RateLimiter:
     def cooldown_remaining(self, model: str | None = None) -> float:
         """Seconds left in the shared cooldown (0.0 if none, or if Redis is unreachable)."""
         try:
-            return self._cooldown_left_ms(model) / 1000.0
+            return self._cooldown_state(model)[0] / 1000.0
         except _UNAVAILABLE as exc:
             self._log.warning("Redis unreachable reading the rate-limit cooldown (%s)", exc)
             return 0.0
 
-    def observe(self, model: str | None, headers: Mapping[str, str]) -> None:
+    def observe(self, model: str | None, headers: Mapping[str, str], ok: bool = True) -> None:
         """Learn ``model``'s limits from a provider answer's headers (``provider_limits``); the
         next reservation uses them. Cheap: a process writes only a change, or the same limits
-        again after ``OBSERVE_EVERY_S`` (to keep them from expiring). Best effort."""
+        again after ``OBSERVE_EVERY_S`` (to keep them from expiring). ``ok``: the answer was a
+        success (not a 429), a signal for the rate controller to increase the rate (at most once
+        per period: a process sends it at most four times a period). Best effort."""
+        self._learn(model, headers)
+        if ok:
+            self._succeeded(model)
+
+    def _learn(self, model: str | None, headers: Mapping[str, str]) -> None:
         rpm, tpm = provider_limits(headers)
         key = model or ""
         seen = self._seen.get(key)
@@ -284,7 +331,8 @@ class RateLimiter:
         self._seen[key] = (rpm, tpm, now)
         keys = self._keys(model)
         try:
-            first = self._learn_script(keys=[keys[3], keys[0], keys[1]], args=[rpm, tpm, LEARNED_TTL_S * 1000])
+            first = self._learn_script(keys=[keys[3], keys[0], keys[1]],
+                                       args=[rpm, tpm, LEARNED_TTL_S * 1000, self.start_rpm or START_RPM])
         except _UNAVAILABLE as exc:
             self._seen.pop(key, None)
             self._log.warning("Redis unreachable; provider limits not recorded (%s)", exc)
@@ -293,15 +341,34 @@ class RateLimiter:
             self._log.info("provider limits for %s: %s requests/min, %s tokens/min", model or "the default model",
                            rpm if rpm > 0 else "not sent", tpm if tpm > 0 else "not sent")
 
+    def _succeeded(self, model: str | None) -> None:
+        """Tell the rate controller a call succeeded (lua/grow.lua); skipped when this process
+        told it less than a quarter period ago (it acts on one signal per period anyway)."""
+        key = model or ""
+        now = time.monotonic()
+        if now - self._grown.get(key, -1e9) < self.aimd_period_ms / 4000.0:
+            return
+        self._grown[key] = now
+        try:
+            self._grow_script(keys=[self._keys(model)[3]], args=[self.rpm, self.aimd_period_ms, self.aimd_step])
+        except _UNAVAILABLE as exc:
+            self._log.warning("Redis unreachable; a success not reported to the rate controller (%s)", exc)
+
     def limits(self, model: str | None = None) -> dict:
         """What is known of ``model``'s limits: learned from the provider (None: not heard from
-        yet; -1: not sent), the ceilings, and the limits in force (0 = none)."""
-        rpm, tpm, learned_rpm, learned_tpm = self._limits_script(keys=[self._keys(model)[3]],
-                                                                 args=[self.rpm, self.tpm, self.start_rpm])
+        yet; -1: not sent), the ceilings, the rate controller's state (``found``: None before the
+        provider's first answer), the limits in force (0 = none) and how each was set (``how``:
+        "stated" by the provider, "found from 429s", "ceiling", "cautious start" or "none")."""
+        rpm, tpm, learned_rpm, learned_tpm, found, phase = (
+            v.decode() if isinstance(v, bytes) else v
+            for v in self._limits_script(keys=[self._keys(model)[3]], args=[self.rpm, self.tpm, self.start_rpm]))
+        in_force = {"rpm": int(float(rpm)), "tpm": int(float(tpm))}
         learned = None if learned_rpm is None or learned_tpm is None else {"rpm": int(learned_rpm),
                                                                             "tpm": int(learned_tpm)}
-        return {"learned": learned, "ceiling": {"rpm": self.rpm, "tpm": self.tpm},
-                "in_force": {"rpm": int(rpm), "tpm": int(tpm)}}
+        controller = None if found is None else {
+            "rpm": round(float(found), 1), "phase": "slow start" if phase == "slow" else "additive increase"}
+        return {"learned": learned, "ceiling": {"rpm": self.rpm, "tpm": self.tpm}, "found": controller,
+                "in_force": in_force, "how": _how(learned, controller, self.rpm, self.tpm, in_force)}
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -318,6 +385,12 @@ class RateLimiter:
         """One reservation (no sleeping, no retry): (True, ms until due, starting), or (False, ms
         until the account's share has room: nothing was reserved, starting); `starting` while
         the model's limits are not known yet."""
+        return self._book(tokens, account, model)[:3]
+
+    def _book(self, tokens: int, account: str | None,
+              model: str | None = None) -> tuple[bool, float, bool, int | None]:
+        """``_reserve``, and the rate controller's generation the booking was made in (a cut of
+        the rate since makes it stale)."""
         requests, tokens_key, cooldown, learned = self._keys(model)
         base = requests.rsplit(":", 1)[0]
         share = [f"{base}:share:{account or '-'}:requests", f"{base}:share:{account or '-'}:tokens"]
@@ -326,11 +399,14 @@ class RateLimiter:
             args=[self.rpm, self.tpm, 1, int(tokens), account or "", self.share_window_ms, self.max_ahead_ms,
                   self.start_rpm])
         text = answer.decode() if isinstance(answer, bytes) else str(answer)
-        wait, _, starting = text[1:].partition(":")
-        return text[0] == "g", float(wait), starting == "1"
+        wait, starting, gen = (text[1:].split(":") + ["", ""])[:3]
+        return text[0] == "g", float(wait), starting == "1", int(gen) if gen else None
 
-    def _cooldown_left_ms(self, model: str | None = None) -> float:
-        return max(0.0, float(self._cooldown_left_script(keys=self._keys(model)[:3])))
+    def _cooldown_state(self, model: str | None = None) -> tuple[float, int | None]:
+        """(ms left in the shared cooldown, the rate controller's generation)."""
+        answer = self._cooldown_left_script(keys=self._keys(model))
+        left, _, gen = (answer.decode() if isinstance(answer, bytes) else str(answer)).partition(" ")
+        return max(0.0, float(left)), int(gen) if gen else None
 
     def _sleep_until_learned(self, seconds: float, model: str | None,
                              should_stop: Callable[[], bool]) -> tuple[float, bool]:
@@ -385,6 +461,28 @@ class RateLimiter:
 
 
 # -- helpers for callers ------------------------------------------------------------------------
+
+
+def _how(learned: dict | None, found: dict | None, ceil_rpm: int, ceil_tpm: int, in_force: dict) -> dict:
+    """How each limit in force was set: "stated" (the provider's header), "found from 429s" (the
+    rate controller: no limit stated, or a 429 cut the stated one), "ceiling" (OPENAI_RPM /
+    OPENAI_TPM is the lower), "cautious start" (the provider has not answered yet), "none"."""
+    if learned is None:
+        rpm = "ceiling" if ceil_rpm and in_force["rpm"] == ceil_rpm else "cautious start"
+        return {"rpm": rpm, "tpm": "ceiling" if ceil_tpm else "none"}
+    if ceil_rpm and found is not None and found["rpm"] >= ceil_rpm:
+        rpm = "ceiling"
+    elif learned["rpm"] > 0 and found is not None and found["rpm"] >= learned["rpm"]:
+        rpm = "stated"
+    elif found is not None:
+        rpm = "found from 429s"
+    else:
+        rpm = "ceiling" if ceil_rpm else "none"
+    if learned["tpm"] > 0 and not (ceil_tpm and ceil_tpm < learned["tpm"]):
+        tpm = "stated"
+    else:
+        tpm = "ceiling" if ceil_tpm else "none"
+    return {"rpm": rpm, "tpm": tpm}
 
 _MODEL_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._:/-]")
 

@@ -16,7 +16,7 @@ from chalicelib.generation.openers import OpenerGenerator
 from chalicelib.generation.ratelimit import RateLimiter, provider_limits
 from chalicelib.settings import Settings
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.limiter import EXACT, expected_dues, key_prefix, no_sleep, redis_client
+from tests.support.limiter import EXACT, expected_dues, key_prefix, redis_client
 
 
 @pytest.fixture
@@ -84,7 +84,9 @@ def test_a_cautious_start_until_the_provider_answers_then_its_limits(client, pre
     limiter.observe("gpt-4o-mini", headers(6000, 2_000_000))  # 100 a second, burst 100
     assert limiter.limits("gpt-4o-mini") == {"learned": {"rpm": 6000, "tpm": 2_000_000},
                                              "ceiling": {"rpm": 0, "tpm": 0},
-                                             "in_force": {"rpm": 6000, "tpm": 2_000_000}}
+                                             "found": {"rpm": 6000.0, "phase": "additive increase"},
+                                             "in_force": {"rpm": 6000, "tpm": 2_000_000},
+                                             "how": {"rpm": "stated", "tpm": "stated"}}
     # the cautious start's bookings not yet due are dropped (level 0, not -2), but the start's
     # burst stays used: the bucket goes on from there at the real limit, not full again
     level, ts = (float(v) for v in client.hmget(limiter._keys("gpt-4o-mini")[0], "level", "ts"))
@@ -117,13 +119,15 @@ def test_set_values_are_ceilings_over_learned_limits(client, prefix):
     expect_bucket(limiter, 15, "m", 600)
 
 
-def test_a_server_that_sends_no_limits_runs_at_the_configured_values_or_unlimited(client, prefix):
+def test_a_server_that_sends_no_limits_gets_the_rate_found_from_its_429s_under_the_ceiling(client, prefix):
     configured = RateLimiter(client, rpm=600, tpm=0, prefix=prefix, start_rpm=180)
     configured.observe("m", {})
     assert configured.limits("m")["learned"] == {"rpm": -1, "tpm": -1}
-    assert configured.limits("m")["in_force"] == {"rpm": 600, "tpm": 0}
-    unlimited = RateLimiter(client, rpm=0, tpm=0, prefix=prefix, start_rpm=180, sleep=no_sleep)
-    assert all(unlimited.acquire(5000, model="m") == 0.0 for _ in range(500))
+    # not the ceiling at once (a server limited below it would answer a wall of 429s), nor
+    # unlimited: the rate controller's, from the cautious start's rate up (tests: test_aimd.py)
+    assert configured.limits("m")["in_force"] == {"rpm": 180, "tpm": 0}
+    assert configured.limits("m")["how"] == {"rpm": "found from 429s", "tpm": "none"}
+    expect_bucket(configured, 10, "m", 180)
 
 
 def test_a_changed_limit_is_followed_with_the_next_answer(client, prefix):

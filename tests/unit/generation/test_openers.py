@@ -55,7 +55,7 @@ class FakeLimiter:
     def cooldown(self, seconds: float, model: str | None = None) -> None:
         self.cooldowns.append(seconds)
 
-    def observe(self, model: str | None, headers) -> None:
+    def observe(self, model: str | None, headers, ok: bool = True) -> None:
         self.observed.append((model, dict(headers)))
 
 

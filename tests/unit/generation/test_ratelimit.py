@@ -80,7 +80,7 @@ def test_estimate_tokens_handles_content_parts_names_and_empty_content():
 
 
 class FakeRedis:
-    """Answers the limiter's five scripts from queues of canned replies."""
+    """Answers the limiter's scripts from queues of canned replies."""
 
     def __init__(self, acquire=(), cooldown_left=(), fail: Exception | None = None):
         self.replies = {
@@ -89,13 +89,14 @@ class FakeRedis:
             ratelimit._COOLDOWN_LUA: [],
             ratelimit._REFUND_LUA: [],
             ratelimit._LEARN_LUA: [],
+            ratelimit._GROW_LUA: [],
         }
         self.calls: list[str] = []
         self.fail = fail
 
     def register_script(self, source):
         def run(keys=(), args=()):
-            self.calls.append("acquire" if source is ratelimit._ACQUIRE_LUA else "other")
+            self.calls.append({ratelimit._ACQUIRE_LUA: "acquire", ratelimit._GROW_LUA: "grow"}.get(source, "other"))
             if self.fail is not None:
                 raise self.fail
             queue = self.replies[source]
@@ -202,4 +203,36 @@ def test_nothing_to_refund_skips_redis_but_no_ceiling_still_refunds_a_learned_li
     assert len(fake.calls) == 1
     limiter.observe("m", {"x-ratelimit-limit-requests": "500"})  # a provider that states no TPM
     limiter.refund(100, 10, model="m")
-    assert len(fake.calls) == 2  # (the observation's write)
+    assert fake.calls[1:] == ["other", "grow"]  # (the observation's write, and the success reported)
+
+
+# -- the rate controller's seams: a cut makes earlier bookings stale; successes reported sparingly --
+
+
+def test_a_booking_made_before_a_cut_of_the_rate_is_booked_again():
+    sleeps: list[float] = []
+    # booked in generation 4 at the old rate; on waking the controller is in generation 5 (a 429
+    # cut the rate and forgave every booking not yet due), the cooldown already over
+    fake = FakeRedis(acquire=[b"g200.000:0:4", b"g50.000:0:5"], cooldown_left=[b"0.000 5", b"0.000 5"])
+    limiter = RateLimiter(fake, rpm=0, tpm=0, sleep=sleeps.append)
+    assert limiter.acquire(1) == pytest.approx(0.25)
+    assert fake.calls == ["acquire", "other", "acquire", "other"]
+    assert sleeps == pytest.approx([0.2, 0.05])
+
+
+def test_a_booking_of_the_current_generation_goes_ahead():
+    fake = FakeRedis(acquire=[b"g200.000:0:4"], cooldown_left=[b"0.000 4"])
+    limiter = RateLimiter(fake, rpm=0, tpm=0, sleep=lambda s: None)
+    limiter.acquire(1)
+    assert fake.calls == ["acquire", "other"]
+
+
+def test_successes_are_reported_at_most_four_times_a_period_by_a_process():
+    fake = FakeRedis()
+    limiter = RateLimiter(fake, rpm=0, tpm=0)
+    limiter.aimd_period_ms = 60_000  # (a period no test outlasts)
+    for _ in range(50):
+        limiter.observe("m", {})
+    limiter.observe("other-model", {})
+    limiter.observe("m", {}, ok=False)  # a 429's headers: no success
+    assert fake.calls.count("grow") == 2  # one per model

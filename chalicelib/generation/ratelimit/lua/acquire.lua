@@ -1,9 +1,10 @@
 -- KEYS: requests bucket, tokens bucket, cooldown_until, active accounts (zset), the account's
 -- share buckets (requests, tokens), learned limits. ARGV: ceiling rpm, ceiling tpm, requests,
 -- tokens, account ('' = no share), active window ms, max ahead ms, start rpm.
--- Returns 'g<ms>:<starting>' (granted: due in ms) or 'r<ms>:<starting>' (not reserved: ask again
--- in ms), starting 1 while the limits are not known yet; a string because Lua numbers would be
--- truncated to integers.
+-- Returns 'g<ms>:<starting>:<gen>' (granted: due in ms) or 'r<ms>:<starting>:<gen>' (not
+-- reserved: ask again in ms), starting 1 while the limits are not known yet, gen the rate
+-- controller's generation the booking was made in (a cut of the rate makes it stale: see
+-- cooldown.lua); a string because Lua numbers would be truncated to integers.
 -- The bucket after taking `need`, and how long until that is covered (not stored yet).
 local function take(key, limit, need)
   local rate = limit / 60000
@@ -22,7 +23,7 @@ local function reserve(key, limit, need)
   return t[5]
 end
 
-local rpm, tpm, starting = effective(KEYS[7], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[8]))
+local rpm, tpm, starting, gen = effective(KEYS[7], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[8]))
 local wait = cooldown_left()
 local account = ARGV[5]
 if account ~= '' then
@@ -43,7 +44,7 @@ if account ~= '' then
   end
   local ahead = tonumber(ARGV[7])
   if share_wait > ahead then
-    return string.format('r%.3f:%d', share_wait - ahead, starting)
+    return string.format('r%.3f:%d:%d', share_wait - ahead, starting, gen)
   end
   for _, s in ipairs(shares) do
     store(s[1], s[2][1], s[2][2], s[2][3], s[2][4])
@@ -51,5 +52,7 @@ if account ~= '' then
   wait = math.max(wait, share_wait)
 end
 wait = math.max(wait, reserve(KEYS[1], rpm, tonumber(ARGV[3])))
+-- The requests booked since the controller's window opened: whether the rate is used (grow.lua).
+if starting == 0 then redis.call('HINCRBY', KEYS[7], 'used', tonumber(ARGV[3])) end
 wait = math.max(wait, reserve(KEYS[2], tpm, tonumber(ARGV[4])))
-return string.format('g%.3f:%d', math.max(wait, 0), starting)
+return string.format('g%.3f:%d:%d', math.max(wait, 0), starting, gen)

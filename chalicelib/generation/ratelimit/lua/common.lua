@@ -30,22 +30,26 @@ local function cooldown_left()
   return u - now
 end
 
--- The limits in force (rpm, tpm, 1 while the provider has not answered yet, else 0): what the
--- provider told us (-1: it sends no such limit) capped by the operator's ceilings (0: none); until
--- the provider has answered, at most start_rpm requests per minute.
+-- The limits in force (rpm, tpm, 1 while the provider has not answered yet else 0, and the
+-- controller's generation: it grows by one at every cut of the rate, see cooldown.lua), read
+-- from the model's limits hash: `rpm`/`tpm` as the provider stated them (-1: it sends no such
+-- limit) and `found`, the request rate the controller runs at (the stated limit, or the rate
+-- found from 429s: see grow.lua and cooldown.lua), each capped by the operator's ceilings (0:
+-- none); until the provider has answered, at most start_rpm requests per minute.
 local function effective(key, ceil_rpm, ceil_tpm, start_rpm)
-  local s = redis.call('HMGET', key, 'rpm', 'tpm')
-  local lr, lt = tonumber(s[1]), tonumber(s[2])
+  local s = redis.call('HMGET', key, 'rpm', 'tpm', 'found', 'gen')
+  local lr, lt, found, gen = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), tonumber(s[4]) or 0
   if lr == nil or lt == nil then
     if start_rpm > 0 and (ceil_rpm <= 0 or start_rpm < ceil_rpm) then
-      return start_rpm, ceil_tpm, 1
+      return start_rpm, ceil_tpm, 1, gen
     end
-    return ceil_rpm, ceil_tpm, 1
+    return ceil_rpm, ceil_tpm, 1, gen
   end
   local function cap(learned, ceiling)
     if learned <= 0 then return ceiling end
     if ceiling > 0 and ceiling < learned then return ceiling end
     return learned
   end
-  return cap(lr, ceil_rpm), cap(lt, ceil_tpm), 0
+  if found ~= nil then lr = found end
+  return cap(lr, ceil_rpm), cap(lt, ceil_tpm), 0, gen
 end

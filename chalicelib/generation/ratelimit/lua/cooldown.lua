@@ -1,6 +1,31 @@
--- KEYS: requests bucket, tokens bucket, cooldown_until, learned limits. ARGV: ceiling rpm,
--- ceiling tpm, seconds, start rpm. Returns '<remaining ms> <until ms>' (the pause in force, which
--- a shorter new one never cuts, and when it ends on the server clock, in Unix milliseconds).
+-- KEYS: requests bucket, tokens bucket, cooldown_until, limits. ARGV: ceiling rpm, ceiling tpm,
+-- seconds, start rpm, period ms, decrease factor, lowest rpm. Returns '<remaining ms> <until ms>
+-- <cut>' (the pause in force, which a shorter new one never cuts; when it ends on the server
+-- clock, in Unix milliseconds; 1 if this 429 cut the rate, else 0).
+
+-- The multiplicative decrease: a 429 cuts the request rate the controller runs at (`found`) by
+-- the factor, at most once per period, so the burst of 429s that the calls already in flight
+-- bring back counts as one signal, not as many cuts that would collapse the rate. `peak`
+-- remembers where the 429 came (grow.lua returns there quickly, then probes past it).
+local s = redis.call('HMGET', KEYS[4], 'found', 'cut', 'gen')
+local found, last_cut, gen = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]) or 0
+local cut = 0
+if found ~= nil and (last_cut == nil or now - last_cut >= tonumber(ARGV[5])) then
+  local lowered = math.max(tonumber(ARGV[7]), found * tonumber(ARGV[6]))
+  redis.call('HSET', KEYS[4], 'found', string.format('%.3f', lowered), 'peak', string.format('%.3f', found),
+             'phase', 'avoid', 'cut', string.format('%.3f', now), 'last', string.format('%.3f', now), 'gen', gen + 1,
+             'win', string.format('%.3f', now), 'used', 0)
+  cut = 1
+  -- Every booking not yet due was made at the old rate: forgive them all; their callers see the
+  -- new generation when they wake and book again at the new rate (acquire).
+  for _, key in ipairs({KEYS[1], KEYS[2]}) do
+    local level = tonumber(redis.call('HGET', key, 'level') or '')
+    if level ~= nil and level < 0 then
+      redis.call('HSET', key, 'level', 0)
+    end
+  end
+end
+
 local rpm, tpm = effective(KEYS[4], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4]))
 local untilms = math.max(now + tonumber(ARGV[3]) * 1000, now + cooldown_left())
 redis.call('SET', KEYS[3], string.format('%.3f', untilms), 'PX', math.ceil(untilms - now) + 1000)
@@ -20,4 +45,4 @@ end
 
 freeze(KEYS[1], rpm)
 freeze(KEYS[2], tpm)
-return string.format('%.3f %.3f', untilms - now, untilms)
+return string.format('%.3f %.3f %d', untilms - now, untilms, cut)

@@ -437,7 +437,7 @@ def test_quality_summary_flags_evidence_and_the_flag_filter(page: Page, fresh):
     job_id = stack.api.call("GET", "/api/jobs?limit=1").json()["jobs"][0]["id"]
     with psycopg.connect(stack.database_url, autocommit=True) as conn:
         for row, flags, evidence in ((1, ["duplicate"], None), (2, [], XSS + " since 1921"),
-                                     (3, ["duplicate", "too_long"], None)):
+                                     (3, ["duplicate", "too_long"], None), (4, [], None)):
             conn.execute("UPDATE urls SET quality = %s, evidence = %s WHERE job_id = %s AND row_number = %s",
                          (flags, evidence, job_id, row))
         conn.execute("UPDATE jobs SET quality = %s WHERE id = %s", (json.dumps({

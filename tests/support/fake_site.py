@@ -243,6 +243,7 @@ def _handler(site: FakeSite) -> type[BaseHTTPRequestHandler]:
         def _serve(self, send_body: bool, record: bool = True) -> None:
             path = self.path
             site._enter(path)
+            left = False
             try:
                 if record:
                     with site._lock:
@@ -252,6 +253,10 @@ def _handler(site: FakeSite) -> type[BaseHTTPRequestHandler]:
                 route = site._route(path)
                 if route.delay_s:
                     time.sleep(route.delay_s)
+                # A request stops counting as in flight before its answer goes out: once the client
+                # has it, it may start the next, sooner than this thread gets to `finally`.
+                site._leave(path)
+                left = True
                 self.send_response(route.status)
                 if route.content_type:
                     self.send_header("Content-Type", route.content_type)
@@ -266,7 +271,8 @@ def _handler(site: FakeSite) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
                 pass  # the client stopped reading: what a capped or timed-out fetch does
             finally:
-                site._leave(path)
+                if not left:
+                    site._leave(path)
 
         def _write_body(self, path: str, route: Response) -> None:
             body = route.body

@@ -146,9 +146,11 @@ def test_an_opener_that_stays_ungrounded_fails_the_row_in_strict_mode_and_is_fla
     assert fake.stats()["reasks"] == 0
 
 
-def test_two_handlers_of_two_chunks_at_once_do_not_both_keep_the_same_line(conn, live, fake):
+def test_two_handlers_of_two_chunks_at_once_never_both_keep_the_same_line_unflagged(conn, live, fake):
     s = dataclasses.replace(live, chunk_size=1)
-    names = hosts("d", 2)  # one row per chunk; no data, so the repeated generic line is not asked again as generic
+    # one row per chunk; no data: the repeated generic line is flagged, not asked again (nothing
+    # specific to ask for), and the index must still see the other handler's line
+    names = hosts("d", 2)
     fake.configure(misbehave={"repeat": names})
     job_id = start(conn, s, names, with_about=False)
     assert db.get_job(conn, job_id)["chunks"] == 2
@@ -172,12 +174,13 @@ def test_two_handlers_of_two_chunks_at_once_do_not_both_keep_the_same_line(conn,
 
     first, second = rows(conn, job_id).values()
     assert first["status"] == second["status"] == "completed"
-    assert sorted([first["regenerations"], second["regenerations"]]) == [0, 1]  # one was told what it repeated
-    assert not is_near_duplicate(first["opener"], second["opener"])
-    assert first["quality"] == second["quality"] == ["generic"]
-    assert fake.stats()["reasks"] == 1
+    assert [first["regenerations"], second["regenerations"]] == [0, 0]
+    assert is_near_duplicate(first["opener"], second["opener"])
+    assert sorted([first["quality"], second["quality"]]) == [["duplicate", "generic"], ["generic"]]  # exactly one
+    assert fake.stats()["reasks"] == 0
     job = db.get_job(conn, job_id)
-    assert job["status"] == "completed" and job["quality"]["regenerated"] == 1
+    assert job["status"] == "completed" and job["quality"]["regenerated"] == 0
+    assert job["quality"]["flagged"]["duplicate"] == 1
     assert index.redis.exists(*index.keys(job_id)) == 0  # the completed job's index is forgotten
 
 

@@ -60,3 +60,12 @@ def wide_csv(rows: int) -> bytes:
 def rows_for_size(size: int) -> int:
     """About how many rows make a file of `size` bytes."""
     return max(1, size * 10 // len(wide_csv(10)))
+
+
+def padded_csv(urls: int, size: int) -> bytes:
+    """A file of about `size` bytes with only `urls` rows (a company site each, then a long notes
+    cell): big enough to be uploaded by parts, few enough URLs to process in seconds."""
+    pad = max(0, size // urls - 60)
+    assert pad < 1_000_000, "a cell holds at most 1 MiB"
+    rows = [f"https://company{i}.example.com/,{chr(97 + i % 26) * pad}\n" for i in range(urls)]
+    return ("website,notes\n" + "".join(rows)).encode()

@@ -63,9 +63,11 @@ def rows_for_size(size: int) -> int:
 
 
 def padded_csv(urls: int, size: int) -> bytes:
-    """A file of about `size` bytes with only `urls` rows (a company site each, then a long notes
-    cell): big enough to be uploaded by parts, few enough URLs to process in seconds."""
-    pad = max(0, size // urls - 60)
+    """A wide file of about `size` bytes with only `urls` rows (a person's LinkedIn, the company's
+    site and Facebook page, then a long notes cell): big enough to be uploaded by parts, few
+    enough URLs to process in seconds."""
+    pad = max(0, size // urls - 150)
     assert pad < 1_000_000, "a cell holds at most 1 MiB"
-    rows = [f"https://company{i}.example.com/,{chr(97 + i % 26) * pad}\n" for i in range(urls)]
-    return ("website,notes\n" + "".join(rows)).encode()
+    rows = [f"https://www.linkedin.com/in/ann-{i}/,https://company{i}.example.com/,"
+            f"https://facebook.com/company{i},{chr(97 + i % 26) * pad}\n" for i in range(urls)]
+    return ("Person Linkedin Url,Website,Facebook Url,Notes\n" + "".join(rows)).encode()

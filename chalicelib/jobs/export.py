@@ -1,11 +1,23 @@
 """The results CSV: the original rows in order plus the opener columns, rendered for a download
-(inline or through S3) and written to S3 once a job completes."""
+(inline or through S3) and written to S3 once a job completes.
+
+Memory stays flat whatever the file's size: the original is streamed from S3 and merge-joined
+by row number with the URL rows, read from PostgreSQL in keyset pages; the CSV is written to a
+temporary file (in memory up to a few MB, then on disk) and sent to S3 as a multipart upload
+(`Storage.put_file`: 8 MiB parts). A big download is a 302 to a presigned URL of that object;
+a completed job's results CSV is written once and served from then on, and an unfinished job's
+export is kept under a name made of its progress, so a download with no progress since the
+last one is not built again.
+
+Row filters: a download may keep only some rows (`keep`, a RowFilter, e.g. `?review=approved`);
+such an export is named by its `view` as well, and never served from the full results CSV."""
 
 from __future__ import annotations
 
 import csv
 import io
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import IO
 
@@ -33,15 +45,20 @@ INLINE_DOWNLOAD_LIMIT = BINARY_BODY_LIMIT  # larger downloads go through S3 (bas
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+# Whether a row of the file goes into a download: given the row and its URL result (None for an
+# invalid row or one not processed yet). None keeps every row.
+RowFilter = Callable[[csvfile.Row, dict | None], bool]
+
 
 def neutralize(cell: str) -> str:
     """Keep spreadsheets from running a cell as a formula."""
     return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
 
 
-def write_csv(conn, storage: Storage, job: dict, out: IO[str]) -> int:
+def write_csv(conn, storage: Storage, job: dict, out: IO[str], keep: RowFilter | None = None) -> int:
     """The original rows in order plus opener columns, merge-joined with the URL rows by row
-    number (both in file order, so memory stays bounded). Returns the rows written."""
+    number (both in file order, so memory stays bounded); with `keep`, only the rows it keeps.
+    Returns the rows written."""
     layout = layout_of(job)
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow([neutralize(c) for c in (*layout.columns, *EXTRA_COLUMNS)])
@@ -53,6 +70,8 @@ def write_csv(conn, storage: Storage, job: dict, out: IO[str]) -> int:
         while current is not None and current["row_number"] < row.row:
             current = next(results, None)
         match = current if current is not None and current["row_number"] == row.row else None
+        if keep is not None and not keep(row, match):
+            continue
         extra = _extra_cells(row, match)
         cells = record + [""] * (width - len(record))
         writer.writerow([neutralize(c) for c in (*cells, *extra)])
@@ -72,29 +91,32 @@ def _extra_cells(row, result: dict | None) -> tuple[str, ...]:
             result["evidence"] or "", ";".join(result["quality"] or ()), result["language"] or "")
 
 
-def render_csv(conn, storage: Storage, job: dict, spool_limit: int) -> IO[bytes]:
+def render_csv(conn, storage: Storage, job: dict, spool_limit: int, keep: RowFilter | None = None) -> IO[bytes]:
     """The download CSV in a temporary file (in memory up to `spool_limit` bytes), rewound."""
     buffer = tempfile.SpooledTemporaryFile(max_size=spool_limit, mode="w+b")
     text = io.TextIOWrapper(buffer, encoding="utf-8", newline="")
-    write_csv(conn, storage, job, text)
+    write_csv(conn, storage, job, text, keep)
     text.flush()
     text.detach()
     buffer.seek(0)
     return buffer
 
 
-def download(conn, storage: Storage, account_id: str, job_id: str) -> tuple[str, str | bytes, str]:
-    """-> ("inline", csv bytes, file name) or ("redirect", presigned URL, file name)."""
+def download(conn, storage: Storage, account_id: str, job_id: str, *, view: str = "all",
+             keep: RowFilter | None = None) -> tuple[str, str | bytes, str]:
+    """-> ("inline", csv bytes, file name) or ("redirect", presigned URL, file name). `view`
+    names the rows `keep` keeps (a plain word: it is part of the export's key)."""
     job = require_job(conn, account_id, job_id)
     if job["layout"] is None:
         raise Conflict("The file has not been validated yet; call /api/upload/process first", code="not_ready")
     name = download_name(job["file_name"])
-    if job["status"] == "completed" and job["result_path"] and storage.exists(job["result_path"]):
+    if (keep is None and job["status"] == "completed" and job["result_path"]
+            and storage.exists(job["result_path"])):
         return "redirect", storage.presigned_get(job["result_path"], name), name  # written once, not rebuilt
-    key = export_key(job)
+    key = export_key(job, view)
     if storage.exists(key):  # no progress since this version was rendered
         return "redirect", storage.presigned_get(key, name), name
-    with render_csv(conn, storage, job, INLINE_DOWNLOAD_LIMIT + 1) as buffer:
+    with render_csv(conn, storage, job, INLINE_DOWNLOAD_LIMIT + 1, keep) as buffer:
         data = buffer.read(INLINE_DOWNLOAD_LIMIT + 1)
         if len(data) <= INLINE_DOWNLOAD_LIMIT:
             return "inline", data, name
@@ -104,12 +126,12 @@ def download(conn, storage: Storage, account_id: str, job_id: str) -> tuple[str,
     return "redirect", storage.presigned_get(key, name), name
 
 
-def export_key(job: dict) -> str:
+def export_key(job: dict, view: str = "all") -> str:
     """Where a big download of the job as it is now is kept: named by its progress (counters and
     last update), so a download with no progress since the last one finds it already written."""
     updated_us = (job["updated_at"] - EPOCH) // timedelta(microseconds=1)
     version = f"{job['processed_rows']}-{job['failed_rows']}-{updated_us}"
-    return f"exports/{job['account_id']}/{job['id']}/{version}.csv"
+    return f"exports/{job['account_id']}/{job['id']}/{version}{'' if view == 'all' else '-' + view}.csv"
 
 
 def drop_older_exports(storage: Storage, key: str) -> None:
@@ -117,11 +139,17 @@ def drop_older_exports(storage: Storage, key: str) -> None:
     failure leaves). A link to one handed out moments ago then finds it gone, and a new download
     gives the newer version."""
     for older in storage.keys(key.rsplit("/", 1)[0] + "/"):
-        if older != key:
+        if older != key and _view_of(older) == _view_of(key):
             try:
                 storage.delete(older)
             except Exception:
                 log.exception("could not delete an old export", extra={"key": older})
+
+
+def _view_of(key: str) -> str:
+    """The view an export key names ("all" for a plain one): `<processed>-<failed>-<us>[-view].csv`."""
+    parts = key.rsplit("/", 1)[1].removesuffix(".csv").split("-", 3)
+    return parts[3] if len(parts) == 4 else "all"
 
 
 def download_name(file_name: str) -> str:

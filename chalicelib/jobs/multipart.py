@@ -62,18 +62,23 @@ def parts_answer(storage: Storage, settings: Settings, job: dict, numbers: list[
     }
 
 
-def multipart_job(conn, account_id: str, job_id: str) -> dict:
+def multipart_job(conn, storage: Storage, account_id: str, job_id: str) -> dict:
+    """The caller's job with a multipart upload; one no longer pending (canceled, failed) has its
+    upload aborted if a failed abort left it open."""
     job = require_job(conn, account_id, job_id)
     if job["upload_part_size"] is None:
         raise Conflict("This job's file is not a multipart upload: PUT the whole file to the upload_url "
                        "POST /api/upload/url answered, then POST /api/upload/process", code="not_multipart")
+    if job["status"] != "pending" and job["upload_id"] is not None:
+        abort(conn, storage, job)
+        job = {**job, "upload_id": None}
     return job
 
 
 def uploaded_parts(conn, storage: Storage, settings: Settings, account_id: str, job_id: str) -> dict:
     """GET /api/upload/{job_id}/parts: the parts S3 holds whole, and fresh URLs for the others (to
     resume an upload after a dropped connection, or once its first URLs expired)."""
-    job = multipart_job(conn, account_id, job_id)
+    job = multipart_job(conn, storage, account_id, job_id)
     if job["upload_id"] is None:
         return _finished(storage, job)
     try:
@@ -96,7 +101,7 @@ def _sort_parts(job: dict, held: list[dict]) -> tuple[list[dict], list[int]]:
 
 def _finished(storage: Storage, job: dict) -> dict:
     """The answer for an upload that is no longer open: completed (the object is there) or not."""
-    if job["status"] == "failed" or not storage.exists(job["file_path"]):
+    if job["status"] in ("failed", "canceled") or not storage.exists(job["file_path"]):
         raise Conflict("This upload is no longer open (it was refused, canceled or expired); start again with "
                        "POST /api/upload/url" + (f". Reason: {job['error']}" if job["error"] else ""),
                        code="upload_closed")
@@ -107,7 +112,7 @@ def complete(conn, storage: Storage, settings: Settings, account_id: str, job_id
     """POST /api/upload/complete: join the parts into the file. Every part must be there whole;
     the joined file is checked against the bound (refused: deleted, job failed). Completing an
     upload already completed answers the same."""
-    job = multipart_job(conn, account_id, job_id)
+    job = multipart_job(conn, storage, account_id, job_id)
     if job["upload_id"] is None:
         return _finished(storage, job)
     sizes = part_sizes(job["upload_size"], job["upload_part_size"])

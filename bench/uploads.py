@@ -125,6 +125,12 @@ def child(step: str, job_id: str, out: str) -> None:
     job = db.get_job(conn, job_id)
     storage.check()
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    profiler = None
+    if os.environ.get("BENCH_PROFILE"):
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     started = time.perf_counter()
     if step == "export":
         assert jobs.export_job(deps.conn, storage, job)
@@ -132,6 +138,11 @@ def child(step: str, job_id: str, out: str) -> None:
     else:
         kind, _payload, _name = jobs.download(conn, storage, str(job["account_id"]), job_id)
     elapsed = time.perf_counter() - started
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(out).write_text(json.dumps({"seconds": elapsed, "peak_mib": peak, "baseline_mib": baseline, "kind": kind}))
 

@@ -13,6 +13,9 @@ from botocore.exceptions import ClientError
 READ_CHUNK = 256 * 1024
 TRANSFER = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024,
                           max_concurrency=4)
+# s3transfer reads the parts of a file object into memory ahead of the threads sending them (10 by
+# default: 80 MiB); as many as are sent at once is enough.
+TRANSFER.max_in_memory_upload_chunks = 4
 
 
 class ObjectMissing(LookupError):

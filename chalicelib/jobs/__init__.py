@@ -1,4 +1,5 @@
-"""Jobs: a job's life from the API's side. Created from an upload (`create`), started
+"""Jobs: a job's life from the API's side. Created from an upload (`create`; a big presigned
+upload goes by parts: `multipart`), started
 (`start`, or a drop: `drops`), changed (`control`: cancel, retry), swept for what crashes left
 undone (`sweep`), shown (`views`), exported (`export`) and previewed (`preview`). Request
 options are checked in `options`.

@@ -297,8 +297,9 @@ def section(f: dict) -> str:
         f"{se['peak_mib']:.0f} | {se['baseline_mib']:.0f} | written |",
         "",
         f"Peak RSS over the baseline: {e['peak_mib'] - e['baseline_mib']:.0f} MiB for the whole file, "
-        f"{se['peak_mib'] - se['baseline_mib']:.0f} MiB for a fifth of it: memory does not follow the file's "
-        "size. The original streams from S3, the results come in keyset pages of 5,000, the CSV spools to "
+        f"{se['peak_mib'] - se['baseline_mib']:.0f} MiB for a fifth of it: bounded by the parts in flight "
+        "(at most 4 of 8 MiB), not following the file's size. The original streams from S3, the results "
+        "come in keyset pages of 5,000, the CSV spools to "
         "disk (past 8 MiB) and goes to S3 in 8 MiB parts, at most 4 in memory (the `-N` ETag is a "
         "multipart upload's). Times on this shared 2-core machine vary with the other engineers' load "
         "(load average 20–30 during these runs), the upload ratio most of all.",

@@ -18,7 +18,9 @@ PAGE_HOST_FAILURE_TTL_S). Runs, each on a new job:
              (a dead resolver: the handlers' fetcher gets a resolver that sleeps 5 s for
              *.nodns.test; getaddrinfo itself blocks, in the fetcher's resolver threads).
 
-and, at 2R (fake and limiter), `off` and `hang` again: does a doubled limit get reached?
+and, at 2R (fake and limiter), `off` and `hang` again: does a doubled limit get reached? A run
+name ending in `-old` runs with the settings of before this change (PAGE_FETCH_CONCURRENCY 32,
+PAGE_DNS_TIMEOUT_S 5, PAGE_HOST_FAILURE_TTL_S 0); the worker's own wait bound stays.
 
 Figures: achieved rate / R (the fake's own count of successful calls between its first and last
 request), ratio to `off` at the same R (goal ≥ 0.9), 429 share, each row's context_status, the
@@ -54,7 +56,8 @@ WORKERS = 4
 LATENCY_MS = "200"
 HANG_IP = "127.0.0.2"
 ENV_PREFIXES = ("OPENAI_", "CHUNK_", "RATELIMIT_", "OUTBOUND_", "PAGE_", "BENCH_")
-RUNS = ("off", "hang", "hang-32", "nodns", "off-2R", "hang-2R")
+RUNS = ("off", "hang", "hang-32", "nodns", "off-2R", "hang-2R", "hang-2R-old")
+OLD = {"PAGE_FETCH_CONCURRENCY": "32", "PAGE_DNS_TIMEOUT_S": "5", "PAGE_HOST_FAILURE_TTL_S": "0"}
 assert INSTRUCTIONS  # the same instructions as pagecontext's jobs (make_job uses them)
 
 
@@ -112,7 +115,7 @@ def bench_resolver(real=socket.getaddrinfo, dns_s: float = DNS_S):
 
 
 def urls_for(run: str, n: int, port: int, tag: str) -> list[str]:
-    kind = run.removesuffix("-2R")
+    kind = run.removesuffix("-old").removesuffix("-2R")
     if kind in ("off", "hang"):
         return [f"http://{tag}-site-{i}.hang.test:{port}/" for i in range(n)]
     if kind == "hang-32":
@@ -177,13 +180,17 @@ def _seconds(values: list[float]) -> dict:
 
 
 def run(base_url: str, server: HangServer, name: str) -> dict:
-    rpm = RPM * (2 if name.endswith("-2R") else 1)
+    rpm = RPM * (2 if name.removesuffix("-old").endswith("-2R") else 1)
     fake_call(base_url, "/_fake/reset", {"keep_config": True})
     fake_call(base_url, "/_fake/config", {"rpm": rpm})
     settings = {"OPENAI_RPM": str(rpm), "OPENAI_TPM": "0", "CHUNK_SIZE": str(-(-URLS // WORKERS)),
                 "CHUNK_CONCURRENCY": CHUNK_CONCURRENCY, "OPENAI_TIMEOUT_S": "10",
                 "OUTBOUND_ALLOW_NETWORKS": "127.0.0.0/8",
                 "RATELIMIT_PREFIX": f"{os.environ.get('RATELIMIT_PREFIX', 'bench')}:dead:{time.time_ns()}"}
+    for key in OLD:
+        os.environ.pop(key, None)
+    if name.endswith("-old"):
+        settings.update(OLD)
     use_fake(base_url, **settings)
     tag = f"d{time.time_ns() % 10**9}"
     job_id, _ = make_job(urls_for(name, URLS, server.port, tag), tag, page_context=not name.startswith("off"))
@@ -267,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nDead pages: fake provider at R = {RPM} RPM, {LATENCY_MS} ms latency, {URLS} URLs, {WORKERS} handler "
           f"processes × {CHUNK_CONCURRENCY} calls")
     for name, r in results.items():
-        base = results.get("off-2R" if name.endswith("-2R") else "off")
+        base = results.get("off-2R" if "-2R" in name else "off")
         ratio = f"{r['utilization'] / base['utilization']:.3f}" if base else "-"
         print(f"{name:>8}: rate/R {r['utilization']:.3f}  ÷ off {ratio}  429s {r['share_429']:.2%}  "
               f"peak RSS MB {r['peak_rss_mb']}")

@@ -97,11 +97,12 @@ class _Stop(Exception):
     ``host``: set when the host itself failed (its name did not resolve, or it did not answer in
     time), so a page fetch remembers it in :class:`HostFailures`."""
 
-    def __init__(self, status: str, reason: str, host: str | None = None) -> None:
+    def __init__(self, status: str, reason: str, host: str | None = None, skipped: bool = False) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.host = host
+        self.skipped = skipped
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -131,6 +132,7 @@ class FetchResult:
     truncated: bool = False  # the body was longer than the limit and was cut there
     hops: tuple[Hop, ...] = ()
     elapsed_s: float = 0.0
+    skipped: bool = False  # ended before trying: a host on the way failed a moment ago (HostFailures)
 
     @property
     def ok(self) -> bool:
@@ -248,7 +250,7 @@ class HostFailures:
         failed = self.get(host)
         if failed is not None:
             status, reason = failed
-            raise _Stop(status, f"{reason} (a moment ago: not tried again for now)")
+            raise _Stop(status, f"{reason} (a moment ago: not tried again for now)", skipped=True)
 
 
 @dataclass
@@ -446,7 +448,7 @@ class Fetcher:
                 self.host_failures.record(stop.host, stop.status, stop.reason)
             last = hops[-1] if hops else None
             return FetchResult(stop.status, stop.reason, url, final_url=current, hops=tuple(hops),
-                               http_status=last.http_status if last else None)
+                               http_status=last.http_status if last else None, skipped=stop.skipped)
 
     def _target(self, url: str, deadline: Deadline, *, skip_failed: bool = False) -> _Target:
         """Parse, resolve and check one URL: every refusal happens here, before any connection.

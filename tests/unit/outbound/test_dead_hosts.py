@@ -183,3 +183,30 @@ def _wait_for(condition, attempts: int = 300) -> bool:
             return True
         done.wait(0.01)
     return condition()
+
+
+def test_a_page_skipped_for_its_host_is_not_cached_for_its_url_but_one_that_was_tried_is():
+    """The Redis cache is per URL: a URL never tried (its host failed a moment ago) must be tried
+    once the host memory lapses, not be kept as a failure for the cache's failure TTL."""
+    from chalicelib.outbound.summaries import PageCache, summarize_page
+
+    class Store:
+        def __init__(self) -> None:
+            self.data: dict[str, str] = {}
+
+        def get(self, key):
+            return self.data.get(key)
+
+        def set(self, key, value, ex=None):
+            self.data[key] = value
+
+    store = Store()
+    cache = PageCache(store, prefix="t")
+    calls: list[str] = []
+    fetcher = Fetcher(resolver=counting_resolver({}, calls))
+    tried = summarize_page("http://nowhere.example/a", fetcher, cache, "acct")
+    skipped = summarize_page("http://nowhere.example/b", fetcher, cache, "acct")
+    assert tried.context_status == skipped.context_status == ERROR and "a moment ago" in skipped.reason
+    assert cache.get("http://nowhere.example/a", "acct") == tried
+    assert cache.get("http://nowhere.example/b", "acct") is None
+    assert fetcher.get_page("http://nowhere.example/c").skipped and calls == ["nowhere.example"]

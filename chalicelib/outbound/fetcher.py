@@ -216,14 +216,20 @@ class HostSlots:
 class HostFailures:
     """Hosts whose page fetch timed out or whose name did not resolve, remembered for ``ttl_s``
     in this process (at most ``size`` of them, the oldest forgotten first), with the status and
-    reason of that failure. ``ttl_s`` 0 remembers nothing."""
+    reason of that failure. ``ttl_s`` 0 remembers nothing.
 
-    def __init__(self, ttl_s: float, size: int = HOST_FAILURES_SIZE,
+    When the memory of a host lapses, one fetch goes ahead as a probe and the others go on
+    skipping the host for ``probe_s`` meanwhile: a host that still hangs costs one fetch's time
+    per lapse, not a wave of every row of that host at once. The probe's failure is remembered
+    again (``record``); a page it fetched clears the host (``forget``)."""
+
+    def __init__(self, ttl_s: float, size: int = HOST_FAILURES_SIZE, probe_s: float = DEFAULT_TIMEOUT_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = max(0.0, ttl_s)
         self.size = max(1, size)
+        self.probe_s = max(0.0, probe_s)
         self.clock = clock
-        self._failed: dict[str, tuple[float, str, str]] = {}  # host -> (expires at, status, reason)
+        self._failed: dict[str, tuple[float, float, str, str]] = {}  # host -> (until, failed at, status, reason)
         self._lock = threading.Lock()
 
     def record(self, host: str, status: str, reason: str) -> None:
@@ -233,21 +239,39 @@ class HostFailures:
             self._failed.pop(host, None)  # re-inserted last: the dict stays in expiry order
             while len(self._failed) >= self.size:
                 self._failed.pop(next(iter(self._failed)))
-            self._failed[host] = (self.clock() + self.ttl_s, status, reason)
+            now = self.clock()
+            self._failed[host] = (now + self.ttl_s, now, status, reason)
+
+    def forget(self, host: str) -> None:
+        with self._lock:
+            self._failed.pop(host, None)
 
     def get(self, host: str) -> tuple[str, str] | None:
-        """(status, reason) of the host's recent failure, or None."""
+        """(status, reason) of the host's failure while it is remembered, or None (no side effect)."""
+        with self._lock:
+            failed = self._failed.get(host)
+            return (failed[2], failed[3]) if failed is not None and failed[0] > self.clock() else None
+
+    def admit(self, host: str, failed_since: float | None = None) -> tuple[str, str] | None:
+        """None: go ahead (the host is not remembered, or this caller is the probe of a lapsed
+        memory); else (status, reason) to skip it with. ``failed_since``: only a failure recorded
+        at or after that time counts (a fetch that waited for a slot while another failed), and
+        a lapsed memory is then not probed again."""
         with self._lock:
             failed = self._failed.get(host)
             if failed is None:
                 return None
-            if failed[0] <= self.clock():
-                del self._failed[host]
-                return None
-            return failed[1], failed[2]
+            until, failed_at, status, reason = failed
+            if failed_since is not None:
+                return (status, reason) if failed_at >= failed_since and until > self.clock() else None
+            now = self.clock()
+            if until > now:
+                return status, reason
+            self._failed[host] = (now + self.probe_s, failed_at, status, reason)  # this caller probes
+            return None
 
-    def check(self, host: str) -> None:
-        failed = self.get(host)
+    def check(self, host: str, failed_since: float | None = None) -> None:
+        failed = self.admit(host, failed_since)
         if failed is not None:
             status, reason = failed
             raise _Stop(status, f"{reason} (a moment ago: not tried again for now)", skipped=True)
@@ -345,7 +369,7 @@ class Fetcher:
         self.robots_ttl_s = robots_ttl_s
         self.slots = HostSlots(host_concurrency)
         self.dns_timeout_s = dns_timeout_s
-        self.host_failures = HostFailures(host_failure_ttl_s)
+        self.host_failures = HostFailures(host_failure_ttl_s, probe_s=timeout_s)
         self._ssl_context = ssl_context
         self._robots: dict[tuple[str, str, int], _Robots] = {}
         self._lock = threading.Lock()
@@ -422,17 +446,20 @@ class Fetcher:
         current = url
         try:
             for hop in range(self.max_redirects + 1):
+                hop_started = self.host_failures.clock()
                 target = (first if hop == 0 and first is not None
                           else self._target(current, deadline, skip_failed=page))
                 slot = self.slots.hold(target.host, deadline) if use_slots else _no_slot()
                 with slot:
-                    if page:
-                        self.host_failures.check(target.host)  # it may have failed while we waited
+                    if page:  # the host may have failed while we waited for the slot
+                        self.host_failures.check(target.host, failed_since=hop_started)
                         self._check_robots(target, deadline)
                     with self._open(target, method, body, headers, deadline) as (conn, response, address, dog):
                         hops.append(Hop(current, address, target.port, response.status))
                         location = response.headers.get("location") if response.status in REDIRECT_CODES else None
                         if not (follow and location):
+                            if page:
+                                self.host_failures.forget(target.host)  # it answered
                             return self._finish(url, target, response, dog, hops, page=page, max_bytes=max_bytes)
                         if hop == self.max_redirects:
                             raise _Stop(ERROR, f"more than {self.max_redirects} redirects")

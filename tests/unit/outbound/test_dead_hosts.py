@@ -71,6 +71,29 @@ def test_a_failed_host_is_remembered_for_its_ttl_then_forgotten():
     assert failures.get("dead.example") is None
 
 
+def test_when_the_memory_lapses_one_fetch_probes_while_the_others_still_skip():
+    clock = Clock()
+    failures = HostFailures(60, probe_s=5, clock=clock)
+    failures.record("dead.example", TIMEOUT, "timed out")
+    assert failures.admit("dead.example") == (TIMEOUT, "timed out")
+    clock.now += 61
+    assert failures.admit("dead.example") is None  # the probe
+    assert failures.admit("dead.example") == (TIMEOUT, "timed out")  # the others, meanwhile
+    clock.now += 5.1
+    assert failures.admit("dead.example") is None  # the probe never reported: another one
+    failures.forget("dead.example")  # it answered
+    assert failures.admit("dead.example") is None and failures.admit("dead.example") is None
+
+
+def test_a_failure_recorded_while_a_fetch_waited_counts_for_it_an_older_one_does_not():
+    clock = Clock()
+    failures = HostFailures(60, clock=clock)
+    failures.record("dead.example", TIMEOUT, "timed out")
+    clock.now += 1
+    assert failures.admit("dead.example", failed_since=clock.now - 2) == (TIMEOUT, "timed out")
+    assert failures.admit("dead.example", failed_since=clock.now) is None
+
+
 def test_the_memory_is_bounded_oldest_first_and_a_zero_ttl_remembers_nothing():
     failures = HostFailures(60, size=3, clock=Clock())
     for n in range(5):
@@ -133,7 +156,8 @@ def test_after_the_ttl_the_host_is_tried_again():
     fetcher.get_page("http://nowhere.example/")
     fetcher.get_page("http://nowhere.example/")
     clock.now += 31
-    fetcher.get_page("http://nowhere.example/")
+    fetcher.get_page("http://nowhere.example/")  # the probe: still nothing
+    fetcher.get_page("http://nowhere.example/")  # remembered again
     assert calls == ["nowhere.example", "nowhere.example"]
 
 
@@ -148,6 +172,23 @@ def test_a_site_that_never_answers_is_waited_on_once_then_skipped():
         assert all(r.status == TIMEOUT and "a moment ago" in r.reason for r in later)
         assert site.hits["/hang"] == 1 and site.hits["/fine"] == 0 and site.hits["/other"] == 0
         assert fetcher.request("GET", site.url("/fine")).http_status == 200  # not a page: not skipped
+        fetcher.host_failures.forget("127.0.0.1")  # as a probe that got a page does
+        assert fetcher.get_page(site.url("/fine")).ok
+
+
+def test_a_probe_that_gets_a_page_clears_the_host():
+    with FakeSite() as site:
+        site.add("/hang", b"<html><title>late</title></html>", delay_s=30)
+        site.page("/fine", b"<html><title>fine</title></html>")
+        clock = Clock()
+        fetcher = Fetcher(allow_networks=ALLOW, timeout_s=0.5, host_failure_ttl_s=60)
+        fetcher.host_failures.clock = clock
+        assert fetcher.get_page(site.url("/hang")).status == TIMEOUT
+        assert fetcher.get_page(site.url("/fine")).skipped
+        clock.now += 61
+        assert fetcher.get_page(site.url("/fine")).ok  # the probe
+        assert fetcher.host_failures.get("127.0.0.1") is None and fetcher.get_page(site.url("/fine")).ok
+        assert site.hits["/fine"] == 2
 
 
 def test_with_a_zero_ttl_every_page_tries_again():

@@ -189,16 +189,16 @@ def _handle_chunk(args: tuple[str, int, dict, bool]) -> float:
     return time.monotonic() - started
 
 
-def utilization_cost(base_url: str) -> dict:
-    """(b) at the utilization benchmark's setup: utilization with checks on ÷ off."""
+def utilization_cost() -> dict:
+    """(b) at the utilization benchmark's setup (its own fake server, started as that benchmark
+    starts it): utilization with checks on ÷ off."""
     import multiprocessing
 
-    from bench.common import fake_call, job_counts, use_fake
+    from bench.common import fake_call, fake_openai, job_counts, use_fake
     from bench.utilization import rate_figures
 
-    fake_call(base_url, "/_fake/config", {"misbehave": {}, "latency_ms": UTIL_LATENCY_MS, "rpm": UTIL_RPM})
     runs: dict[str, list[dict]] = {"off": [], "on": []}
-    try:
+    with fake_openai("--latency-ms", str(UTIL_LATENCY_MS), "--rpm", str(UTIL_RPM)) as base_url:
         for _ in range(UTIL_RUNS):
             for label in ("off", "on"):
                 fake_call(base_url, "/_fake/reset", {"keep_config": True})
@@ -213,8 +213,6 @@ def utilization_cost(base_url: str) -> dict:
                 figures = rate_figures(fake_call(base_url, "/_fake/stats"), UTIL_RPM)
                 figures.update(wall_s=round(time.monotonic() - started, 1), job=job_counts(job_id))
                 runs[label].append(figures)
-    finally:
-        fake_call(base_url, "/_fake/config", {"latency_ms": 0, "rpm": 0})
     on = [r["utilization"] for r in runs["on"]]
     off = [r["utilization"] for r in runs["off"]]
     return {"rpm": UTIL_RPM, "urls": UTIL_URLS, "utilization_on": [round(x, 3) for x in on],
@@ -277,9 +275,9 @@ def main() -> dict:
             cost = checks_cost(base_url)
             print(f"Quality (b): rows/s with checks on ÷ off at zero latency: {cost['ratio']} (goal ≥ 0.97) "
                   f"on {cost['rows_per_s_on']} off {cost['rows_per_s_off']}")
-        if "u" in parts:
-            util = utilization_cost(base_url)
-            print(f"Quality (b): utilization with checks on ÷ off at R = {UTIL_RPM}, {UTIL_LATENCY_MS} ms: "
+    if "u" in parts:
+        util = utilization_cost()
+        print(f"Quality (b): utilization with checks on ÷ off at R = {UTIL_RPM}, {UTIL_LATENCY_MS} ms: "
                   f"{util['ratio']} (goal ≥ 0.97) on {util['utilization_on']} off {util['utilization_off']}")
     if "c" in parts:
         scaling = duplicate_scaling()

@@ -1,7 +1,10 @@
 """Which language a page is in, and whether an opener is written in the one asked for.
 
 Detection is offline with py3langid (the langid.py model, 97 languages, shipped in the wheel,
-a few milliseconds to load and microseconds per line). lingua-language-detector was weighed: it
+about a second to load, then ~0.15 ms per line). Each distinct text is ranked once (an LRU
+cache): an opener is checked again when its flags are re-read for a duplicate, and a row's page
+summary once per answer. No cheaper signal stands in for the model: ASCII text is no sign of
+English (German, French or Spanish often need no accent at all). lingua-language-detector was weighed: it
 is more accurate on very short texts but its wheel is ~100 MB and its loaded models ~1.3 GB,
 too much for a Lambda; detectors built on fastText need a model downloaded at run time.
 

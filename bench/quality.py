@@ -182,8 +182,13 @@ def _handle_chunk(args: tuple[str, int, dict, bool]) -> float:
     job_id, chunk, env, checks = args
     os.environ.update(env)
     from chalicelib import deps
+    from chalicelib.quality import language
 
     worker = deps.chunk_worker() if checks else unchecked_worker()
+    # A warm handler, as a Lambda container is after its first invocation: the language model
+    # (about a second to load, many more on a loaded machine, while the handler's calls wait)
+    # is loaded before the chunk, in both kinds of process alike.
+    language.detect("a warm handler has its language model loaded already")
     started = time.monotonic()
     worker.process_chunk(job_id, chunk, lambda: float("inf"))
     return time.monotonic() - started

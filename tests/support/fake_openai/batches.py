@@ -61,7 +61,7 @@ from .config import FakeConfig
 from .misbehave import Tracker
 from .prompt_cache import PromptCache
 from .responses import APIError, completion, server_error_body
-from .tokens import REPLY_PRIMING, count_tokens, message_tokens
+from .tokens import REPLY_PRIMING, count_tokens, format_tokens, message_tokens
 
 ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOW = "24h"
@@ -408,7 +408,8 @@ class BatchStore:
         per_message = [message_tokens(message) for message in messages]
         cached = self.cache.use(str(body["model"]), answer.cache_key, messages, per_message, time.monotonic(),
                                 config.prompt_cache_min_tokens, config.prompt_cache_ttl_s)
-        payload = completion(n, created, str(body["model"]), answer.content, REPLY_PRIMING + sum(per_message),
+        payload = completion(n, created, str(body["model"]), answer.content,
+                             REPLY_PRIMING + sum(per_message) + format_tokens(body),
                              count_tokens(answer.content), cached)
         payload["id"] = f"chatcmpl-fakebatch{n:012d}"
         return 200, payload

@@ -20,7 +20,7 @@ from .misbehave import Tracker
 from .prompt_cache import PromptCache
 from .ratelimit import RateLimits
 from .responses import APIError, error_body
-from .tokens import REPLY_PRIMING, count_tokens, message_tokens
+from .tokens import REPLY_PRIMING, count_tokens, format_tokens, message_tokens
 from .wire import MAX_BODY, MAX_HEAD, HTTPError, parse_head, read_body, response
 
 log = logging.getLogger("fake_openai")
@@ -367,7 +367,7 @@ class FakeOpenAIServer:
         answer = answers.compose(request, kind, config, tracker)
         url, content = answer.url, answer.content
         per_message = [message_tokens(message) for message in messages]
-        p_tokens = REPLY_PRIMING + sum(per_message)  # = prompt_tokens(messages)
+        p_tokens = REPLY_PRIMING + sum(per_message) + format_tokens(request)  # prompt_tokens(messages) + schema
         c_tokens = count_tokens(content)
         max_out = request.get("max_completion_tokens") or request.get("max_tokens")
         if isinstance(max_out, bool) or not isinstance(max_out, int) or max_out <= 0:

@@ -145,3 +145,39 @@ def estimate(prices: dict, model: str, urls: int, instructions: str | None, fiel
         "cached_tokens": cached_tokens,
         "basis": calibrated["basis"] if calibrated else "heuristic",
     }
+
+
+def _priced(prices: dict, model: str | None, prompt_tokens: int, completion_tokens: int, mode: str) -> float | None:
+    cost = cost_usd(prices, model, prompt_tokens, completion_tokens, mode)
+    return None if cost is None else round(cost, 4)
+
+
+def job_estimate(prices: dict, job: dict) -> dict | None:
+    """The job's estimate as its JSON shows it beside ``cost_usd``: the best projection of the
+    whole job in its mode (from the first chunk's real usage once known, else the start's),
+    what was estimated at the start, and how the figures were made (``basis``). None for a job
+    never started (or started before estimates were kept)."""
+    stored = job.get("estimate") or {}
+    if "prompt_tokens" not in stored:
+        return None
+    mode = job["mode"]
+    at_start = {"basis": stored.get("basis", "heuristic"), "prompt_tokens": stored["prompt_tokens"],
+                "completion_tokens": stored["completion_tokens"],
+                "cost_usd": _priced(prices, job["model"], stored["prompt_tokens"], stored["completion_tokens"], mode)}
+    best = at_start
+    chunk = stored.get("first_chunk")
+    if chunk:
+        best = {"basis": "first_chunk", "prompt_tokens": int(chunk["prompt_tokens"]),
+                "completion_tokens": int(chunk["completion_tokens"])}
+        best["cost_usd"] = _priced(prices, job["model"], best["prompt_tokens"], best["completion_tokens"], mode)
+    return {**best, "urls": stored.get("urls"), "reused_rows": stored.get("reused_rows", 0),
+            "cached_tokens": stored.get("cached_tokens", 0), "at_start": at_start}
+
+
+def first_chunk_rows(saved: dict, chunk_size: int) -> int | None:
+    """The rows after which a job's estimate is corrected by real usage (the first chunk's
+    worth, or the whole job if smaller), when the save that returned `saved` (the job's counters
+    after it, and the rows it wrote) is the one that reached them; else None."""
+    threshold = max(1, min(int(saved["total_rows"]), int(chunk_size)))
+    done = int(saved["processed_rows"]) + int(saved["failed_rows"])
+    return threshold if done - int(saved["saved"]) < threshold <= done else None

@@ -34,6 +34,8 @@ from chalicelib.adapters.db.connection import (  # noqa: F401
 from chalicelib.adapters.db.jobs import (  # noqa: F401
     JOB_COLUMNS,
     PROGRESS,
+    add_live_tokens,
+    calibrate_estimate,
     cancel_job,
     complete_job_if_done,
     completed_without_results,
@@ -49,6 +51,7 @@ from chalicelib.adapters.db.jobs import (  # noqa: F401
     list_jobs,
     peek_undispatched,
     pop_undispatched,
+    set_estimate,
     stale_pending_drops,
     start_job,
     stop_for_budget,

@@ -18,6 +18,7 @@ from chalicelib.adapters.db.accounts import (  # noqa: F401
 from chalicelib.adapters.db.batches import (  # noqa: F401
     BATCH_COLUMNS,
     batch_cancelling,
+    batch_context,
     batch_polled,
     batch_rows,
     batch_submitted,
@@ -25,6 +26,8 @@ from chalicelib.adapters.db.batches import (  # noqa: F401
     insert_batch,
     job_batches,
     open_batches,
+    requeue_urls,
+    stale_submitting,
 )
 from chalicelib.adapters.db.connection import (  # noqa: F401
     connect,

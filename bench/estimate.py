@@ -19,6 +19,10 @@ home page from bench/pagecontext.py, summarised as the fetcher does) is:
              first answers priced at the batch price, re-asks at the live price, against the
              estimate's `batch_cost_usd`.
 
+Then, on the fake with 20 % of first answers bad (misbehave: an invented fact or spam, asked
+again by the checks; in batch mode those re-asks are live calls), two of the cases again
+("fake20").
+
 Prices: gpt-4o-mini from the table ($0.15 / $0.60 per million). Each figure is estimate ÷ actual
 (goal: within [0.85, 1.15]). Also shown: the estimate before this work (no schema, 70 completion
 tokens) ÷ the same actual.
@@ -163,7 +167,8 @@ def batch(base_url: str, generator, instructions: str, sample: list[tuple[str, s
             + pricing.cost_usd(prices, MODEL, again[0], again[1], "live"))
 
 
-def measure(backend: str, client: openai.OpenAI, base_url: str | None) -> list[dict]:
+def measure(backend: str, client: openai.OpenAI, base_url: str | None,
+            cases: tuple[tuple[bool, str], ...] | None = None) -> list[dict]:
     from chalicelib.generation import pricing
     from chalicelib.generation.openers import OpenerGenerator
     from chalicelib.jobs.preview import preview_calibration
@@ -172,49 +177,50 @@ def measure(backend: str, client: openai.OpenAI, base_url: str | None) -> list[d
     prices = get_settings().prices
     generator = OpenerGenerator(client, NoLimit(), MODEL, max_retries=3)
     out = []
-    for page_context in (False, True):
+    cases = cases or tuple((page, name) for page in (False, True) for name in INSTRUCTIONS)
+    for page_context, name in cases:
         sample = rows(page_context)
-        for name, instructions in INSTRUCTIONS.items():
-            if base_url:
-                fake_call(base_url, "/_fake/reset", {"keep_config": True})
-            tokens = live(generator, instructions, sample)
-            actual = pricing.cost_usd(prices, MODEL, sum(p for p, _ in tokens), sum(c for _, c in tokens))
-            estimate = pricing.estimate(prices, MODEL, URLS, instructions, [], page_context)
-            # the preview: its first rows' real usage against what the estimate says those rows cost
-            shown = [{"row": i, "prompt_tokens": p, "completion_tokens": c}
-                     for i, (p, c) in enumerate(tokens[:PREVIEW_ROWS])]
-            per_row = {i: (pricing.sample_request(instructions, [], page_context, sample_url=url, values={},
-                                                  page=page or ""), pricing.completion_tokens())
-                       for i, (url, page) in enumerate(sample[:PREVIEW_ROWS])}
-            calibrated = pricing.estimate(prices, MODEL, URLS, instructions, [], page_context,
-                                          calibrated=preview_calibration(shown, per_row))
-            head = tokens[:CHUNK]
-            projected = pricing.cost_usd(prices, MODEL, -(-sum(p for p, _ in head) * URLS // CHUNK),
-                                         -(-sum(c for _, c in head) * URLS // CHUNK))  # as calibrate_estimate rounds
-            old_p, old_c = old_estimate(instructions, page_context)
-            figures = {
-                "backend": backend, "instructions": name, "page_context": page_context,
-                "prompt_per_url": estimate["prompt_tokens_per_url"],
-                "actual_prompt_per_url": sum(p for p, _ in tokens) / URLS,
-                "completion_per_url": estimate["completion_tokens_per_url"],
-                "actual_completion_per_url": sum(c for _, c in tokens) / URLS,
-                "live": pricing.cost_usd(prices, MODEL, estimate["prompt_tokens"], estimate["completion_tokens"])
-                / actual,
-                "calibrated": pricing.cost_usd(prices, MODEL, calibrated["prompt_tokens"],
-                                               calibrated["completion_tokens"]) / actual,
-                "projected": projected / actual,
-                "old": pricing.cost_usd(prices, MODEL, old_p, old_c) / actual,
-                "batch": None, "batch_calibrated": None,
-            }
-            if base_url:
-                fake_call(base_url, "/_fake/reset", {"keep_config": True})
-                batch_actual = batch(base_url, generator, instructions, sample)
-                figures["batch"] = pricing.cost_usd(prices, MODEL, estimate["prompt_tokens"],
-                                                    estimate["completion_tokens"], "batch") / batch_actual
-                figures["batch_calibrated"] = pricing.cost_usd(prices, MODEL, calibrated["prompt_tokens"],
-                                                               calibrated["completion_tokens"], "batch") / batch_actual
-            out.append(figures)
-            print(line(figures), flush=True)
+        instructions = INSTRUCTIONS[name]
+        if base_url:
+            fake_call(base_url, "/_fake/reset", {"keep_config": True})
+        tokens = live(generator, instructions, sample)
+        actual = pricing.cost_usd(prices, MODEL, sum(p for p, _ in tokens), sum(c for _, c in tokens))
+        estimate = pricing.estimate(prices, MODEL, URLS, instructions, [], page_context)
+        # the preview: its first rows' real usage against what the estimate says those rows cost
+        shown = [{"row": i, "prompt_tokens": p, "completion_tokens": c}
+                 for i, (p, c) in enumerate(tokens[:PREVIEW_ROWS])]
+        per_row = {i: (pricing.sample_request(instructions, [], page_context, sample_url=url, values={},
+                                              page=page or ""), pricing.completion_tokens())
+                   for i, (url, page) in enumerate(sample[:PREVIEW_ROWS])}
+        calibrated = pricing.estimate(prices, MODEL, URLS, instructions, [], page_context,
+                                      calibrated=preview_calibration(shown, per_row))
+        head = tokens[:CHUNK]
+        projected = pricing.cost_usd(prices, MODEL, -(-sum(p for p, _ in head) * URLS // CHUNK),
+                                     -(-sum(c for _, c in head) * URLS // CHUNK))  # as calibrate_estimate rounds
+        old_p, old_c = old_estimate(instructions, page_context)
+        figures = {
+            "backend": backend, "instructions": name, "page_context": page_context,
+            "prompt_per_url": estimate["prompt_tokens_per_url"],
+            "actual_prompt_per_url": sum(p for p, _ in tokens) / URLS,
+            "completion_per_url": estimate["completion_tokens_per_url"],
+            "actual_completion_per_url": sum(c for _, c in tokens) / URLS,
+            "live": pricing.cost_usd(prices, MODEL, estimate["prompt_tokens"], estimate["completion_tokens"])
+            / actual,
+            "calibrated": pricing.cost_usd(prices, MODEL, calibrated["prompt_tokens"],
+                                           calibrated["completion_tokens"]) / actual,
+            "projected": projected / actual,
+            "old": pricing.cost_usd(prices, MODEL, old_p, old_c) / actual,
+            "batch": None, "batch_calibrated": None,
+        }
+        if base_url:
+            fake_call(base_url, "/_fake/reset", {"keep_config": True})
+            batch_actual = batch(base_url, generator, instructions, sample)
+            figures["batch"] = pricing.cost_usd(prices, MODEL, estimate["prompt_tokens"],
+                                                estimate["completion_tokens"], "batch") / batch_actual
+            figures["batch_calibrated"] = pricing.cost_usd(prices, MODEL, calibrated["prompt_tokens"],
+                                                           calibrated["completion_tokens"], "batch") / batch_actual
+        out.append(figures)
+        print(line(figures), flush=True)
     return out
 
 
@@ -238,6 +244,9 @@ def main() -> list[dict]:
     with fake_openai("--latency-ms", "0") as base_url:
         client = openai.OpenAI(api_key="bench", base_url=base_url, max_retries=0)
         results += measure("fake", client, base_url)
+        # 20 % of first answers bad (an invented fact, spam): re-asks, live in batch mode too
+        fake_call(base_url, "/_fake/config", {"misbehave": {"invent": 0.1, "spam": 0.1}})
+        results += measure("fake20", client, base_url, ((True, "medium"), (False, "short")))
     dummy = openai.OpenAI(api_key="dummy", base_url="http://dummy.invalid/v1", max_retries=0,
                           http_client=httpx2.Client(transport=DummyTransport()))
     results += measure("dummy", dummy, None)

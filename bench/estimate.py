@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -116,8 +117,9 @@ def live(generator, instructions: str, sample: list[tuple[str, str | None]]) -> 
         return list(pool.map(one, sample))
 
 
-def batch(base_url: str, generator, instructions: str, sample: list[tuple[str, str | None]]) -> float:
-    """The batch job's actual cost: one batch of every row, answers checked (re-asks live)."""
+def batch(base_url: str, generator, instructions: str, sample: list[tuple[str, str | None]]) -> tuple[float, float]:
+    """The batch job's actual cost (one batch of every row, answers checked, re-asks live) and
+    its first chunk's projection (the first CHUNK rows' batch and live tokens × URLS / CHUNK)."""
     from chalicelib.generation import checks, pricing
     from chalicelib.generation.answers import GenerationFailed, UnusableAnswer, opener_from_answer
     from chalicelib.settings import get_settings
@@ -136,35 +138,34 @@ def batch(base_url: str, generator, instructions: str, sample: list[tuple[str, s
                                     completion_window="24h")
     fake_call(base_url, "/_fake/age_batches", {"seconds": 10})
     done = client.batches.retrieve(created.id)
-    first = [0, 0]
-    again = [0, 0]
-
-    def one(line: dict) -> None:
+    def one(line: dict) -> tuple[int, int, int, int]:
+        """(batch prompt, batch completion, live prompt, live completion) tokens of one row."""
         url, page = by_id[line["custom_id"]]
         body = (line.get("response") or {}).get("body")
         try:
             opener = opener_from_answer(body, url, instructions)
         except UnusableAnswer:
             usage = (body or {}).get("usage") or {}
-            first[0] += usage.get("prompt_tokens", 0)
-            first[1] += usage.get("completion_tokens", 0)
-            return
-        first[0] += opener.prompt_tokens
-        first[1] += opener.completion_tokens
+            return usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), 0, 0
         try:
             kept = checks.generate_checked(generator, job_id="bench", url=url, instructions=instructions, model=MODEL,
                                            options=options, page=page, max_calls=3, first=opener)
             spent = (kept.prompt_tokens, kept.completion_tokens)
         except GenerationFailed as exc:
             spent = (exc.prompt_tokens or opener.prompt_tokens, exc.completion_tokens or opener.completion_tokens)
-        again[0] += spent[0] - opener.prompt_tokens
-        again[1] += spent[1] - opener.completion_tokens
+        return (opener.prompt_tokens, opener.completion_tokens, spent[0] - opener.prompt_tokens,
+                spent[1] - opener.completion_tokens)
 
     answers = [json.loads(raw) for raw in client.files.content(done.output_file_id).text.splitlines() if raw.strip()]
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(one, answers))
-    return (pricing.cost_usd(prices, MODEL, first[0], first[1], "batch")
-            + pricing.cost_usd(prices, MODEL, again[0], again[1], "live"))
+        spent = dict(zip((line["custom_id"] for line in answers), pool.map(one, answers), strict=True))
+
+    def cost(keys: list[str], scale: float = 1.0) -> float:
+        sums = [math.ceil(sum(spent[k][i] for k in keys if k in spent) * scale) for i in range(4)]
+        return (pricing.cost_usd(prices, MODEL, sums[0], sums[1], "batch")
+                + pricing.cost_usd(prices, MODEL, sums[2], sums[3], "live"))
+
+    return cost(list(by_id)), cost([str(i) for i in range(CHUNK)], URLS / CHUNK)
 
 
 def measure(backend: str, client: openai.OpenAI, base_url: str | None,
@@ -210,11 +211,12 @@ def measure(backend: str, client: openai.OpenAI, base_url: str | None,
                                            calibrated["completion_tokens"]) / actual,
             "projected": projected / actual,
             "old": pricing.cost_usd(prices, MODEL, old_p, old_c) / actual,
-            "batch": None, "batch_calibrated": None,
+            "batch": None, "batch_calibrated": None, "batch_projected": None,
         }
         if base_url:
             fake_call(base_url, "/_fake/reset", {"keep_config": True})
-            batch_actual = batch(base_url, generator, instructions, sample)
+            batch_actual, batch_projected = batch(base_url, generator, instructions, sample)
+            figures["batch_projected"] = batch_projected / batch_actual
             figures["batch"] = pricing.cost_usd(prices, MODEL, estimate["prompt_tokens"],
                                                 estimate["completion_tokens"], "batch") / batch_actual
             figures["batch_calibrated"] = pricing.cost_usd(prices, MODEL, calibrated["prompt_tokens"],
@@ -232,7 +234,7 @@ def line(f: dict) -> str:
             f"{f['prompt_per_url']:4} est {f['actual_prompt_per_url']:6.1f} act | completion/URL "
             f"{f['completion_per_url']:3} est {f['actual_completion_per_url']:5.1f} act | live {r(f['live'])} "
             f"calibrated {r(f['calibrated'])} first chunk {r(f['projected'])} | batch {r(f['batch'])} "
-            f"calibrated {r(f['batch_calibrated'])} | before {r(f['old'])}")
+            f"calibrated {r(f['batch_calibrated'])} first chunk {r(f['batch_projected'])} | before {r(f['old'])}")
 
 
 def main() -> list[dict]:
@@ -250,7 +252,7 @@ def main() -> list[dict]:
     dummy = openai.OpenAI(api_key="dummy", base_url="http://dummy.invalid/v1", max_retries=0,
                           http_client=httpx2.Client(transport=DummyTransport()))
     results += measure("dummy", dummy, None)
-    keys = ("live", "calibrated", "projected", "batch", "batch_calibrated")
+    keys = ("live", "calibrated", "projected", "batch", "batch_calibrated", "batch_projected")
     values = [r[k] for r in results for k in keys if r[k] is not None]
     print(f"\nall {len(values)} ratios within [{min(values):.3f}, {max(values):.3f}]; "
           f"inside [0.85, 1.15]: {sum(0.85 <= v <= 1.15 for v in values)} of {len(values)}; "

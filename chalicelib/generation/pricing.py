@@ -169,7 +169,10 @@ def job_estimate(prices: dict, job: dict) -> dict | None:
     if chunk:
         best = {"basis": "first_chunk", "prompt_tokens": int(chunk["prompt_tokens"]),
                 "completion_tokens": int(chunk["completion_tokens"])}
-        best["cost_usd"] = _priced(prices, job["model"], best["prompt_tokens"], best["completion_tokens"], mode)
+        cost = job_cost(prices, {**best, "model": job["model"], "mode": mode,
+                                 "live_prompt_tokens": int(chunk.get("live_prompt_tokens") or 0),
+                                 "live_completion_tokens": int(chunk.get("live_completion_tokens") or 0)})
+        best["cost_usd"] = None if cost is None else round(cost, 4)
     return {**best, "urls": stored.get("urls"), "reused_rows": stored.get("reused_rows", 0),
             "cached_tokens": stored.get("cached_tokens", 0), "at_start": at_start}
 

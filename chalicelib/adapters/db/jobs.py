@@ -120,14 +120,19 @@ def set_estimate(conn, job_id: str, estimate: dict, *, expected: str) -> bool:
 
 def calibrate_estimate(conn, job_id: str, rows: int) -> dict | None:
     """Once `rows` rows of a processing job are finished (the first chunk's worth), its estimate
-    gains "first_chunk": the whole job projected from their real tokens. Once per job; returns
+    gains "first_chunk": the whole job projected from their real tokens (a batch job's live
+    re-asks apart, as they are priced live). Once per job; returns
     the estimate when this call wrote it."""
     row = conn.execute(
         """UPDATE jobs SET estimate = estimate || jsonb_build_object('first_chunk', jsonb_build_object(
                    'rows', processed_rows + failed_rows,
                    'prompt_tokens', ceil(prompt_tokens::numeric * total_rows / (processed_rows + failed_rows)),
                    'completion_tokens',
-                       ceil(completion_tokens::numeric * total_rows / (processed_rows + failed_rows))))
+                       ceil(completion_tokens::numeric * total_rows / (processed_rows + failed_rows)),
+                   'live_prompt_tokens',
+                       ceil(live_prompt_tokens::numeric * total_rows / (processed_rows + failed_rows)),
+                   'live_completion_tokens',
+                       ceil(live_completion_tokens::numeric * total_rows / (processed_rows + failed_rows))))
            WHERE id = %s AND status = 'processing' AND estimate IS NOT NULL AND NOT estimate ? 'first_chunk'
              AND processed_rows + failed_rows >= greatest(1, %s)
            RETURNING estimate""",

@@ -266,4 +266,7 @@ def test_a_batch_jobs_live_reasks_are_priced_at_the_live_price(conn, live, fake)
                                  job["completion_tokens"] - job["live_completion_tokens"], "batch")
                 + pricing.cost_usd(prices, model, job["live_prompt_tokens"], job["live_completion_tokens"], "live"))
     all_batch = pricing.cost_usd(prices, model, job["prompt_tokens"], job["completion_tokens"], "batch")
-    assert jobs.job_json(job)["cost_usd"] == round(expected, 6) and expected > all_batch
+    shown = jobs.job_json(job)
+    assert shown["cost_usd"] == round(expected, 6) and expected > all_batch
+    # the job's estimate, projected from its rows (all of them here), prices the re-asks live too
+    assert shown["estimate"]["basis"] == "first_chunk" and shown["estimate"]["cost_usd"] == round(expected, 4)

@@ -106,6 +106,12 @@ def test_the_jobs_estimate_shows_the_best_projection_and_the_start_beside_it():
     assert (shown["basis"], shown["prompt_tokens"]) == ("first_chunk", 400_000)
     assert shown["cost_usd"] == round((400_000 * 0.15 + 40_000 * 0.60) / 1e6 / 2, 4)
     assert shown["at_start"]["cost_usd"] == start["batch_cost_usd"]
+    # a batch job's live re-asks seen in its first chunk are projected at the live price
+    reasks = {**later, "first_chunk": {**later["first_chunk"], "live_prompt_tokens": 100_000,
+                                       "live_completion_tokens": 10_000}}
+    shown = pricing.job_estimate(PRICES, job(mode="batch", estimate=reasks))
+    assert shown["cost_usd"] == round((300_000 * 0.15 + 30_000 * 0.60) / 1e6 / 2
+                                      + (100_000 * 0.15 + 10_000 * 0.60) / 1e6, 4)
 
 
 # ---------------------------------------------------------------- within 15 % of real usage

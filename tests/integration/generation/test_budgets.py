@@ -144,6 +144,28 @@ def test_a_preview_that_shows_the_rows_cost_more_pushes_a_batch_job_over_its_bud
     assert drain_queue(live.chunk_queue_url) == []
 
 
+def test_a_preview_row_that_fails_still_counts_its_calls_in_the_accounts_usage(conn, live, fake):
+    account_id, job_id, _ = upload(conn, 4)
+
+    def usage() -> tuple[int, int]:
+        row = conn.execute("SELECT coalesce(sum(prompt_tokens), 0) AS p, coalesce(sum(completion_tokens), 0) AS c "
+                           "FROM preview_usage WHERE account_id = %s", (account_id,)).fetchone()
+        return int(row["p"]), int(row["c"])
+
+    before = usage()
+    # every answer claims a figure found nowhere: strict grounding fails the row after its calls
+    fake.configure(content="Congratulations to {host} on 25 years in business; could we talk next week?")
+    shown = previews.preview(conn, deps.storage(), live, generator(live), account_id, job_id,
+                             instructions=INSTRUCTIONS, page_context=False, rows=2)["previews"]
+    assert all(p["opener"] is None and p["error"].startswith("ungrounded") for p in shown)
+    stats = fake.stats()
+    assert stats["ok"] == 2 * live.max_retries  # each row asked max_retries times
+    assert sum(p["prompt_tokens"] for p in shown) == stats["prompt_tokens"] > 0
+    assert sum(p["completion_tokens"] for p in shown) == stats["completion_tokens"] > 0
+    after = usage()
+    assert (after[0] - before[0], after[1] - before[1]) == (stats["prompt_tokens"], stats["completion_tokens"])
+
+
 # ---------------------------------------------------------------- tokens of failed rows
 
 class FailingReasks:

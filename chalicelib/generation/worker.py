@@ -233,7 +233,7 @@ class ChunkWorker:
             return None
         except GenerationFailed as exc:
             failed = {**base, "status": "failed", "error": exc.message[:MAX_ERROR_CHARS],
-                      "retry_count": row["retry_count"] + exc.attempts}
+                      "retry_count": row["retry_count"] + exc.attempts, **spent_tokens(exc)}
             if isinstance(exc, checks.Ungrounded):
                 failed["grounding"] = "unsupported"
             return failed
@@ -254,6 +254,9 @@ class ChunkWorker:
         outcome.saved += job["saved"]
         run.buffer = []
         run.status = job["status"]
+        calibrate = pricing.first_chunk_rows(job, self.settings.chunk_size)
+        if calibrate is not None and job["status"] == "processing":  # the estimate, from real usage
+            self._db(db.calibrate_estimate, run.job_id, calibrate)
         if job["status"] == "processing" and job["processed_rows"] + job["failed_rows"] == job["total_rows"]:
             outcome.completed_job = self._complete(run.job_id)
         elif job["status"] == "processing" and job["max_cost_usd"] is not None:
@@ -338,6 +341,13 @@ class ChunkWorker:
         except psycopg.OperationalError as exc:
             log.warning("database connection lost; retrying", extra={"error": str(exc)[:200]})
         return _db_retry(lambda: query(self.get_conn(), *args))()
+
+
+def spent_tokens(exc: GenerationFailed) -> dict:
+    """A failed row's tokens: what the calls made for it cost (nothing to count: left NULL)."""
+    if not (exc.prompt_tokens or exc.completion_tokens):
+        return {}
+    return {"prompt_tokens": exc.prompt_tokens, "completion_tokens": exc.completion_tokens}
 
 
 class _Flag:

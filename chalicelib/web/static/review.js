@@ -341,16 +341,16 @@ window.CsvOpenerReview = (() => {
           ctx.handleError(err);
           return;
         }
-        say(problemOf(err, row), true);
         focusRow(view.current);
-        if (err && (err.status === 409 || err.status === 404)) {
+        if (err && err.status === 409) { // changed elsewhere, or being regenerated: show it as it is now
           try {
             await reloadRow(editing.id);
           } catch (again) {
             ctx.handleError(again);
           }
-          if (err.code === "stale_version") say(`${problemOf(err, row)} Your text was: “${text}”`, true);
         }
+        say(err && err.code === "stale_version" ? `${problemOf(err, row)} Your text was: “${text}”`
+          : problemOf(err, row), true);
       }
     }
 
@@ -371,10 +371,10 @@ window.CsvOpenerReview = (() => {
           ctx.handleError(err);
           return;
         }
-        say(problemOf(err, row), true);
         if (err && err.status === 409) {
           try { await reloadRow(row.id); } catch (again) { ctx.handleError(again); }
         }
+        say(problemOf(err, row), true);
       }
     }
 

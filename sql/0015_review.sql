@@ -1,7 +1,9 @@
 -- Review before sending (issue 21): a person's edits and review marks, with the row's history.
 -- urls.review: approved | rejected | NULL (not reviewed). urls.version: +1 on every change of
 -- the row's opener, review or status (the precondition of an edit: a stale version is a 409).
--- urls.opener_at: when the current opener was written (by the model or a person).
+-- urls.opener_at and opener_source: when the current opener was written, and by whom (model |
+-- person: a person's edit is flagged `edited` when written; a regeneration clears the flags
+-- before the new opener arrives, so who wrote the one it replaces is kept apart).
 -- opener_history: every opener a row had before its current one, with who wrote it and when
 -- (the current one is the row's own), kept by the row's update trigger, so the worker's saves,
 -- a person's edit and a regeneration all leave it without writing it themselves.
@@ -9,6 +11,7 @@
 ALTER TABLE urls ADD COLUMN review text CHECK (review IN ('approved', 'rejected'));
 ALTER TABLE urls ADD COLUMN version integer NOT NULL DEFAULT 1;
 ALTER TABLE urls ADD COLUMN opener_at timestamptz;
+ALTER TABLE urls ADD COLUMN opener_source text CHECK (opener_source IN ('model', 'person'));
 ALTER TABLE jobs ADD COLUMN regenerated integer NOT NULL DEFAULT 0 CHECK (regenerated >= 0);
 
 CREATE TABLE opener_history (
@@ -31,9 +34,12 @@ BEGIN
     END IF;
     IF NEW.opener IS DISTINCT FROM OLD.opener THEN
         NEW.opener_at := CASE WHEN NEW.opener IS NULL THEN NULL ELSE now() END;
+        NEW.opener_source := CASE WHEN NEW.opener IS NULL THEN NULL
+                                  WHEN 'edited' = ANY (NEW.quality) THEN 'person' ELSE 'model' END;
         IF OLD.opener IS NOT NULL THEN
             INSERT INTO opener_history (url_id, opener, source, at)
-            VALUES (OLD.id, OLD.opener, CASE WHEN 'edited' = ANY (OLD.quality) THEN 'person' ELSE 'model' END,
+            VALUES (OLD.id, OLD.opener,
+                    coalesce(OLD.opener_source, CASE WHEN 'edited' = ANY (OLD.quality) THEN 'person' ELSE 'model' END),
                     coalesce(OLD.opener_at, OLD.finished_at, OLD.updated_at));
         END IF;
     END IF;

@@ -18,6 +18,9 @@ from playwright.sync_api import Page, expect
 
 REVIEW_PATHS = {"/api/jobs/{job_id}/results/{result_id}", "/api/jobs/{job_id}/regenerate", "/api/jobs/{job_id}/review"}
 XSS = "<img src=x onerror=window.__xss=1>"
+# A person's opener is checked like the model's (flags, language): the API process's first check
+# loads the language detector (about 5 s on this machine), so a save may take that long once.
+SAVE_WAIT = 20000
 
 
 @pytest.fixture(autouse=True)
@@ -114,7 +117,7 @@ def test_move_edit_save_cancel_approve_reject(page: Page, fresh):
     page.keyboard.press("Control+A")
     page.keyboard.type(XSS + " Loved your piece on onboarding.")
     page.keyboard.press("Enter")
-    expect(page.locator("#review-message")).to_have_text("Row 1 saved.")
+    expect(page.locator("#review-message")).to_have_text("Row 1 saved.", timeout=SAVE_WAIT)
     assert focused_row(page) == "1"
     assert cells(page, 1)[3] == XSS + " Loved your piece on onboarding."
     assert "edited" in cells(page, 1)[4]
@@ -195,7 +198,7 @@ def test_select_and_regenerate_with_feedback_keeps_an_edit(page: Page, fresh):
     page.keyboard.press("Control+A")
     page.keyboard.type("Mine, not the model's: congratulations on the new bakery.")
     page.keyboard.press("Enter")
-    expect(page.locator("#review-message")).to_have_text("Row 1 saved.")
+    expect(page.locator("#review-message")).to_have_text("Row 1 saved.", timeout=SAVE_WAIT)
 
     page.keyboard.press("g")  # nothing selected yet: said, and focus stays on the table
     expect(page.locator("#review-message")).to_contain_text("Select the rows")
@@ -257,7 +260,7 @@ def test_stale_edit_is_refused_and_the_row_reloaded(page: Page, fresh):
     page.keyboard.press("Control+A")
     page.keyboard.type("Written in the browser.")
     page.keyboard.press("Enter")
-    expect(message).to_have_text("Row 2 saved.")
+    expect(message).to_have_text("Row 2 saved.", timeout=SAVE_WAIT)
     saved = result(stack, job_id, before[1]["id"])
     assert saved["opener"] == "Written in the browser."
     assert [h["source"] for h in saved["history"]] == ["model", "person", "person"]

@@ -40,6 +40,7 @@ window.CsvOpenerReview = (() => {
       focusAfterLoad: null, // "first" | "last" after a page change by keyboard
       loads: 0,            // the latest load's number: an older answer is dropped
       regenerating: 0,     // rows sent to regeneration from this page and not yet seen done
+      queue: Promise.resolve(), // the row changes being sent, in order
     };
 
     const jobId = () => {
@@ -147,14 +148,26 @@ window.CsvOpenerReview = (() => {
       }
     }
 
-    /** One row changed (an edit, a review, a reload): put it in place of its old self. */
+    /** One row changed (an edit, a review, a reload): put it in place of its old self. The keys'
+     * row stays where it is (the answer may come after the person has moved on). */
     function replaceRow(row) {
       const index = view.rows.findIndex((r) => String(r.id) === String(row.id));
       if (index < 0) return;
       const hadFocus = tbody.contains(document.activeElement);
       view.rows[index] = row;
+      if (view.editing && view.editing.id === String(row.id)) { // our own change sent before the edit began
+        view.editing.version = row.version; // the editor stays; closing it draws the row
+        return;
+      }
       tbody.rows[index].replaceWith(rowNode(row));
-      if (hadFocus) focusRow(index); else markCurrent(view.current);
+      if (hadFocus && !view.editing) focusRow(view.current); else markCurrent(view.current);
+    }
+
+    /** Changes of rows are sent one after the other, each with the version the last answer gave
+     * (a and then u pressed quickly on one row are two changes, not a stale one). */
+    function queued(change) {
+      view.queue = view.queue.then(change, change);
+      return view.queue;
     }
 
     // ---------------------------------------------------------------- loading
@@ -296,7 +309,10 @@ window.CsvOpenerReview = (() => {
       view.saving = false;
       if (!editing) return;
       const index = view.rows.findIndex((r) => String(r.id) === editing.id);
-      if (index >= 0) tbody.rows[index].cells[3].replaceChildren(openerContent(view.rows[index]));
+      if (index >= 0) {
+        tbody.rows[index].replaceWith(rowNode(view.rows[index]));
+        markCurrent(view.current);
+      }
       if (view.reloadWanted) {
         view.reloadWanted = false;
         load();
@@ -320,10 +336,11 @@ window.CsvOpenerReview = (() => {
       }
       view.saving = true;
       editing.box.readOnly = true;
+      say(`Saving row ${row.row}…`);
       const id = jobId();
       try {
-        const answer = await ctx.call("PATCH", resultPath(id, editing.id),
-          { json: { opener: text, version: editing.version } });
+        const answer = await queued(() => ctx.call("PATCH", resultPath(id, editing.id),
+          { json: { opener: text, version: editing.version } }));
         closeEditor();
         replaceRow(answer.result);
         say(`Row ${row.row} saved.`);
@@ -354,8 +371,13 @@ window.CsvOpenerReview = (() => {
       }
     }
 
-    async function setReview(value) {
-      const row = view.rows[view.current];
+    function setReview(value) {
+      const shown = view.rows[view.current];
+      if (shown) queued(() => sendReview(String(shown.id), value));
+    }
+
+    async function sendReview(resultId, value) {
+      const row = view.rows.find((r) => String(r.id) === resultId);
       if (!row) return;
       if ((row.review || null) === value) {
         say(`Row ${row.row} is ${value || "not reviewed"} already.`);

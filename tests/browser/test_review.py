@@ -178,6 +178,7 @@ def test_filter_by_review_and_download_the_approved(page: Page, fresh):
     page.locator("#download-approved-button").focus()
     with page.expect_download() as info:
         page.keyboard.press("Enter")
+    assert info.value.suggested_filename == "approve-openers-approved.csv"
     got = list(csv.reader(io.StringIO(Path(info.value.path()).read_text(encoding="utf-8"), newline="")))
     assert got[0][:2] == ["company", "website"]
     assert [line[1] for line in got[1:]] == [before[i]["url"] for i in (0, 2, 4)], got

@@ -766,6 +766,8 @@
       const link = document.createElement("a");
       link.href = URL.createObjectURL(blob);
       link.download = downloadName(response, job);
+      // the approved rows only: a name of their own, beside the whole file's
+      if (query && query.review) link.download = link.download.replace(/(\.csv)?$/i, `-${query.review}.csv`);
       document.body.append(link);
       link.click();
       link.remove();

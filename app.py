@@ -11,7 +11,7 @@ import uuid
 
 from chalice import Chalice, CORSConfig, Rate, Response
 
-from chalicelib import deps, jobs, logs, observe, web
+from chalicelib import deps, jobs, logs, observe, review, web
 from chalicelib import metrics as emf
 from chalicelib.accounts import Caller, Unauthorized, apilimit
 from chalicelib.adapters import db
@@ -295,23 +295,23 @@ def job_results(caller: Caller, job_id):
 
 @route("/api/jobs/{job_id}/results/{result_id}", methods=["GET"])
 def job_result(caller: Caller, job_id, result_id):
-    return jobs.get_result(deps.conn(), caller.account_id, job_id, result_id)
+    return review.get_result(deps.conn(), caller.account_id, job_id, result_id)
 
 
 @route("/api/jobs/{job_id}/results/{result_id}", methods=["PATCH"])
 def edit_result(caller: Caller, job_id, result_id):
-    return jobs.edit(deps.conn(), caller.account_id, job_id, result_id, json_body(),
+    return review.edit(deps.conn(), caller.account_id, job_id, result_id, json_body(),
                      app.current_request.headers.get("if-unmodified-since"))
 
 
 @route("/api/jobs/{job_id}/review", methods=["POST"])
 def review_results(caller: Caller, job_id):
-    return jobs.review_results(deps.conn(), caller.account_id, job_id, json_body())
+    return review.review_results(deps.conn(), caller.account_id, job_id, json_body())
 
 
 @route("/api/jobs/{job_id}/regenerate", methods=["POST"])
 def regenerate_results(caller: Caller, job_id):
-    result = jobs.regenerate(deps.conn(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id, json_body())
+    result = review.regenerate(deps.conn(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id, json_body())
     return Response(result, status_code=202)
 
 

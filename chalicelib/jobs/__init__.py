@@ -1,6 +1,5 @@
 """Jobs: a job's life from the API's side. Created from an upload (`create`), started
-(`start`, or a drop: `drops`), changed (`control`: cancel, retry), reviewed (`review`: a result with its history,
-edits, review marks; `regenerate`), swept for what crashes left
+(`start`, or a drop: `drops`), changed (`control`: cancel, retry), swept for what crashes left
 undone (`sweep`), shown (`views`), exported (`export`) and previewed (`preview`). Request
 options are checked in `options`.
 
@@ -16,16 +15,14 @@ from chalicelib.jobs.create import create_from_upload, create_presigned_upload, 
 from chalicelib.jobs.drops import start_drop_job, start_from_drop
 from chalicelib.jobs.export import EXTRA_COLUMNS, download, export_job, neutralize, render_csv, write_csv
 from chalicelib.jobs.options import MAX_INSTRUCTIONS, account_models, allowed_model
-from chalicelib.jobs.regenerate import regenerate
-from chalicelib.jobs.review import edit, get_result, review_results
 from chalicelib.jobs.start import start, take_account_capacity
 from chalicelib.jobs.sweep import requeue_unfinished, sweep
 from chalicelib.jobs.views import account_view, get, job_json, list_, metrics, require_job, results
 
 __all__ = [
     "EXTRA_COLUMNS", "MAX_INSTRUCTIONS", "account_models", "account_view", "allowed_model", "cancel",
-    "create_from_upload", "create_presigned_upload", "dispatch_next", "download", "edit", "export_job", "get",
-    "get_result", "give_up_chunk", "job_json", "list_", "metrics", "neutralize", "read_source", "regenerate",
-    "render_csv", "require_job", "requeue_unfinished", "results", "retry", "review_results", "start",
-    "start_drop_job", "start_from_drop", "sweep", "take_account_capacity", "write_csv",
+    "create_from_upload", "create_presigned_upload", "dispatch_next", "download", "export_job", "get",
+    "give_up_chunk", "job_json", "list_", "metrics", "neutralize", "read_source", "render_csv",
+    "require_job", "requeue_unfinished", "results", "retry", "start", "start_drop_job", "start_from_drop",
+    "sweep", "take_account_capacity", "write_csv",
 ]

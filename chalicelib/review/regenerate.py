@@ -17,13 +17,13 @@ from chalicelib.errors import BadRequest, Conflict
 from chalicelib.generation import prompt
 from chalicelib.generation.dispatch import window
 from chalicelib.jobs.options import MAX_INSTRUCTIONS, account_limits, clean_text, template_columns
-from chalicelib.jobs.review import require_rows, selection
 from chalicelib.jobs.start import capacity_refusal
 from chalicelib.jobs.views import job_json, require_job
 from chalicelib.logs import get_logger
+from chalicelib.review.edits import require_rows, selection
 from chalicelib.settings import Settings
 
-log = get_logger("jobs")
+log = get_logger("review")
 
 MAX_FEEDBACK = 500
 FIELDS = {"result_ids", "filter", "feedback", "instructions"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chalicelib.jobs.review import move_counts
+from chalicelib.review.edits import move_counts
 
 
 def test_an_edit_moves_the_flags_and_the_words_histogram_of_one_row():

@@ -19,7 +19,7 @@ from chalicelib.jobs.views import check_quality, iso, require_job
 from chalicelib.logs import get_logger
 from chalicelib.quality import flags as quality_flags
 
-log = get_logger("jobs")
+log = get_logger("review")
 
 MAX_OPENER = 600
 MAX_IDS = 1000

@@ -62,8 +62,9 @@ def result(stack, job_id: str, result_id: str) -> dict:
     return reply.json()["result"]
 
 
-def open_job(page: Page, key: str, file_name: str) -> None:
-    """Sign in (the key field has focus on arrival) and open the job from the job list, by keyboard."""
+def open_job(page: Page, key: str, file_name: str, rows: int) -> None:
+    """Sign in (the key field has focus on arrival) and open the job from the job list, by
+    keyboard; its `rows` results shown."""
     page.keyboard.type(key)
     page.keyboard.press("Enter")
     expect(page.locator("#app")).to_be_visible()
@@ -72,6 +73,7 @@ def open_job(page: Page, key: str, file_name: str) -> None:
     page.keyboard.press("Enter")
     expect(page.locator("#job-file")).to_have_text(file_name)
     expect(page.locator("#job-status")).to_have_text("completed")
+    expect(page.locator("#results-table tbody tr")).to_have_count(rows)
 
 
 def into_table(page: Page) -> None:
@@ -95,8 +97,7 @@ def cells(page: Page, row: int) -> list[str]:
 def test_move_edit_save_cancel_approve_reject(page: Page, fresh):
     stack = fresh
     job_id, before = finished_job(stack, "keys", 4)
-    open_job(page, stack.key, "keys.csv")
-    expect(page.locator("#results-table tbody tr")).to_have_count(4)
+    open_job(page, stack.key, "keys.csv", 4)
     into_table(page)
     assert focused_row(page) == "1"
     page.keyboard.press("j")
@@ -156,7 +157,7 @@ def test_move_edit_save_cancel_approve_reject(page: Page, fresh):
 def test_filter_by_review_and_download_the_approved(page: Page, fresh):
     stack = fresh
     job_id, before = finished_job(stack, "approve", 5)
-    open_job(page, stack.key, "approve.csv")
+    open_job(page, stack.key, "approve.csv", 5)
     into_table(page)
     for key in ("a", "j", "r", "j", "a", "j", "j", "a"):  # rows 1, 3 and 5 approved, 2 rejected
         page.keyboard.press(key)
@@ -193,7 +194,7 @@ def test_select_and_regenerate_with_feedback_keeps_an_edit(page: Page, fresh):
     job_id, before = finished_job(stack, "regen", 5)
     asked = stack.fake.stats()["by_url"]
     assert all(asked.get(r["url"]) == 1 for r in before), asked
-    open_job(page, stack.key, "regen.csv")
+    open_job(page, stack.key, "regen.csv", 5)
     into_table(page)
     page.keyboard.press("e")
     page.keyboard.press("Control+A")
@@ -216,7 +217,8 @@ def test_select_and_regenerate_with_feedback_keeps_an_edit(page: Page, fresh):
     page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.url.endswith("/regenerate") else None)
     page.keyboard.type("Shorter, and mention their bakery.")
     page.keyboard.press("Enter")
-    expect(page.locator("#review-message")).to_have_text("Regeneration done: 2 row(s) written again.", timeout=30000)
+    expect(page.locator("#review-message")).to_have_text("Regeneration done: 2 row(s) written again.",
+                                                         timeout=60000)
     expect(page.locator("#job-status")).to_have_text("completed")
     assert sent == [{"result_ids": [before[1]["id"], before[2]["id"]],
                      "feedback": "Shorter, and mention their bakery."}]
@@ -235,7 +237,7 @@ def test_select_and_regenerate_with_feedback_keeps_an_edit(page: Page, fresh):
 def test_stale_edit_is_refused_and_the_row_reloaded(page: Page, fresh):
     stack = fresh
     job_id, before = finished_job(stack, "stale", 3)
-    open_job(page, stack.key, "stale.csv")
+    open_job(page, stack.key, "stale.csv", 3)
     into_table(page)
     page.keyboard.press("j")
     page.keyboard.press("e")

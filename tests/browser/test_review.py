@@ -175,6 +175,19 @@ def test_filter_by_review_and_download_the_approved(page: Page, fresh):
     expect(page.locator("#results-table tbody tr")).to_have_count(1)
     assert cells(page, 1)[0] == "2"
 
+    # Every row matching the filters at once: the not reviewed ones (row 4) rejected.
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowUp")
+    expect(page.locator("#results-table tbody tr")).to_have_count(1)
+    page.locator("#bulk-review").focus()
+    page.keyboard.press("ArrowDown")  # approved -> rejected
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    expect(page.locator("#review-message")).to_have_text("1 row(s) marked rejected.")
+    expect(page.locator("#results-empty")).to_be_visible()
+    assert [r["review"] for r in results(stack, job_id)] == ["approved", "rejected", "approved", "rejected",
+                                                             "approved"]
+
     # Download approved: the approved rows only.
     page.locator("#download-approved-button").focus()
     with page.expect_download() as info:

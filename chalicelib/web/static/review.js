@@ -23,7 +23,8 @@ window.CsvOpenerReview = (() => {
       "results-filter", "quality-filter", "review-filter", "results-refresh", "results-table", "results-empty",
       "results-prev", "results-page", "results-next", "review-message", "review-selected", "review-approve-selected",
       "review-reject-selected", "review-clear-selection", "regenerate-form", "regenerate-feedback",
-      "regenerate-button", "review-history", "review-history-title", "review-history-list",
+      "regenerate-button", "review-history", "review-history-title", "review-history-list", "bulk-review",
+      "bulk-review-button",
     ].forEach((id) => { el[id] = $(id); });
     const tbody = el["results-table"].tBodies[0];
 
@@ -233,6 +234,7 @@ window.CsvOpenerReview = (() => {
       el["quality-filter"].value = "";
       el["review-filter"].value = "";
       el["regenerate-feedback"].value = "";
+      el["bulk-review"].value = "approved";
       el["review-history"].hidden = true;
       tbody.replaceChildren();
       say("");
@@ -454,6 +456,28 @@ window.CsvOpenerReview = (() => {
       }
     }
 
+    /** Every row matching the filters (all pages; the API marks completed rows only). */
+    async function reviewMatching() {
+      const id = jobId();
+      if (!id) return;
+      const value = el["bulk-review"].value || null;
+      const filter = {};
+      [["status", "results-filter"], ["quality", "quality-filter"], ["review", "review-filter"]].forEach(([name, sel]) => {
+        if (el[sel].value) filter[name] = el[sel].value;
+      });
+      el["bulk-review-button"].disabled = true;
+      try {
+        const answer = await ctx.call("POST", `api/jobs/${encodeURIComponent(id)}/review`,
+          { json: { filter, review: value } });
+        say(`${ctx.formatNumber(answer.reviewed)} row(s) marked ${value || "not reviewed"}.`);
+        load();
+      } catch (err) {
+        if (err && err.status === 401) ctx.handleError(err); else say(problemOf(err, {}), true);
+      } finally {
+        el["bulk-review-button"].disabled = false;
+      }
+    }
+
     async function regenerate(event) {
       event.preventDefault();
       const id = jobId();
@@ -523,6 +547,7 @@ window.CsvOpenerReview = (() => {
     });
     el["regenerate-form"].addEventListener("submit", regenerate);
     el["review-approve-selected"].addEventListener("click", () => reviewSelected("approved"));
+    el["bulk-review-button"].addEventListener("click", reviewMatching);
     el["review-reject-selected"].addEventListener("click", () => reviewSelected("rejected"));
     el["review-clear-selection"].addEventListener("click", () => {
       view.selected.clear();

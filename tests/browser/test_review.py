@@ -280,4 +280,15 @@ def test_stale_edit_is_refused_and_the_row_reloaded(page: Page, fresh):
     saved = result(stack, job_id, before[1]["id"])
     assert saved["opener"] == "Written in the browser."
     assert [h["source"] for h in saved["history"]] == ["model", "person", "person"]
+
+    # h: the row's openers, oldest first, and who wrote each.
+    page.keyboard.press("h")
+    expect(page.locator("#review-history-title")).to_have_text("Earlier openers of row 2")
+    items = page.locator("#review-history-list li")
+    expect(items).to_have_count(3)
+    texts = items.all_text_contents()
+    assert texts[0].startswith("the model, ") and texts[0].endswith(before[1]["opener"]), texts
+    assert texts[1].startswith("a person, ") and texts[1].endswith(": Written through the API."), texts
+    assert texts[2].startswith("a person, ") and texts[2].endswith(": Written in the browser."), texts
+    assert focused_row(page) == "2"
     expect(page.locator("#error")).to_be_hidden()

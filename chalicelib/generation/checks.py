@@ -26,9 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from redis import exceptions as redis_exc
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
+from chalicelib.adapters.redis_retry import UNAVAILABLE, retry_while_unavailable
 from chalicelib.generation.answers import GenerationFailed, Opener
 from chalicelib.logs import get_logger
 from chalicelib.outbound.summaries import declared_language_of
@@ -203,22 +201,16 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
                        completion_tokens=total["completion"], attempts=total["attempts"], reasks=reasks)
 
 
-# Redis failing over or restarting: a few seconds of retries, then the opener is kept unchecked for
-# duplicates (a lost check costs a possible repeat; a failed row would cost the opener).
-_INDEX_DOWN = (redis_exc.ConnectionError, redis_exc.TimeoutError, redis_exc.BusyLoadingError,
-               redis_exc.ReadOnlyError, redis_exc.ClusterDownError, redis_exc.TryAgainError, OSError)
-
-
 def _repeats(duplicates: Duplicates, job_id: str, text: str, attempts: int = 5) -> str | None:
     """The accepted opener `text` repeats, from the job's index; None when unique, or when the
-    index stayed unreachable (logged)."""
+    index stayed unreachable (logged). Redis failing over or restarting: a few seconds of retries
+    (the backoff every Redis caller of ours uses, adapters/redis_retry.py), then the opener is
+    kept unchecked for duplicates (a lost check costs a possible repeat; a failed row would cost
+    the opener)."""
     try:
-        for attempt in Retrying(stop=stop_after_attempt(attempts), reraise=True,
-                                wait=wait_exponential(multiplier=0.25, max=2),
-                                retry=retry_if_exception_type(_INDEX_DOWN)):
-            with attempt:
-                return duplicates.check_and_add(job_id, text)
-    except _INDEX_DOWN as exc:
+        return retry_while_unavailable(lambda: duplicates.check_and_add(job_id, text), initial=0.25, maximum=2.0,
+                                       attempts=attempts)[0]
+    except UNAVAILABLE as exc:
         log.warning("duplicate index unreachable; opener kept without the duplicate check",
                     extra={"job_id": job_id, "error": type(exc).__name__})
     return None

@@ -184,3 +184,13 @@ def first_chunk_rows(saved: dict, chunk_size: int) -> int | None:
     threshold = max(1, min(int(saved["total_rows"]), int(chunk_size)))
     done = int(saved["processed_rows"]) + int(saved["failed_rows"])
     return threshold if done - int(saved["saved"]) < threshold <= done else None
+
+
+def retry_cost(prices: dict, job: dict, urls: int) -> float | None:
+    """What sending `urls` rows of `job` again is expected to cost in its mode: per row, the job's
+    projection from its first chunk when it has one, else its estimate at the start; None
+    without a price or an estimate."""
+    shown = job_estimate(prices, job)
+    if shown is None or shown["cost_usd"] is None or not job.get("total_rows"):
+        return None
+    return shown["cost_usd"] / job["total_rows"] * urls

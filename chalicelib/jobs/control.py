@@ -9,7 +9,8 @@ import psycopg
 from chalicelib.adapters import db
 from chalicelib.adapters.queue import ChunkQueue
 from chalicelib.adapters.storage import Storage
-from chalicelib.errors import Conflict
+from chalicelib.errors import BadRequest, Conflict
+from chalicelib.generation import pricing
 from chalicelib.generation.dispatch import dispatch_next, window
 from chalicelib.jobs import multipart
 from chalicelib.jobs.export import export_job
@@ -64,6 +65,7 @@ def retry(conn, queue: ChunkQueue, settings: Settings, account_id: str, job_id: 
                 raise Conflict(f"Job became {job['status']} meanwhile; look at it again", code="busy")
             if retried == 0:
                 raise Conflict("Nothing to retry: no failed or unprocessed URLs", code="nothing_to_retry")
+            check_retry_budget(settings.prices, job, retried)
             take_account_capacity(conn, settings, account_id, retried)
             chunks, waiting = window(chunks, settings, job["mode"])
             job = db.restart_job(conn, job["id"], failed, waiting)
@@ -78,6 +80,20 @@ def retry(conn, queue: ChunkQueue, settings: Settings, account_id: str, job_id: 
         raise
     log.info("job retried", extra={"job_id": str(job["id"]), "retried": retried, "chunks": len(chunks)})
     return {"job": job_json(job), "retried": retried, "chunks": len(chunks)}
+
+
+def check_retry_budget(prices: dict, job: dict, urls: int) -> None:
+    """A batch job is paid for as a whole once submitted: a retry whose rows are expected to take
+    its cost past max_cost_usd is refused (400 over_budget, nothing reset or enqueued), as a
+    start would be. A live job's budget stops it at the next save instead."""
+    if job["mode"] != "batch" or job["max_cost_usd"] is None:
+        return
+    spent, more = pricing.job_cost(prices, job), pricing.retry_cost(prices, job, urls)
+    if spent is None or more is None or spent + more <= float(job["max_cost_usd"]):
+        return
+    raise BadRequest(f"Retrying {urls:,} URLs of this batch job is estimated at ${more:,.4f} on top of the "
+                     f"${spent:,.4f} it cost, above its max_cost_usd of ${float(job['max_cost_usd']):,.4f}; "
+                     "raise max_cost_usd (a new job) or retry fewer URLs", code="over_budget")
 
 
 def give_up_chunk(get_conn, storage: Storage, queue: ChunkQueue, job_id: str, chunk: int, receive_count: int,

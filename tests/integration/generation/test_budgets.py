@@ -292,3 +292,29 @@ def test_a_batch_jobs_live_reasks_are_priced_at_the_live_price(conn, live, fake)
     assert shown["cost_usd"] == round(expected, 6) and expected > all_batch
     # the job's estimate, projected from its rows (all of them here), prices the re-asks live too
     assert shown["estimate"]["basis"] == "first_chunk" and shown["estimate"]["cost_usd"] == round(expected, 4)
+
+
+def test_a_batch_job_retry_that_would_pass_its_budget_is_refused_with_nothing_reset(conn, live, fake):
+    fake.configure(batch_delay_s=0, batch_expire_fraction=0.5)
+    account_id, job_id, _ = upload(conn, 10)
+    start(conn, live, account_id, job_id, page_context=False, mode="batch")
+    s = dataclasses.replace(live, max_retries=1)  # an expired row fails at once (no try left)
+    client = openai.OpenAI(base_url=fake.base_url, api_key="sk-test", max_retries=0)
+    runner = batch_runner(s, client)
+    assert runner.submit_chunk(db.get_job(conn, job_id), 0) == 10
+    runner.poll()
+    job = db.get_job(conn, job_id)
+    assert (job["status"], job["processed_rows"], job["failed_rows"]) == ("completed", 5, 5)
+    spent = pricing.job_cost(live.prices, job)
+    per_row = jobs.job_json(job)["estimate"]["cost_usd"] / 10
+    # a budget the 5 rows of the retry would pass: refused, nothing reset, nothing enqueued
+    job = db.update_job(conn, job_id, max_cost_usd=spent + per_row * 2)
+    drain_queue(live.chunk_queue_url)
+    with pytest.raises(DomainError) as refused:
+        jobs.retry(conn, deps.chunk_queue(), live, account_id, job_id)
+    assert (refused.value.status, refused.value.code) == (400, "over_budget")
+    job = db.get_job(conn, job_id)
+    assert (job["status"], job["failed_rows"]) == ("completed", 5) and drain_queue(live.chunk_queue_url) == []
+    # with room for them it goes through
+    db.update_job(conn, job_id, max_cost_usd=spent + per_row * 10)
+    assert jobs.retry(conn, deps.chunk_queue(), live, account_id, job_id)["retried"] == 5

@@ -12,7 +12,9 @@ with the ``ungrounded`` flag. A generic opener, or one that repeats another, is 
 when its row has no source at all (no page, no fields): there is nothing specific to ask for, so
 the new line would be as generic as the first and the call wasted; it keeps its flags.
 
-Calls made again go through the same generator, so they count in tokens, cost and the limiter.
+Calls made again go through the same generator, so they count in tokens, cost and the limiter;
+a row that fails (a re-ask that fails outright, strict grounding) still counts the tokens of every
+call made for it (``GenerationFailed.prompt_tokens``/``completion_tokens``).
 """
 
 from __future__ import annotations
@@ -145,9 +147,14 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
         if first is not None and calls == 0:
             opener = first
         else:
-            opener = generator.generate(url, instructions, model, should_stop=should_stop, account=account,
-                                        fields=fields, page=page, language=language, min_words=options.min_words,
-                                        max_words=options.max_words, reask=reask)
+            try:
+                opener = generator.generate(url, instructions, model, should_stop=should_stop, account=account,
+                                            fields=fields, page=page, language=language,
+                                            min_words=options.min_words, max_words=options.max_words, reask=reask)
+            except GenerationFailed as exc:  # the calls made before it were paid: the failed row counts them
+                exc.prompt_tokens += total["prompt"]
+                exc.completion_tokens += total["completion"]
+                raise
         calls += 1
         total["prompt"] += opener.prompt_tokens
         total["completion"] += opener.completion_tokens
@@ -172,7 +179,8 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
             reasks.append(reask or "")
             continue
         if not found.ok and options.grounding == STRICT:
-            raise Ungrounded(UNGROUNDED_MESSAGE.format(calls=calls), total["attempts"])
+            raise Ungrounded(UNGROUNDED_MESSAGE.format(calls=calls), total["attempts"], total["prompt"],
+                             total["completion"])
         repeats = _repeats(duplicates, job_id, opener.text) if duplicates is not None else None
         if repeats is not None and has_source and not flag_reasked and calls <= max_calls:
             flag_reasked = True

@@ -36,8 +36,8 @@ def iso(value: datetime | None) -> str | None:
 
 
 def job_json(job: dict) -> dict:
-    cost = pricing.cost_usd(get_settings().prices, job["model"], job["prompt_tokens"], job["completion_tokens"],
-                            job["mode"])
+    prices = get_settings().prices
+    cost = pricing.job_cost(prices, job)
     return {
         "id": str(job["id"]),
         "account_id": str(job["account_id"]),
@@ -58,6 +58,7 @@ def job_json(job: dict) -> dict:
         "prompt_tokens": job["prompt_tokens"],
         "completion_tokens": job["completion_tokens"],
         "cost_usd": None if cost is None else round(cost, 6),
+        "estimate": pricing.job_estimate(prices, job),
         "max_cost_usd": None if job["max_cost_usd"] is None else float(job["max_cost_usd"]),
         "page_context": job["page_context"],
         "mode": job["mode"],

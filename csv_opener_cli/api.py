@@ -161,8 +161,9 @@ def filename_from(content_disposition: str | None) -> str | None:
 class Upload:
     """What an upload gave: the job, and (direct uploads only) the validation summary."""
     job: dict
-    how: str  # "direct" | "presigned"
+    how: str  # "direct" | "presigned" | "multipart"
     summary: dict | None = None
+    choice: dict | None = None  # a multipart upload's complete answer: the URL column its first bytes show
 
 
 class Api:
@@ -223,9 +224,11 @@ class Api:
     # ------------------------------------------------------------ upload and start
 
     def upload(self, path: Path, url_column: str | None = None, *,
-               direct_limit: int = DIRECT_UPLOAD_LIMIT, note: Callable[[str], None] = lambda _: None) -> Upload:
+               direct_limit: int = DIRECT_UPLOAD_LIMIT, note: Callable[[str], None] = lambda _: None,
+               bar=None) -> Upload:
         """Upload a CSV: in one request when it fits, else (or when the API says
-        `use_presigned_upload`) through a presigned PUT. The job is pending afterwards."""
+        `use_presigned_upload`) through a presigned PUT, or for a big file by parts in parallel
+        (`bar`: the progress bar, csv_opener_cli.parts.Bar). The job is pending afterwards."""
         size = path.stat().st_size
         if size + MULTIPART_OVERHEAD <= direct_limit:
             try:
@@ -234,7 +237,7 @@ class Api:
                 if exc.code != "use_presigned_upload":
                     raise
                 note("the API takes smaller direct uploads; using a presigned upload")
-        return self.upload_presigned(path, url_column)
+        return self.upload_presigned(path, url_column, bar)
 
     def upload_direct(self, path: Path, url_column: str | None = None) -> Upload:
         data = {"url_column": url_column} if url_column else None
@@ -242,12 +245,17 @@ class Api:
             body = self.call("POST", "/api/upload", files={"file": (path.name, file, "text/csv")}, data=data)
         return Upload(job=body["job"], how="direct", summary=body)
 
-    def upload_presigned(self, path: Path, url_column: str | None = None) -> Upload:
+    def upload_presigned(self, path: Path, url_column: str | None = None, bar=None) -> Upload:
         with path.open("rb") as file:  # a file object: httpx sends its length, S3 wants no chunked body
             # the URL is signed for exactly this many bytes (the open file's, in case it was replaced)
             size = os.fstat(file.fileno()).st_size
             payload = {"file_name": path.name, "size": size, **({"url_column": url_column} if url_column else {})}
             created = self.call("POST", "/api/upload/url", json=payload)
+            if "parts" in created:  # a multipart upload: csv_opener_cli/parts.py
+                from csv_opener_cli.parts import NoBar, upload_parts
+
+                completed = upload_parts(self, path, created, bar or NoBar())
+                return Upload(job=completed["job"], how="multipart", summary=None, choice=completed)
             headers = created.get("headers") or {"Content-Type": "text/csv"}
             response = self._send(self.storage, created.get("method", "PUT"), created["upload_url"], content=file,
                                   headers=headers)
@@ -277,8 +285,9 @@ class Api:
         items = list(self._pages("/api/jobs", "jobs", params, limit, JOBS_PAGE_MAX))
         return {"jobs": items[:limit]}
 
-    def results(self, job_id: str, status: str | None = None, limit: int = 50, quality: str | None = None) -> dict:
-        params = {k: v for k, v in (("status", status), ("quality", quality)) if v}
+    def results(self, job_id: str, status: str | None = None, limit: int = 50, quality: str | None = None,
+                review: str | None = None) -> dict:
+        params = {k: v for k, v in (("status", status), ("quality", quality), ("review", review)) if v}
         items = list(self._pages(f"/api/jobs/{_segment(job_id)}/results", "results", params, limit, RESULTS_PAGE_MAX))
         return {"results": items[:limit]}
 
@@ -297,6 +306,32 @@ class Api:
 
     def cancel(self, job_id: str) -> dict:
         return self.call("POST", f"/api/upload/{_segment(job_id)}/cancel")
+
+    # ------------------------------------------------------------ review (SPEC "Review before sending")
+
+    def result(self, job_id: str, result_id: str) -> dict:
+        """One result with its history of openers."""
+        return self.call("GET", f"/api/jobs/{_segment(job_id)}/results/{_segment(result_id)}")["result"]
+
+    def edit(self, job_id: str, result_id: str, *, version: int | None = None, **changes: Any) -> dict:
+        """PATCH a result: `opener` and/or `review` (None clears it), refused (409 stale_version)
+        if the row is no longer at `version`."""
+        body = {**changes, **({"version": version} if version is not None else {})}
+        return self.call("PATCH", f"/api/jobs/{_segment(job_id)}/results/{_segment(result_id)}", json=body)["result"]
+
+    def review(self, job_id: str, review: str | None, *, ids: list[str] | None = None,
+               filters: dict[str, str] | None = None) -> dict:
+        body = {"review": review, **({"result_ids": ids} if ids is not None else {"filter": filters or {}})}
+        return self.call("POST", f"/api/jobs/{_segment(job_id)}/review", json=body)
+
+    def regenerate(self, job_id: str, *, ids: list[str] | None = None, filters: dict[str, str] | None = None,
+                   feedback: str | None = None, instructions: str | None = None) -> dict:
+        body: dict[str, Any] = {"result_ids": ids} if ids is not None else {"filter": filters or {}}
+        if feedback:
+            body["feedback"] = feedback
+        if instructions:
+            body["instructions"] = instructions
+        return self.call("POST", f"/api/jobs/{_segment(job_id)}/regenerate", json=body)
 
     def retry(self, job_id: str) -> dict:
         return self.call("POST", f"/api/jobs/{_segment(job_id)}/retry")
@@ -322,10 +357,12 @@ class Api:
 
     # ------------------------------------------------------------ download
 
-    def download(self, job_id: str, sink: Callable[[bytes], None]) -> str | None:
-        """Stream the job's CSV into `sink`; returns the server's file name. A 302 (completed
-        jobs, big files) is followed to its presigned URL without the key."""
+    def download(self, job_id: str, sink: Callable[[bytes], None], review: str | None = None) -> str | None:
+        """Stream the job's CSV into `sink` (with `review="approved"`, only approved rows); returns
+        the server's file name. A 302 (completed jobs, big files) is followed to its presigned URL
+        without the key."""
         with self._stream(self.api, "GET", f"api/upload/{_segment(job_id)}/download",
+                          params={"review": review} if review else None,
                           headers={"Accept": "text/csv, */*"}) as response:
             if response.status_code in REDIRECTS and "location" in response.headers:
                 location = str(response.url.join(response.headers["location"]))

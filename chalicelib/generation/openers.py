@@ -158,7 +158,7 @@ class OpenerGenerator:
     def request_body(self, url: str, instructions: str | None = None, model: str | None = None,
                      fields: dict[str, str] | None = None, page: str | None = None, *, language: str = "en",
                      min_words: int = DEFAULT_MIN_WORDS, max_words: int = DEFAULT_MAX_WORDS,
-                     reask: str | None = None) -> dict:
+                     reask: str | None = None, feedback: str | None = None) -> dict:
         """The chat-completions request for one URL, as a live call sends it and a Batch API file
         carries it (one prompt for both modes): ``response_format`` unless the model's server
         refused it, then the JSON asked for in words."""
@@ -166,7 +166,8 @@ class OpenerGenerator:
         in_words = model in self.json_in_prompt
         request = {"model": model,
                    "messages": build_messages(url, instructions, fields, page, language=language, min_words=min_words,
-                                              max_words=max_words, json_in_prompt=in_words, reask=reask),
+                                              max_words=max_words, json_in_prompt=in_words, reask=reask,
+                                              feedback=feedback),
                    "max_tokens": self.max_tokens, "temperature": TEMPERATURE}
         if not in_words:
             request["response_format"] = response_format()

@@ -142,7 +142,7 @@ def unchecked_worker():
     from chalicelib.generation.worker import ChunkWorker
 
     class Unchecked(ChunkWorker):
-        def _generate(self, row, job, stop, page_fetch=None):
+        def _generate(self, row, job, stop, page_fetch=None, page_until=float("inf")):
             base = {"id": row["id"], "opener": None, "error": None, "prompt_tokens": None,
                     "completion_tokens": None, "context_status": "off"}
             try:

@@ -104,6 +104,7 @@ class Checked:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     attempts: int = 0
+    cached_tokens: int = 0
     reasks: list[str] = field(default_factory=list)
 
 
@@ -136,7 +137,7 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
     values += [url, host] if host else [url]
     source = quality_grounding.Source.of(page, values, instructions)
     max_calls = max(1, max_calls)
-    total = {"prompt": 0, "completion": 0, "attempts": 0}
+    total = {"prompt": 0, "completion": 0, "attempts": 0, "cached": 0}
     calls = 0
     flag_reasked = False
     reask: str | None = None
@@ -149,11 +150,12 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
         else:
             opener = generator.generate(url, instructions, model, should_stop=should_stop, account=account,
                                         fields=fields, page=page, language=language, min_words=options.min_words,
-                                        max_words=options.max_words, reask=reask)
+                                        max_words=options.max_words, reask=reask, cache_key=job_id)
         calls += 1
         total["prompt"] += opener.prompt_tokens
         total["completion"] += opener.completion_tokens
         total["attempts"] += opener.attempts
+        total["cached"] += opener.cached_tokens
         return opener
 
     while True:
@@ -192,7 +194,8 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
             quality.append(quality_flags.UNGROUNDED)
         return Checked(opener.text, opener.evidence, found.status, quality, checked.words, language,
                        regenerations=calls - 1, prompt_tokens=total["prompt"],
-                       completion_tokens=total["completion"], attempts=total["attempts"], reasks=reasks)
+                       completion_tokens=total["completion"], attempts=total["attempts"],
+                       cached_tokens=total["cached"], reasks=reasks)
 
 
 # Redis failing over or restarting: a few seconds of retries, then the opener is kept unchecked for

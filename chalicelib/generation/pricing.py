@@ -1,8 +1,9 @@
 """What a job costs: with the per-model price table (chalicelib/settings.py, since prices change), the estimate a
 user sees before starting, and the actual cost from the tokens the provider reported.
 
-Prices are US dollars per million input and output tokens. OpenAI's Batch API takes the same
-requests at half the price (BATCH_DISCOUNT).
+Prices are US dollars per million input, output and cached input tokens (the provider's prompt
+cache: cached prompt tokens are part of ``prompt_tokens`` and cost the cached price instead of the
+input price). OpenAI's Batch API takes the same requests at half the price (BATCH_DISCOUNT).
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ EXPECTED_PAGE_CHARS = 950  # a typical page summary (capped at 1,000 characters)
 
 
 def cost_usd(prices: dict, model: str | None, prompt_tokens: int, completion_tokens: int,
-             mode: str = "live") -> float | None:
+             mode: str = "live", cached_tokens: int = 0) -> float | None:
     """Dollars for these tokens of `model` (through the Batch API when `mode` is "batch"), or
-    None when the table has no price for it."""
+    None when the table has no price for it. `cached_tokens` (of `prompt_tokens`) cost the
+    model's cached-input price."""
     if model not in prices:
         return None
-    inp, out = prices[model]
-    cost = (inp * prompt_tokens + out * completion_tokens) / Decimal(1_000_000)
+    inp, out, *rest = prices[model]
+    cached = min(max(0, int(cached_tokens or 0)), prompt_tokens)
+    cached_price = rest[0] if rest else inp
+    cost = (inp * (prompt_tokens - cached) + cached_price * cached + out * completion_tokens) / Decimal(1_000_000)
     return float(cost * BATCH_DISCOUNT if mode == "batch" else cost)
 
 
@@ -33,7 +37,8 @@ def over_budget(prices: dict, job: dict) -> tuple[float, str] | None:
     `prompt_tokens`, `completion_tokens`) reaches its `max_cost_usd`; None below it or without one."""
     if job["max_cost_usd"] is None:
         return None
-    cost = cost_usd(prices, job["model"], job["prompt_tokens"], job["completion_tokens"], job["mode"])
+    cost = cost_usd(prices, job["model"], job["prompt_tokens"], job["completion_tokens"], job["mode"],
+                    job.get("cached_tokens") or 0)
     if cost is None or cost < float(job["max_cost_usd"]):
         return None
     return cost, (f"budget_exceeded: the job cost ${cost:.4f}, reaching its max_cost_usd of "

@@ -37,7 +37,7 @@ def iso(value: datetime | None) -> str | None:
 
 def job_json(job: dict) -> dict:
     cost = pricing.cost_usd(get_settings().prices, job["model"], job["prompt_tokens"], job["completion_tokens"],
-                            job["mode"])
+                            job["mode"], job.get("cached_tokens") or 0)
     return {
         "id": str(job["id"]),
         "account_id": str(job["account_id"]),
@@ -57,6 +57,7 @@ def job_json(job: dict) -> dict:
         "result_path": job["result_path"],
         "prompt_tokens": job["prompt_tokens"],
         "completion_tokens": job["completion_tokens"],
+        "cached_tokens": int(job.get("cached_tokens") or 0),
         "cost_usd": None if cost is None else round(cost, 6),
         "max_cost_usd": None if job["max_cost_usd"] is None else float(job["max_cost_usd"]),
         "page_context": job["page_context"],
@@ -66,6 +67,7 @@ def job_json(job: dict) -> dict:
         "min_words": job["min_words"],
         "max_words": job["max_words"],
         "language": job["language"],
+        "reuse": job.get("reuse", True),
         "quality": quality_summary(job["quality"] or {}, job["processed_rows"]),
         "created_at": iso(job["created_at"]),
         "updated_at": iso(job["updated_at"]),

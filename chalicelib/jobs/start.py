@@ -19,6 +19,7 @@ from chalicelib.adapters.storage import Storage
 from chalicelib.errors import BadRequest, Conflict, RateLimited
 from chalicelib.generation import pricing, prompt
 from chalicelib.generation.dispatch import window
+from chalicelib.generation.reuse import expected_reused
 from chalicelib.intake import csvfile
 from chalicelib.jobs.create import layout_of, read_source, validate_stored
 from chalicelib.jobs.options import (
@@ -45,7 +46,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
           instructions: str | None = None, model: str | None = None, page_context: object = None,
           max_cost_usd: object = None, callback_url: object = None, mode: object = None,
           grounding: object = None, min_words: object = None, max_words: object = None,
-          language: object = None) -> dict:
+          language: object = None, reuse: object = None) -> dict:
     """Store the job's URLs (COPY), job -> processing, then enqueue one message per chunk. -> 202 body.
 
     Exactly once: the job row is locked NOWAIT and must be pending, so a concurrent or second
@@ -69,6 +70,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
                          code="webhook_secret_missing")
     asked_mode = job_mode(mode, settings)
     checks = quality_options(grounding, min_words, max_words, language)
+    checks["reuse"] = flag(reuse, "reuse", True)
     if job["status"] == "pending":  # anything else is the 409 below
         if job["layout"] is None:  # a presigned upload: its count is known once it is read, so first
             check_capacity(conn, limits, account_id, None)  # what can be refused without it
@@ -100,6 +102,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
                                mode=mode, **checks)
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being started by another request", code="already_started") from None
+    reused_rows = expected_reused(conn, job, settings.reuse_days)  # before any worker can take a row
     try:
         queue.send_chunks(str(job["id"]), first)
     except Exception:
@@ -109,6 +112,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
         raise
     log.info("job started", extra={"job_id": str(job["id"]), "total_rows": total, "chunks": chunks, "mode": mode})
     estimate = pricing.estimate(settings.prices, model, total, instructions, list(fields), page_context)
+    estimate["reused_rows"] = reused_rows
     return {"job": job_json(job), "chunks": chunks, "estimate": estimate}
 
 

@@ -34,7 +34,7 @@ def results_page(conn, job_id: str, *, status: str | None, limit: int, after_row
         params.append(quality)
     return conn.execute(
         f"""SELECT id, row_number AS row, url, status, opener, error, retry_count, context_status,
-                   evidence, grounding, quality, words, language, reused FROM urls
+                   evidence, grounding, quality, words, language, reused, cached_tokens FROM urls
             WHERE {" AND ".join(clauses)}
             ORDER BY row_number LIMIT %s""",
         (*params, limit),

@@ -93,8 +93,9 @@ def lookup(conn, job: dict, rows: Iterable[dict], days: int) -> dict:
 
 def expected_reused(conn, job: dict, days: int, batch: int = 5000) -> int | None:
     """How many of the job's stored rows have an earlier opener of the same fingerprint (the
-    estimate's ``reused_rows``): exact without page context; with it, an upper bound (a row
-    whose page changed since is generated again). None when the job's rows are not stored yet."""
+    estimate's ``reused_rows``): exact without page context (an opener written without a page);
+    with it, an upper bound (any page: a row whose page changed since is generated again).
+    None when the job's rows are not stored yet."""
     if days <= 0 or not job.get("reuse", True):
         return 0
     count, after, seen = 0, 0, False
@@ -104,7 +105,8 @@ def expected_reused(conn, job: dict, days: int, batch: int = 5000) -> int | None
             return count if seen else None
         seen = True
         fingerprints = [job_fingerprint(job, row) for row in rows]
-        known = db.reusable_fingerprints(conn, str(job["account_id"]), list(set(fingerprints)), days)
+        known = db.reusable_fingerprints(conn, str(job["account_id"]), list(set(fingerprints)), days,
+                                         any_page=bool(job.get("page_context")))
         count += sum(1 for fp in fingerprints if fp in known)
         if len(rows) < batch:
             return count

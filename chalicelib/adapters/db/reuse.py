@@ -23,11 +23,14 @@ def reusable_openers(conn, account_id: str, fingerprints: list[bytes], days: int
     ).fetchall()
 
 
-def reusable_fingerprints(conn, account_id: str, fingerprints: list[bytes], days: int) -> set[bytes]:
-    """Which of `fingerprints` have an earlier opener (any page)."""
+def reusable_fingerprints(conn, account_id: str, fingerprints: list[bytes], days: int,
+                          any_page: bool = True) -> set[bytes]:
+    """Which of `fingerprints` have an earlier opener: written from any page, or (not
+    `any_page`) from none."""
     if not fingerprints:
         return set()
-    rows = conn.execute(f"SELECT DISTINCT u.fingerprint {_EARLIER}",
+    no_page = "" if any_page else " AND u.page_hash IS NULL"
+    rows = conn.execute(f"SELECT DISTINCT u.fingerprint {_EARLIER}{no_page}",
                         {"fps": fingerprints, "days": days, "account": account_id}).fetchall()
     return {bytes(r["fingerprint"]) for r in rows}
 

@@ -18,7 +18,7 @@ asking the model again where the checks say so; a job's index is forgotten when 
 Reuse across jobs (``reuse``): each claimed batch of rows is looked up in one query by its
 fingerprints before anything else; a row whose earlier opener needs no page is saved at once
 with no call, a row with page context is compared once its page is in. While rows come back
-reused, the claims grow (up to a chunk), so a re-run of an unchanged file is paced by the
+reusable, the claims grow (up to a chunk), so a re-run of an unchanged file is paced by the
 database, not by the generators.
 """
 
@@ -80,7 +80,7 @@ class _Run:
     buffer: list[dict] = field(default_factory=list)
     to_release: list = field(default_factory=list)
     status: str = "processing"
-    ahead: int = 0  # rows claimed beyond the free generators: twice the last claim's reused rows
+    ahead: int = 0  # rows held beyond the generators: twice the last claim's rows with an earlier opener
 
 
 class ChunkWorker:
@@ -152,10 +152,10 @@ class ChunkWorker:
                     log.info("job is %s: stopping", run.status)
                     self._wait_briefly(in_flight, run)
                     break
-                free = capacity - len(in_flight)
+                free = capacity + run.ahead - len(in_flight)
                 reused_now = 0
                 if not stopping and (not in_flight or free >= max(1, self.concurrency // 4)):
-                    rows = self._db(db.claim_urls, run.job_id, run.chunk, run.owner, free + run.ahead,
+                    rows = self._db(db.claim_urls, run.job_id, run.chunk, run.owner, free,
                                     self.settings.lease_seconds)
                     earlier = self._db(reuse.lookup, job, rows, self.settings.reuse_days) if rows else {}
                     for row in rows:
@@ -166,7 +166,9 @@ class ChunkWorker:
                             reused_now += 1
                         else:
                             in_flight[self._submit(pool, pages, row, job, stop_requested, found)] = row
-                    run.ahead = min(self.settings.chunk_size, 2 * reused_now)
+                    # rows with an earlier opener cost no call (at most a page from the cache): while
+                    # they come, claim more at once, so the claims and lookups stay few
+                    run.ahead = min(self.settings.chunk_size, 2 * len(earlier)) if rows else run.ahead
                     if not rows:  # chunk drained, or the job stopped being processed
                         run.status = self._db(db.get_job_status, run.job_id) or "gone"
                         last_status = self.clock()

@@ -177,3 +177,20 @@ def test_cached_tokens_cost_the_cached_price() -> None:
     assert pricing.cost_usd(prices, "n", 1_000_000, 0, cached_tokens=600_000) == 2.0  # no discount stated
     assert pricing.cost_usd(prices, "m", 1_000_000, 0, "batch", cached_tokens=1_000_000) == 0.25
     assert pricing.cost_usd(prices, "m", 100, 0, cached_tokens=10**9) == pricing.cost_usd(prices, "m", 0, 0) + 0.5e-4
+
+
+def test_dummy_mode_reports_cached_tokens_for_a_repeated_long_prefix_as_openai_does() -> None:
+    from chalicelib.generation.dummy import DummyTransport
+
+    transport = DummyTransport(cache_min_tokens=512)  # OpenAI's 1,024 is more than any system message here
+    client = openai.OpenAI(api_key="dummy", base_url="http://dummy.invalid/v1", max_retries=0,
+                           http_client=httpx2.Client(transport=transport))
+    generator = OpenerGenerator(client, _Limiter(), "gpt-test", sleep=lambda s: None)
+    short = [generator.generate(f"https://a{i}.example/", INSTRUCTIONS, cache_key="j") for i in range(2)]
+    assert [o.cached_tokens for o in short] == [0, 0]  # a prefix under the threshold is never cached
+    long = INSTRUCTIONS + " " + "We deliver bread. " * 100  # the system message passes 512 tokens
+    first, second = (generator.generate(f"https://b{i}.example/", long, cache_key="j") for i in range(2))
+    other_job = generator.generate("https://c.example/", long, cache_key="k")
+    assert first.cached_tokens == 0 and other_job.cached_tokens == 0
+    assert second.cached_tokens >= 512 and (second.cached_tokens - 512) % 128 == 0
+    assert second.cached_tokens <= second.prompt_tokens

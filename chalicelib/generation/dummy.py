@@ -6,8 +6,10 @@ It answers what was asked: the JSON ``{"opener", "evidence"}`` (as content, whet
 through ``response_format`` or in words) with evidence copied verbatim from the prompt's data (the
 page's title, else the row's company field, else null: a generic opener), or plain text for a
 request that asks for neither. A re-ask (a second user message) gets another of its templates.
-Usage reports cached prompt tokens as OpenAI does: a first message of at least 1,024 tokens seen
-before (same model and ``prompt_cache_key``) counts as cached, in steps of 128 tokens."""
+Its usage counts the prompt as characters / 4 plus 4 a message, the ``response_format`` schema
+included (as a provider counts it), and reports cached prompt tokens as OpenAI does: a first
+message of at least 1,024 tokens seen before (same model and ``prompt_cache_key``) counts as
+cached, in steps of 128 tokens."""
 
 from __future__ import annotations
 
@@ -203,6 +205,13 @@ def _approx_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
+def _format_tokens(payload: dict[str, Any]) -> int:
+    """The prompt tokens a ``response_format`` JSON schema adds (the provider puts it in the prompt)."""
+    fmt = payload.get("response_format")
+    spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
+    return _approx_tokens(json.dumps(spec, separators=(",", ":"))) if isinstance(spec, dict) else 0
+
+
 def _error_response(status: int, message: str, error_type: str) -> httpx2.Response:
     body = {"error": {"message": message, "type": error_type, "param": None, "code": None}}
     return httpx2.Response(status, json=body)
@@ -254,7 +263,7 @@ class DummyTransport(httpx2.BaseTransport):
         text = json.dumps({"opener": opener, "evidence": _evidence(opener, fields, title)}) \
             if _asks_for_json(payload) else opener
         prompt_chars = sum(len(text) for text in _texts(payload["messages"]))
-        prompt_tokens = math.ceil(prompt_chars / 4) + 4 * len(payload["messages"])
+        prompt_tokens = math.ceil(prompt_chars / 4) + 4 * len(payload["messages"]) + _format_tokens(payload)
         completion_tokens = _approx_tokens(text)
         cached = self._cached_tokens(payload)
         return {

@@ -79,7 +79,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
         # Refusals from the counts validation stored, before the file is read again and COPYed.
         check_capacity(conn, limits, account_id, job["total_rows"])
         check_budget(settings.prices, model, max_cost_usd, resolve_mode(asked_mode, settings, job["total_rows"]),
-                     job["total_rows"], instructions, list(fields), page_context)
+                     job["total_rows"], instructions, list(fields), page_context, checks, preview_calibration(job))
     else:
         fields = template_columns(instructions, job)
     try:
@@ -92,7 +92,11 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
             if total == 0:
                 raise BadRequest("The file has no valid URL", code="no_valid_urls")
             mode = resolve_mode(asked_mode, settings, total)
-            check_budget(settings.prices, model, max_cost_usd, mode, total, instructions, list(fields), page_context)
+            reused = 0 if mode == "batch" else expected_reused(conn, {  # the rows just stored, as the job
+                **job, "instructions": instructions, "model": model, "page_context": page_context, **checks},
+                settings.reuse_days) or 0
+            estimate = check_budget(settings.prices, model, max_cost_usd, mode, total, instructions, list(fields),
+                                    page_context, checks, preview_calibration(job), reused_rows=reused)
             take_account_capacity(conn, settings, account_id, total)
             chunks = -(-total // settings.chunk_size)
             first, waiting = window(list(range(chunks)), settings, mode)
@@ -100,9 +104,9 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
                                chunks=chunks, instructions=instructions, model=model, undispatched=waiting,
                                page_context=page_context, max_cost_usd=max_cost_usd, callback_url=callback_url,
                                mode=mode, **checks)
+            db.set_estimate(conn, job["id"], estimate, expected="processing")
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being started by another request", code="already_started") from None
-    reused_rows = expected_reused(conn, job, settings.reuse_days)  # before any worker can take a row
     try:
         queue.send_chunks(str(job["id"]), first)
     except Exception:
@@ -111,9 +115,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
             db.unstart_job(conn, job["id"])
         raise
     log.info("job started", extra={"job_id": str(job["id"]), "total_rows": total, "chunks": chunks, "mode": mode})
-    estimate = pricing.estimate(settings.prices, model, total, instructions, list(fields), page_context)
-    estimate["reused_rows"] = reused_rows
-    return {"job": job_json(job), "chunks": chunks, "estimate": estimate}
+    return {"job": job_json({**job, "estimate": estimate}), "chunks": chunks, "estimate": estimate}
 
 
 def _url_rows(chunks: Iterable[bytes], layout: csvfile.Layout, chunk_size: int,
@@ -147,17 +149,28 @@ def check_priced(prices: dict, model: str, max_cost_usd: float | None) -> None:
                          "cannot be held; leave max_cost_usd out or pick a priced model", code="no_price")
 
 
+def preview_calibration(job: dict) -> dict | None:
+    """What the job's last preview measured against the estimate (sql/0017), if it had one."""
+    return (job.get("estimate") or {}).get("preview")
+
+
 def check_budget(prices: dict, model: str, max_cost_usd: float | None, mode: str, urls: int,
-                 instructions: str | None, fields: list[str], page_context: bool) -> None:
-    """A batch job is paid for as a whole once submitted, so one whose estimate is above its
+                 instructions: str | None, fields: list[str], page_context: bool, checks: dict | None = None,
+                 calibrated: dict | None = None, reused_rows: int = 0) -> dict:
+    """The job's estimate (``pricing.estimate``, corrected by its preview's real usage when it had
+    one). A batch job is paid for as a whole once submitted, so one whose estimate is above its
     max_cost_usd is refused (400 over_budget) instead of being stopped halfway, as a live job is."""
+    words = {k: v for k, v in (checks or {}).items() if k in ("min_words", "max_words")}
+    estimate = pricing.estimate(prices, model, urls, instructions, fields, page_context, calibrated=calibrated,
+                                reused_rows=reused_rows, **words)
     if max_cost_usd is None or mode != "batch":
-        return
-    expected = pricing.estimate(prices, model, urls, instructions, fields, page_context)["batch_cost_usd"]
+        return estimate
+    expected = estimate["batch_cost_usd"]
     if expected is not None and expected > max_cost_usd:
         raise BadRequest(f"This batch job of {urls:,} URLs is estimated at ${expected:,.4f}, above its max_cost_usd "
                          f"of ${max_cost_usd:,.4f}; raise max_cost_usd, shorten the instructions or process fewer "
                          "URLs", code="over_budget")
+    return estimate
 
 
 def _seconds_to_utc_midnight() -> int:

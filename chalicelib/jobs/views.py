@@ -36,8 +36,8 @@ def iso(value: datetime | None) -> str | None:
 
 
 def job_json(job: dict) -> dict:
-    cost = pricing.cost_usd(get_settings().prices, job["model"], job["prompt_tokens"], job["completion_tokens"],
-                            job["mode"], job.get("cached_tokens") or 0)
+    prices = get_settings().prices
+    cost = pricing.job_cost(prices, job)
     return {
         "id": str(job["id"]),
         "account_id": str(job["account_id"]),
@@ -59,6 +59,7 @@ def job_json(job: dict) -> dict:
         "completion_tokens": job["completion_tokens"],
         "cached_tokens": int(job.get("cached_tokens") or 0),
         "cost_usd": None if cost is None else round(cost, 6),
+        "estimate": pricing.job_estimate(prices, job),
         "max_cost_usd": None if job["max_cost_usd"] is None else float(job["max_cost_usd"]),
         "page_context": job["page_context"],
         "mode": job["mode"],

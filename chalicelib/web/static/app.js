@@ -28,6 +28,7 @@
     "invalid-box", "invalid-table", "invalid-more", "instructions", "batch-mode", "preview-button", "start-button",
     "preview-box", "preview-list", "preview-estimate", "job-section", "job-file", "job-status",
     "job-progress", "job-percent", "job-processed", "job-failed", "job-remaining", "job-eta", "job-error",
+    "job-cost", "job-estimate",
     "download-button", "cancel-button", "retry-button", "new-button", "results-filter", "results-refresh",
     "results-table", "results-empty", "results-prev", "results-page", "results-next", "jobs-refresh",
     "jobs-table", "jobs-empty", "jobs-more", "summary-title", "job-title", "grounding-select", "min-words",
@@ -660,6 +661,27 @@
     return formatDuration((total - done) / rate / 1000);
   }
 
+  const BASIS = { heuristic: "from the prompt", preview: "corrected by the preview", first_chunk: "from the first rows" };
+
+  function dollars(value) {
+    return value == null ? "–" : `$${Number(value).toFixed(Number(value) < 1 ? 4 : 2)}`;
+  }
+
+  // The job's cost so far beside what it was expected to cost (text only, never HTML).
+  function renderCost(job) {
+    setText(el["job-cost"], dollars(job.cost_usd));
+    const estimate = job.estimate;
+    if (!estimate || estimate.cost_usd == null) {
+      setText(el["job-estimate"], "–");
+      return;
+    }
+    let text = `${dollars(estimate.cost_usd)} (${BASIS[estimate.basis] || estimate.basis})`;
+    const start = estimate.at_start;
+    if (start && start.cost_usd != null && estimate.basis === "first_chunk") text += `; ${dollars(start.cost_usd)} at the start`;
+    if (estimate.reused_rows) text += `; ${formatNumber(estimate.reused_rows)} rows reused`;
+    setText(el["job-estimate"], text);
+  }
+
   function renderJob(job) {
     state.job = job;
     const total = job.total_rows || 0;
@@ -675,6 +697,7 @@
     setText(el["job-failed"], formatNumber(job.failed_rows));
     setText(el["job-remaining"], formatNumber(remaining));
     setText(el["job-eta"], eta(job));
+    renderCost(job);
     setText(el["job-error"], job.error || "");
     show(el["job-error"], Boolean(job.error));
     renderQuality(job.quality);

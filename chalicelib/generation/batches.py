@@ -143,7 +143,8 @@ class BatchRunner:
             page, context = self._page(job, row)
             body = self.generator.request_body(row["url"], job["instructions"], job["model"], row.get("fields"),
                                                page, language=checks.row_language(options, page),
-                                               min_words=options.min_words, max_words=options.max_words)
+                                               min_words=options.min_words, max_words=options.max_words,
+                                               feedback=row.get("feedback"))
             request = {"custom_id": str(row["id"]), "method": "POST", "url": ENDPOINT, "body": body}
             return json.dumps(request, ensure_ascii=False, separators=(",", ":")), context
 
@@ -307,7 +308,7 @@ class BatchRunner:
                 model=job["model"], options=checks.Options.of(job), fields=row.get("fields"), page=page,
                 duplicates=self.duplicates,
                 max_calls=self.settings.max_retries if within_budget else 1, account=str(job["account_id"]),
-                first=opener)
+                first=opener, feedback=row.get("feedback"))
         except (GenerationFailed, LimiterStopped) as exc:
             message = exc.message if isinstance(exc, GenerationFailed) else "stopped while asking again"
             spent = (exc.prompt_tokens, exc.completion_tokens) if isinstance(exc, GenerationFailed) and \

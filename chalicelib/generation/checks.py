@@ -122,10 +122,12 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
                      page: str | None = None, declared_language: str | None = None,
                      duplicates: Duplicates | None = None, max_calls: int = 3,
                      should_stop: Callable[[], bool] = lambda: False, account: str | None = None,
-                     first: Opener | None = None) -> Checked:
+                     first: Opener | None = None, feedback: str | None = None) -> Checked:
     """The row's opener, checked (see the module docstring). Raises ``Ungrounded`` (strict mode),
     ``GenerationFailed`` or ``LimiterStopped`` as the generator does. ``first``: an answer already
-    in hand (a Batch API result): checked before any live call is made."""
+    in hand (a Batch API result): checked before any live call is made. ``feedback``: the
+    sender's words on the row's earlier opener (a regeneration), added to its prompt."""
+    marks = {"feedback": feedback} if feedback else {}  # generators that predate feedback keep working
     language = row_language(options, page, declared_language)
     values = [v for v in (fields or {}).values() if v]
     has_source = bool(page) or bool(values)
@@ -152,7 +154,7 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
                 opener = generator.generate(url, instructions, model, should_stop=should_stop, account=account,
                                             fields=fields, page=page, language=language,
                                             min_words=options.min_words, max_words=options.max_words, reask=reask,
-                                            cache_key=job_id)
+                                            cache_key=job_id, **marks)
             except GenerationFailed as exc:  # the calls made before it were paid: the failed row counts them
                 exc.prompt_tokens += total["prompt"]
                 exc.completion_tokens += total["completion"]

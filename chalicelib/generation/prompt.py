@@ -31,8 +31,8 @@ MAX_INSTRUCTIONS_CHARS = 2000
 MAX_FIELD_CHARS = 200
 MAX_FIELDS = 10
 MAX_PAGE_CHARS = 1000
-MAX_FEEDBACK_CHARS = 2000
-FEEDBACK_LABEL = "Feedback from the reviewer:"
+MAX_FEEDBACK_CHARS = 500
+FEEDBACK_LABEL = "The sender's feedback on an earlier opener for this prospect (follow it):"
 
 SYSTEM_PROMPT = (
     "You write the opening lines of cold outreach emails for B2B senders. Given a prospect's website "
@@ -150,7 +150,7 @@ def build_messages(url: str, instructions: str | None = None, fields: dict[str, 
         lines = [_data(line, MAX_PAGE_CHARS) for line in page.splitlines() if line.strip()]
         parts.append("<page>\n" + "\n".join(lines)[:MAX_PAGE_CHARS] + "\n</page>")
     note = " ".join((feedback or "").split())[:MAX_FEEDBACK_CHARS]
-    if note:  # the sender's own words on this row: it steers, as the instructions do
+    if note:  # the sender's words on this row's earlier opener (a regeneration): row-specific, so in its tail
         parts.append(f"{FEEDBACK_LABEL} {note}")
     ask = f"Write the opener in {language_name(language)}."
     if json_in_prompt:

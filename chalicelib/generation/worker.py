@@ -259,7 +259,7 @@ class ChunkWorker:
                 self.generator, job_id=str(job["id"]), url=row["url"], instructions=job["instructions"],
                 model=job["model"], options=checks.Options.of(job), fields=row.get("fields"), page=page,
                 duplicates=self.duplicates, max_calls=self.settings.max_retries,
-                should_stop=stop.is_set, account=str(job["account_id"]))
+                should_stop=stop.is_set, account=str(job["account_id"]), feedback=row.get("feedback"))
         except LimiterStopped:
             return None
         except GenerationFailed as exc:

@@ -70,6 +70,7 @@ def job_json(job: dict) -> dict:
         "language": job["language"],
         "reuse": job.get("reuse", True),
         "quality": quality_summary(job["quality"] or {}, job["processed_rows"]),
+        "regenerated": job["regenerated"],
         "created_at": iso(job["created_at"]),
         "updated_at": iso(job["updated_at"]),
         "started_at": iso(job["started_at"]),
@@ -157,10 +158,12 @@ def list_(conn, account_id: str, *, status: str | None, limit: str | None, curso
 
 
 def results(conn, account_id: str, job_id: str, *, status: str | None, limit: str | None,
-            cursor: str | None, quality: str | None = None) -> dict:
+            cursor: str | None, quality: str | None = None, review: str | None = None) -> dict:
     job = require_job(conn, account_id, job_id)
     status = check_status(status, URL_STATUSES)
     quality = check_quality(quality)
+    if review and review not in ("approved", "rejected", "none"):
+        raise BadRequest("review must be one of approved, rejected, none", code="bad_review")
     size = parse_limit(limit, 100, 1000)
     after = 0
     if cursor:
@@ -169,11 +172,11 @@ def results(conn, account_id: str, job_id: str, *, status: str | None, limit: st
         if after is None:
             raise BadRequest("cursor is not valid", code="bad_cursor")
     rows = db.results_page(conn, job["id"], status=status, limit=size + 1, after_row=after,
-                           quality=quality)
+                           quality=quality, review=review or None)
     page = rows[:size]
     next_cursor = encode_cursor(page[-1]["row"]) if len(rows) > size else None
     return {
-        "results": [{**r, "id": str(r["id"])} for r in page],
+        "results": [{**r, "id": str(r["id"]), "updated_at": iso(r["updated_at"])} for r in page],
         "next_cursor": next_cursor,
     }
 

@@ -26,8 +26,8 @@ than the page's (``dns_timeout_s``: ``getaddrinfo`` has no timeout, so it runs i
 resolver threads and is waited on at most that long), and a host whose page fetch timed out, or
 whose name did not resolve, is remembered for ``host_failure_ttl_s`` (:class:`HostFailures`): the
 next pages of that host in this process end at once with the same status, instead of each
-waiting out its own deadline (a CSV often names one site many times). Webhooks neither consult
-nor feed that memory.
+waiting out its own deadline (a CSV often names one site many times); when that memory lapses,
+one fetch probes the host while the others still skip it. Webhooks neither consult nor feed it.
 
 Nothing here raises for a URL that cannot be fetched: every outcome is a :class:`FetchResult`
 with a status (``fetched``, ``blocked``, ``timeout``, ``not_html``, ``robots``, ``error``) and a

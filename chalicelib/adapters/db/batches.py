@@ -98,6 +98,6 @@ def job_batches(conn, job_id: str, statuses: tuple[str, ...]) -> list[dict]:
 def batch_rows(conn, batch_id: str) -> list[dict]:
     """The URL rows a batch still holds."""
     return conn.execute(
-        """SELECT id, url, row_number, retry_count, fields FROM urls
+        """SELECT id, url, row_number, retry_count, fields, feedback FROM urls
            WHERE claimed_by = %s AND status = 'processing' ORDER BY row_number""",
         (batch_id,)).fetchall()

@@ -7,7 +7,8 @@ from __future__ import annotations
 # of the account, within the window; a row a person edited is not the model's opener any more.
 _EARLIER = """FROM urls u JOIN jobs j ON j.id = u.job_id
             WHERE u.fingerprint = ANY(%(fps)s) AND u.finished_at > now() - make_interval(days => %(days)s)
-              AND u.status = 'completed' AND j.account_id = %(account)s AND NOT ('edited' = ANY(u.quality))"""
+              AND u.status = 'completed' AND j.account_id = %(account)s AND NOT ('edited' = ANY(u.quality))
+              AND u.opener_source IS DISTINCT FROM 'person'"""
 
 
 def reusable_openers(conn, account_id: str, fingerprints: list[bytes], days: int) -> list[dict]:

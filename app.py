@@ -289,7 +289,7 @@ def process(caller: Caller):
                         page_context=body.get("page_context"), max_cost_usd=body.get("max_cost_usd"),
                         callback_url=body.get("callback_url"), mode=body.get("mode"),
                         grounding=body.get("grounding"), min_words=body.get("min_words"),
-                        max_words=body.get("max_words"), language=body.get("language"))
+                        max_words=body.get("max_words"), language=body.get("language"), reuse=body.get("reuse"))
     return Response(result, status_code=202)
 
 
@@ -342,7 +342,7 @@ def preview_job(caller: Caller, job_id):
                            page_context=body.get("page_context"), rows=body.get("rows"),
                            page_summary=deps.page_summaries(), grounding=body.get("grounding"),
                            min_words=body.get("min_words"), max_words=body.get("max_words"),
-                           language=body.get("language"))
+                           language=body.get("language"), reuse=body.get("reuse"))
 
 
 @route("/api/jobs/{job_id}/retry", methods=["POST"])

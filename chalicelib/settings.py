@@ -85,7 +85,8 @@ class Settings:
     cors_allow_origin: str = "*"  # comma-separated origins; "*" (any) is refused in the prod stage
     stage: str = "local"
     page_context_default: bool = True  # PAGE_CONTEXT_DEFAULT: a job's page_context when process does not say
-    model_prices: str = ""  # MODEL_PRICES: "model=input/output,..." USD per 1M tokens; adds to the built-in table
+    model_prices: str = ""  # MODEL_PRICES: "model=input/output[/cached],..." USD per 1M tokens, over the built-ins
+    reuse_days: int = 30  # REUSE_DAYS: an opener is reused for rows of the same fingerprint this long; 0 = never
     api_rate_limit_per_minute: int = 600  # per account, unless the account sets its own
     api_rate_window_s: int = 60
     ip_rate_limit_per_minute: int = 600  # per client address: /health and failed authentications
@@ -188,6 +189,7 @@ class Settings:
             stage=get("STAGE", cls.stage),
             page_context_default=_bool(get("PAGE_CONTEXT_DEFAULT", "true")),
             model_prices=get("MODEL_PRICES", cls.model_prices),
+            reuse_days=max(0, int(get("REUSE_DAYS") or cls.reuse_days)),
             api_rate_limit_per_minute=int(get("API_RATE_LIMIT_PER_MINUTE", cls.api_rate_limit_per_minute)),
             api_rate_window_s=int(get("API_RATE_WINDOW_S", cls.api_rate_window_s)),
             ip_rate_limit_per_minute=int(get("IP_RATE_LIMIT_PER_MINUTE", cls.ip_rate_limit_per_minute)),
@@ -244,25 +246,32 @@ def fetch_ssm_parameters(names: list[str]) -> dict[str, str]:
     return {p["Name"]: p["Value"] for p in response["Parameters"]}
 
 
-# USD per million input/output tokens; MODEL_PRICES adds to or overrides these.
-DEFAULT_PRICES = "gpt-4o-mini=0.15/0.60,gpt-4.1-mini=0.40/1.60,gpt-4.1-nano=0.10/0.40,gpt-4o=2.50/10.00"
+# USD per million input/output/cached-input tokens (OpenAI's list prices); MODEL_PRICES adds to or
+# overrides these.
+DEFAULT_PRICES = ("gpt-4o-mini=0.15/0.60/0.075,gpt-4.1-mini=0.40/1.60/0.10,gpt-4.1-nano=0.10/0.40/0.025,"
+                  "gpt-4o=2.50/10.00/1.25")
 
 
-def parse_prices(text: str) -> dict[str, tuple[Decimal, Decimal]]:
-    """`"gpt-4o-mini=0.15/0.60,gpt-4o=2.50/10.00"` -> {model: (input, output) per million tokens}."""
+def parse_prices(text: str) -> dict[str, tuple[Decimal, Decimal, Decimal]]:
+    """`"gpt-4o-mini=0.15/0.60/0.075,gpt-4o=2.50/10.00"` -> {model: (input, output, cached input)
+    per million tokens}. The cached-input figure is optional: without it cached prompt tokens cost
+    the input price (a server that does not say it discounts is not assumed to)."""
     prices = {}
     for item in text.split(","):
         if not item.strip():
             continue
-        model, sep, pair = item.partition("=")
-        inp, sep2, out = pair.partition("/")
+        model, sep, figures = item.partition("=")
+        parts = figures.split("/")
         try:
-            if not (sep and sep2 and model.strip()):
+            if not (sep and model.strip() and len(parts) in (2, 3)):
                 raise ValueError
-            prices[model.strip()] = (Decimal(inp.strip()), Decimal(out.strip()))
+            inp, out, *cached = (Decimal(p.strip()) for p in parts)
+            if not all(v.is_finite() and v >= 0 for v in (inp, out, *cached)):
+                raise ValueError
+            prices[model.strip()] = (inp, out, cached[0] if cached else inp)
         except (ValueError, ArithmeticError):
-            raise ValueError(
-                f"MODEL_PRICES entry {item.strip()!r} is not model=input/output (USD per 1M tokens)") from None
+            raise ValueError(f"MODEL_PRICES entry {item.strip()!r} is not model=input/output or "
+                             "model=input/output/cached_input (USD per 1M tokens)") from None
     return prices
 
 

@@ -103,10 +103,13 @@ def add_quality_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-words", type=count_arg(1, 200), metavar="N", help="more words is flagged (default 40)")
     group.add_argument("--language", type=language_arg, metavar="CODE",
                        help="auto (each prospect's language, the default) or an ISO 639-1 code such as de")
+    group.add_argument("--no-reuse", dest="reuse", action="store_false", default=None,
+                       help="call the model for every row, even one an earlier job of the account already "
+                            "has an opener for (reuse is the default)")
 
 
 def quality_options(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("grounding", "min_words", "max_words", "language")
+    names = ("grounding", "min_words", "max_words", "language", "reuse")
     options = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     if options.get("min_words", 0) > options.get("max_words", 200):
         raise UsageError("--min-words must not be greater than --max-words")
@@ -482,6 +485,8 @@ def cmd_run(ctx: Context) -> int:
         batch = estimate.get("batch_cost_usd")
         ctx.info(f"Estimated cost: ${estimate['cost_usd']:.2f} live"
                  + (f", ${batch:.2f} in batch mode" if isinstance(batch, int | float) else ""))
+    if isinstance(estimate, dict) and isinstance(estimate.get("reused_rows"), int) and estimate["reused_rows"]:
+        ctx.info(f"{estimate['reused_rows']} row(s) have an opener from an earlier job: reused with no call")
     extra = {"upload": {"how": upload.how, **({k: upload.summary[k] for k in
                                                  ("url_column", "total_rows", "invalid_rows", "errors")}
                                               if upload.summary else {}),

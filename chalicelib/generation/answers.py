@@ -37,6 +37,7 @@ class Opener:
     completion_tokens: int
     attempts: int
     evidence: str | None = None
+    cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
 
 
 def trim(text: str, limit: int) -> str:

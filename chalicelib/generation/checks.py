@@ -104,6 +104,7 @@ class Checked:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     attempts: int = 0
+    cached_tokens: int = 0
     reasks: list[str] = field(default_factory=list)
 
 
@@ -138,7 +139,7 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
     values += [url, host] if host else [url]
     source = quality_grounding.Source.of(page, values, instructions)
     max_calls = max(1, max_calls)
-    total = {"prompt": 0, "completion": 0, "attempts": 0}
+    total = {"prompt": 0, "completion": 0, "attempts": 0, "cached": 0}
     calls = 0
     flag_reasked = False
     reask: str | None = None
@@ -153,7 +154,7 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
                 opener = generator.generate(url, instructions, model, should_stop=should_stop, account=account,
                                             fields=fields, page=page, language=language,
                                             min_words=options.min_words, max_words=options.max_words, reask=reask,
-                                            **marks)
+                                            cache_key=job_id, **marks)
             except GenerationFailed as exc:  # the calls made before it were paid: the failed row counts them
                 exc.prompt_tokens += total["prompt"]
                 exc.completion_tokens += total["completion"]
@@ -162,6 +163,7 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
         total["prompt"] += opener.prompt_tokens
         total["completion"] += opener.completion_tokens
         total["attempts"] += opener.attempts
+        total["cached"] += opener.cached_tokens
         return opener
 
     while True:
@@ -201,7 +203,8 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
             quality.append(quality_flags.UNGROUNDED)
         return Checked(opener.text, opener.evidence, found.status, quality, checked.words, language,
                        regenerations=calls - 1, prompt_tokens=total["prompt"],
-                       completion_tokens=total["completion"], attempts=total["attempts"], reasks=reasks)
+                       completion_tokens=total["completion"], attempts=total["attempts"],
+                       cached_tokens=total["cached"], reasks=reasks)
 
 
 def _repeats(duplicates: Duplicates, job_id: str, text: str, attempts: int = 5) -> str | None:

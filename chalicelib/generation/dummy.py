@@ -7,7 +7,9 @@ through ``response_format`` or in words) with evidence copied verbatim from the 
 page's title, else the row's company field, else null: a generic opener), or plain text for a
 request that asks for neither. A re-ask (a second user message) gets another of its templates.
 Its usage counts the prompt as characters / 4 plus 4 a message, the ``response_format`` schema
-included (as a provider counts it)."""
+included (as a provider counts it), and reports cached prompt tokens as OpenAI does: a first
+message of at least 1,024 tokens seen before (same model and ``prompt_cache_key``) counts as
+cached, in steps of 128 tokens."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import logging
 import math
 import random
 import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,6 +64,9 @@ DUMMY_TEMPLATES = (
     "next few months a little easier for your team.",
 )
 MAX_DUMMY_NAME_CHARS = 40
+CACHE_MIN_TOKENS = 1024  # OpenAI caches prompt prefixes from this many tokens...
+CACHE_STEP = 128  # ... in steps of this many
+CACHE_ENTRIES = 10_000  # prefixes a process remembers
 _URL_IN_TEXT = re.compile(r"https?://[^\s\"'<>]+", re.IGNORECASE)
 _DOMAIN_IN_TEXT = re.compile(r"\b(?:[a-z0-9-]+\.)+[a-z]{2,}\b", re.IGNORECASE)
 _ID_LIKE = re.compile(r"\d+|(?=[a-f]*\d)[0-9a-f]{6,}", re.IGNORECASE)  # "jane-doe-3b1a2c9f"
@@ -213,17 +220,22 @@ def _error_response(status: int, message: str, error_type: str) -> httpx2.Respon
 class DummyTransport(httpx2.BaseTransport):
     """An OpenAI chat-completions endpoint in-process: realistic openers, a configurable delay, no network.
 
-    Thread-safe: the only shared state is a ``random.Random`` (whose calls are atomic), and the
-    delay is slept without holding any lock, so concurrent calls overlap like real ones.
+    Thread-safe: the shared state is a ``random.Random`` (whose calls are atomic) and the prompt
+    prefixes seen (under a lock held for a dict lookup), and the delay is slept without holding any
+    lock, so concurrent calls overlap like real ones.
     """
 
-    def __init__(self, delay_ms: tuple[int, int] = (0, 0), sleep: Callable[[float], Any] = time.sleep) -> None:
+    def __init__(self, delay_ms: tuple[int, int] = (0, 0), sleep: Callable[[float], Any] = time.sleep,
+                 cache_min_tokens: int = CACHE_MIN_TOKENS) -> None:
         low, high = delay_ms
         if low < 0 or high < low:
             raise ValueError(f"delay_ms must be a (low, high) range with 0 <= low <= high, got {delay_ms!r}")
         self.delay_ms = (int(low), int(high))
         self._sleep = sleep
         self._random = random.Random()
+        self._prefixes: OrderedDict[bytes, None] = OrderedDict()  # prompt prefixes seen, oldest first
+        self._lock = threading.Lock()
+        self.cache_min_tokens = max(1, cache_min_tokens)
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         if request.method != "POST" or not request.url.path.rstrip("/").endswith("/chat/completions"):
@@ -253,6 +265,7 @@ class DummyTransport(httpx2.BaseTransport):
         prompt_chars = sum(len(text) for text in _texts(payload["messages"]))
         prompt_tokens = math.ceil(prompt_chars / 4) + 4 * len(payload["messages"]) + _format_tokens(payload)
         completion_tokens = _approx_tokens(text)
+        cached = self._cached_tokens(payload)
         return {
             "id": "chatcmpl-dummy-" + hashlib.sha256(url.encode("utf-8")).hexdigest()[:16],
             "object": "chat.completion",
@@ -270,5 +283,25 @@ class DummyTransport(httpx2.BaseTransport):
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": cached},
             },
         }
+
+    def _cached_tokens(self, payload: dict[str, Any]) -> int:
+        """OpenAI's rule on the first message (the job's constant part): cached once seen, when it
+        has at least ``cache_min_tokens`` tokens, in steps of CACHE_STEP. (The system message with
+        the longest instructions is about 850 tokens: at OpenAI's 1,024 nothing is cached.)"""
+        first = _texts(payload["messages"][:1])
+        tokens = math.ceil(len(first[0]) / 4) + 4 if first else 0
+        least = self.cache_min_tokens
+        if tokens < least:
+            return 0
+        key = hashlib.sha256(json.dumps([payload.get("model"), payload.get("prompt_cache_key"), first[0]],
+                                        sort_keys=True).encode("utf-8", "surrogatepass")).digest()
+        with self._lock:
+            seen = key in self._prefixes
+            self._prefixes[key] = None
+            self._prefixes.move_to_end(key)
+            while len(self._prefixes) > CACHE_ENTRIES:
+                self._prefixes.popitem(last=False)
+        return least + CACHE_STEP * ((tokens - least) // CACHE_STEP) if seen else 0

@@ -14,7 +14,11 @@ mode, ``dummy``; what an answer must be to become an opener, ``answers``.
 The answer is asked for as JSON through ``response_format`` (``quality.response_format()``). A
 server that refuses it (a 400 naming ``response_format``) is asked again at once with the JSON
 asked for in words, and so is every later call to that model from this process (logged once):
-the refusal is a property of the server, not of the row.
+the refusal is a property of the server, not of the row. ``prompt_cache_key`` (the job's id,
+so the provider routes a job's requests to the cache holding its constant prefix) is handled
+the same way: a 400 naming it turns it off for that model for the process, logged once. The
+provider's cached prompt tokens (``usage.prompt_tokens_details.cached_tokens``) are kept with
+the opener, to be priced at the model's cached-input price.
 """
 
 from __future__ import annotations
@@ -58,6 +62,17 @@ log = logging.getLogger("csv_opener.openers")
 TEMPERATURE = 0.7
 
 # -- generator ------------------------------------------------------------------------------------
+
+
+def cached_count(usage: dict) -> int:
+    """``usage.prompt_tokens_details.cached_tokens``: 0 when absent or not a sane count (at most
+    the prompt's tokens)."""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if not isinstance(cached, int) or isinstance(cached, bool) or cached < 0:
+        return 0
+    prompt = usage.get("prompt_tokens")
+    return min(cached, prompt) if isinstance(prompt, int) and prompt >= 0 else 0
 
 
 class Limiter(Protocol):
@@ -105,6 +120,7 @@ class OpenerGenerator:
         self.max_tokens = max_tokens
         self._sleep = sleep
         self.json_in_prompt: set[str] = set()  # models whose server refused response_format
+        self.no_cache_key: set[str] = set()  # models whose server refused prompt_cache_key
         self._backoff = wait_exponential_jitter(
             multiplier=BACKOFF_INITIAL_S, max=BACKOFF_MAX_S, jitter=BACKOFF_JITTER_S
         )
@@ -124,7 +140,8 @@ class OpenerGenerator:
         ``account`` takes the call from that account's fair share of the shared rate; ``fields``
         (the row's template columns) and ``page`` (a summary of the prospect's page) go into the
         prompt as data; ``asked``: ``language``, ``min_words``, ``max_words`` and ``reask`` of
-        ``prompt.build_messages``. An answer the output guard rejects is retried like an unusable one."""
+        ``prompt.build_messages``, and ``cache_key`` (``prompt_cache_key``, sent where the server takes it).
+        An answer the output guard rejects is retried like an unusable one."""
         def body() -> dict:
             return self.request_body(url, instructions, model, fields, page, **asked)
         retrying = Retrying(
@@ -158,10 +175,11 @@ class OpenerGenerator:
     def request_body(self, url: str, instructions: str | None = None, model: str | None = None,
                      fields: dict[str, str] | None = None, page: str | None = None, *, language: str = "en",
                      min_words: int = DEFAULT_MIN_WORDS, max_words: int = DEFAULT_MAX_WORDS,
-                     reask: str | None = None, feedback: str | None = None) -> dict:
+                     reask: str | None = None, feedback: str | None = None, cache_key: str | None = None) -> dict:
         """The chat-completions request for one URL, as a live call sends it and a Batch API file
         carries it (one prompt for both modes): ``response_format`` unless the model's server
-        refused it, then the JSON asked for in words."""
+        refused it, then the JSON asked for in words; ``prompt_cache_key`` when ``cache_key`` is
+        given and the model's server did not refuse it."""
         model = model or self.model
         in_words = model in self.json_in_prompt
         request = {"model": model,
@@ -171,21 +189,37 @@ class OpenerGenerator:
                    "max_tokens": self.max_tokens, "temperature": TEMPERATURE}
         if not in_words:
             request["response_format"] = response_format()
+        if cache_key and model not in self.no_cache_key:
+            request["prompt_cache_key"] = f"csv-opener-{cache_key}"[:64]
         return request
 
     def _attempt(self, body: Callable[[], dict], should_stop: Callable[[], bool], number: int,
                  account: str | None, url: str, instructions: str | None) -> Opener:
-        request = body()
-        try:
-            return self._call(request, should_stop, number, account, url, instructions)
-        except openai.BadRequestError as exc:
-            if "response_format" not in request or not refuses_response_format(exc.status_code, describe_error(exc)):
-                raise
-            if request["model"] not in self.json_in_prompt:
-                self.json_in_prompt.add(request["model"])
-                log.warning("model %s refused response_format: asking for the JSON in the prompt from now on",
-                            request["model"])
+        for _ in range(2):  # each refusal (response_format, prompt_cache_key) at most once
+            request = body()
+            try:
+                return self._call(request, should_stop, number, account, url, instructions)
+            except openai.BadRequestError as exc:
+                if not self._refused(request, exc):
+                    raise
         return self._call(body(), should_stop, number, account, url, instructions)
+
+    def _refused(self, request: dict, exc: openai.BadRequestError) -> bool:
+        """A 400 refusing ``response_format`` or ``prompt_cache_key``: that model goes without it
+        from now on (logged once); False for any other 400."""
+        model, detail = request["model"], describe_error(exc)
+        if "prompt_cache_key" in request and ("prompt_cache_key" in detail or getattr(exc, "param", None)
+                                              == "prompt_cache_key"):
+            if model not in self.no_cache_key:
+                self.no_cache_key.add(model)
+                log.warning("model %s refused prompt_cache_key: not sending it from now on", model)
+            return True
+        if "response_format" in request and refuses_response_format(exc.status_code, detail):
+            if model not in self.json_in_prompt:
+                self.json_in_prompt.add(model)
+                log.warning("model %s refused response_format: asking for the JSON in the prompt from now on", model)
+            return True
+        return False
 
     def _call(self, request: dict, should_stop: Callable[[], bool], number: int,
               account: str | None, url: str, instructions: str | None) -> Opener:
@@ -216,7 +250,8 @@ class OpenerGenerator:
             exc.completion_tokens = token_count(usage, "completion_tokens")
             raise
         return Opener(text=text, prompt_tokens=token_count(usage, "prompt_tokens"),
-                      completion_tokens=token_count(usage, "completion_tokens"), attempts=number, evidence=evidence)
+                      completion_tokens=token_count(usage, "completion_tokens"), attempts=number, evidence=evidence,
+                      cached_tokens=cached_count(usage))
 
     def _on_rate_limited(self, exc: openai.RateLimitError, model: str) -> None:
         if is_quota_exhausted(exc):

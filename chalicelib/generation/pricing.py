@@ -1,10 +1,11 @@
 """What a job costs: with the per-model price table (chalicelib/settings.py, since prices change), the estimate a
 user sees before starting, and the actual cost from the tokens the provider reported.
 
-Prices are US dollars per million input and output tokens. OpenAI's Batch API takes the same
-requests at half the price (BATCH_DISCOUNT); a batch job's live re-asks (a batch answer the
-quality checks sent back) are paid at the live price (``live_prompt_tokens``/``live_completion_tokens``
-of the job, part of its totals).
+Prices are US dollars per million input, output and cached input tokens (the provider's prompt
+cache: cached prompt tokens are part of ``prompt_tokens`` and cost the cached price instead of the
+input price). OpenAI's Batch API takes the same requests at half the price (BATCH_DISCOUNT); a
+batch job's live re-asks (a batch answer the quality checks sent back) are paid at the live price
+(``live_prompt_tokens``/``live_completion_tokens`` of the job, part of its totals).
 
 The estimate counts what is really sent (no tokenizer is available offline: characters / 4, as
 the limiter counts): the request body a live call or a Batch API line carries for a typical row
@@ -35,13 +36,16 @@ CALIBRATION_RANGE = (0.5, 2.0)  # a factor outside it says the sample was odd, n
 
 
 def cost_usd(prices: dict, model: str | None, prompt_tokens: int, completion_tokens: int,
-             mode: str = "live") -> float | None:
+             mode: str = "live", cached_tokens: int = 0) -> float | None:
     """Dollars for these tokens of `model` (through the Batch API when `mode` is "batch"), or
-    None when the table has no price for it."""
+    None when the table has no price for it. `cached_tokens` (of `prompt_tokens`) cost the
+    model's cached-input price."""
     if model not in prices:
         return None
-    inp, out = prices[model]
-    cost = (inp * prompt_tokens + out * completion_tokens) / Decimal(1_000_000)
+    inp, out, *rest = prices[model]
+    cached = min(max(0, int(cached_tokens or 0)), prompt_tokens)
+    cached_price = rest[0] if rest else inp
+    cost = (inp * (prompt_tokens - cached) + cached_price * cached + out * completion_tokens) / Decimal(1_000_000)
     return float(cost * BATCH_DISCOUNT if mode == "batch" else cost)
 
 
@@ -49,10 +53,11 @@ def job_cost(prices: dict, job: dict) -> float | None:
     """A job's dollars from its counters: a batch job's tokens at the batch price, except the
     live re-asks' (``live_prompt_tokens``/``live_completion_tokens``), which are paid live."""
     live_p, live_c = int(job.get("live_prompt_tokens") or 0), int(job.get("live_completion_tokens") or 0)
+    cached = int(job.get("cached_tokens") or 0)  # of live calls' prompts (a Batch API answer reports none)
     if job["mode"] != "batch" or not (live_p or live_c):
-        return cost_usd(prices, job["model"], job["prompt_tokens"], job["completion_tokens"], job["mode"])
+        return cost_usd(prices, job["model"], job["prompt_tokens"], job["completion_tokens"], job["mode"], cached)
     batch = cost_usd(prices, job["model"], job["prompt_tokens"] - live_p, job["completion_tokens"] - live_c, "batch")
-    live = cost_usd(prices, job["model"], live_p, live_c, "live")
+    live = cost_usd(prices, job["model"], live_p, live_c, "live", cached)
     return None if batch is None or live is None else batch + live
 
 

@@ -10,9 +10,11 @@ The answer is JSON ``{"opener", "evidence"}`` (``chalicelib.quality.answer``): a
 ``response_format``, or in words (``json_in_prompt``) for a server that refuses it. What is the
 same for every row of a job comes first (the system prompt with the word limits, then the
 sender's instructions, both in the system message, where only the sender steers) and the row's
-data last, so a provider's prompt cache can reuse the prefix; the language, which ``auto``
-decides per row, is stated after the data. A re-ask (the
-quality checks found something to fix) is one more user message after the first.
+data last, so a provider's prompt cache can reuse the prefix (``job_prefix``: the system message,
+byte-identical for every row of a job); the row's tail holds the URL, its ``{{column}}`` values,
+the page summary, a reviewer's ``feedback`` on this row (a regeneration's), then the language,
+which ``auto`` decides per row. A re-ask (the quality checks found something to fix) is one more
+user message after the first.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ MAX_FIELD_CHARS = 200
 MAX_FIELDS = 10
 MAX_PAGE_CHARS = 1000
 MAX_FEEDBACK_CHARS = 500
+FEEDBACK_LABEL = "The sender's feedback on an earlier opener for this prospect (follow it):"
 
 SYSTEM_PROMPT = (
     "You write the opening lines of cold outreach emails for B2B senders. Given a prospect's website "
@@ -118,21 +121,26 @@ def system_prompt(min_words: int = DEFAULT_MIN_WORDS, max_words: int = DEFAULT_M
     return f"{SYSTEM_PROMPT} The opener has {min_words} to {max_words} words."
 
 
-def build_messages(url: str, instructions: str | None = None, fields: dict[str, str] | None = None,
-                   page: str | None = None, *, language: str = "en", min_words: int = DEFAULT_MIN_WORDS,
-                   max_words: int = DEFAULT_MAX_WORDS, json_in_prompt: bool = False,
-                   reask: str | None = None, feedback: str | None = None) -> list[dict]:
-    """The chat messages for one URL: the house rules, word limits and the job's instructions
-    (sender, offer, tone) as the system message; then the URL, the row's fields and the page
-    summary as data, then the language to write in (and the JSON asked for in words when
-    ``json_in_prompt``); ``reask`` adds what to fix as a last message. ``feedback`` (the sender's
-    words on this row's earlier opener, from a regeneration) is row-specific, so it comes in the
-    row's part, after its data."""
+def job_prefix(instructions: str | None = None, *, min_words: int = DEFAULT_MIN_WORDS,
+               max_words: int = DEFAULT_MAX_WORDS) -> dict:
+    """The system message: the house rules, the word limits and the job's instructions (sender,
+    offer, tone), the same bytes for every row of a job (what a provider's prompt cache keeps)."""
     system = system_prompt(min_words, max_words)
     steer = (instructions or "").strip()
     if steer:
         steer = steer[:MAX_INSTRUCTIONS_CHARS].rstrip()
         system += f"\n\nAbout the sender and how to write (from the sender):\n{steer}"
+    return {"role": "system", "content": system}
+
+
+def build_messages(url: str, instructions: str | None = None, fields: dict[str, str] | None = None,
+                   page: str | None = None, *, language: str = "en", min_words: int = DEFAULT_MIN_WORDS,
+                   max_words: int = DEFAULT_MAX_WORDS, json_in_prompt: bool = False,
+                   reask: str | None = None, feedback: str | None = None) -> list[dict]:
+    """The chat messages for one URL: ``job_prefix`` as the system message; then the URL, the
+    row's fields and the page summary as data, a reviewer's ``feedback`` on this row, then the
+    language to write in (and the JSON asked for in words when ``json_in_prompt``); ``reask``
+    adds what to fix as a last message."""
     parts = [f"Prospect URL: {url.strip()}"]
     if fields:
         lines = [f"{_data(name, 100)}: {json.dumps(_data(value, MAX_FIELD_CHARS), ensure_ascii=False)}"
@@ -141,15 +149,15 @@ def build_messages(url: str, instructions: str | None = None, fields: dict[str, 
     if page:
         lines = [_data(line, MAX_PAGE_CHARS) for line in page.splitlines() if line.strip()]
         parts.append("<page>\n" + "\n".join(lines)[:MAX_PAGE_CHARS] + "\n</page>")
-    if feedback and feedback.strip():
-        parts.append("The sender's feedback on an earlier opener for this prospect (follow it): "
-                     + " ".join(feedback.split())[:MAX_FEEDBACK_CHARS])
+    note = " ".join((feedback or "").split())[:MAX_FEEDBACK_CHARS]
+    if note:  # the sender's words on this row's earlier opener (a regeneration): row-specific, so in its tail
+        parts.append(f"{FEEDBACK_LABEL} {note}")
     ask = f"Write the opener in {language_name(language)}."
     if json_in_prompt:
         ask += " " + json_instruction()
     parts.append(ask)
     messages = [
-        {"role": "system", "content": system},
+        job_prefix(instructions, min_words=min_words, max_words=max_words),
         {"role": "user", "content": "\n\n".join(parts)},
     ]
     if reask:

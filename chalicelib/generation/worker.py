@@ -14,6 +14,12 @@ claiming, save what was generated and give the rest back.
 Every answer goes through ``checks.generate_checked`` before it is saved: grounding, flags and
 the job-wide duplicate index (``duplicates``, shared by every handler of the job through Redis),
 asking the model again where the checks say so; a job's index is forgotten when it completes.
+
+Reuse across jobs (``reuse``): each claimed batch of rows is looked up in one query by its
+fingerprints before anything else; a row whose earlier opener needs no page is saved at once
+with no call, a row with page context is compared once its page is in. While rows come back
+reusable, the claims grow (up to a chunk), so a re-run of an unchanged file is paced by the
+database, not by the generators.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 
 from chalicelib import metrics
 from chalicelib.adapters import db
-from chalicelib.generation import checks, pricing
+from chalicelib.generation import checks, pricing, reuse
 from chalicelib.generation.answers import GenerationFailed
 from chalicelib.generation.dispatch import dispatch_next
 from chalicelib.generation.ratelimit import LimiterStopped
@@ -45,6 +51,7 @@ FLUSH_BATCH = 50
 STATUS_EVERY_S = 1.0
 RENEW_EVERY_S = 30.0  # or a third of the lease, if shorter
 CANCEL_GRACE_S = 2.0
+AHEAD_PAGES = 4  # rows with an earlier opener held beyond the generators, per page fetch thread
 PAGE_WAIT_GRACE_S = 1.0  # beyond PAGE_FETCH_TIMEOUT_S: a page fetch ends by itself just after its deadline
 MAX_ERROR_CHARS = 500
 
@@ -76,6 +83,7 @@ class _Run:
     buffer: list[dict] = field(default_factory=list)
     to_release: list = field(default_factory=list)
     status: str = "processing"
+    ahead: int = 0  # rows held beyond the generators: twice the last claim's rows with an earlier opener
 
 
 class ChunkWorker:
@@ -149,15 +157,34 @@ class ChunkWorker:
                     log.info("job is %s: stopping", run.status)
                     self._wait_briefly(in_flight, run)
                     break
-                free = capacity - len(in_flight)
+                free = capacity + run.ahead - len(in_flight)
+                reused_now = 0
                 if not stopping and (not in_flight or free >= max(1, self.concurrency // 4)):
                     rows = self._db(db.claim_urls, run.job_id, run.chunk, run.owner, free,
                                     self.settings.lease_seconds)
+                    earlier = self._db(reuse.lookup, job, rows, self.settings.reuse_days) if rows else {}
                     for row in rows:
-                        in_flight[self._submit(pool, pages, row, job, stop_requested)] = row
+                        found = earlier.get(row["id"])
+                        result = found.match(None) if found is not None and pages is None else None
+                        if result is not None:  # no page to wait for: saved with the next flush
+                            self._collect(run, row, reuse.reused_result(row["id"], result))
+                            reused_now += 1
+                        else:
+                            in_flight[self._submit(pool, pages, row, job, stop_requested, found)] = row
+                    # rows with an earlier opener cost no call (at most a page from the cache): while
+                    # they come, claim more at once, so the claims and lookups stay few
+                    # (with page context at most AHEAD_PAGES fetch threads' worth: each row still waits
+                    # for its page, and one queued too long behind the others would go without it)
+                    most = self.settings.chunk_size if pages is None else AHEAD_PAGES * self.page_concurrency
+                    run.ahead = min(most, 2 * len(earlier)) if rows else run.ahead
                     if not rows:  # chunk drained, or the job stopped being processed
                         run.status = self._db(db.get_job_status, run.job_id) or "gone"
                         last_status = self.clock()
+                if not in_flight and reused_now:  # every claimed row was reused: claim again
+                    if len(run.buffer) >= FLUSH_BATCH:
+                        self._flush(run, outcome)
+                        last_flush = last_status = self.clock()
+                    continue
                 if not in_flight:
                     if stopping or run.status == "processing":
                         break
@@ -198,19 +225,20 @@ class ChunkWorker:
     # ------------------------------------------------------------ pieces
 
     def _submit(self, pool: ThreadPoolExecutor, pages: ThreadPoolExecutor | None, row: dict, job: dict,
-                stop: _Flag) -> Future:
+                stop: _Flag, earlier: reuse.Candidates | None = None) -> Future:
         """The row's generation (its page fetched at once in `pages`, if given); its future."""
         page = None
         if pages is not None:  # keeps job_id/chunk on the threads' log lines, as below
             page = pages.submit(contextvars.copy_context().run, self.page_summary, row["url"], job["account_id"])
         page_until = time.monotonic() + self.page_wait_s
-        return pool.submit(contextvars.copy_context().run, self._generate, row, job, stop, page, page_until)
+        return pool.submit(contextvars.copy_context().run, self._generate, row, job, stop, page, page_until, earlier)
 
     def _generate(self, row: dict, job: dict, stop: _Flag, page_fetch: Future | None = None,
-                  page_until: float = float("inf")) -> dict | None:
+                  page_until: float = float("inf"), earlier: reuse.Candidates | None = None) -> dict | None:
         """One URL -> a result dict, or None to give the row back (stop requested). A page not
         there by ``page_until`` (its fetch had its time, or waited for a fetch thread) is left out:
-        the row is generated without it, ``context_status`` timeout."""
+        the row is generated without it, ``context_status`` timeout. `earlier`: openers of the
+        row's fingerprint from earlier jobs; one written from the same page is reused."""
         page, context = None, "off"
         if page_fetch is not None:
             if stop.is_set():
@@ -221,6 +249,9 @@ class ChunkWorker:
             except FutureTimeout:
                 page_fetch.cancel()  # if it has not started; else its answer only fills the cache
                 page, context = None, "timeout"
+        reused = earlier.match(page) if earlier is not None else None
+        if reused is not None:
+            return reuse.reused_result(row["id"], reused)
         base = {"id": row["id"], "opener": None, "error": None, "prompt_tokens": None, "completion_tokens": None,
                 "context_status": context}
         try:
@@ -244,6 +275,8 @@ class ChunkWorker:
         return {**base, "status": "completed", "opener": opener.text,
                 "retry_count": row["retry_count"] + opener.attempts - 1 - opener.regenerations,
                 "prompt_tokens": opener.prompt_tokens, "completion_tokens": opener.completion_tokens,
+                "cached_tokens": opener.cached_tokens, "fingerprint": reuse.job_fingerprint(job, row),
+                "page_hash": reuse.page_hash(page),
                 "evidence": opener.evidence, "grounding": opener.grounding, "quality": opener.quality,
                 "words": opener.words, "language": opener.language, "regenerations": opener.regenerations}
 

@@ -7,7 +7,9 @@ previews really cost against what the estimate says those rows cost calibrates t
 preview's own, and the start's (kept on the job, sql/0017). The same quality checks as the
 job's run on each answer (grounding, flags, asking again), with the options the job would take;
 near-duplicates are looked for among the previews themselves (the job's index does not exist
-yet)."""
+yet). With ``reuse`` (default true) a row whose fingerprint matches an opener the account's model
+wrote in the last REUSE_DAYS shows that opener (``reused: true``, no call, left out of the
+calibration), found in one query for the sample."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from chalicelib.adapters import db
 from chalicelib.adapters.storage import Storage
 from chalicelib.errors import BadRequest, Conflict
 from chalicelib.generation import checks, pricing
+from chalicelib.generation import reuse as reuse_openers
 from chalicelib.generation.answers import GenerationFailed
 from chalicelib.intake import csvfile
 from chalicelib.jobs.create import layout_of, read_source, validate_stored
@@ -65,7 +68,7 @@ def first_rows(storage: Storage, job: dict, count: int, fields: dict[str, int]) 
 def preview(conn, storage: Storage, settings: Settings, generator, account_id: str, job_id: str, *,
             instructions: object = None, model: object = None, page_context: object = True, rows: object = None,
             page_summary: PageSummary | None = None, grounding: object = None, min_words: object = None,
-            max_words: object = None, language: object = None) -> dict:
+            max_words: object = None, language: object = None, reuse: object = None) -> dict:
     """-> {"previews": [...], "estimate": {...}} for the job's first valid rows."""
     count = _rows(rows)
     options = checks.Options(**quality_options(grounding, min_words, max_words, language))
@@ -74,6 +77,7 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
     job = require_job(conn, account_id, job_id)
     model = allowed_model(account_limits(db.get_account(conn, account_id), settings), model)
     page_context = flag(page_context, "page_context", settings.page_context_default)
+    reuse = flag(reuse, "reuse", True)
     if job["layout"] is None:
         if job["status"] != "pending":
             raise Conflict("This job's file was never validated", code="not_ready")
@@ -84,13 +88,21 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
         take_account_capacity(conn, settings, account_id, len(sample), new_job=False)
 
     among_previews = checks.LocalDuplicates()
+    as_job = {"account_id": account_id, "instructions": instructions, "model": model, "reuse": reuse,
+              "language": options.language, "min_words": options.min_words, "max_words": options.max_words}
+    earlier = reuse_openers.lookup(conn, as_job, [{"id": number, "url": url, "fields": values or None}
+                                                 for number, url, values in sample], settings.reuse_days)
 
     def one(item: tuple[int, str, dict]) -> dict:
         number, url, values = item
         page, status = (page_summary(url, account_id) if page_context and page_summary else (None, "off"))
         shown = {"row": number, "url": url, "context_status": status, "opener": None, "error": None,
                  "prompt_tokens": 0, "completion_tokens": 0, "evidence": None, "grounding": None, "quality": [],
-                 "words": None, "language": None, "regenerations": 0}
+                 "words": None, "language": None, "regenerations": 0, "reused": False, "cached_tokens": 0}
+        found = earlier[number].match(page) if number in earlier else None
+        if found is not None:
+            return {**shown, **{k: v for k, v in reuse_openers.reused_result(number, found).items()
+                                if k in shown and k not in ("row", "url")}}
         # what the estimate says this very row costs, for the calibration below
         estimated[number] = (pricing.sample_request(instructions, list(fields), page_context, sample_url=url,
                                                     values=values, page=page or "", min_words=options.min_words,
@@ -110,7 +122,8 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
         return {**shown, "opener": opener.text, "prompt_tokens": opener.prompt_tokens,
                 "completion_tokens": opener.completion_tokens, "evidence": opener.evidence,
                 "grounding": opener.grounding, "quality": opener.quality, "words": opener.words,
-                "language": opener.language, "regenerations": opener.regenerations}
+                "language": opener.language, "regenerations": opener.regenerations,
+                "cached_tokens": opener.cached_tokens}
 
     estimated: dict[int, tuple[int, int]] = {}
     with ThreadPoolExecutor(max(1, len(sample))) as pool:

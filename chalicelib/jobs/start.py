@@ -19,6 +19,7 @@ from chalicelib.adapters.storage import Storage
 from chalicelib.errors import BadRequest, Conflict, RateLimited
 from chalicelib.generation import pricing, prompt
 from chalicelib.generation.dispatch import window
+from chalicelib.generation.reuse import expected_reused
 from chalicelib.intake import csvfile
 from chalicelib.jobs.create import layout_of, read_source, validate_stored
 from chalicelib.jobs.options import (
@@ -45,7 +46,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
           instructions: str | None = None, model: str | None = None, page_context: object = None,
           max_cost_usd: object = None, callback_url: object = None, mode: object = None,
           grounding: object = None, min_words: object = None, max_words: object = None,
-          language: object = None) -> dict:
+          language: object = None, reuse: object = None) -> dict:
     """Store the job's URLs (COPY), job -> processing, then enqueue one message per chunk. -> 202 body.
 
     Exactly once: the job row is locked NOWAIT and must be pending, so a concurrent or second
@@ -69,6 +70,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
                          code="webhook_secret_missing")
     asked_mode = job_mode(mode, settings)
     checks = quality_options(grounding, min_words, max_words, language)
+    checks["reuse"] = flag(reuse, "reuse", True)
     if job["status"] == "pending":  # anything else is the 409 below
         if job["layout"] is None:  # a presigned upload: its count is known once it is read, so first
             check_capacity(conn, limits, account_id, None)  # what can be refused without it
@@ -90,8 +92,11 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
             if total == 0:
                 raise BadRequest("The file has no valid URL", code="no_valid_urls")
             mode = resolve_mode(asked_mode, settings, total)
+            reused = 0 if mode == "batch" else expected_reused(conn, {  # the rows just stored, as the job
+                **job, "instructions": instructions, "model": model, "page_context": page_context, **checks},
+                settings.reuse_days) or 0
             estimate = check_budget(settings.prices, model, max_cost_usd, mode, total, instructions, list(fields),
-                                    page_context, checks, preview_calibration(job))
+                                    page_context, checks, preview_calibration(job), reused_rows=reused)
             take_account_capacity(conn, settings, account_id, total)
             chunks = -(-total // settings.chunk_size)
             first, waiting = window(list(range(chunks)), settings, mode)
@@ -151,13 +156,13 @@ def preview_calibration(job: dict) -> dict | None:
 
 def check_budget(prices: dict, model: str, max_cost_usd: float | None, mode: str, urls: int,
                  instructions: str | None, fields: list[str], page_context: bool, checks: dict | None = None,
-                 calibrated: dict | None = None) -> dict:
+                 calibrated: dict | None = None, reused_rows: int = 0) -> dict:
     """The job's estimate (``pricing.estimate``, corrected by its preview's real usage when it had
     one). A batch job is paid for as a whole once submitted, so one whose estimate is above its
     max_cost_usd is refused (400 over_budget) instead of being stopped halfway, as a live job is."""
     words = {k: v for k, v in (checks or {}).items() if k in ("min_words", "max_words")}
     estimate = pricing.estimate(prices, model, urls, instructions, fields, page_context, calibrated=calibrated,
-                                **words)
+                                reused_rows=reused_rows, **words)
     if max_cost_usd is None or mode != "batch":
         return estimate
     expected = estimate["batch_cost_usd"]

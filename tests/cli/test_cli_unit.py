@@ -593,6 +593,14 @@ def test_run_sends_the_quality_options_and_prints_the_summary(leads, tmp_path):
     assert json.loads(plain.calls("POST", "/api/upload/process")[0].content) == {"job_id": JOB_ID, "instructions": "x"}
 
 
+def test_no_reuse_asks_the_model_for_every_row(leads, tmp_path):
+    fake = FakeApi()
+    run = cli(fake, "run", str(leads), "--instructions", "x", "--no-reuse", "-o", str(tmp_path / "o.csv"))
+    assert run.code == 0, run.err
+    assert json.loads(fake.calls("POST", "/api/upload/process")[0].content) == {
+        "job_id": JOB_ID, "instructions": "x", "reuse": False}
+
+
 def test_status_shows_the_quality_summary():
     run = cli(FakeApi(polls=[job("completed", 3, 0, total=3, quality={**QUALITY, "flagged": {}, "duplicate_rate": 0})]),
               "status", JOB_ID)

@@ -271,7 +271,7 @@ def test_a_batch_mode_job_goes_through_the_batch_api_and_the_sweep(fresh, capsys
     assert (stats["requests"], stats["batches"], stats["batch_requests"]) == (0, 3, csv_file.valid)
     assert_download_matches(api.download(job_id), csv_file, rows)
     assert job["prompt_tokens"] == sum(r["prompt_tokens"] for r in rows) > 0
-    live_in, live_out = parse_prices(DEFAULT_PRICES)[job["model"]]  # USD per million tokens, live
+    live_in, live_out, _cached = parse_prices(DEFAULT_PRICES)[job["model"]]  # USD per million tokens, live
     live = (float(live_in) * job["prompt_tokens"] + float(live_out) * job["completion_tokens"]) / 1e6
     assert job["cost_usd"] == round(live / 2, 6)  # the Batch API's half price
     report(capsys, f"[e2e] batch mode: {csv_file.valid} URLs in 3 batches, completed {seconds:.1f} s after "

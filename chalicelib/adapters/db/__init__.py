@@ -64,6 +64,11 @@ from chalicelib.adapters.db.jobs import (  # noqa: F401
     update_pending_job,
     url_totals,
 )
+from chalicelib.adapters.db.reuse import (  # noqa: F401
+    reusable_fingerprints,
+    reusable_openers,
+    stored_rows,
+)
 from chalicelib.adapters.db.urls import (  # noqa: F401
     chunk_lease_left,
     claim_urls,

@@ -27,8 +27,8 @@ ENABLED_ACCOUNT = "account_id IN (SELECT id FROM accounts WHERE disabled_at IS N
 JOB_COLUMNS = """id, account_id, file_name, file_path, status, total_rows, processed_rows, failed_rows, progress,
     invalid_rows, url_column, columns, layout, errors, chunks, instructions, model, source, source_etag, error,
     result_path, prompt_tokens, completion_tokens, discarded_results, page_context, max_cost_usd, callback_url,
-    mode, grounding, min_words, max_words, language, quality, regenerated, started_at, finished_at, created_at,
-    updated_at, estimate, live_prompt_tokens, live_completion_tokens,
+    mode, grounding, min_words, max_words, language, quality, regenerated, reuse, cached_tokens, started_at,
+    finished_at, created_at, updated_at, estimate, live_prompt_tokens, live_completion_tokens,
     upload_id, upload_size, upload_part_size"""
 
 
@@ -114,15 +114,16 @@ def update_pending_job(conn, job_id: str, **fields) -> dict | None:
 def start_job(conn, job_id: str, *, total_rows: int, invalid_rows: int, chunks: int,
               instructions: str | None, model: str | None, undispatched: list[int], page_context: bool = True,
               max_cost_usd: float | None = None, callback_url: str | None = None, mode: str = "live",
-              grounding: str = "strict", min_words: int = 8, max_words: int = 40, language: str = "auto") -> dict:
+              grounding: str = "strict", min_words: int = 8, max_words: int = 40, language: str = "auto",
+              reuse: bool = True) -> dict:
     return conn.execute(
         f"""UPDATE jobs SET status = 'processing', total_rows = %s, invalid_rows = %s, chunks = %s,
                    instructions = %s, model = %s, started_at = now(), error = NULL, undispatched = %s,
                    page_context = %s, max_cost_usd = %s, callback_url = %s, mode = %s,
-                   grounding = %s, min_words = %s, max_words = %s, language = %s
+                   grounding = %s, min_words = %s, max_words = %s, language = %s, reuse = %s
             WHERE id = %s AND status = 'pending' RETURNING {JOB_COLUMNS}""",
         (total_rows, invalid_rows, chunks, instructions, model, undispatched, page_context, max_cost_usd,
-         callback_url, mode, grounding, min_words, max_words, language, job_id),
+         callback_url, mode, grounding, min_words, max_words, language, reuse, job_id),
     ).fetchone()
 
 

@@ -14,7 +14,7 @@ from chalicelib.adapters.db.jobs import JOB_COLUMNS, PROGRESS
 # What a result row shows (GET results and the single result); `edited`: a person wrote the
 # current opener (rows written before sql/0015_review.sql: from their flags).
 RESULT_COLUMNS = """id, row_number AS row, url, status, opener, error, retry_count, context_status, evidence,
-    grounding, quality, words, language, reused, review, version, updated_at, feedback,
+    grounding, quality, words, language, reused, cached_tokens, review, version, updated_at, feedback,
     coalesce(opener_source = 'person', 'edited' = ANY (quality)) AS edited"""
 
 REVIEWS = ("approved", "rejected")

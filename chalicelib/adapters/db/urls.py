@@ -106,7 +106,7 @@ def claim_urls(conn, job_id: str, chunk: int, owner: str, limit: int, lease_s: i
                FOR UPDATE SKIP LOCKED
            ) c
            WHERE u.id = c.id
-           RETURNING u.id, u.url, u.row_number, u.retry_count, u.fields, u.feedback""",
+           RETURNING u.id, u.url, u.row_number, u.retry_count, u.fields, u.feedback, u.no_reuse""",
         {"owner": owner, "lease": lease_s, "job": job_id, "chunk": chunk, "limit": limit},
     ).fetchall()
 
@@ -117,12 +117,15 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
     holds (lease taken over, job retried) are not written and not counted.
     Each result: id, status ('completed' | 'failed'), opener, error, retry_count, prompt_tokens,
     completion_tokens, and what the quality checks found (optional): evidence, grounding, quality
-    (a list of flags), words, language, reused, regenerations. The job's ``quality`` counters move
+    (a list of flags), words, language, reused, regenerations; for reuse (issue 22, optional):
+    fingerprint, page_hash (bytes; set on completed rows the model wrote) and cached_tokens. Saving a
+    row clears its no_reuse mark (the regeneration it stood for is done). The job's ``quality`` counters move
     in the same statement: {"verified", "generic", "unsupported", "regenerated", "reused": n,
     "flagged": {flag: n}, "words": {"<words>": n}}. Returns the job's status and counters after
     the write."""
     columns = ("id", "status", "opener", "error", "retry_count", "prompt_tokens", "completion_tokens",
-               "context_status", "evidence", "grounding", "words", "language", "reused", "regenerations")
+               "context_status", "evidence", "grounding", "words", "language", "reused", "regenerations",
+               "fingerprint", "page_hash", "cached_tokens")
     arrays = {c: [r.get(c) for r in results] for c in columns}
     # Flags travel as one ';'-joined string per row: unnest() would flatten a text[][] into one list.
     arrays["quality"] = [";".join(r.get("quality") or ()) for r in results]
@@ -132,9 +135,11 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
                                     %(retry_count)s::int[], %(prompt_tokens)s::int[], %(completion_tokens)s::int[],
                                     %(context_status)s::text[], %(evidence)s::text[], %(grounding)s::text[],
                                     %(quality)s::text[], %(words)s::int[], %(language)s::text[],
-                                    %(reused)s::boolean[], %(regenerations)s::int[])
+                                    %(reused)s::boolean[], %(regenerations)s::int[], %(fingerprint)s::bytea[],
+                                    %(page_hash)s::bytea[], %(cached_tokens)s::int[])
                     AS r(id, status, opener, error, retry_count, prompt_tokens, completion_tokens, context_status,
-                         evidence, grounding, quality, words, language, reused, regenerations)
+                         evidence, grounding, quality, words, language, reused, regenerations, fingerprint,
+                         page_hash, cached_tokens)
            ), saved AS (
                UPDATE urls u SET status = r.status, opener = r.opener, error = r.error,
                       retry_count = r.retry_count, prompt_tokens = r.prompt_tokens,
@@ -144,18 +149,20 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
                       quality = string_to_array(coalesce(r.quality, ''), ';'), words = r.words,
                       language = r.language, reused = coalesce(r.reused, false),
                       regenerations = coalesce(r.regenerations, 0),
+                      fingerprint = r.fingerprint, page_hash = r.page_hash, cached_tokens = r.cached_tokens,
                       claimed_by = NULL, lease_until = NULL,
                       -- a regeneration's marks (issue 21) are spent once its opener is written; a
                       -- failed row keeps them for its retry
                       feedback = CASE WHEN r.status = 'completed' THEN NULL ELSE u.feedback END,
                       no_reuse = CASE WHEN r.status = 'completed' THEN false ELSE u.no_reuse END
                FROM r WHERE u.id = r.id AND u.status = 'processing' AND u.claimed_by = %(owner)s
-               RETURNING r.status, r.prompt_tokens, r.completion_tokens, u.grounding, u.quality, u.words, u.reused,
-                         u.regenerations
+               RETURNING r.status, r.prompt_tokens, r.completion_tokens, r.cached_tokens, u.grounding, u.quality,
+                         u.words, u.reused, u.regenerations
            ), s AS (
                SELECT count(*) FILTER (WHERE status = 'completed') AS done,
                       count(*) FILTER (WHERE status = 'failed') AS failed,
                       coalesce(sum(prompt_tokens), 0) AS pt, coalesce(sum(completion_tokens), 0) AS ct,
+                      coalesce(sum(cached_tokens), 0) AS cached,
                       count(*) FILTER (WHERE grounding = 'verified') AS verified,
                       count(*) FILTER (WHERE grounding = 'generic') AS generic,
                       count(*) FILTER (WHERE grounding = 'unsupported') AS unsupported,
@@ -171,6 +178,7 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
            )
            UPDATE jobs j SET processed_rows = j.processed_rows + s.done, failed_rows = j.failed_rows + s.failed,
                   prompt_tokens = j.prompt_tokens + s.pt, completion_tokens = j.completion_tokens + s.ct,
+                  cached_tokens = j.cached_tokens + s.cached,
                   progress = {PROGRESS.format(done="j.processed_rows + s.done + j.failed_rows + s.failed")},
                   quality = jsonb_build_object(
                       'verified', coalesce((j.quality->>'verified')::int, 0) + s.verified,
@@ -182,7 +190,8 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
                       'words', {_ADD_COUNTS.format(old="j.quality->'words'", new="s.words")})
            FROM s WHERE j.id = %(job)s
            RETURNING j.status, j.total_rows, j.processed_rows, j.failed_rows, s.done + s.failed AS saved,
-                     j.model, j.mode, j.prompt_tokens, j.completion_tokens, j.max_cost_usd""",
+                     j.model, j.mode, j.prompt_tokens, j.completion_tokens, j.cached_tokens,
+                     j.max_cost_usd""",
         {**arrays, "owner": owner, "job": job_id},
     ).fetchone()
 

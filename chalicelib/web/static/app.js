@@ -636,6 +636,12 @@
         const opener = document.createElement("p");
         opener.textContent = p.opener || p.error || "";
         li.append(url, opener);
+        if (p.reused) {
+          const reused = document.createElement("p");
+          reused.className = "evidence";
+          reused.textContent = "Reused from an earlier job (no call, no cost).";
+          li.append(reused);
+        }
         if (Array.isArray(p.quality) && p.quality.length) li.append(flagList(p.quality));
         if (p.evidence) {
           const evidence = document.createElement("p");
@@ -680,7 +686,9 @@
       if (state.urlColumn) body.url_column = state.urlColumn;
       Object.assign(body, qualityOptions());
       const answer = await call("POST", "api/upload/process", { json: body });
-      notify(`Started: ${formatNumber(answer.job.total_rows)} URLs in ${formatNumber(answer.chunks)} chunk(s).`);
+      const reusedRows = answer.estimate && answer.estimate.reused_rows;
+      notify(`Started: ${formatNumber(answer.job.total_rows)} URLs in ${formatNumber(answer.chunks)} chunk(s)` +
+        (reusedRows ? `; ${formatNumber(reusedRows)} reused from earlier jobs (no call).` : "."));
       state.upload = null;
       show(el["summary-section"], false);
       openJob(answer.job);

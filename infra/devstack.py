@@ -293,6 +293,7 @@ def stack_env(env: dict[str, str], endpoint: str, outputs: dict[str, str]) -> di
         UPLOAD_BUCKET=outputs["BucketName"],
         CHUNK_QUEUE_URL=f"{endpoint}/000000000000/{outputs['ChunkQueueArn'].rsplit(':', 1)[1]}",
         DLQ_URL=f"{endpoint}/000000000000/{outputs['ChunkDeadLetterQueueArn'].rsplit(':', 1)[1]}",
+        INGEST_QUEUE_URL=f"{endpoint}/000000000000/{outputs['IngestQueueArn'].rsplit(':', 1)[1]}",
         DROPS_QUEUE_URL=f"{endpoint}/000000000000/{LOCAL_PARAMETERS['DropsQueueName']}",
         LOCALSTACK_PORT=str(port),
     )

@@ -108,7 +108,7 @@ class ChunkWorker:
             if job is None:
                 log.warning("chunk message for an unknown job; dropping it")
                 return Outcome("unknown_job")
-            if job["status"] != "processing":
+            if job["status"] not in ("processing", "ingesting"):  # an ingesting job's stored chunks are worked on
                 log.info("job is %s; nothing to do", job["status"])
                 return Outcome("not_processing")
             metrics.tag_job(job, price=functools.partial(  # its URLs' dollars, for the CostUsd metric
@@ -241,7 +241,7 @@ class ChunkWorker:
         job = self._db(db.save_results, run.job_id, run.owner, run.buffer)
         outcome.saved += job["saved"]
         run.buffer = []
-        run.status = job["status"]
+        run.status = "processing" if job["status"] == "ingesting" else job["status"]  # as get_job_status says
         if job["status"] == "processing" and job["processed_rows"] + job["failed_rows"] == job["total_rows"]:
             outcome.completed_job = self._complete(run.job_id)
         elif job["status"] == "processing" and job["max_cost_usd"] is not None:

@@ -14,6 +14,7 @@ from chalicelib.jobs.control import cancel, give_up_chunk, retry
 from chalicelib.jobs.create import create_from_upload, create_presigned_upload, read_source
 from chalicelib.jobs.drops import start_drop_job, start_from_drop
 from chalicelib.jobs.export import EXTRA_COLUMNS, download, export_job, neutralize, render_csv, write_csv
+from chalicelib.jobs.ingest import ingest_file
 from chalicelib.jobs.options import MAX_INSTRUCTIONS, account_models, allowed_model
 from chalicelib.jobs.start import start, take_account_capacity
 from chalicelib.jobs.sweep import requeue_unfinished, sweep
@@ -22,7 +23,7 @@ from chalicelib.jobs.views import account_view, get, job_json, list_, metrics, r
 __all__ = [
     "EXTRA_COLUMNS", "MAX_INSTRUCTIONS", "account_models", "account_view", "allowed_model", "cancel",
     "create_from_upload", "create_presigned_upload", "dispatch_next", "download", "export_job", "get",
-    "give_up_chunk", "job_json", "list_", "metrics", "neutralize", "read_source", "render_csv",
+    "give_up_chunk", "ingest_file", "job_json", "list_", "metrics", "neutralize", "read_source", "render_csv",
     "require_job", "requeue_unfinished", "results", "retry", "start", "start_drop_job", "start_from_drop",
     "sweep", "take_account_capacity", "write_csv",
 ]

@@ -28,7 +28,8 @@ def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Setting
           poll_batches: Callable[[], dict] | None = None, *,
           webhook_box: Callable[[], webhooks.SecretBox] | None = None,
           remaining_s: Callable[[], float] | None = None) -> dict:
-    """The scheduled sweep: chunks of stalled jobs enqueued again, results CSVs that a crash
+    """The scheduled sweep: chunks of stalled jobs enqueued again, the ingest message of a job
+    ingesting without progress sent again (a redelivery skips what is stored), results CSVs that a crash
     never wrote, drops whose start never happened, batch-mode batches read back when the
     provider has finished them, webhook secrets sealed with the current key, and webhook
     deliveries due for another attempt. Returns what it did.
@@ -61,7 +62,15 @@ def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Setting
             step("drops", lambda job=job: done.__setitem__("drops_started", done["drops_started"] + (
                 start_drop_job(conn, storage, queue, settings, job) is not None)))
 
+    def ingests() -> None:
+        for job in db.stale_ingests(conn, settings.stall_after_s):
+            log.info("ingest message sent again: the job is ingesting without progress", extra={
+                "job_id": str(job["id"]), "ingested_rows": job["ingest_row"]})
+            queue.send_ingest(str(job["id"]))
+            done["ingests_resent"] = done.get("ingests_resent", 0) + 1
+
     step("requeue", requeue)
+    step("ingests", ingests)
     step("exports", exports)
     step("drops", drops)
     if poll_batches is not None:

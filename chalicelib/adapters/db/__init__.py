@@ -31,6 +31,12 @@ from chalicelib.adapters.db.connection import (  # noqa: F401
     get_conn,
     ping,
 )
+from chalicelib.adapters.db.ingest import (  # noqa: F401
+    begin_ingest,
+    stale_ingests,
+    store_batch,
+    undispatched,
+)
 from chalicelib.adapters.db.jobs import (  # noqa: F401
     JOB_COLUMNS,
     PROGRESS,

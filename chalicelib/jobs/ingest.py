@@ -100,6 +100,11 @@ def ingest_file(conn, storage: Storage, queue: ChunkQueue, settings: Settings, j
     if job is None or job["status"] != "ingesting":
         log.info("nothing to ingest", extra={"job_id": job_id, "status": job and job["status"]})
         return job
+    if job["chunks"]:  # a redelivery or continuation: the stored chunks' messages may have been lost
+        resend = db.dispatched_unfinished_chunks(conn, job_id)
+        queue.send_chunks(job_id, resend)
+        log.info("ingest resumed", extra={"job_id": job_id, "ingested_rows": job["ingest_row"],
+                                          "chunks_sent_again": len(resend)})
     fields = template_columns(job["instructions"], job)
     done_rows = job["ingest_row"]
     batch: list[tuple[int, str, dict | None]] = []
@@ -160,7 +165,7 @@ def _store(conn, queue: ChunkQueue, settings: Settings, seen: dict, batch: list,
         if extra:  # more URLs than estimated: the difference from the day's quota, or stop here
             take_account_capacity(conn, settings, str(job["account_id"]), extra, new_job=False)
         elif done and job["reserved_rows"] > stored:  # the estimate was high: give back the rest
-            db.add_urls_today(conn, str(job["account_id"]), stored - job["reserved_rows"])
+            db.give_back_urls_today(conn, str(job["account_id"]), job["reserved_rows"] - stored)
             extra = stored - job["reserved_rows"]
         job = db.store_batch(conn, job["id"], stored=len(batch), invalid=invalid, errors=errors, last_row=last_row,
                              waiting_chunk=None if send or not batch else chunk, reserved=extra, done=done)

@@ -97,21 +97,30 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
         raise Conflict("Job is being started by another request", code="already_started") from None
     log.info("job ingesting", extra={"job_id": str(job["id"]), "estimated_rows": expected, "bytes": size,
                                      "mode": mode})
-    if size <= settings.ingest_inline_bytes:
-        job = ingest.ingest_file(conn, storage, queue, settings, str(job["id"]), completed=completed, notify=notify)
-    else:
-        try:
+    try:
+        if size <= settings.ingest_inline_bytes:
+            job = ingest.ingest_file(conn, storage, queue, settings, str(job["id"]), completed=completed,
+                                     notify=notify)
+        else:
             queue.send_ingest(str(job["id"]))
-        except Exception:
-            log.exception("sending the ingest message failed; undoing the start", extra={"job_id": str(job["id"])})
-            with conn.transaction():
-                db.unstart_job(conn, job["id"])
-                db.add_urls_today(conn, account_id, -expected)
-            raise
-        job = db.get_job(conn, job["id"])
+            job = db.get_job(conn, job["id"])
+    except Exception:
+        log.exception("the ingest could not be started or sent; undoing the start", extra={"job_id": str(job["id"])})
+        unstart(conn, job["id"], account_id)
+        raise
     estimate = pricing.estimate(settings.prices, model, job["estimated_rows"] or expected, instructions, fields,
                                 page_context)
     return {"job": job_json(job), "chunks": job["chunks"], "estimate": estimate}
+
+
+def unstart(conn, job_id, account_id: str) -> None:
+    """Undo a start whose ingest could not run or be sent: its rows deleted, the job pending again
+    (unless it moved on meanwhile), the quota it took given back."""
+    with conn.transaction():
+        job = db.get_job(conn, job_id, lock=True, nowait=False)
+        if job["status"] in ("ingesting", "processing") and job["processed_rows"] + job["failed_rows"] == 0:
+            db.unstart_job(conn, job_id)
+            db.give_back_urls_today(conn, account_id, job["reserved_rows"])
 
 
 def resolve_mode(asked: str | None, settings: Settings, urls: int) -> str:

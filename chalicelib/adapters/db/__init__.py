@@ -33,6 +33,8 @@ from chalicelib.adapters.db.connection import (  # noqa: F401
 )
 from chalicelib.adapters.db.ingest import (  # noqa: F401
     begin_ingest,
+    dispatched_unfinished_chunks,
+    give_back_urls_today,
     stale_ingests,
     store_batch,
     undispatched,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from psycopg.types.json import Jsonb
 
+from chalicelib.adapters.db.accounts import UTC_TODAY
 from chalicelib.adapters.db.jobs import ENABLED_ACCOUNT, JOB_COLUMNS
 
 
@@ -51,6 +52,22 @@ def store_batch(conn, job_id: str, *, stored: int, invalid: int, errors: list[di
         {"stored": stored, "invalid": invalid, "errors": Jsonb(errors), "last_row": last_row,
          "waiting": waiting_chunk, "reserved": reserved, "done": done, "job": job_id},
     ).fetchone()
+
+
+def dispatched_unfinished_chunks(conn, job_id: str) -> list[int]:
+    """The job's chunks with pending rows that are not waiting on its list (sent, or meant to be)."""
+    rows = conn.execute(
+        """SELECT DISTINCT u.chunk FROM urls u JOIN jobs j ON j.id = u.job_id
+           WHERE u.job_id = %s AND u.status = 'pending' AND u.chunk <> ALL(j.undispatched) ORDER BY u.chunk""",
+        (job_id,)).fetchall()
+    return [r["chunk"] for r in rows]
+
+
+def give_back_urls_today(conn, account_id: str, count: int) -> None:
+    """URLs taken from today's quota that a job does not use (its estimate was high, or its start
+    was undone); a day already over keeps its count."""
+    conn.execute(f"UPDATE account_usage SET urls = greatest(0, urls - %s) WHERE account_id = %s AND day = {UTC_TODAY}",
+                 (count, account_id))
 
 
 def stale_ingests(conn, older_than_s: float, limit: int = 20) -> list[dict]:

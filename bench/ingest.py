@@ -188,6 +188,7 @@ def child(step: str, arg: str, out: str, profile: str | None) -> None:
         body = jobs.start(conn, storage, queue, settings, bench_account(conn), arg)
         if body["job"]["status"] == "ingesting":  # above INGEST_INLINE_BYTES: the ingest function's part too
             body["job"] = jobs.job_json(jobs.ingest_file(conn, storage, queue, settings, arg))
+            body["chunks"] = body["job"]["chunks"]
         if profiler:
             profiler.disable()
         result["seconds"] = time.perf_counter() - start

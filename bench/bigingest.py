@@ -2,7 +2,7 @@
 Apollo-style), stored in S3 as a presigned upload would be, then `process` and the ingest function.
 
     .venv/bin/python infra/devstack.py bench bigingest                    # 100,000 rows (+ a 10 MB file)
-    .venv/bin/python infra/devstack.py bench bigingest --rows 1000000     # the million-row case
+    .venv/bin/python infra/devstack.py bench bigingest --rows 1000000 --no-small   # the million-row case
 
 Each step runs in a fresh Python process (its peak RSS is its own; clients built before the clock):
 
@@ -121,7 +121,16 @@ def child(step: str, job_id: str, out: str) -> None:
             return real(job, chunks)
 
         queue.send_chunks = send_chunks
+        profiler = None
+        if os.environ.get("BIGINGEST_PROFILE"):
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         job = jobs.ingest_file(conn, storage, queue, settings, job_id)
+        if profiler:
+            profiler.disable()
+            profiler.dump_stats(os.environ["BIGINGEST_PROFILE"])
         result.update(seconds=time.perf_counter() - start, first_chunk_s=sends[0] if sends else None,
                       chunk_messages=len(sends), status=job["status"], total_rows=job["total_rows"],
                       invalid_rows=job["invalid_rows"], ingested_rows=job["ingest_row"], chunks=job["chunks"])
@@ -195,41 +204,51 @@ def measure(conn, settings, tmp: Path, rows: int, name: str) -> dict:
     return figures
 
 
-def write_results(big: dict, small: dict | None, extra: dict | None) -> None:
+def write_results(measured: list[dict]) -> None:
+    """This benchmark's section of RESULTS.md: one table row per file size, a new run replacing
+    the row of its size (so the million-row run adds its row beside the 100,000-row one)."""
     def row(f: dict) -> str:
         i, p = f["ingest"], f["process"]
         return (f"| {f['rows']:,} | {f['bytes'] / 1e6:.1f} MB | {p['seconds']:.2f} s | {i['first_chunk_s']:.2f} s | "
                 f"{i['seconds']:.1f} s | {f['copy_s']:.1f} s | {i['seconds'] / f['copy_s']:.2f} | "
                 f"{i['rss_peak_mib']:.0f} MiB | {i['total_rows']:,} / {i['invalid_rows']:,} |")
 
-    lines = [HEADING, "", f"Measured {date.today().isoformat()} by `bench/bigingest.py` on a private stack "
-             "(`infra/devstack.py bench bigingest`), 2-core machine shared with other work; one run each.", "",
-             "| rows | file | process answers | first chunk sent after | ingest | psql \\copy | ingest ÷ copy "
-             "| ingest peak RSS | URLs / invalid |", "|---|---|---|---|---|---|---|---|---|", row(big)]
-    if small:
-        lines.append(row(small))
-    if extra:
-        lines.append(row(extra))
-    if small:
-        lines += ["", f"Peak RSS of the ingest step, 105 MB file ÷ 10 MB file: "
-                  f"{big['ingest']['rss_peak_mib'] / small['ingest']['rss_peak_mib']:.2f}."]
     text = RESULTS.read_text()
+    before, section, after = text, "", ""
     if HEADING in text:
-        before, after = text.split(HEADING, 1)
-        rest = after.split("\n## ", 1)
-        text = before + "\n".join(lines) + "\n" + (("\n## " + rest[1]) if len(rest) > 1 else "")
+        before, rest = text.split(HEADING, 1)
+        section, _, after = rest.partition("\n## ")
+        after = ("\n## " + after) if after else ""
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip()[:1].isdigit()}
+    rows.update({f"{f['rows']:,}": row(f) for f in measured})
+    rss = {f["rows"]: f["ingest"]["rss_peak_mib"] for f in measured}
+    notes = [line for line in section.splitlines() if line.startswith("Peak RSS of the ingest step")]
+    if len(measured) > 1 and measured[0]["rows"] == 10 * measured[1]["rows"]:
+        notes = [f"Peak RSS of the ingest step, {measured[0]['rows']:,}-row file ÷ {measured[1]['rows']:,}-row "
+                 f"file: {rss[measured[0]['rows']] / rss[measured[1]['rows']]:.2f}."]
+    lines = [HEADING, "", f"Measured {date.today().isoformat()} by `bench/bigingest.py` on a private stack "
+             "(`infra/devstack.py bench bigingest [--rows N]`), 2-core machine shared with other work; one run "
+             "each. The file is generated (Apollo-style, 40 columns), put in S3 as a presigned upload, then "
+             "`process` and the ingest step run in fresh processes.", "",
+             "| rows | file | process answers | first chunk sent after | ingest | psql \\copy | ingest ÷ copy "
+             "| ingest peak RSS | URLs / invalid |", "|---|---|---|---|---|---|---|---|---|",
+             *sorted(rows.values(), key=lambda line: -int(line.split("|")[1].strip().replace(",", ""))),
+             "", *notes]
+    body = "\n".join(lines).rstrip("\n") + "\n"
+    if HEADING in text:
+        RESULTS.write_text(before + body + after)
     else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
-    RESULTS.write_text(text)
+        RESULTS.write_text(text.rstrip("\n") + "\n\n" + body)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", nargs=3, metavar=("STEP", "JOB", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--million", action="store_true", help="also 1,000,000 rows (about 1 GB)")
     parser.add_argument("--no-small", action="store_true", help="skip the 10 MB comparison file")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="cProfile the ingest step (no RESULTS.md)")
     args = parser.parse_args()
     os.environ["MAX_FILE_SIZE"] = BIG_FILE_LIMIT  # until uploads of any real size are the default
     if args.child:
@@ -244,11 +263,18 @@ def main() -> None:
     conn = db.connect(settings.database_url)
     with tempfile.TemporaryDirectory(prefix="csv-opener-bench-bigingest-") as tmp_name:
         tmp = Path(tmp_name)
-        big = measure(conn, settings, tmp, args.rows, "apollo-export.csv")
-        small = None if args.no_small else measure(conn, settings, tmp, max(1, args.rows // 10), "apollo-10mb.csv")
-        extra = measure(conn, settings, tmp, 1_000_000, "apollo-1m.csv") if args.million else None
+        if args.profile:
+            import pstats
+
+            os.environ["BIGINGEST_PROFILE"] = str(tmp / "ingest.prof")
+            measure(conn, settings, tmp, args.rows, "apollo-export.csv")
+            pstats.Stats(str(tmp / "ingest.prof")).strip_dirs().sort_stats("tottime").print_stats(25)
+            return
+        measured = [measure(conn, settings, tmp, args.rows, "apollo-export.csv")]
+        if not args.no_small:
+            measured.append(measure(conn, settings, tmp, max(1, args.rows // 10), "apollo-small.csv"))
     if not args.no_write:
-        write_results(big, small, extra)
+        write_results(measured)
 
 
 if __name__ == "__main__":

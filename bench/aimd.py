@@ -29,24 +29,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 
-from bench.common import fake_call, fake_openai, job_counts, make_job, run_chunks_until, use_fake
-from bench.learned import SAMPLE_EVERY_S, Sampler, Series
+from bench.common import fake_call, fake_openai, job_counts
+from bench.learned import SAMPLE_EVERY_S, WORKERS, Sampler, Series, sampled_run
 
 RPM = int(os.environ.get("BENCH_RPM", "900"))
 RUN_S = float(os.environ.get("BENCH_RUN_S", "120"))
 UP_AT_S = float(os.environ.get("BENCH_UP_AT_S", "60"))
 DOWN_AT_S = float(os.environ.get("BENCH_DOWN_AT_S", "150"))
 END_S = float(os.environ.get("BENCH_END_S", "210"))
-WORKERS = 4
+
 LATENCY_MS = "200"
 RATE_FROM_S, SHARE_FROM_S = 60.0, 30.0
 FOLLOW_S = 30.0  # a change must be followed within this
 WINDOW_S = 10.0
 GOAL_UTILIZATION, GOAL_SHARE_429 = 0.9, 0.02
-ENV_PREFIXES = ("OPENAI_", "CHUNK_", "RATELIMIT_")
 
 
 class ScheduleSampler(Sampler):
@@ -81,26 +79,14 @@ def trailing_recovery(series: Series, start: float, end: float, threshold: float
 
 def run(base_url: str, label: str, ceiling: int, schedule: list[tuple[float, int]], stop_at: float) -> dict:
     fake_call(base_url, "/_fake/config", {"model_limits": {}, "rpm": RPM, "ratelimit_headers": False})
-    fake_call(base_url, "/_fake/reset", {"keep_config": True})
     top = max([RPM, *(rpm for _, rpm in schedule)])
     urls = round(top / 60 * stop_at * 1.2)
-    use_fake(base_url, OPENAI_RPM=str(ceiling) if ceiling else "", OPENAI_TPM="", CHUNK_SIZE=str(-(-urls // WORKERS)),
-             CHUNK_CONCURRENCY="16", OPENAI_TIMEOUT_S="10",
-             RATELIMIT_PREFIX=f"{os.environ.get('RATELIMIT_PREFIX', 'bench')}:aimd:{time.time_ns()}")
+    done = sampled_run(base_url, "aimd", label, urls, ceiling,
+                       lambda model, stop_file: ScheduleSampler(base_url, model, schedule, stop_at, stop_file))
+    job_id, model, sampler, stats, wall, series = (done[k] for k in ("job_id", "model", "sampler", "stats", "wall",
+                                                                     "series"))
     from chalicelib import deps
-    from chalicelib.adapters import db
 
-    job_id = make_job(urls, f"aimd-{''.join(c for c in label if c.isalpha())}")
-    model = db.get_job(deps.conn(), job_id)["model"]
-    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
-    with tempfile.TemporaryDirectory(prefix="bench-aimd-") as tmp:
-        sampler = ScheduleSampler(base_url, model, schedule, stop_at, os.path.join(tmp, "stop"))
-        sampler.start()
-        wall = run_chunks_until(job_id, WORKERS, env, sampler.stop_file)
-        sampler.finished.set()
-        sampler.join()
-    stats = sampler.sample()
-    series = Series(sampler.samples, stats["first_request_at"])
     limits = deps.rate_limiter().limits(model)
     return {"label": label, "ceiling": ceiling, "model": model, "series": series, "changes": sampler.changes,
             "job": job_counts(job_id), "wall_s": wall, "limits": limits, "urls": urls,

@@ -148,30 +148,42 @@ def _steps(a: float, b: float, step: float):
         t += step
 
 
-def run(base_url: str, label: str, ceiling: int, change_at: float | None, stop_at: float | None,
-        recovery_window: tuple[float, float] | None = None) -> dict:
-    """One run: a fresh job of URLS URLs on a fake limited to R, our ceiling OPENAI_RPM = `ceiling`
-    (0: none, learn it)."""
-    fake_call(base_url, "/_fake/config", {"model_limits": {}, "rpm": RPM})
+def sampled_run(base_url: str, bench: str, label: str, urls: int, ceiling: int, make_sampler) -> dict:
+    """The harness both limit benchmarks share: a fresh job of `urls` URLs on the fake (its counters
+    reset, its config kept), our ceiling OPENAI_RPM = `ceiling` (0: none) and a fresh limiter prefix,
+    WORKERS chunk handlers in their own processes until the sampler made by
+    ``make_sampler(model, stop_file)`` creates the stop file. -> job, model, sampler, series, wall."""
     fake_call(base_url, "/_fake/reset", {"keep_config": True})
-    use_fake(base_url, OPENAI_RPM=str(ceiling) if ceiling else "", OPENAI_TPM="", CHUNK_SIZE=str(-(-URLS // WORKERS)),
+    use_fake(base_url, OPENAI_RPM=str(ceiling) if ceiling else "", OPENAI_TPM="", CHUNK_SIZE=str(-(-urls // WORKERS)),
              CHUNK_CONCURRENCY="16", OPENAI_TIMEOUT_S="10",
-             RATELIMIT_PREFIX=f"{os.environ.get('RATELIMIT_PREFIX', 'bench')}:learned:{time.time_ns()}")
+             RATELIMIT_PREFIX=f"{os.environ.get('RATELIMIT_PREFIX', 'bench')}:{bench}:{time.time_ns()}")
     from chalicelib import deps
     from chalicelib.adapters import db
 
     # no long run of digits in the host names: the output guard takes 8+ digits for a phone number
-    job_id = make_job(URLS, f"learned-{''.join(c for c in label if c.isalpha())}")
+    job_id = make_job(urls, f"{bench}-{''.join(c for c in label if c.isalpha())}")
     model = db.get_job(deps.conn(), job_id)["model"]
     env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
-    with tempfile.TemporaryDirectory(prefix="bench-learned-") as tmp:
-        sampler = Sampler(base_url, model, change_at, stop_at, os.path.join(tmp, "stop"))
+    with tempfile.TemporaryDirectory(prefix=f"bench-{bench}-") as tmp:
+        sampler = make_sampler(model, os.path.join(tmp, "stop"))
         sampler.start()
         wall = run_chunks_until(job_id, WORKERS, env, sampler.stop_file)
         sampler.finished.set()
         sampler.join()
     stats = sampler.sample()
-    series = Series(sampler.samples, stats["first_request_at"])
+    return {"job_id": job_id, "model": model, "sampler": sampler, "stats": stats, "wall": wall,
+            "series": Series(sampler.samples, stats["first_request_at"])}
+
+
+def run(base_url: str, label: str, ceiling: int, change_at: float | None, stop_at: float | None,
+        recovery_window: tuple[float, float] | None = None) -> dict:
+    """One run: a fresh job of URLS URLs on a fake limited to R, our ceiling OPENAI_RPM = `ceiling`
+    (0: none, learn it)."""
+    fake_call(base_url, "/_fake/config", {"model_limits": {}, "rpm": RPM})
+    done = sampled_run(base_url, "learned", label, URLS, ceiling,
+                       lambda model, stop_file: Sampler(base_url, model, change_at, stop_at, stop_file))
+    job_id, model, sampler, stats, wall, series = (done[k] for k in ("job_id", "model", "sampler", "stats", "wall",
+                                                                     "series"))
     change = sampler.changed_at
     settled_to = change if change is not None else min(CHANGE_AT_S, series.end)
     share, limited, calls = series.share_429(SETTLED_FROM_S, settled_to)

@@ -187,7 +187,7 @@ def account_view(conn, settings: Settings, caller: accounts.Caller) -> dict:
                                                     m["prompt_tokens"], m["completion_tokens"], m["mode"]) or 0
                                   for m in usage["by_model"]), 6)
     return {"account": {
-        "id": str(account["id"]), "name": account["name"],
+        "id": str(account["id"]), "name": account["name"], "operator": caller.is_operator,
         "key": {"prefix": caller.key_prefix, "role": caller.role},
         "limits": {"requests_per_minute": limits.rpm, "urls_per_day": limits.urls_per_day,
                    "concurrent_jobs": limits.max_jobs, "models": list(limits.models)},

@@ -187,6 +187,8 @@ def test_account_shows_its_limits_and_todays_usage(client, make_account):
     data = body(client.http.get("/api/account"))["account"]
     assert data["id"] == client.account.id and data["name"] == client.account.name
     assert data["key"] == {"prefix": client.account.prefix, "role": "member"}
+    assert data["operator"] is False
+    assert body(client.as_account(make_account(operator=True)).http.get("/api/account"))["account"]["operator"] is True
     assert data["limits"] == {"requests_per_minute": 600, "urls_per_day": 100_000, "concurrent_jobs": 10,
                               "models": ["gpt-4o-mini"]}
     assert data["usage_today"]["urls"] == 4 and data["usage_today"]["urls_remaining"] == 99_996

@@ -52,7 +52,7 @@ def check_sample(conn, storage: Storage, settings: Settings, job: dict) -> tuple
     except ObjectMissing:
         raise BadRequest("The file has not been uploaded yet; PUT it to upload_url first",
                          code="file_not_uploaded") from None
-    if job["layout"] is not None:  # read whole at upload: its counts are exact
+    if job["layout"] is not None:  # read whole at upload (exact counts), or sampled by a preview
         return job, size
     try:
         check_size(size, settings.max_file_size)  # before reading (a URL signed before MAX_FILE_SIZE dropped)

@@ -366,9 +366,11 @@ def run_bench(args: list[str]) -> int:
 
 
 def requeue(env: dict[str, str]) -> int:
-    """Jobs left processing by an earlier `make dev` lost their queued chunks with LocalStack."""
+    """Jobs left processing (or ingesting) by an earlier `make dev` lost their queued chunks (and
+    ingest messages) with LocalStack."""
     code = ("from chalicelib import deps, jobs; "
-            "print(jobs.requeue_unfinished(deps.conn(), deps.chunk_queue()))")
+            "print(jobs.requeue_ingests(deps.conn(), deps.chunk_queue()) "
+            "+ jobs.requeue_unfinished(deps.conn(), deps.chunk_queue()))")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 

@@ -17,13 +17,13 @@ from chalicelib.jobs.export import EXTRA_COLUMNS, download, export_job, neutrali
 from chalicelib.jobs.ingest import ingest_file
 from chalicelib.jobs.options import MAX_INSTRUCTIONS, account_models, allowed_model
 from chalicelib.jobs.start import start, take_account_capacity
-from chalicelib.jobs.sweep import requeue_unfinished, sweep
+from chalicelib.jobs.sweep import requeue_ingests, requeue_unfinished, sweep
 from chalicelib.jobs.views import account_view, get, job_json, list_, metrics, require_job, results
 
 __all__ = [
     "EXTRA_COLUMNS", "MAX_INSTRUCTIONS", "account_models", "account_view", "allowed_model", "cancel",
     "create_from_upload", "create_presigned_upload", "dispatch_next", "download", "export_job", "get",
     "give_up_chunk", "ingest_file", "job_json", "list_", "metrics", "neutralize", "read_source", "render_csv",
-    "require_job", "requeue_unfinished", "results", "retry", "start", "start_drop_job", "start_from_drop",
-    "sweep", "take_account_capacity", "write_csv",
+    "require_job", "requeue_ingests", "requeue_unfinished", "results", "retry", "start", "start_drop_job",
+    "start_from_drop", "sweep", "take_account_capacity", "write_csv",
 ]

@@ -63,11 +63,7 @@ def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Setting
                 start_drop_job(conn, storage, queue, settings, job) is not None)))
 
     def ingests() -> None:
-        for job in db.stale_ingests(conn, settings.stall_after_s):
-            log.info("ingest message sent again: the job is ingesting without progress", extra={
-                "job_id": str(job["id"]), "ingested_rows": job["ingest_row"]})
-            queue.send_ingest(str(job["id"]))
-            done["ingests_resent"] = done.get("ingests_resent", 0) + 1
+        done["ingests_resent"] = requeue_ingests(conn, queue, idle_s=settings.stall_after_s)
 
     step("requeue", requeue)
     step("ingests", ingests)
@@ -98,3 +94,14 @@ def requeue_unfinished(conn, queue: ChunkQueue, idle_s: float | None = None) -> 
         sent += queue.send_chunks(job_id, chunks)
         log.info("chunks enqueued again", extra={"job_id": job_id, "chunks": len(chunks)})
     return sent
+
+
+def requeue_ingests(conn, queue: ChunkQueue, idle_s: float = 0.0) -> int:
+    """Send again the ingest message of jobs ingesting without a stored batch for `idle_s` (0: all
+    of them, for a queue that lost its messages). A redelivery resumes after the stored rows and
+    a duplicate stops at its first batch, so an extra message is harmless. Returns the count."""
+    jobs = db.stale_ingests(conn, idle_s, limit=1000)
+    for job in jobs:
+        log.info("ingest message sent again", extra={"job_id": str(job["id"]), "ingested_rows": job["ingest_row"]})
+        queue.send_ingest(str(job["id"]))
+    return len(jobs)

@@ -192,9 +192,10 @@ def _fail(conn, job_id: str, row: int | None, exc: Exception, notify: Callable[[
     """The file stops the job: failed, with the file row and the reason; stored rows are kept."""
     job = db.get_job(conn, job_id)
     message = getattr(exc, "message", str(exc))
-    where = f"at file row {row:,}: " if row is not None else ""
-    error = (f"The file could not be ingested {where}{message}. The {job['total_rows']:,} URLs stored before it "
-             "are kept (retry the job to process them); fix the file and upload it again for the rest.")
+    where = f" at file row {row:,}" if row is not None else ""
+    error = (f"The file could not be ingested{where}: {message.rstrip('.')}. The {job['total_rows']:,} URLs "
+             "stored before it are kept (retry the job to process them); fix the file and upload it again for "
+             "the rest.")
     failed = db.fail_job(conn, job_id, error[:2000], expected="ingesting")
     log.warning("ingest failed", extra={"job_id": job_id, "error": message})
     if failed is not None and notify is not None:

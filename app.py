@@ -11,7 +11,7 @@ import uuid
 
 from chalice import Chalice, CORSConfig, Rate, Response
 
-from chalicelib import deps, jobs, logs, observe, web
+from chalicelib import deps, jobs, logs, observe, review, web
 from chalicelib import metrics as emf
 from chalicelib.accounts import Caller, Unauthorized, apilimit
 from chalicelib.adapters import db
@@ -291,7 +291,29 @@ def get_job(caller: Caller, job_id):
 def job_results(caller: Caller, job_id):
     q = query()
     return jobs.results(deps.conn(), caller.account_id, job_id, status=q.get("status"), limit=q.get("limit"),
-                        cursor=q.get("cursor"), quality=q.get("quality"))
+                        cursor=q.get("cursor"), quality=q.get("quality"), review=q.get("review"))
+
+
+@route("/api/jobs/{job_id}/results/{result_id}", methods=["GET"])
+def job_result(caller: Caller, job_id, result_id):
+    return review.get_result(deps.conn(), caller.account_id, job_id, result_id)
+
+
+@route("/api/jobs/{job_id}/results/{result_id}", methods=["PATCH"])
+def edit_result(caller: Caller, job_id, result_id):
+    return review.edit(deps.conn(), caller.account_id, job_id, result_id, json_body(),
+                     app.current_request.headers.get("if-unmodified-since"))
+
+
+@route("/api/jobs/{job_id}/review", methods=["POST"])
+def review_results(caller: Caller, job_id):
+    return review.review_results(deps.conn(), caller.account_id, job_id, json_body())
+
+
+@route("/api/jobs/{job_id}/regenerate", methods=["POST"])
+def regenerate_results(caller: Caller, job_id):
+    result = review.regenerate(deps.conn(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id, json_body())
+    return Response(result, status_code=202)
 
 
 @route("/api/jobs/{job_id}/preview", methods=["POST"])
@@ -319,7 +341,8 @@ def cancel_job(caller: Caller, job_id):
 
 @route("/api/upload/{job_id}/download", methods=["GET"])
 def download(caller: Caller, job_id):
-    kind, payload, name = jobs.download(deps.conn(), deps.storage(), caller.account_id, job_id)
+    kind, payload, name = jobs.download(deps.conn(), deps.storage(), caller.account_id, job_id,
+                                        review=query().get("review"))
     if kind == "redirect":
         return Response("", status_code=302, headers={"Location": payload})
     if not accepts_binary(app.current_request.headers.get("accept")):

@@ -170,7 +170,7 @@ def batch_runner():
     generator = opener_generator()
     return BatchRunner(get_conn=conn, client=generator.client, generator=generator, settings=get_settings(),
                        page_summary=page_summaries(), completed=job_completed, notify=notify_job,
-                       duplicates=duplicate_index())
+                       duplicates=duplicate_index(), queue=chunk_queue())
 
 
 @lru_cache(maxsize=1)

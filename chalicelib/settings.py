@@ -110,7 +110,9 @@ class Settings:
     page_fetch_timeout_s: float = 5.0  # one deadline over a page fetch: robots.txt, redirects, body
     page_cache_ttl_s: int = 86_400  # page summaries in Redis; failed fetches are kept briefly
     page_host_concurrency: int = 2  # fetches at once per host, per process (Lambda container)
-    page_fetch_concurrency: int = 32  # pages fetched at once per chunk handler, ahead of the generators
+    page_fetch_concurrency: int = 256  # pages fetched at once per chunk handler, ahead of the generators (~45 KB each)
+    page_dns_timeout_s: float = 1.0  # a page's name lookup, within PAGE_FETCH_TIMEOUT_S
+    page_host_failure_ttl_s: float = 60.0  # a host that timed out or did not resolve is skipped this long
     # Fernet keys sealing the accounts' webhook secrets (chalicelib/outbound/sealing.py): the first
     # seals, all open. Empty: the local stack's development key; the prod stage refuses that.
     webhook_secret_keys: tuple[str, ...] = ()
@@ -205,6 +207,8 @@ class Settings:
             page_cache_ttl_s=int(get("PAGE_CACHE_TTL_S", cls.page_cache_ttl_s)),
             page_host_concurrency=max(1, int(get("PAGE_HOST_CONCURRENCY", cls.page_host_concurrency))),
             page_fetch_concurrency=max(1, int(get("PAGE_FETCH_CONCURRENCY") or cls.page_fetch_concurrency)),
+            page_dns_timeout_s=max(0.05, float(get("PAGE_DNS_TIMEOUT_S") or cls.page_dns_timeout_s)),
+            page_host_failure_ttl_s=max(0.0, float(get("PAGE_HOST_FAILURE_TTL_S") or cls.page_host_failure_ttl_s)),
             webhook_secret_keys=tuple(k.strip() for k in get("WEBHOOK_SECRET_KEYS", "").split(",") if k.strip()),
         )
 

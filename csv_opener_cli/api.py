@@ -277,8 +277,9 @@ class Api:
         items = list(self._pages("/api/jobs", "jobs", params, limit, JOBS_PAGE_MAX))
         return {"jobs": items[:limit]}
 
-    def results(self, job_id: str, status: str | None = None, limit: int = 50, quality: str | None = None) -> dict:
-        params = {k: v for k, v in (("status", status), ("quality", quality)) if v}
+    def results(self, job_id: str, status: str | None = None, limit: int = 50, quality: str | None = None,
+                review: str | None = None) -> dict:
+        params = {k: v for k, v in (("status", status), ("quality", quality), ("review", review)) if v}
         items = list(self._pages(f"/api/jobs/{_segment(job_id)}/results", "results", params, limit, RESULTS_PAGE_MAX))
         return {"results": items[:limit]}
 
@@ -297,6 +298,32 @@ class Api:
 
     def cancel(self, job_id: str) -> dict:
         return self.call("POST", f"/api/upload/{_segment(job_id)}/cancel")
+
+    # ------------------------------------------------------------ review (SPEC "Review before sending")
+
+    def result(self, job_id: str, result_id: str) -> dict:
+        """One result with its history of openers."""
+        return self.call("GET", f"/api/jobs/{_segment(job_id)}/results/{_segment(result_id)}")["result"]
+
+    def edit(self, job_id: str, result_id: str, *, version: int | None = None, **changes: Any) -> dict:
+        """PATCH a result: `opener` and/or `review` (None clears it), refused (409 stale_version)
+        if the row is no longer at `version`."""
+        body = {**changes, **({"version": version} if version is not None else {})}
+        return self.call("PATCH", f"/api/jobs/{_segment(job_id)}/results/{_segment(result_id)}", json=body)["result"]
+
+    def review(self, job_id: str, review: str | None, *, ids: list[str] | None = None,
+               filters: dict[str, str] | None = None) -> dict:
+        body = {"review": review, **({"result_ids": ids} if ids is not None else {"filter": filters or {}})}
+        return self.call("POST", f"/api/jobs/{_segment(job_id)}/review", json=body)
+
+    def regenerate(self, job_id: str, *, ids: list[str] | None = None, filters: dict[str, str] | None = None,
+                   feedback: str | None = None, instructions: str | None = None) -> dict:
+        body: dict[str, Any] = {"result_ids": ids} if ids is not None else {"filter": filters or {}}
+        if feedback:
+            body["feedback"] = feedback
+        if instructions:
+            body["instructions"] = instructions
+        return self.call("POST", f"/api/jobs/{_segment(job_id)}/regenerate", json=body)
 
     def retry(self, job_id: str) -> dict:
         return self.call("POST", f"/api/jobs/{_segment(job_id)}/retry")
@@ -322,10 +349,12 @@ class Api:
 
     # ------------------------------------------------------------ download
 
-    def download(self, job_id: str, sink: Callable[[bytes], None]) -> str | None:
-        """Stream the job's CSV into `sink`; returns the server's file name. A 302 (completed
-        jobs, big files) is followed to its presigned URL without the key."""
+    def download(self, job_id: str, sink: Callable[[bytes], None], review: str | None = None) -> str | None:
+        """Stream the job's CSV into `sink` (with `review="approved"`, only approved rows); returns
+        the server's file name. A 302 (completed jobs, big files) is followed to its presigned URL
+        without the key."""
         with self._stream(self.api, "GET", f"api/upload/{_segment(job_id)}/download",
+                          params={"review": review} if review else None,
                           headers={"Accept": "text/csv, */*"}) as response:
             if response.status_code in REDIRECTS and "location" in response.headers:
                 location = str(response.url.join(response.headers["location"]))

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import httpx
 
-from csv_opener_cli import __version__
+from csv_opener_cli import __version__, review
 from csv_opener_cli.api import Api, ApiError, Upload, key_label, printable
 from csv_opener_cli.progress import make_display, wait_for_job
 
@@ -28,6 +28,7 @@ OK, JOB_FAILED, ERROR, INTERRUPTED = 0, 1, 2, 130
 DEFAULT_API = "http://127.0.0.1:8000"
 JOB_STATUSES = ("pending", "ingesting", "processing", "completed", "failed", "canceled")
 URL_STATUSES = ("pending", "processing", "completed", "failed")
+REVIEW_FILTERS = ("approved", "rejected", "none")
 QUALITY_FLAGS = ("too_long", "too_short", "duplicate", "spammy", "wrong_language", "generic", "ungrounded", "edited")
 
 DESCRIPTION = """\
@@ -60,7 +61,10 @@ examples:
   csv-opener status JOB_ID --json | jq .job.progress
   csv-opener results JOB_ID --status failed
   csv-opener results JOB_ID --quality duplicate
-  csv-opener retry JOB_ID --wait -o leads-openers.csv"""
+  csv-opener retry JOB_ID --wait -o leads-openers.csv
+  csv-opener review JOB_ID --quality duplicate
+  csv-opener regenerate JOB_ID --quality duplicate --feedback "Shorter; mention their product"
+  csv-opener download JOB_ID --approved"""
 
 
 # ---------------------------------------------------------------- arguments
@@ -162,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--status", choices=URL_STATUSES)
     results.add_argument("--quality", choices=QUALITY_FLAGS, metavar="FLAG",
                          help=f"only rows with this quality flag ({', '.join(QUALITY_FLAGS)})")
+    results.add_argument("--review", choices=REVIEW_FILTERS, help="only rows so reviewed (none: not yet)")
     results.add_argument("--limit", type=count_arg(1, 1_000_000), default=50, metavar="N",
                          help="at most N rows (50)")
 
@@ -169,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("job_id", metavar="ID", type=job_id_arg)
     download.add_argument("-o", "--output", metavar="FILE",
                           help="where to write it ('-' for stdout; default: the name the API gives, here)")
+    download.add_argument("--approved", action="store_true",
+                          help="only the rows approved in review (default name: <name>-approved.csv)")
 
     cancel = command("cancel", "cancel a pending or processing job (what is done is kept)")
     cancel.add_argument("job_id", metavar="ID", type=job_id_arg)
@@ -184,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--rows", type=count_arg(1, 5), metavar="N", help="how many rows, 1 to 5 (API default 3)")
     preview.add_argument("--model", metavar="MODEL")
     add_quality_options(preview)
+    review.add_commands(command, job_id_arg, count_arg)
     return parser
 
 
@@ -207,6 +215,7 @@ class Context:
         self.emitted = False
         self.job_id: str | None = None  # the job a `run` created, for messages after an error
         self.exit_code = OK  # set by `follow` when Ctrl-C ended the wait
+        self.environ: dict[str, str] = {}  # the environment (review's $EDITOR, $COLUMNS)
 
     def info(self, text: str) -> None:
         """A note on stderr (not with --quiet)."""
@@ -319,9 +328,11 @@ def human_size(size: int) -> str:
 # ---------------------------------------------------------------- downloading
 
 
-def save_download(ctx: Context, job_id: str, output: str | None, default_dir: Path = Path(".")) -> tuple[str, int]:
+def save_download(ctx: Context, job_id: str, output: str | None, default_dir: Path = Path("."),
+                  review: str | None = None) -> tuple[str, int]:
     """Download into `output` ('-' = stdout; None = the API's file name in `default_dir`), through
-    a temporary file renamed at the end, so a broken download leaves no half-written CSV."""
+    a temporary file renamed at the end, so a broken download leaves no half-written CSV. With
+    `review` ("approved"), only those rows (the default name then ends in -approved.csv)."""
     if output == "-":
         target = getattr(ctx.stdout, "buffer", None)
         written = 0
@@ -331,15 +342,17 @@ def save_download(ctx: Context, job_id: str, output: str | None, default_dir: Pa
             written += len(chunk)
             target.write(chunk) if target is not None else ctx.stdout.write(chunk.decode("utf-8", "replace"))
 
-        ctx.api.download(job_id, to_stdout)
+        ctx.api.download(job_id, to_stdout, review)
         ctx.stdout.flush()
         return "-", written
     directory = Path(output).parent if output else default_dir
     temp = tempfile.NamedTemporaryFile(dir=directory, prefix=".csv-opener-", suffix=".part", delete=False)
     try:
         with temp:
-            name = ctx.api.download(job_id, temp.write)
-        final = Path(output) if output else directory / (name or f"{job_id}-openers.csv")
+            name = ctx.api.download(job_id, temp.write, review) or f"{job_id}-openers.csv"
+        if review:
+            name = f"{name.removesuffix('.csv')}-{review}.csv"
+        final = Path(output) if output else directory / name
         os.replace(temp.name, final)
     except BaseException:
         Path(temp.name).unlink(missing_ok=True)
@@ -501,7 +514,7 @@ def cmd_jobs(ctx: Context) -> int:
 
 def cmd_results(ctx: Context) -> int:
     args = ctx.args
-    body = ctx.api.results(args.job_id, args.status, args.limit, args.quality)
+    body = ctx.api.results(args.job_id, args.status, args.limit, args.quality, args.review)
 
     def human() -> None:
         if not body["results"]:
@@ -525,7 +538,7 @@ def cmd_download(ctx: Context) -> int:
     args = ctx.args
     if args.output not in (None, "-") and not Path(args.output).resolve().parent.is_dir():
         raise UsageError(f"-o {args.output}: no such directory")
-    written, size = save_download(ctx, args.job_id, args.output)
+    written, size = save_download(ctx, args.job_id, args.output, review="approved" if args.approved else None)
     if written != "-":
         ctx.emit({"job_id": args.job_id, "output": written, "bytes": size},
                  lambda: ctx.out(f"Wrote {written} ({human_size(size)})"))
@@ -587,6 +600,7 @@ def cmd_preview(ctx: Context) -> int:
 COMMANDS: dict[str, Callable[[Context], int]] = {
     "run": cmd_run, "status": cmd_status, "jobs": cmd_jobs, "results": cmd_results, "download": cmd_download,
     "cancel": cmd_cancel, "retry": cmd_retry, "preview": cmd_preview,
+    "review": review.cmd_review, "regenerate": lambda ctx: review.cmd_regenerate(ctx, follow, finish),
 }
 
 
@@ -632,6 +646,7 @@ def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | 
 
     with Api(base, key, transport=transport) as api:
         ctx = Context(args, api, key, stdin, stdout, stderr, sleep)
+        ctx.environ = environ
         try:
             if ctx.json and getattr(args, "output", None) == "-":
                 raise UsageError("-o - writes the CSV to stdout, where --json writes its document: use one")

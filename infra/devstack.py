@@ -346,7 +346,7 @@ def run_tests(pytest_args: list[str]) -> int:
 
 
 BENCHMARKS = ("ingest", "overhead", "utilization", "fairshare", "pagecontext",  # what `make bench` runs, in order
-              "learned", "aimd", "batch", "refusal", "quality")
+              "learned", "aimd", "batch", "refusal", "quality", "estimate")
 
 
 def run_bench(args: list[str]) -> int:

@@ -50,11 +50,15 @@ def error_text(message: str) -> str:
 
 
 class GenerationFailed(Exception):
-    """The URL could not get an opener; ``message`` is fit to show the user, ``attempts`` were made."""
+    """The URL could not get an opener; ``message`` is fit to show the user, ``attempts`` were made;
+    ``prompt_tokens``/``completion_tokens``: what the calls that did answer cost all the same (an
+    unusable answer, an opener the checks asked again for), so a failed row still counts them."""
 
-    def __init__(self, message: str, attempts: int) -> None:
+    def __init__(self, message: str, attempts: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         self.message = error_text(message)
         self.attempts = attempts
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
         super().__init__(self.message)
 
 
@@ -70,6 +74,8 @@ class UnusableAnswer(Exception):
     def __init__(self, reason: str, *, rejected: bool = False) -> None:
         self.reason = reason
         self.rejected = rejected
+        self.prompt_tokens = 0  # the usage of the answer turned down (paid all the same)
+        self.completion_tokens = 0
         super().__init__(f"{REJECTED_MESSAGE if rejected else UNUSABLE_MESSAGE}: {reason}")
 
 

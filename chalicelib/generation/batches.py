@@ -21,12 +21,19 @@ How a batch job runs (a job with ``mode = 'batch'``; everything else is as for a
   live job does.
 * **Cancel**: a canceled job's batches are cancelled at the provider; what they finished is kept,
   the rest goes back to pending, so a retry sends it in a new batch. An expired batch keeps its
-  partial output and fails the rest with the reason. A retried job's failed rows go into a new
-  batch (the retry's chunk messages submit them).
-
-Known gap: a crash between the provider creating a batch and the row recording it (a few
-milliseconds) leaves that batch unread; its rows are claimed again once their short submit lease
-runs out and sent in a new batch (paid twice for those rows).
+  partial output; only the rows without an answer go back to pending (one more try counted, at
+  most MAX_RETRIES tries, then they fail with the reason) and their chunk is enqueued again, so
+  the next batch holds those rows alone. A retried job's failed rows go into a new batch (the
+  retry's chunk messages submit them).
+* **Paying once**: every batch is created with metadata naming our batch row (``batch``), job and
+  chunk. A crash between the provider creating a batch and our row recording it leaves the row
+  ``submitting``; before a chunk's rows are claimed again (their short submit lease ran out, the
+  sweep enqueued the chunk), its stale ``submitting`` batches are looked for among the provider's
+  batches by that metadata (``recover``): one found is recorded and read as any other (its rows
+  are not sent again); one not found was never created, and its rows go back to pending.
+* **Cost**: the batch's answers are paid at the batch price; a re-ask made live by the checks at
+  the live price (the job's ``live_prompt_tokens``/``live_completion_tokens``). The save that
+  reaches the first chunk's worth of rows corrects the job's estimate from their real usage.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 
 from chalicelib.adapters import db
-from chalicelib.generation import checks, pricing
+from chalicelib.generation import batch_recovery, checks, pricing
 from chalicelib.generation.answers import GenerationFailed, UnusableAnswer, error_text, opener_from_answer
 from chalicelib.generation.client import describe_error
 from chalicelib.generation.ratelimit import LimiterStopped
@@ -55,8 +62,9 @@ MAX_REQUESTS = 50_000  # the Batch API's limits per batch
 MAX_BYTES = 200 * 1024 * 1024
 POLL_LIMIT = 100  # batches retrieved per sweep
 ENDED = ("completed", "expired", "cancelled", "failed")
-EXPIRED_ERROR = ("The provider's Batch API did not run this request within its 24-hour window (batch expired); "
-                 "retry the job to send it again")
+EXPIRED_ERROR = ("The provider's Batch API did not run this request within its 24-hour window (batch expired), "
+                 "nor in the batches sent again for it; retry the job to send it again")
+
 MISSING_ERROR = "The provider's batch ended without an answer for this request"
 _REFUSED = (400, 401, 403, 404, 413, 415, 422)  # the provider will not take this batch: not worth retrying
 
@@ -74,8 +82,9 @@ class BatchRunner:
     def __init__(self, *, get_conn: Callable, client: openai.OpenAI, generator, settings,
                  page_summary: Callable[[str, str], tuple[str | None, str]] | None = None,
                  completed: Callable[[dict], None] = lambda job: None,
-                 notify: Callable[[dict], None] = lambda job: None, duplicates=None) -> None:
+                 notify: Callable[[dict], None] = lambda job: None, duplicates=None, queue=None) -> None:
         self.duplicates = duplicates  # the job-wide index of accepted openers (None: not checked)
+        self.queue = queue  # chunk messages for rows an expired batch gave back (None: the sweep's requeue)
         self.get_conn = get_conn
         self.client = client
         self.generator = generator
@@ -89,6 +98,7 @@ class BatchRunner:
     def submit_chunk(self, job: dict, chunk: int) -> int:
         """Send the chunk's pending URLs as one batch; returns how many (0: nothing pending)."""
         conn = self.get_conn()
+        self.recover(conn, str(job["id"]), chunk)
         batch_id = str(uuid.uuid4())
         limit = min(self.settings.chunk_size, MAX_REQUESTS)
         rows = db.claim_urls(conn, str(job["id"]), chunk, batch_id, limit, self.settings.lease_seconds)
@@ -98,6 +108,7 @@ class BatchRunner:
         with log_context(job_id=str(job["id"]), chunk=chunk, batch=batch_id):
             try:
                 data, context = self._jsonl(job, rows)
+                db.batch_context(conn, batch_id, context)
                 uploaded = self.client.files.create(file=(f"{job['id']}-{chunk}.jsonl", io.BytesIO(data)),
                                                     purpose="batch")
                 created = self.client.batches.create(
@@ -113,10 +124,15 @@ class BatchRunner:
                 self._unsend(conn, batch_id, rows, exc)
                 raise
             with conn.transaction():
-                held = db.batch_submitted(conn, batch_id, uploaded.id, created.id, BATCH_LEASE_S, context)
+                held = db.batch_submitted(conn, batch_id, uploaded.id, created.id, BATCH_LEASE_S)
             log.info("batch submitted", extra={"provider_batch_id": created.id, "requests": held,
                                                "bytes": len(data)})
             return held
+
+    def recover(self, conn, job_id: str, chunk: int) -> dict:
+        """The chunk's batches its submitter never recorded, found at the provider or given up
+        (``batch_recovery.recover``)."""
+        return batch_recovery.recover(conn, self.client, job_id, chunk, self.settings.lease_seconds, BATCH_LEASE_S)
 
     def _jsonl(self, job: dict, rows: list[dict]) -> tuple[bytes, dict[str, str]]:
         """The batch file (one request per row, the same a live call sends) and each row's
@@ -127,7 +143,8 @@ class BatchRunner:
             page, context = self._page(job, row)
             body = self.generator.request_body(row["url"], job["instructions"], job["model"], row.get("fields"),
                                                page, language=checks.row_language(options, page),
-                                               min_words=options.min_words, max_words=options.max_words)
+                                               min_words=options.min_words, max_words=options.max_words,
+                                               feedback=row.get("feedback"))
             request = {"custom_id": str(row["id"]), "method": "POST", "url": ENDPOINT, "body": body}
             return json.dumps(request, ensure_ascii=False, separators=(",", ":")), context
 
@@ -202,17 +219,34 @@ class BatchRunner:
                 self._read_line(line, rows, job, results, release)
         missing = [row for key, row in rows.items() if key not in results and row["id"] not in release]
         self._unanswered(remote, missing, results, release)
+        again = self._send_again(rows, results)
+        spent_live = [r.pop("live_tokens", (0, 0)) for r in results.values()]  # re-asks, paid at the live price
+        live = (sum(p for p, _ in spent_live), sum(c for _, c in spent_live))
         with conn.transaction():
             if not db.finish_batch(conn, batch["id"], expected=("submitted", "cancelling"),
                                    provider_status=remote.status):
                 return 0  # another sweep read it first
             saved = db.save_results(conn, str(job["id"]), str(batch["id"]), list(results.values())) if results \
                 else None
+            db.add_live_tokens(conn, str(job["id"]), *live)
             db.release_urls(conn, str(batch["id"]), release)
+            requeued = db.requeue_urls(conn, str(batch["id"]), again)
         log.info("batch read", extra={"provider_status": remote.status, "saved": saved["saved"] if saved else 0,
-                                      "released": len(release)})
+                                      "released": len(release), "sent_again": requeued})
+        if requeued and self.queue is not None and job["status"] == "processing":
+            self.queue.send_chunks(str(job["id"]), [batch["chunk"]])  # a new batch of those rows alone
         self._after_save(conn, str(job["id"]), saved)
         return saved["saved"] if saved else 0
+
+    def _send_again(self, rows: dict[str, dict], results: dict[str, dict]) -> list:
+        """Rows an expired batch did not run, with tries left: taken out of `results` (they would
+        fail) to go back to pending for another batch. Returns their ids."""
+        again = [row["id"] for key, row in rows.items()
+                 if results.get(key, {}).get("error") == EXPIRED_ERROR
+                 and row["retry_count"] + 1 < self.settings.max_retries]
+        for row_id in again:
+            del results[str(row_id)]
+        return again
 
     def _lines(self, file_id: str | None):
         """The JSON objects of a result file (lines that are not are skipped, logged)."""
@@ -274,17 +308,21 @@ class BatchRunner:
                 model=job["model"], options=checks.Options.of(job), fields=row.get("fields"), page=page,
                 duplicates=self.duplicates,
                 max_calls=self.settings.max_retries if within_budget else 1, account=str(job["account_id"]),
-                first=opener)
+                first=opener, feedback=row.get("feedback"))
         except (GenerationFailed, LimiterStopped) as exc:
             message = exc.message if isinstance(exc, GenerationFailed) else "stopped while asking again"
-            result = {**failed, "error": error_text(message), "prompt_tokens": opener.prompt_tokens,
-                      "completion_tokens": opener.completion_tokens}
+            spent = (exc.prompt_tokens, exc.completion_tokens) if isinstance(exc, GenerationFailed) and \
+                exc.prompt_tokens else (opener.prompt_tokens, opener.completion_tokens)  # the batch answer's, at least
+            result = {**failed, "error": error_text(message), "prompt_tokens": spent[0], "completion_tokens": spent[1],
+                      "live_tokens": (spent[0] - opener.prompt_tokens, spent[1] - opener.completion_tokens)}
             if isinstance(exc, checks.Ungrounded):
                 result["grounding"] = "unsupported"
             return result
         return {"id": row["id"], "status": "completed", "opener": kept.text,
                 "retry_count": row["retry_count"] + kept.attempts - 1 - kept.regenerations,
                 "prompt_tokens": kept.prompt_tokens, "completion_tokens": kept.completion_tokens,
+                "live_tokens": (kept.prompt_tokens - opener.prompt_tokens,
+                                kept.completion_tokens - opener.completion_tokens),  # the re-asks, paid live
                 "evidence": kept.evidence, "grounding": kept.grounding, "quality": kept.quality,
                 "words": kept.words, "language": kept.language, "regenerations": kept.regenerations}
 
@@ -310,6 +348,9 @@ class BatchRunner:
         at its budget (the rest of its batches cancelled)."""
         if saved is None or saved["status"] != "processing":
             return
+        calibrate = pricing.first_chunk_rows(saved, self.settings.chunk_size)
+        if calibrate is not None:  # the job's estimate, from the real usage of its first chunk's worth
+            db.calibrate_estimate(conn, job_id, calibrate)
         if saved["processed_rows"] + saved["failed_rows"] == saved["total_rows"]:
             job = db.complete_job_if_done(conn, job_id)
             if job is not None:
@@ -317,7 +358,9 @@ class BatchRunner:
                                                   "failed_rows": job["failed_rows"]})
                 self.completed(job)
             return
-        over = pricing.over_budget(self.settings.prices, saved)
+        if saved["max_cost_usd"] is None:
+            return
+        over = pricing.over_budget(self.settings.prices, db.get_job(conn, job_id))  # with its live re-asks
         if over is None:
             return
         cost, error = over

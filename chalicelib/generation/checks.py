@@ -12,7 +12,9 @@ with the ``ungrounded`` flag. A generic opener, or one that repeats another, is 
 when its row has no source at all (no page, no fields): there is nothing specific to ask for, so
 the new line would be as generic as the first and the call wasted; it keeps its flags.
 
-Calls made again go through the same generator, so they count in tokens, cost and the limiter.
+Calls made again go through the same generator, so they count in tokens, cost and the limiter;
+a row that fails (a re-ask that fails outright, strict grounding) still counts the tokens of every
+call made for it (``GenerationFailed.prompt_tokens``/``completion_tokens``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from redis import exceptions as redis_exc
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
+from chalicelib.adapters.redis_retry import UNAVAILABLE, retry_while_unavailable
 from chalicelib.generation.answers import GenerationFailed, Opener
 from chalicelib.logs import get_logger
 from chalicelib.outbound.summaries import declared_language_of
@@ -121,10 +121,12 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
                      page: str | None = None, declared_language: str | None = None,
                      duplicates: Duplicates | None = None, max_calls: int = 3,
                      should_stop: Callable[[], bool] = lambda: False, account: str | None = None,
-                     first: Opener | None = None) -> Checked:
+                     first: Opener | None = None, feedback: str | None = None) -> Checked:
     """The row's opener, checked (see the module docstring). Raises ``Ungrounded`` (strict mode),
     ``GenerationFailed`` or ``LimiterStopped`` as the generator does. ``first``: an answer already
-    in hand (a Batch API result): checked before any live call is made."""
+    in hand (a Batch API result): checked before any live call is made. ``feedback``: the
+    sender's words on the row's earlier opener (a regeneration), added to its prompt."""
+    marks = {"feedback": feedback} if feedback else {}  # generators that predate feedback keep working
     language = row_language(options, page, declared_language)
     values = [v for v in (fields or {}).values() if v]
     has_source = bool(page) or bool(values)
@@ -147,9 +149,15 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
         if first is not None and calls == 0:
             opener = first
         else:
-            opener = generator.generate(url, instructions, model, should_stop=should_stop, account=account,
-                                        fields=fields, page=page, language=language, min_words=options.min_words,
-                                        max_words=options.max_words, reask=reask)
+            try:
+                opener = generator.generate(url, instructions, model, should_stop=should_stop, account=account,
+                                            fields=fields, page=page, language=language,
+                                            min_words=options.min_words, max_words=options.max_words, reask=reask,
+                                            **marks)
+            except GenerationFailed as exc:  # the calls made before it were paid: the failed row counts them
+                exc.prompt_tokens += total["prompt"]
+                exc.completion_tokens += total["completion"]
+                raise
         calls += 1
         total["prompt"] += opener.prompt_tokens
         total["completion"] += opener.completion_tokens
@@ -174,7 +182,8 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
             reasks.append(reask or "")
             continue
         if not found.ok and options.grounding == STRICT:
-            raise Ungrounded(UNGROUNDED_MESSAGE.format(calls=calls), total["attempts"])
+            raise Ungrounded(UNGROUNDED_MESSAGE.format(calls=calls), total["attempts"], total["prompt"],
+                             total["completion"])
         repeats = _repeats(duplicates, job_id, opener.text) if duplicates is not None else None
         if repeats is not None and has_source and not flag_reasked and calls <= max_calls:
             flag_reasked = True
@@ -195,22 +204,16 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
                        completion_tokens=total["completion"], attempts=total["attempts"], reasks=reasks)
 
 
-# Redis failing over or restarting: a few seconds of retries, then the opener is kept unchecked for
-# duplicates (a lost check costs a possible repeat; a failed row would cost the opener).
-_INDEX_DOWN = (redis_exc.ConnectionError, redis_exc.TimeoutError, redis_exc.BusyLoadingError,
-               redis_exc.ReadOnlyError, redis_exc.ClusterDownError, redis_exc.TryAgainError, OSError)
-
-
 def _repeats(duplicates: Duplicates, job_id: str, text: str, attempts: int = 5) -> str | None:
     """The accepted opener `text` repeats, from the job's index; None when unique, or when the
-    index stayed unreachable (logged)."""
+    index stayed unreachable (logged). Redis failing over or restarting: a few seconds of retries
+    (the backoff every Redis caller of ours uses, adapters/redis_retry.py), then the opener is
+    kept unchecked for duplicates (a lost check costs a possible repeat; a failed row would cost
+    the opener)."""
     try:
-        for attempt in Retrying(stop=stop_after_attempt(attempts), reraise=True,
-                                wait=wait_exponential(multiplier=0.25, max=2),
-                                retry=retry_if_exception_type(_INDEX_DOWN)):
-            with attempt:
-                return duplicates.check_and_add(job_id, text)
-    except _INDEX_DOWN as exc:
+        return retry_while_unavailable(lambda: duplicates.check_and_add(job_id, text), initial=0.25, maximum=2.0,
+                                       attempts=attempts)[0]
+    except UNAVAILABLE as exc:
         log.warning("duplicate index unreachable; opener kept without the duplicate check",
                     extra={"job_id": job_id, "error": type(exc).__name__})
     return None

@@ -5,7 +5,9 @@ retries, parsing and quality checks as real ones.
 It answers what was asked: the JSON ``{"opener", "evidence"}`` (as content, whether asked for
 through ``response_format`` or in words) with evidence copied verbatim from the prompt's data (the
 page's title, else the row's company field, else null: a generic opener), or plain text for a
-request that asks for neither. A re-ask (a second user message) gets another of its templates."""
+request that asks for neither. A re-ask (a second user message) gets another of its templates.
+Its usage counts the prompt as characters / 4 plus 4 a message, the ``response_format`` schema
+included (as a provider counts it)."""
 
 from __future__ import annotations
 
@@ -196,6 +198,13 @@ def _approx_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
+def _format_tokens(payload: dict[str, Any]) -> int:
+    """The prompt tokens a ``response_format`` JSON schema adds (the provider puts it in the prompt)."""
+    fmt = payload.get("response_format")
+    spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
+    return _approx_tokens(json.dumps(spec, separators=(",", ":"))) if isinstance(spec, dict) else 0
+
+
 def _error_response(status: int, message: str, error_type: str) -> httpx2.Response:
     body = {"error": {"message": message, "type": error_type, "param": None, "code": None}}
     return httpx2.Response(status, json=body)
@@ -242,7 +251,7 @@ class DummyTransport(httpx2.BaseTransport):
         text = json.dumps({"opener": opener, "evidence": _evidence(opener, fields, title)}) \
             if _asks_for_json(payload) else opener
         prompt_chars = sum(len(text) for text in _texts(payload["messages"]))
-        prompt_tokens = math.ceil(prompt_chars / 4) + 4 * len(payload["messages"])
+        prompt_tokens = math.ceil(prompt_chars / 4) + 4 * len(payload["messages"]) + _format_tokens(payload)
         completion_tokens = _approx_tokens(text)
         return {
             "id": "chatcmpl-dummy-" + hashlib.sha256(url.encode("utf-8")).hexdigest()[:16],

@@ -13,11 +13,19 @@ as Cyrillic ``е``, read as the Latin letter they imitate), then every ``label.l
 domain when the Public Suffix List knows its ending (``publicsuffixlist``, whose snapshot ships
 inside the package and is never fetched), or when a label is punycode (``xn--``). So "node.js",
 "e.g.", "3.5" and "v2.0" are prose, while "evil.click", "evil。com" and "еxample.com" are not.
+
+Some names end in a real suffix and are still no domain: a file name whose extension is also a
+country's ending ("main.py", "README.md", "run.sh", "lib.rs", "main.tf": ``FILE_EXTENSIONS``,
+written in lower case after one name) and the .NET family written as such ("ASP.NET", "VB.NET":
+``DOTNET_NAMES`` with "NET" in capitals; "asp.net" in lower case is a web site). A dot with
+spaces on both sides ("evil . com") is read as a dot, and a bare IPv4 address ("10.0.0.1") is
+refused like a link.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 import unicodedata
 from urllib.parse import urlsplit
@@ -41,6 +49,18 @@ _DOT_WORD = re.compile(r"\s*[\[({]\s*(?:\.|dot)\s*[\])}]\s*", re.IGNORECASE)
 _AT_WORD = re.compile(r"\s*[\[({]\s*(?:@|at)\s*[\])}]\s*", re.IGNORECASE)
 _COLON_WORD = re.compile(r"\s*[\[({]\s*:\s*[\])}]\s*")
 _DEFANGED_SCHEME = re.compile(r"\bh(?:xx|\*\*|tt)p(s?)(?=:/)", re.IGNORECASE)
+# A dot written with spaces around it between two labels ("evil . com"): a dot. (A space on one
+# side only is ordinary prose: "the shop. Com..." ends a sentence, "built on .NET" names a
+# framework.)
+_SPACED_DOT = re.compile(r"(?<=[\w-])[^\S\n]+\.[^\S\n]+(?=[\w-])")
+# Four dot-separated numbers of 1..3 digits, not part of a longer dotted run ("1.2.3.4.5").
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w-]|\.\d)")
+# File extensions that are also a public suffix (a country's or a brand's ending): "name.ext",
+# the extension in lower case, is a file name. Endings much used for web sites (.ai, .io, .so,
+# .pl, .cc, .me) and those bought to look like files in phishing (.zip, .mov) are not here.
+FILE_EXTENSIONS = frozenset({"py", "md", "sh", "rs", "tf"})
+# Names of the .NET family, written with "NET" in capitals ("ASP.NET"): a framework, not a site.
+DOTNET_NAMES = frozenset({"asp", "vb", "ado", "ml"})
 # Dots that IDNA treats as label separators but NFKC leaves alone (ideographic full stops).
 _DOTS = str.maketrans({"\u3002": ".", "\uff61": ".", "\ufe12": "."})
 # Digits inside a word or a hyphenated name ("acme-12345678", "id-2023-0001-42") are not a phone
@@ -69,15 +89,17 @@ def _lookalike(char: str) -> str:
     return char
 
 
-def normalise(text: str) -> str:
-    """`text` in the one form the checks read: NFKC, lower case, ideographic dots as dots and
-    defanged links ("evil[.]com", "hxxp://") undone."""
+def normalise(text: str, keep_case: bool = False) -> str:
+    """`text` in the one form the checks read: NFKC, lower case (unless ``keep_case``),
+    ideographic dots as dots, spaced dots ("evil . com") as dots and defanged links
+    ("evil[.]com", "hxxp://") undone."""
     text = unicodedata.normalize("NFKC", text).translate(_DOTS)
     text = _DOT_WORD.sub(".", text)
+    text = _SPACED_DOT.sub(".", text)
     text = _AT_WORD.sub("@", text)
     text = _COLON_WORD.sub(":", text)
     text = _DEFANGED_SCHEME.sub(r"http\1", text)
-    return text.lower()
+    return text if keep_case else text.lower()
 
 
 def skeleton(text: str) -> str:
@@ -113,6 +135,26 @@ def _is_domain(*forms: str) -> bool:
     return False
 
 
+def _is_name_not_site(written: str) -> bool:
+    """A dotted run ending in a public suffix that is still a name, not a site (``written`` as
+    the opener has it, case kept): a file name ("main.py") or a .NET framework ("ASP.NET")."""
+    labels = written.strip(".-").split(".")
+    if len(labels) != 2 or not labels[0]:
+        return False
+    name, ending = labels
+    if ending in FILE_EXTENSIONS:  # lower case, as file names are written
+        return True
+    return ending == "NET" and name.lower() in DOTNET_NAMES
+
+
+def _ip_address(text: str) -> str | None:
+    """The IPv4 address ``text`` is (each number 0..255, leading zeros allowed), or None."""
+    parts = text.split(".")
+    if len(parts) != 4 or any(int(part) > 255 for part in parts):
+        return None
+    return str(ipaddress.IPv4Address(".".join(str(int(part)) for part in parts)))
+
+
 def _same_site(host: str, site: str) -> bool:
     host = _ascii_host(host)
     return bool(site) and (host == site or host.endswith("." + site))
@@ -133,7 +175,10 @@ def _echoes(text: str, instructions: str | None) -> bool:
 
 def problem(opener: str, url: str, instructions: str | None = None) -> str | None:
     """Why `opener` must not be sent for the prospect at `url`, or None when it is fine."""
-    plain = normalise(opener)
+    cased = normalise(opener, keep_case=True)
+    plain = cased.lower()
+    if len(plain) != len(cased):  # lower case changed the length ("İ"): no name is read by its case
+        cased = plain
     looks = skeleton(plain)  # same length as `plain`: a match's span is the same in both
     if _EMAIL.search(looks):
         return "it contains an e-mail address"
@@ -143,12 +188,20 @@ def problem(opener: str, url: str, instructions: str | None = None) -> str | Non
     without_hosts = list(plain)
     for match in _HOST.finditer(looks):
         written = plain[match.start():match.end()]
-        if not _is_domain(written, match.group()):
+        if not _is_domain(written, match.group()) or _is_name_not_site(skeleton(cased[match.start():match.end()])):
             continue
         if not _same_site(written.strip(".-"), site):
             return "it names a domain other than the prospect's"
         # the prospect's own host (the only domain left by now) may carry digits: not a phone number
         without_hosts[match.start():match.end()] = " " * (match.end() - match.start())
+    own_host = urlsplit(url).hostname or ""
+    own_ip = _ip_address(own_host) if _IPV4.fullmatch(own_host) else None
+    for match in _IPV4.finditer(looks):
+        address = _ip_address(match.group())
+        if address is not None and address != own_ip:
+            return "it contains an IP address"
+        if address is not None:  # the prospect's own address: not a phone number either
+            without_hosts[match.start():match.end()] = " " * (match.end() - match.start())
     for match in _PHONE.finditer("".join(without_hosts)):
         if sum(c.isdigit() for c in match.group()) >= 8 and not _YEARS.fullmatch(match.group().strip()):
             return "it contains a phone number"

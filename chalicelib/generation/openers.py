@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 import openai
@@ -135,19 +136,29 @@ class OpenerGenerator:
             reraise=True,
         )
         attempts = 0
+        spent = [0, 0]  # tokens of answers turned down: paid, so counted with the row
         try:
             for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    return self._attempt(body, should_stop, attempts, account, url, instructions)
+                    try:
+                        opener = self._attempt(body, should_stop, attempts, account, url, instructions)
+                    except UnusableAnswer as exc:
+                        spent[0] += exc.prompt_tokens
+                        spent[1] += exc.completion_tokens
+                        raise
+                    if spent != [0, 0]:
+                        opener = replace(opener, prompt_tokens=opener.prompt_tokens + spent[0],
+                                         completion_tokens=opener.completion_tokens + spent[1])
+                    return opener
         except (openai.OpenAIError, UnusableAnswer) as exc:
-            raise GenerationFailed(describe_error(exc), attempts) from exc
+            raise GenerationFailed(describe_error(exc), attempts, *spent) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     def request_body(self, url: str, instructions: str | None = None, model: str | None = None,
                      fields: dict[str, str] | None = None, page: str | None = None, *, language: str = "en",
                      min_words: int = DEFAULT_MIN_WORDS, max_words: int = DEFAULT_MAX_WORDS,
-                     reask: str | None = None) -> dict:
+                     reask: str | None = None, feedback: str | None = None) -> dict:
         """The chat-completions request for one URL, as a live call sends it and a Batch API file
         carries it (one prompt for both modes): ``response_format`` unless the model's server
         refused it, then the JSON asked for in words."""
@@ -155,7 +166,8 @@ class OpenerGenerator:
         in_words = model in self.json_in_prompt
         request = {"model": model,
                    "messages": build_messages(url, instructions, fields, page, language=language, min_words=min_words,
-                                              max_words=max_words, json_in_prompt=in_words, reask=reask),
+                                              max_words=max_words, json_in_prompt=in_words, reask=reask,
+                                              feedback=feedback),
                    "max_tokens": self.max_tokens, "temperature": TEMPERATURE}
         if not in_words:
             request["response_format"] = response_format()
@@ -197,7 +209,12 @@ class OpenerGenerator:
         if isinstance(usage.get("total_tokens"), int):
             self.limiter.refund(estimate, usage["total_tokens"], model=model)
         # parsed, cleaned, then the output guard: a rejected answer is an UnusableAnswer, retried
-        text, evidence = checked_answer(body, url, instructions, lenient="response_format" not in request)
+        try:
+            text, evidence = checked_answer(body, url, instructions, lenient="response_format" not in request)
+        except UnusableAnswer as exc:
+            exc.prompt_tokens = token_count(usage, "prompt_tokens")
+            exc.completion_tokens = token_count(usage, "completion_tokens")
+            raise
         return Opener(text=text, prompt_tokens=token_count(usage, "prompt_tokens"),
                       completion_tokens=token_count(usage, "completion_tokens"), attempts=number, evidence=evidence)
 

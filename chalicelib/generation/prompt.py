@@ -29,6 +29,7 @@ MAX_INSTRUCTIONS_CHARS = 2000
 MAX_FIELD_CHARS = 200
 MAX_FIELDS = 10
 MAX_PAGE_CHARS = 1000
+MAX_FEEDBACK_CHARS = 500
 
 SYSTEM_PROMPT = (
     "You write the opening lines of cold outreach emails for B2B senders. Given a prospect's website "
@@ -120,11 +121,13 @@ def system_prompt(min_words: int = DEFAULT_MIN_WORDS, max_words: int = DEFAULT_M
 def build_messages(url: str, instructions: str | None = None, fields: dict[str, str] | None = None,
                    page: str | None = None, *, language: str = "en", min_words: int = DEFAULT_MIN_WORDS,
                    max_words: int = DEFAULT_MAX_WORDS, json_in_prompt: bool = False,
-                   reask: str | None = None) -> list[dict]:
+                   reask: str | None = None, feedback: str | None = None) -> list[dict]:
     """The chat messages for one URL: the house rules, word limits and the job's instructions
     (sender, offer, tone) as the system message; then the URL, the row's fields and the page
     summary as data, then the language to write in (and the JSON asked for in words when
-    ``json_in_prompt``); ``reask`` adds what to fix as a last message."""
+    ``json_in_prompt``); ``reask`` adds what to fix as a last message. ``feedback`` (the sender's
+    words on this row's earlier opener, from a regeneration) is row-specific, so it comes in the
+    row's part, after its data."""
     system = system_prompt(min_words, max_words)
     steer = (instructions or "").strip()
     if steer:
@@ -138,6 +141,9 @@ def build_messages(url: str, instructions: str | None = None, fields: dict[str, 
     if page:
         lines = [_data(line, MAX_PAGE_CHARS) for line in page.splitlines() if line.strip()]
         parts.append("<page>\n" + "\n".join(lines)[:MAX_PAGE_CHARS] + "\n</page>")
+    if feedback and feedback.strip():
+        parts.append("The sender's feedback on an earlier opener for this prospect (follow it): "
+                     + " ".join(feedback.split())[:MAX_FEEDBACK_CHARS])
     ask = f"Write the opener in {language_name(language)}."
     if json_in_prompt:
         ask += " " + json_instruction()

@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import psycopg
@@ -44,6 +45,7 @@ FLUSH_BATCH = 50
 STATUS_EVERY_S = 1.0
 RENEW_EVERY_S = 30.0  # or a third of the lease, if shorter
 CANCEL_GRACE_S = 2.0
+PAGE_WAIT_GRACE_S = 1.0  # beyond PAGE_FETCH_TIMEOUT_S: a page fetch ends by itself just after its deadline
 MAX_ERROR_CHARS = 500
 
 # Lost PostgreSQL connections (restart, pg_terminate_backend) are retried on a fresh connection.
@@ -94,6 +96,8 @@ class ChunkWorker:
         self.clock = clock
         self.concurrency = max(1, settings.chunk_concurrency)
         self.page_concurrency = max(1, settings.page_fetch_concurrency)
+        # A row waits this long for its page (from its claim), then is generated without it.
+        self.page_wait_s = settings.page_fetch_timeout_s + PAGE_WAIT_GRACE_S
         # Calls already in flight may wait for their page and then the LLM to finish and be saved.
         self.margin = deadline_margin_s if deadline_margin_s is not None else (
             settings.page_fetch_timeout_s + settings.openai_timeout_s + 10)
@@ -199,16 +203,24 @@ class ChunkWorker:
         page = None
         if pages is not None:  # keeps job_id/chunk on the threads' log lines, as below
             page = pages.submit(contextvars.copy_context().run, self.page_summary, row["url"], job["account_id"])
-        return pool.submit(contextvars.copy_context().run, self._generate, row, job, stop, page)
+        page_until = time.monotonic() + self.page_wait_s
+        return pool.submit(contextvars.copy_context().run, self._generate, row, job, stop, page, page_until)
 
-    def _generate(self, row: dict, job: dict, stop: _Flag, page_fetch: Future | None = None) -> dict | None:
-        """One URL -> a result dict, or None to give the row back (stop requested)."""
+    def _generate(self, row: dict, job: dict, stop: _Flag, page_fetch: Future | None = None,
+                  page_until: float = float("inf")) -> dict | None:
+        """One URL -> a result dict, or None to give the row back (stop requested). A page not
+        there by ``page_until`` (its fetch had its time, or waited for a fetch thread) is left out:
+        the row is generated without it, ``context_status`` timeout."""
         page, context = None, "off"
         if page_fetch is not None:
             if stop.is_set():
                 page_fetch.cancel()
                 return None
-            page, context = page_fetch.result()  # never raises: a page that fails is a status
+            try:  # never raises otherwise: a page that fails is a status
+                page, context = page_fetch.result(timeout=max(0.0, page_until - time.monotonic()))
+            except FutureTimeout:
+                page_fetch.cancel()  # if it has not started; else its answer only fills the cache
+                page, context = None, "timeout"
         base = {"id": row["id"], "opener": None, "error": None, "prompt_tokens": None, "completion_tokens": None,
                 "context_status": context}
         try:
@@ -216,12 +228,12 @@ class ChunkWorker:
                 self.generator, job_id=str(job["id"]), url=row["url"], instructions=job["instructions"],
                 model=job["model"], options=checks.Options.of(job), fields=row.get("fields"), page=page,
                 duplicates=self.duplicates, max_calls=self.settings.max_retries,
-                should_stop=stop.is_set, account=str(job["account_id"]))
+                should_stop=stop.is_set, account=str(job["account_id"]), feedback=row.get("feedback"))
         except LimiterStopped:
             return None
         except GenerationFailed as exc:
             failed = {**base, "status": "failed", "error": exc.message[:MAX_ERROR_CHARS],
-                      "retry_count": row["retry_count"] + exc.attempts}
+                      "retry_count": row["retry_count"] + exc.attempts, **spent_tokens(exc)}
             if isinstance(exc, checks.Ungrounded):
                 failed["grounding"] = "unsupported"
             return failed
@@ -242,9 +254,12 @@ class ChunkWorker:
         outcome.saved += job["saved"]
         run.buffer = []
         run.status = "processing" if job["status"] == "ingesting" else job["status"]  # as get_job_status says
+        calibrate = pricing.first_chunk_rows(job, self.settings.chunk_size)
+        if calibrate is not None and run.status == "processing":  # the estimate, from real usage
+            self._db(db.calibrate_estimate, run.job_id, calibrate)
         if job["status"] == "processing" and job["processed_rows"] + job["failed_rows"] == job["total_rows"]:
             outcome.completed_job = self._complete(run.job_id)
-        elif job["status"] == "processing" and job["max_cost_usd"] is not None:
+        elif run.status == "processing" and job["max_cost_usd"] is not None:
             self._check_budget(run, job)  # at each save (≤ 1 s apart): a job may overshoot by one save
 
     def _check_budget(self, run: _Run, job: dict) -> None:
@@ -326,6 +341,13 @@ class ChunkWorker:
         except psycopg.OperationalError as exc:
             log.warning("database connection lost; retrying", extra={"error": str(exc)[:200]})
         return _db_retry(lambda: query(self.get_conn(), *args))()
+
+
+def spent_tokens(exc: GenerationFailed) -> dict:
+    """A failed row's tokens: what the calls made for it cost (nothing to count: left NULL)."""
+    if not (exc.prompt_tokens or exc.completion_tokens):
+        return {}
+    return {"prompt_tokens": exc.prompt_tokens, "completion_tokens": exc.completion_tokens}
 
 
 class _Flag:

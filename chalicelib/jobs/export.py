@@ -13,7 +13,7 @@ import tenacity
 
 from chalicelib.adapters import db
 from chalicelib.adapters.storage import Storage
-from chalicelib.errors import Conflict
+from chalicelib.errors import BadRequest, Conflict
 from chalicelib.intake import csvfile
 from chalicelib.jobs.create import layout_of, read_source
 from chalicelib.jobs.views import require_job
@@ -39,20 +39,23 @@ def neutralize(cell: str) -> str:
     return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
 
 
-def write_csv(conn, storage: Storage, job: dict, out: IO[str]) -> int:
+def write_csv(conn, storage: Storage, job: dict, out: IO[str], review: str | None = None) -> int:
     """The original rows in order plus opener columns, merge-joined with the URL rows by row
-    number (both in file order, so memory stays bounded). Returns the rows written."""
+    number (both in file order, so memory stays bounded); with `review` ("approved"), only the
+    rows a person so marked. Returns the rows written."""
     layout = layout_of(job)
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow([neutralize(c) for c in (*layout.columns, *EXTRA_COLUMNS)])
     width = len(layout.columns)
-    results = db.iter_results(conn, job["id"]) if job["status"] != "pending" else iter(())
+    results = db.iter_results(conn, job["id"], review=review) if job["status"] != "pending" else iter(())
     current = next(results, None)
     written = 0
     for row, record in csvfile.iter_rows(read_source(storage, job), layout):
         while current is not None and current["row_number"] < row.row:
             current = next(results, None)
         match = current if current is not None and current["row_number"] == row.row else None
+        if review and match is None:
+            continue  # not marked so (or an invalid row): not in a reviewed download
         extra = _extra_cells(row, match)
         cells = record + [""] * (width - len(record))
         writer.writerow([neutralize(c) for c in (*cells, *extra)])
@@ -72,29 +75,33 @@ def _extra_cells(row, result: dict | None) -> tuple[str, ...]:
             result["evidence"] or "", ";".join(result["quality"] or ()), result["language"] or "")
 
 
-def render_csv(conn, storage: Storage, job: dict, spool_limit: int) -> IO[bytes]:
+def render_csv(conn, storage: Storage, job: dict, spool_limit: int, review: str | None = None) -> IO[bytes]:
     """The download CSV in a temporary file (in memory up to `spool_limit` bytes), rewound."""
     buffer = tempfile.SpooledTemporaryFile(max_size=spool_limit, mode="w+b")
     text = io.TextIOWrapper(buffer, encoding="utf-8", newline="")
-    write_csv(conn, storage, job, text)
+    write_csv(conn, storage, job, text, review)
     text.flush()
     text.detach()
     buffer.seek(0)
     return buffer
 
 
-def download(conn, storage: Storage, account_id: str, job_id: str) -> tuple[str, str | bytes, str]:
-    """-> ("inline", csv bytes, file name) or ("redirect", presigned URL, file name)."""
+def download(conn, storage: Storage, account_id: str, job_id: str,
+             review: str | None = None) -> tuple[str, str | bytes, str]:
+    """-> ("inline", csv bytes, file name) or ("redirect", presigned URL, file name); with
+    `review=approved`, only the rows a person approved."""
+    if review not in (None, "", "approved"):
+        raise BadRequest("review must be approved (only approved rows), or left out", code="bad_review")
     job = require_job(conn, account_id, job_id)
     if job["layout"] is None:
         raise Conflict("The file has not been validated yet; call /api/upload/process first", code="not_ready")
     name = download_name(job["file_name"])
-    if job["status"] == "completed" and job["result_path"] and storage.exists(job["result_path"]):
+    if not review and job["status"] == "completed" and job["result_path"] and storage.exists(job["result_path"]):
         return "redirect", storage.presigned_get(job["result_path"], name), name  # written once, not rebuilt
-    key = export_key(job)
+    key = export_key(job, review or None)
     if storage.exists(key):  # no progress since this version was rendered
         return "redirect", storage.presigned_get(key, name), name
-    with render_csv(conn, storage, job, INLINE_DOWNLOAD_LIMIT + 1) as buffer:
+    with render_csv(conn, storage, job, INLINE_DOWNLOAD_LIMIT + 1, review or None) as buffer:
         data = buffer.read(INLINE_DOWNLOAD_LIMIT + 1)
         if len(data) <= INLINE_DOWNLOAD_LIMIT:
             return "inline", data, name
@@ -104,11 +111,12 @@ def download(conn, storage: Storage, account_id: str, job_id: str) -> tuple[str,
     return "redirect", storage.presigned_get(key, name), name
 
 
-def export_key(job: dict) -> str:
+def export_key(job: dict, review: str | None = None) -> str:
     """Where a big download of the job as it is now is kept: named by its progress (counters and
-    last update), so a download with no progress since the last one finds it already written."""
+    last update: edits and review marks move it too), so a download with no progress since the
+    last one finds it already written."""
     updated_us = (job["updated_at"] - EPOCH) // timedelta(microseconds=1)
-    version = f"{job['processed_rows']}-{job['failed_rows']}-{updated_us}"
+    version = f"{job['processed_rows']}-{job['failed_rows']}-{updated_us}" + (f"-{review}" if review else "")
     return f"exports/{job['account_id']}/{job['id']}/{version}.csv"
 
 

@@ -2,9 +2,12 @@
 spend on the whole file. Same prompt, limiter (the account's fair share), guard and page context
 as the job would use; nothing is stored and the job does not start. Its calls are paid like any
 other: the rows count against the account's URLs-per-day quota (taken before any call) and its
-tokens in the day's usage. The same quality checks as the job's run on each answer (grounding,
-flags, asking again), with the options the job would take; near-duplicates are looked for among
-the previews themselves (the job's index does not exist yet)."""
+tokens in the day's usage (a row that failed counts the calls made for it too). What the
+previews really cost against what the estimate says those rows cost calibrates the estimate: the
+preview's own, and the start's (kept on the job, sql/0017). The same quality checks as the
+job's run on each answer (grounding, flags, asking again), with the options the job would take;
+near-duplicates are looked for among the previews themselves (the job's index does not exist
+yet)."""
 
 from __future__ import annotations
 
@@ -89,13 +92,19 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
         shown = {"row": number, "url": url, "context_status": status, "opener": None, "error": None,
                  "prompt_tokens": 0, "completion_tokens": 0, "evidence": None, "grounding": None, "quality": [],
                  "words": None, "language": None, "regenerations": 0}
+        # what the estimate says this very row costs, for the calibration below
+        estimated[number] = (pricing.sample_request(instructions, list(fields), page_context, sample_url=url,
+                                                    values=values, page=page or "", min_words=options.min_words,
+                                                    max_words=options.max_words),
+                             pricing.completion_tokens(options.min_words, options.max_words))
         try:
             opener = checks.generate_checked(
                 generator, job_id=str(job["id"]), url=url, instructions=instructions, model=model, options=options,
                 fields=values or None, page=page, duplicates=among_previews,
                 max_calls=getattr(generator, "max_retries", 2), account=account_id)
-        except GenerationFailed as exc:
-            failed = {**shown, "error": exc.message}
+        except GenerationFailed as exc:  # the calls it made were paid: their tokens count
+            failed = {**shown, "error": exc.message, "prompt_tokens": exc.prompt_tokens,
+                      "completion_tokens": exc.completion_tokens}
             if isinstance(exc, checks.Ungrounded):
                 failed["grounding"] = "unsupported"
             return failed
@@ -104,9 +113,23 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
                 "grounding": opener.grounding, "quality": opener.quality, "words": opener.words,
                 "language": opener.language, "regenerations": opener.regenerations}
 
+    estimated: dict[int, tuple[int, int]] = {}
     with ThreadPoolExecutor(max(1, len(sample))) as pool:
         previews = list(pool.map(one, sample))
     db.add_preview_tokens(conn, account_id, model, sum(p["prompt_tokens"] for p in previews),
                           sum(p["completion_tokens"] for p in previews))
-    estimate = pricing.estimate(settings.prices, model, job["total_rows"], instructions, list(fields), page_context)
+    calibrated = preview_calibration(previews, estimated)
+    if calibrated is not None:  # the start's estimate is corrected by it (jobs/start.py)
+        db.set_estimate(conn, job["id"], {"preview": calibrated}, expected="pending")
+    estimate = pricing.estimate(settings.prices, model, job["total_rows"], instructions, list(fields), page_context,
+                                min_words=options.min_words, max_words=options.max_words, calibrated=calibrated)
     return {"previews": previews, "estimate": estimate}
+
+
+def preview_calibration(previews: list[dict], estimated: dict[int, tuple[int, int]]) -> dict | None:
+    """The previews' real usage against what the estimate says those rows cost (rows that made
+    no call left out): ``pricing.calibration`` with basis "preview"."""
+    paid = [p for p in previews if p["prompt_tokens"]]
+    return pricing.calibration((sum(estimated[p["row"]][0] for p in paid), sum(estimated[p["row"]][1] for p in paid)),
+                               (sum(p["prompt_tokens"] for p in paid), sum(p["completion_tokens"] for p in paid)),
+                               len(paid), "preview")

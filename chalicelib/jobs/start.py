@@ -81,7 +81,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
     # Refusals from the count the upload or the sample stored, before the file is read whole.
     check_capacity(conn, limits, account_id, job["total_rows"])
     check_budget(settings.prices, model, max_cost_usd, resolve_mode(asked_mode, settings, job["total_rows"]),
-                 job["total_rows"], instructions, fields, page_context)
+                 job["total_rows"], instructions, fields, page_context, checks, preview_calibration(job))
     try:
         with conn.transaction():
             job = db.get_job(conn, job["id"], lock=True)
@@ -89,10 +89,13 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
                 raise Conflict(f"Job is already {job['status']}; it can be started once", code="already_started")
             expected = job["total_rows"]
             mode = resolve_mode(asked_mode, settings, expected)
+            estimate = check_budget(settings.prices, model, max_cost_usd, mode, expected, instructions, fields,
+                                    page_context, checks, preview_calibration(job))
             take_account_capacity(conn, settings, account_id, expected)
             job = db.begin_ingest(conn, job["id"], estimated_rows=expected, instructions=instructions, model=model,
                                   page_context=page_context, max_cost_usd=max_cost_usd, callback_url=callback_url,
                                   mode=mode, **checks)
+            db.set_estimate(conn, job["id"], estimate, expected="ingesting")
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being started by another request", code="already_started") from None
     log.info("job ingesting", extra={"job_id": str(job["id"]), "estimated_rows": expected, "bytes": size,
@@ -108,9 +111,9 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
         log.exception("the ingest could not be started or sent; undoing the start", extra={"job_id": str(job["id"])})
         unstart(conn, job["id"], account_id)
         raise
-    estimate = pricing.estimate(settings.prices, model, job["estimated_rows"] or expected, instructions, fields,
-                                page_context)
-    return {"job": job_json(job), "chunks": job["chunks"], "estimate": estimate}
+    job = db.get_job(conn, job["id"]) if job is None else job
+    return {"job": job_json({**job, "estimate": job.get("estimate") or estimate}), "chunks": job["chunks"],
+            "estimate": estimate}
 
 
 def unstart(conn, job_id, account_id: str) -> None:
@@ -137,17 +140,28 @@ def check_priced(prices: dict, model: str, max_cost_usd: float | None) -> None:
                          "cannot be held; leave max_cost_usd out or pick a priced model", code="no_price")
 
 
+def preview_calibration(job: dict) -> dict | None:
+    """What the job's last preview measured against the estimate (sql/0017), if it had one."""
+    return (job.get("estimate") or {}).get("preview")
+
+
 def check_budget(prices: dict, model: str, max_cost_usd: float | None, mode: str, urls: int,
-                 instructions: str | None, fields: list[str], page_context: bool) -> None:
-    """A batch job is paid for as a whole once submitted, so one whose estimate is above its
+                 instructions: str | None, fields: list[str], page_context: bool, checks: dict | None = None,
+                 calibrated: dict | None = None) -> dict:
+    """The job's estimate (``pricing.estimate``, corrected by its preview's real usage when it had
+    one). A batch job is paid for as a whole once submitted, so one whose estimate is above its
     max_cost_usd is refused (400 over_budget) instead of being stopped halfway, as a live job is."""
+    words = {k: v for k, v in (checks or {}).items() if k in ("min_words", "max_words")}
+    estimate = pricing.estimate(prices, model, urls, instructions, fields, page_context, calibrated=calibrated,
+                                **words)
     if max_cost_usd is None or mode != "batch":
-        return
-    expected = pricing.estimate(prices, model, urls, instructions, fields, page_context)["batch_cost_usd"]
+        return estimate
+    expected = estimate["batch_cost_usd"]
     if expected is not None and expected > max_cost_usd:
         raise BadRequest(f"This batch job of {urls:,} URLs is estimated at ${expected:,.4f}, above its max_cost_usd "
                          f"of ${max_cost_usd:,.4f}; raise max_cost_usd, shorten the instructions or process fewer "
                          "URLs", code="over_budget")
+    return estimate
 
 
 def _seconds_to_utc_midnight() -> int:

@@ -36,8 +36,8 @@ def iso(value: datetime | None) -> str | None:
 
 
 def job_json(job: dict) -> dict:
-    cost = pricing.cost_usd(get_settings().prices, job["model"], job["prompt_tokens"], job["completion_tokens"],
-                            job["mode"])
+    prices = get_settings().prices
+    cost = pricing.job_cost(prices, job)
     return {
         "id": str(job["id"]),
         "account_id": str(job["account_id"]),
@@ -60,6 +60,7 @@ def job_json(job: dict) -> dict:
         "prompt_tokens": job["prompt_tokens"],
         "completion_tokens": job["completion_tokens"],
         "cost_usd": None if cost is None else round(cost, 6),
+        "estimate": pricing.job_estimate(prices, job),
         "max_cost_usd": None if job["max_cost_usd"] is None else float(job["max_cost_usd"]),
         "page_context": job["page_context"],
         "mode": job["mode"],
@@ -69,6 +70,7 @@ def job_json(job: dict) -> dict:
         "max_words": job["max_words"],
         "language": job["language"],
         "quality": quality_summary(job["quality"] or {}, job["processed_rows"]),
+        "regenerated": job["regenerated"],
         "created_at": iso(job["created_at"]),
         "updated_at": iso(job["updated_at"]),
         "started_at": iso(job["started_at"]),
@@ -156,10 +158,12 @@ def list_(conn, account_id: str, *, status: str | None, limit: str | None, curso
 
 
 def results(conn, account_id: str, job_id: str, *, status: str | None, limit: str | None,
-            cursor: str | None, quality: str | None = None) -> dict:
+            cursor: str | None, quality: str | None = None, review: str | None = None) -> dict:
     job = require_job(conn, account_id, job_id)
     status = check_status(status, URL_STATUSES)
     quality = check_quality(quality)
+    if review and review not in ("approved", "rejected", "none"):
+        raise BadRequest("review must be one of approved, rejected, none", code="bad_review")
     size = parse_limit(limit, 100, 1000)
     after = 0
     if cursor:
@@ -168,11 +172,11 @@ def results(conn, account_id: str, job_id: str, *, status: str | None, limit: st
         if after is None:
             raise BadRequest("cursor is not valid", code="bad_cursor")
     rows = db.results_page(conn, job["id"], status=status, limit=size + 1, after_row=after,
-                           quality=quality)
+                           quality=quality, review=review or None)
     page = rows[:size]
     next_cursor = encode_cursor(page[-1]["row"]) if len(rows) > size else None
     return {
-        "results": [{**r, "id": str(r["id"])} for r in page],
+        "results": [{**r, "id": str(r["id"]), "updated_at": iso(r["updated_at"])} for r in page],
         "next_cursor": next_cursor,
     }
 

@@ -35,6 +35,7 @@ from chalicelib.outbound.fetcher import (  # noqa: F401
     Fetcher,
     FetchResult,
     Hop,
+    HostFailures,
     HostSlots,
     Resolver,
 )

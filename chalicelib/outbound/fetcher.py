@@ -21,6 +21,14 @@ wants HTML, honours robots.txt (fetched through this same path, cached per origi
 most N fetches per host at once. Those caches and limits live in one :class:`Fetcher`, so they
 are per process: on Lambda, per container (two containers may each run N fetches to one host).
 
+Pages that never answer must not set the pace. The name's lookup has a bound of its own, shorter
+than the page's (``dns_timeout_s``: ``getaddrinfo`` has no timeout, so it runs in a pool of
+resolver threads and is waited on at most that long), and a host whose page fetch timed out, or
+whose name did not resolve, is remembered for ``host_failure_ttl_s`` (:class:`HostFailures`): the
+next pages of that host in this process end at once with the same status, instead of each
+waiting out its own deadline (a CSV often names one site many times); when that memory lapses,
+one fetch probes the host while the others still skip it. Webhooks neither consult nor feed it.
+
 Nothing here raises for a URL that cannot be fetched: every outcome is a :class:`FetchResult`
 with a status (``fetched``, ``blocked``, ``timeout``, ``not_html``, ``robots``, ``error``) and a
 short reason.
@@ -65,6 +73,10 @@ ERROR = "error"
 STATUSES = (FETCHED, BLOCKED, TIMEOUT, NOT_HTML, ROBOTS, ERROR)
 
 DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_DNS_TIMEOUT_S = 1.0  # a name's lookup, within the page's deadline
+DEFAULT_HOST_FAILURE_TTL_S = 60.0  # how long a host that timed out or did not resolve is skipped
+HOST_FAILURES_SIZE = 4096
+RESOLVER_THREADS = 128  # lookups at once per process; a lookup past its bound still holds its thread
 MAX_BYTES = 1_000_000
 MAX_REDIRECTS = 3
 HOST_CONCURRENCY = 2
@@ -81,12 +93,16 @@ Resolver = Callable[..., Sequence[tuple[Any, ...]]]
 
 
 class _Stop(Exception):
-    """Ends a fetch with this status and reason (internal: callers get a FetchResult)."""
+    """Ends a fetch with this status and reason (internal: callers get a FetchResult).
+    ``host``: set when the host itself failed (its name did not resolve, or it did not answer in
+    time), so a page fetch remembers it in :class:`HostFailures`."""
 
-    def __init__(self, status: str, reason: str) -> None:
+    def __init__(self, status: str, reason: str, host: str | None = None, skipped: bool = False) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.host = host
+        self.skipped = skipped
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -116,6 +132,7 @@ class FetchResult:
     truncated: bool = False  # the body was longer than the limit and was cut there
     hops: tuple[Hop, ...] = ()
     elapsed_s: float = 0.0
+    skipped: bool = False  # ended before trying: a host on the way failed a moment ago (HostFailures)
 
     @property
     def ok(self) -> bool:
@@ -147,7 +164,8 @@ class _Watchdog:
         self.conn = conn
         self.sock: socket.socket | None = None  # kept: http.client lets go of it once the answer is read
         self.fired = False
-        self._timer = threading.Timer(deadline.remaining(), self._fire)
+        self.given_s = deadline.remaining()  # the time this connection had
+        self._timer = threading.Timer(self.given_s, self._fire)
         self._timer.daemon = True
         self._timer.start()
 
@@ -195,6 +213,70 @@ class HostSlots:
             return self._active.get(host, 0)
 
 
+class HostFailures:
+    """Hosts whose page fetch timed out or whose name did not resolve, remembered for ``ttl_s``
+    in this process (at most ``size`` of them, the oldest forgotten first), with the status and
+    reason of that failure. ``ttl_s`` 0 remembers nothing.
+
+    When the memory of a host lapses, one fetch goes ahead as a probe and the others go on
+    skipping the host for ``probe_s`` meanwhile: a host that still hangs costs one fetch's time
+    per lapse, not a wave of every row of that host at once. The probe's failure is remembered
+    again (``record``); a page it fetched clears the host (``forget``)."""
+
+    def __init__(self, ttl_s: float, size: int = HOST_FAILURES_SIZE, probe_s: float = DEFAULT_TIMEOUT_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = max(0.0, ttl_s)
+        self.size = max(1, size)
+        self.probe_s = max(0.0, probe_s)
+        self.clock = clock
+        self._failed: dict[str, tuple[float, float, str, str]] = {}  # host -> (until, failed at, status, reason)
+        self._lock = threading.Lock()
+
+    def record(self, host: str, status: str, reason: str) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            self._failed.pop(host, None)  # re-inserted last: the dict stays in expiry order
+            while len(self._failed) >= self.size:
+                self._failed.pop(next(iter(self._failed)))
+            now = self.clock()
+            self._failed[host] = (now + self.ttl_s, now, status, reason)
+
+    def forget(self, host: str) -> None:
+        with self._lock:
+            self._failed.pop(host, None)
+
+    def get(self, host: str) -> tuple[str, str] | None:
+        """(status, reason) of the host's failure while it is remembered, or None (no side effect)."""
+        with self._lock:
+            failed = self._failed.get(host)
+            return (failed[2], failed[3]) if failed is not None and failed[0] > self.clock() else None
+
+    def admit(self, host: str, failed_since: float | None = None) -> tuple[str, str] | None:
+        """None: go ahead (the host is not remembered, or this caller is the probe of a lapsed
+        memory); else (status, reason) to skip it with. ``failed_since``: only a failure recorded
+        at or after that time counts (a fetch that waited for a slot while another failed), and
+        a lapsed memory is then not probed again."""
+        with self._lock:
+            failed = self._failed.get(host)
+            if failed is None:
+                return None
+            until, failed_at, status, reason = failed
+            if failed_since is not None:
+                return (status, reason) if failed_at >= failed_since and until > self.clock() else None
+            now = self.clock()
+            if until > now:
+                return status, reason
+            self._failed[host] = (now + self.probe_s, failed_at, status, reason)  # this caller probes
+            return None
+
+    def check(self, host: str, failed_since: float | None = None) -> None:
+        failed = self.admit(host, failed_since)
+        if failed is not None:
+            status, reason = failed
+            raise _Stop(status, f"{reason} (a moment ago: not tried again for now)", skipped=True)
+
+
 @dataclass
 class _Robots:
     parser: urllib.robotparser.RobotFileParser
@@ -227,17 +309,31 @@ _resolver_pool: ThreadPoolExecutor | None = None
 _resolver_pool_lock = threading.Lock()
 
 
-def _resolve_in_thread(resolver: Resolver, host: str, port: int, deadline: Deadline) -> Sequence[tuple[Any, ...]]:
-    """getaddrinfo has no timeout of its own: wait for it at most until the deadline."""
+def _resolve_in_thread(resolver: Resolver, host: str, port: int, deadline: Deadline,
+                       bound_s: float) -> Sequence[tuple[Any, ...]]:
+    """getaddrinfo has no timeout of its own: wait for it at most ``bound_s``, and never past the
+    deadline. A lookup still waiting for a resolver thread then is dropped; one already running
+    goes on in its thread (nothing can stop getaddrinfo), its answer unused."""
     global _resolver_pool
     with _resolver_pool_lock:
         if _resolver_pool is None:
-            _resolver_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="outbound-dns")
-    future = _resolver_pool.submit(resolver, host, port, 0, socket.SOCK_STREAM)
+            _resolver_pool = ThreadPoolExecutor(max_workers=RESOLVER_THREADS, thread_name_prefix="outbound-dns")
+    wait_s = min(deadline.check(f"resolving {host}"), bound_s)
+    started: list[float] = []
+
+    def lookup() -> Sequence[tuple[Any, ...]]:
+        started.append(time.monotonic())
+        return resolver(host, port, 0, socket.SOCK_STREAM)
+
+    future = _resolver_pool.submit(lookup)
     try:
-        return future.result(timeout=deadline.check(f"resolving {host}"))
+        return future.result(timeout=wait_s)
     except FutureTimeout:
-        raise _Stop(TIMEOUT, f"timed out resolving {host}") from None
+        future.cancel()
+        # The name is to blame only if its lookup ran for most of the bound: not one that waited
+        # for a resolver thread, nor one cut short by what was left of the page's deadline.
+        ran_s = time.monotonic() - started[0] if started else 0.0
+        raise _Stop(TIMEOUT, f"timed out resolving {host}", host=host if ran_s >= bound_s / 2 else None) from None
 
 
 class Fetcher:
@@ -245,7 +341,9 @@ class Fetcher:
 
     ``allow_networks``: CIDRs reachable besides public addresses, on any port (tests only).
     ``resolver``: ``socket.getaddrinfo`` or a function with its signature.
-    ``ssl_context``: the TLS trust (default: the system's CAs, hostname checked)."""
+    ``ssl_context``: the TLS trust (default: the system's CAs, hostname checked).
+    ``dns_timeout_s``: the bound on a name's lookup (within the request's own deadline).
+    ``host_failure_ttl_s``: how long a page's host that timed out or did not resolve is skipped."""
 
     def __init__(
         self,
@@ -259,6 +357,8 @@ class Fetcher:
         user_agent: str = USER_AGENT,
         robots_ttl_s: float = ROBOTS_TTL_S,
         ssl_context: ssl.SSLContext | None = None,
+        dns_timeout_s: float = DEFAULT_DNS_TIMEOUT_S,
+        host_failure_ttl_s: float = DEFAULT_HOST_FAILURE_TTL_S,
     ) -> None:
         self.policy = AddressPolicy(parse_networks(allow_networks))
         self.resolver = resolver
@@ -268,6 +368,8 @@ class Fetcher:
         self.user_agent = user_agent
         self.robots_ttl_s = robots_ttl_s
         self.slots = HostSlots(host_concurrency)
+        self.dns_timeout_s = dns_timeout_s
+        self.host_failures = HostFailures(host_failure_ttl_s, probe_s=timeout_s)
         self._ssl_context = ssl_context
         self._robots: dict[tuple[str, str, int], _Robots] = {}
         self._lock = threading.Lock()
@@ -287,6 +389,8 @@ class Fetcher:
             "allow_networks": settings.outbound_allow_networks,
             "timeout_s": settings.page_fetch_timeout_s,
             "host_concurrency": settings.page_host_concurrency,
+            "dns_timeout_s": settings.page_dns_timeout_s,
+            "host_failure_ttl_s": settings.page_host_failure_ttl_s,
         }
         return cls(**{**options, **overrides})
 
@@ -342,15 +446,20 @@ class Fetcher:
         current = url
         try:
             for hop in range(self.max_redirects + 1):
-                target = first if hop == 0 and first is not None else self._target(current, deadline)
+                hop_started = self.host_failures.clock()
+                target = (first if hop == 0 and first is not None
+                          else self._target(current, deadline, skip_failed=page))
                 slot = self.slots.hold(target.host, deadline) if use_slots else _no_slot()
                 with slot:
-                    if page:
+                    if page:  # the host may have failed while we waited for the slot
+                        self.host_failures.check(target.host, failed_since=hop_started)
                         self._check_robots(target, deadline)
                     with self._open(target, method, body, headers, deadline) as (conn, response, address, dog):
                         hops.append(Hop(current, address, target.port, response.status))
                         location = response.headers.get("location") if response.status in REDIRECT_CODES else None
                         if not (follow and location):
+                            if page:
+                                self.host_failures.forget(target.host)  # it answered
                             return self._finish(url, target, response, dog, hops, page=page, max_bytes=max_bytes)
                         if hop == self.max_redirects:
                             raise _Stop(ERROR, f"more than {self.max_redirects} redirects")
@@ -362,12 +471,15 @@ class Fetcher:
                         current = following
             raise AssertionError("unreachable")  # the loop returns or raises
         except _Stop as stop:
+            if page and stop.host is not None:
+                self.host_failures.record(stop.host, stop.status, stop.reason)
             last = hops[-1] if hops else None
             return FetchResult(stop.status, stop.reason, url, final_url=current, hops=tuple(hops),
-                               http_status=last.http_status if last else None)
+                               http_status=last.http_status if last else None, skipped=stop.skipped)
 
-    def _target(self, url: str, deadline: Deadline) -> _Target:
-        """Parse, resolve and check one URL: every refusal happens here, before any connection."""
+    def _target(self, url: str, deadline: Deadline, *, skip_failed: bool = False) -> _Target:
+        """Parse, resolve and check one URL: every refusal happens here, before any connection.
+        ``skip_failed``: a host in :attr:`host_failures` ends the fetch before its lookup."""
         try:
             parts = urlsplit(url)
             port = parts.port
@@ -388,6 +500,8 @@ class Fetcher:
             host = host.encode("idna").decode("ascii").lower()
         except UnicodeError:
             raise _Stop(ERROR, f"invalid host name {host!r}") from None
+        if skip_failed:
+            self.host_failures.check(host)
         resolved = self._resolve(host, port, deadline)
         allowed, refused = [], []
         for ip in resolved:
@@ -408,9 +522,9 @@ class Fetcher:
         if literal is not None:
             return [literal]
         try:
-            infos = _resolve_in_thread(self.resolver, host, port, deadline)
+            infos = _resolve_in_thread(self.resolver, host, port, deadline, self.dns_timeout_s)
         except (OSError, UnicodeError) as exc:
-            raise _Stop(ERROR, f"cannot resolve {host} ({_describe(exc)})") from None
+            raise _Stop(ERROR, f"cannot resolve {host} ({_describe(exc)})", host=host) from None
         addresses: list[IPAddress] = []
         for info in infos:
             sockaddr = info[4]
@@ -420,7 +534,7 @@ class Fetcher:
             if ip not in addresses:
                 addresses.append(ip)
         if not addresses:
-            raise _Stop(ERROR, f"cannot resolve {host} (no addresses)")
+            raise _Stop(ERROR, f"cannot resolve {host} (no addresses)", host=host)
         return addresses
 
     @contextmanager
@@ -443,7 +557,8 @@ class Fetcher:
                     conn.connect()
                 except (OSError, urllib3.exceptions.HTTPError) as exc:
                     if dog.fired or _is_timeout(exc):
-                        raise _Stop(TIMEOUT, f"timed out connecting to {target.host}") from None
+                        raise _Stop(TIMEOUT, f"timed out connecting to {target.host}",
+                                    host=self._blame(target.host, dog.given_s)) from None
                     last_error = _Stop(ERROR, _describe(exc))
                     if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
                         raise last_error from None
@@ -455,7 +570,8 @@ class Fetcher:
                     response = conn.getresponse()
                 except (OSError, urllib3.exceptions.HTTPError, http.client.HTTPException, ValueError) as exc:
                     if dog.fired or _is_timeout(exc):
-                        raise _Stop(TIMEOUT, f"timed out waiting for {target.host}") from None
+                        raise _Stop(TIMEOUT, f"timed out waiting for {target.host}",
+                                    host=self._blame(target.host, dog.given_s)) from None
                     raise _Stop(ERROR, _describe(exc)) from None
                 yield conn, response, str(ip), dog
                 return
@@ -510,12 +626,17 @@ class Fetcher:
                 total += len(chunk)
         except (OSError, urllib3.exceptions.HTTPError, http.client.HTTPException) as exc:
             if dog.fired or _is_timeout(exc):
-                raise _Stop(TIMEOUT, f"timed out reading from {host}") from None
+                raise _Stop(TIMEOUT, f"timed out reading from {host}", host=self._blame(host, dog.given_s)) from None
             raise _Stop(ERROR, _describe(exc)) from None
         if dog.fired:  # the watchdog's shutdown looks like the end of the body
-            raise _Stop(TIMEOUT, f"timed out reading from {host}")
+            raise _Stop(TIMEOUT, f"timed out reading from {host}", host=self._blame(host, dog.given_s))
         body = b"".join(chunks)
         return body[:limit], total > limit
+
+    def _blame(self, host: str, given_s: float) -> str | None:
+        """``host``, to remember as failed, if it had at least half of a fetch's time: a fetch that
+        waited most of its deadline for a free slot and then timed out says little about the host."""
+        return host if given_s >= self.timeout_s / 2 else None
 
     # -- robots.txt ----------------------------------------------------------------------------
 
@@ -533,11 +654,12 @@ class Fetcher:
         netloc = target.host_header
         robots_url = f"{target.scheme}://{netloc}/robots.txt"
         first = _Target(robots_url, target.scheme, target.host, target.port, "/robots.txt", target.addresses)
+        given_s = deadline.remaining()
         result = self._run("GET", robots_url, None, {"Accept": "text/plain,*/*;q=0.1"}, deadline, page=False,
                            follow=True, max_bytes=ROBOTS_MAX_BYTES, first=first, use_slots=False)
         parser = urllib.robotparser.RobotFileParser(robots_url)
         if result.status == TIMEOUT:
-            raise _Stop(TIMEOUT, "timed out reading robots.txt")
+            raise _Stop(TIMEOUT, "timed out reading robots.txt", host=self._blame(target.host, given_s))
         if result.status == ERROR and not result.hops:
             raise _Stop(ERROR, f"robots.txt: {result.reason}")
         code = result.http_status or 0

@@ -7,7 +7,11 @@ Redis by account and normalised URL, so a retry or a second job of the same acco
 URL does not fetch it again. Per account, not shared: a cache hit (an answer with no fetch, or a
 page's state from earlier) would tell one tenant which URLs another tenant fetched.
 A failed fetch is kept too, briefly (`failure_ttl_s`), so a dead site is not hammered by every
-row that names it, while a passing outage does not stick for a day.
+row that names it, while a passing outage does not stick for a day. That cache is per URL: the
+next rows of a host that timed out or did not resolve (other URLs of the same site) are spared
+by the fetcher's own memory of failed hosts, per process (`HostFailures`, PAGE_HOST_FAILURE_TTL_S).
+A page skipped that way is not cached for its URL: it was never tried, and the host is tried
+again once that memory lapses.
 
 The outcome is always a `(summary or None, context_status, reason)` triple; nothing raises.
 A page that declares its language (`<html lang>`, else `og:locale`, else the first
@@ -271,6 +275,6 @@ def summarize_page(url: str, fetcher: Fetcher, cache: PageCache | None = None,
         page = PageSummary(text, FETCHED, result.reason) if text else PageSummary(None, ERROR, "no readable text")
     else:
         page = PageSummary(None, result.status, result.reason)
-    if cache is not None:
+    if cache is not None and not result.skipped:
         cache.put(url, account_id, page)
     return page

@@ -1,7 +1,10 @@
 """Which language a page is in, and whether an opener is written in the one asked for.
 
 Detection is offline with py3langid (the langid.py model, 97 languages, shipped in the wheel,
-a few milliseconds to load and microseconds per line). lingua-language-detector was weighed: it
+about a second to load, then ~0.15 ms per line). Each distinct text is ranked once (an LRU
+cache): an opener is checked again when its flags are re-read for a duplicate, and a row's page
+summary once per answer. No cheaper signal stands in for the model: ASCII text is no sign of
+English (German, French or Spanish often need no accent at all). lingua-language-detector was weighed: it
 is more accurate on very short texts but its wheel is ~100 MB and its loaded models ~1.3 GB,
 too much for a Lambda; detectors built on fastText need a model downloaded at run time.
 
@@ -15,10 +18,13 @@ model confuses.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Iterable
 from typing import Any
+
+from chalicelib.quality.text import remove_all
 
 MIN_WORDS = 4  # fewer words than this, after names are left out, is not enough to judge
 SURE = 0.90
@@ -64,7 +70,19 @@ def iso_code(tag: str | None) -> str | None:
 
 def ranked(text: str) -> list[tuple[str, float]]:
     """Languages for ``text`` with their probabilities, most likely first."""
-    return [(code, float(p)) for code, p in _identifier().rank(text)]
+    return list(_ranked(text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _ranked(text: str) -> tuple[tuple[str, float], ...]:
+    """The model's ranking, once per distinct text: an opener is checked again when it is asked
+    for again or re-checked with its duplicate, and a row's page summary once per answer."""
+    return tuple(_identifier().rank(text))  # (code, float) pairs, best first
+
+
+@functools.cache
+def _labels() -> frozenset[str]:
+    return frozenset(_identifier().nb_classes)
 
 
 def detect(text: str, sure: float = SURE, min_words: int = MIN_WORDS) -> str | None:
@@ -72,7 +90,7 @@ def detect(text: str, sure: float = SURE, min_words: int = MIN_WORDS) -> str | N
     cleaned = _strip(text, ())
     if len(cleaned.split()) < min_words:
         return None
-    code, p = ranked(cleaned)[0]
+    code, p = _ranked(cleaned)[0]
     return code if p >= sure and len(code) == 2 else None
 
 
@@ -92,13 +110,12 @@ def is_wrong_language(text: str, expected: str, *, names: Iterable[str] = ()) ->
     """Whether ``text`` is surely not written in ``expected`` (an ISO 639-1 code); see the
     module docstring for what "surely" means. ``names``: the row's proper names, left out."""
     expected = iso_code(expected) or ""
-    labels = set(_identifier().nb_classes)
-    if expected not in labels:
+    if expected not in _labels():
         return False  # a language the model does not know: nothing to compare with
     cleaned = _strip(text, names)
     if len(cleaned.split()) < MIN_WORDS:
         return False
-    scores = ranked(cleaned)
+    scores = _ranked(cleaned)
     top, p_top = scores[0]
     p_expected = dict(scores).get(expected, 0.0)
     if top == expected or p_top < SURE or p_expected >= DOUBT:
@@ -108,9 +125,7 @@ def is_wrong_language(text: str, expected: str, *, names: Iterable[str] = ()) ->
 
 def _strip(text: str, names: Iterable[str]) -> str:
     """``text`` without links, handles, figures and the given names (whole words, any case)."""
-    cleaned = _NOISE.sub(" ", str(text))
-    for name in sorted({n.strip() for n in names if n and n.strip()}, key=len, reverse=True):
-        cleaned = re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", " ", cleaned, flags=re.IGNORECASE)
+    cleaned = remove_all(_NOISE.sub(" ", str(text)), (n.strip() for n in names if n), whole_words=True)
     return " ".join(cleaned.split())
 
 

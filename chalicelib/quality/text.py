@@ -9,8 +9,10 @@ figure of an opener appears in the source.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
+from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 
 # Typographic variants a model or a page may use for the same character.
@@ -43,10 +45,14 @@ _FIGURE = re.compile(
     r"(?:(?:st|nd|rd|th|s)\b|\s?(thousand|million|billion|bn|mn|k|m|b)\b)?(?![^\W_])")
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise(text: str) -> str:
     """``text`` in the normal form every comparison uses: Unicode NFKC, case folded, quotes and
     dashes plain, invisible characters dropped, thousands separators removed, English number
-    words as digits, whitespace runs as one space."""
+    words as digits, whitespace runs as one space.
+
+    Cached: one opener is read by grounding, the flags and the duplicate index, and a row's
+    source by every answer for the row; the function is pure."""
     text = unicodedata.normalize("NFKC", str(text))
     text = _INVISIBLE.sub(" ", text).translate(_QUOTES)
     text = _DASHES.sub("-", text).casefold()
@@ -86,3 +92,42 @@ def figures(normalised: str) -> list[tuple[str, frozenset[Decimal]]]:
 def figure_values(normalised: str) -> set[Decimal]:
     """Every value any figure of a normalised text may stand for."""
     return {value for _, values in figures(normalised) for value in values}
+
+
+
+def find_all(text: str, needle: str, *, whole_words: bool = False) -> list[tuple[int, int]]:
+    """The spans of ``needle`` in ``text``, case-insensitive, left to right, not overlapping;
+    with ``whole_words`` only those with no word character (``\\w``) on either side: the spans of
+    ``re.finditer(re.escape(needle), text, re.IGNORECASE)`` (with ``(?<!\\w)`` / ``(?!\\w)``).
+    For ASCII text and needle (where lower case is exactly what IGNORECASE compares, and ``\\w``
+    is ``[A-Za-z0-9_]``) without compiling a pattern per needle, which costs more than the
+    search itself when every row brings names of its own; other text goes through the pattern."""
+    if not needle:
+        return []
+    if not (text.isascii() and needle.isascii()):
+        bound = (r"(?<!\w)", r"(?!\w)") if whole_words else ("", "")
+        pattern = re.compile(bound[0] + re.escape(needle) + bound[1], re.IGNORECASE)
+        return [m.span() for m in pattern.finditer(text)]
+    low_text, low_needle = text.lower(), needle.lower()
+    spans, start = [], 0
+    while (at := low_text.find(low_needle, start)) >= 0:
+        end = at + len(needle)
+        if whole_words and ((at > 0 and _is_word_char(text[at - 1])) or (end < len(text) and _is_word_char(text[end]))):
+            start = at + 1
+            continue
+        spans.append((at, end))
+        start = end
+    return spans
+
+
+def _is_word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def remove_all(text: str, needles: Iterable[str], *, whole_words: bool = False) -> str:
+    """``text`` with every occurrence of each of ``needles`` (see ``find_all``) replaced by a
+    space, the longest needle first (so a name is not cut by a shorter one inside it)."""
+    for needle in sorted({n for n in needles if n}, key=len, reverse=True):
+        for start, end in reversed(find_all(text, needle, whole_words=whole_words)):
+            text = text[:start] + " " + text[end:]
+    return text

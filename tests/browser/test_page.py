@@ -147,6 +147,9 @@ def test_upload_pick_column_start_progress_results_download(page: Page, fresh, t
     expect(page.locator("#job-processed")).to_have_text("120")
     expect(page.locator("#job-remaining")).to_have_text("0")
     expect(page.locator("#job-percent")).to_contain_text("100 %")
+    # what it cost beside what it was expected to cost (the estimate corrected by the rows done)
+    expect(page.locator("#job-cost")).to_contain_text("$")
+    expect(page.locator("#job-estimate")).to_contain_text("from the first rows")
 
     # Results, page by page (20 a page): rows 1-20, then 21-40, and back.
     expect(page.locator("#results-table tbody tr")).to_have_count(20)

@@ -56,6 +56,9 @@ class AuthedHttp:
     def put(self, path: str, **kwargs):
         return self.request("PUT", path, **kwargs)
 
+    def patch(self, path: str, **kwargs):
+        return self.request("PATCH", path, **kwargs)
+
     def delete(self, path: str, **kwargs):
         return self.request("DELETE", path, **kwargs)
 

@@ -55,10 +55,15 @@ def upload_and_process(client, data=LEADS, **options):
     return job["id"], response
 
 
-def download(client, job_id):
+def download(client, job_id, query: str = ""):
     # API Gateway and chalice serve text/csv (a binary type here) only to clients that accept it,
     # as browsers and curl do (*/*).
-    return client.http.get(f"/api/upload/{job_id}/download", headers={"Accept": "*/*"})
+    return client.http.get(f"/api/upload/{job_id}/download{query}", headers={"Accept": "*/*"})
+
+
+def patch_json(client, path, payload, headers=None):
+    return client.http.patch(path, headers={"Content-Type": "application/json", **(headers or {})},
+                             body=json.dumps(payload))
 
 
 def mark_urls_done(conn, job_id, failed_rows=()):

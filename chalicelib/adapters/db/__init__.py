@@ -18,6 +18,7 @@ from chalicelib.adapters.db.accounts import (  # noqa: F401
 from chalicelib.adapters.db.batches import (  # noqa: F401
     BATCH_COLUMNS,
     batch_cancelling,
+    batch_context,
     batch_polled,
     batch_rows,
     batch_submitted,
@@ -25,6 +26,8 @@ from chalicelib.adapters.db.batches import (  # noqa: F401
     insert_batch,
     job_batches,
     open_batches,
+    requeue_urls,
+    stale_submitting,
 )
 from chalicelib.adapters.db.connection import (  # noqa: F401
     connect,
@@ -42,6 +45,8 @@ from chalicelib.adapters.db.ingest import (  # noqa: F401
 from chalicelib.adapters.db.jobs import (  # noqa: F401
     JOB_COLUMNS,
     PROGRESS,
+    add_live_tokens,
+    calibrate_estimate,
     cancel_job,
     complete_job_if_done,
     completed_without_results,
@@ -57,6 +62,7 @@ from chalicelib.adapters.db.jobs import (  # noqa: F401
     list_jobs,
     peek_undispatched,
     pop_undispatched,
+    set_estimate,
     stale_pending_drops,
     start_job,
     stop_for_budget,

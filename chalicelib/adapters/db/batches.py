@@ -13,20 +13,51 @@ def insert_batch(conn, batch_id: str, job_id: str, chunk: int, requests: int, mo
                     VALUES (%s, %s, %s, 'submitting', %s, %s)""", (batch_id, job_id, chunk, requests, model))
 
 
-def batch_submitted(conn, batch_id: str, input_file_id: str, provider_batch_id: str, lease_s: int,
-                    context: dict[str, str]) -> int:
-    """The provider has the batch: its rows stay held for the provider's window (`lease_s`) and
-    keep what their page fetch gave (`context`: row id -> context_status). Returns the rows."""
+def batch_context(conn, batch_id: str, context: dict[str, str]) -> None:
+    """What each row's page fetch gave (`context`: row id -> context_status), kept on the rows the
+    batch holds before the provider has them, so a batch found again after a crash keeps it."""
     conn.execute(
+        """UPDATE urls u SET context_status = c.status
+           FROM unnest(%s::uuid[], %s::text[]) AS c(id, status)
+           WHERE u.id = c.id AND u.claimed_by = %s AND u.status = 'processing'""",
+        (list(context), list(context.values()), batch_id))
+
+
+def batch_submitted(conn, batch_id: str, input_file_id: str, provider_batch_id: str, lease_s: int) -> int:
+    """The provider has the batch: its rows stay held for the provider's window (`lease_s`).
+    Returns the rows (0 when the batch was no longer submitting: someone else recorded it)."""
+    if conn.execute(
         """UPDATE batches SET status = 'submitted', input_file_id = %s, provider_batch_id = %s,
                   provider_status = 'validating', submitted_at = now()
            WHERE id = %s AND status = 'submitting'""",
-        (input_file_id, provider_batch_id, batch_id))
+        (input_file_id, provider_batch_id, batch_id)).rowcount != 1:
+        return 0
     return conn.execute(
-        """UPDATE urls u SET lease_until = now() + make_interval(secs => %s), context_status = c.status
-           FROM unnest(%s::uuid[], %s::text[]) AS c(id, status)
-           WHERE u.id = c.id AND u.claimed_by = %s AND u.status = 'processing'""",
-        (lease_s, list(context), list(context.values()), batch_id)).rowcount
+        """UPDATE urls SET lease_until = now() + make_interval(secs => %s)
+           WHERE claimed_by = %s AND status = 'processing'""",
+        (lease_s, batch_id)).rowcount
+
+
+def stale_submitting(conn, job_id: str, chunk: int, older_s: int) -> list[dict]:
+    """The chunk's batches still 'submitting' `older_s` seconds after they were begun: their
+    submitter died (or lost its database) between claiming the rows and recording the provider's
+    batch, which may or may not exist."""
+    return conn.execute(
+        f"""SELECT {BATCH_COLUMNS} FROM batches
+            WHERE job_id = %s AND chunk = %s AND status = 'submitting'
+              AND created_at < now() - make_interval(secs => %s)""",
+        (job_id, chunk, older_s)).fetchall()
+
+
+def requeue_urls(conn, owner: str, ids: list) -> int:
+    """Rows a batch held without an answer (it expired) back to pending, one more try counted,
+    for the next batch of their chunk."""
+    if not ids:
+        return 0
+    return conn.execute(
+        """UPDATE urls SET status = 'pending', claimed_by = NULL, lease_until = NULL, retry_count = retry_count + 1
+           WHERE id = ANY(%s) AND claimed_by = %s AND status = 'processing'""",
+        (ids, owner)).rowcount
 
 
 def finish_batch(conn, batch_id: str, *, expected: tuple[str, ...], provider_status: str | None = None,
@@ -67,6 +98,6 @@ def job_batches(conn, job_id: str, statuses: tuple[str, ...]) -> list[dict]:
 def batch_rows(conn, batch_id: str) -> list[dict]:
     """The URL rows a batch still holds."""
     return conn.execute(
-        """SELECT id, url, row_number, retry_count, fields FROM urls
+        """SELECT id, url, row_number, retry_count, fields, feedback FROM urls
            WHERE claimed_by = %s AND status = 'processing' ORDER BY row_number""",
         (batch_id,)).fetchall()

@@ -28,8 +28,8 @@ ENABLED_ACCOUNT = "account_id IN (SELECT id FROM accounts WHERE disabled_at IS N
 JOB_COLUMNS = """id, account_id, file_name, file_path, status, total_rows, processed_rows, failed_rows, progress,
     invalid_rows, url_column, columns, layout, errors, chunks, instructions, model, source, source_etag, error,
     result_path, prompt_tokens, completion_tokens, discarded_results, page_context, max_cost_usd, callback_url,
-    mode, grounding, min_words, max_words, language, quality, started_at, finished_at, created_at, updated_at,
-    ingest_row, estimated_rows, reserved_rows"""
+    mode, grounding, min_words, max_words, language, quality, regenerated, started_at, finished_at, created_at,
+    updated_at, estimate, live_prompt_tokens, live_completion_tokens, ingest_row, estimated_rows, reserved_rows"""
 
 
 def insert_job(conn, *, job_id: str, account_id: str, file_name: str, file_path: str, source: str,
@@ -113,6 +113,43 @@ def start_job(conn, job_id: str, *, total_rows: int, invalid_rows: int, chunks: 
         (total_rows, invalid_rows, chunks, instructions, model, undispatched, page_context, max_cost_usd,
          callback_url, mode, grounding, min_words, max_words, language, job_id),
     ).fetchone()
+
+
+def set_estimate(conn, job_id: str, estimate: dict, *, expected: str) -> bool:
+    """Merge `estimate`'s keys into the job's estimate (sql/0017), if the job is `expected`."""
+    return conn.execute(
+        "UPDATE jobs SET estimate = coalesce(estimate, '{}'::jsonb) || %s WHERE id = %s AND status = %s",
+        (Jsonb(estimate), job_id, expected)).rowcount == 1
+
+
+def calibrate_estimate(conn, job_id: str, rows: int) -> dict | None:
+    """Once `rows` rows of a processing job are finished (the first chunk's worth), its estimate
+    gains "first_chunk": the whole job projected from their real tokens (a batch job's live
+    re-asks apart, as they are priced live). Once per job; returns
+    the estimate when this call wrote it."""
+    row = conn.execute(
+        """UPDATE jobs SET estimate = estimate || jsonb_build_object('first_chunk', jsonb_build_object(
+                   'rows', processed_rows + failed_rows,
+                   'prompt_tokens', ceil(prompt_tokens::numeric * total_rows / (processed_rows + failed_rows)),
+                   'completion_tokens',
+                       ceil(completion_tokens::numeric * total_rows / (processed_rows + failed_rows)),
+                   'live_prompt_tokens',
+                       ceil(live_prompt_tokens::numeric * total_rows / (processed_rows + failed_rows)),
+                   'live_completion_tokens',
+                       ceil(live_completion_tokens::numeric * total_rows / (processed_rows + failed_rows))))
+           WHERE id = %s AND status = 'processing' AND estimate IS NOT NULL AND NOT estimate ? 'first_chunk'
+             AND processed_rows + failed_rows >= greatest(1, %s)
+           RETURNING estimate""",
+        (job_id, rows)).fetchone()
+    return row["estimate"] if row else None
+
+
+def add_live_tokens(conn, job_id: str, prompt_tokens: int, completion_tokens: int) -> None:
+    """A batch job's calls made live (re-asks), already in its totals: priced live (sql/0017)."""
+    if prompt_tokens or completion_tokens:
+        conn.execute("""UPDATE jobs SET live_prompt_tokens = live_prompt_tokens + %s,
+                               live_completion_tokens = live_completion_tokens + %s WHERE id = %s""",
+                     (prompt_tokens, completion_tokens, job_id))
 
 
 def stop_for_budget(conn, job_id: str, error: str) -> dict | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from psycopg.types.json import Jsonb
 
 from chalicelib.adapters.db.jobs import JOB_COLUMNS, PROGRESS, RUNNABLE_JOB
+from chalicelib.adapters.db.review import RESULT_COLUMNS, review_clauses
 
 # ---------------------------------------------------------------- urls
 
@@ -20,35 +21,30 @@ def copy_urls(conn, job_id: str, rows) -> int:
 
 
 def results_page(conn, job_id: str, *, status: str | None, limit: int, after_row: int,
-                 quality: str | None = None) -> list[dict]:
+                 quality: str | None = None, review: str | None = None) -> list[dict]:
     """A page of the job's URL rows in file order after `after_row`; with `quality`, only rows
-    carrying that flag."""
-    clauses, params = ["job_id = %s", "row_number > %s"], [job_id, after_row]
-    if status:
-        clauses.append("status = %s")
-        params.append(status)
-    if quality:
-        # `quality <> '{}'` adds nothing to the meaning but is the partial index's own predicate:
-        # the planner may use urls_quality_idx only when the query states it.
-        clauses.append("quality @> ARRAY[%s]::text[] AND quality <> '{}'")
-        params.append(quality)
+    carrying that flag; with `review` (approved, rejected, none), only rows so marked."""
+    # `quality <> '{}'` in the quality filter adds nothing to the meaning but is the partial
+    # index's own predicate: the planner may use urls_quality_idx only when the query states it.
+    clauses, params = review_clauses({"status": status, "quality": quality, "review": review})
     return conn.execute(
-        f"""SELECT id, row_number AS row, url, status, opener, error, retry_count, context_status,
-                   evidence, grounding, quality, words, language, reused FROM urls
-            WHERE {" AND ".join(clauses)}
+        f"""SELECT {RESULT_COLUMNS} FROM urls
+            WHERE {" AND ".join(["job_id = %s", "row_number > %s", *clauses])}
             ORDER BY row_number LIMIT %s""",
-        (*params, limit),
+        (job_id, after_row, *params, limit),
     ).fetchall()
 
 
-def iter_results(conn, job_id: str, batch: int = 5000):
-    """Every URL row of the job in file order, in keyset batches (bounded memory, no long cursor)."""
+def iter_results(conn, job_id: str, batch: int = 5000, review: str | None = None):
+    """Every URL row of the job in file order, in keyset batches (bounded memory, no long cursor);
+    with `review`, only the rows so marked."""
     after = 0
+    marked = "AND review = %(review)s" if review else ""
     while True:
         rows = conn.execute(
-            """SELECT row_number, status, opener, error, context_status, evidence, quality, language FROM urls
-               WHERE job_id = %s AND row_number > %s ORDER BY row_number LIMIT %s""",
-            (job_id, after, batch),
+            f"""SELECT row_number, status, opener, error, context_status, evidence, quality, language FROM urls
+               WHERE job_id = %(job)s AND row_number > %(after)s {marked} ORDER BY row_number LIMIT %(batch)s""",
+            {"job": job_id, "after": after, "batch": batch, "review": review},
         ).fetchall()
         yield from rows
         if len(rows) < batch:
@@ -110,7 +106,7 @@ def claim_urls(conn, job_id: str, chunk: int, owner: str, limit: int, lease_s: i
                FOR UPDATE SKIP LOCKED
            ) c
            WHERE u.id = c.id
-           RETURNING u.id, u.url, u.row_number, u.retry_count, u.fields""",
+           RETURNING u.id, u.url, u.row_number, u.retry_count, u.fields, u.feedback""",
         {"owner": owner, "lease": lease_s, "job": job_id, "chunk": chunk, "limit": limit},
     ).fetchall()
 
@@ -148,7 +144,11 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
                       quality = string_to_array(coalesce(r.quality, ''), ';'), words = r.words,
                       language = r.language, reused = coalesce(r.reused, false),
                       regenerations = coalesce(r.regenerations, 0),
-                      claimed_by = NULL, lease_until = NULL
+                      claimed_by = NULL, lease_until = NULL,
+                      -- a regeneration's marks (issue 21) are spent once its opener is written; a
+                      -- failed row keeps them for its retry
+                      feedback = CASE WHEN r.status = 'completed' THEN NULL ELSE u.feedback END,
+                      no_reuse = CASE WHEN r.status = 'completed' THEN false ELSE u.no_reuse END
                FROM r WHERE u.id = r.id AND u.status = 'processing' AND u.claimed_by = %(owner)s
                RETURNING r.status, r.prompt_tokens, r.completion_tokens, u.grounding, u.quality, u.words, u.reused,
                          u.regenerations

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from redis import exceptions as redis_exc
 
+from chalicelib.adapters.redis_retry import UNAVAILABLE, retry_while_unavailable
 from chalicelib.generation.ratelimit.headers import provider_limits
 from chalicelib.generation.ratelimit.keys import model_key, tagged_prefix
 
@@ -20,16 +20,7 @@ START_RPM = 180  # before a model's provider has answered once: 3 requests at on
 LEARNED_TTL_S = 3600  # learned limits are forgotten after an hour without an answer
 OBSERVE_EVERY_S = 20.0  # a process writes unchanged learned limits again at most this often
 
-# Errors that mean "Redis is not usable right now" (down, unreachable, failing over), not a bug.
-_UNAVAILABLE = (
-    redis_exc.ConnectionError,  # includes BusyLoadingError
-    redis_exc.TimeoutError,
-    redis_exc.ReadOnlyError,  # replica promoted / failover in progress
-    redis_exc.MasterDownError,
-    redis_exc.TryAgainError,
-    redis_exc.ClusterError,  # Redis Cluster: cluster down, or redirections exhausted while slots move
-    redis_exc.SlotNotCoveredError,  # Redis Cluster: a slot without a primary during a failover
-)
+_UNAVAILABLE = UNAVAILABLE  # Redis not usable right now (see adapters/redis_retry.py)
 
 LUA_DIR = Path(__file__).with_name("lua")
 
@@ -337,27 +328,19 @@ class RateLimiter:
         return slept, False
 
     def _with_retry(self, call: Callable[[], float], should_stop: Callable[[], bool]) -> tuple[float, float]:
-        """Run ``call`` until Redis answers; return (result, seconds slept in backoff)."""
-        slept = 0.0
-        delay = self.backoff_initial
-        attempt = 0
-        while True:
-            try:
-                return call(), slept
-            except _UNAVAILABLE as exc:
-                attempt += 1
-                if should_stop():
-                    raise LimiterStopped(f"gave up waiting for Redis after {attempt} attempt(s): {exc}") from exc
-                pause = delay * random.uniform(0.5, 1.0)
-                self._log.warning(
-                    "Redis unreachable for the rate limiter (%s: %s); attempt %d, retrying in %.2fs",
-                    type(exc).__name__,
-                    exc,
-                    attempt,
-                    pause,
-                )
-                slept += self._sleep_for(pause, should_stop)
-                delay = min(delay * 2, self.backoff_max)
+        """Run ``call`` until Redis answers; return (result, seconds slept in backoff). The
+        backoff is the one every Redis caller of ours uses (adapters/redis_retry.py), without an
+        end: only ``should_stop()`` ends it (``LimiterStopped``)."""
+
+        def before_sleep(attempt: int, exc: BaseException, pause: float) -> None:
+            if should_stop():
+                raise LimiterStopped(f"gave up waiting for Redis after {attempt} attempt(s): {exc}") from exc
+            self._log.warning("Redis unreachable for the rate limiter (%s: %s); attempt %d, retrying in %.2fs",
+                              type(exc).__name__, exc, attempt, pause)
+
+        return retry_while_unavailable(call, initial=self.backoff_initial, maximum=self.backoff_max, jitter=0.5,
+                                       sleep=lambda pause: self._sleep_for(pause, should_stop),
+                                       before_sleep=before_sleep)
 
     def _sleep_for(self, seconds: float, should_stop: Callable[[], bool]) -> float:
         """Sleep ``seconds`` in slices, raising LimiterStopped when ``should_stop()`` turns True."""

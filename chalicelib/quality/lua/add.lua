@@ -1,9 +1,10 @@
 -- Store openers the caller found to be no duplicates, unless the job changed under them.
 -- KEYS: 1 first8, 2 texts, 3 bands (as in lookup.lua), 4 seq (the job's last id)
 -- ARGV: 1 ttl seconds, 2 bucket cap, 3 force ('1': no stamp check, as when seeding), then one
---       record per opener: its first-words key, the opener, n, its n band buckets, and (unless
+--       record per opener: its first-words key, its record (compared words, a line break, the
+--       opener; see lookup.lua), n, its n band buckets, and (unless
 --       forced) the n stamps lookup.lua returned for them
--- Returns, for the last record: {1, id, text} when an opener with the same first words is
+-- Returns, for the last record: {1, id, record} when an opener with the same first words is
 -- stored already, {2} when a bucket gained an opener since the lookup (look again), else
 -- {0, id}. Unforced, it stops at the first record that is not stored.
 local cap, force = tonumber(ARGV[2]), ARGV[3] == '1'

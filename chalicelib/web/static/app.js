@@ -28,11 +28,13 @@
     "invalid-box", "invalid-table", "invalid-more", "instructions", "batch-mode", "preview-button", "start-button",
     "preview-box", "preview-list", "preview-estimate", "job-section", "job-file", "job-status",
     "job-progress", "job-percent", "job-processed", "job-failed", "job-remaining", "job-eta", "job-error",
+    "job-cost", "job-estimate",
     "download-button", "cancel-button", "retry-button", "new-button", "results-filter", "results-refresh",
     "results-table", "results-empty", "results-prev", "results-page", "results-next", "jobs-refresh",
     "jobs-table", "jobs-empty", "jobs-more", "summary-title", "job-title", "grounding-select", "min-words",
     "max-words", "language-input", "quality-box", "quality-verified", "quality-generic", "quality-duplicates",
     "quality-words", "quality-regenerated", "quality-reused", "quality-flagged", "quality-filter",
+    "download-approved-button",
   ].forEach((id) => {
     el[id] = $(id);
     if (!el[id]) throw new Error(`The page has no element #${id}`);
@@ -48,7 +50,6 @@
     job: null,           // the job shown in the progress section
     pollTimer: null,
     samples: [],         // {t, done} for the ETA
-    results: { cursors: [null], index: 0, next: null },
     jobsCursor: null,
     previewSupported: false,
     busy: false,
@@ -614,8 +615,7 @@
       if (!state.job || state.job.id !== id) return;
       const before = state.job.status;
       renderJob(answer.job);
-      const firstPage = state.results.index === 0;
-      if (answer.job.status !== before || firstPage) loadResults();
+      loadResults(); // while the job runs its rows change (a regeneration's too), whatever the page shown
       if (answer.job.status !== before) loadJobs(true);
     } catch (err) {
       handleError(err);
@@ -628,9 +628,7 @@
     stopPolling();
     state.job = job;
     state.samples = [];
-    state.results = { cursors: [null], index: 0, next: null };
-    el["results-filter"].value = "";
-    el["quality-filter"].value = "";
+    review.reset();
     show(el["job-section"], true);
     renderJob(job);
     loadResults();
@@ -652,6 +650,27 @@
     return formatDuration((total - done) / rate / 1000);
   }
 
+  const BASIS = { heuristic: "from the prompt", preview: "corrected by the preview", first_chunk: "from the first rows" };
+
+  function dollars(value) {
+    return value == null ? "–" : `$${Number(value).toFixed(Number(value) < 1 ? 4 : 2)}`;
+  }
+
+  // The job's cost so far beside what it was expected to cost (text only, never HTML).
+  function renderCost(job) {
+    setText(el["job-cost"], dollars(job.cost_usd));
+    const estimate = job.estimate;
+    if (!estimate || estimate.cost_usd == null) {
+      setText(el["job-estimate"], "–");
+      return;
+    }
+    let text = `${dollars(estimate.cost_usd)} (${BASIS[estimate.basis] || estimate.basis})`;
+    const start = estimate.at_start;
+    if (start && start.cost_usd != null && estimate.basis === "first_chunk") text += `; ${dollars(start.cost_usd)} at the start`;
+    if (estimate.reused_rows) text += `; ${formatNumber(estimate.reused_rows)} rows reused`;
+    setText(el["job-estimate"], text);
+  }
+
   function renderJob(job) {
     state.job = job;
     const total = job.total_rows || 0;
@@ -668,6 +687,7 @@
     setText(el["job-failed"], formatNumber(job.failed_rows));
     setText(el["job-remaining"], formatNumber(remaining));
     setText(el["job-eta"], eta(job));
+    renderCost(job);
     setText(el["job-error"], job.error || "");
     show(el["job-error"], Boolean(job.error));
     renderQuality(job.quality);
@@ -675,6 +695,7 @@
     el["retry-button"].disabled = !((job.status === "completed" && job.failed_rows > 0)
       || job.status === "canceled" || (job.status === "failed" && job.total_rows > 0));
     el["download-button"].disabled = job.status === "pending";
+    el["download-approved-button"].disabled = job.status === "pending";
   }
 
   el["cancel-button"].addEventListener("click", async () => {
@@ -741,19 +762,21 @@
     return `${stem}-openers.csv`;
   }
 
-  el["download-button"].addEventListener("click", async () => {
+  /** The results CSV (`query` {review: "approved"}: the approved rows only), saved by the browser. */
+  async function downloadFile(button, query) {
     if (!state.job) return;
     const job = state.job;
     showError("");
-    el["download-button"].disabled = true;
+    button.disabled = true;
     notify("Preparing the download…");
     try {
       let response;
       try {
         // A 200 is the CSV itself; a 302 points at a presigned S3 copy, which fetch follows (the
         // browser drops the Authorization header on the way to the other origin).
-        response = await fetch(apiUrl(`api/upload/${encodeURIComponent(job.id)}/download`),
-          { headers: authHeaders(), cache: "no-store" });
+        const url = new URL(apiUrl(`api/upload/${encodeURIComponent(job.id)}/download`));
+        Object.entries(query || {}).forEach(([k, v]) => url.searchParams.set(k, v));
+        response = await fetch(url.href, { headers: authHeaders(), cache: "no-store" });
       } catch (_) {
         throw new ApiError(0, "network", "The download could not be fetched: the API or the storage it points to "
           + "did not answer, or refused this page (the bucket needs a CORS rule for this page).");
@@ -767,6 +790,8 @@
       const link = document.createElement("a");
       link.href = URL.createObjectURL(blob);
       link.download = downloadName(response, job);
+      // the approved rows only: a name of their own, beside the whole file's
+      if (query && query.review) link.download = link.download.replace(/(\.csv)?$/i, `-${query.review}.csv`);
       document.body.append(link);
       link.click();
       link.remove();
@@ -776,61 +801,30 @@
       notify("");
       handleError(err);
     } finally {
-      el["download-button"].disabled = state.job ? state.job.status === "pending" : true;
-    }
-  });
-
-  // ------------------------------------------------------------------ results
-
-  async function loadResults() {
-    if (!state.job) return;
-    const id = state.job.id;
-    const r = state.results;
-    try {
-      const answer = await call("GET", `api/jobs/${encodeURIComponent(id)}/results`, {
-        query: {
-          limit: RESULTS_PAGE, status: el["results-filter"].value, quality: el["quality-filter"].value,
-          cursor: r.cursors[r.index],
-        },
-      });
-      if (!state.job || state.job.id !== id) return;
-      r.next = answer.next_cursor || null;
-      const rows = (answer.results || []).map((row) => {
-        const status = document.createElement("span");
-        status.className = "status";
-        status.dataset.status = row.status;
-        status.textContent = row.status;
-        const text = row.status === "failed" ? (row.error || "") : (row.opener || "");
-        return [row.row, row.url, status, text, flagList(row.quality), row.evidence || ""];
-      });
-      fillTable(el["results-table"], rows);
-      show(el["results-empty"], rows.length === 0);
-      setText(el["results-page"], `Page ${r.index + 1}`);
-      el["results-prev"].disabled = r.index === 0;
-      el["results-next"].disabled = !r.next;
-    } catch (err) {
-      handleError(err);
+      button.disabled = state.job ? state.job.status === "pending" : true;
     }
   }
 
-  ["results-filter", "quality-filter"].forEach((id) => el[id].addEventListener("change", () => {
-    state.results = { cursors: [null], index: 0, next: null };
-    loadResults();
-  }));
-  el["results-refresh"].addEventListener("click", () => loadResults());
-  el["results-next"].addEventListener("click", () => {
-    const r = state.results;
-    if (!r.next) return;
-    r.cursors = r.cursors.slice(0, r.index + 1).concat([r.next]);
-    r.index += 1;
-    loadResults();
+  el["download-button"].addEventListener("click", () => downloadFile(el["download-button"], null));
+  el["download-approved-button"].addEventListener("click",
+    () => downloadFile(el["download-approved-button"], { review: "approved" }));
+
+  // ------------------------------------------------------------------ results
+
+  // The results table is the review queue (review.js): edit in place, approve, reject, select and
+  // regenerate with feedback. A regeneration puts the job back to processing: polled like any job.
+  const review = window.CsvOpenerReview.create({
+    call, handleError, formatNumber, flagList,
+    currentJob: () => state.job,
+    jobChanged: (job) => {
+      state.samples = [];
+      renderJob(job);
+      loadJobs(true);
+      if (ACTIVE.has(job.status)) schedulePoll();
+    },
   });
-  el["results-prev"].addEventListener("click", () => {
-    const r = state.results;
-    if (r.index === 0) return;
-    r.index -= 1;
-    loadResults();
-  });
+
+  function loadResults() { return review.load(); }
 
   // ------------------------------------------------------------------ jobs
 

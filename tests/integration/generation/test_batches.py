@@ -180,20 +180,40 @@ def test_failed_requests_keep_their_reason_and_a_retry_sends_them_in_a_new_batch
     assert (job["status"], job["processed_rows"], job["failed_rows"]) == ("completed", 20, 0)
 
 
-def test_an_expired_batch_keeps_its_partial_output_and_fails_the_rest_with_the_reason(harness, fake):
+def test_an_expired_batch_keeps_its_partial_output_and_sends_only_the_rest_again(harness, fake):
     fake.configure(batch_expire_fraction=0.5)
     job_id = harness.start(10)["job"]["id"]
     harness.submit_all(job_id)
     harness.runner.poll()
     rows = harness.rows(job_id)
     done = [r for r in rows if r["status"] == "completed"]
-    expired = [r for r in rows if r["status"] == "failed"]
+    again = [r for r in rows if r["status"] == "pending"]
     assert len(done) == 5 and all(r["opener"] == make_opener(r["url"]) for r in done)
-    assert len(expired) == 5 and {r["error"] for r in expired} == {
-        "The provider's Batch API did not run this request within its 24-hour window (batch expired); "
-        "retry the job to send it again"}
+    assert len(again) == 5 and {r["retry_count"] for r in again} == {1} and not [r for r in rows if r["error"]]
+    assert harness.job(job_id)["status"] == "processing"
+    # the chunk's next message sends those five alone; that batch runs them all
+    fake.configure(batch_expire_fraction=None)
+    assert harness.submit_all(job_id) == 5
+    assert fake.stats()["batch_requests"] == 15
+    harness.runner.poll()
     job = harness.job(job_id)
-    assert (job["status"], job["processed_rows"], job["failed_rows"]) == ("completed", 5, 5)
+    assert (job["status"], job["processed_rows"], job["failed_rows"]) == ("completed", 10, 0)
+
+
+def test_rows_a_batch_never_runs_fail_with_the_reason_once_their_tries_are_spent(harness, fake):
+    fake.configure(batch_expire_fraction=0.0)  # every batch expires having run nothing
+    job_id = harness.start(4)["job"]["id"]
+    sent = []
+    for _ in range(harness.settings.max_retries):
+        sent.append(harness.submit_all(job_id))
+        harness.runner.poll()
+    assert sent == [4] * harness.settings.max_retries and harness.submit_all(job_id) == 0
+    rows = harness.rows(job_id)
+    assert {r["status"] for r in rows} == {"failed"} and {r["error"] for r in rows} == {
+        "The provider's Batch API did not run this request within its 24-hour window (batch expired), "
+        "nor in the batches sent again for it; retry the job to send it again"}
+    job = harness.job(job_id)
+    assert (job["status"], job["processed_rows"], job["failed_rows"]) == ("completed", 0, 4)
 
 
 def test_cancel_cancels_the_batches_keeps_what_they_finished_and_a_retry_sends_the_rest(harness, fake):

@@ -57,12 +57,21 @@ def test_process_answers_an_estimate_with_the_batch_price_beside_it(client):
     assert estimate["urls"] == 3 and estimate["model"] == "gpt-4o-mini"
     per_url = estimate["prompt_tokens_per_url"]
     assert 250 < per_url < 600 and estimate["prompt_tokens"] == 3 * per_url
-    assert estimate["completion_tokens"] == 3 * 70
+    # the structured answer within the default word limits (8..40): its JSON, ~24 words and a short evidence
+    assert estimate["completion_tokens"] == 3 * estimate["completion_tokens_per_url"] and \
+        30 < estimate["completion_tokens_per_url"] < 60
+    assert (estimate["reused_rows"], estimate["cached_tokens"], estimate["basis"]) == (0, 0, "heuristic")
     # gpt-4o-mini: $0.15 / $0.60 per million input / output tokens
     expected = (estimate["prompt_tokens"] * 0.15 + estimate["completion_tokens"] * 0.60) / 1e6
     assert estimate["cost_usd"] == pytest.approx(expected, abs=1e-4)
     assert estimate["batch_cost_usd"] == pytest.approx(expected / 2, abs=1e-4)
     assert started["job"]["page_context"] is False and started["job"]["cost_usd"] == 0
+    # the job shows the estimate beside its cost
+    shown = started["job"]["estimate"]
+    assert (shown["basis"], shown["prompt_tokens"], shown["cost_usd"]) == ("heuristic", estimate["prompt_tokens"],
+                                                                          estimate["cost_usd"])
+    assert shown["at_start"] == {"basis": "heuristic", "prompt_tokens": estimate["prompt_tokens"],
+                                 "completion_tokens": estimate["completion_tokens"], "cost_usd": estimate["cost_usd"]}
 
 
 def test_page_context_adds_to_the_estimate_and_bad_options_are_400(client, env):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 import uuid
 
 import pytest
@@ -170,3 +171,41 @@ def test_pages_are_fetched_ahead_of_the_generators_in_a_pool_of_their_own(conn, 
     assert [r["context_status"] for r in rows] == ["fetched"] * 8 and all(r["status"] == "completed" for r in rows)
     assert all(f"Page {i}" in r["opener"] for i, r in enumerate(rows))  # each row got its own page
     assert site.max_concurrent == 4
+
+
+def test_a_row_whose_page_never_comes_is_generated_without_it_once_the_fetch_had_its_time(conn, settings):
+    """The page callable never returns (as a fetch stuck past every bound would): each row waits
+    PAGE_FETCH_TIMEOUT_S and a grace, then is generated without a page, context_status timeout."""
+    never = threading.Event()
+    asked: list[str] = []
+
+    def stuck(url, account_id):
+        asked.append(url)
+        never.wait()
+        return "Title: too late", "fetched"
+
+    job_id = start_job_at(conn, settings, [f"http://stuck-{i}.example/" for i in range(3)])
+    worker = make_worker(settings, None, f"t:{uuid.uuid4().hex}", page_fetch_timeout_s=0.2, page_fetch_concurrency=3)
+    worker.page_summary = stuck
+    try:
+        assert worker.process_chunk(job_id, 0, lambda: float("inf")).reason == "done"
+    finally:
+        never.set()
+    rows = rows_of(conn, job_id)
+    assert sorted(asked) == [f"http://stuck-{i}.example/" for i in range(3)]
+    assert [(r["status"], r["context_status"]) for r in rows] == [("completed", "timeout")] * 3
+    assert all(r["opener"] and "too late" not in r["opener"] for r in rows)
+
+
+def test_a_site_that_hangs_is_waited_on_once_per_process_not_once_per_row(conn, settings, site):
+    """Six rows on a site that never answers: the first page times out, the five after it are
+    skipped at once (the fetcher remembers the host), and every row is generated, without a page."""
+    for i in range(6):
+        site.add(f"/hang/{i}", html(title=f"Late {i}"), delay_s=30)
+    job_id = start_job_at(conn, settings, [site.url(f"/hang/{i}") for i in range(6)])
+    worker = make_worker(settings, Fetcher(allow_networks=ALLOW, timeout_s=0.5), f"t:{uuid.uuid4().hex}",
+                         chunk_concurrency=1, page_fetch_concurrency=1)
+    assert worker.process_chunk(job_id, 0, lambda: float("inf")).reason == "done"
+    rows = rows_of(conn, job_id)
+    assert [(r["status"], r["context_status"]) for r in rows] == [("completed", "timeout")] * 6
+    assert sum(site.hits[f"/hang/{i}"] for i in range(6)) == 1

@@ -85,8 +85,37 @@ def test_duplicates_are_found_across_handlers(client, handler):
     verdict = second.check(job, REWORDED)
     assert verdict.duplicate_of == BASE and verdict.reason == "similar" and verdict.candidates >= 1
     assert second.check_and_add(job, UNRELATED) is None
-    # Duplicates are not stored: the index holds the two accepted openers only.
-    assert set(client.hvals(first.keys(job)[1])) == {BASE.encode(), UNRELATED.encode()}
+    # Duplicates are not stored: the index holds the two accepted openers only, each with its
+    # compared words (normalised once, when it was added).
+    assert set(client.hvals(first.keys(job)[1])) == {
+        ("loved your new storefront in berlin mitte and the sourdough selection looks amazing this spring\n"
+         + BASE).encode(),
+        ("your article about zero-downtime postgres migrations was the clearest explanation i have read this year\n"
+         + UNRELATED).encode()}
+
+
+def test_a_lookup_returns_the_candidates_words_not_their_openers(client, handler):
+    index = handler(client)
+    assert index.check_and_add("job-1", BASE) is None
+    before = client.commands
+    verdict = index.check("job-1", REWORDED)
+    # lookup (words only), then one HGET for the line repeated: never the openers of the bucket
+    assert verdict.duplicate_of == BASE and verdict.reason == "similar" and client.commands - before == 2
+    before = client.commands
+    assert index.check("job-1", UNRELATED).duplicate_of is None and client.commands - before == 2  # lookup, add
+
+
+def test_an_index_written_before_the_words_were_stored_still_finds_duplicates(client, handler):
+    """Records of the previous form (the opener alone) live up to a day in Redis after a deploy."""
+    index = handler(client)
+    assert index.check_and_add("job-1", BASE) is None and index.check_and_add("job-1", UNRELATED) is None
+    texts = index.keys("job-1")[1]
+    for member, value in list(client.hscan_iter(texts)):
+        client.hset(texts, member, value.split(b"\n", 1)[1])  # every record in the old form
+    assert set(client.hvals(texts)) == {BASE.encode(), UNRELATED.encode()}
+    assert index.check("job-1", REWORDED).duplicate_of == BASE  # similar: its words made here
+    assert index.check("job-1", SAME_START).duplicate_of == BASE  # same first words
+    assert index.check_and_add("job-1", "An opener about something else entirely, for a florist in Leeds.") is None
 
 
 def test_each_job_has_its_own_index(client, handler):

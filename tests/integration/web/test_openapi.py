@@ -21,6 +21,7 @@ from referencing.jsonschema import DRAFT202012
 
 from chalicelib import deps
 from chalicelib.web import openapi
+from tests.support.api import mark_urls_done
 from tests.support.util import ROOT
 
 SPEC_PATH = ROOT / "chalicelib" / "web" / "openapi.yaml"
@@ -144,7 +145,7 @@ def test_every_operation_documents_the_errors_any_request_can_get():
 
 
 def test_anonymous_callers_get_401_exactly_where_the_document_wants_a_key(client):
-    values = {"job_id": str(uuid.uuid4()), "name": "index.html"}
+    values = {"job_id": str(uuid.uuid4()), "result_id": str(uuid.uuid4()), "name": "index.html"}
     for method, path, _operation in operations():
         url = re.sub(r"{(\w+)}", lambda m: values[m.group(1)], path)
         response = client.anonymous.request(method, url, headers={"Accept": "*/*"})
@@ -288,3 +289,38 @@ def test_answers_along_a_jobs_life_match_the_document(api, env):
 
     status, metrics = api("GET", "/api/metrics")
     assert status == 200 and metrics["jobs"]["processing"] == 1
+
+
+def test_review_answers_match_the_document(api, conn):
+    """The review loop's answers (issue 21): a result with its history, an edit, marks in bulk,
+    a regeneration and their refusals."""
+    status, uploaded = api("POST", "/api/upload", "/api/upload?filename=leads.csv", body=LEADS,
+                           headers={"Content-Type": "text/csv"})
+    job_id, unknown = uploaded["job"]["id"], str(uuid.uuid4())
+    assert api("POST", "/api/upload/process", json_body={"job_id": job_id, "page_context": False})[0] == 202
+    mark_urls_done(conn, job_id)
+    _, page = api("GET", "/api/jobs/{job_id}/results", f"/api/jobs/{job_id}/results?review=none")
+    row = page["results"][0]
+    one = "/api/jobs/{job_id}/results/{result_id}"
+    status, shown = api("GET", one, f"/api/jobs/{job_id}/results/{row['id']}")
+    assert status == 200 and len(shown["result"]["history"]) == 1
+    assert api("GET", one, f"/api/jobs/{job_id}/results/{unknown}")[0] == 404
+    status, edited = api("PATCH", one, f"/api/jobs/{job_id}/results/{row['id']}",
+                         json_body={"opener": "A person's opener for this prospect.", "review": "approved",
+                                    "version": row["version"]})
+    assert status == 200 and edited["result"]["edited"]
+    assert api("PATCH", one, f"/api/jobs/{job_id}/results/{row['id']}",
+               json_body={"review": None, "version": row["version"]})[0] == 409
+    assert api("PATCH", one, f"/api/jobs/{job_id}/results/{row['id']}", json_body={})[0] == 400
+    review = "/api/jobs/{job_id}/review"
+    assert api("POST", review, f"/api/jobs/{job_id}/review", json_body={"filter": {}, "review": "approved"}) == (
+        200, {"reviewed": 1})
+    assert api("POST", review, f"/api/jobs/{job_id}/review", json_body={"filter": {}})[0] == 400
+    regenerate = "/api/jobs/{job_id}/regenerate"
+    status, started = api("POST", regenerate, f"/api/jobs/{job_id}/regenerate",
+                          json_body={"filter": {"status": "completed"}, "feedback": "Shorter."})
+    assert status == 202 and started["regenerating"] == 1 and started["job"]["regenerated"] == 1
+    assert api("POST", regenerate, f"/api/jobs/{job_id}/regenerate", json_body={"filter": {}})[0] == 409
+    assert api("POST", regenerate, f"/api/jobs/{unknown}/regenerate", json_body={"filter": {}})[0] == 404
+    assert api("GET", "/api/upload/{job_id}/download", f"/api/upload/{job_id}/download?review=approved")[0] == 200
+    assert api("GET", "/api/upload/{job_id}/download", f"/api/upload/{job_id}/download?review=no")[0] == 400

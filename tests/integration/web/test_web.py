@@ -55,7 +55,7 @@ def test_page_is_html_with_the_strict_csp(client, settings):
     body = response.body.decode()
     assert "{{" not in body  # every placeholder filled in
     assert f'content="{settings.max_direct_upload}"' in body
-    assert 'src="/static/app.js"' in body and 'href="/static/style.css"' in body
+    assert 'src="/static/app.js"' in body and 'src="/static/review.js"' in body and 'href="/static/style.css"' in body
 
 
 def test_csp_on_aws_names_the_buckets_s3_origins(settings):
@@ -72,6 +72,7 @@ def test_base_path_behind_api_gateway(path, base):
 
 @pytest.mark.parametrize(("name", "content_type"), [
     ("app.js", "text/javascript; charset=utf-8"),
+    ("review.js", "text/javascript; charset=utf-8"),
     ("style.css", "text/css; charset=utf-8"),
     ("icon.svg", "image/svg+xml"),
 ])
@@ -107,8 +108,11 @@ def test_page_has_no_inline_script_or_style():
 
 
 def test_script_renders_values_as_text():
-    """The page's own script never parses strings as HTML or code."""
-    script = (WEB_DIR / "app.js").read_text(encoding="utf-8")
-    for risky in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
-                  "localStorage"):
-        assert risky not in script, risky
+    """The page's own scripts (app.js, review.js, any other) never parse strings as HTML or code."""
+    scripts = sorted(WEB_DIR.glob("*.js"))
+    assert {"app.js", "review.js"} <= {p.name for p in scripts}
+    for path in scripts:
+        script = path.read_text(encoding="utf-8")
+        for risky in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
+                      "localStorage"):
+            assert risky not in script, (path.name, risky)

@@ -40,6 +40,10 @@ not done (``response`` null, ``error`` ``batch_expired`` or ``batch_cancelled``)
 same body (answers.py: opener, structured JSON, ``content``, token counts); a batch answer is a
 first answer like a live one (misbehave.py), and both share the prompt cache.
 
+``GET /v1/batches`` lists them newest first, ``limit`` (default 20, at most 100) at a time after
+the cursor ``after``, with ``has_more``, each with its ``metadata`` (how a client finds a batch
+it created but did not record).
+
 Batch requests do not count against the live ``rpm``/``tpm`` limits, nor in the live chat stats.
 All of this is called under the server's lock, except :func:`parse_upload`; so while a batch of
 50,000 requests ends (about a second) the server answers nothing else.
@@ -61,7 +65,7 @@ from .config import FakeConfig
 from .misbehave import Tracker
 from .prompt_cache import PromptCache
 from .responses import APIError, completion, server_error_body
-from .tokens import REPLY_PRIMING, count_tokens, message_tokens
+from .tokens import REPLY_PRIMING, count_tokens, format_tokens, message_tokens
 
 ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOW = "24h"
@@ -273,9 +277,10 @@ class BatchStore:
         return self._seq[kind]
 
     def handle(self, method: str, path: str, body: bytes, upload: Upload | None, config: FakeConfig,
-               rng: random.Random) -> _Result:
+               rng: random.Random, query: dict[str, str] | None = None) -> _Result:
         """Answer a ``/files…`` or ``/batches…`` request (``path`` without ``/v1``; ``upload`` is
-        the parsed body of ``POST /files``). Raises APIError for error answers."""
+        the parsed body of ``POST /files``; ``query``: the URL's parameters, ``limit`` and
+        ``after`` of ``GET /batches``). Raises APIError for error answers."""
         now_mono = time.monotonic()
         match method, path.strip("/").split("/"):
             case "POST", ["files"]:
@@ -296,7 +301,7 @@ class BatchStore:
             case "GET", ["batches"]:
                 for batch in self.batches.values():
                     self._advance(batch, now_mono)
-                return _json(_page([b.to_dict(now_mono) for b in reversed(self.batches.values())]))
+                return _json(self._list(query or {}, now_mono))
             case "GET", ["batches", batch_id]:
                 return _json(self._batch(batch_id, now_mono).to_dict(now_mono))
             case "POST", ["batches", batch_id, "cancel"]:
@@ -363,6 +368,27 @@ class BatchStore:
         self.stats["batch_requests"] += len(batch.requests)
         return batch
 
+    def _list(self, query: dict[str, str], now_mono: float) -> dict[str, Any]:
+        """``GET /batches``: newest first, ``limit`` (1-100, default 20) of them after the batch
+        id ``after`` (a cursor: the last id of the page before), ``has_more`` when more follow;
+        each with its ``metadata``, so a client can find a batch it created but never recorded."""
+        try:
+            limit = int(query.get("limit", "20"))
+        except ValueError:
+            raise APIError(400, f"Invalid 'limit': {query.get('limit')!r} is not an integer.", param="limit") from None
+        if not 1 <= limit <= 100:
+            raise APIError(400, f"Invalid 'limit': {limit}; it must be between 1 and 100.", param="limit")
+        ordered = list(reversed(self.batches.values()))
+        start = 0
+        if "after" in query:
+            ids = [b.id for b in ordered]
+            if query["after"] not in ids:
+                raise APIError(404, f"No such Batch object: {query['after']}", "batch_not_found", "after")
+            start = ids.index(query["after"]) + 1
+        page = _page([b.to_dict(now_mono) for b in ordered[start:start + limit]])
+        page["has_more"] = start + limit < len(ordered)
+        return page
+
     def _batch(self, batch_id: str, now_mono: float) -> Batch:
         batch = self.batches.get(batch_id)
         if batch is None:
@@ -408,7 +434,8 @@ class BatchStore:
         per_message = [message_tokens(message) for message in messages]
         cached = self.cache.use(str(body["model"]), answer.cache_key, messages, per_message, time.monotonic(),
                                 config.prompt_cache_min_tokens, config.prompt_cache_ttl_s)
-        payload = completion(n, created, str(body["model"]), answer.content, REPLY_PRIMING + sum(per_message),
+        payload = completion(n, created, str(body["model"]), answer.content,
+                             REPLY_PRIMING + sum(per_message) + format_tokens(body),
                              count_tokens(answer.content), cached)
         payload["id"] = f"chatcmpl-fakebatch{n:012d}"
         return 200, payload

@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from typing import Any, Self
+from urllib.parse import parse_qsl
 
 from . import answers, batches, faults, responses
 from .config import ConfigError, FakeConfig
@@ -20,7 +21,7 @@ from .misbehave import Tracker
 from .prompt_cache import PromptCache
 from .ratelimit import RateLimits
 from .responses import APIError, error_body
-from .tokens import REPLY_PRIMING, count_tokens, message_tokens
+from .tokens import REPLY_PRIMING, count_tokens, format_tokens, message_tokens
 from .wire import MAX_BODY, MAX_HEAD, HTTPError, parse_head, read_body, response
 
 log = logging.getLogger("fake_openai")
@@ -251,14 +252,14 @@ class FakeOpenAIServer:
                 method, target, version, headers = parse_head(head)
                 conn = headers.get("connection", "").lower()
                 keep_alive = "close" not in conn if version == "HTTP/1.1" else "keep-alive" in conn
-                path = target.split("?", 1)[0]
+                path, _, query = target.partition("?")
                 max_body = batches.MAX_UPLOAD if path in ("/v1/files", "/files") else MAX_BODY
                 body = await read_body(reader, writer, headers, max_body)
             except HTTPError as exc:
                 writer.write(response(exc.status, error_body(exc.message, "invalid_request_error"), keep_alive=False))
                 await writer.drain()
                 return
-            result = await self._dispatch(method, path, headers, body, reader)
+            result = await self._dispatch(method, path, headers, body, reader, query)
             if result is None:  # hung request ended: the client went away or hang_seconds elapsed
                 return
             status, payload, extra = result
@@ -268,7 +269,8 @@ class FakeOpenAIServer:
                 return
 
     async def _dispatch(
-        self, method: str, path: str, headers: dict[str, str], body: bytes, reader: asyncio.StreamReader
+        self, method: str, path: str, headers: dict[str, str], body: bytes, reader: asyncio.StreamReader,
+        query: str = "",
     ) -> _Result | None:
         if path.startswith("/v1/"):
             path = path[3:]
@@ -277,7 +279,7 @@ class FakeOpenAIServer:
                 return _method_not_allowed()
             return await self._chat(headers, body, reader)
         if path in ("/files", "/batches") or path.startswith(("/files/", "/batches/")):
-            return await self._batch_api(method, path, headers, body)
+            return await self._batch_api(method, path, headers, body, query)
         if path == "/models" or path.startswith("/models/"):
             if method != "GET":
                 return _method_not_allowed()
@@ -317,7 +319,8 @@ class FakeOpenAIServer:
 
     # ----- the Batch API (batches.py)
 
-    async def _batch_api(self, method: str, path: str, headers: dict[str, str], body: bytes) -> _Result:
+    async def _batch_api(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                         query: str = "") -> _Result:
         api_key = self.config.api_key
         if api_key is not None and headers.get("authorization", "") != f"Bearer {api_key}":
             return 401, error_body("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"), []
@@ -326,7 +329,8 @@ class FakeOpenAIServer:
             if method == "POST" and path == "/files":  # parse outside the lock, off the event loop
                 upload = await asyncio.to_thread(batches.parse_upload, headers.get("content-type", ""), body)
             with self._lock:
-                return self._batches.handle(method, path, body, upload, self._config, self._rng)
+                return self._batches.handle(method, path, body, upload, self._config, self._rng,
+                                            dict(parse_qsl(query)))
         except batches.APIError as exc:
             return exc.result()
 
@@ -367,7 +371,7 @@ class FakeOpenAIServer:
         answer = answers.compose(request, kind, config, tracker)
         url, content = answer.url, answer.content
         per_message = [message_tokens(message) for message in messages]
-        p_tokens = REPLY_PRIMING + sum(per_message)  # = prompt_tokens(messages)
+        p_tokens = REPLY_PRIMING + sum(per_message) + format_tokens(request)  # prompt_tokens(messages) + schema
         c_tokens = count_tokens(content)
         max_out = request.get("max_completion_tokens") or request.get("max_tokens")
         if isinstance(max_out, bool) or not isinstance(max_out, int) or max_out <= 0:

@@ -11,13 +11,16 @@ counts roughly as OpenAI's BPE tokenizers do instead:
 * a letter run is one token per 8 ASCII letters (common words are one token) plus one per
   non-ASCII letter; a punctuation run one per 3 characters; a digit group or whitespace run one;
 * a chat prompt adds OpenAI's framing: 3 tokens per message plus its role, and 3 to prime the
-  reply.
+  reply;
+* a ``response_format`` with a JSON schema counts too, as OpenAI adds the schema to the prompt
+  (:func:`format_tokens`: the tokens of its ``json_schema`` as compact JSON).
 
 ``count_tokens("Hello, world!") == 4``, as cl100k says.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -78,3 +81,13 @@ def message_tokens(message: Any) -> int:
 def prompt_tokens(messages: Sequence[Any]) -> int:
     """``usage.prompt_tokens`` of a chat request: each message's text and role, plus framing."""
     return REPLY_PRIMING + sum(message_tokens(message) for message in messages)
+
+
+def format_tokens(request: Any) -> int:
+    """Prompt tokens the request's ``response_format`` adds: its ``json_schema`` (name, strict,
+    schema) as compact JSON; 0 without one."""
+    fmt = request.get("response_format") if isinstance(request, dict) else None
+    spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
+    if not isinstance(spec, dict):
+        return 0
+    return count_tokens(json.dumps(spec, separators=(",", ":")))

@@ -237,3 +237,74 @@ def test_template_fields_finds_what_the_old_pattern_found_on_ordinary_text():
         text = "".join(rng.choice("{{}} ab\n") for _ in range(rng.randint(0, 14)))
         expected = list(dict.fromkeys(m.group(1) for m in old.finditer(text) if m.group(1).strip()))
         assert template_fields(text) == expected, repr(text)
+
+
+# ---------------------------------------------------------------- names that end in a suffix, spaced dots, IPs
+
+
+@pytest.mark.parametrize("line", [
+    "Your team's main.py and README.md on GitHub show how tidy Acme's robotics code is.",
+    "Acme's setup.py, run.sh and lib.rs read like a team that ships, and main.tf keeps the cloud honest.",
+    "Acme builds its fleet dashboard on ASP.NET and VB.NET, a solid choice for plant managers.",
+    "Moving Acme's reports from ADO.NET to ML.NET forecasts is a bold step for a robotics team.",
+])
+def test_file_names_and_dotnet_frameworks_ending_in_a_real_suffix_are_not_domains(line):
+    assert guard.problem(line, URL, INSTRUCTIONS) is None, line
+
+
+@pytest.mark.parametrize("line", [
+    "Acme's robots look great; the docs at asp.net explain how teams like yours start.",  # lower case: the site
+    "Acme's robots look great; see EVIL.NET for how teams like yours start.",  # capitals, not a .NET name
+    "Acme's robots look great; see northwind.PY for how teams like yours start.",  # an extension in capitals
+    "Acme's robots look great; see docs.northwind.py for how teams like yours start.",  # a host, not a file
+    "Acme's robots look great; see northwind.ai for how teams like yours start.",  # a site's ending, no file's
+    "Acme's robots look great; grab the invoice.zip guide at our site.",  # an ending bought to look like a file
+])
+def test_names_that_only_look_like_files_or_frameworks_are_still_domains(line):
+    assert guard.problem(line, URL, INSTRUCTIONS) == "it names a domain other than the prospect's", line
+
+
+@pytest.mark.parametrize("line", [
+    "Acme's robots look great; a free audit is waiting at northwind . com for your team.",
+    "Acme's robots look great; a free audit is waiting at northwind  .  click for your team.",
+    "Acme's robots look great; a free audit is waiting at shop . northwind . io for your team.",
+    "Acme's robots look great; a free audit is waiting at northwind 。 com for your team.",
+])
+def test_a_dot_with_spaces_around_it_is_a_dot(line):
+    assert guard.problem(line, URL, INSTRUCTIONS) == "it names a domain other than the prospect's", line
+
+
+@pytest.mark.parametrize("line", [
+    "Hi Ada, Acme's robots look great. Com-pact arms like yours are rare.",  # a sentence's end
+    "Hi Ada, Acme's fleet dashboard on .NET and React looks fast for plant managers.",
+    "Hi Ada, the robots at Acme . They look great on the new line.",  # no suffix after the dot
+])
+def test_a_dot_spaced_on_one_side_or_before_no_suffix_is_prose(line):
+    assert guard.problem(line, URL, INSTRUCTIONS) is None, line
+
+
+@pytest.mark.parametrize("line", [
+    "Acme's robots look great; our demo runs on 203.0.113.7 for teams like yours.",
+    "Acme's robots look great; our demo runs on 10.0.0.1:8080 for teams like yours.",
+    "Acme's robots look great; our demo runs on 10 . 0 . 0 . 1 for teams like yours.",
+    "Acme's robots look great; our demo runs on 192[.]168[.]1[.]20 for teams like yours.",
+    "Acme's robots look great; our demo runs on 010.001.000.001 for teams like yours.",
+    "Acme's robots look great; our demo runs on 198.51.100.250 for teams like yours.",  # was read as a phone
+])
+def test_a_bare_ipv4_address_is_refused(line):
+    assert guard.problem(line, URL, INSTRUCTIONS) == "it contains an IP address", line
+
+
+@pytest.mark.parametrize("line", [
+    "Acme's robots look great; firmware 1.2.3.4.5 was a big step for teams like yours.",  # five numbers
+    "Acme's robots look great; release 2.10.300.4 was a big step for teams like yours.",  # 300 is no octet
+    "Acme's robots look great; v1.2.3.4 was a big step for teams like yours.",  # glued to a word
+])
+def test_dotted_numbers_that_are_no_ipv4_address_pass(line):
+    assert guard.problem(line, URL, INSTRUCTIONS) is None, line
+
+
+def test_the_prospects_own_address_is_its_own():
+    assert guard.problem("Great to see 203.0.113.7 serve Acme's robot docs so fast.", "http://203.0.113.7/") is None
+    assert guard.problem("Great to see 203.0.113.8 serve Acme's robot docs so fast.", "http://203.0.113.7/") == (
+        "it contains an IP address")

@@ -258,6 +258,23 @@ def upload_url(caller: Caller):
     return Response(result, status_code=201)
 
 
+@route("/api/upload/complete", methods=["POST"])
+def complete_upload(caller: Caller):
+    """Join the parts of a multipart presigned upload into the file (checked against the bound)."""
+    body = json_body()
+    job_id = body.get("job_id")
+    if not job_id:
+        raise BadRequest("job_id is required", code="missing_job_id")
+    return jobs.complete_upload(deps.conn(), deps.storage(), deps.settings(), caller.account_id, job_id,
+                                body.get("parts"))
+
+
+@route("/api/upload/{job_id}/parts", methods=["GET"])
+def upload_parts(caller: Caller, job_id):
+    """The parts S3 holds of a multipart upload, and fresh URLs for the others (resume)."""
+    return jobs.uploaded_parts(deps.conn(), deps.storage(), deps.settings(), caller.account_id, job_id)
+
+
 @route("/api/upload/process", methods=["POST"])
 def process(caller: Caller):
     body = json_body()
@@ -265,6 +282,8 @@ def process(caller: Caller):
     if not job_id:
         raise BadRequest("job_id is required", code="missing_job_id")
     emf.tag(job_id=job_id)
+    if body.get("url_column") is not None:  # the caller re-chose the URL column (an upload's alternatives)
+        jobs.choose_url_column(deps.conn(), deps.storage(), caller.account_id, job_id, body.get("url_column"))
     result = jobs.start(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id,
                         instructions=body.get("instructions"), model=body.get("model"),
                         page_context=body.get("page_context"), max_cost_usd=body.get("max_cost_usd"),
@@ -336,7 +355,7 @@ def retry_job(caller: Caller, job_id):
 @route("/api/upload/{job_id}/cancel", methods=["POST"])
 def cancel_job(caller: Caller, job_id):
     return jobs.cancel(deps.conn(), caller.account_id, job_id, notify=deps.notify_job,
-                       cancel_batches=lambda job: deps.batch_runner().cancel_job(job))
+                       cancel_batches=lambda job: deps.batch_runner().cancel_job(job), storage=deps.storage())
 
 
 @route("/api/upload/{job_id}/download", methods=["GET"])

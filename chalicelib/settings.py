@@ -23,6 +23,7 @@ REGION = "us-east-1"
 LAMBDA_PAYLOAD_LIMIT = 6 * 1024 * 1024
 ENVELOPE_HEADROOM = 64 * 1024
 BINARY_BODY_LIMIT = (LAMBDA_PAYLOAD_LIMIT - ENVELOPE_HEADROOM) * 3 // 4  # 4,669,440 bytes
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part of a multipart upload (but the last)
 
 
 def _bool(value: str) -> bool:
@@ -70,7 +71,7 @@ class Settings:
     openai_tpm: int = 0
     chunk_concurrency: int = 16
     chunk_size: int = 500
-    max_file_size: int = 10 * 1024 * 1024
+    max_file_size: int = 1024 * 1024 * 1024  # 1 GiB: a 100,000-row x 40-column export is ~105 MB
     max_direct_upload: int = BINARY_BODY_LIMIT  # bigger files go through POST /api/upload/url
     max_concurrent_jobs: int = 10
     chunks_per_job: int = 0  # chunk messages one job has out at once; 0 = half of max_concurrent_jobs
@@ -99,6 +100,10 @@ class Settings:
     account_max_pending: int = 20
     api_key_cache_s: float = 30.0
     presign_expires_s: int = 900
+    # presigned uploads above this many bytes go to S3 as a multipart upload (parts PUT in
+    # parallel, retried and resumed one by one), cut in parts of multipart_part_size (S3: >= 5 MiB)
+    multipart_threshold: int = 64 * 1024 * 1024
+    multipart_part_size: int = 16 * 1024 * 1024
     ratelimit_prefix: str = "csv-opener:ratelimit"
     lease_seconds: int = 300
     stall_after_s: int = 600  # the sweep enqueues again the chunks of a job idle this long
@@ -197,6 +202,8 @@ class Settings:
             account_max_pending=int(get("ACCOUNT_MAX_PENDING", cls.account_max_pending)),
             api_key_cache_s=min(60.0, float(get("API_KEY_CACHE_S", cls.api_key_cache_s))),
             presign_expires_s=min(900, int(get("PRESIGN_EXPIRES_S", cls.presign_expires_s))),
+            multipart_threshold=max(1, int(get("MULTIPART_THRESHOLD", cls.multipart_threshold))),
+            multipart_part_size=max(MIN_PART_SIZE, int(get("MULTIPART_PART_SIZE", cls.multipart_part_size))),
             ratelimit_prefix=get("RATELIMIT_PREFIX", cls.ratelimit_prefix),
             lease_seconds=int(get("LEASE_SECONDS", cls.lease_seconds)),
             stall_after_s=max(1, int(get("STALL_AFTER_S", cls.stall_after_s))),

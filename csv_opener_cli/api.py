@@ -161,8 +161,9 @@ def filename_from(content_disposition: str | None) -> str | None:
 class Upload:
     """What an upload gave: the job, and (direct uploads only) the validation summary."""
     job: dict
-    how: str  # "direct" | "presigned"
+    how: str  # "direct" | "presigned" | "multipart"
     summary: dict | None = None
+    choice: dict | None = None  # a multipart upload's complete answer: the URL column its first bytes show
 
 
 class Api:
@@ -223,9 +224,11 @@ class Api:
     # ------------------------------------------------------------ upload and start
 
     def upload(self, path: Path, url_column: str | None = None, *,
-               direct_limit: int = DIRECT_UPLOAD_LIMIT, note: Callable[[str], None] = lambda _: None) -> Upload:
+               direct_limit: int = DIRECT_UPLOAD_LIMIT, note: Callable[[str], None] = lambda _: None,
+               bar=None) -> Upload:
         """Upload a CSV: in one request when it fits, else (or when the API says
-        `use_presigned_upload`) through a presigned PUT. The job is pending afterwards."""
+        `use_presigned_upload`) through a presigned PUT, or for a big file by parts in parallel
+        (`bar`: the progress bar, csv_opener_cli.parts.Bar). The job is pending afterwards."""
         size = path.stat().st_size
         if size + MULTIPART_OVERHEAD <= direct_limit:
             try:
@@ -234,7 +237,7 @@ class Api:
                 if exc.code != "use_presigned_upload":
                     raise
                 note("the API takes smaller direct uploads; using a presigned upload")
-        return self.upload_presigned(path, url_column)
+        return self.upload_presigned(path, url_column, bar)
 
     def upload_direct(self, path: Path, url_column: str | None = None) -> Upload:
         data = {"url_column": url_column} if url_column else None
@@ -242,12 +245,17 @@ class Api:
             body = self.call("POST", "/api/upload", files={"file": (path.name, file, "text/csv")}, data=data)
         return Upload(job=body["job"], how="direct", summary=body)
 
-    def upload_presigned(self, path: Path, url_column: str | None = None) -> Upload:
+    def upload_presigned(self, path: Path, url_column: str | None = None, bar=None) -> Upload:
         with path.open("rb") as file:  # a file object: httpx sends its length, S3 wants no chunked body
             # the URL is signed for exactly this many bytes (the open file's, in case it was replaced)
             size = os.fstat(file.fileno()).st_size
             payload = {"file_name": path.name, "size": size, **({"url_column": url_column} if url_column else {})}
             created = self.call("POST", "/api/upload/url", json=payload)
+            if "parts" in created:  # a multipart upload: csv_opener_cli/parts.py
+                from csv_opener_cli.parts import NoBar, upload_parts
+
+                completed = upload_parts(self, path, created, bar or NoBar())
+                return Upload(job=completed["job"], how="multipart", summary=None, choice=completed)
             headers = created.get("headers") or {"Content-Type": "text/csv"}
             response = self._send(self.storage, created.get("method", "PUT"), created["upload_url"], content=file,
                                   headers=headers)

@@ -22,7 +22,7 @@ import httpx
 
 from csv_opener_cli import __version__, review
 from csv_opener_cli.api import Api, ApiError, Upload, key_label, printable
-from csv_opener_cli.progress import make_display, wait_for_job
+from csv_opener_cli.progress import make_display, make_upload_bar, wait_for_job
 
 OK, JOB_FAILED, ERROR, INTERRUPTED = 0, 1, 2, 130
 DEFAULT_API = "http://127.0.0.1:8000"
@@ -459,7 +459,8 @@ def cmd_run(ctx: Context) -> int:
 
     size = path.stat().st_size
     ctx.info(f"Uploading {path.name} ({human_size(size)}) to {ctx.api.base_url} with key {key_label(ctx.key)}")
-    upload: Upload = ctx.api.upload(path, args.url_column, note=ctx.info)
+    upload: Upload = ctx.api.upload(path, args.url_column, note=ctx.info,
+                                    bar=make_upload_bar(ctx.quiet, ctx.stderr))
     ctx.job_id = job_id = upload.job["id"]
     if upload.summary:
         summary = upload.summary
@@ -469,7 +470,8 @@ def cmd_run(ctx: Context) -> int:
             ctx.info(f"  row {error.get('row')}: {printable(str(error.get('value')))!r}: "
                      f"{printable(str(error.get('message')))}")
     else:
-        ctx.info(f"Job {job_id}: uploaded through a presigned URL")
+        ctx.info(f"Job {job_id}: uploaded through a presigned URL" + (" by parts" if upload.how == "multipart" else ""))
+    show_url_choice(ctx, (upload.summary or upload.choice or {}).get("url_choice"))
     started = ctx.api.process(job_id, instructions, args.model, args.mode, options)
     job = started["job"]
     ctx.info(f"Job {job_id} started: {job['total_rows']} URLs in {started.get('chunks', '?')} chunk(s)"
@@ -482,11 +484,27 @@ def cmd_run(ctx: Context) -> int:
                  + (f", ${batch:.2f} in batch mode" if isinstance(batch, int | float) else ""))
     extra = {"upload": {"how": upload.how, **({k: upload.summary[k] for k in
                                                  ("url_column", "total_rows", "invalid_rows", "errors")}
-                                              if upload.summary else {})}}
+                                              if upload.summary else {}),
+                        **upload_choice(upload)}}
     final = follow(ctx, job)
     if final is None:
         return ctx.exit_code
     return finish(ctx, final, output, extra)
+
+
+def show_url_choice(ctx: Context, choice: object) -> None:
+    """Which URL column the API chose in a wide file, why, and what --url-column could say instead."""
+    if not isinstance(choice, dict) or not choice.get("alternatives"):
+        return
+    others = ", ".join(repr(printable(str(name))) for name in choice["alternatives"][:5])
+    ctx.info(f"URL column '{printable(str(choice.get('column')))}' ({printable(str(choice.get('why')))}); "
+             f"other URL columns: {others} (choose one with --url-column)")
+
+
+def upload_choice(upload: Upload) -> dict:
+    """The URL column choice an upload answered (direct: validated; by parts: from its first bytes)."""
+    choice = (upload.summary or upload.choice or {}).get("url_choice")
+    return {"url_choice": choice} if isinstance(choice, dict) else {}
 
 
 def cmd_status(ctx: Context) -> int:

@@ -189,3 +189,80 @@ def wait_for_job(api: Api, job_id: str, display: Display, *, interval: float = P
         if job.get("status") in FINISHED:
             return job
         sleep(interval)
+
+
+# ---------------------------------------------------------------- upload progress (one bar per file)
+
+class LineUploadBar:
+    """For a stderr that is not a terminal: a line at every tenth of the file (parts finish on
+    several threads; they count under one lock)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        import threading
+
+        self.stream = stream
+        self.lock = threading.Lock()
+        self.total = self.done = self.shown = 0
+        self.label = ""
+
+    def start(self, label: str, total: int) -> None:
+        self.label, self.total, self.done, self.shown = label, max(1, total), 0, 0
+        self.stream.write(f"{label}: 0% of {total:,} bytes\n")
+        self.stream.flush()
+
+    def advance(self, done: int) -> None:
+        with self.lock:
+            self.done += done
+            tenth = min(10, self.done * 10 // self.total)
+            if tenth > self.shown:
+                self.shown = tenth
+                self.stream.write(f"{self.label}: {tenth * 10}% ({self.done:,} of {self.total:,} bytes)\n")
+                self.stream.flush()
+
+    def note(self, text: str) -> None:
+        with self.lock:
+            self.stream.write(f"{self.label}: {text}\n")
+            self.stream.flush()
+
+    def stop(self) -> None: ...
+
+
+class RichUploadBar:
+    """A rich bar on stderr: bytes sent of the file, speed, time left."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeRemainingColumn(), console=Console(file=stream))
+        self.task = None
+
+    def start(self, label: str, total: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task(label, total=total)
+
+    def advance(self, done: int) -> None:
+        self.progress.advance(self.task, done)
+
+    def note(self, text: str) -> None:
+        self.progress.console.print(text, markup=False, highlight=False)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def make_upload_bar(quiet: bool, stream: IO[str] | None = None):
+    from csv_opener_cli.parts import NoBar
+
+    stream = stream or sys.stderr
+    if quiet:
+        return NoBar()
+    return RichUploadBar(stream) if stream.isatty() else LineUploadBar(stream)

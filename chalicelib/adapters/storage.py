@@ -1,11 +1,13 @@
 """S3 adapter: the upload bucket, around an injected boto3 S3 client. Presigned URLs last at most
-15 minutes (900 s) and name exactly one object; a presigned PUT also names its exact size."""
+15 minutes (900 s) and name exactly one object; a presigned PUT (of an object or of one part of
+a multipart upload) also names its exact size."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import IO
 
+from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -16,6 +18,11 @@ from botocore.exceptions import (
 )
 
 READ_CHUNK = 256 * 1024
+TRANSFER = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024,
+                          max_concurrency=4)
+# s3transfer reads the parts of a file object into memory ahead of the threads sending them (10 by
+# default: 80 MiB); as many as are sent at once is enough.
+TRANSFER.max_in_memory_upload_chunks = 4
 STREAM_RESUMES = 5  # a broken GET is picked up where it broke (a ranged GET), this many times in a row
 _BROKEN_STREAM = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, ConnectionClosedError,
                   EndpointConnectionError, ConnectionError)
@@ -37,6 +44,18 @@ def _changed(exc: ClientError) -> bool:
     return exc.response["Error"]["Code"] in {"412", "PreconditionFailed"}
 
 
+class UploadMissing(LookupError):
+    """The multipart upload is no longer open (completed or aborted)."""
+
+
+class BadParts(ValueError):
+    """S3 refused to complete a multipart upload from the parts given (its message says why)."""
+
+
+def _no_upload(exc: ClientError) -> bool:
+    return exc.response["Error"]["Code"] in {"NoSuchUpload", "404"}
+
+
 class Storage:
     def __init__(self, s3_client, bucket: str) -> None:
         self.s3 = s3_client
@@ -47,8 +66,10 @@ class Storage:
         return self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)["ETag"]
 
     def put_file(self, key: str, fileobj: IO[bytes], content_type: str = "text/csv") -> None:
-        """Multipart upload for big files, bounded memory."""
-        self.s3.upload_fileobj(fileobj, self.bucket, key, ExtraArgs={"ContentType": content_type})
+        """A multipart upload above 8 MiB (parts of 8 MiB, 4 at once): memory bounded by the parts
+        in flight, whatever the file's size."""
+        self.s3.upload_fileobj(fileobj, self.bucket, key, ExtraArgs={"ContentType": content_type},
+                               Config=TRANSFER)
 
     def head(self, key: str) -> tuple[int, str]:
         """(size in bytes, ETag) of the object."""
@@ -122,6 +143,74 @@ class Storage:
             Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type, "ContentLength": size},
             ExpiresIn=expires_s,
         )
+
+    # ---------------------------------------------------------------- multipart uploads
+
+    def create_multipart(self, key: str, content_type: str = "text/csv") -> str:
+        """Open a multipart upload of `key`; returns its upload id."""
+        return self.s3.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)["UploadId"]
+
+    def presigned_part(self, key: str, upload_id: str, number: int, size: int, expires_s: int = 900) -> str:
+        """A PUT URL for part `number` of the upload, for exactly `size` bytes (signed
+        content-length, as `presigned_put`)."""
+        return self.s3.generate_presigned_url(
+            "upload_part",
+            Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": number,
+                    "ContentLength": size},
+            ExpiresIn=expires_s,
+        )
+
+    def list_parts(self, key: str, upload_id: str) -> list[dict]:
+        """The parts S3 holds, as [{"number", "etag", "size"}] by number (UploadMissing when the
+        upload is no longer open)."""
+        parts: list[dict] = []
+        try:
+            for page in self.s3.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
+                parts.extend({"number": p["PartNumber"], "etag": p["ETag"], "size": p["Size"]}
+                             for p in page.get("Parts", ()))
+        except ClientError as exc:
+            if _no_upload(exc):
+                raise UploadMissing(upload_id) from exc
+            raise
+        return sorted(parts, key=lambda part: part["number"])
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[dict]) -> None:
+        """Join the parts ([{"number", "etag"}], in order) into the object."""
+        try:
+            self.s3.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": p["number"], "ETag": p["etag"]} for p in parts]})
+        except ClientError as exc:
+            if _no_upload(exc):
+                raise UploadMissing(upload_id) from exc
+            if exc.response["Error"]["Code"] in {"InvalidPart", "InvalidPartOrder", "EntityTooSmall"}:
+                raise BadParts(exc.response["Error"].get("Message") or exc.response["Error"]["Code"]) from exc
+            raise
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Drop the upload and every part S3 holds of it; an upload no longer open is fine."""
+        try:
+            self.s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if not _no_upload(exc):
+                raise
+
+    def open_uploads(self, prefix: str) -> list[dict]:
+        """The multipart uploads open under `prefix`, as [{"key", "upload_id"}]."""
+        pages = self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [{"key": u["Key"], "upload_id": u["UploadId"]} for page in pages for u in page.get("Uploads", ())]
+
+    def read_head(self, key: str, size: int, etag: str | None = None) -> bytes:
+        """The object's first `size` bytes (a ranged GET)."""
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{size - 1}",
+                                      **({"IfMatch": etag} if etag else {}))["Body"].read()
+        except ClientError as exc:
+            if _missing(exc):
+                raise ObjectMissing(key) from exc
+            if _changed(exc):
+                raise ObjectChanged(key) from exc
+            raise
 
     def presigned_get(self, key: str, file_name: str, expires_s: int = 900) -> str:
         return self.s3.generate_presigned_url(

@@ -103,6 +103,8 @@ class Layout:
     has_header: bool
     columns: tuple[str, ...]  # header cells (stripped), or generated names for a header-less file
     url_index: int  # 0-based index of the URL column
+    url_reason: str = ""  # why that column, in words ("header Website names a company site")
+    url_alternatives: tuple[str, ...] = ()  # the other columns that name or hold URLs, likeliest first
 
     @property
     def url_column(self) -> str:
@@ -292,8 +294,11 @@ def detect_layout(sample: bytes, url_column: str | None = None) -> Layout:
     wanted = url_column.strip() if url_column and url_column.strip() else None
     has_header = _has_header(records, wanted)
     columns, url_index = _url_column(records, has_header, wanted)
+    data = records[1:] if has_header else records
     return Layout(encoding=encoding, delimiter=delimiter, has_header=has_header,
-                  columns=columns, url_index=url_index)
+                  columns=columns, url_index=url_index,
+                  url_reason=_url_reason(columns if has_header else None, data, url_index, wanted),
+                  url_alternatives=_url_alternatives(columns if has_header else None, data, url_index))
 
 
 def _reject_binary(sample: bytes) -> None:
@@ -401,6 +406,76 @@ def _url_column(records: list[list[str]], has_header: bool,
     return _generated_columns(width, index), index
 
 
+# --- which URL column, and why ------------------------------------------------------------
+# A wide export (Apollo, Sales Navigator, HubSpot, Clay) has several URL columns: the company's
+# site, the person's and the company's LinkedIn, Facebook, Twitter... The opener is about the
+# company, so its site wins over a profile, and a person's profile over a social page.
+
+_SITE_WORDS = ("website", "site", "domain", "homepage")
+_PROFILE_WORDS = ("linkedin", "profile")
+_SOCIAL_WORDS = ("facebook", "twitter", "instagram", "youtube", "tiktok", "github", "angellist", "crunchbase")
+_URL_WORDS = ("url", "link", "uri", "href")
+
+
+def _header_rank(cell: str) -> int | None:
+    """How likely a header names the URL column worth writing to: 0 a company site, 1 a plain
+    URL/link, 2 a company profile, 3 a person's profile, 4 a social page; None: not a URL name."""
+    key = _header_key(cell)
+    if not key:
+        return None
+    if any(word in key for word in _SOCIAL_WORDS):
+        return 4
+    if any(word in key for word in _PROFILE_WORDS):
+        return 2 if "company" in key or "organization" in key or "account" in key else 3
+    if any(word in key for word in _SITE_WORDS):
+        return 0
+    if any(key.endswith(word) or key.startswith(word) for word in _URL_WORDS):
+        return 1
+    return None
+
+
+_RANK_WORDS = {0: "a company site", 1: "a URL column", 2: "a company profile", 3: "a person's profile",
+               4: "a social page"}
+
+
+def _ranked_header_index(header: list[str], data: list[list[str]]) -> int | None:
+    """The header that most likely names the company's site (leftmost on ties), among those whose
+    sampled values hold a URL (any, when the sample has no data rows)."""
+    ranks = [(rank, index) for index, cell in enumerate(header)
+             if (rank := _header_rank(cell)) is not None
+             and (not data or any(index < len(r) and looks_like_url(r[index]) for r in data))]
+    return min(ranks)[1] if ranks else None
+
+
+def _url_reason(header: tuple[str, ...] | None, data: list[list[str]], index: int, wanted: str | None) -> str:
+    if wanted is not None:
+        return f"url_column {wanted!r} was asked for"
+    share = sum(looks_like_url(record[index]) for record in data if index < len(record))
+    if header is None:
+        return f"no header row; its values look like URLs ({share} of {len(data)} sampled rows)"
+    name = header[index]
+    rank = _header_rank(name)
+    if _known_header_index(list(header)) == index or rank is not None:
+        return f"header {name} names {_RANK_WORDS.get(rank if rank is not None else 1, 'a URL column')}"
+    return f"its values look like URLs ({share} of {len(data)} sampled rows)"
+
+
+def _url_alternatives(header: tuple[str, ...] | None, data: list[list[str]], index: int) -> tuple[str, ...]:
+    """The other columns a caller might mean: named like URLs, or holding URL-like values."""
+    width = len(header) if header is not None else max((len(record) for record in data), default=0)
+    scores = [0] * width
+    for record in data:
+        for column, cell in enumerate(record[:width]):
+            scores[column] += looks_like_url(cell)
+    names = header or _generated_columns(width, index)
+    candidates = []
+    for column in range(width):
+        rank = _header_rank(names[column]) if header is not None else None
+        if column != index and (rank is not None or scores[column]):
+            candidates.append((rank if rank is not None else 5, -scores[column], column))
+    return tuple(names[column] for _rank, _score, column in sorted(candidates))
+
+
 def _header_url_index(header: list[str], data: list[list[str]], wanted: str | None) -> int:
     if wanted is not None:
         index = _named_index(header, wanted)
@@ -411,11 +486,20 @@ def _header_url_index(header: list[str], data: list[list[str]], wanted: str | No
                            f"Column '{wanted}' not found; the columns are: {', '.join(header)}")
         return index
     index = _known_header_index(header)
+    ranked = _ranked_header_index(header, data)
+    if index is None or (ranked is not None and (_header_rank(header[index]) or 0) >= 2
+                         and (_header_rank(header[ranked]) or 0) < 2):
+        index = ranked if ranked is not None else index  # a company's site over a profile
     if index is None:
         index = _best_url_column(data, len(header))
     if index is None:
         raise CsvError("no_url_column", _NO_URL_COLUMN_MESSAGE)
     return index
+
+
+def url_choice(layout: Layout) -> dict:
+    """The URL column chosen, why, and the other URL-like columns (for the upload answer)."""
+    return {"column": layout.url_column, "why": layout.url_reason, "alternatives": list(layout.url_alternatives)}
 
 
 def _headerless_url_index(records: list[list[str]], width: int, wanted: str | None) -> int:

@@ -91,8 +91,8 @@ def check_file_type(file_name: str, content_type: str) -> None:
 
 def check_size(size: int, max_size: int) -> None:
     if size > max_size:
-        raise TooLarge(f"The file is {size:,} bytes; the limit is {max_size:,}. Split it, or use "
-                       "POST /api/upload/url for a presigned upload of up to that size.")
+        raise TooLarge(f"The file is {size:,} bytes; the limit is {max_size:,} bytes per file, whichever way it "
+                       "is uploaded. Split it into smaller files and upload each one.")
 
 
 def check_direct_size(size: int, direct_limit: int) -> None:

@@ -11,6 +11,7 @@ from chalicelib.adapters.queue import ChunkQueue
 from chalicelib.adapters.storage import Storage
 from chalicelib.errors import Conflict
 from chalicelib.generation.dispatch import dispatch_next, window
+from chalicelib.jobs import multipart
 from chalicelib.jobs.export import export_job
 from chalicelib.jobs.start import take_account_capacity
 from chalicelib.jobs.views import job_json, require_job
@@ -22,13 +23,18 @@ log = get_logger("jobs")
 
 
 def cancel(conn, account_id: str, job_id: str, notify: Callable[[dict], None] | None = None,
-           cancel_batches: Callable[[str], int] | None = None) -> dict:
+           cancel_batches: Callable[[str], int] | None = None, storage: Storage | None = None) -> dict:
     job = require_job(conn, account_id, job_id)
     canceled = db.cancel_job(conn, job["id"])
     if canceled is None:
         raise Conflict(f"Job is already {job['status']}; only pending or processing jobs can be canceled",
                        code="not_cancelable")
     log.info("job canceled", extra={"job_id": str(job["id"])})
+    if storage is not None and canceled["upload_id"]:
+        try:  # its parts would only take space; the bucket's lifecycle rule aborts it later otherwise
+            multipart.abort(conn, storage, canceled)
+        except Exception:
+            log.exception("aborting the canceled job's multipart upload failed", extra={"job_id": str(job["id"])})
     if canceled["mode"] == "batch" and cancel_batches is not None:
         try:
             cancel_batches(str(job["id"]))  # what the batches finished is kept when the sweep reads them

@@ -23,7 +23,8 @@ from chalicelib.intake.uploads import (
     clean_url_column,
     safe_file_name,
 )
-from chalicelib.jobs.views import job_json
+from chalicelib.jobs.multipart import part_size_for, parts_answer
+from chalicelib.jobs.views import job_json, require_job
 from chalicelib.logs import get_logger
 from chalicelib.settings import Settings
 
@@ -67,6 +68,7 @@ def upload_body(job: dict, summary: csvfile.Summary) -> dict:
     return {
         "job": job_json(job),
         "url_column": summary.layout.url_column,
+        "url_choice": csvfile.url_choice(summary.layout),
         "columns": list(summary.layout.columns),
         "total_rows": summary.total_rows,
         "invalid_rows": summary.invalid_rows,
@@ -83,18 +85,51 @@ def create_presigned_upload(conn, storage: Storage, settings: Settings, *, accou
     size = clean_size(size, settings.max_file_size)
     job_id = str(uuid.uuid4())
     key = upload_key(account_id, job_id, name)
-    with conn.transaction():
-        db.lock_account(conn, account_id)  # concurrent requests of one account count one at a time
-        pending = db.pending_presigned(conn, account_id)
-        if settings.account_max_pending and pending >= settings.account_max_pending:
-            raise RateLimited(
-                f"This account has {pending} presigned uploads not yet processed, its limit; call "
-                "/api/upload/process for them (or cancel the ones you do not need), then ask again",
-                code="too_many_pending")
-        job = db.insert_job(conn, job_id=job_id, account_id=account_id, file_name=name, file_path=key,
-                            source="presigned", url_column=url_column or None)
+    multipart = size > settings.multipart_threshold  # parts PUT in parallel, retried one by one
+    upload_id = storage.create_multipart(key) if multipart else None
+    try:
+        with conn.transaction():
+            db.lock_account(conn, account_id)  # concurrent requests of one account count one at a time
+            pending = db.pending_presigned(conn, account_id)
+            if settings.account_max_pending and pending >= settings.account_max_pending:
+                raise RateLimited(
+                    f"This account has {pending} presigned uploads not yet processed, its limit; call "
+                    "/api/upload/process for them (or cancel the ones you do not need), then ask again",
+                    code="too_many_pending")
+            job = db.insert_job(conn, job_id=job_id, account_id=account_id, file_name=name, file_path=key,
+                                source="presigned", url_column=url_column or None, upload_id=upload_id,
+                                upload_size=size if multipart else None,
+                                upload_part_size=part_size_for(size, settings.multipart_part_size)
+                                if multipart else None)
+    except Exception:
+        if upload_id is not None:  # no open upload for a job that does not exist
+            storage.abort_multipart(key, upload_id)
+        raise
+    if multipart:
+        return parts_answer(storage, settings, job)
     return {"job": job_json(job), "upload_url": storage.presigned_put(key, size, settings.presign_expires_s),
             "method": "PUT", "headers": {"Content-Type": "text/csv"}}  # the length is the body's own
+
+
+def choose_url_column(conn, storage: Storage, account_id: str, job_id: str, url_column: object) -> None:
+    """`url_column` on process: the caller re-chooses the URL column of a pending job (one of the
+    alternatives the upload answered). A file not validated yet (a presigned upload) is validated
+    with it when it starts; a validated one is checked again now. A name the file does not have,
+    or a column without valid URLs, is a 400 that leaves the job as it was."""
+    wanted = clean_url_column(url_column)
+    job = require_job(conn, account_id, job_id)
+    if wanted is None or job["status"] != "pending":
+        return  # start answers a job that is not pending with its 409
+    if job["layout"] is None:
+        db.update_pending_job(conn, job["id"], url_column=wanted)
+        return
+    if wanted == job["url_column"]:
+        return
+    try:
+        summary = csvfile.summarize(read_source(storage, job), wanted)
+    except csvfile.CsvError as exc:
+        raise csv_error(exc) from None
+    db.update_pending_job(conn, job["id"], **summary_fields(summary))
 
 
 def clean_size(value: object, max_size: int) -> int:
@@ -111,6 +146,9 @@ def validate_stored(conn, storage: Storage, settings: Settings, job: dict) -> di
     try:
         size, etag = storage.head(job["file_path"])
     except ObjectMissing:
+        if job["upload_id"] is not None:
+            raise BadRequest("The file's multipart upload is not completed yet; PUT every part, then POST "
+                             "/api/upload/complete with their ETags", code="file_not_uploaded") from None
         raise BadRequest("The file has not been uploaded yet; PUT it to upload_url first",
                          code="file_not_uploaded") from None
     try:
@@ -143,6 +181,7 @@ def csv_error(exc: csvfile.CsvError) -> DomainError:
 def layout_of(job: dict) -> csvfile.Layout:
     data = dict(job["layout"])
     data["columns"] = tuple(data["columns"])
+    data["url_alternatives"] = tuple(data.get("url_alternatives") or ())
     return csvfile.Layout(**data)
 
 

@@ -1,5 +1,15 @@
 """The results CSV: the original rows in order plus the opener columns, rendered for a download
-(inline or through S3) and written to S3 once a job completes."""
+(inline or through S3) and written to S3 once a job completes.
+
+Memory stays flat whatever the file's size: the original is streamed from S3 and merge-joined
+by row number with the URL rows, read from PostgreSQL in keyset pages; the CSV is written to a
+temporary file (in memory up to a few MB, then on disk) and sent to S3 as a multipart upload
+(`Storage.put_file`: 8 MiB parts, at most 4 in memory). A big download is a 302 to a presigned
+URL of that object; a completed job's results CSV is written once and served from then on, and
+an unfinished job's export is kept under a name made of its progress, so a download with no
+progress since the last one is not built again. A filtered download (`review=approved`) is named
+by its filter as well (`<processed>-<failed>-<updated>-approved.csv`) and never served from the
+full results CSV."""
 
 from __future__ import annotations
 
@@ -34,9 +44,17 @@ INLINE_DOWNLOAD_LIMIT = BINARY_BODY_LIMIT  # larger downloads go through S3 (bas
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+_FORMULA_FIRST = frozenset(FORMULA_PREFIXES)  # each prefix is one character
+
+
 def neutralize(cell: str) -> str:
     """Keep spreadsheets from running a cell as a formula."""
     return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
+
+
+def _neutralized(cells) -> list[str]:
+    """`neutralize` over a row, inline: a 40-column file has millions of cells."""
+    return ["'" + cell if cell[:1] in _FORMULA_FIRST else cell for cell in cells]
 
 
 def write_csv(conn, storage: Storage, job: dict, out: IO[str], review: str | None = None) -> int:
@@ -57,8 +75,9 @@ def write_csv(conn, storage: Storage, job: dict, out: IO[str], review: str | Non
         if review and match is None:
             continue  # not marked so (or an invalid row): not in a reviewed download
         extra = _extra_cells(row, match)
-        cells = record + [""] * (width - len(record))
-        writer.writerow([neutralize(c) for c in (*cells, *extra)])
+        if len(record) < width:
+            record = record + [""] * (width - len(record))
+        writer.writerow(_neutralized((*record, *extra)))
         written += 1
     return written
 
@@ -125,11 +144,17 @@ def drop_older_exports(storage: Storage, key: str) -> None:
     failure leaves). A link to one handed out moments ago then finds it gone, and a new download
     gives the newer version."""
     for older in storage.keys(key.rsplit("/", 1)[0] + "/"):
-        if older != key:
+        if older != key and _view_of(older) == _view_of(key):  # the full and the approved ones both stay
             try:
                 storage.delete(older)
             except Exception:
                 log.exception("could not delete an old export", extra={"key": older})
+
+
+def _view_of(key: str) -> str:
+    """Which rows an export key holds ("all", or its filter): `<processed>-<failed>-<us>[-filter].csv`."""
+    parts = key.rsplit("/", 1)[1].removesuffix(".csv").split("-", 3)
+    return parts[3] if len(parts) == 4 else "all"
 
 
 def download_name(file_name: str) -> str:

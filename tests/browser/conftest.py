@@ -22,7 +22,7 @@ import subprocess
 
 import pytest
 
-from tests.support.stack import package_stack
+from tests.support.stack import SMALL_MULTIPART, package_stack
 from tests.support.util import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
@@ -38,6 +38,7 @@ SETTINGS = {
     "API_RATE_LIMIT_PER_MINUTE": "0",  # the page polls every second
     # Small, so a test file of a few KB takes the presigned path (POST /api/upload/url + PUT to S3).
     "MAX_DIRECT_UPLOAD": "16384",
+    **SMALL_MULTIPART,  # above 6 MiB by parts of 5 MiB
 }
 
 

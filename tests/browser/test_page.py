@@ -16,6 +16,7 @@ from pathlib import Path
 from playwright.sync_api import Page, expect
 
 from tests.support.util import wait_for
+from tests.support.widefile import padded_csv
 
 XSS = "<img src=x onerror=window.__xss=1>"
 OPENER_COLUMNS = ["opener", "opener_status", "opener_error", "context_status", "opener_evidence", "opener_quality",
@@ -209,6 +210,36 @@ def test_presigned_upload_with_progress(page: Page, fresh):
     no_error(page)
     job = stack.api.call("GET", "/api/jobs?limit=1").json()["jobs"][0]
     assert (job["file_name"], job["url_column"], job["source"]) == ("big.csv", "website", "presigned")
+
+
+def test_a_big_file_goes_by_parts_with_one_progress_bar_and_its_url_column_can_be_rechosen(page: Page, fresh):
+    """Above MULTIPART_THRESHOLD (6 MiB here) the page PUTs 5 MiB parts to S3 in parallel (the
+    ETag of each read through the bucket's CORS rule), completes, shows the URL column the file's
+    first bytes name with why, offers the other URL columns first, and starts with the one picked."""
+    stack = fresh
+    data = padded_csv(12, 7 * 1024 * 1024)  # parts of 5 MiB and ~2 MiB
+    sign_in(page, stack.key)
+    parts: list[str] = []
+    page.on("request", lambda r: parts.append(r.url) if r.method == "PUT" and "partNumber=" in r.url else None)
+    page.set_input_files("#file-input", files=[{"name": "wide.csv", "mimeType": "text/csv", "buffer": data}],
+                         timeout=120000)  # 7 MB through the browser's debugging protocol
+    expect(page.locator("#summary-section")).to_be_visible(timeout=60000)
+    expect(page.locator("#upload-progress-text")).to_contain_text("(100 %)")
+    expect(page.locator("#upload-progress-label")).to_have_text("Uploaded wide.csv to storage")
+    assert len({re.search(r"partNumber=(\d+)", url).group(1) for url in parts}) == 2
+    expect(page.locator("#summary-column")).to_have_text("Website")
+    expect(page.locator("#summary-why")).to_have_text("(header Website names a company site)")
+    assert page.locator("#column-select option").all_inner_texts()[:2] == [
+        "Person Linkedin Url (URLs)", "Facebook Url (URLs)"]
+    page.select_option("#column-select", "Facebook Url")
+    page.click("#column-apply")
+    expect(page.locator("#summary-column")).to_have_text("Facebook Url")
+    page.click("#start-button")
+    wait_status(page, "completed", timeout=60000)
+    expect(page.locator("#job-processed")).to_have_text("12")
+    no_error(page)
+    job = stack.api.call("GET", "/api/jobs?limit=1").json()["jobs"][0]
+    assert (job["file_name"], job["url_column"], job["source"]) == ("wide.csv", "Facebook Url", "presigned")
 
 
 def test_bad_file_is_explained_in_words(page: Page, fresh):

@@ -21,6 +21,7 @@ from pathlib import Path
 from tests.support.e2e import EXTRA_COLUMNS, make_csv, neutralize
 from tests.support.stack import SMALL_DIRECT_UPLOAD
 from tests.support.util import ROOT
+from tests.support.widefile import padded_csv
 
 INSTRUCTIONS = "We are Acme Analytics; we help ops teams cut reporting time. Friendly tone."
 
@@ -232,3 +233,25 @@ def test_ctrl_c_at_a_terminal_asks_and_cancels(fresh, tmp_path):
             run.kill()
     finally:
         os.close(master)
+
+
+def test_a_big_file_is_uploaded_by_parts_with_one_progress_bar(fresh, tmp_path):
+    path = tmp_path / "big.csv"
+    path.write_bytes(padded_csv(12, 11 * 1024 * 1024))
+    done = csv_opener(fresh, "run", str(path), "--instructions", INSTRUCTIONS, "--json", timeout=120)
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert document["upload"]["how"] == "multipart" and document["job"]["total_rows"] == 12
+    assert "uploaded through a presigned URL by parts" in done.stderr
+    shown = [line for line in done.stderr.splitlines() if line.startswith("Uploading big.csv: ")]
+    assert shown[0] == f"Uploading big.csv: 0% of {path.stat().st_size:,} bytes"
+    assert shown[-1].startswith("Uploading big.csv: 100%") and len(shown) == 11  # one bar, each tenth once
+    limit = csv.field_size_limit(1 << 21)  # the notes cells are ~1 MB
+    try:
+        table = list(csv.reader(io.StringIO(Path(document["output"]).read_text(encoding="utf-8"), newline="")))
+    finally:
+        csv.field_size_limit(limit)
+    assert table[0][:4] == ["Person Linkedin Url", "Website", "Facebook Url", "Notes"]
+    assert len(table) == 13 and all(row[4] and row[5] == "completed" for row in table[1:])
+    assert document["upload"]["url_choice"]["column"] == "Website"
+    assert "URL column 'Website' (header Website names a company site); other URL columns: " in done.stderr

@@ -67,6 +67,8 @@ FAKE_RPM = 9000
 # for the provider and for us.
 FAKE_TPM = 500 * FAKE_RPM
 SMALL_DIRECT_UPLOAD = 2000  # the CLI package's direct-upload cap: a small file takes the presigned path
+# The CLI and browser packages' multipart settings: above 6 MiB by parts of 5 MiB (S3's smallest)
+SMALL_MULTIPART = {"MULTIPART_THRESHOLD": str(6 * 1024 * 1024), "MULTIPART_PART_SIZE": str(5 * 1024 * 1024)}
 PORT_ATTEMPTS = 3  # free_port() is a guess: another process may take the port before we bind it
 LIMIT_SHARE = 0.9  # our OPENAI_RPM / OPENAI_TPM: a real limit, a little below the provider's
 

@@ -48,6 +48,7 @@ from chalicelib.adapters.db.jobs import (  # noqa: F401
     add_live_tokens,
     calibrate_estimate,
     cancel_job,
+    clear_upload_id,
     complete_job_if_done,
     completed_without_results,
     count_discarded,
@@ -68,6 +69,7 @@ from chalicelib.adapters.db.jobs import (  # noqa: F401
     stop_for_budget,
     unstart_job,
     update_job,
+    update_pending_job,
     url_totals,
 )
 from chalicelib.adapters.db.urls import (  # noqa: F401

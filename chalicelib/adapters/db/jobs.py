@@ -29,23 +29,28 @@ JOB_COLUMNS = """id, account_id, file_name, file_path, status, total_rows, proce
     invalid_rows, url_column, columns, layout, errors, chunks, instructions, model, source, source_etag, error,
     result_path, prompt_tokens, completion_tokens, discarded_results, page_context, max_cost_usd, callback_url,
     mode, grounding, min_words, max_words, language, quality, regenerated, started_at, finished_at, created_at,
-    updated_at, estimate, live_prompt_tokens, live_completion_tokens, ingest_row, estimated_rows, reserved_rows"""
+    updated_at, estimate, live_prompt_tokens, live_completion_tokens,
+    upload_id, upload_size, upload_part_size, ingest_row, estimated_rows, reserved_rows"""
 
 
 def insert_job(conn, *, job_id: str, account_id: str, file_name: str, file_path: str, source: str,
                source_key: str | None = None, source_etag: str | None = None, layout: dict | None = None,
                columns: list[str] | None = None,
                url_column: str | None = None, total_rows: int = 0, invalid_rows: int = 0,
-               errors: list[dict] | None = None, status: str = "pending", error: str | None = None) -> dict | None:
+               errors: list[dict] | None = None, status: str = "pending", error: str | None = None,
+               upload_id: str | None = None, upload_size: int | None = None,
+               upload_part_size: int | None = None) -> dict | None:
     """Insert a job; None when `source_key` already started one (a duplicate S3 notification)."""
     return conn.execute(
         f"""INSERT INTO jobs (id, account_id, file_name, file_path, source, source_key, source_etag, layout, columns,
-                              url_column, total_rows, invalid_rows, errors, status, error)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                              url_column, total_rows, invalid_rows, errors, status, error,
+                              upload_id, upload_size, upload_part_size)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (source_key) DO NOTHING
             RETURNING {JOB_COLUMNS}""",
         (job_id, account_id, file_name, file_path, source, source_key, source_etag, _json(layout), _json(columns),
-         url_column, total_rows, invalid_rows, Jsonb(errors or []), status, error),
+         url_column, total_rows, invalid_rows, Jsonb(errors or []), status, error,
+         upload_id, upload_size, upload_part_size),
     ).fetchone()
 
 
@@ -97,6 +102,16 @@ def update_job(conn, job_id: str, **fields) -> dict | None:
     values = [_json(v) if isinstance(v, dict | list) else v for v in fields.values()]
     return conn.execute(
         f"UPDATE jobs SET {assignments} WHERE id = %s RETURNING {JOB_COLUMNS}", (*values, job_id)
+    ).fetchone()
+
+
+def update_pending_job(conn, job_id: str, **fields) -> dict | None:
+    """`update_job` for a job still pending (None otherwise: it started meanwhile)."""
+    assignments = ", ".join(f"{name} = %s" for name in fields)
+    values = [_json(v) if isinstance(v, dict | list) else v for v in fields.values()]
+    return conn.execute(
+        f"UPDATE jobs SET {assignments} WHERE id = %s AND status = 'pending' RETURNING {JOB_COLUMNS}",
+        (*values, job_id),
     ).fetchone()
 
 
@@ -273,3 +288,12 @@ def url_totals(conn, account_id: str) -> dict[str, int]:
         "failed": int(row["failed"]),
         "finished_last_minute": row["last_minute"],
     }
+
+
+def clear_upload_id(conn, job_id: str, upload_id: str) -> dict | None:
+    """The job's S3 multipart upload is over (completed or aborted): forget its id, if it is still
+    the one given (None otherwise: another call ended it first)."""
+    return conn.execute(
+        f"UPDATE jobs SET upload_id = NULL WHERE id = %s AND upload_id = %s RETURNING {JOB_COLUMNS}",
+        (job_id, upload_id),
+    ).fetchone()

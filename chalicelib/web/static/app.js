@@ -34,7 +34,7 @@
     "jobs-table", "jobs-empty", "jobs-more", "summary-title", "job-title", "grounding-select", "min-words",
     "max-words", "language-input", "quality-box", "quality-verified", "quality-generic", "quality-duplicates",
     "quality-words", "quality-regenerated", "quality-reused", "quality-flagged", "quality-filter",
-    "download-approved-button",
+    "download-approved-button", "summary-why",
   ].forEach((id) => {
     el[id] = $(id);
     if (!el[id]) throw new Error(`The page has no element #${id}`);
@@ -47,6 +47,7 @@
     file: null,          // the File in hand (for a re-upload with another URL column)
     upload: null,        // the answer of POST /api/upload, or a presigned job's facts
     presigned: false,
+    urlColumn: null,     // a URL column chosen on the page for a presigned job: sent with process
     job: null,           // the job shown in the progress section
     pollTimer: null,
     samples: [],         // {t, done} for the ETA
@@ -169,7 +170,7 @@
           if (event.lengthComputable) onProgress(event.loaded, event.total);
         };
       }
-      xhr.onload = () => resolve({ status: xhr.status, text: xhr.responseText });
+      xhr.onload = () => resolve({ status: xhr.status, text: xhr.responseText, etag: xhr.getResponseHeader("ETag") });
       xhr.onerror = () => reject(new ApiError(0, "network", "The file could not be sent: the connection failed, "
         + "or the server refused this page (for uploads to storage, the bucket needs a CORS rule for this page)."));
       xhr.onabort = () => reject(new ApiError(0, "aborted", "The upload was stopped."));
@@ -324,6 +325,10 @@
     const request = { file_name: file.name, size: file.size };  // the upload URL takes exactly this many bytes
     if (urlColumn) request.url_column = urlColumn;
     const created = await call("POST", "api/upload/url", { json: request });
+    if (created.parts) {
+      await multipartUpload(file, created, previous, columns);
+      return;
+    }
     const headers = created.headers || { "Content-Type": "text/csv" };
     const label = `Uploading ${file.name} to storage`;
     setUploadProgress(label, 0, file.size);
@@ -338,6 +343,90 @@
     state.presigned = true;
     showSummary({
       job: created.job, url_column: urlColumn || null, columns, total_rows: null, invalid_rows: null, errors: [],
+    }, columns);
+  }
+
+  // ------------------------------------------------------------------ big files by parts
+
+  const PART_THREADS = 4;
+  const PART_ATTEMPTS = 4;
+  const PART_ROUNDS = 3;
+  const sleep = (ms) => new Promise((resolve) => { window.setTimeout(resolve, ms); });
+
+  /** A multipart upload: the parts go straight to S3 in parallel (PART_THREADS at once) with one
+   * progress bar; a failed part is sent again with backoff; after each round the API says which
+   * parts S3 holds (with fresh URLs for the rest), so a dropped connection resumes; then complete. */
+  async function multipartUpload(file, created, previous, localCols) {
+    const jobId = created.job.id;
+    const label = `Uploading ${file.name} to storage`;
+    const sent = new Map();  // part number -> bytes of it sent in its current attempt
+    const etags = new Map();
+    let stored = 0;          // bytes of the parts stored
+    const progress = () => {
+      let inFlight = 0;
+      sent.forEach((n) => { inFlight += n; });
+      setUploadProgress(label, Math.min(file.size, stored + inFlight), file.size);
+    };
+    const putPart = async (part) => {
+      const start = (part.number - 1) * created.part_size;
+      const blob = file.slice(start, start + part.size);
+      let failure = null;
+      for (let attempt = 1; attempt <= PART_ATTEMPTS; attempt += 1) {
+        try {
+          const reply = await send("PUT", part.url, blob, {}, (loaded) => { sent.set(part.number, loaded); progress(); });
+          if (reply.status >= 200 && reply.status < 300 && reply.etag) {
+            etags.set(part.number, reply.etag);
+            sent.delete(part.number);
+            stored += part.size;
+            progress();
+            return;
+          }
+          failure = new ApiError(reply.status, "storage_error", reply.status >= 200 && reply.status < 300
+            ? "Storage stored a part but its ETag header is not visible to this page (the bucket's CORS rule must expose ETag)."
+            : `Storage refused a part of the file (HTTP ${reply.status}).`);
+        } catch (err) {
+          failure = err;
+        }
+        sent.delete(part.number);
+        progress();
+        if (attempt < PART_ATTEMPTS) await sleep(Math.min(8000, 500 * 2 ** (attempt - 1)));
+      }
+      throw failure;
+    };
+    let todo = created.parts;
+    setUploadProgress(label, 0, file.size);
+    for (let round = 1; round <= PART_ROUNDS && todo.length; round += 1) {
+      const queue = todo.slice();
+      let failure = null;
+      const worker = async () => {
+        while (queue.length) {
+          const part = queue.shift();
+          try { await putPart(part); } catch (err) { failure = err; }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(PART_THREADS, queue.length) }, worker));
+      const held = await call("GET", `api/upload/${encodeURIComponent(jobId)}/parts`);
+      if (held.completed) break;
+      etags.clear();
+      stored = 0;
+      held.uploaded.forEach((p) => { etags.set(p.number, p.etag); stored += p.size; });
+      todo = held.parts;
+      progress();
+      if (todo.length && round === PART_ROUNDS) {
+        throw failure || new ApiError(0, "storage_error", "Parts of the file could not be stored; try again.");
+      }
+      if (todo.length) notify(`${todo.length} part(s) not stored yet; resuming…`);
+    }
+    const parts = Array.from(etags.entries()).sort((a, b) => a[0] - b[0]).map(([number, etag]) => ({ number, etag }));
+    const done = await call("POST", "api/upload/complete", { json: { job_id: jobId, parts } });
+    notify("");
+    setUploadProgress(`Uploaded ${file.name} to storage`, file.size, file.size);
+    if (previous && previous !== jobId) discard(previous);
+    state.presigned = true;
+    const columns = done.columns || localCols;
+    showSummary({
+      job: done.job, url_column: done.url_column || null, url_choice: done.url_choice || null, columns,
+      total_rows: null, invalid_rows: null, errors: [],
     }, columns);
   }
 
@@ -391,16 +480,23 @@
     const job = upload.job || {};
     setText(el["summary-file"], job.file_name || "");
     const later = state.presigned && upload.total_rows == null;
+    state.urlColumn = null;
     setText(el["summary-column"], upload.url_column || (later ? "detected when the job starts" : ""));
+    const choice = upload.url_choice;
+    setText(el["summary-why"], choice && choice.why ? `(${choice.why})` : "");
     setText(el["summary-rows"], later ? "counted when the job starts" : formatNumber(upload.total_rows));
     setText(el["summary-invalid"], later ? "counted when the job starts" : formatNumber(upload.invalid_rows));
     show(el["summary-later"], later);
 
     const select = el["column-select"];
-    const options = columns.map((name) => {
+    // The other URL-like columns the API found come first, then every other column.
+    const alternatives = (choice && choice.alternatives) || [];
+    const ordered = [...alternatives.filter((name) => columns.includes(name)),
+      ...columns.filter((name) => !alternatives.includes(name))];
+    const options = ordered.map((name) => {
       const option = document.createElement("option");
       option.value = name;
-      option.textContent = name;
+      option.textContent = alternatives.includes(name) ? `${name} (URLs)` : name;
       option.selected = name === upload.url_column;
       return option;
     });
@@ -433,6 +529,13 @@
     if (!column) return;
     if (!state.file) {
       showError("Choose the file again to use another column.");
+      return;
+    }
+    if (state.presigned && state.upload && state.upload.job && state.upload.job.status === "pending") {
+      // A file in storage is not sent again: the column goes with the start, which checks it.
+      state.urlColumn = column;
+      setText(el["summary-column"], column);
+      setText(el["summary-why"], "(your choice; checked when the job starts)");
       return;
     }
     notify(`Checking the file again with the URL column “${column}”…`);
@@ -574,6 +677,7 @@
       const instructions = el.instructions.value.trim();
       if (instructions) body.instructions = instructions;
       if (el["batch-mode"].checked) body.mode = "batch";
+      if (state.urlColumn) body.url_column = state.urlColumn;
       Object.assign(body, qualityOptions());
       const answer = await call("POST", "api/upload/process", { json: body });
       notify(`Started: ${formatNumber(answer.job.total_rows)} URLs in ${formatNumber(answer.chunks)} chunk(s).`);

@@ -16,7 +16,7 @@ from chalicelib import metrics as emf
 from chalicelib.accounts import Caller, Unauthorized, apilimit
 from chalicelib.adapters import db
 from chalicelib.adapters.health import run_checks
-from chalicelib.adapters.queue import parse_chunk_message
+from chalicelib.adapters.queue import parse_chunk_message, parse_ingest_message
 from chalicelib.errors import BadRequest, DomainError, RateLimited
 from chalicelib.intake.uploads import parse_upload
 from chalicelib.jobs import preview
@@ -289,7 +289,8 @@ def process(caller: Caller):
                         page_context=body.get("page_context"), max_cost_usd=body.get("max_cost_usd"),
                         callback_url=body.get("callback_url"), mode=body.get("mode"),
                         grounding=body.get("grounding"), min_words=body.get("min_words"),
-                        max_words=body.get("max_words"), language=body.get("language"), reuse=body.get("reuse"))
+                        max_words=body.get("max_words"), language=body.get("language"), reuse=body.get("reuse"),
+                        completed=deps.job_completed, notify=deps.notify_job)
     return Response(result, status_code=202)
 
 
@@ -421,6 +422,22 @@ def process_chunk(event):
                 jobs.give_up_chunk(deps.conn, deps.storage(), deps.chunk_queue(), job_id, chunk, deliveries, exc,
                                    notify=deps.notify_job)
             raise
+
+
+@app.on_sqs_message(queue="csv-opener-ingest", batch_size=1, name="ingest_file")
+def ingest_file(event):
+    """One ingest message: read the job's file into its rows from where the stored ones end (a
+    redelivery skips what is stored). Bad messages are logged and acknowledged; unexpected errors
+    raise so SQS delivers the message again."""
+    for record in event:
+        try:
+            job_id = parse_ingest_message(record.body)
+        except ValueError:
+            log.error("malformed ingest message dropped", extra={"body": record.body[:500]})
+            continue
+        jobs.ingest_file(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), job_id,
+                         remaining_s=remaining_seconds(event.context), completed=deps.job_completed,
+                         notify=deps.notify_job)
 
 
 @app.on_s3_event(bucket=deps.settings().upload_bucket, prefix="incoming/", suffix=".csv",

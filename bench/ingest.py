@@ -11,7 +11,8 @@ What is measured, each step in a fresh Python process (so its peak RSS is its ow
 and the connection are built before the clock starts, as in a warm Lambda container):
 
 - upload:  `jobs.create_from_upload(...)`, what POST /api/upload runs (parse, S3 put, job row);
-- process: `jobs.start(...)`, what POST /api/upload/process runs (S3 stream, parse, COPY, SQS);
+- process: `jobs.start(...)`, what POST /api/upload/process runs, plus `jobs.ingest_file(...)`, the
+  background ingest a file above INGEST_INLINE_BYTES gets (S3 stream, parse, COPY, SQS);
 - baseline: `psql \\copy` of the very rows `start` stored, (job_id, row_number, chunk, url), from a
   pre-written file into a scratch table `LIKE urls INCLUDING ALL` plus the same foreign key;
 - HTTP-shaped (unless --no-http): the same two steps through `chalice.test.Client`, the upload as
@@ -185,6 +186,9 @@ def child(step: str, arg: str, out: str, profile: str | None) -> None:
         if profiler:
             profiler.enable()
         body = jobs.start(conn, storage, queue, settings, bench_account(conn), arg)
+        if body["job"]["status"] == "ingesting":  # above INGEST_INLINE_BYTES: the ingest function's part too
+            body["job"] = jobs.job_json(jobs.ingest_file(conn, storage, queue, settings, arg))
+            body["chunks"] = body["job"]["chunks"]
         if profiler:
             profiler.disable()
         result["seconds"] = time.perf_counter() - start

@@ -44,7 +44,7 @@ def storage() -> Storage:
 @lru_cache(maxsize=1)
 def chunk_queue() -> ChunkQueue:
     s = get_settings()
-    return ChunkQueue(_aws_client("sqs"), s.chunk_queue_url, s.dlq_url)
+    return ChunkQueue(_aws_client("sqs"), s.chunk_queue_url, s.dlq_url, s.ingest_queue_url)
 
 
 @lru_cache(maxsize=1)

@@ -97,7 +97,7 @@ def _redrive_one(conn, queue: ChunkQueue, message: dict) -> dict:
 # ------------------------------------------------------------------ stuck-jobs
 
 def jobs_without_progress(conn, minutes: int) -> list[dict]:
-    """Processing jobs not moved for `minutes`, with what their rows and chunks are doing."""
+    """Processing (or ingesting) jobs not moved for `minutes`, with what their rows and chunks are doing."""
     return conn.execute(
         """SELECT j.id, j.account_id, a.name AS account_name, a.disabled_at, j.updated_at, j.total_rows,
                   j.processed_rows, j.failed_rows, cardinality(j.undispatched) AS undispatched_chunks,
@@ -107,7 +107,7 @@ def jobs_without_progress(conn, minutes: int) -> list[dict]:
                   max(u.lease_until) FILTER (WHERE u.status = 'processing') AS lease_until
            FROM jobs j JOIN accounts a ON a.id = j.account_id
                 LEFT JOIN urls u ON u.job_id = j.id AND u.status IN ('pending', 'processing')
-           WHERE j.status = 'processing' AND j.updated_at < now() - make_interval(mins => %s)
+           WHERE j.status IN ('processing', 'ingesting') AND j.updated_at < now() - make_interval(mins => %s)
            GROUP BY j.id, a.name, a.disabled_at ORDER BY j.updated_at""",
         (minutes,),
     ).fetchall()

@@ -80,6 +80,10 @@ class Settings:
     upload_bucket: str = "csv-opener-uploads"
     chunk_queue_url: str = f"{LOCALSTACK_URL}/000000000000/csv-opener-chunks"
     dlq_url: str = f"{LOCALSTACK_URL}/000000000000/csv-opener-chunks-dlq"
+    ingest_queue_url: str = f"{LOCALSTACK_URL}/000000000000/csv-opener-ingest"
+    # files up to this size are read by `process` itself (the same ingest, within the request);
+    # bigger ones answer `ingesting` at once and are read by the ingest function
+    ingest_inline_bytes: int = 1024 * 1024
     aws_endpoint_url: str | None = LOCALSTACK_URL
     aws_region: str = REGION
     cors_allow_origin: str = "*"  # comma-separated origins; "*" (any) is refused in the prod stage
@@ -182,6 +186,8 @@ class Settings:
             max_receive_count=int(get("MAX_RECEIVE_COUNT", cls.max_receive_count)),
             upload_bucket=get("UPLOAD_BUCKET", cls.upload_bucket),
             chunk_queue_url=get("CHUNK_QUEUE_URL", cls.chunk_queue_url),
+            ingest_queue_url=get("INGEST_QUEUE_URL", cls.ingest_queue_url),
+            ingest_inline_bytes=int(get("INGEST_INLINE_BYTES", cls.ingest_inline_bytes)),
             dlq_url=get("DLQ_URL", cls.dlq_url),
             aws_endpoint_url=endpoint or None,
             aws_region=get("AWS_REGION", get("AWS_DEFAULT_REGION", REGION)),

@@ -26,7 +26,7 @@ from csv_opener_cli.progress import make_display, make_upload_bar, wait_for_job
 
 OK, JOB_FAILED, ERROR, INTERRUPTED = 0, 1, 2, 130
 DEFAULT_API = "http://127.0.0.1:8000"
-JOB_STATUSES = ("pending", "processing", "completed", "failed", "canceled")
+JOB_STATUSES = ("pending", "ingesting", "processing", "completed", "failed", "canceled")
 URL_STATUSES = ("pending", "processing", "completed", "failed")
 REVIEW_FILTERS = ("approved", "rejected", "none")
 QUALITY_FLAGS = ("too_long", "too_short", "duplicate", "spammy", "wrong_language", "generic", "ungrounded", "edited")

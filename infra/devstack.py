@@ -293,6 +293,7 @@ def stack_env(env: dict[str, str], endpoint: str, outputs: dict[str, str]) -> di
         UPLOAD_BUCKET=outputs["BucketName"],
         CHUNK_QUEUE_URL=f"{endpoint}/000000000000/{outputs['ChunkQueueArn'].rsplit(':', 1)[1]}",
         DLQ_URL=f"{endpoint}/000000000000/{outputs['ChunkDeadLetterQueueArn'].rsplit(':', 1)[1]}",
+        INGEST_QUEUE_URL=f"{endpoint}/000000000000/{outputs['IngestQueueArn'].rsplit(':', 1)[1]}",
         DROPS_QUEUE_URL=f"{endpoint}/000000000000/{LOCAL_PARAMETERS['DropsQueueName']}",
         LOCALSTACK_PORT=str(port),
     )
@@ -365,9 +366,11 @@ def run_bench(args: list[str]) -> int:
 
 
 def requeue(env: dict[str, str]) -> int:
-    """Jobs left processing by an earlier `make dev` lost their queued chunks with LocalStack."""
+    """Jobs left processing (or ingesting) by an earlier `make dev` lost their queued chunks (and
+    ingest messages) with LocalStack."""
     code = ("from chalicelib import deps, jobs; "
-            "print(jobs.requeue_unfinished(deps.conn(), deps.chunk_queue()))")
+            "print(jobs.requeue_ingests(deps.conn(), deps.chunk_queue()) "
+            "+ jobs.requeue_unfinished(deps.conn(), deps.chunk_queue()))")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 

@@ -1,14 +1,14 @@
 """Local event runner (dev and tests only; never imported by chalicelib/).
 
 Lambda cannot run inside LocalStack here (it needs Docker), so this process plays the part of
-Lambda's event sources: it long-polls the chunk queue and the S3-notification queue on
+Lambda's event sources: it long-polls the chunk queue, the ingest queue and the S3-notification queue on
 LocalStack and calls the very handler objects Chalice registered in `app.py`, with the event
 Lambda would deliver and a context whose deadline follows the function's configured timeout.
 
 - Success deletes the message; an exception leaves it for redelivery (after a short pause
   here, the visibility timeout on AWS) and, after maxReceiveCount, the dead-letter queue.
 - MAX_CONCURRENT_JOBS chunk handlers run at once, as the SQS event source's maximum
-  concurrency does on AWS.
+  concurrency does on AWS; ingest messages are handled one at a time, beside them.
 - While a handler runs, its message's visibility is extended, so a runner killed mid-chunk
   has its message back within RUNNER_VISIBILITY_S (default 60; the rows' leases decide when
   they are retaken).
@@ -105,16 +105,18 @@ def s3_events(body: str) -> list[dict]:
 
 class Runner:
     def __init__(self, chunk_queue_url: str, drops_queue_url: str | None, workers: int,
-                 region: str = "us-east-1") -> None:
+                 region: str = "us-east-1", ingest_queue_url: str | None = None) -> None:
         self.sqs = deps.chunk_queue().sqs
         self.chunk_queue_url = chunk_queue_url
         self.drops_queue_url = drops_queue_url
+        self.ingest_queue_url = ingest_queue_url
         self.workers = workers
         self.region = region
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.chunk_timeout = function_timeout("process_chunk")
         self.drop_timeout = function_timeout("start_dropped_csv")
+        self.ingest_timeout = function_timeout("ingest_file")
 
     def queue_arn(self, url: str) -> str:
         return self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -125,6 +127,8 @@ class Runner:
             self._spawn(f"chunks-{n}", self._chunk_loop, chunk_arn)
         if self.drops_queue_url:
             self._spawn("drops", self._drop_loop)
+        if self.ingest_queue_url:
+            self._spawn("ingest", self._ingest_loop, self.queue_arn(self.ingest_queue_url))
         self._spawn("schedule", self._schedule_loop)
         log.info("runner started", extra={"workers": self.workers, "chunk_timeout_s": self.chunk_timeout})
         return self
@@ -160,6 +164,13 @@ class Runner:
                 context = LambdaContext("process_chunk", self.chunk_timeout, self.stopping)
                 self._invoke(self.chunk_queue_url, message,
                              lambda m=message, c=context: app.process_chunk(sqs_event(m, queue_arn, self.region), c))
+
+    def _ingest_loop(self, queue_arn: str) -> None:
+        while not self.stopping.is_set():
+            for message in self._receive(self.ingest_queue_url):
+                context = LambdaContext("ingest_file", self.ingest_timeout, self.stopping)
+                self._invoke(self.ingest_queue_url, message,
+                             lambda m=message, c=context: app.ingest_file(sqs_event(m, queue_arn, self.region), c))
 
     def _drop_loop(self) -> None:
         while not self.stopping.is_set():
@@ -213,7 +224,7 @@ class Runner:
 def main() -> None:
     settings = deps.settings()
     runner = Runner(settings.chunk_queue_url, os.environ.get("DROPS_QUEUE_URL"), settings.max_concurrent_jobs,
-                    settings.aws_region).start()
+                    settings.aws_region, ingest_queue_url=settings.ingest_queue_url).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

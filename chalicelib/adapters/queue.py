@@ -1,4 +1,5 @@
-"""SQS adapter: chunk messages `{"job_id", "chunk"}` on the chunk queue, sent ten at a time.
+"""SQS adapter: chunk messages `{"job_id", "chunk"}` on the chunk queue, sent ten at a time, and
+ingest messages `{"job_id"}` (one per file: read it into the job's rows) on the ingest queue.
 
 A message sent while a correlation id is in the log context (the HTTP request or event that led
 to it, chalicelib/observe.py) carries it as `"correlation_id"`, so the chunk handler's lines and
@@ -51,11 +52,35 @@ def chunk_correlation_id(body: str) -> str | None:
     return str(value)[:100] if value else None
 
 
+def ingest_message(job_id: str) -> str:
+    message = {"job_id": str(job_id)}
+    correlation_id = context_field(CORRELATION_ID)
+    if correlation_id:
+        message[CORRELATION_ID] = str(correlation_id)
+    return json.dumps(message)
+
+
+def parse_ingest_message(body: str) -> str:
+    """-> job_id; ValueError when the body is not an ingest message."""
+    try:
+        return str(uuid.UUID(str(json.loads(body)["job_id"])))
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise ValueError(f"not an ingest message: {body[:200]!r}") from exc
+
+
 class ChunkQueue:
-    def __init__(self, sqs_client, queue_url: str, dlq_url: str | None = None) -> None:
+    def __init__(self, sqs_client, queue_url: str, dlq_url: str | None = None,
+                 ingest_queue_url: str | None = None) -> None:
         self.sqs = sqs_client
         self.queue_url = queue_url
         self.dlq_url = dlq_url
+        self.ingest_queue_url = ingest_queue_url
+
+    def send_ingest(self, job_id: str) -> None:
+        """One message: read the job's file (again, from where its stored rows end)."""
+        if not self.ingest_queue_url:
+            raise EnqueueFailed("no ingest queue is configured (INGEST_QUEUE_URL)")
+        self.sqs.send_message(QueueUrl=self.ingest_queue_url, MessageBody=ingest_message(job_id))
 
     def send_chunks(self, job_id: str, chunks: Iterable[int]) -> int:
         """Send one message per chunk; entries SQS rejects are resent. Returns the count sent."""

@@ -8,7 +8,14 @@ from collections.abc import Iterator
 from typing import IO
 
 from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
 
 READ_CHUNK = 256 * 1024
 TRANSFER = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024,
@@ -16,6 +23,9 @@ TRANSFER = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksi
 # s3transfer reads the parts of a file object into memory ahead of the threads sending them (10 by
 # default: 80 MiB); as many as are sent at once is enough.
 TRANSFER.max_in_memory_upload_chunks = 4
+STREAM_RESUMES = 5  # a broken GET is picked up where it broke (a ranged GET), this many times in a row
+_BROKEN_STREAM = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, ConnectionClosedError,
+                  EndpointConnectionError, ConnectionError)
 
 
 class ObjectMissing(LookupError):
@@ -82,19 +92,37 @@ class Storage:
         return self.head(key)[0]
 
     def iter_chunks(self, key: str, etag: str | None = None, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
-        """The object's bytes in chunks; with `etag`, only that version (ObjectChanged otherwise)."""
+        """The object's bytes in chunks; with `etag`, only that version (ObjectChanged otherwise).
+        A stream that breaks (a long read of a big object: connection reset, read timeout) is
+        resumed with a ranged GET of the same version from the byte where it broke."""
+        position, failures = 0, 0
+        while True:
+            response = self._get(key, etag, position)
+            etag = etag or response["ETag"]  # a resumed read must be the same version
+            body = response["Body"]
+            try:
+                for chunk in body.iter_chunks(chunk_size):
+                    position += len(chunk)
+                    failures = 0
+                    yield chunk
+                return
+            except _BROKEN_STREAM:
+                failures += 1
+                if failures > STREAM_RESUMES:
+                    raise
+            finally:
+                body.close()
+
+    def _get(self, key: str, etag: str | None, position: int) -> dict:
+        options = ({"IfMatch": etag} if etag else {}) | ({"Range": f"bytes={position}-"} if position else {})
         try:
-            body = self.s3.get_object(Bucket=self.bucket, Key=key, **({"IfMatch": etag} if etag else {}))["Body"]
+            return self.s3.get_object(Bucket=self.bucket, Key=key, **options)
         except ClientError as exc:
             if _missing(exc):
                 raise ObjectMissing(key) from exc
             if _changed(exc):
                 raise ObjectChanged(key) from exc
             raise
-        try:
-            yield from body.iter_chunks(chunk_size)
-        finally:
-            body.close()
 
     def copy(self, source_key: str, key: str) -> None:
         self.s3.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key})

@@ -200,7 +200,7 @@ class BatchRunner:
         remote = self.client.batches.retrieve(batch["provider_batch_id"])
         if remote.status not in ENDED:
             db.batch_polled(conn, batch["id"], remote.status)
-            if batch["job_status"] != "processing" and batch["status"] == "submitted":
+            if batch["job_status"] not in ("processing", "ingesting") and batch["status"] == "submitted":
                 self._cancel_remote(conn, batch)  # the job was canceled or stopped meanwhile
                 return "cancelled"
             return "waiting"

@@ -120,7 +120,7 @@ class ChunkWorker:
             if job is None:
                 log.warning("chunk message for an unknown job; dropping it")
                 return Outcome("unknown_job")
-            if job["status"] != "processing":
+            if job["status"] not in ("processing", "ingesting"):  # an ingesting job's stored chunks are worked on
                 log.info("job is %s; nothing to do", job["status"])
                 return Outcome("not_processing")
             metrics.tag_job(job, price=functools.partial(  # its URLs' dollars, for the CostUsd metric
@@ -286,13 +286,13 @@ class ChunkWorker:
         job = self._db(db.save_results, run.job_id, run.owner, run.buffer)
         outcome.saved += job["saved"]
         run.buffer = []
-        run.status = job["status"]
+        run.status = "processing" if job["status"] == "ingesting" else job["status"]  # as get_job_status says
         calibrate = pricing.first_chunk_rows(job, self.settings.chunk_size)
-        if calibrate is not None and job["status"] == "processing":  # the estimate, from real usage
+        if calibrate is not None and run.status == "processing":  # the estimate, from real usage
             self._db(db.calibrate_estimate, run.job_id, calibrate)
         if job["status"] == "processing" and job["processed_rows"] + job["failed_rows"] == job["total_rows"]:
             outcome.completed_job = self._complete(run.job_id)
-        elif job["status"] == "processing" and job["max_cost_usd"] is not None:
+        elif run.status == "processing" and job["max_cost_usd"] is not None:
             self._check_budget(run, job)  # at each save (≤ 1 s apart): a job may overshoot by one save
 
     def _check_budget(self, run: _Run, job: dict) -> None:

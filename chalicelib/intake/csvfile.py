@@ -583,3 +583,51 @@ def _no_valid_urls_message(layout: Layout, invalid: int, errors: list[dict]) -> 
         first = errors[0]
         message += f" ({invalid} rows checked; row {first['row']}: {first['message']})"
     return message + "; URLs must be http(s) addresses of public websites, like acme.com"
+
+
+# --- a sample of a big file -----------------------------------------------------------------
+
+
+@dataclass
+class SampleSummary:
+    """What the first bytes of a file say about all of it."""
+
+    summary: Summary  # total_rows: valid URLs estimated for the whole file (exact when `whole`)
+    whole: bool  # the sample is the whole file
+    rows: int  # data rows read in the sample
+
+
+def summarize_sample(sample: bytes, size: int, url_column: str | None = None) -> SampleSummary:
+    """Layout, first errors and the file's valid URL count from its first bytes: counted exactly
+    when ``sample`` is the whole file (``size`` bytes), else the sample's valid ratio times its
+    rows per byte times ``size`` (the last record, which the sample may cut, is not counted).
+    Raises CsvError as :func:`summarize` does (a sample without one valid URL included)."""
+    whole = len(sample) >= size
+    if whole:
+        return SampleSummary(summarize([sample], url_column), True, -1)
+    layout = detect_layout(sample[:SAMPLE_SIZE], url_column)
+    cut = max(sample.rfind(b"\n"), sample.rfind(b"\r"))
+    body = sample[:cut + 1] if cut >= 0 else b""
+    valid = invalid = 0
+    errors: list[dict] = []
+    last: Row | None = None
+    try:
+        for row, _record in iter_rows([body], layout):
+            last = row
+            if row.url is not None:
+                valid += 1
+            else:
+                invalid += 1
+                if len(errors) < MAX_ERRORS:
+                    errors.append({"row": row.row, "value": _clip(row.value), "message": row.error})
+    except CsvError:  # a quoted field the cut left open: the rows before it are the sample
+        pass
+    rows = valid + invalid
+    if last is not None and last.url is None and rows > 1:  # may be a record the cut split
+        rows, invalid = rows - 1, invalid - 1
+    if valid == 0:
+        raise CsvError("no_valid_urls", _no_valid_urls_message(layout, invalid, errors)
+                       .replace("in column", f"in the first {rows:,} rows of column"))
+    estimate = max(valid, round(valid * size / max(1, len(body))))  # valid ratio x rows per byte x size
+    return SampleSummary(Summary(layout=layout, total_rows=estimate, invalid_rows=invalid, errors=errors),
+                         False, rows)

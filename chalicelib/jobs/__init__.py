@@ -15,18 +15,19 @@ from chalicelib.jobs.control import cancel, give_up_chunk, retry
 from chalicelib.jobs.create import choose_url_column, create_from_upload, create_presigned_upload, read_source
 from chalicelib.jobs.drops import start_drop_job, start_from_drop
 from chalicelib.jobs.export import EXTRA_COLUMNS, download, export_job, neutralize, render_csv, write_csv
+from chalicelib.jobs.ingest import ingest_file
 from chalicelib.jobs.multipart import complete as complete_upload
 from chalicelib.jobs.multipart import uploaded_parts
 from chalicelib.jobs.options import MAX_INSTRUCTIONS, account_models, allowed_model
 from chalicelib.jobs.start import start, take_account_capacity
-from chalicelib.jobs.sweep import requeue_unfinished, sweep
+from chalicelib.jobs.sweep import requeue_ingests, requeue_unfinished, sweep
 from chalicelib.jobs.views import account_view, get, job_json, list_, metrics, require_job, results
 
 __all__ = [
     "EXTRA_COLUMNS", "MAX_INSTRUCTIONS", "account_models", "account_view", "allowed_model", "cancel",
     "choose_url_column", "complete_upload", "uploaded_parts",
     "create_from_upload", "create_presigned_upload", "dispatch_next", "download", "export_job", "get",
-    "give_up_chunk", "job_json", "list_", "metrics", "neutralize", "read_source", "render_csv",
-    "require_job", "requeue_unfinished", "results", "retry", "start", "start_drop_job", "start_from_drop",
-    "sweep", "take_account_capacity", "write_csv",
+    "give_up_chunk", "ingest_file", "job_json", "list_", "metrics", "neutralize", "read_source", "render_csv",
+    "require_job", "requeue_ingests", "requeue_unfinished", "results", "retry", "start", "start_drop_job",
+    "start_from_drop", "sweep", "take_account_capacity", "write_csv",
 ]

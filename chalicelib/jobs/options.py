@@ -23,7 +23,7 @@ log = get_logger("jobs")
 
 
 
-JOB_STATUSES = ("pending", "processing", "completed", "failed", "canceled")
+JOB_STATUSES = ("pending", "ingesting", "processing", "completed", "failed", "canceled")
 
 
 URL_STATUSES = ("pending", "processing", "completed", "failed")

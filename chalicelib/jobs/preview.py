@@ -23,7 +23,8 @@ from chalicelib.generation import checks, pricing
 from chalicelib.generation import reuse as reuse_openers
 from chalicelib.generation.answers import GenerationFailed
 from chalicelib.intake import csvfile
-from chalicelib.jobs.create import layout_of, read_source, validate_stored
+from chalicelib.jobs.create import layout_of, read_source
+from chalicelib.jobs.ingest import check_sample
 from chalicelib.jobs.options import (
     MAX_INSTRUCTIONS,
     account_limits,
@@ -81,7 +82,7 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
     if job["layout"] is None:
         if job["status"] != "pending":
             raise Conflict("This job's file was never validated", code="not_ready")
-        job = validate_stored(conn, storage, settings, job)
+        job, _ = check_sample(conn, storage, settings, job)  # the header and a sample, not the whole file
     fields = template_columns(instructions, job)
     sample = first_rows(storage, job, count, fields)
     with conn.transaction():  # refused over quota before any call; not a job, so no job slot

@@ -1,14 +1,16 @@
-"""Starting a job: its URLs stored (COPY), the account's capacity taken, the job processing,
-its first chunks enqueued, exactly once.
+"""Starting a job: the account's capacity taken, the job ingesting, its file read (jobs/ingest.py)
+into URL rows whose chunks are enqueued as they are stored, exactly once.
 
 Every refusal a request can earn (quota, job limit, budget, a callback without a webhook
-secret) is decided before the file is read: the job row already holds the number of valid URLs
-since its upload or validation, so refusing a 250,000-row file costs what refusing a 10-row one
-does. The exact quota check is made again under the account row lock, where it is race-safe."""
+secret) is decided before the file is read whole: the job row holds the number of valid URLs
+since its upload (exact) or the sample `process` reads of a presigned or dropped file
+(estimated), so refusing a 250,000-row file costs what refusing a 10-row one does. The quota
+check is made again under the account row lock, where it is race-safe; the ingest corrects the
+quota taken with the exact count."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 
 import psycopg
@@ -17,11 +19,8 @@ from chalicelib.adapters import db
 from chalicelib.adapters.queue import ChunkQueue
 from chalicelib.adapters.storage import Storage
 from chalicelib.errors import BadRequest, Conflict, RateLimited
-from chalicelib.generation import pricing, prompt
-from chalicelib.generation.dispatch import window
+from chalicelib.generation import pricing
 from chalicelib.generation.reuse import expected_reused
-from chalicelib.intake import csvfile
-from chalicelib.jobs.create import layout_of, read_source, validate_stored
 from chalicelib.jobs.options import (
     MAX_INSTRUCTIONS,
     account_limits,
@@ -46,14 +45,19 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
           instructions: str | None = None, model: str | None = None, page_context: object = None,
           max_cost_usd: object = None, callback_url: object = None, mode: object = None,
           grounding: object = None, min_words: object = None, max_words: object = None,
-          language: object = None, reuse: object = None) -> dict:
-    """Store the job's URLs (COPY), job -> processing, then enqueue one message per chunk. -> 202 body.
+          language: object = None, reuse: object = None,
+          completed: Callable[[dict], None] | None = None,
+          notify: Callable[[dict], None] | None = None) -> dict:
+    """Job -> ingesting with the quota taken for its (estimated) URL count, then its file read:
+    within this call for a file up to INGEST_INLINE_BYTES, else by the ingest function (one
+    message), so the answer comes at once. -> 202 body.
 
     Exactly once: the job row is locked NOWAIT and must be pending, so a concurrent or second
-    call gets 409. Messages go out only after the commit (a worker never sees a message before
-    its rows); if enqueueing then fails, the start is undone (rows deleted, job pending again) so
-    the job is never left half-started, and the caller can simply call again.
-    """
+    call gets 409. If the ingest message cannot be sent, the start is undone (job pending again,
+    quota given back) so the job is never left half-started, and the caller can simply call
+    again. `completed` and `notify` are passed to the ingest (see jobs/ingest.py)."""
+    from chalicelib.jobs import ingest  # ingest builds on this module's capacity checks
+
     instructions = clean_text(instructions, "instructions", MAX_INSTRUCTIONS, allowed_controls="\n\r\t")
     model = clean_text(model, "model", 100)
     job = require_job(conn, account_id, job_id)
@@ -71,68 +75,76 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
     asked_mode = job_mode(mode, settings)
     checks = quality_options(grounding, min_words, max_words, language)
     checks["reuse"] = flag(reuse, "reuse", True)
-    if job["status"] == "pending":  # anything else is the 409 below
-        if job["layout"] is None:  # a presigned upload: its count is known once it is read, so first
-            check_capacity(conn, limits, account_id, None)  # what can be refused without it
-            job = validate_stored(conn, storage, settings, job)
-        fields = template_columns(instructions, job)
-        # Refusals from the counts validation stored, before the file is read again and COPYed.
-        check_capacity(conn, limits, account_id, job["total_rows"])
-        check_budget(settings.prices, model, max_cost_usd, resolve_mode(asked_mode, settings, job["total_rows"]),
-                     job["total_rows"], instructions, list(fields), page_context, checks, preview_calibration(job))
-    else:
-        fields = template_columns(instructions, job)
+    if job["status"] != "pending":
+        raise Conflict(f"Job is already {job['status']}; it can be started once", code="already_started")
+    if job["layout"] is None:  # a presigned upload or a drop: first what can be refused without a count
+        check_capacity(conn, limits, account_id, None)
+    job, size = ingest.check_sample(conn, storage, settings, job)
+    fields = list(template_columns(instructions, job))
+    # Refusals from the count the upload or the sample stored, before the file is read whole.
+    check_capacity(conn, limits, account_id, job["total_rows"])
+    check_budget(settings.prices, model, max_cost_usd, resolve_mode(asked_mode, settings, job["total_rows"]),
+                 job["total_rows"], instructions, fields, page_context, checks, preview_calibration(job))
     try:
         with conn.transaction():
             job = db.get_job(conn, job["id"], lock=True)
             if job["status"] != "pending":
                 raise Conflict(f"Job is already {job['status']}; it can be started once", code="already_started")
-            rows = _url_rows(read_source(storage, job), layout_of(job), settings.chunk_size, fields)
-            total = db.copy_urls(conn, job["id"], rows)
-            if total == 0:
-                raise BadRequest("The file has no valid URL", code="no_valid_urls")
-            mode = resolve_mode(asked_mode, settings, total)
-            reused = 0 if mode == "batch" else expected_reused(conn, {  # the rows just stored, as the job
-                **job, "instructions": instructions, "model": model, "page_context": page_context, **checks},
-                settings.reuse_days) or 0
-            estimate = check_budget(settings.prices, model, max_cost_usd, mode, total, instructions, list(fields),
-                                    page_context, checks, preview_calibration(job), reused_rows=reused)
-            take_account_capacity(conn, settings, account_id, total)
-            chunks = -(-total // settings.chunk_size)
-            first, waiting = window(list(range(chunks)), settings, mode)
-            job = db.start_job(conn, job["id"], total_rows=total, invalid_rows=job["invalid_rows"],
-                               chunks=chunks, instructions=instructions, model=model, undispatched=waiting,
-                               page_context=page_context, max_cost_usd=max_cost_usd, callback_url=callback_url,
-                               mode=mode, **checks)
-            db.set_estimate(conn, job["id"], estimate, expected="processing")
+            expected = job["total_rows"]
+            mode = resolve_mode(asked_mode, settings, expected)
+            estimate = check_budget(settings.prices, model, max_cost_usd, mode, expected, instructions, fields,
+                                    page_context, checks, preview_calibration(job))
+            take_account_capacity(conn, settings, account_id, expected)
+            job = db.begin_ingest(conn, job["id"], estimated_rows=expected, instructions=instructions, model=model,
+                                  page_context=page_context, max_cost_usd=max_cost_usd, callback_url=callback_url,
+                                  mode=mode, **checks)
+            db.set_estimate(conn, job["id"], estimate, expected="ingesting")
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being started by another request", code="already_started") from None
+    log.info("job ingesting", extra={"job_id": str(job["id"]), "estimated_rows": expected, "bytes": size,
+                                     "mode": mode})
     try:
-        queue.send_chunks(str(job["id"]), first)
+        if size <= settings.ingest_inline_bytes:
+            job = ingest.ingest_file(conn, storage, queue, settings, str(job["id"]), completed=completed,
+                                     notify=notify)
+            estimate, job = _with_reused_rows(conn, settings, job, estimate, fields, checks)
+        else:
+            queue.send_ingest(str(job["id"]))
+            job = db.get_job(conn, job["id"])
     except Exception:
-        log.exception("enqueueing failed; undoing the start", extra={"job_id": str(job["id"])})
-        with conn.transaction():
-            db.unstart_job(conn, job["id"])
+        log.exception("the ingest could not be started or sent; undoing the start", extra={"job_id": str(job["id"])})
+        unstart(conn, job["id"], account_id)
         raise
-    log.info("job started", extra={"job_id": str(job["id"]), "total_rows": total, "chunks": chunks, "mode": mode})
-    return {"job": job_json({**job, "estimate": estimate}), "chunks": chunks, "estimate": estimate}
+    job = db.get_job(conn, job["id"]) if job is None else job
+    return {"job": job_json({**job, "estimate": job.get("estimate") or estimate}), "chunks": job["chunks"],
+            "estimate": estimate}
 
 
-def _url_rows(chunks: Iterable[bytes], layout: csvfile.Layout, chunk_size: int,
-              fields: dict[str, int] | None = None) -> Iterator[tuple[int, int, str, dict | None]]:
-    """(row number, chunk, URL, template values or None) of each valid row."""
-    index = 0
-    for row, record in csvfile.iter_rows(chunks, layout):
-        if row.url is not None:
-            values = ({name: (record[i] if i < len(record) else "")[:prompt.MAX_FIELD_CHARS]
-                       for name, i in fields.items()} if fields else None)
-            yield row.row, index // chunk_size, row.url, values
-            index += 1
+def _with_reused_rows(conn, settings: Settings, job: dict | None, estimate: dict, fields: list[str],
+                      checks: dict) -> tuple[dict, dict | None]:
+    """The estimate again with its ``reused_rows`` once the job's rows are stored (an inline
+    ingest); a file read in the background keeps 0 (nothing stored to count yet). Batch jobs
+    never reuse. -> (estimate, the job as stored)."""
+    if job is None or job["status"] not in ("processing", "completed") or job["mode"] == "batch":
+        return estimate, job
+    reused = expected_reused(conn, job, settings.reuse_days) or 0
+    if not reused:
+        return estimate, job
+    estimate = check_budget(settings.prices, job["model"], job["max_cost_usd"], job["mode"], job["total_rows"],
+                            job["instructions"], fields, job["page_context"], checks, preview_calibration(job),
+                            reused_rows=reused)
+    db.set_estimate(conn, job["id"], estimate, expected=job["status"])
+    return estimate, db.get_job(conn, job["id"])
 
 
-def _seconds_to_utc_midnight() -> int:
-    now = datetime.now(UTC)
-    return int((datetime.combine(now.date() + timedelta(days=1), time.min, UTC) - now).total_seconds()) + 1
+def unstart(conn, job_id, account_id: str) -> None:
+    """Undo a start whose ingest could not run or be sent: its rows deleted, the job pending again
+    (unless it moved on meanwhile), the quota it took given back."""
+    with conn.transaction():
+        job = db.get_job(conn, job_id, lock=True, nowait=False)
+        if job["status"] in ("ingesting", "processing") and job["processed_rows"] + job["failed_rows"] == 0:
+            db.unstart_job(conn, job_id)
+            db.give_back_urls_today(conn, account_id, job["reserved_rows"])
 
 
 def resolve_mode(asked: str | None, settings: Settings, urls: int) -> str:

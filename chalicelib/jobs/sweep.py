@@ -28,7 +28,8 @@ def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Setting
           poll_batches: Callable[[], dict] | None = None, *,
           webhook_box: Callable[[], webhooks.SecretBox] | None = None,
           remaining_s: Callable[[], float] | None = None) -> dict:
-    """The scheduled sweep: chunks of stalled jobs enqueued again, results CSVs that a crash
+    """The scheduled sweep: chunks of stalled jobs enqueued again, the ingest message of a job
+    ingesting without progress sent again (a redelivery skips what is stored), results CSVs that a crash
     never wrote, drops whose start never happened, batch-mode batches read back when the
     provider has finished them, webhook secrets sealed with the current key, and webhook
     deliveries due for another attempt. Returns what it did.
@@ -61,7 +62,11 @@ def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Setting
             step("drops", lambda job=job: done.__setitem__("drops_started", done["drops_started"] + (
                 start_drop_job(conn, storage, queue, settings, job) is not None)))
 
+    def ingests() -> None:
+        done["ingests_resent"] = requeue_ingests(conn, queue, idle_s=settings.stall_after_s)
+
     step("requeue", requeue)
+    step("ingests", ingests)
     step("exports", exports)
     step("drops", drops)
     if poll_batches is not None:
@@ -89,3 +94,14 @@ def requeue_unfinished(conn, queue: ChunkQueue, idle_s: float | None = None) -> 
         sent += queue.send_chunks(job_id, chunks)
         log.info("chunks enqueued again", extra={"job_id": job_id, "chunks": len(chunks)})
     return sent
+
+
+def requeue_ingests(conn, queue: ChunkQueue, idle_s: float = 0.0) -> int:
+    """Send again the ingest message of jobs ingesting without a stored batch for `idle_s` (0: all
+    of them, for a queue that lost its messages). A redelivery resumes after the stored rows and
+    a duplicate stops at its first batch, so an extra message is harmless. Returns the count."""
+    jobs = db.stale_ingests(conn, idle_s, limit=1000)
+    for job in jobs:
+        log.info("ingest message sent again", extra={"job_id": str(job["id"]), "ingested_rows": job["ingest_row"]})
+        queue.send_ingest(str(job["id"]))
+    return len(jobs)

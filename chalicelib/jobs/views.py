@@ -48,6 +48,8 @@ def job_json(job: dict) -> dict:
         "failed_rows": job["failed_rows"],
         "progress": job["progress"],
         "invalid_rows": job["invalid_rows"],
+        "ingested_rows": job["ingest_row"],
+        "estimated_rows": job["estimated_rows"],
         "url_column": job["url_column"],
         "chunks": job["chunks"],
         "source": job["source"],

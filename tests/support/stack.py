@@ -423,6 +423,8 @@ class Stack:
             part("urls", lambda: self._describe_urls(job_id))
         part("runner", self._describe_runner)
         part("chunk queue", lambda: str(self.queue_depth(os.environ["CHUNK_QUEUE_URL"])))
+        if os.environ.get("INGEST_QUEUE_URL"):
+            part("ingest queue", lambda: str(self.queue_depth(os.environ["INGEST_QUEUE_URL"])))
         part("dead-letter queue", lambda: str(self.queue_depth(os.environ["DLQ_URL"])))
         part("fake provider", lambda: json.dumps({k: v for k, v in self.fake.stats().items()
                                                   if not isinstance(v, dict)}))
@@ -486,7 +488,8 @@ def drain_queues() -> None:
     from chalicelib import deps
 
     sqs = deps.chunk_queue().sqs
-    for url in (os.environ.get("CHUNK_QUEUE_URL"), os.environ.get("DROPS_QUEUE_URL")):
+    for url in (os.environ.get("CHUNK_QUEUE_URL"), os.environ.get("DROPS_QUEUE_URL"),
+                os.environ.get("INGEST_QUEUE_URL")):
         if url:
             try:
                 sqs.purge_queue(QueueUrl=url)

@@ -17,6 +17,7 @@ IN_WORDS = {
     "RUNNER_SWEEP_S": "the local runner's, not the app's (infra/runner.py)",
     "CHUNK_QUEUE_URL": "LocalStack's queue URLs (tests/integration/adapters)",
     "DLQ_URL": "LocalStack's queue URLs (tests/integration/adapters)",
+    "INGEST_QUEUE_URL": "LocalStack's queue URLs (tests/integration/adapters)",
     "AWS_ENDPOINT_URL": "LocalStack locally, unset on AWS",
     "OPENAI_BASE_URL": "OpenAI's own",
     "OPENAI_API_KEY": "no default",

@@ -14,7 +14,7 @@ from tests.support.util import ROOT
 def test_every_prod_policy_renders_to_concrete_arns(tmp_path):
     prepare(tmp_path, "prod", "eu-west-1", "123456789012")
     policies = stage_policies(tmp_path / ".chalice", "prod")
-    assert len(policies) == 4  # one per function
+    assert len(policies) == 5  # one per function
     for policy in policies:
         text = policy.read_text()
         assert "${" not in text and "data.aws_" not in text

@@ -34,6 +34,14 @@ from chalicelib.adapters.db.connection import (  # noqa: F401
     get_conn,
     ping,
 )
+from chalicelib.adapters.db.ingest import (  # noqa: F401
+    begin_ingest,
+    dispatched_unfinished_chunks,
+    give_back_urls_today,
+    stale_ingests,
+    store_batch,
+    undispatched,
+)
 from chalicelib.adapters.db.jobs import (  # noqa: F401
     JOB_COLUMNS,
     PROGRESS,

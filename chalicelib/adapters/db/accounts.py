@@ -21,7 +21,8 @@ def get_account(conn, account_id: str) -> dict | None:
 
 
 def processing_jobs(conn, account_id: str) -> int:
-    return conn.execute("SELECT count(*) AS n FROM jobs WHERE account_id = %s AND status = 'processing'",
+    return conn.execute("SELECT count(*) AS n FROM jobs WHERE account_id = %s "
+                        "AND status IN ('ingesting', 'processing')",
                         (account_id,)).fetchone()["n"]
 
 

@@ -14,11 +14,12 @@ def _json(value):
 # progress = round(100 * (processed + failed) / total), for a `done` expression
 PROGRESS = "CASE WHEN j.total_rows = 0 THEN 0 ELSE round(100.0 * ({done}) / j.total_rows) END"
 
-# The job {job} (an SQL expression) is processing and its account is enabled: a chunk handler
+# The job {job} (an SQL expression) is processing (or still ingesting: its stored chunks are
+# worked on while the rest of the file is read) and its account is enabled: a chunk handler
 # may spend on it. A disabled account's jobs stay processing, their rows pending, until it is
 # enabled again.
 RUNNABLE_JOB = """SELECT 1 FROM jobs rj JOIN accounts ra ON ra.id = rj.account_id
-                  WHERE rj.id = {job} AND rj.status = 'processing' AND ra.disabled_at IS NULL"""
+                  WHERE rj.id = {job} AND rj.status IN ('processing', 'ingesting') AND ra.disabled_at IS NULL"""
 
 # Jobs of enabled accounts only: what the sweep does for an account (exports, drop starts) waits
 # while it is disabled.
@@ -29,7 +30,7 @@ JOB_COLUMNS = """id, account_id, file_name, file_path, status, total_rows, proce
     result_path, prompt_tokens, completion_tokens, discarded_results, page_context, max_cost_usd, callback_url,
     mode, grounding, min_words, max_words, language, quality, regenerated, reuse, cached_tokens, started_at,
     finished_at, created_at, updated_at, estimate, live_prompt_tokens, live_completion_tokens,
-    upload_id, upload_size, upload_part_size"""
+    upload_id, upload_size, upload_part_size, ingest_row, estimated_rows, reserved_rows"""
 
 
 def insert_job(conn, *, job_id: str, account_id: str, file_name: str, file_path: str, source: str,
@@ -69,9 +70,12 @@ def get_account_job(conn, account_id: str, job_id: str) -> dict | None:
 
 def get_job_status(conn, job_id: str) -> str | None:
     """The job's status as its chunk handlers act on it: "account_disabled" for a processing
-    job of a disabled account (they stop, as on a cancel, and hand nothing on)."""
+    job of a disabled account (they stop, as on a cancel, and hand nothing on); an ingesting
+    job is "processing" to them (its stored chunks are worked on while the rest is read)."""
     row = conn.execute(
-        """SELECT CASE WHEN j.status = 'processing' AND a.disabled_at IS NOT NULL THEN 'account_disabled'
+        """SELECT CASE WHEN j.status IN ('processing', 'ingesting') AND a.disabled_at IS NOT NULL
+                            THEN 'account_disabled'
+                       WHEN j.status = 'ingesting' THEN 'processing'
                        ELSE j.status END AS status
            FROM jobs j JOIN accounts a ON a.id = j.account_id WHERE j.id = %s""", (job_id,)).fetchone()
     return row["status"] if row else None
@@ -168,14 +172,15 @@ def stop_for_budget(conn, job_id: str, error: str) -> dict | None:
     """The job reached its max_cost_usd: failed, everything generated kept, the rest pending."""
     return conn.execute(
         f"""UPDATE jobs SET status = 'failed', error = %s, finished_at = now()
-            WHERE id = %s AND status = 'processing' RETURNING {JOB_COLUMNS}""",
+            WHERE id = %s AND status IN ('processing', 'ingesting') RETURNING {JOB_COLUMNS}""",
         (error, job_id),
     ).fetchone()
 
 
 def peek_undispatched(conn, job_id: str) -> int | None:
-    """The next chunk of a processing job still waiting to be sent, if any."""
-    row = conn.execute("SELECT undispatched[1] AS chunk FROM jobs WHERE id = %s AND status = 'processing'",
+    """The next chunk of a processing (or ingesting) job still waiting to be sent, if any."""
+    row = conn.execute("SELECT undispatched[1] AS chunk FROM jobs WHERE id = %s "
+                       "AND status IN ('processing', 'ingesting')",
                        (job_id,)).fetchone()
     return row["chunk"] if row else None
 
@@ -220,11 +225,13 @@ def stale_pending_drops(conn, older_than_s: float, limit: int = 20) -> list[dict
 
 
 def unstart_job(conn, job_id: str) -> None:
-    """Undo `start_job` when its chunk messages could not be sent."""
+    """Undo `begin_ingest` when its ingest message could not be sent."""
     conn.execute("DELETE FROM urls WHERE job_id = %s", (job_id,))
     conn.execute(
         """UPDATE jobs SET status = 'pending', chunks = 0, processed_rows = 0, failed_rows = 0, progress = 0,
-                  started_at = NULL, undispatched = '{}' WHERE id = %s AND status = 'processing'""",
+                  total_rows = coalesce(estimated_rows, total_rows), ingest_row = 0, estimated_rows = NULL,
+                  reserved_rows = 0, started_at = NULL, undispatched = '{}'
+           WHERE id = %s AND status IN ('processing', 'ingesting')""",
         (job_id,),
     )
 
@@ -232,7 +239,7 @@ def unstart_job(conn, job_id: str) -> None:
 def cancel_job(conn, job_id: str) -> dict | None:
     return conn.execute(
         f"""UPDATE jobs SET status = 'canceled', finished_at = now()
-            WHERE id = %s AND status IN ('pending', 'processing') RETURNING {JOB_COLUMNS}""",
+            WHERE id = %s AND status IN ('pending', 'ingesting', 'processing') RETURNING {JOB_COLUMNS}""",
         (job_id,),
     ).fetchone()
 

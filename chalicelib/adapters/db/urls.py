@@ -249,7 +249,7 @@ def unfinished_chunks(conn, idle_s: float | None = None) -> dict[str, list[int]]
             FROM jobs j JOIN accounts a ON a.id = j.account_id AND a.disabled_at IS NULL
                  JOIN urls u ON u.job_id = j.id
                  AND (u.status = 'pending' OR (u.status = 'processing' AND u.lease_until < now()))
-            WHERE j.status = 'processing' {idle_clause}
+            WHERE j.status IN ('processing', 'ingesting') {idle_clause}
             GROUP BY u.job_id""",
         {"idle": idle_s},
     ).fetchall()

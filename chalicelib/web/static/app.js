@@ -13,7 +13,7 @@
   const RESULTS_PAGE = 20;
   const JOBS_PAGE = 10;
   const ETA_WINDOW_MS = 60000;
-  const ACTIVE = new Set(["processing"]);
+  const ACTIVE = new Set(["ingesting", "processing"]);
   // The API's defaults for the quality options: a field left at its default is not sent.
   const QUALITY_DEFAULTS = { grounding: "strict", min_words: 8, max_words: 40, language: "auto" };
   const WORD_LIMITS = [1, 200];
@@ -789,7 +789,8 @@
     const done = (job.processed_rows || 0) + (job.failed_rows || 0);
     const remaining = Math.max(0, total - done);
     setText(el["job-file"], job.file_name || job.id);
-    setText(el["job-status"], job.status);
+    setText(el["job-status"], job.status === "ingesting"
+      ? `reading file… ${formatNumber(job.ingested_rows || 0)} rows` : job.status);
     el["job-status"].dataset.status = job.status;
     el["job-progress"].max = 100;
     el["job-progress"].value = job.progress || 0;
@@ -802,7 +803,7 @@
     setText(el["job-error"], job.error || "");
     show(el["job-error"], Boolean(job.error));
     renderQuality(job.quality);
-    el["cancel-button"].disabled = !(job.status === "pending" || job.status === "processing");
+    el["cancel-button"].disabled = !(job.status === "pending" || ACTIVE.has(job.status));
     el["retry-button"].disabled = !((job.status === "completed" && job.failed_rows > 0)
       || job.status === "canceled" || (job.status === "failed" && job.total_rows > 0));
     el["download-button"].disabled = job.status === "pending";

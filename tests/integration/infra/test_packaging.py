@@ -29,7 +29,7 @@ CFN_LINT = Path(sys.executable).parent / "cfn-lint"
 CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text())
 PROD = CONFIG["stages"]["prod"]
 POLICIES = {name: json.loads((ROOT / ".chalice" / f"policy-prod-{name}.json").read_text())
-            for name in ("api_handler", "process_chunk", "start_dropped_csv", "requeue_stalled")}
+            for name in ("api_handler", "process_chunk", "ingest_file", "start_dropped_csv", "requeue_stalled")}
 SAM_RESPONSES = ROOT / "infra" / "api-gateway-responses.json"
 TF_RESPONSES = ROOT / "infra" / "api-gateway-responses.tf.json"
 RESOURCES = ROOT / "infra" / "resources.yaml"
@@ -38,6 +38,7 @@ SECRETS = {"DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY"}
 VPC_ACTIONS = {"ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DeleteNetworkInterface",
                "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"}
 CHUNK_QUEUE = "csv-opener-chunks"
+INGEST_QUEUE = "csv-opener-ingest"
 # The region and account in the policies' ARNs: Terraform's data sources, which the Terraform
 # package (the deploy path, README) declares and resolves; the CloudFormation equivalents.
 REGION, ACCOUNT = "${data.aws_region.chalice.name}", "${data.aws_caller_identity.chalice.account_id}"
@@ -45,11 +46,13 @@ TF_TO_CFN = {REGION: "${AWS::Region}", ACCOUNT: "${AWS::AccountId}"}
 BUCKET_ARN = "arn:aws:s3:::" + PROD["environment_variables"]["UPLOAD_BUCKET"]
 QUEUE_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{CHUNK_QUEUE}"
 DLQ_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{CHUNK_QUEUE}-dlq"
+INGEST_QUEUE_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{INGEST_QUEUE}"
 SECRETS_ARN = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/csv-opener/*"
 # handler -> (timeout s, memory MB) the issue asks for; config.json must say the same.
 EXPECTED_FUNCTIONS = {
     "app.app": ("api_handler", 29, 1024),
     "app.process_chunk": ("process_chunk", 900, 1024),
+    "app.ingest_file": ("ingest_file", 900, 1024),
     "app.start_dropped_csv": ("start_dropped_csv", 300, 1024),
     "app.requeue_stalled": ("requeue_stalled", 60, 256),
 }
@@ -181,7 +184,7 @@ def _object(prefix: str) -> str:
 def test_every_function_has_its_own_policy_limited_to_its_bucket_prefixes_queues_and_logs():
     for name, policy in POLICIES.items():
         log_group = "csv-opener-prod" + ("" if name == "api_handler" else f"-{name}")
-        allowed = {BUCKET_ARN, QUEUE_ARN, DLQ_ARN, SECRETS_ARN,
+        allowed = {BUCKET_ARN, QUEUE_ARN, DLQ_ARN, INGEST_QUEUE_ARN, SECRETS_ARN,
                    f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/{log_group}:*",
                    *(f"{BUCKET_ARN}/{prefix}/*" for prefix in ("uploads", "incoming", "results", "exports",
                                                                "rejected"))}
@@ -196,14 +199,20 @@ def test_every_function_has_its_own_policy_limited_to_its_bucket_prefixes_queues
         assert _allows(policy, "ssm:GetParameters", SECRETS_ARN), name
         assert not any(a.startswith("ssm:") and a != "ssm:GetParameters" for a, _ in _grants(policy)), name
         assert _allows(policy, "sqs:SendMessage", QUEUE_ARN), name  # each one may enqueue chunks
+        if name != "process_chunk":  # and each that starts or resumes a job, an ingest
+            assert _allows(policy, "sqs:SendMessage", INGEST_QUEUE_ARN), name
 
 
 def test_only_the_chunk_worker_receives_and_deletes_chunk_messages():
     consume = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility")
     # what the SQS event source mapping needs from the function's role
     assert all(_allows(POLICIES["process_chunk"], a, QUEUE_ARN) for a in (*consume, "sqs:GetQueueAttributes"))
-    for name in ("api_handler", "start_dropped_csv", "requeue_stalled"):
+    for name in ("api_handler", "ingest_file", "start_dropped_csv", "requeue_stalled"):
         assert not any(_allows(POLICIES[name], a, arn) for a in consume for arn in (QUEUE_ARN, DLQ_ARN)), name
+    # the ingest function alone consumes the ingest queue
+    assert all(_allows(POLICIES["ingest_file"], a, INGEST_QUEUE_ARN) for a in (*consume, "sqs:GetQueueAttributes"))
+    for name in ("api_handler", "process_chunk", "start_dropped_csv", "requeue_stalled"):
+        assert not any(_allows(POLICIES[name], a, INGEST_QUEUE_ARN) for a in consume), name
     for name, policy in POLICIES.items():  # the dead-letter queue: only its depth, for the API's metrics
         assert {a for a, r in _grants(policy) if r == DLQ_ARN} == ({"sqs:GetQueueAttributes"} if name == "api_handler"
                                                                    else set()), name
@@ -213,7 +222,7 @@ def test_only_the_api_writes_uploads_and_exports():
     api, worker = POLICIES["api_handler"], POLICIES["process_chunk"]
     for action in ("s3:PutObject", "s3:DeleteObject"):
         assert _allows(api, action, _object("uploads/")) and _allows(api, action, _object("exports/"))
-        for name in ("process_chunk", "start_dropped_csv", "requeue_stalled"):
+        for name in ("process_chunk", "ingest_file", "start_dropped_csv", "requeue_stalled"):
             assert not _allows(POLICIES[name], action, _object("uploads/")), (name, action)
             assert not _allows(POLICIES[name], action, _object("exports/")), (name, action)
     assert not any(_allows(api, "s3:PutObject", _object(prefix)) for prefix in ("results/", "incoming/"))
@@ -371,7 +380,11 @@ def test_terraform_functions_event_source_and_s3_notification(terraform):
         assert (function["timeout"], function["memory_size"]) == (timeout, memory), handler
         assert function["environment"]["variables"] == PROD["environment_variables"]
 
-    (mapping,) = resources["aws_lambda_event_source_mapping"].values()
+    mappings = {m["function_name"]: m for m in resources["aws_lambda_event_source_mapping"].values()}
+    assert set(mappings) == {"${aws_lambda_function.process_chunk.arn}", "${aws_lambda_function.ingest_file.arn}"}
+    ingest = mappings["${aws_lambda_function.ingest_file.arn}"]
+    assert ingest["event_source_arn"].endswith(f":{INGEST_QUEUE}") and ingest["batch_size"] == 1
+    mapping = mappings["${aws_lambda_function.process_chunk.arn}"]
     assert mapping["event_source_arn"].endswith(f":{CHUNK_QUEUE}")
     assert mapping["function_name"] == "${aws_lambda_function.process_chunk.arn}"
     assert mapping["batch_size"] == 1

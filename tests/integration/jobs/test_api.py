@@ -377,7 +377,7 @@ def test_metrics_reports_the_accounts_own_figures_and_the_shared_ones_to_operato
     job_id, _ = upload_and_process(client)
     mark_urls_done(conn, job_id, failed_rows=[2])
     conn.execute("UPDATE urls SET finished_at = now() WHERE job_id = %s", (job_id,))
-    own = {"jobs": {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "canceled": 0},
+    own = {"jobs": {"pending": 0, "ingesting": 0, "processing": 0, "completed": 1, "failed": 0, "canceled": 0},
            "urls": {"pending": 0, "processing": 0, "completed": 1, "failed": 1},
            "throughput": {"urls_last_minute": 2, "urls_per_second": 0.03}, "discarded_results": 0}
     assert body(client.http.get("/api/metrics")) == own  # a member key

@@ -11,7 +11,7 @@ import pytest
 
 from chalicelib import deps
 from chalicelib.adapters import db
-from tests.support.api import body, download, error_of, post_json, purge_queue, s3_keys
+from tests.support.api import body, download, error_of, ingest_now, post_json, purge_queue, s3_keys
 from tests.support.widefile import wide_csv
 
 MiB = 1024 * 1024
@@ -100,6 +100,8 @@ def test_a_big_file_is_uploaded_by_parts_one_retried_resumed_and_completed(clien
 
     started = post_json(client, "/api/upload/process", {"job_id": job_id})
     assert started.status_code == 202, started.body
+    assert body(started)["job"]["status"] == "ingesting"  # above INGEST_INLINE_BYTES: read in the background
+    ingest_now(conn, job_id)
     job = db.get_job(conn, job_id)
     assert job["url_column"] == "Website" and job["total_rows"] == 11_000 and job["upload_id"] is None
 

@@ -1,0 +1,203 @@
+"""Background ingest: a started job's whole file read into URL rows, batch by batch, its chunks
+sent as soon as they are stored.
+
+`process` (jobs/start.py) reads only the header and a sample (`check_sample`), decides the quota
+and the estimate on the sample's count, moves the job to `ingesting` and sends one ingest
+message; `ingest_file` (the `ingest_file` SQS function, 15 minutes) then streams the stored file
+from S3 (its validated version, never whole in memory) and stores it CHUNK_SIZE valid rows at a
+time. Each batch is one transaction: the rows' COPY, the job's counters (total_rows grows,
+invalid_rows and the first errors too), its chunk count and the progress mark `ingest_row` (the
+last file row stored). So the invariant processed + failed + unfinished = total_rows holds at
+every moment, and a redelivered or continued message re-reads the file and skips exactly the
+rows stored: none twice, none lost. A chunk's message goes out right after its commit, within
+the job's chunk window (beyond it, the chunk waits on `undispatched`, as a start's did), so the
+first openers are written while the rest of the file is read. Chunk handlers work on an
+ingesting job; only the last batch moves it to `processing`, so no handler completes it early.
+
+A file that cannot be read at some row fails the job with the row number and the reason; the
+rows stored before it are kept (pending: a retry processes them). The quota was taken for the
+estimate: a batch beyond it takes the difference (and fails the job the same way when the day's
+quota is spent), the last batch gives back what the exact count did not use."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from chalicelib.adapters import db
+from chalicelib.adapters.queue import ChunkQueue
+from chalicelib.adapters.storage import ObjectMissing, Storage
+from chalicelib.errors import BadRequest, DomainError, RateLimited
+from chalicelib.generation import prompt
+from chalicelib.intake import csvfile
+from chalicelib.intake.uploads import check_size
+from chalicelib.jobs.create import csv_error, delete_refused, layout_of, read_source, summary_fields
+from chalicelib.jobs.options import template_columns
+from chalicelib.jobs.start import take_account_capacity
+from chalicelib.logs import get_logger
+from chalicelib.settings import Settings
+
+log = get_logger("jobs")
+
+SAMPLE_BYTES = 1024 * 1024  # what `process` reads of a file it has not seen whole
+DEADLINE_RESERVE_S = 60.0  # of the function's time: past it, the ingest hands on to a new message
+
+
+def check_sample(conn, storage: Storage, settings: Settings, job: dict) -> tuple[dict, int]:
+    """A pending job's stored file: its size, and for a file not read whole at upload (presigned,
+    dropped) its layout, first errors and estimated URL count from its first SAMPLE_BYTES.
+    -> (job, size). A bad file fails the job, is deleted and raises the reason (4xx)."""
+    try:
+        size, etag = storage.head(job["file_path"])
+    except ObjectMissing:
+        raise BadRequest("The file has not been uploaded yet; PUT it to upload_url first",
+                         code="file_not_uploaded") from None
+    if job["layout"] is not None:  # read whole at upload (exact counts), or sampled by a preview
+        return job, size
+    try:
+        check_size(size, settings.max_file_size)  # before reading (a URL signed before MAX_FILE_SIZE dropped)
+        sampled = csvfile.summarize_sample(_head(storage, {**job, "source_etag": etag}, SAMPLE_BYTES), size,
+                                           job["url_column"])
+    except csvfile.CsvError as exc:
+        error = csv_error(exc)
+    except DomainError as exc:
+        error = exc
+    else:  # from now on the job reads exactly this version of the file
+        return db.update_job(conn, job["id"], source_etag=etag, **summary_fields(sampled.summary)), size
+    if db.fail_job(conn, job["id"], error.message, expected="pending") is not None:
+        delete_refused(storage, job["file_path"])
+    raise error
+
+
+def _head(storage: Storage, job: dict, limit: int) -> bytes:
+    """The first `limit` bytes (about) of the job's file; the rest is never fetched."""
+    parts, size = [], 0
+    chunks = read_source(storage, job)
+    try:
+        for chunk in chunks:
+            parts.append(bytes(chunk))
+            size += len(chunk)
+            if size >= limit:
+                break
+    finally:
+        chunks.close()  # closes the S3 body: the rest of the object is not downloaded
+    return b"".join(parts)
+
+
+class _Stopped(Exception):
+    """The job left `ingesting` (canceled, failed, another ingest moved it): stop quietly."""
+
+
+def ingest_file(conn, storage: Storage, queue: ChunkQueue, settings: Settings, job_id: str, *,
+                remaining_s: Callable[[], float] = lambda: math.inf,
+                completed: Callable[[dict], None] | None = None,
+                notify: Callable[[dict], None] | None = None) -> dict | None:
+    """Read the ingesting job's file from where its stored rows end; -> the job afterwards (None:
+    unknown). Past the function's deadline it sends an ingest message for the rest and returns.
+    `completed(job)` runs when the last batch finds every row already processed (the results
+    CSV and webhook, as a worker's completion does); `notify(job)` when the file fails it."""
+    job = db.get_job(conn, job_id)
+    if job is None or job["status"] != "ingesting":
+        log.info("nothing to ingest", extra={"job_id": job_id, "status": job and job["status"]})
+        return job
+    if job["chunks"]:  # a redelivery or continuation: the stored chunks' messages may have been lost
+        resend = db.dispatched_unfinished_chunks(conn, job_id)
+        queue.send_chunks(job_id, resend)
+        log.info("ingest resumed", extra={"job_id": job_id, "ingested_rows": job["ingest_row"],
+                                          "chunks_sent_again": len(resend)})
+    fields = template_columns(job["instructions"], job)
+    done_rows = job["ingest_row"]
+    batch: list[tuple[int, str, dict | None]] = []
+    invalid, errors, last_row = 0, [], done_rows
+    room = csvfile.MAX_ERRORS - len(job["errors"] or [])
+    try:
+        for row, record in csvfile.iter_rows(read_source(storage, job), layout_of(job)):
+            if row.row <= done_rows:
+                continue
+            last_row = row.row
+            if row.url is None:
+                invalid += 1
+                if len(errors) < room:
+                    errors.append({"row": row.row, "value": csvfile._clip(row.value), "message": row.error})
+                continue
+            values = ({name: (record[i] if i < len(record) else "")[:prompt.MAX_FIELD_CHARS]
+                       for name, i in fields.items()} if fields else None)
+            batch.append((row.row, row.url, values))
+            if len(batch) == settings.chunk_size:
+                job = _store(conn, queue, settings, job, batch, invalid, errors, last_row, done=False)
+                room -= len(errors)
+                done_rows, batch, invalid, errors = last_row, [], 0, []
+                if remaining_s() < DEADLINE_RESERVE_S:
+                    queue.send_ingest(job_id)
+                    log.info("ingest handed on", extra={"job_id": job_id, "ingested_rows": done_rows})
+                    return job
+        if job["total_rows"] + len(batch) == 0:
+            raise csvfile.CsvError("no_valid_urls", f"the file has no valid URL in column '{job['url_column']}'")
+        job = _store(conn, queue, settings, job, batch, invalid, errors, last_row, done=True)
+    except _Stopped:
+        log.info("ingest stopped: the job is no longer ingesting", extra={"job_id": job_id})
+        return db.get_job(conn, job_id)
+    except (csvfile.CsvError, DomainError) as exc:
+        at = None if getattr(exc, "code", "") == "no_valid_urls" else (
+            done_rows + 1 if isinstance(exc, RateLimited) else last_row + 1)
+        return _fail(conn, job_id, at, exc, notify)
+    log.info("file ingested", extra={"job_id": job_id, "total_rows": job["total_rows"],
+                                     "invalid_rows": job["invalid_rows"], "chunks": job["chunks"]})
+    finished = db.complete_job_if_done(conn, job_id)  # every chunk may have been processed meanwhile
+    if finished is not None and completed is not None:
+        completed(finished)
+    return finished or job
+
+
+def _store(conn, queue: ChunkQueue, settings: Settings, seen: dict, batch: list, invalid: int, errors: list,
+           last_row: int, *, done: bool) -> dict:
+    """One batch in one transaction (see the module docstring), then its chunk message."""
+    with conn.transaction():
+        job = db.get_job(conn, seen["id"], lock=True, nowait=False)
+        if job["status"] != "ingesting" or job["ingest_row"] != seen["ingest_row"]:
+            raise _Stopped()
+        chunk, send = job["chunks"], False
+        if batch:
+            db.copy_urls(conn, job["id"], ((row, chunk, url, values) for row, url, values in batch))
+            send = _send_now(conn, settings, job, chunk)
+        stored = job["total_rows"] + len(batch)
+        extra = max(0, stored - job["reserved_rows"])
+        if extra:  # more URLs than estimated: the difference from the day's quota, or stop here
+            take_account_capacity(conn, settings, str(job["account_id"]), extra, new_job=False)
+        elif done and job["reserved_rows"] > stored:  # the estimate was high: give back the rest
+            db.give_back_urls_today(conn, str(job["account_id"]), job["reserved_rows"] - stored)
+            extra = stored - job["reserved_rows"]
+        job = db.store_batch(conn, job["id"], stored=len(batch), invalid=invalid, errors=errors, last_row=last_row,
+                             waiting_chunk=None if send or not batch else chunk, reserved=extra, done=done)
+    if send:
+        queue.send_chunks(str(job["id"]), [chunk])
+    return job
+
+
+def _send_now(conn, settings: Settings, job: dict, chunk: int) -> bool:
+    """Whether the new chunk goes out now: a batch job's at once; a live job's while fewer than
+    its window of chunks are out. No chunk waits (else it joins them, in order): every stored
+    row is then out, so the out chunks are its unfinished rows' (each finished chunk sends the
+    next waiting one, under this same job row lock)."""
+    if job["mode"] == "batch":
+        return True
+    if db.undispatched(conn, job["id"]):
+        return False
+    unfinished = job["total_rows"] - job["processed_rows"] - job["failed_rows"]
+    window = settings.chunk_window
+    return chunk < window or unfinished + settings.chunk_size <= window * settings.chunk_size
+
+
+def _fail(conn, job_id: str, row: int | None, exc: Exception, notify: Callable[[dict], None] | None) -> dict | None:
+    """The file stops the job: failed, with the file row and the reason; stored rows are kept."""
+    job = db.get_job(conn, job_id)
+    message = getattr(exc, "message", str(exc))
+    where = f" at file row {row:,}" if row is not None else ""
+    error = (f"The file could not be ingested{where}: {message.rstrip('.')}. The {job['total_rows']:,} URLs "
+             "stored before it are kept (retry the job to process them); fix the file and upload it again for "
+             "the rest.")
+    failed = db.fail_job(conn, job_id, error[:2000], expected="ingesting")
+    log.warning("ingest failed", extra={"job_id": job_id, "error": message})
+    if failed is not None and notify is not None:
+        notify(failed)
+    return failed or db.get_job(conn, job_id)

@@ -11,7 +11,8 @@ import pytest
 from infra.provision import LOCAL_PARAMETERS
 
 ALARMS = {
-    "csv-opener-dead-letter-queue-not-empty", "csv-opener-chunk-queue-oldest-message",
+    "csv-opener-dead-letter-queue-not-empty", "csv-opener-ingest-dead-letter-queue-not-empty",
+    "csv-opener-chunk-queue-oldest-message",
     "csv-opener-handler-errors-or-throttles", "csv-opener-llm-429-share", "csv-opener-daily-cost",
 }
 
@@ -46,6 +47,11 @@ def test_the_queue_alarms_watch_the_provisioned_queues(alarms, settings):
     assert (dlq["Namespace"], dlq["MetricName"], dlq["Threshold"], dlq["ComparisonOperator"]) == (
         "AWS/SQS", "ApproximateNumberOfMessagesVisible", 0.0, "GreaterThanThreshold")
     assert dlq["Dimensions"] == [{"Name": "QueueName", "Value": settings.dlq_url.rsplit("/", 1)[1]}]
+    ingest = alarms["csv-opener-ingest-dead-letter-queue-not-empty"]
+    assert (ingest["MetricName"], ingest["Threshold"], ingest["ComparisonOperator"]) == (
+        "ApproximateNumberOfMessagesVisible", 0.0, "GreaterThanThreshold")
+    assert ingest["Dimensions"] == [{"Name": "QueueName",
+                                     "Value": settings.ingest_queue_url.rsplit("/", 1)[1] + "-dlq"}]
     age = alarms["csv-opener-chunk-queue-oldest-message"]
     assert (age["MetricName"], age["Threshold"]) == ("ApproximateAgeOfOldestMessage", 900.0)
     assert age["Dimensions"] == [{"Name": "QueueName", "Value": settings.chunk_queue_url.rsplit("/", 1)[1]}]

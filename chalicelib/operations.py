@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalicelib.accounts.store import TOKEN_COUNTERS, TOKEN_SUMS
+from chalicelib.accounts.store import TOKEN_COUNTERS, token_sums
 from chalicelib.adapters.queue import ChunkQueue, parse_chunk_message
 from chalicelib.generation import pricing
 from chalicelib.logs import get_logger
@@ -183,7 +183,7 @@ def usage_rows(conn, account_id: str | None, days: int) -> list[dict]:
                SELECT (u.finished_at AT TIME ZONE 'UTC')::date AS day, j.account_id, j.model, j.mode,
                       count(*) FILTER (WHERE u.status = 'completed') AS completed,
                       count(*) FILTER (WHERE u.status = 'failed') AS failed,
-                      {TOKEN_SUMS}
+                      {token_sums('u')}
                FROM since, urls u JOIN jobs j ON j.id = u.job_id
                WHERE u.finished_at >= since.day AND (%(account)s::uuid IS NULL OR j.account_id = %(account)s::uuid)
                GROUP BY 1, 2, 3, 4

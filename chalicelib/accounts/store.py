@@ -281,7 +281,12 @@ def list_keys(conn: psycopg.Connection, account_id: str | None = None) -> list[d
 # cached prompt tokens, and the part of a batch job's paid live (its re-asks; sql/0021).
 TOKEN_COUNTERS = ("prompt_tokens", "completion_tokens", "cached_tokens", "live_prompt_tokens",
                   "live_completion_tokens", "live_cached_tokens")
-TOKEN_SUMS = ", ".join(f"coalesce(sum({name}), 0) AS {name}" for name in TOKEN_COUNTERS)
+
+
+def token_sums(table: str = "") -> str:
+    """SQL summing TOKEN_COUNTERS (of `table`'s alias, when given), each named as its counter."""
+    prefix = f"{table}." if table else ""
+    return ", ".join(f"coalesce(sum({prefix}{name}), 0) AS {name}" for name in TOKEN_COUNTERS)
 
 
 def usage_today(conn: psycopg.Connection, account_id: str) -> dict:
@@ -305,7 +310,7 @@ def usage_today(conn: psycopg.Connection, account_id: str) -> dict:
                SELECT p.model, 'live', p.prompt_tokens, p.completion_tokens, p.cached_tokens, 0, 0, 0
                FROM today, preview_usage p WHERE p.account_id = %(account)s AND p.day = today.day
            )
-           SELECT model, mode, {TOKEN_SUMS}
+           SELECT model, mode, {token_sums()}
            FROM used GROUP BY model, mode ORDER BY model NULLS FIRST, mode""",
         {"account": account_id},
     ).fetchall()

@@ -214,6 +214,13 @@ def token_count(usage: Any, name: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10_000_000 else 0
 
 
+def spent_tokens(exc: GenerationFailed) -> dict:
+    """A failed row's tokens: what the calls made for it cost (nothing to count: left NULL)."""
+    if not (exc.prompt_tokens or exc.completion_tokens):
+        return {}
+    return {"prompt_tokens": exc.prompt_tokens, "completion_tokens": exc.completion_tokens}
+
+
 def cached_count(usage: Any) -> int:
     """``usage.prompt_tokens_details.cached_tokens``: 0 when absent or not a sane count (at most
     the prompt's tokens)."""

@@ -31,9 +31,14 @@ How a batch job runs (a job with ``mode = 'batch'``; everything else is as for a
   sweep enqueued the chunk), its stale ``submitting`` batches are looked for among the provider's
   batches by that metadata (``recover``): one found is recorded and read as any other (its rows
   are not sent again); one not found was never created, and its rows go back to pending.
-* **Cost**: the batch's answers are paid at the batch price; a re-ask made live by the checks at
-  the live price (the job's ``live_prompt_tokens``/``live_completion_tokens``). The save that
-  reaches the first chunk's worth of rows corrects the job's estimate from their real usage.
+* **Reuse**: the claimed rows are looked up by fingerprint in one query (``reuse.lookup``); a
+  row with an earlier opener (written from the same page) is saved at once, reused, and left out
+  of the file; a chunk whose rows are all reused sends no batch. A batch answer keeps its
+  fingerprint, so later jobs reuse it as they reuse a live one.
+* **Cost**: the batch's answers are paid at the batch price, their cached prompt tokens at the
+  batch rate's cached price; a re-ask made live by the checks at the live price (each row's
+  ``live_*_tokens``, summed into the job's, sql/0021). The save that reaches the first chunk's
+  worth of rows corrects the job's estimate from their real usage.
 """
 
 from __future__ import annotations

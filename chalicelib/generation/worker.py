@@ -130,7 +130,7 @@ class ChunkWorker:
                 log.info("job is %s; nothing to do", job["status"])
                 return Outcome("not_processing")
             metrics.tag_job(job, price=functools.partial(  # its URLs' dollars, for the CostUsd metric
-                pricing.cost_usd, self.settings.prices, job["model"] or self.settings.openai_model))
+                pricing.usage_cost, self.settings.prices, job["model"] or self.settings.openai_model, job["mode"]))
             if job["mode"] == "batch" and self.batches is not None:
                 return Outcome("batch_submitted", saved=self.batches.submit_chunk(job, chunk))
             run = _Run(job_id, chunk)

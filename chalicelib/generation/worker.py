@@ -234,10 +234,14 @@ class ChunkWorker:
     def _submit(self, pool: ThreadPoolExecutor, pages: ThreadPoolExecutor | None, row: dict, job: dict,
                 stop: _Flag, earlier: reuse.Candidates | None = None) -> Future:
         """The row's generation (its page fetched at once in `pages`, if given); its future."""
-        page = None
+        page, page_until = None, time.monotonic() + self.page_wait_s
         if pages is not None:  # keeps job_id/chunk on the threads' log lines, as below
-            page = pages.submit(contextvars.copy_context().run, self.page_summary, row["url"], job["account_id"])
-        page_until = time.monotonic() + self.page_wait_s
+            fetch = self.page_summary if earlier is None else reuse.in_time(self.page_summary, page_until)
+            page = pages.submit(contextvars.copy_context().run, fetch, row["url"], job["account_id"])
+        if page is not None and earlier is not None:  # matched on the fetch thread; generated only if not
+            run = contextvars.copy_context().run
+            return reuse.when_page(page, earlier, row["id"], lambda fetched: pool.submit(
+                run, self._generate, row, job, stop, fetched, page_until))
         return pool.submit(contextvars.copy_context().run, self._generate, row, job, stop, page, page_until, earlier)
 
     def _generate(self, row: dict, job: dict, stop: _Flag, page_fetch: Future | None = None,

@@ -33,7 +33,7 @@ from tests.support.fake_openai import FakeOpenAI
 
 INSTRUCTIONS = "We plan delivery routes for small food businesses. Mention what they do: {{about}}."
 ABOUT = ["Sourdough loaves baked before dawn in a wood oven by the river.",
-         "Handmade noodles pulled to order, with broth simmered overnight.",
+         "Handmade noodles pulled to order with broth simmered overnight.",
          "Cold-pressed juices from fruit grown on our own orchard hills."]
 
 
@@ -167,5 +167,6 @@ def test_a_preview_shows_the_variants_and_prices_them(client, conn):
     shown = body(answer)
     for row in shown["previews"]:
         assert len(row["variants"]) == 3 and row["opener"] == row["variants"][0]["opener"]
-    assert shown["estimate"]["completion_tokens_per_url"] == pricing.completion_tokens(variants=3)
+    # the longer answers, as estimated, then corrected by what the preview's calls really cost
+    assert shown["estimate"]["completion_tokens_per_url"] > 2.5 * pricing.completion_tokens()
     assert error_of(post_json(client, f"/api/jobs/{job['id']}/preview", {"variants": 9})) == (400, "bad_variants")

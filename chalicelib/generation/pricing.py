@@ -84,14 +84,14 @@ def request_tokens(messages: list[dict], fmt: dict | None = None) -> int:
 
 def completion_tokens(min_words: int = DEFAULT_MIN_WORDS, max_words: int = DEFAULT_MAX_WORDS,
                       variants: int = 1) -> int:
-    """Completion tokens of one structured answer: the JSON's keys and quotes, an opener of a
-    typical length within the word limits, and a short evidence; with variants, that many of
-    them inside ``{"openers": [...]}``."""
+    """Completion tokens of one structured answer: the JSON's keys and quotes (compact, as
+    structured outputs send it), an opener of a typical length within the word limits, and a
+    short evidence; with variants, that many of them inside ``{"openers": [...]}``."""
     one = {"opener": "", "evidence": ""}
     shape = one if variants <= 1 else {"openers": [one] * variants}
-    skeleton = math.ceil(len(json.dumps(shape)) / 4)
+    skeleton = math.ceil(len(json.dumps(shape, separators=(",", ":"))) / 4)
     words = min(max(EXPECTED_OPENER_WORDS, min_words), max_words) + EXPECTED_EVIDENCE_WORDS
-    return skeleton + math.ceil(words * TOKENS_PER_WORD) * max(1, variants)
+    return skeleton + math.ceil(words * TOKENS_PER_WORD * max(1, variants))
 
 
 def sample_request(instructions: str | None, fields: list[str], page_context: bool, *,

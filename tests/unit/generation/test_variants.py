@@ -247,3 +247,12 @@ def test_dummy_mode_answers_three_distinct_checked_variants(page):
     again = checks.generate_checked(generator, job_id="j", url="https://sonne.example/", instructions=None,
                                     model=None, options=checks.Options(grounding="flag", variants=2), page=page)
     assert len(again.variants) == 2
+
+
+def test_a_variants_job_runs_live_unless_batch_mode_is_asked_for():
+    from chalicelib.jobs.start import resolve_mode
+
+    settings = Settings(batch_mode_above=10)
+    assert resolve_mode(None, settings, 100) == "batch"
+    assert resolve_mode(None, settings, 100, variants=3) == "live"
+    assert resolve_mode("live", settings, 100, variants=2) == "live"

@@ -190,7 +190,8 @@ class OpenerGenerator:
                    "messages": build_messages(url, instructions, fields, page, language=language, min_words=min_words,
                                               max_words=max_words, json_in_prompt=in_words, reask=reask,
                                               feedback=feedback, variants=variants),
-                   "max_tokens": self.max_tokens, "temperature": TEMPERATURE}
+                   # room for each variant's opener and evidence: a cut-off answer is broken JSON
+                   "max_tokens": self.max_tokens * max(1, variants), "temperature": TEMPERATURE}
         if not in_words:
             request["response_format"] = response_format(variants)
         if cache_key and model not in self.no_cache_key:

@@ -83,6 +83,14 @@ def test_the_schema_and_the_words_ask_for_exactly_that_many():
     assert "exactly 3 different openers" in tail and "Write the openers in English." in tail
 
 
+def test_a_variants_request_leaves_room_for_every_answer():
+    generator = OpenerGenerator(None, NoLimit(), "m", max_tokens=120)
+    one = generator.request_body("https://acme.com/", None)
+    three = generator.request_body("https://acme.com/", None, variants=3)
+    assert (one["max_tokens"], three["max_tokens"]) == (120, 360)
+    assert three["response_format"] == response_format(3) and one["response_format"] == response_format(1)
+
+
 def test_the_constant_prefix_stays_byte_identical_across_rows_with_variants():
     rows = [("https://acme.com/", {"city": "Berlin"}, "Title: Acme", "en"),
             ("https://sonne.example/", {"city": "Köln"}, None, "de")]

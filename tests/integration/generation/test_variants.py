@@ -25,11 +25,9 @@ from tests.support.api import (
     error_of,
     patch_json,
     post_json,
-    purge_queue,
     upload_and_process,
     upload_csv,
 )
-from tests.support.fake_openai import FakeOpenAI
 
 INSTRUCTIONS = "We plan delivery routes for small food businesses. Mention what they do: {{about}}."
 ABOUT = ["Sourdough loaves baked before dawn in a wood oven by the river.",
@@ -37,22 +35,13 @@ ABOUT = ["Sourdough loaves baked before dawn in a wood oven by the river.",
          "Cold-pressed juices from fruit grown on our own orchard hills."]
 
 
-@pytest.fixture(autouse=True)
-def clean(settings):
-    purge_queue(settings.chunk_queue_url)
+pytestmark = pytest.mark.usefixtures("clean")
 
 
 @pytest.fixture
-def fake():
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-def live(settings, fake):
-    return dataclasses.replace(settings, openai_dummy_mode=False, openai_api_key="sk-test",
-                               openai_base_url=fake.base_url, openai_rpm=0, openai_tpm=0, chunk_size=20,
-                               chunk_concurrency=2, page_context_default=False, max_retries=3, reuse_days=30)
+def live(live):
+    """The fake's settings (conftest.py) with two generators and the default reuse window."""
+    return dataclasses.replace(live, chunk_size=20, chunk_concurrency=2, reuse_days=30)
 
 
 def data(tag: str) -> bytes:

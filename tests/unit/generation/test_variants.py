@@ -19,6 +19,7 @@ from chalicelib.generation.variants import alike
 from chalicelib.jobs.options import check_variants_mode, variants_option
 from chalicelib.quality.answer import AnswerError, parse_answers, response_format
 from chalicelib.settings import Settings
+from tests.support.limiter import NoLimit
 
 PAGE = ("Title: Bäckerei Sonne\nText: We bake sourdough bread in Cologne since 1998, with flour from local mills. "
         "Our rye loaves win prizes.")
@@ -227,20 +228,6 @@ def test_the_estimate_counts_the_longer_answers():
 
 
 # -- the dummy endpoint, through the real generator --------------------------------------------------
-
-
-class NoLimit:
-    def acquire(self, tokens, should_stop=lambda: False, account=None, model=None):
-        return 0.0
-
-    def refund(self, estimated, actual, model=None):
-        pass
-
-    def cooldown(self, seconds, model=None):
-        pass
-
-    def observe(self, model, headers, ok=True):
-        pass
 
 
 @pytest.mark.parametrize("page", [None, "Title: Sonne Bakery\nText: Bread."])

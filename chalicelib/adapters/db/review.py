@@ -71,11 +71,10 @@ def update_result(conn, result_id: str, version: int, **fields) -> dict | None:
 def pick_variant(conn, result_id: str, version: int, **fields) -> dict | None:
     """``update_result`` for a person's pick of a variant: the history trigger records the new
     opener as a person's (sql/0019_variants.sql), though a pick leaves no ``edited`` flag."""
-    conn.execute("SELECT set_config('csv_opener.opener_source', 'person', true)")
-    try:
-        return update_result(conn, result_id, version, **fields)
-    finally:
-        conn.execute("SELECT set_config('csv_opener.opener_source', '', true)")
+    conn.execute("SELECT set_config('csv_opener.opener_source', 'person', true)")  # this transaction only
+    updated = update_result(conn, result_id, version, **fields)
+    conn.execute("SELECT set_config('csv_opener.opener_source', '', true)")  # a later statement writes its own
+    return updated
 
 
 def lock_job_quality(conn, job_id: str) -> dict:

@@ -13,10 +13,13 @@ from chalicelib.adapters.db.jobs import JOB_COLUMNS, PROGRESS
 from chalicelib.adapters.db.quality import quality_moved, quality_sums
 
 # What a result row shows (GET results and the single result); `edited`: a person wrote the
-# current opener (rows written before sql/0015_review.sql: from their flags).
+# current opener (rows written before sql/0015_review.sql: from their flags); a person's pick of
+# a variant (sql/0019_variants.sql) is no edit: such a row is edited only when flagged so.
 RESULT_COLUMNS = """id, row_number AS row, url, status, opener, error, retry_count, context_status, evidence,
     grounding, quality, words, language, reused, cached_tokens, review, version, updated_at, feedback,
-    coalesce(opener_source = 'person', 'edited' = ANY (quality)) AS edited"""
+    variants, variant,
+    CASE WHEN variants IS NULL THEN coalesce(opener_source = 'person', 'edited' = ANY (quality))
+         ELSE 'edited' = ANY (quality) END AS edited"""
 
 REVIEWS = ("approved", "rejected")
 
@@ -45,7 +48,7 @@ def get_result(conn, job_id: str, result_id: str, *, lock: bool = False) -> dict
     with the row's chunk and no_reuse mark for the service's checks."""
     suffix = " FOR UPDATE" if lock else ""
     return conn.execute(
-        f"SELECT {RESULT_COLUMNS}, chunk, no_reuse, opener_at, finished_at FROM urls "
+        f"SELECT {RESULT_COLUMNS}, chunk, no_reuse, opener_at, finished_at, opener_source FROM urls "
         f"WHERE id = %s AND job_id = %s{suffix}",
         (result_id, job_id)).fetchone()
 
@@ -63,6 +66,15 @@ def update_result(conn, result_id: str, version: int, **fields) -> dict | None:
     return conn.execute(
         f"UPDATE urls SET {assignments} WHERE id = %s AND version = %s RETURNING {RESULT_COLUMNS}",
         (*fields.values(), result_id, version)).fetchone()
+
+
+def pick_variant(conn, result_id: str, version: int, **fields) -> dict | None:
+    """``update_result`` for a person's pick of a variant: the history trigger records the new
+    opener as a person's (sql/0019_variants.sql), though a pick leaves no ``edited`` flag."""
+    conn.execute("SELECT set_config('csv_opener.opener_source', 'person', true)")  # this transaction only
+    updated = update_result(conn, result_id, version, **fields)
+    conn.execute("SELECT set_config('csv_opener.opener_source', '', true)")  # a later statement writes its own
+    return updated
 
 
 def lock_job_quality(conn, job_id: str) -> dict:
@@ -123,7 +135,8 @@ def reset_for_regenerate(conn, job_id: str, *, ids: list[str] | None, filters: d
            ), reset AS (
                UPDATE urls u SET status = 'pending', error = NULL, claimed_by = NULL, lease_until = NULL,
                       finished_at = NULL, feedback = %s, no_reuse = true, review = NULL, quality = '{{}}',
-                      grounding = NULL, evidence = NULL, words = NULL, reused = false, regenerations = 0
+                      grounding = NULL, evidence = NULL, words = NULL, reused = false, regenerations = 0,
+                      variants = NULL, variant = NULL
                FROM target t WHERE u.id = t.id
                RETURNING t.*
            ), s AS (

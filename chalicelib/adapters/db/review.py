@@ -114,10 +114,11 @@ def mark_reviews(conn, job_id: str, review: str | None, *, ids: list[str] | None
 def reset_for_regenerate(conn, job_id: str, *, ids: list[str] | None, filters: dict,
                          feedback: str | None) -> dict | None:
     """The job's finished rows named by `ids` (edited ones included), or matching `filters`
-    (edited ones left alone), back to pending with the regeneration's marks (feedback,
-    no_reuse), their review and quality cleared; in the same statement the job goes back to
-    processing with its counters moved (processed_rows/failed_rows down by the rows reset, the
-    quality counters down by their old grounding, flags, words, re-asks and reuse) and
+    (rows a person edited or picked a variant of left alone), back to pending with the
+    regeneration's marks (feedback, no_reuse), their review and quality cleared; in the same
+    statement the job goes back to processing with its counters moved (processed_rows/failed_rows
+    down by the rows reset, the quality counters down by their old grounding, flags, words,
+    re-asks and reuse) and
     `regenerated` = the rows reset. Only a finished job with no unfinished row is changed.
     Returns the job's row with `n` (rows reset) and `chunks`, or None when the job was not in
     such a state (nothing changed then). Call in a transaction (quota and the window follow)."""
@@ -126,7 +127,8 @@ def reset_for_regenerate(conn, job_id: str, *, ids: list[str] | None, filters: d
         clauses.append("id = ANY(%s::uuid[])")
         params.append(ids)
     else:
-        clauses.append("NOT ('edited' = ANY (quality))")
+        # a person's edit, or a person's pick of a variant (no `edited` flag, but their opener)
+        clauses.append("NOT ('edited' = ANY (quality)) AND opener_source IS DISTINCT FROM 'person'")
     where = " AND ".join(["job_id = %s", "status IN ('completed', 'failed')", *clauses])
     return conn.execute(
         f"""WITH target AS (

@@ -111,6 +111,13 @@ def test_a_variants_job_carries_three_checked_variants_picks_one_and_downloads_t
     assert (other["opener"], other["opener_2"], other["opener_3"]) == tuple(
         v["opener"] for v in results[1]["variants"])
 
+    # a person's pick is theirs: a regeneration by filter leaves the row alone, by id it does not
+    regen = post_json(client, f"/api/jobs/{job_id}/regenerate", {"filter": {"status": "completed"}})
+    assert regen.status_code == 202, regen.body
+    assert body(regen)["regenerating"] == 2
+    kept = body(client.http.get(url))["result"]
+    assert (kept["status"], kept["opener"], kept["variant"]) == ("completed", final["opener"], 3)
+
 
 def test_variants_too_alike_are_asked_again_and_reuse_keeps_variants_jobs_apart(client, conn, live, fake):
     tag = uuid.uuid4().hex[:6]

@@ -102,12 +102,8 @@ class ChunkWorker:
         self.batches = batches  # batch mode (chalicelib/batches.py): a batch job's chunk is sent as one batch
         self.notify = notify  # a job that this worker moved to failed (budget): its webhook
         self.page_summary = page_summary  # (url, account_id) -> (summary, context_status); None: no page context
-        self.get_conn = get_conn
-        self.generator = generator
-        self.queue = queue
-        self.settings = settings
-        self.export = export
-        self.clock = clock
+        self.get_conn, self.generator, self.queue, self.settings = get_conn, generator, queue, settings
+        self.export, self.clock = export, clock
         self.concurrency = max(1, settings.chunk_concurrency)
         self.page_concurrency = max(1, settings.page_fetch_concurrency)
         # A row waits this long for its page (from its claim), then is generated without it.
@@ -289,7 +285,8 @@ class ChunkWorker:
                 "cached_tokens": opener.cached_tokens, "fingerprint": reuse.job_fingerprint(job, row),
                 "page_hash": reuse.page_hash(page),
                 "evidence": opener.evidence, "grounding": opener.grounding, "quality": opener.quality,
-                "words": opener.words, "language": opener.language, "regenerations": opener.regenerations}
+                "words": opener.words, "language": opener.language, "regenerations": opener.regenerations,
+                "variants": opener.variants}
 
     def _flush(self, run: _Run, outcome: Outcome) -> None:
         if not run.buffer:

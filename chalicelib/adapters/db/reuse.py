@@ -26,11 +26,11 @@ def reusable_openers(conn, account_id: str, fingerprints: list[bytes], days: int
         f"""WITH e AS MATERIALIZED (
                 SELECT f.fp AS fingerprint, x.* FROM unnest(%(fps)s::bytea[]) AS f(fp) CROSS JOIN LATERAL (
                     SELECT DISTINCT ON (u.page_hash) u.job_id, u.page_hash, u.opener, u.evidence, u.grounding,
-                           u.quality, u.words, u.language, u.context_status
+                           u.quality, u.words, u.language, u.context_status, u.variants
                     {_EARLIER}
                     ORDER BY u.page_hash, u.finished_at DESC) x)
             SELECT e.fingerprint, e.page_hash, e.opener, e.evidence, e.grounding, e.quality, e.words, e.language,
-                   e.context_status
+                   e.context_status, e.variants
             FROM e {_ACCOUNT}""",
         {"fps": list(set(fingerprints)), "days": days, "account": account_id},
     ).fetchall()

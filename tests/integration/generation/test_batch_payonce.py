@@ -13,7 +13,6 @@ PostgreSQL, Redis, LocalStack and the fake OpenAI server's Batch API through the
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import uuid
 from urllib.parse import urlsplit
@@ -31,30 +30,17 @@ from chalicelib.generation.openers import OpenerGenerator
 from chalicelib.generation.ratelimit import RateLimiter
 from chalicelib.jobs import views
 from tests.support.accounts import make_account
-from tests.support.api import purge_queue
-from tests.support.fake_openai import FakeOpenAI
 
 INSTRUCTIONS = "We help bakeries plan deliveries. Mention what the prospect does and keep it short."
 CARRIED = ("opener", "evidence", "grounding", "quality", "words", "language", "context_status")
 
 
+pytestmark = pytest.mark.usefixtures("clean")  # clean, fake, live: conftest.py
+
+
 @pytest.fixture(autouse=True)
-def clean(settings):
-    purge_queue(settings.chunk_queue_url)
-
-
-@pytest.fixture
-def fake():
-    with FakeOpenAI() as server:
-        server.configure(batch_delay_s=0)
-        yield server
-
-
-@pytest.fixture
-def live(settings, fake):
-    return dataclasses.replace(settings, openai_dummy_mode=False, openai_api_key="sk-test",
-                               openai_base_url=fake.base_url, openai_rpm=0, openai_tpm=0, chunk_size=10,
-                               chunk_concurrency=4, page_context_default=False, max_retries=3, reuse_days=30)
+def batches_at_once(fake):
+    fake.configure(batch_delay_s=0)
 
 
 def runner(s, pages: dict[str, str] | None = None) -> BatchRunner:

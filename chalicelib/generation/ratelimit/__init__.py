@@ -72,7 +72,13 @@ Modules: `limiter` (RateLimiter and its Lua scripts in lua/), `keys` (Redis key 
 (a provider's limit headers and a request's token estimate).
 """
 
-from chalicelib.generation.ratelimit.headers import estimate_tokens, provider_limits, retry_after_seconds
+from chalicelib.generation.ratelimit.headers import (
+    estimate_tokens,
+    provider_limits,
+    provider_remaining,
+    retry_after_seconds,
+)
 from chalicelib.generation.ratelimit.limiter import START_RPM, LimiterStopped, RateLimiter
 
-__all__ = ["START_RPM", "LimiterStopped", "RateLimiter", "estimate_tokens", "provider_limits", "retry_after_seconds"]
+__all__ = ["START_RPM", "LimiterStopped", "RateLimiter", "estimate_tokens", "provider_limits", "provider_remaining",
+           "retry_after_seconds"]

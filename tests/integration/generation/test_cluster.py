@@ -123,7 +123,7 @@ def test_every_key_of_a_limiter_lives_in_the_slot_of_its_prefix(cluster, prefix)
     assert 0 < limiter.cooldown_remaining() <= 5.0
     keys = {k.decode() for k in cluster.scan_iter(match=f"{limiter.prefix}:*")}
     assert keys == {f"{limiter.prefix}:{name}" for name in (
-        "requests", "tokens", "cooldown_until", "active_accounts",
+        "requests", "tokens", "cooldown_until", "active_accounts", "calls",
         "share:a:requests", "share:a:tokens", "share:b:requests", "share:b:tokens")}
     assert {cluster.keyslot(k) for k in keys} == {cluster.keyslot(prefix)}  # the tag is what is hashed
     owner = cluster.get_node_from_key(limiter.keys[0])

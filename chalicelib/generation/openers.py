@@ -230,6 +230,7 @@ class OpenerGenerator:
         estimate = estimate_tokens(request["messages"], request["max_tokens"])
         counted = {"job": job} if job else {}
         metrics.limiter_wait(self.limiter.acquire(estimate, should_stop, account=account, model=model, **counted))
+        metrics.rate_in_force(model, getattr(self.limiter, "rpm_in_force", {}).get(model))
         try:
             # The SDK builds the request and raises its typed errors; the small JSON answer is read
             # directly (building the SDK's response model cost ~15 % of a call's CPU here).

@@ -116,6 +116,7 @@ class RateLimiter(ProviderFeedback):
         self._gauge_script = redis_client.register_script(_GAUGE_LUA)
         self._calls_script = redis_client.register_script(_CALLS_LUA)
         self._gauged: dict[str, float] = {}  # model -> when this process last sent remaining/reset (monotonic)
+        self.rpm_in_force: dict[str, int] = {}  # model ("" none) -> the request rate in force at its last grant
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -260,7 +261,9 @@ class RateLimiter(ProviderFeedback):
             args=[self.rpm, self.tpm, 1, int(tokens), account or "", self.share_window_ms, self.max_ahead_ms,
                   self.start_rpm, count])
         text = answer.decode() if isinstance(answer, bytes) else str(answer)
-        wait, starting, gen = (text[1:].split(":") + ["", ""])[:3]
+        wait, starting, gen, rpm = (text[1:].split(":") + ["", "", ""])[:4]
+        if rpm:
+            self.rpm_in_force[model or ""] = int(rpm)
         return text[0] == "g", float(wait), starting == "1", int(gen) if gen else None
 
     def _cooldown_state(self, model: str | None = None) -> tuple[float, int | None]:

@@ -150,7 +150,7 @@ def test_the_old_key_layout_hits_crossslot(cluster, cluster_url, prefix):
     assert not any(cluster.exists(k) for k in old)  # nothing ran
 
     tagged = [f"{{{prefix}}}:{k[len(prefix) + 1:]}" for k in old]  # the same keys behind the hash tag
-    assert cluster.eval(_ACQUIRE_LUA, len(tagged), *tagged, *args) == b"g0.000:1:0"
+    assert cluster.eval(_ACQUIRE_LUA, len(tagged), *tagged, *args) == b"g0.000:1:0:600"
 
 
 # -- the limiter on a cluster ---------------------------------------------------------------------

@@ -3,10 +3,11 @@
 -- counter. ARGV: ceiling rpm, ceiling tpm, requests, tokens, account ('' = no share), active
 -- window ms, max ahead ms, start rpm, count (1: a granted booking is counted as a call admitted,
 -- in the model's counter, and the job's when 2; 0: this caller's call was counted already).
--- Returns 'g<ms>:<starting>:<gen>' (granted: due in ms) or 'r<ms>:<starting>:<gen>' (not
+-- Returns 'g<ms>:<starting>:<gen>:<rpm>' (granted: due in ms) or 'r<ms>:<starting>:<gen>' (not
 -- reserved: ask again in ms), starting 1 while the limits are not known yet, gen the rate
 -- controller's generation the booking was made in (a cut of the rate makes it stale: see
--- cooldown.lua); a string because Lua numbers would be truncated to integers.
+-- cooldown.lua), rpm the request rate in force (0: none); a string because Lua numbers would be
+-- truncated to integers.
 -- The bucket after taking `need`, and how long until that is covered (not stored yet).
 local function take(key, limit, need)
   local rate = limit / 60000
@@ -62,4 +63,4 @@ if count > 0 then
   count_call(KEYS[8])
   if count > 1 then count_call(KEYS[9]) end
 end
-return string.format('g%.3f:%d:%d', math.max(wait, 0), starting, gen)
+return string.format('g%.3f:%d:%d:%d', math.max(wait, 0), starting, gen, rpm)

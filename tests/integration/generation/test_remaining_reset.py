@@ -130,3 +130,16 @@ def test_the_fake_in_remaining_reset_mode_is_gauged_at_its_limit_before_its_firs
     assert paused  # none remaining: everyone waits before the 429
     assert limiter.limits("m")["found"]["estimate"] == pytest.approx(600, rel=0.15)
     assert limiter.limits("m")["in_force"]["rpm"] <= 600
+
+
+def test_a_429_while_gauging_shrinks_the_budget_size_it_rests_on(client, prefix):
+    """The provider lowered its limit: the largest remaining seen (the budget's size) is stale and
+    the rate gauged from it too high; the 429's cut shrinks both by its factor."""
+    limiter = make(client, prefix)
+    report(limiter, left(29, "33ms"))  # a budget of 30
+    report(limiter, left(10, "650ms"))  # 19.5 used in 0.65 s: 1,800 a minute
+    assert float(state(limiter)["est"]) == pytest.approx(1800)
+    limiter.cooldown(0.001, model="m")  # the limit was halved: a 429
+    assert (float(state(limiter)["cmax"]), float(state(limiter)["est"])) == pytest.approx((21, 1260))
+    report(limiter, left(0, "1s"))  # then: 20.5 used of the 21 it now assumes, in 1 s
+    assert float(state(limiter)["est"]) == pytest.approx(1260 + 0.25 * (60 * 20.5 - 1260))

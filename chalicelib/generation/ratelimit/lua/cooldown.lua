@@ -7,7 +7,7 @@
 -- the factor, at most once per period, so the burst of 429s that the calls already in flight
 -- bring back counts as one signal, not as many cuts that would collapse the rate. `peak`
 -- remembers where the 429 came (grow.lua returns there quickly, then probes past it).
-local s = redis.call('HMGET', KEYS[4], 'found', 'cut', 'gen')
+local s = redis.call('HMGET', KEYS[4], 'found', 'cut', 'gen', 'cmax', 'cmax_prev', 'est')
 local found, last_cut, gen = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]) or 0
 local cut = 0
 if found ~= nil and (last_cut == nil or now - last_cut >= tonumber(ARGV[5])) then
@@ -17,6 +17,15 @@ if found ~= nil and (last_cut == nil or now - last_cut >= tonumber(ARGV[5])) the
              'gen', gen + 1, 'win', string.format('%.3f', now), 'used', 0)
   cut = 1
   forgive_bookings()
+  -- A rate gauged from remaining/reset (gauge.lua) came with this 429: the budget's size it rests
+  -- on is too large (the provider lowered its limit: the largest remaining seen is stale), so it
+  -- shrinks by the same factor, and the estimate with it.
+  if tonumber(s[4]) ~= nil then
+    local f = tonumber(ARGV[6])
+    redis.call('HSET', KEYS[4], 'cmax', string.format('%.3f', math.max(1, tonumber(s[4]) * f)),
+               'cmax_prev', string.format('%.3f', (tonumber(s[5]) or 0) * f))
+    if tonumber(s[6]) ~= nil then redis.call('HSET', KEYS[4], 'est', string.format('%.3f', tonumber(s[6]) * f)) end
+  end
 end
 
 local rpm, tpm = effective(KEYS[4], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4]))

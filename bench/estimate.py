@@ -45,6 +45,7 @@ import openai
 
 from bench.common import fake_call, fake_openai
 from bench.pagecontext import make_page
+from tests.support.limiter import NoLimit
 
 URLS = int(os.environ.get("BENCH_URLS", "300"))
 CHUNK = int(os.environ.get("BENCH_CHUNK", "50"))
@@ -62,20 +63,6 @@ INSTRUCTIONS = {
 }
 
 
-class NoLimit:
-    """The benchmark measures tokens, not rates: no limiter."""
-
-    def acquire(self, *args, **kwargs) -> float:
-        return 0.0
-
-    def refund(self, *args, **kwargs) -> None:
-        pass
-
-    def cooldown(self, *args, **kwargs) -> None:
-        pass
-
-    def observe(self, *args, **kwargs) -> None:
-        pass
 
 
 def rows(page_context: bool) -> list[tuple[str, str | None]]:

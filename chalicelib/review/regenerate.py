@@ -16,6 +16,7 @@ from chalicelib.adapters.queue import ChunkQueue
 from chalicelib.errors import BadRequest, Conflict
 from chalicelib.generation import prompt
 from chalicelib.generation.dispatch import window
+from chalicelib.jobs.control import send_or_fail
 from chalicelib.jobs.options import MAX_INSTRUCTIONS, account_limits, clean_text, template_columns
 from chalicelib.jobs.start import capacity_refusal
 from chalicelib.jobs.views import job_json, require_job
@@ -64,13 +65,7 @@ def regenerate(conn, queue: ChunkQueue, settings: Settings, account_id: str, job
                 job = db.update_job(conn, job["id"], instructions=instructions)
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being changed by another request", code="busy") from None
-    try:
-        queue.send_chunks(str(job["id"]), first)
-    except Exception as exc:
-        log.exception("enqueueing the regeneration failed", extra={"job_id": str(job["id"])})
-        db.fail_job(conn, job["id"], f"Could not queue the regeneration ({type(exc).__name__}); call retry",
-                    expected="processing")
-        raise
+    send_or_fail(conn, queue, job, first, "regeneration", then="call retry")
     log.info("job regenerating", extra={"job_id": str(job["id"]), "rows": reset["n"], "chunks": len(first)})
     return {"job": job_json(job), "regenerating": reset["n"]}
 

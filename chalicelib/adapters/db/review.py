@@ -10,6 +10,7 @@ from __future__ import annotations
 from psycopg.types.json import Jsonb
 
 from chalicelib.adapters.db.jobs import JOB_COLUMNS, PROGRESS
+from chalicelib.adapters.db.quality import quality_moved, quality_sums
 
 # What a result row shows (GET results and the single result); `edited`: a person wrote the
 # current opener (rows written before sql/0015_review.sql: from their flags).
@@ -98,14 +99,6 @@ def mark_reviews(conn, job_id: str, review: str | None, *, ids: list[str] | None
                         (review, job_id, review, *params)).rowcount
 
 
-# Decrement the job's {key: count} histograms by a {key: n} object of the reset rows (zeros dropped).
-_SUB_COUNTS = """(SELECT coalesce(jsonb_object_agg(k, n), '{{}}') FROM (
-                      SELECT k, sum(v::int) AS n FROM (
-                          SELECT key AS k, value AS v FROM jsonb_each_text(coalesce({old}, '{{}}'))
-                          UNION ALL SELECT key, (-value::int)::text FROM jsonb_each_text({gone})) a
-                      GROUP BY k HAVING sum(v::int) <> 0) b)"""
-
-
 def reset_for_regenerate(conn, job_id: str, *, ids: list[str] | None, filters: dict,
                          feedback: str | None) -> dict | None:
     """The job's finished rows named by `ids` (edited ones included), or matching `filters`
@@ -137,31 +130,14 @@ def reset_for_regenerate(conn, job_id: str, *, ids: list[str] | None, filters: d
                SELECT count(*) AS n, count(*) FILTER (WHERE old_status = 'completed') AS done,
                       count(*) FILTER (WHERE old_status = 'failed') AS failed,
                       coalesce(array_agg(DISTINCT chunk ORDER BY chunk), '{{}}') AS chunks,
-                      count(*) FILTER (WHERE grounding = 'verified') AS verified,
-                      count(*) FILTER (WHERE grounding = 'generic') AS generic,
-                      count(*) FILTER (WHERE grounding = 'unsupported') AS unsupported,
-                      coalesce(sum(regenerations), 0) AS regenerations,
-                      count(*) FILTER (WHERE reused) AS reused,
-                      (SELECT coalesce(jsonb_object_agg(flag, n), '{{}}') FROM (
-                           SELECT flag, count(*) AS n FROM reset, unnest(reset.quality) AS flag GROUP BY flag) f
-                      ) AS flagged,
-                      (SELECT coalesce(jsonb_object_agg(w::text, n), '{{}}') FROM (
-                           SELECT words AS w, count(*) AS n FROM reset WHERE words IS NOT NULL GROUP BY words) h
-                      ) AS words
+                      {quality_sums('reset')}
                FROM reset
            )
            UPDATE jobs j SET status = 'processing', finished_at = NULL, result_path = NULL, error = NULL,
                   processed_rows = j.processed_rows - s.done, failed_rows = j.failed_rows - s.failed,
                   progress = {PROGRESS.format(done="j.processed_rows - s.done + j.failed_rows - s.failed")},
                   regenerated = s.n,
-                  quality = jsonb_build_object(
-                      'verified', coalesce((j.quality->>'verified')::int, 0) - s.verified,
-                      'generic', coalesce((j.quality->>'generic')::int, 0) - s.generic,
-                      'unsupported', coalesce((j.quality->>'unsupported')::int, 0) - s.unsupported,
-                      'regenerated', coalesce((j.quality->>'regenerated')::int, 0) - s.regenerations,
-                      'reused', coalesce((j.quality->>'reused')::int, 0) - s.reused,
-                      'flagged', {_SUB_COUNTS.format(old="j.quality->'flagged'", gone="s.flagged")},
-                      'words', {_SUB_COUNTS.format(old="j.quality->'words'", gone="s.words")})
+                  quality = {quality_moved('-')}
            FROM s WHERE j.id = %s AND j.status IN ('completed', 'failed', 'canceled')
              AND j.processed_rows + j.failed_rows = j.total_rows
            RETURNING {", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))}, s.n, s.chunks""",

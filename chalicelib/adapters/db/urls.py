@@ -6,6 +6,7 @@ from __future__ import annotations
 from psycopg.types.json import Jsonb
 
 from chalicelib.adapters.db.jobs import JOB_COLUMNS, PROGRESS, RUNNABLE_JOB
+from chalicelib.adapters.db.quality import quality_moved, quality_sums
 from chalicelib.adapters.db.review import RESULT_COLUMNS, review_clauses
 
 # ---------------------------------------------------------------- urls
@@ -163,45 +164,20 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
                       count(*) FILTER (WHERE status = 'failed') AS failed,
                       coalesce(sum(prompt_tokens), 0) AS pt, coalesce(sum(completion_tokens), 0) AS ct,
                       coalesce(sum(cached_tokens), 0) AS cached,
-                      count(*) FILTER (WHERE grounding = 'verified') AS verified,
-                      count(*) FILTER (WHERE grounding = 'generic') AS generic,
-                      count(*) FILTER (WHERE grounding = 'unsupported') AS unsupported,
-                      coalesce(sum(regenerations), 0) AS regenerated,
-                      count(*) FILTER (WHERE reused) AS reused,
-                      (SELECT coalesce(jsonb_object_agg(flag, n), '{{}}') FROM (
-                           SELECT flag, count(*) AS n FROM saved, unnest(saved.quality) AS flag GROUP BY flag) f
-                      ) AS flagged,
-                      (SELECT coalesce(jsonb_object_agg(w::text, n), '{{}}') FROM (
-                           SELECT words AS w, count(*) AS n FROM saved WHERE words IS NOT NULL GROUP BY words) h
-                      ) AS words
+                      {quality_sums('saved')}
                FROM saved
            )
            UPDATE jobs j SET processed_rows = j.processed_rows + s.done, failed_rows = j.failed_rows + s.failed,
                   prompt_tokens = j.prompt_tokens + s.pt, completion_tokens = j.completion_tokens + s.ct,
                   cached_tokens = j.cached_tokens + s.cached,
                   progress = {PROGRESS.format(done="j.processed_rows + s.done + j.failed_rows + s.failed")},
-                  quality = jsonb_build_object(
-                      'verified', coalesce((j.quality->>'verified')::int, 0) + s.verified,
-                      'generic', coalesce((j.quality->>'generic')::int, 0) + s.generic,
-                      'unsupported', coalesce((j.quality->>'unsupported')::int, 0) + s.unsupported,
-                      'regenerated', coalesce((j.quality->>'regenerated')::int, 0) + s.regenerated,
-                      'reused', coalesce((j.quality->>'reused')::int, 0) + s.reused,
-                      'flagged', {_ADD_COUNTS.format(old="j.quality->'flagged'", new="s.flagged")},
-                      'words', {_ADD_COUNTS.format(old="j.quality->'words'", new="s.words")})
+                  quality = {quality_moved('+')}
            FROM s WHERE j.id = %(job)s
            RETURNING j.status, j.total_rows, j.processed_rows, j.failed_rows, s.done + s.failed AS saved,
                      j.model, j.mode, j.prompt_tokens, j.completion_tokens, j.cached_tokens,
                      j.max_cost_usd""",
         {**arrays, "owner": owner, "job": job_id},
     ).fetchone()
-
-
-# Two {key: count} objects added key by key (the job's quality histograms).
-_ADD_COUNTS = """(SELECT coalesce(jsonb_object_agg(k, n), '{{}}') FROM (
-                      SELECT k, sum(v::int) AS n FROM (
-                          SELECT key AS k, value AS v FROM jsonb_each_text(coalesce({old}, '{{}}'))
-                          UNION ALL SELECT key, value FROM jsonb_each_text({new})) a
-                      GROUP BY k) b)"""
 
 
 def release_urls(conn, owner: str, ids: list) -> int:

@@ -1,6 +1,6 @@
 """Regenerating rows of a finished job (SPEC "Review before sending"): the rows named by id, or
-matching a filter (rows a person edited left alone), go back to pending with the request's
-feedback and the mark that no earlier opener is reused for them; the job returns to processing
+matching a filter (rows a person edited or picked a variant of left alone), go back to pending
+with the request's feedback and the mark that no earlier opener is reused for them; the job returns to processing
 and its chunks are enqueued through the chunk window, as a retry's are. Quota, limiter, cost,
 checks and fair share are then those of any row; the job completes again exactly once
 (``complete_job_if_done``) and its webhook says ``job.completed`` with ``regenerated``.
@@ -56,8 +56,9 @@ def regenerate(conn, queue: ChunkQueue, settings: Settings, account_id: str, job
             if reset is None:
                 raise Conflict("Job changed meanwhile; look at it again", code="busy")
             if reset["n"] == 0:
-                raise Conflict("Nothing to regenerate: no finished row matches (rows a person edited are "
-                               "regenerated only when named by id)", code="nothing_to_regenerate")
+                raise Conflict("Nothing to regenerate: no finished row matches (rows a person edited, or "
+                               "picked a variant of, are regenerated only when named by id)",
+                               code="nothing_to_regenerate")
             take_capacity(conn, settings, account_id, reset["n"])
             first, waiting = window(list(reset["chunks"]), settings, reset["mode"])
             job = store.set_undispatched(conn, job["id"], waiting)

@@ -43,8 +43,9 @@ from chalicelib.generation.ratelimit.limiter import LimiterStopped
 log = logging.getLogger("csv_opener.ratelimit")
 
 SYNC_EVERY_S = 0.1
-HANDLER_TTL_S = 5.0
+HANDLER_TTL_S = 10.0
 STATE_TTL_S = 600.0
+WARM_UP_CALLS = 4  # a handler's first answers from a model are not measured (connections being set up)
 WAIT_SLICE_S = 0.1  # a waiting call looks again this often (a sync may have changed its part)
 
 _PUSH = """
@@ -72,9 +73,9 @@ local key = KEYS[1]
 if (redis.call('HGET', key, 'gen') or '0') ~= ARGV[1] then return 0 end
 redis.call('HSET', key, 'limit', ARGV[2], 'min_rtt', ARGV[3], 'rtt', ARGV[4], 'decided_at', ARGV[5],
            'probing', ARGV[6], 'gen', tostring(tonumber(ARGV[1]) + 1), 'w_sat', 0)
-redis.call('HINCRBY', key, 'w_n', -tonumber(ARGV[7]))
-redis.call('HINCRBYFLOAT', key, 'w_sum', -tonumber(ARGV[8]))
-redis.call('HINCRBY', key, 'w_drops', -tonumber(ARGV[9]))
+redis.call('HINCRBY', key, 'w_n', ARGV[7])
+redis.call('HINCRBYFLOAT', key, 'w_sum', ARGV[8])
+redis.call('HINCRBY', key, 'w_drops', ARGV[9])
 return 1
 """
 
@@ -134,6 +135,7 @@ class _Model:
     window: inflight.Window = field(default_factory=inflight.Window)
     next_sync: float = 0.0
     synced: bool = False
+    warm: int = 0  # calls answered so far, up to WARM_UP_CALLS
 
 
 class Call:
@@ -194,7 +196,9 @@ class ConcurrencyGate:
             rtt = time.monotonic() - started
             with entry.cond:
                 entry.in_flight -= 1
-                if call.ok:
+                if call.ok and entry.warm < WARM_UP_CALLS:  # a connection's first calls: its set-up
+                    entry.warm += 1
+                elif call.ok:
                     entry.window = entry.window.add(inflight.Window(1, rtt))
                 elif call.dropped:
                     entry.window = entry.window.add(inflight.Window(drops=1))
@@ -237,8 +241,8 @@ class ConcurrencyGate:
             try:
                 share = self._sync(entry, window, in_flight, now)
             except Exception as exc:  # Redis unreachable: keep the last part
-                log.warning("in-flight limit not synced; keeping this handler's part",
-                            extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
+                log.warning("in-flight limit not synced (%s); keeping this handler's part",
+                            f"{type(exc).__name__}: {exc}"[:200])
                 share = None
             with entry.cond:
                 if share is not None:
@@ -262,6 +266,10 @@ class ConcurrencyGate:
             new = inflight.decide(state, pooled, now, params)
             if self._commit(keys=[entry.key], args=[
                     gen, repr(new.limit), repr(new.min_rtt), repr(new.rtt), repr(new.decided_at),
-                    1 if new.probing else 0, pooled.samples, repr(pooled.rtt_sum), pooled.drops]):
+                    1 if new.probing else 0, str(-pooled.samples), repr(-pooled.rtt_sum), str(-pooled.drops)]):
                 state = new
-        return inflight.share(state.slots(), list(handlers), self.me, self.ceiling)
+        mine = inflight.share(state.slots(), list(handlers), self.me, self.ceiling)
+        import os, sys
+        if os.environ.get("CONC_DEBUG"):
+            print("GATE", self.me, round(now % 100, 2), state, pooled, sorted(handlers), mine, in_flight, file=sys.stderr, flush=True)
+        return mine

@@ -9,15 +9,18 @@ knee: the most calls in flight while the latency stays near the server's unloade
 server whose latency grows linearly, base + k·n, the knee by Kleinrock's power
 (throughput / latency) is n = base / k, where the latency is 2 × base: past it each added call
 buys less throughput than it costs in latency. So the target is ``tolerance`` × the least latency
-seen (1.7 by default: a little under 2 ×, the room the steps of the limit need).
+seen (1.6 by default: under 2 ×, the room the steps of the limit and the lag of the
+measure need).
 
 The controller (a delay-based AIMD, as TCP Vegas or LEDBAT, one decision per window):
   * a window lasts ``window_rtts`` × the least latency (at least ``min_window_s``) and needs
     ``min_samples`` answers; its mean latency is the signal (a mean of many calls, so one short
     answer does not set the floor), and the least window mean so far is the unloaded latency;
   * mean ≤ target, and the limit was used (some handler had all its slots busy): grow. Until
-    the latency first passes the target, double per window (slow start: a rate-limited server
-    whose latency never grows reaches the ceiling in a few windows); after, +1 per window;
+    the latency first goes half the way to the target, double per window (slow start: a
+    rate-limited server whose latency never grows reaches the ceiling in a few windows; it
+    stops early because the calls of a doubling are only measured a round trip later); after,
+    +1 per window;
   * mean > target: cut in proportion, limit × max(0.5, target / mean);
   * a 429 or a timeout in the window: limit × ``drop_factor`` (a sign of overload whatever the
     latency says);
@@ -33,7 +36,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-TOLERANCE = 1.7
+TOLERANCE = 1.6
+SLOW_START_EXIT = 0.5  # slow start ends once the latency has gone this share of the way to the target
 DROP_FACTOR = 0.7
 MAX_CUT = 0.5
 WINDOW_RTTS = 2.0
@@ -107,6 +111,8 @@ def decide(state: State, window: Window, now: float, params: Params) -> State:
     elif mean and mean > target:
         limit, probing = limit * max(MAX_CUT, target / mean), False
     elif window.saturated:
+        if probing and mean > min_rtt * (1 + SLOW_START_EXIT * (params.tolerance - 1)):
+            probing = False
         limit = limit * 2 if probing else limit + 1
     limit = min(params.ceiling, max(params.floor, limit))
     return replace(state, limit=limit, min_rtt=min_rtt, rtt=mean or state.rtt, decided_at=now, probing=probing)

@@ -38,6 +38,15 @@ def test_at_a_flat_latency_the_limit_grows_to_the_ceiling_and_stays_there():
     assert all(limit <= 64 for limit in limits)
 
 
+def test_slow_start_ends_half_way_to_the_target():
+    params = Params(ceiling=64)
+    state = State(limit=8, min_rtt=0.1, probing=True)
+    half = 0.1 * (1 + (inflight.TOLERANCE - 1) / 2)
+    assert decide(state, Window(10, 10 * half * 0.99, True), 1.0, params).limit == 16
+    after = decide(state, Window(10, 10 * half * 1.01, True), 1.0, params)
+    assert after.limit == 9 and not after.probing
+
+
 def test_a_limit_not_used_does_not_grow():
     state, _, limits = run(State(limit=4), Params(ceiling=64), 5, lambda n: 0.2, saturated=False)
     assert limits == [4, 4, 4, 4, 4]
@@ -49,7 +58,7 @@ def test_as_the_latency_grows_with_the_calls_in_flight_the_limit_settles_at_the_
     assert not state.probing
     assert state.min_rtt == pytest.approx(capacity(1))
     settled = limits[-100:]
-    # the knee of base + k·n: n = base / k ≈ 6.7 calls, latency 2 × base; the target is 1.7 × the least
+    # the knee of base + k·n: n = base / k ≈ 6.7 calls, latency 2 × base; the target is 1.6 × the least
     assert 4 <= min(settled) and max(settled) <= 9
     assert max(capacity(int(limit)) for limit in settled) <= 2 * capacity(1)
 
@@ -57,10 +66,11 @@ def test_as_the_latency_grows_with_the_calls_in_flight_the_limit_settles_at_the_
 def test_the_cut_is_in_proportion_to_the_latency_over_the_target():
     params = Params(ceiling=64)
     state = State(limit=40, min_rtt=0.1, probing=False)
-    cut = decide(state, Window(10, 10 * 0.34), 1.0, params)  # mean 0.34 s, target 0.17 s: halved
+    target = inflight.TOLERANCE * 0.1
+    cut = decide(state, Window(10, 10 * 2 * target), 1.0, params)  # twice the target: halved
     assert cut.limit == pytest.approx(20)
-    slight = decide(state, Window(10, 10 * 0.2), 1.0, params)
-    assert slight.limit == pytest.approx(40 * 0.17 / 0.2)
+    slight = decide(state, Window(10, 10 * 1.25 * target), 1.0, params)
+    assert slight.limit == pytest.approx(40 / 1.25)
     assert decide(state, Window(10, 10 * 1.5), 1.0, params).limit == 20  # never more than half at once
 
 

@@ -9,14 +9,15 @@ knee: the most calls in flight while the latency stays near the server's unloade
 server whose latency grows linearly, base + k·n, the knee by Kleinrock's power
 (throughput / latency) is n = base / k, where the latency is 2 × base: past it each added call
 buys less throughput than it costs in latency. So the target is ``tolerance`` × the least latency
-seen (1.6 by default: under 2 ×, the room the steps of the limit and the lag of the
+seen (1.7 by default: under 2 ×, the room the steps of the limit and the lag of the
 measure need).
 
 The controller (a delay-based AIMD, as TCP Vegas or LEDBAT, one decision per window):
   * a window lasts ``window_rtts`` × the least latency (at least ``min_window_s``) and needs
     ``min_samples`` answers; its mean latency is the signal (a mean of many calls, so one short
     answer does not set the floor), and the least window mean so far is the unloaded latency;
-  * mean ≤ target, and the limit was used (some handler had all its slots busy): grow. Until
+  * mean ≤ ``hold`` × target (0.9), and the limit was used (some handler had all its slots
+    busy): grow (between the two the limit holds, so it does not swing around the target). Until
     the latency first goes half the way to the target, double per window (slow start: a
     rate-limited server whose latency never grows reaches the ceiling in a few windows; it
     stops early because the calls of a doubling are only measured a round trip later); after,
@@ -36,7 +37,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-TOLERANCE = 1.6
+TOLERANCE = 1.7
+HOLD = 0.9  # between this share of the target and the target, the limit holds
 SLOW_START_EXIT = 0.5  # slow start ends once the latency has gone this share of the way to the target
 DROP_FACTOR = 0.7
 MAX_CUT = 0.5
@@ -86,6 +88,7 @@ class Params:
     window_rtts: float = WINDOW_RTTS
     min_window_s: float = MIN_WINDOW_S
     min_samples: int = MIN_SAMPLES
+    hold: float = HOLD
 
     def window_s(self, state: State) -> float:
         rtts = 1.0 if state.probing else self.window_rtts  # slow start: once per round trip
@@ -110,7 +113,7 @@ def decide(state: State, window: Window, now: float, params: Params) -> State:
         limit, probing = limit * params.drop_factor, False
     elif mean and mean > target:
         limit, probing = limit * max(MAX_CUT, target / mean), False
-    elif window.saturated:
+    elif window.saturated and (probing or mean < params.hold * target):
         if probing and mean > min_rtt * (1 + SLOW_START_EXIT * (params.tolerance - 1)):
             probing = False
         limit = limit * 2 if probing else limit + 1

@@ -64,7 +64,7 @@ def run(base_url: str, label: str, workers: int, concurrency: int, adaptive: boo
              OPENAI_TIMEOUT_S="30", PAGE_CONTEXT_DEFAULT="false",
              RATELIMIT_PREFIX=f"{os.environ.get('RATELIMIT_PREFIX', 'bench')}:capacity:{time.time_ns()}")
     job_id = make_job(urls, f"capacity-{time.time_ns()}")
-    env = {k: os.environ[k] for k in os.environ if k.startswith(("OPENAI_", "CHUNK_", "RATELIMIT_", "CONCURRENCY_", "CONC_",
+    env = {k: os.environ[k] for k in os.environ if k.startswith(("OPENAI_", "CHUNK_", "RATELIMIT_", "CONCURRENCY_",
                                                                  "PAGE_"))}
     with tempfile.TemporaryDirectory() as tmp:
         stop_file, done = os.path.join(tmp, "stop"), threading.Event()

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from chalicelib import metrics
 from chalicelib.generation.ratelimit import inflight
 from chalicelib.generation.ratelimit.keys import model_key, tagged_prefix
 from chalicelib.generation.ratelimit.limiter import LimiterStopped
@@ -46,6 +47,7 @@ SYNC_EVERY_S = 0.1
 HANDLER_TTL_S = 10.0
 STATE_TTL_S = 600.0
 WARM_UP_CALLS = 4  # a handler's first answers from a model are not measured (connections being set up)
+METRIC_EVERY_S = 10.0  # the InflightLimit metric (EMF): this handler's part, at most this often per model
 WAIT_SLICE_S = 0.1  # a waiting call looks again this often (a sync may have changed its part)
 
 _PUSH = """
@@ -136,6 +138,7 @@ class _Model:
     next_sync: float = 0.0
     synced: bool = False
     warm: int = 0  # calls answered so far, up to WARM_UP_CALLS
+    next_metric: float = 0.0
 
 
 class Call:
@@ -247,6 +250,9 @@ class ConcurrencyGate:
             with entry.cond:
                 if share is not None:
                     entry.share, entry.synced = share, True
+                    if now >= entry.next_metric:
+                        metrics.count(metrics.INFLIGHT_LIMIT, share, metrics.COUNT)
+                        entry.next_metric = now + METRIC_EVERY_S
                 entry.next_sync = now + SYNC_EVERY_S
                 entry.cond.notify_all()
         finally:
@@ -268,8 +274,4 @@ class ConcurrencyGate:
                     gen, repr(new.limit), repr(new.min_rtt), repr(new.rtt), repr(new.decided_at),
                     1 if new.probing else 0, str(-pooled.samples), repr(-pooled.rtt_sum), str(-pooled.drops)]):
                 state = new
-        mine = inflight.share(state.slots(), list(handlers), self.me, self.ceiling)
-        import os, sys
-        if os.environ.get("CONC_DEBUG"):
-            print("GATE", self.me, round(now % 100, 2), state, pooled, sorted(handlers), mine, in_flight, file=sys.stderr, flush=True)
-        return mine
+        return inflight.share(state.slots(), list(handlers), self.me, self.ceiling)

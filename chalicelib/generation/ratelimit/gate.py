@@ -44,7 +44,7 @@ from chalicelib.generation.ratelimit.limiter import LimiterStopped
 log = logging.getLogger("csv_opener.ratelimit")
 
 SYNC_EVERY_S = 0.1
-HANDLER_TTL_S = 10.0
+HANDLER_TTL_S = 5.0
 STATE_TTL_S = 600.0
 WARM_UP_CALLS = 4  # a handler's first answers from a model are not measured (connections being set up)
 METRIC_EVERY_S = 10.0  # the InflightLimit metric (EMF): this handler's part, at most this often per model

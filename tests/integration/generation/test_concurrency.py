@@ -14,20 +14,17 @@ import pytest
 from chalicelib import deps, jobs
 from chalicelib.generation.ratelimit.gate import ConcurrencyGate
 from tests.support.accounts import service_account
-from tests.support.api import body, purge_queue
+from tests.support.api import body
 from tests.support.fake_openai import FakeOpenAI
 
 CEILING = 16
-
-
-@pytest.fixture(autouse=True)
-def empty_queue(conn, settings):
-    purge_queue(settings.chunk_queue_url)
+pytestmark = pytest.mark.usefixtures("clean")
 
 
 @pytest.fixture
 def fake():
-    with FakeOpenAI(rpm=1_000_000) as server:  # a limit stated so high that the rate limiter never holds a call
+    """The fake stating a limit so high that the rate limiter never holds a call."""
+    with FakeOpenAI(rpm=1_000_000) as server:
         yield server
 
 

@@ -64,7 +64,7 @@ def test_as_the_server_slows_with_each_call_the_worker_keeps_few_in_flight_and_m
 
 
 def test_at_a_flat_latency_the_limit_grows_to_the_ceiling(conn, env, fake):
-    fake.configure(latency_ms=300)  # a server limited by rate, or not at all: latency never grows
+    fake.configure(latency_ms=500)  # a server limited by rate, or not at all: latency never grows
     use(env, fake, urls=120)
     run_job(conn, 120)
     assert fake.stats()["max_in_flight"] == CEILING

@@ -303,7 +303,7 @@ def list_jobs(caller: Caller):
 
 @route("/api/jobs/{job_id}", methods=["GET"])
 def get_job(caller: Caller, job_id):
-    return jobs.get(deps.conn(), caller.account_id, job_id)
+    return jobs.get(deps.conn(), caller.account_id, job_id, limiter=deps.rate_limiter())
 
 
 @route("/api/jobs/{job_id}/results", methods=["GET"])

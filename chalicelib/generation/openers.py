@@ -54,7 +54,7 @@ from chalicelib.generation.client import (
     retry_after,
 )
 from chalicelib.generation.prompt import build_messages
-from chalicelib.generation.ratelimit import LimiterStopped, estimate_tokens, provider_limits
+from chalicelib.generation.ratelimit import LimiterStopped, estimate_tokens, provider_limits, provider_remaining
 from chalicelib.generation.ratelimit.gate import Call
 from chalicelib.quality.answer import refuses_response_format, response_format
 from chalicelib.quality.flags import DEFAULT_MAX_WORDS, DEFAULT_MIN_WORDS
@@ -81,7 +81,7 @@ class Limiter(Protocol):
     """What the generator needs from ``chalicelib.generation.ratelimit.RateLimiter`` (tests pass a fake)."""
 
     def acquire(self, tokens: int, should_stop: Callable[[], bool] = ..., account: str | None = ...,
-                model: str | None = ...) -> float: ...
+                model: str | None = ..., job: str | None = ...) -> float: ...
 
     def refund(self, estimated: int, actual: int, model: str | None = ...) -> None: ...
 
@@ -166,7 +166,7 @@ class OpenerGenerator:
                     attempts = attempt.retry_state.attempt_number
                     try:
                         opener = self._attempt(body, should_stop, attempts, account, url, instructions,
-                                               asked.get("variants", 1))
+                                               asked.get("variants", 1), asked.get("cache_key"))
                     except UnusableAnswer as exc:
                         spent[0] += exc.prompt_tokens
                         spent[1] += exc.completion_tokens
@@ -203,15 +203,18 @@ class OpenerGenerator:
         return request
 
     def _attempt(self, body: Callable[[], dict], should_stop: Callable[[], bool], number: int,
-                 account: str | None, url: str, instructions: str | None, variants: int = 1) -> Opener:
+                 account: str | None, url: str, instructions: str | None, variants: int = 1,
+                 job: str | None = None) -> Opener:
+        """One attempt (a refused parameter is dropped and the call made again). ``job``: the
+        job the call is counted for (its calls per minute): the ``cache_key``, the job's id."""
         for _ in range(2):  # each refusal (response_format, prompt_cache_key) at most once
             request = body()
             try:
-                return self._call(request, should_stop, number, account, url, instructions, variants)
+                return self._call(request, should_stop, number, account, url, instructions, variants, job)
             except openai.BadRequestError as exc:
                 if not self._refused(request, exc):
                     raise
-        return self._call(body(), should_stop, number, account, url, instructions, variants)
+        return self._call(body(), should_stop, number, account, url, instructions, variants, job)
 
     def _refused(self, request: dict, exc: openai.BadRequestError) -> bool:
         """A 400 refusing ``response_format`` or ``prompt_cache_key``: that model goes without it
@@ -231,14 +234,18 @@ class OpenerGenerator:
         return False
 
     def _call(self, request: dict, should_stop: Callable[[], bool], number: int,
-              account: str | None, url: str, instructions: str | None, variants: int = 1) -> Opener:
+              account: str | None, url: str, instructions: str | None, variants: int = 1,
+              job: str | None = None) -> Opener:
         model = request["model"]
         estimate = estimate_tokens(request["messages"], request["max_tokens"])
-        metrics.limiter_wait(self.limiter.acquire(estimate, should_stop, account=account, model=model))
+        counted = {"job": job} if job else {}
+        metrics.limiter_wait(self.limiter.acquire(estimate, should_stop, account=account, model=model, **counted))
+        metrics.rate_in_force(model, getattr(self.limiter, "rpm_in_force", {}).get(model))
         try:
             response = self._send(request, should_stop)
         except openai.RateLimitError as exc:
-            if provider_limits(exc.response.headers) != (-1, -1):  # OpenAI's 429s state the limits too
+            # OpenAI's 429s state the limits too; a gateway's its remaining/reset
+            if provider_limits(exc.response.headers) != (-1, -1) or provider_remaining(exc.response.headers):
                 self.limiter.observe(model, exc.response.headers, ok=False)
             self._on_rate_limited(exc, model)
             raise

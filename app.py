@@ -399,7 +399,7 @@ def metrics(caller: Caller):
     models = sorted({deps.settings().openai_model, *jobs.account_models(deps.conn(), deps.settings(),
                                                                         caller.account_id)})
     return jobs.metrics(deps.conn(), deps.chunk_queue(), caller.account_id, operator=True,
-                        limiter=deps.rate_limiter(), models=models)
+                        limiter=deps.rate_limiter(), models=models, gate=deps.concurrency_gate())
 
 
 @app.on_sqs_message(queue="csv-opener-chunks", batch_size=1, name="process_chunk",

@@ -50,6 +50,7 @@ COLD_START = "ColdStart"
 INVOCATIONS, HANDLER_ERRORS = "Invocations", "HandlerErrors"
 API_4XX, API_5XX = "Api4xx", "Api5xx"
 LIMITER_WAIT = "LimiterWait"
+INFLIGHT_LIMIT = "InflightLimit"  # the calls in flight a handler may have to a model (ratelimit/gate.py)
 PROVIDER_RPM = "ProviderRpmInForce"  # the request rate the shared limiter paced the invocation's calls at
 PROMPT_TOKENS, COMPLETION_TOKENS = "PromptTokens", "CompletionTokens"
 # EMF takes 100 values per metric in a document; Powertools prints a document by itself when one

@@ -27,6 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -55,6 +56,7 @@ from chalicelib.generation.client import (
 )
 from chalicelib.generation.prompt import build_messages
 from chalicelib.generation.ratelimit import LimiterStopped, estimate_tokens, provider_limits, provider_remaining
+from chalicelib.generation.ratelimit.gate import Call
 from chalicelib.quality.answer import refuses_response_format, response_format
 from chalicelib.quality.flags import DEFAULT_MAX_WORDS, DEFAULT_MIN_WORDS
 
@@ -102,9 +104,11 @@ class OpenerGenerator:
         max_retries: int = 3,
         max_tokens: int = 120,
         sleep: Callable[[float], Any] = time.sleep,
+        gate: Any = None,
     ) -> None:
         self.client = client
         self.limiter = limiter
+        self.gate = gate  # ratelimit.gate.ConcurrencyGate: the model's calls in flight (None: no limit)
         self.model = model
         self.max_retries = max(1, int(max_retries))  # attempts in total, the first one included
         self.max_tokens = max_tokens
@@ -228,9 +232,7 @@ class OpenerGenerator:
         metrics.limiter_wait(self.limiter.acquire(estimate, should_stop, account=account, model=model, **counted))
         metrics.rate_in_force(model, getattr(self.limiter, "rpm_in_force", {}).get(model))
         try:
-            # The SDK builds the request and raises its typed errors; the small JSON answer is read
-            # directly (building the SDK's response model cost ~15 % of a call's CPU here).
-            response = metrics.llm_call(self.client.chat.completions.with_raw_response.create, **request)
+            response = self._send(request, should_stop)
         except openai.RateLimitError as exc:
             # OpenAI's 429s state the limits too; a gateway's its remaining/reset
             if provider_limits(exc.response.headers) != (-1, -1) or provider_remaining(exc.response.headers):
@@ -256,6 +258,20 @@ class OpenerGenerator:
         return Opener(text=text, prompt_tokens=token_count(usage, "prompt_tokens"),
                       completion_tokens=token_count(usage, "completion_tokens"), attempts=number, evidence=evidence,
                       cached_tokens=cached_count(usage), variants=more)
+
+    def _send(self, request: dict, should_stop: Callable[[], bool]) -> Any:
+        """The HTTP call, through the model's in-flight gate: its latency, a 429 or a timeout is
+        what the gate's limit is found from."""
+        with self.gate.slot(request["model"], should_stop) if self.gate is not None else nullcontext(Call()) as call:
+            try:
+                # The SDK builds the request and raises its typed errors; the small JSON answer is read
+                # directly (building the SDK's response model cost ~15 % of a call's CPU here).
+                response = metrics.llm_call(self.client.chat.completions.with_raw_response.create, **request)
+            except (openai.RateLimitError, openai.APITimeoutError):
+                call.drop()
+                raise
+            call.answered()
+            return response
 
     def _on_rate_limited(self, exc: openai.RateLimitError, model: str) -> None:
         if is_quota_exhausted(exc):

@@ -221,11 +221,13 @@ def account_view(conn, settings: Settings, caller: accounts.Caller) -> dict:
     }}
 
 
-def metrics(conn, queue: ChunkQueue, account_id: str, *, operator: bool, limiter=None, models=()) -> dict:
+def metrics(conn, queue: ChunkQueue, account_id: str, *, operator: bool, limiter=None, models=(),
+            gate=None) -> dict:
     """The account's jobs and URLs; for an operator account's keys only (SPEC "Roles") also what
     every account shares: the queue depths and the provider limits of `models` (``RateLimiter.limits``:
     learned, ceilings, the rate found from 429s or gauged from remaining/reset, in force, and how each
-    was set; and the calls admitted per minute now, ``RateLimiter.calls_per_minute``). A failure to read
+    was set; and the calls admitted per minute now, ``RateLimiter.calls_per_minute``) and the calls in
+    flight in force per model (``ConcurrencyGate.describe``). A failure to read
     one of those is described, never quoted (library errors name hosts and queue URLs)."""
     urls = db.url_totals(conn, account_id)
     per_minute = urls.pop("finished_last_minute")
@@ -257,5 +259,14 @@ def metrics(conn, queue: ChunkQueue, account_id: str, *, operator: bool, limiter
                 log.warning("provider limits unavailable", extra={"model": model,
                                                                   "error": f"{type(exc).__name__}: {exc}"})
                 body["provider_limits"][model] = {
+                    "error": logs.public_error("the rate limiter's store (Redis) could not be reached", exc)}
+    if gate is not None:
+        body["concurrency"] = {}
+        for model in models:  # the calls in flight in force (ratelimit.gate.describe)
+            try:
+                body["concurrency"][model] = gate.describe(model)
+            except Exception as exc:  # Redis unreachable
+                log.warning("concurrency unavailable", extra={"model": model, "error": f"{type(exc).__name__}: {exc}"})
+                body["concurrency"][model] = {
                     "error": logs.public_error("the rate limiter's store (Redis) could not be reached", exc)}
     return body

@@ -392,7 +392,7 @@ def test_keyboard_and_phone(page: Page, fresh):
     pick_file(page, "phone.csv", csv_bytes(leads("phone", 5, invalid={2: "ftp://files.example.org/x"})))
     expect(page.locator("#summary-rows")).to_have_text("4")
     page.focus("#instructions")
-    for control in ("batch-mode", "grounding-select", "min-words", "max-words", "language-input"):
+    for control in ("batch-mode", "grounding-select", "min-words", "max-words", "language-input", "variants-select"):
         page.keyboard.press("Tab")
         assert page.evaluate("document.activeElement.id") == control
     page.keyboard.press("Tab")

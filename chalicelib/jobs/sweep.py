@@ -8,8 +8,8 @@ from collections.abc import Callable
 from chalicelib.adapters import db
 from chalicelib.adapters.queue import ChunkQueue
 from chalicelib.adapters.storage import Storage
+from chalicelib.jobs.downloads import results_on_completion
 from chalicelib.jobs.drops import start_drop_job
-from chalicelib.jobs.export import export_job
 from chalicelib.logs import get_logger
 from chalicelib.outbound import webhooks
 from chalicelib.settings import Settings
@@ -29,10 +29,10 @@ def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Setting
           webhook_box: Callable[[], webhooks.SecretBox] | None = None,
           remaining_s: Callable[[], float] | None = None) -> dict:
     """The scheduled sweep: chunks of stalled jobs enqueued again, the ingest message of a job
-    ingesting without progress sent again (a redelivery skips what is stored), results CSVs that a crash
-    never wrote, drops whose start never happened, batch-mode batches read back when the
-    provider has finished them, webhook secrets sealed with the current key, and webhook
-    deliveries due for another attempt. Returns what it did.
+    ingesting without progress sent again (a redelivery skips what is stored), results CSVs that a
+    crash never wrote (a big one's build requested from the ingest function), drops whose start
+    never happened, batch-mode batches read back when the provider has finished them, webhook
+    secrets sealed with the current key, and webhook deliveries due for another attempt. Returns what it did.
 
     Each step is isolated: one that raises is logged and recorded in ``errors`` and the others
     still run. Webhooks go last, within what is left of the handler's time (`remaining_s`, the
@@ -53,8 +53,8 @@ def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Setting
 
     def exports() -> None:
         for job in db.completed_without_results(conn, EXPORT_AFTER_S):
-            step("exports", lambda job=job: done.__setitem__("exported", done["exported"] + export_job(
-                get_conn, storage, job)))
+            step("exports", lambda job=job: done.__setitem__("exported", done["exported"] + results_on_completion(
+                get_conn, storage, queue, settings, job)))
 
     def drops() -> None:
         for job in db.stale_pending_drops(conn, DROP_START_AFTER_S):

@@ -13,7 +13,7 @@ import pytest
 
 from chalicelib import deps, jobs
 from chalicelib.adapters import db
-from chalicelib.adapters.queue import parse_chunk_message, parse_ingest_message
+from chalicelib.adapters.queue import parse_background_message, parse_chunk_message
 from chalicelib.generation.client import build_client
 from chalicelib.generation.openers import OpenerGenerator
 from chalicelib.generation.ratelimit import RateLimiter
@@ -60,7 +60,8 @@ def drop(conn, settings, data: bytes) -> tuple[str, dict]:
 
 
 def ingest_messages(settings) -> list[str]:
-    return [parse_ingest_message(m["Body"]) for m in drain_queue(settings.ingest_queue_url)]
+    messages = (parse_background_message(m["Body"]) for m in drain_queue(settings.ingest_queue_url))
+    return [job_id for kind, job_id, _ in messages if kind == "ingest"]
 
 
 def sent_chunks(settings, job_id: str) -> list[int]:

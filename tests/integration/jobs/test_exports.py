@@ -150,7 +150,8 @@ def test_an_edit_makes_the_export_stale_and_it_is_built_again(client, conn):
 
 def test_the_approved_view_is_its_own_export(client, conn):
     job_id = finished_job(client, conn)
-    marked = post_json(client, f"/api/jobs/{job_id}/review", {"filter": {"url": "acme"}, "review": "approved"})
+    results = body(client.http.get(f"/api/jobs/{job_id}/results"))["results"]
+    marked = post_json(client, f"/api/jobs/{job_id}/review", {"result_ids": [results[0]["id"]], "review": "approved"})
     assert marked.status_code == 200, marked.body
     assert_building(download(client, job_id, "?review=approved"))
     assert_building(download(client, job_id))  # the full one is another build
@@ -161,8 +162,7 @@ def test_the_approved_view_is_its_own_export(client, conn):
     assert [r[:2] for r in approved] == [["name", "website"], ["Acme", "acme.com"]]
     assert len(fetch(download(client, job_id))) == 6
 
-    other = body(client.http.get(f"/api/jobs/{job_id}/results"))["results"][1]
-    post_json(client, f"/api/jobs/{job_id}/review", {"ids": [other["id"]], "review": "approved"})
+    post_json(client, f"/api/jobs/{job_id}/review", {"result_ids": [results[1]["id"]], "review": "approved"})
     assert_building(download(client, job_id, "?review=approved"))  # a new mark: stale
     build(job_id, export_messages(job_id))
     assert [r[0] for r in fetch(download(client, job_id, "?review=approved"))] == ["name", "Acme", "Globex"]

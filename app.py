@@ -466,7 +466,7 @@ def requeue_stalled(event):
     A step that failed fails the invocation (an alarm), after every other step ran."""
     done = jobs.sweep(deps.conn(), deps.conn, deps.storage(), deps.chunk_queue(), deps.settings(),
                       deps.outbound_fetcher(), poll_batches=deps.batch_runner().poll, webhook_box=deps.webhook_box,
-                      remaining_s=remaining_seconds(getattr(event, "context", None)))
+                      remaining_s=remaining_seconds(getattr(event, "context", None)), notify=deps.notify_job)
     if done["errors"]:
         raise RuntimeError(f"sweep steps failed: {done['errors']}")
 

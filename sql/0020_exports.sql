@@ -17,3 +17,8 @@ CREATE TABLE job_exports (
     error           text CHECK (length(error) <= 2000),
     PRIMARY KEY (job_id, view)
 );
+
+-- How many times in a row the sweep sent a job's ingest message again without a batch stored in
+-- between (issue 24): a file whose reading crashes each time at the same place fails its job
+-- after a few, instead of being sent again forever. A stored batch sets it back to 0.
+ALTER TABLE jobs ADD COLUMN ingest_attempts integer NOT NULL DEFAULT 0 CHECK (ingest_attempts >= 0);

@@ -17,7 +17,9 @@ ingesting job; only the last batch moves it to `processing`, so no handler compl
 A file that cannot be read at some row fails the job with the row number and the reason; the
 rows stored before it are kept (pending: a retry processes them). The quota was taken for the
 estimate: a batch beyond it takes the difference (and fails the job the same way when the day's
-quota is spent), the last batch gives back what the exact count did not use."""
+quota is spent), the last batch gives back what the exact count did not use and puts the
+estimate on the exact count (`pricing.for_exact_count`). An unexpected crash is noted on the job
+(`error`) and raised, so SQS delivers the message again."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from chalicelib.adapters import db
 from chalicelib.adapters.queue import ChunkQueue
 from chalicelib.adapters.storage import ObjectMissing, Storage
 from chalicelib.errors import BadRequest, DomainError, RateLimited
-from chalicelib.generation import prompt
+from chalicelib.generation import pricing, prompt
 from chalicelib.intake import csvfile
 from chalicelib.intake.uploads import check_size
 from chalicelib.jobs.create import csv_error, delete_refused, layout_of, read_source, summary_fields
@@ -141,6 +143,13 @@ def ingest_file(conn, storage: Storage, queue: ChunkQueue, settings: Settings, j
         at = None if getattr(exc, "code", "") == "no_valid_urls" else (
             done_rows + 1 if isinstance(exc, RateLimited) else last_row + 1)
         return _fail(conn, job_id, at, exc, notify)
+    except Exception as exc:  # a crash: SQS delivers the message again; the job says why meanwhile
+        try:
+            db.note_ingest_error(conn, job_id, f"the ingest stopped at file row {done_rows + 1:,}: "
+                                               f"{type(exc).__name__}: {str(exc)[:300]}")
+        except Exception:
+            log.exception("could not record why the ingest stopped", extra={"job_id": job_id})
+        raise
     log.info("file ingested", extra={"job_id": job_id, "total_rows": job["total_rows"],
                                      "invalid_rows": job["invalid_rows"], "chunks": job["chunks"]})
     finished = db.complete_job_if_done(conn, job_id)  # every chunk may have been processed meanwhile
@@ -169,6 +178,9 @@ def _store(conn, queue: ChunkQueue, settings: Settings, seen: dict, batch: list,
             extra = stored - job["reserved_rows"]
         job = db.store_batch(conn, job["id"], stored=len(batch), invalid=invalid, errors=errors, last_row=last_row,
                              waiting_chunk=None if send or not batch else chunk, reserved=extra, done=done)
+        if done and job is not None and job["estimate"]:  # decided on the sample: now on the exact count
+            db.set_estimate(conn, job["id"], pricing.for_exact_count(settings.prices, job["estimate"], stored),
+                            expected="processing")
     if send:
         queue.send_chunks(str(job["id"]), [chunk])
     return job

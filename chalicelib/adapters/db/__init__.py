@@ -44,8 +44,10 @@ from chalicelib.adapters.db.exports import (  # noqa: F401
 )
 from chalicelib.adapters.db.ingest import (  # noqa: F401
     begin_ingest,
+    count_ingest_resend,
     dispatched_unfinished_chunks,
     give_back_urls_today,
+    note_ingest_error,
     stale_ingests,
     store_batch,
     undispatched,

@@ -39,7 +39,7 @@ def store_batch(conn, job_id: str, *, stored: int, invalid: int, errors: list[di
     the exact count. None unless the job is still ingesting."""
     return conn.execute(
         f"""UPDATE jobs SET total_rows = total_rows + %(stored)s, invalid_rows = invalid_rows + %(invalid)s,
-                   errors = errors || %(errors)s, ingest_row = %(last_row)s,
+                   errors = errors || %(errors)s, ingest_row = %(last_row)s, ingest_attempts = 0,
                    chunks = chunks + (%(stored)s > 0)::int,
                    undispatched = CASE WHEN %(waiting)s::int IS NULL THEN undispatched
                                        ELSE array_append(undispatched, %(waiting)s::int) END,
@@ -77,3 +77,18 @@ def stale_ingests(conn, older_than_s: float, limit: int = 20) -> list[dict]:
               AND updated_at < now() - make_interval(secs => %s) ORDER BY updated_at LIMIT %s""",
         (older_than_s, limit),
     ).fetchall()
+
+
+def count_ingest_resend(conn, job_id: str) -> dict | None:
+    """The sweep sends the ingest message of a job stuck ingesting again: one more attempt
+    without progress. -> {"ingest_attempts", "ingest_row", "total_rows", "error"} (None: no
+    longer ingesting)."""
+    return conn.execute(
+        """UPDATE jobs SET ingest_attempts = ingest_attempts + 1 WHERE id = %s AND status = 'ingesting'
+           RETURNING ingest_attempts, ingest_row, total_rows, error""", (job_id,)).fetchone()
+
+
+def note_ingest_error(conn, job_id: str, error: str) -> None:
+    """Why the ingest of a job stopped unexpectedly (it stays ingesting: SQS delivers its message
+    again), so the job and, if the sweep gives up, its failure say it."""
+    conn.execute("UPDATE jobs SET error = %s WHERE id = %s AND status = 'ingesting'", (error[:500], job_id))

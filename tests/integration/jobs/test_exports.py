@@ -18,16 +18,8 @@ from chalicelib import deps, jobs
 from chalicelib.adapters import db
 from chalicelib.adapters.queue import parse_background_message
 from infra.runner import LambdaContext, Runner, sqs_event
-from tests.support.api import (
-    body,
-    download,
-    drain_queue,
-    mark_urls_done,
-    patch_json,
-    post_json,
-    purge_queue,
-    upload_and_process,
-)
+from tests.support import api
+from tests.support.api import body, download, drain_queue, mark_urls_done, patch_json, post_json, purge_queue
 from tests.support.util import wait_for
 
 DATA = b"name,website\nAcme,acme.com\nGlobex,globex.com\nInitech,initech.com\nBad,javascript:x\nUmbrella,umbrella.com\n"
@@ -68,7 +60,7 @@ def assert_building(response) -> None:
 
 
 def finished_job(client, conn) -> str:
-    job_id, started = upload_and_process(client, DATA, page_context=False)
+    job_id, started = api.upload_and_process(client, DATA, page_context=False)
     assert started.status_code == 202, started.body
     mark_urls_done(conn, job_id)
     return job_id
@@ -121,7 +113,7 @@ def test_concurrent_downloads_start_one_build(client, conn):
 
 
 def test_the_completion_of_a_big_job_requests_its_results_csv(client, conn):
-    job_id, _ = upload_and_process(client, DATA, page_context=False)
+    job_id, _ = api.upload_and_process(client, DATA, page_context=False)
     mark_urls_done(conn, job_id)
     deps.job_completed(db.get_job(conn, job_id))  # what the worker's exactly-once completion calls
     views = export_messages(job_id)
@@ -169,7 +161,7 @@ def test_the_approved_view_is_its_own_export(client, conn):
 
 
 def test_a_running_jobs_export_is_served_while_recent(client, conn):
-    job_id, _ = upload_and_process(client, DATA, page_context=False)
+    job_id, _ = api.upload_and_process(client, DATA, page_context=False)
     assert_building(download(client, job_id))
     build(job_id, export_messages(job_id))
     conn.execute("UPDATE jobs SET processed_rows = 1 WHERE id = %s", (job_id,))  # progress since the build

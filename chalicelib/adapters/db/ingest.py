@@ -32,17 +32,16 @@ def undispatched(conn, job_id: str) -> list[int]:
 
 
 def store_batch(conn, job_id: str, *, stored: int, invalid: int, errors: list[dict], last_row: int,
-                waiting_chunk: int | None, reserved: int, done: bool) -> dict | None:
-    """After a batch's COPY, in its transaction: the job's counters, first errors, progress mark
-    (`ingest_row`), chunk count (+1 when rows were stored; `waiting_chunk` joins the waiting list)
-    and quota taken. `done`: every row is stored, so the job is processing and its estimate is
-    the exact count. None unless the job is still ingesting."""
+                new_chunks: int, waiting: list[int], reserved: int, done: bool) -> dict | None:
+    """After the COPY of one or more batches, in their transaction: the job's counters, first
+    errors, progress mark (`ingest_row`), chunk count (+`new_chunks`; the `waiting` ones join
+    the waiting list, in order) and quota taken. `done`: every row is stored, so the job is
+    processing and its estimate is the exact count. None unless the job is still ingesting."""
     return conn.execute(
         f"""UPDATE jobs SET total_rows = total_rows + %(stored)s, invalid_rows = invalid_rows + %(invalid)s,
                    errors = errors || %(errors)s, ingest_row = %(last_row)s, ingest_attempts = 0,
-                   chunks = chunks + (%(stored)s > 0)::int,
-                   undispatched = CASE WHEN %(waiting)s::int IS NULL THEN undispatched
-                                       ELSE array_append(undispatched, %(waiting)s::int) END,
+                   chunks = chunks + %(new_chunks)s,
+                   undispatched = undispatched || %(waiting)s::int[],
                    reserved_rows = reserved_rows + %(reserved)s,
                    progress = CASE WHEN total_rows + %(stored)s = 0 THEN 0
                                    ELSE round(100.0 * (processed_rows + failed_rows) / (total_rows + %(stored)s)) END,
@@ -50,7 +49,7 @@ def store_batch(conn, job_id: str, *, stored: int, invalid: int, errors: list[di
                    estimated_rows = CASE WHEN %(done)s THEN total_rows + %(stored)s ELSE estimated_rows END
             WHERE id = %(job)s AND status = 'ingesting' RETURNING {JOB_COLUMNS}""",
         {"stored": stored, "invalid": invalid, "errors": Jsonb(errors), "last_row": last_row,
-         "waiting": waiting_chunk, "reserved": reserved, "done": done, "job": job_id},
+         "new_chunks": new_chunks, "waiting": waiting, "reserved": reserved, "done": done, "job": job_id},
     ).fetchone()
 
 

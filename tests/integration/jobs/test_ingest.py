@@ -102,8 +102,10 @@ class Crash(Exception):
     pass
 
 
-def crash_after(monkeypatch, batches: int) -> None:
-    """The ingest dies inside its (batches + 1)-th batch transaction, after that batch's COPY."""
+def crash_after(monkeypatch, batches: int, per_commit: int = 1) -> None:
+    """The ingest dies inside its (batches + 1)-th transaction, after its COPY; `per_commit`
+    batches to a transaction after the first (1: each batch its own)."""
+    monkeypatch.setattr(ingest_module, "BATCHES_PER_COMMIT", per_commit)
     real, calls = db.store_batch, []
 
     def store_batch(*args, **kwargs):
@@ -179,6 +181,24 @@ def test_a_crash_mid_ingest_resumes_where_it_stopped_with_no_row_twice_and_none_
     assert_invariant(conn, job_id)
     again = jobs.ingest_file(conn, deps.storage(), deps.chunk_queue(), small, job_id)  # a late duplicate message
     assert again["total_rows"] == 900 and rows_of(conn, job_id)["n"] == 900
+
+
+def test_a_crash_in_a_transaction_of_several_batches_loses_them_all_and_the_resume_stores_them(conn, small,
+                                                                                                monkeypatch):
+    job_id, _ = drop(conn, small, lead_file(1000, invalid_every=10))
+    ingest_messages(small)
+    crash_after(monkeypatch, 2, per_commit=3)  # transactions of 1, 3, 3, ... batches: the third dies
+    with pytest.raises(Crash):
+        jobs.ingest_file(conn, deps.storage(), deps.chunk_queue(), small, job_id)
+    job = assert_invariant(conn, job_id)
+    assert (job["status"], job["total_rows"], job["chunks"]) == ("ingesting", 4 * CHUNK, 4)
+    assert sent_chunks(small, job_id) == [0, 1]  # the window of 2; chunks 2 and 3 wait
+    assert job["ingest_row"] == 4 * CHUNK + 4 * CHUNK // 9  # the 200th valid row (every 10th invalid)
+    monkeypatch.undo()
+    done = jobs.ingest_file(conn, deps.storage(), deps.chunk_queue(), small, job_id)
+    assert (done["status"], done["total_rows"], done["invalid_rows"], done["chunks"]) == ("processing", 900, 100, 18)
+    assert rows_of(conn, job_id) == {"n": 900, "distinct_rows": 900, "last_chunk": 17, "chunks": 18}
+    assert_invariant(conn, job_id)
 
 
 def test_a_row_that_cannot_be_read_deep_in_the_file_fails_the_job_with_its_number(conn, small):

@@ -11,7 +11,8 @@ last file row stored); the first batch is a transaction alone, later ones BATCHE
 a transaction. So the invariant processed + failed + unfinished = total_rows holds at
 every moment, and a redelivered or continued message re-reads the file and skips exactly the
 rows stored: none twice, none lost. The batches are stored by a thread of their own while the
-next ones are parsed (`_Writer`: at most one group waiting, memory flat). A chunk's message
+next ones are parsed (`_Writer`: at most one group waiting, memory flat), and the file is read
+from S3 by another, a few chunks ahead (`_read_ahead`). A chunk's message
 goes out right after its commit, within
 the job's chunk window (beyond it, the chunk waits on `undispatched`, as a start's did), so the
 first openers are written while the rest of the file is read. Chunk handlers work on an
@@ -29,8 +30,8 @@ from __future__ import annotations
 import contextvars
 import math
 import threading
-from collections.abc import Callable
-from queue import Queue
+from collections.abc import Callable, Iterator
+from queue import Full, Queue
 
 from chalicelib.adapters import db
 from chalicelib.adapters.queue import ChunkQueue
@@ -50,6 +51,7 @@ log = get_logger("jobs")
 SAMPLE_BYTES = 1024 * 1024  # what `process` reads of a file it has not seen whole
 DEADLINE_RESERVE_S = 60.0  # of the function's time: past it, the ingest hands on to a new message
 BATCHES_PER_COMMIT = 4  # after the first batch (alone, so its chunk goes out at once)
+READ_AHEAD_CHUNKS = 8  # of the file (256 KiB each) read ahead of the parsing
 
 
 def check_sample(conn, storage: Storage, settings: Settings, job: dict) -> tuple[dict, int]:
@@ -122,7 +124,7 @@ def ingest_file(conn, storage: Storage, queue: ChunkQueue, settings: Settings, j
     writer = _Writer(conn, queue, settings, job)
     try:
         try:
-            for row, record in csvfile.iter_rows(read_source(storage, job), layout_of(job)):
+            for row, record in csvfile.iter_rows(_read_ahead(read_source(storage, job)), layout_of(job)):
                 if row.row <= done_rows:
                     continue
                 last_row = row.row
@@ -169,6 +171,48 @@ def ingest_file(conn, storage: Storage, queue: ChunkQueue, settings: Settings, j
     if finished is not None and completed is not None:
         completed(finished)
     return finished or job
+
+
+_END = object()
+
+
+def _read_ahead(chunks: Iterator[bytes], depth: int = READ_AHEAD_CHUNKS) -> Iterator[bytes]:
+    """The file's chunks read on a thread of their own, at most `depth` ahead (memory flat), so
+    the network read overlaps the parsing; the reader's errors are raised here, in order. Leaving
+    early stops the reader and closes the stream."""
+    box: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for chunk in chunks:
+                if not offer(chunk):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the parsing thread
+            offer(exc)
+            return
+        offer(_END)
+
+    reader = threading.Thread(target=contextvars.copy_context().run, args=(read,), name="ingest-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := box.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
+        getattr(chunks, "close", lambda: None)()  # the S3 body: the rest is not downloaded
 
 
 class _Writer:

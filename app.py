@@ -290,7 +290,7 @@ def process(caller: Caller):
                         callback_url=body.get("callback_url"), mode=body.get("mode"),
                         grounding=body.get("grounding"), min_words=body.get("min_words"),
                         max_words=body.get("max_words"), language=body.get("language"), reuse=body.get("reuse"),
-                        completed=deps.job_completed, notify=deps.notify_job)
+                        variants=body.get("variants"), completed=deps.job_completed, notify=deps.notify_job)
     return Response(result, status_code=202)
 
 
@@ -343,7 +343,7 @@ def preview_job(caller: Caller, job_id):
                            page_context=body.get("page_context"), rows=body.get("rows"),
                            page_summary=deps.page_summaries(), grounding=body.get("grounding"),
                            min_words=body.get("min_words"), max_words=body.get("max_words"),
-                           language=body.get("language"), reuse=body.get("reuse"))
+                           language=body.get("language"), reuse=body.get("reuse"), variants=body.get("variants"))
 
 
 @route("/api/jobs/{job_id}/retry", methods=["POST"])

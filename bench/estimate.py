@@ -19,7 +19,10 @@ home page from bench/pagecontext.py, summarised as the fetcher does) is:
              first answers priced at the batch price, re-asks at the live price, against the
              estimate's `batch_cost_usd`.
 
-Then, on the fake with 20 % of first answers bad (misbehave: an invented fact or spam, asked
+Then variants=3 (three openers per row in one call: the longer prompt and answer; live only,
+since batch mode refuses variants), on the fake and the dummy ("fake-v3", "dummy-v3"), beside
+the same cases at variants=1 above. Then, on the fake with 20 % of first answers bad
+(misbehave: an invented fact or spam, asked
 again by the checks; in batch mode those re-asks are live calls), two of the cases again
 ("fake20").
 
@@ -45,6 +48,7 @@ import openai
 
 from bench.common import fake_call, fake_openai
 from bench.pagecontext import make_page
+from tests.support.limiter import NoLimit
 
 URLS = int(os.environ.get("BENCH_URLS", "300"))
 CHUNK = int(os.environ.get("BENCH_CHUNK", "50"))
@@ -62,20 +66,6 @@ INSTRUCTIONS = {
 }
 
 
-class NoLimit:
-    """The benchmark measures tokens, not rates: no limiter."""
-
-    def acquire(self, *args, **kwargs) -> float:
-        return 0.0
-
-    def refund(self, *args, **kwargs) -> None:
-        pass
-
-    def cooldown(self, *args, **kwargs) -> None:
-        pass
-
-    def observe(self, *args, **kwargs) -> None:
-        pass
 
 
 def rows(page_context: bool) -> list[tuple[str, str | None]]:
@@ -99,7 +89,8 @@ def old_estimate(instructions: str, page_context: bool) -> tuple[int, int]:
     return estimate_tokens(messages, 0) * URLS, 70 * URLS
 
 
-def live(generator, instructions: str, sample: list[tuple[str, str | None]]) -> list[tuple[int, int]]:
+def live(generator, instructions: str, sample: list[tuple[str, str | None]],
+         variants: int = 1) -> list[tuple[int, int]]:
     """(prompt, completion) tokens of each row, checked as the worker does."""
     from chalicelib.generation import checks
     from chalicelib.generation.answers import GenerationFailed
@@ -108,7 +99,7 @@ def live(generator, instructions: str, sample: list[tuple[str, str | None]]) -> 
         url, page = row
         try:
             kept = checks.generate_checked(generator, job_id="bench", url=url, instructions=instructions, model=MODEL,
-                                           options=checks.Options(), page=page, max_calls=3)
+                                           options=checks.Options(variants=variants), page=page, max_calls=3)
         except GenerationFailed as exc:  # a failed row counts what it cost
             return exc.prompt_tokens, exc.completion_tokens
         return kept.prompt_tokens, kept.completion_tokens
@@ -169,7 +160,7 @@ def batch(base_url: str, generator, instructions: str, sample: list[tuple[str, s
 
 
 def measure(backend: str, client: openai.OpenAI, base_url: str | None,
-            cases: tuple[tuple[bool, str], ...] | None = None) -> list[dict]:
+            cases: tuple[tuple[bool, str], ...] | None = None, variants: int = 1) -> list[dict]:
     from chalicelib.generation import pricing
     from chalicelib.generation.openers import OpenerGenerator
     from chalicelib.jobs.preview import preview_calibration
@@ -184,17 +175,18 @@ def measure(backend: str, client: openai.OpenAI, base_url: str | None,
         instructions = INSTRUCTIONS[name]
         if base_url:
             fake_call(base_url, "/_fake/reset", {"keep_config": True})
-        tokens = live(generator, instructions, sample)
+        tokens = live(generator, instructions, sample, variants)
         actual = pricing.cost_usd(prices, MODEL, sum(p for p, _ in tokens), sum(c for _, c in tokens))
-        estimate = pricing.estimate(prices, MODEL, URLS, instructions, [], page_context)
+        estimate = pricing.estimate(prices, MODEL, URLS, instructions, [], page_context, variants=variants)
         # the preview: its first rows' real usage against what the estimate says those rows cost
         shown = [{"row": i, "prompt_tokens": p, "completion_tokens": c}
                  for i, (p, c) in enumerate(tokens[:PREVIEW_ROWS])]
         per_row = {i: (pricing.sample_request(instructions, [], page_context, sample_url=url, values={},
-                                              page=page or ""), pricing.completion_tokens())
+                                              page=page or "", variants=variants),
+                          pricing.completion_tokens(variants=variants))
                    for i, (url, page) in enumerate(sample[:PREVIEW_ROWS])}
         calibrated = pricing.estimate(prices, MODEL, URLS, instructions, [], page_context,
-                                      calibrated=preview_calibration(shown, per_row))
+                                      calibrated=preview_calibration(shown, per_row), variants=variants)
         head = tokens[:CHUNK]
         projected = pricing.cost_usd(prices, MODEL, -(-sum(p for p, _ in head) * URLS // CHUNK),
                                      -(-sum(c for _, c in head) * URLS // CHUNK))  # as calibrate_estimate rounds
@@ -213,7 +205,7 @@ def measure(backend: str, client: openai.OpenAI, base_url: str | None,
             "old": pricing.cost_usd(prices, MODEL, old_p, old_c) / actual,
             "batch": None, "batch_calibrated": None, "batch_projected": None,
         }
-        if base_url:
+        if base_url and variants == 1:
             fake_call(base_url, "/_fake/reset", {"keep_config": True})
             batch_actual, batch_projected = batch(base_url, generator, instructions, sample)
             figures["batch_projected"] = batch_projected / batch_actual
@@ -230,7 +222,7 @@ def line(f: dict) -> str:
     def r(value: float | None) -> str:
         return "   n/a" if value is None else f"{value:6.3f}"
 
-    return (f"{f['backend']:6} {f['instructions']:6} page {'on ' if f['page_context'] else 'off'} | prompt/URL "
+    return (f"{f['backend']:8} {f['instructions']:6} page {'on ' if f['page_context'] else 'off'} | prompt/URL "
             f"{f['prompt_per_url']:4} est {f['actual_prompt_per_url']:6.1f} act | completion/URL "
             f"{f['completion_per_url']:3} est {f['actual_completion_per_url']:5.1f} act | live {r(f['live'])} "
             f"calibrated {r(f['calibrated'])} first chunk {r(f['projected'])} | batch {r(f['batch'])} "
@@ -246,12 +238,14 @@ def main() -> list[dict]:
     with fake_openai("--latency-ms", "0") as base_url:
         client = openai.OpenAI(api_key="bench", base_url=base_url, max_retries=0)
         results += measure("fake", client, base_url)
+        results += measure("fake-v3", client, base_url, ((False, "medium"), (True, "medium"), (True, "long")), 3)
         # 20 % of first answers bad (an invented fact, spam): re-asks, live in batch mode too
         fake_call(base_url, "/_fake/config", {"misbehave": {"invent": 0.1, "spam": 0.1}})
         results += measure("fake20", client, base_url, ((True, "medium"), (False, "short")))
     dummy = openai.OpenAI(api_key="dummy", base_url="http://dummy.invalid/v1", max_retries=0,
                           http_client=httpx2.Client(transport=DummyTransport()))
     results += measure("dummy", dummy, None)
+    results += measure("dummy-v3", dummy, None, ((False, "medium"), (True, "medium")), 3)
     keys = ("live", "calibrated", "projected", "batch", "batch_calibrated", "batch_projected")
     values = [r[k] for r in results for k in keys if r[k] is not None]
     print(f"\nall {len(values)} ratios within [{min(values):.3f}, {max(values):.3f}]; "

@@ -316,7 +316,7 @@ class Api:
         return self.call("GET", f"/api/jobs/{_segment(job_id)}/results/{_segment(result_id)}")["result"]
 
     def edit(self, job_id: str, result_id: str, *, version: int | None = None, **changes: Any) -> dict:
-        """PATCH a result: `opener` and/or `review` (None clears it), refused (409 stale_version)
+        """PATCH a result: `opener` or `variant` (a pick), and/or `review` (None clears it), refused (409 stale_version)
         if the row is no longer at `version`."""
         body = {**changes, **({"version": version} if version is not None else {})}
         return self.call("PATCH", f"/api/jobs/{_segment(job_id)}/results/{_segment(result_id)}", json=body)["result"]

@@ -103,13 +103,16 @@ def add_quality_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-words", type=count_arg(1, 200), metavar="N", help="more words is flagged (default 40)")
     group.add_argument("--language", type=language_arg, metavar="CODE",
                        help="auto (each prospect's language, the default) or an ISO 639-1 code such as de")
+    group.add_argument("--variants", type=count_arg(1, 3), metavar="N",
+                       help="write N openers per row (1-3, default 1; live jobs only): the first is used until "
+                            "you pick another (csv-opener review: p N V)")
     group.add_argument("--no-reuse", dest="reuse", action="store_false", default=None,
                        help="call the model for every row, even one an earlier job of the account already "
                             "has an opener for (reuse is the default)")
 
 
 def quality_options(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("grounding", "min_words", "max_words", "language", "reuse")
+    names = ("grounding", "min_words", "max_words", "language", "reuse", "variants")
     options = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     if options.get("min_words", 0) > options.get("max_words", 200):
         raise UsageError("--min-words must not be greater than --max-words")

@@ -6,11 +6,13 @@ script: the loop is the same, and ends at end of input):
 
     a N…  approve      r N…  reject      u N…  unmark
     e N   edit the opener in $VISUAL / $EDITOR
+    p N V pick variant V (1-3) of row N (a job with several openers per row)
     g N…  regenerate these rows (asks for feedback)
     l     list again (reloaded)      q  quit
 
 N… is table numbers: `1 3`, `2-5`, `1,4` or `all`. Every text from the API is shown as text
-(rich markup in an opener is not interpreted; control characters are made visible).
+(rich markup in an opener is not interpreted; control characters are made visible). A row with
+variants lists them under its opener, numbered, the picked one marked with *.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from csv_opener_cli.api import ApiError, printable
 QUALITY_FLAGS = ("too_long", "too_short", "duplicate", "spammy", "wrong_language", "generic", "ungrounded", "edited")
 URL_STATUSES = ("pending", "processing", "completed", "failed")
 REVIEWS = ("approved", "rejected", "none")
-COMMAND_HELP = ("a N… approve", "r N… reject", "u N… unmark", "e N edit in $EDITOR", "g N… regenerate with feedback",
-                "l list again", "q quit")
+COMMAND_HELP = ("a N… approve", "r N… reject", "u N… unmark", "e N edit in $EDITOR", "p N V pick variant V",
+                "g N… regenerate with feedback", "l list again", "q quit")
 HELP = "commands: " + " · ".join(COMMAND_HELP) + "   (N…: 1 3, 2-5, 1,4 or all)"
 MARKS = {"a": "approved", "r": "rejected", "u": None}
 
@@ -133,6 +135,17 @@ def cmd_review(ctx) -> int:
             ctx.warn(str(exc))
 
 
+def opener_cell(row: dict) -> str:
+    """The opener (or the error), and a row's variants under it: numbered, the picked one with *."""
+    text = row.get("opener") or row.get("error") or ""
+    variants = row.get("variants") or ()
+    if len(variants) < 2:
+        return text
+    picked = row.get("variant") or 1
+    lines = [f"{'*' if n == picked else ' '}{n} {(v or {}).get('opener') or ''}" for n, v in enumerate(variants, 1)]
+    return "\n".join([text, *lines])
+
+
 class Session:
     """The rows under review (as the table numbers them) and the commands on them."""
 
@@ -160,7 +173,7 @@ class Session:
             table.add_row(*(Text(printable(str(cell))) for cell in (
                 number, row.get("row", ""), row.get("status", ""), row.get("review") or "–",
                 ",".join(row.get("quality") or ()) or "–",
-                row.get("opener") or row.get("error") or "", row.get("evidence") or "")))
+                opener_cell(row), row.get("evidence") or "")))
         console.print(table)
 
     def pick(self, text: str) -> list[dict]:
@@ -189,6 +202,8 @@ class Session:
             self.load()
         elif command == "e":
             self.edit(self.pick(rest))
+        elif command == "p":
+            self.pick_variant(rest)
         elif command == "g":
             self.regenerate(self.pick(rest))
         elif command in ("l", "list"):
@@ -210,6 +225,24 @@ class Session:
         updated = self.ctx.api.edit(self.job_id, row["id"], opener=text, version=row.get("version"))
         self.rows[self.rows.index(row)] = updated
         self.ctx.out(f"Row {updated.get('row')} saved: {printable(updated.get('opener') or '')}")
+
+    def pick_variant(self, rest: str) -> None:
+        """`p N V`: variant V of the row numbered N becomes its opener."""
+        parts = rest.split()
+        if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()):
+            raise ValueError("pick one variant of one row: p N V (e.g. `p 2 3`)")
+        row = self.pick(parts[0])
+        if len(row) != 1:
+            raise ValueError("pick one variant of one row: p N V (e.g. `p 2 3`)")
+        count = len(row[0].get("variants") or ())
+        if count < 2:
+            raise ValueError(f"row {row[0].get('row')} has no variants to pick from")
+        number = int(parts[1])
+        if not 1 <= number <= count:
+            raise ValueError(f"row {row[0].get('row')} has {count} variants: V is 1 to {count}")
+        updated = self.ctx.api.edit(self.job_id, row[0]["id"], variant=number, version=row[0].get("version"))
+        self.rows[self.rows.index(row[0])] = updated
+        self.ctx.out(f"Row {updated.get('row')}: variant {number} picked: {printable(updated.get('opener') or '')}")
 
     def editor(self, text: str) -> str:
         """`text` edited in $VISUAL / $EDITOR (vi): what the file holds afterwards, stripped."""

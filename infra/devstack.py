@@ -309,9 +309,12 @@ def private_stack(kind: str) -> Iterator[dict[str, str]]:
     run_id = secrets.token_hex(4)
     db_name = f"csv_opener_{kind}_{run_id}"
     with ExitStack() as stack:
+        began = time.monotonic()
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"csv-opener-{kind}-")))
         endpoint = stack.enter_context(private_localstack(tmp / "localstack"))
+        started = time.monotonic()
         outputs = provision(endpoint, parameters=LOCAL_PARAMETERS)
+        provisioned = time.monotonic()
         create_database(env, db_name)
         stack.callback(drop_database, env, db_name)
         run_env = stack_env(env, endpoint, outputs)
@@ -328,7 +331,10 @@ def private_stack(kind: str) -> Iterator[dict[str, str]]:
         )
         run_env.pop("OPENAI_API_KEY", None)  # tests and benchmarks never call a paid API
         migrate(run_env["DATABASE_URL"])
-        say(f"database {db_name} ready")
+        # the fixed cost of every `make test` / `make bench`, before the first test
+        say(f"database {db_name} ready; stack ready in {time.monotonic() - began:.1f} s (LocalStack "
+            f"{started - began:.1f} s, resources {provisioned - started:.1f} s, database "
+            f"{time.monotonic() - provisioned:.1f} s)")
         yield run_env
 
 

@@ -75,7 +75,7 @@ def _wait(cfn, stack: str, timeout_s: float = 180) -> dict:
             return desc
         if time.monotonic() > deadline:
             raise TimeoutError(f"stack {stack} still {status} after {timeout_s:.0f}s")
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
 def provision(endpoint: str | None, region: str = "us-east-1", stack: str = STACK,

@@ -41,7 +41,7 @@ log = logs.get_logger("runner")
 VISIBILITY_S = int(os.environ.get("RUNNER_VISIBILITY_S", "60"))
 SWEEP_EVERY_S = int(os.environ.get("RUNNER_SWEEP_S", "300"))  # the schedule of app.requeue_stalled
 HEARTBEAT_S = max(1, VISIBILITY_S // 3)
-POLL_WAIT_S = 2
+POLL_WAIT_S = 1  # a stop waits for the receives in progress: the tests restart the runner often
 RETRY_PAUSE_S = 2
 CONFIG = ROOT / ".chalice" / "config.json"
 

@@ -15,7 +15,7 @@ from typing import Any
 from chalicelib.generation import guard
 from chalicelib.generation.prompt import MAX_INSTRUCTIONS_CHARS, SYSTEM_PROMPT, build_messages  # noqa: F401 (re-exported)
 from chalicelib.logs import redact_secrets
-from chalicelib.quality.answer import AnswerError, parse_answer, parse_lenient
+from chalicelib.quality.answer import AnswerError, parse_answer, parse_answers, parse_lenient, parse_lenient_answers
 
 log = logging.getLogger("csv_opener.openers")
 
@@ -38,6 +38,9 @@ class Opener:
     attempts: int
     evidence: str | None = None
     cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    # with variants (a job's `variants` > 1): every (opener, evidence) of the answer, in its order;
+    # text/evidence are the first's. Empty for one opener.
+    variants: tuple[tuple[str, str | None], ...] = ()
 
 
 def trim(text: str, limit: int) -> str:
@@ -246,27 +249,43 @@ def _cleaned(raw: str | None, sample: object) -> str:
     return text
 
 
-def usable_answer(body: dict, lenient: bool = False) -> tuple[str, str | None]:
-    """(opener, evidence) of a structured answer: the JSON parsed (strictly, or leniently when it
-    was asked for in words), the opener cleaned; UnusableAnswer saying why when it is not one."""
+def usable_answers(body: dict, lenient: bool = False, variants: int = 1) -> list[tuple[str, str | None]]:
+    """[(opener, evidence)] of a structured answer: the JSON parsed (strictly, or leniently when
+    it was asked for in words), exactly ``variants`` of them, each opener cleaned;
+    UnusableAnswer saying why when it is not that (a wrong count is an unusable answer too)."""
     raw, message, _ = _content(body)
     try:
-        answer = parse_lenient(raw) if lenient else parse_answer(raw)
+        if variants > 1:
+            answers = parse_lenient_answers(raw, variants) if lenient else parse_answers(raw, variants)
+        else:
+            answers = [parse_lenient(raw) if lenient else parse_answer(raw)]
     except AnswerError as exc:
         log_unusable(exc.reason, message.get("content"))
         raise UnusableAnswer(exc.message[0].lower() + exc.message[1:]) from None
-    return _cleaned(answer.opener, answer.opener), answer.evidence
+    return [(_cleaned(a.opener, a.opener), a.evidence) for a in answers]
+
+
+def usable_answer(body: dict, lenient: bool = False) -> tuple[str, str | None]:
+    """(opener, evidence) of a structured answer of one opener (``usable_answers``)."""
+    return usable_answers(body, lenient)[0]
+
+
+def checked_answers(body: dict, url: str, instructions: str | None, lenient: bool = False,
+                    variants: int = 1) -> list[tuple[str, str | None]]:
+    """``usable_answers``, then the output guard on each opener: UnusableAnswer(rejected=True)
+    with the guard's reason (naming the variant when there are several) if any is refused."""
+    found = usable_answers(body, lenient, variants)
+    for number, (text, _) in enumerate(found, 1):
+        rejected = guard.problem(text, url, instructions)
+        if rejected:
+            log_unusable(rejected, text)
+            raise UnusableAnswer(f"opener {number}: {rejected}" if variants > 1 else rejected, rejected=True)
+    return found
 
 
 def checked_answer(body: dict, url: str, instructions: str | None, lenient: bool = False) -> tuple[str, str | None]:
-    """``usable_answer``, then the output guard on the opener: UnusableAnswer(rejected=True)
-    with the guard's reason."""
-    text, evidence = usable_answer(body, lenient)
-    rejected = guard.problem(text, url, instructions)
-    if rejected:
-        log_unusable(rejected, text)
-        raise UnusableAnswer(rejected, rejected=True)
-    return text, evidence
+    """``checked_answers`` of one opener."""
+    return checked_answers(body, url, instructions, lenient)[0]
 
 
 def opener_from_answer(body: Any, url: str, instructions: str | None) -> Opener:

@@ -82,11 +82,13 @@ class Options:
     min_words: int = quality_flags.DEFAULT_MIN_WORDS
     max_words: int = quality_flags.DEFAULT_MAX_WORDS
     language: str = AUTO
+    variants: int = 1  # openers asked for per row (SPEC "variants")
 
     @classmethod
     def of(cls, job: dict) -> Options:
         return cls(job.get("grounding") or STRICT, job.get("min_words") or quality_flags.DEFAULT_MIN_WORDS,
-                   job.get("max_words") or quality_flags.DEFAULT_MAX_WORDS, job.get("language") or AUTO)
+                   job.get("max_words") or quality_flags.DEFAULT_MAX_WORDS, job.get("language") or AUTO,
+                   int(job.get("variants") or 1))
 
 
 @dataclass
@@ -106,6 +108,9 @@ class Checked:
     attempts: int = 0
     cached_tokens: int = 0
     reasks: list[str] = field(default_factory=list)
+    # with variants: each opener kept, checked, in order ({"opener", "evidence", "grounding",
+    # "quality", "words"}); the row's own fields are the first's. None for one opener.
+    variants: list[dict] | None = None
 
 
 def row_language(options: Options, page: str | None, declared: str | None = None) -> str:
@@ -117,17 +122,21 @@ def row_language(options: Options, page: str | None, declared: str | None = None
     return page_language(declared or declared_language_of(page), None, None, page) or DEFAULT_LANGUAGE
 
 
-def generate_checked(generator: Generator, *, job_id: str, url: str, instructions: str | None,
-                     model: str | None, options: Options, fields: dict[str, str] | None = None,
-                     page: str | None = None, declared_language: str | None = None,
-                     duplicates: Duplicates | None = None, max_calls: int = 3,
-                     should_stop: Callable[[], bool] = lambda: False, account: str | None = None,
-                     first: Opener | None = None, feedback: str | None = None) -> Checked:
-    """The row's opener, checked (see the module docstring). Raises ``Ungrounded`` (strict mode),
-    ``GenerationFailed`` or ``LimiterStopped`` as the generator does. ``first``: an answer already
-    in hand (a Batch API result): checked before any live call is made. ``feedback``: the
-    sender's words on the row's earlier opener (a regeneration), added to its prompt."""
-    marks = {"feedback": feedback} if feedback else {}  # generators that predate feedback keep working
+@dataclass(frozen=True)
+class Row:
+    """What a row's answers are checked against: its language, its values (the row's fields, its
+    URL and host: names, left out of language detection), whether it has a source at all, its
+    domain (a claim-free mention), and the grounding source."""
+
+    language: str
+    values: tuple[str, ...]
+    has_source: bool
+    domain: re.Pattern | None
+    source: quality_grounding.Source
+
+
+def row_of(options: Options, url: str, instructions: str | None, fields: dict[str, str] | None,
+           page: str | None, declared_language: str | None = None) -> Row:
     language = row_language(options, page, declared_language)
     values = [v for v in (fields or {}).values() if v]
     has_source = bool(page) or bool(values)
@@ -137,74 +146,107 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
     host = (urlsplit(url if "://" in url else f"https://{url}").hostname or "").removeprefix("www.")
     domain = re.compile(rf"(?:https?://)?(?:www\.)?{re.escape(host)}/?", re.IGNORECASE) if host else None
     values += [url, host] if host else [url]
-    source = quality_grounding.Source.of(page, values, instructions)
-    max_calls = max(1, max_calls)
-    total = {"prompt": 0, "completion": 0, "attempts": 0, "cached": 0}
-    calls = 0
-    flag_reasked = False
-    reask: str | None = None
-    reasks: list[str] = []
+    return Row(language, tuple(values), has_source, domain,
+               quality_grounding.Source.of(page, values, instructions))
 
-    def ask() -> Opener:
-        nonlocal calls
-        if first is not None and calls == 0:
+
+def verdict(row: Row, options: Options, text: str, evidence: str | None,
+            duplicate_of: str | None = None) -> tuple[quality_grounding.Grounding, quality_flags.Checked]:
+    """One opener's grounding and flags."""
+    claims = row.domain.sub(" ", text) if row.domain is not None else text
+    found = quality_grounding.check(claims, evidence, row.source)
+    checked = quality_flags.check(text, generic=found.status == quality_grounding.GENERIC, language=row.language,
+                                  duplicate_of=duplicate_of, min_words=options.min_words,
+                                  max_words=options.max_words, names=row.values)
+    return found, checked
+
+
+def generate_checked(generator: Generator, *, job_id: str, url: str, instructions: str | None,
+                     model: str | None, options: Options, fields: dict[str, str] | None = None,
+                     page: str | None = None, declared_language: str | None = None,
+                     duplicates: Duplicates | None = None, max_calls: int = 3,
+                     should_stop: Callable[[], bool] = lambda: False, account: str | None = None,
+                     first: Opener | None = None, feedback: str | None = None) -> Checked:
+    """The row's opener, checked (see the module docstring). Raises ``Ungrounded`` (strict mode),
+    ``GenerationFailed`` or ``LimiterStopped`` as the generator does. ``first``: an answer already
+    in hand (a Batch API result): checked before any live call is made. ``feedback``: the
+    sender's words on the row's earlier opener (a regeneration), added to its prompt. With
+    ``options.variants`` > 1 the one call asks for that many openers, checked by
+    ``generation.variants``."""
+    marks = {"feedback": feedback} if feedback else {}  # generators that predate feedback keep working
+    if options.variants > 1:
+        marks["variants"] = options.variants
+    row = row_of(options, url, instructions, fields, page, declared_language)
+    max_calls = max(1, max_calls)
+    total = {"prompt": 0, "completion": 0, "attempts": 0, "cached": 0, "calls": 0}
+
+    def ask(reask: str | None) -> Opener:
+        if first is not None and total["calls"] == 0:
             opener = first
         else:
             try:
                 opener = generator.generate(url, instructions, model, should_stop=should_stop, account=account,
-                                            fields=fields, page=page, language=language,
+                                            fields=fields, page=page, language=row.language,
                                             min_words=options.min_words, max_words=options.max_words, reask=reask,
                                             cache_key=job_id, **marks)
             except GenerationFailed as exc:  # the calls made before it were paid: the failed row counts them
                 exc.prompt_tokens += total["prompt"]
                 exc.completion_tokens += total["completion"]
                 raise
-        calls += 1
+        total["calls"] += 1
         total["prompt"] += opener.prompt_tokens
         total["completion"] += opener.completion_tokens
         total["attempts"] += opener.attempts
         total["cached"] += opener.cached_tokens
         return opener
 
+    if options.variants > 1:
+        from chalicelib.generation import variants  # builds on this module
+
+        return variants.checked_variants(ask, row, options, total, max_calls=max_calls,
+                                         repeats=lambda text: _repeats(duplicates, job_id, text)
+                                         if duplicates is not None else None)
+    flag_reasked = False
+    reask: str | None = None
+    reasks: list[str] = []
     while True:
-        opener = ask()
-        claims = domain.sub(" ", opener.text) if domain is not None else opener.text
-        found = quality_grounding.check(claims, opener.evidence, source)
-        checked = quality_flags.check(opener.text, generic=found.status == quality_grounding.GENERIC,
-                                      language=language, min_words=options.min_words,
-                                      max_words=options.max_words, names=tuple(values))
-        reaskable = [f for f in checked.flags if has_source or f != quality_flags.GENERIC]
+        opener = ask(reask)
+        calls = total["calls"]
+        found, checked = verdict(row, options, opener.text, opener.evidence)
+        reaskable = [f for f in checked.flags if row.has_source or f != quality_flags.GENERIC]
         if not found.ok and calls < max_calls:
             reask = quality_flags.reask_message(found, checked)
             reasks.append(reask or "")
             continue
         if found.ok and reaskable and not flag_reasked and calls <= max_calls:
             flag_reasked = True
-            reask = quality_flags.reask_message(None, _only(checked, reaskable))
+            reask = quality_flags.reask_message(None, only(checked, reaskable))
             reasks.append(reask or "")
             continue
         if not found.ok and options.grounding == STRICT:
-            raise Ungrounded(UNGROUNDED_MESSAGE.format(calls=calls), total["attempts"], total["prompt"],
-                             total["completion"])
+            raise ungrounded(total)
         repeats = _repeats(duplicates, job_id, opener.text) if duplicates is not None else None
-        if repeats is not None and has_source and not flag_reasked and calls <= max_calls:
+        if repeats is not None and row.has_source and not flag_reasked and calls <= max_calls:
             flag_reasked = True
-            with_duplicate = quality_flags.check(opener.text, generic=found.status == quality_grounding.GENERIC,
-                                                 language=language, duplicate_of=repeats,
-                                                 min_words=options.min_words, max_words=options.max_words,
-                                                 names=tuple(values))
-            reask = quality_flags.reask_message(found, with_duplicate)
+            reask = quality_flags.reask_message(found, verdict(row, options, opener.text, opener.evidence,
+                                                               duplicate_of=repeats)[1])
             reasks.append(reask or "")
             continue
         quality = list(checked.flags)
         if repeats is not None:
-            quality.insert(_duplicate_position(quality), quality_flags.DUPLICATE)
+            quality.insert(duplicate_position(quality), quality_flags.DUPLICATE)
         if not found.ok:
             quality.append(quality_flags.UNGROUNDED)
-        return Checked(opener.text, opener.evidence, found.status, quality, checked.words, language,
+        return Checked(opener.text, opener.evidence, found.status, quality, checked.words, row.language,
                        regenerations=calls - 1, prompt_tokens=total["prompt"],
                        completion_tokens=total["completion"], attempts=total["attempts"],
                        cached_tokens=total["cached"], reasks=reasks)
+
+
+def ungrounded(total: dict) -> Ungrounded:
+    """Strict grounding's failure of a row, counting every call made for it."""
+    return Ungrounded(UNGROUNDED_MESSAGE.format(calls=total["calls"]), total["attempts"], total["prompt"],
+                      total["completion"])
 
 
 def _repeats(duplicates: Duplicates, job_id: str, text: str, attempts: int = 5) -> str | None:
@@ -222,13 +264,13 @@ def _repeats(duplicates: Duplicates, job_id: str, text: str, attempts: int = 5) 
     return None
 
 
-def _only(checked: quality_flags.Checked, kept: list[str]) -> quality_flags.Checked:
+def only(checked: quality_flags.Checked, kept: list[str]) -> quality_flags.Checked:
     """``checked`` with only the ``kept`` flags (and their re-ask instructions)."""
     pairs = [(f, r) for f, r in zip(checked.flags, checked.reasks, strict=True) if f in kept]
     return quality_flags.Checked(tuple(f for f, _ in pairs), checked.words, tuple(r for _, r in pairs))
 
 
-def _duplicate_position(found: list[str]) -> int:
+def duplicate_position(found: list[str]) -> int:
     """Where ``duplicate`` goes in SPEC's order of flags."""
     order = quality_flags.FLAGS
     return sum(1 for f in found if order.index(f) < order.index(quality_flags.DUPLICATE))

@@ -6,6 +6,9 @@ It answers what was asked: the JSON ``{"opener", "evidence"}`` (as content, whet
 through ``response_format`` or in words) with evidence copied verbatim from the prompt's data (the
 page's title, else the row's company field, else null: a generic opener), or plain text for a
 request that asks for neither. A re-ask (a second user message) gets another of its templates.
+Asked for variants (``{"openers": [...]}``, through ``response_format``'s ``minItems`` or "exactly
+N different openers" in words), it answers that many, each from the next template (and, with a
+page title, another lead sentence), so they are not alike.
 Its usage counts the prompt as characters / 4 plus 4 a message, the ``response_format`` schema
 included (as a provider counts it), and reports cached prompt tokens as OpenAI does: a first
 message of at least 1,024 tokens seen before (same model and ``prompt_cache_key``) counts as
@@ -63,7 +66,10 @@ DUMMY_TEMPLATES = (
     "Reading about {name} made me want to reach out directly. I have a short idea that could make the "
     "next few months a little easier for your team.",
 )
+PAGE_LEADS = ("I enjoyed reading {title} on your site.", "Your page {title} gave me a clear picture of your work.",
+              "Reading {title} today made me want to reach out.")
 MAX_DUMMY_NAME_CHARS = 40
+_VARIANTS_IN_WORDS = re.compile(r"exactly ([1-9]) different openers")
 CACHE_MIN_TOKENS = 1024  # OpenAI caches prompt prefixes from this many tokens...
 CACHE_STEP = 128  # ... in steps of this many
 CACHE_ENTRIES = 10_000  # prefixes a process remembers
@@ -164,7 +170,7 @@ def dummy_opener(url: str, fields: dict[str, str] | None = None, page_title: str
 
 
 def dummy_answer(url: str, fields: dict[str, str] | None = None, page_title: str | None = None,
-                 turn: int = 0) -> tuple[str, str | None]:
+                 turn: int = 0, lead: int = 0) -> tuple[str, str | None]:
     """(opener, evidence) of ``dummy_opener``: the evidence is the page title or the company
     field as the prompt gave it, verbatim, or None when the opener names neither."""
     fields = fields or {}
@@ -177,7 +183,7 @@ def dummy_answer(url: str, fields: dict[str, str] | None = None, page_title: str
     if page_title:
         title = page_title[:60].rstrip()
         second = " ".join(split_sentences(text)[1:]) or text
-        text = f"I enjoyed reading {title} on your site. " + second
+        text = PAGE_LEADS[lead % len(PAGE_LEADS)].format(title=title) + " " + second
         evidence = title
     person = next((v for k, v in fields.items() if k in ("first_name", "first name", "firstname", "name") and
                    v.strip()), None)
@@ -199,6 +205,19 @@ def _asks_for_json(payload: dict[str, Any]) -> bool:
     if isinstance(payload.get("response_format"), dict):
         return payload["response_format"].get("type") in ("json_schema", "json_object")
     return any('"opener"' in text and "evidence" in text for text in _texts(payload.get("messages") or []))
+
+
+def _variants_asked(payload: dict[str, Any]) -> int:
+    """How many openers the request asks for: the ``openers`` array's ``minItems`` of its
+    ``response_format`` schema, else "exactly N different openers" in its messages, else 1."""
+    fmt = payload.get("response_format")
+    spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    openers = (schema.get("properties") or {}).get("openers") if isinstance(schema, dict) else None
+    if isinstance(openers, dict) and isinstance(openers.get("minItems"), int):
+        return max(1, min(3, openers["minItems"]))
+    found = [m.group(1) for text in _texts(payload.get("messages") or []) for m in _VARIANTS_IN_WORDS.finditer(text)]
+    return int(found[-1]) if found else 1
 
 
 def _approx_tokens(text: str) -> int:
@@ -262,6 +281,10 @@ class DummyTransport(httpx2.BaseTransport):
         opener = dummy_opener(url, fields, title, turn=turn) if turn else dummy_opener(url, fields, title)
         text = json.dumps({"opener": opener, "evidence": _evidence(opener, fields, title)}) \
             if _asks_for_json(payload) else opener
+        count = _variants_asked(payload)
+        if count > 1:
+            drafts = [dummy_answer(url, fields, title, turn=turn + i, lead=i)[0] for i in range(count)]
+            text = json.dumps({"openers": [{"opener": d, "evidence": _evidence(d, fields, title)} for d in drafts]})
         prompt_chars = sum(len(text) for text in _texts(payload["messages"]))
         prompt_tokens = math.ceil(prompt_chars / 4) + 4 * len(payload["messages"]) + _format_tokens(payload)
         completion_tokens = _approx_tokens(text)

@@ -38,7 +38,7 @@ from chalicelib.generation.answers import (
     GenerationFailed,
     Opener,
     UnusableAnswer,
-    checked_answer,
+    checked_answers,
     log_unusable,
     token_count,
 )
@@ -140,8 +140,10 @@ class OpenerGenerator:
         ``account`` takes the call from that account's fair share of the shared rate; ``fields``
         (the row's template columns) and ``page`` (a summary of the prospect's page) go into the
         prompt as data; ``asked``: ``language``, ``min_words``, ``max_words`` and ``reask`` of
-        ``prompt.build_messages``, and ``cache_key`` (``prompt_cache_key``, sent where the server takes it).
-        An answer the output guard rejects is retried like an unusable one."""
+        ``prompt.build_messages``, ``variants`` (openers asked for in the one call: the answer must
+        hold exactly that many, each passing the guard; ``Opener.variants`` holds them), and
+        ``cache_key`` (``prompt_cache_key``, sent where the server takes it). An answer the
+        output guard rejects is retried like an unusable one."""
         def body() -> dict:
             return self.request_body(url, instructions, model, fields, page, **asked)
         retrying = Retrying(
@@ -159,7 +161,8 @@ class OpenerGenerator:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
                     try:
-                        opener = self._attempt(body, should_stop, attempts, account, url, instructions)
+                        opener = self._attempt(body, should_stop, attempts, account, url, instructions,
+                                               asked.get("variants", 1))
                     except UnusableAnswer as exc:
                         spent[0] += exc.prompt_tokens
                         spent[1] += exc.completion_tokens
@@ -175,7 +178,8 @@ class OpenerGenerator:
     def request_body(self, url: str, instructions: str | None = None, model: str | None = None,
                      fields: dict[str, str] | None = None, page: str | None = None, *, language: str = "en",
                      min_words: int = DEFAULT_MIN_WORDS, max_words: int = DEFAULT_MAX_WORDS,
-                     reask: str | None = None, feedback: str | None = None, cache_key: str | None = None) -> dict:
+                     reask: str | None = None, feedback: str | None = None, cache_key: str | None = None,
+                     variants: int = 1) -> dict:
         """The chat-completions request for one URL, as a live call sends it and a Batch API file
         carries it (one prompt for both modes): ``response_format`` unless the model's server
         refused it, then the JSON asked for in words; ``prompt_cache_key`` when ``cache_key`` is
@@ -185,24 +189,25 @@ class OpenerGenerator:
         request = {"model": model,
                    "messages": build_messages(url, instructions, fields, page, language=language, min_words=min_words,
                                               max_words=max_words, json_in_prompt=in_words, reask=reask,
-                                              feedback=feedback),
-                   "max_tokens": self.max_tokens, "temperature": TEMPERATURE}
+                                              feedback=feedback, variants=variants),
+                   # room for each variant's opener and evidence: a cut-off answer is broken JSON
+                   "max_tokens": self.max_tokens * max(1, variants), "temperature": TEMPERATURE}
         if not in_words:
-            request["response_format"] = response_format()
+            request["response_format"] = response_format(variants)
         if cache_key and model not in self.no_cache_key:
             request["prompt_cache_key"] = f"csv-opener-{cache_key}"[:64]
         return request
 
     def _attempt(self, body: Callable[[], dict], should_stop: Callable[[], bool], number: int,
-                 account: str | None, url: str, instructions: str | None) -> Opener:
+                 account: str | None, url: str, instructions: str | None, variants: int = 1) -> Opener:
         for _ in range(2):  # each refusal (response_format, prompt_cache_key) at most once
             request = body()
             try:
-                return self._call(request, should_stop, number, account, url, instructions)
+                return self._call(request, should_stop, number, account, url, instructions, variants)
             except openai.BadRequestError as exc:
                 if not self._refused(request, exc):
                     raise
-        return self._call(body(), should_stop, number, account, url, instructions)
+        return self._call(body(), should_stop, number, account, url, instructions, variants)
 
     def _refused(self, request: dict, exc: openai.BadRequestError) -> bool:
         """A 400 refusing ``response_format`` or ``prompt_cache_key``: that model goes without it
@@ -222,7 +227,7 @@ class OpenerGenerator:
         return False
 
     def _call(self, request: dict, should_stop: Callable[[], bool], number: int,
-              account: str | None, url: str, instructions: str | None) -> Opener:
+              account: str | None, url: str, instructions: str | None, variants: int = 1) -> Opener:
         model = request["model"]
         estimate = estimate_tokens(request["messages"], request["max_tokens"])
         metrics.limiter_wait(self.limiter.acquire(estimate, should_stop, account=account, model=model))
@@ -244,14 +249,16 @@ class OpenerGenerator:
             self.limiter.refund(estimate, usage["total_tokens"], model=model)
         # parsed, cleaned, then the output guard: a rejected answer is an UnusableAnswer, retried
         try:
-            text, evidence = checked_answer(body, url, instructions, lenient="response_format" not in request)
+            found = checked_answers(body, url, instructions, lenient="response_format" not in request,
+                                    variants=variants)
         except UnusableAnswer as exc:
             exc.prompt_tokens = token_count(usage, "prompt_tokens")
             exc.completion_tokens = token_count(usage, "completion_tokens")
             raise
+        (text, evidence), more = found[0], tuple(found) if variants > 1 else ()
         return Opener(text=text, prompt_tokens=token_count(usage, "prompt_tokens"),
                       completion_tokens=token_count(usage, "completion_tokens"), attempts=number, evidence=evidence,
-                      cached_tokens=cached_count(usage))
+                      cached_tokens=cached_count(usage), variants=more)
 
     def _on_rate_limited(self, exc: openai.RateLimitError, model: str) -> None:
         if is_quota_exhausted(exc):

@@ -82,25 +82,30 @@ def request_tokens(messages: list[dict], fmt: dict | None = None) -> int:
     return estimate_tokens(messages, 0) + schema + REPLY_PRIMING
 
 
-def completion_tokens(min_words: int = DEFAULT_MIN_WORDS, max_words: int = DEFAULT_MAX_WORDS) -> int:
-    """Completion tokens of one structured answer: the JSON's keys and quotes, an opener of a
-    typical length within the word limits, and a short evidence."""
-    skeleton = math.ceil(len(json.dumps({"opener": "", "evidence": ""})) / 4)
+def completion_tokens(min_words: int = DEFAULT_MIN_WORDS, max_words: int = DEFAULT_MAX_WORDS,
+                      variants: int = 1) -> int:
+    """Completion tokens of one structured answer: the JSON's keys and quotes (compact, as
+    structured outputs send it), an opener of a typical length within the word limits, and a
+    short evidence; with variants, that many of them inside ``{"openers": [...]}``."""
+    one = {"opener": "", "evidence": ""}
+    shape = one if variants <= 1 else {"openers": [one] * variants}
+    skeleton = math.ceil(len(json.dumps(shape, separators=(",", ":"))) / 4)
     words = min(max(EXPECTED_OPENER_WORDS, min_words), max_words) + EXPECTED_EVIDENCE_WORDS
-    return skeleton + math.ceil(words * TOKENS_PER_WORD)
+    return skeleton + math.ceil(words * TOKENS_PER_WORD * max(1, variants))
 
 
 def sample_request(instructions: str | None, fields: list[str], page_context: bool, *,
                    min_words: int = DEFAULT_MIN_WORDS, max_words: int = DEFAULT_MAX_WORDS,
                    sample_url: str = "https://www.example.com/", values: dict[str, str] | None = None,
-                   page: str | None = None) -> int:
+                   page: str | None = None, variants: int = 1) -> int:
     """Prompt tokens of the request a typical row sends (fields of a typical length, a page
     summary of a typical length when page context is on), or of the given row (`values`, `page`)."""
     values = values if values is not None else {name: "x" * 20 for name in fields}
     if page is None and page_context:
         page = "x" * EXPECTED_PAGE_CHARS
-    messages = build_messages(sample_url, instructions, values, page, min_words=min_words, max_words=max_words)
-    return request_tokens(messages, response_format())
+    messages = build_messages(sample_url, instructions, values, page, min_words=min_words, max_words=max_words,
+                              variants=variants)
+    return request_tokens(messages, response_format(variants))
 
 
 def calibration(estimated: tuple[int, int], actual: tuple[int, int], rows: int, basis: str) -> dict | None:
@@ -122,15 +127,17 @@ def calibration(estimated: tuple[int, int], actual: tuple[int, int], rows: int, 
 def estimate(prices: dict, model: str, urls: int, instructions: str | None, fields: list[str],
              page_context: bool, sample_url: str = "https://www.example.com/", *,
              min_words: int = DEFAULT_MIN_WORDS, max_words: int = DEFAULT_MAX_WORDS,
-             calibrated: dict | None = None, reused_rows: int = 0, cached_tokens: int = 0) -> dict:
+             calibrated: dict | None = None, reused_rows: int = 0, cached_tokens: int = 0,
+             variants: int = 1) -> dict:
     """Expected tokens and price of a job of `urls` rows: the request of a typical row (see
     ``sample_request``) and a structured answer within the word limits, each times the
     `calibrated` factors (``calibration``) when real calls were seen. `reused_rows` are rows
     whose earlier opener is reused (no call, no cost); `cached_tokens`, prompt tokens the
-    provider is expected to serve from its prompt cache (0 until reuse and caching say more)."""
+    provider is expected to serve from its prompt cache (0 until reuse and caching say more);
+    `variants`: openers per row, asked for in one call (a longer prompt and a longer answer)."""
     per_prompt = sample_request(instructions, fields, page_context, min_words=min_words, max_words=max_words,
-                                sample_url=sample_url)
-    per_completion = completion_tokens(min_words, max_words)
+                                sample_url=sample_url, variants=variants)
+    per_completion = completion_tokens(min_words, max_words, variants)
     if calibrated:
         per_prompt = math.ceil(per_prompt * calibrated["prompt_factor"])
         per_completion = math.ceil(per_completion * calibrated["completion_factor"])

@@ -8,7 +8,8 @@ data, with anything that could close those tags defused. Only the sender's instr
 
 The answer is JSON ``{"opener", "evidence"}`` (``chalicelib.quality.answer``): asked for through
 ``response_format``, or in words (``json_in_prompt``) for a server that refuses it. What is the
-same for every row of a job comes first (the system prompt with the word limits, then the
+same for every row of a job comes first (the system prompt with the word limits and the number of
+variants a job asks for, then the
 sender's instructions, both in the system message, where only the sender steers) and the row's
 data last, so a provider's prompt cache can reuse the prefix (``job_prefix``: the system message,
 byte-identical for every row of a job); the row's tail holds the URL, its ``{{column}}`` values,
@@ -116,16 +117,23 @@ def _data(text: str, limit: int) -> str:
     return _TAGS.sub(lambda m: "‹" if m.group() == "<" else "›", _clip(text, limit))
 
 
-def system_prompt(min_words: int = DEFAULT_MIN_WORDS, max_words: int = DEFAULT_MAX_WORDS) -> str:
-    """The job's constant instructions: the house rules and the word limits."""
-    return f"{SYSTEM_PROMPT} The opener has {min_words} to {max_words} words."
+def system_prompt(min_words: int = DEFAULT_MIN_WORDS, max_words: int = DEFAULT_MAX_WORDS, variants: int = 1) -> str:
+    """The job's constant instructions: the house rules, the word limits and, with variants,
+    how many openers to write."""
+    text = f"{SYSTEM_PROMPT} The opener has {min_words} to {max_words} words."
+    if variants > 1:
+        text += (f" Write {variants} different openers for the prospect, each complete on its own with its own "
+                 "evidence and each following every rule above: they differ in angle, opening words and wording, "
+                 "never the same line reworded.")
+    return text
 
 
 def job_prefix(instructions: str | None = None, *, min_words: int = DEFAULT_MIN_WORDS,
-               max_words: int = DEFAULT_MAX_WORDS) -> dict:
-    """The system message: the house rules, the word limits and the job's instructions (sender,
-    offer, tone), the same bytes for every row of a job (what a provider's prompt cache keeps)."""
-    system = system_prompt(min_words, max_words)
+               max_words: int = DEFAULT_MAX_WORDS, variants: int = 1) -> dict:
+    """The system message: the house rules, the word limits, the variants and the job's
+    instructions (sender, offer, tone), the same bytes for every row of a job (what a
+    provider's prompt cache keeps)."""
+    system = system_prompt(min_words, max_words, variants)
     steer = (instructions or "").strip()
     if steer:
         steer = steer[:MAX_INSTRUCTIONS_CHARS].rstrip()
@@ -136,7 +144,7 @@ def job_prefix(instructions: str | None = None, *, min_words: int = DEFAULT_MIN_
 def build_messages(url: str, instructions: str | None = None, fields: dict[str, str] | None = None,
                    page: str | None = None, *, language: str = "en", min_words: int = DEFAULT_MIN_WORDS,
                    max_words: int = DEFAULT_MAX_WORDS, json_in_prompt: bool = False,
-                   reask: str | None = None, feedback: str | None = None) -> list[dict]:
+                   reask: str | None = None, feedback: str | None = None, variants: int = 1) -> list[dict]:
     """The chat messages for one URL: ``job_prefix`` as the system message; then the URL, the
     row's fields and the page summary as data, a reviewer's ``feedback`` on this row, then the
     language to write in (and the JSON asked for in words when ``json_in_prompt``); ``reask``
@@ -152,12 +160,12 @@ def build_messages(url: str, instructions: str | None = None, fields: dict[str, 
     note = " ".join((feedback or "").split())[:MAX_FEEDBACK_CHARS]
     if note:  # the sender's words on this row's earlier opener (a regeneration): row-specific, so in its tail
         parts.append(f"{FEEDBACK_LABEL} {note}")
-    ask = f"Write the opener in {language_name(language)}."
+    ask = f"Write the {'openers' if variants > 1 else 'opener'} in {language_name(language)}."
     if json_in_prompt:
-        ask += " " + json_instruction()
+        ask += " " + json_instruction(variants)
     parts.append(ask)
     messages = [
-        job_prefix(instructions, min_words=min_words, max_words=max_words),
+        job_prefix(instructions, min_words=min_words, max_words=max_words, variants=variants),
         {"role": "user", "content": "\n\n".join(parts)},
     ]
     if reask:

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from chalicelib.adapters import db
 from chalicelib.outbound.summaries import cache_key_url
 
-VARIANTS = 1  # openers per row (SPEC "variants"): always 1 for now, hashed in for when it is not
-REUSED_COLUMNS = ("opener", "evidence", "grounding", "quality", "words", "language", "context_status")
+VARIANTS = 1  # openers per row (SPEC "variants"), the job's option: a variants=3 row is no variants=1 row
+REUSED_COLUMNS = ("opener", "evidence", "grounding", "quality", "words", "language", "context_status", "variants")
 NOT_REUSED_FLAGS = frozenset({"edited"})  # a person's mark, not the model's
 
 
@@ -51,7 +51,7 @@ def job_fingerprint(job: dict, row: dict) -> bytes:
     return fingerprint(account_id=str(job["account_id"]), url=row["url"], instructions=job["instructions"],
                        fields=row.get("fields"), model=job["model"], language=job.get("language"),
                        min_words=job.get("min_words"), max_words=job.get("max_words"),
-                       feedback=row.get("feedback"))
+                       feedback=row.get("feedback"), variants=int(job.get("variants") or VARIANTS))
 
 
 @dataclass(frozen=True)

@@ -278,7 +278,8 @@ class ChunkWorker:
                 "cached_tokens": opener.cached_tokens, "fingerprint": reuse.job_fingerprint(job, row),
                 "page_hash": reuse.page_hash(page),
                 "evidence": opener.evidence, "grounding": opener.grounding, "quality": opener.quality,
-                "words": opener.words, "language": opener.language, "regenerations": opener.regenerations}
+                "words": opener.words, "language": opener.language, "regenerations": opener.regenerations,
+                "variants": opener.variants}
 
     def _flush(self, run: _Run, outcome: Outcome) -> None:
         if not run.buffer:

@@ -71,15 +71,21 @@ def retry(conn, queue: ChunkQueue, settings: Settings, account_id: str, job_id: 
             job = db.restart_job(conn, job["id"], failed, waiting)
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being changed by another request", code="busy") from None
+    send_or_fail(conn, queue, job, chunks, "retry", then="call retry again")
+    log.info("job retried", extra={"job_id": str(job["id"]), "retried": retried, "chunks": len(chunks)})
+    return {"job": job_json(job), "retried": retried, "chunks": len(chunks)}
+
+
+def send_or_fail(conn, queue: ChunkQueue, job: dict, chunks: list[int], what: str, then: str) -> None:
+    """Send the chunk messages of a job just put back to processing (after the commit); when
+    that fails, the job fails with why and what to do (`then`), and the error is raised."""
     try:
         queue.send_chunks(str(job["id"]), chunks)
     except Exception as exc:
-        log.exception("enqueueing the retry failed", extra={"job_id": str(job["id"])})
-        db.fail_job(conn, job["id"], f"Could not queue the retry ({type(exc).__name__}); call retry again",
+        log.exception(f"enqueueing the {what} failed", extra={"job_id": str(job["id"])})
+        db.fail_job(conn, job["id"], f"Could not queue the {what} ({type(exc).__name__}); {then}",
                     expected="processing")
         raise
-    log.info("job retried", extra={"job_id": str(job["id"]), "retried": retried, "chunks": len(chunks)})
-    return {"job": job_json(job), "retried": retried, "chunks": len(chunks)}
 
 
 def check_retry_budget(prices: dict, job: dict, urls: int) -> None:

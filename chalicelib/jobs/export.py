@@ -35,6 +35,20 @@ log = get_logger("jobs")
 EXTRA_COLUMNS = ("opener", "opener_status", "opener_error", "context_status",
                  "opener_evidence", "opener_quality", "opener_language")
 
+
+def variant_columns(job: dict) -> tuple[str, ...]:
+    """A job with variants (SPEC "variants") adds opener_2 .. opener_<variants>: the row's other
+    variants in their order (``opener`` is the picked one), empty where a row has fewer."""
+    return tuple(f"opener_{n}" for n in range(2, int(job.get("variants") or 1) + 1))
+
+
+def _other_variants(result: dict | None, count: int) -> list[str]:
+    """The `count` cells of variant_columns for one row."""
+    variants = (result or {}).get("variants") or []
+    picked = (result or {}).get("variant") or 1
+    others = [v.get("opener") or "" for n, v in enumerate(variants, 1) if n != picked and isinstance(v, dict)]
+    return (others + [""] * count)[:count]
+
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 INLINE_DOWNLOAD_LIMIT = BINARY_BODY_LIMIT  # larger downloads go through S3 (base64 in a 6 MB response)
@@ -61,7 +75,8 @@ def write_csv(conn, storage: Storage, job: dict, out: IO[str], review: str | Non
     rows a person so marked. Returns the rows written."""
     layout = layout_of(job)
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow([neutralize(c) for c in (*layout.columns, *EXTRA_COLUMNS)])
+    more = variant_columns(job)
+    writer.writerow([neutralize(c) for c in (*layout.columns, *EXTRA_COLUMNS, *more)])
     width = len(layout.columns)
     results = db.iter_results(conn, job["id"], review=review) if job["status"] != "pending" else iter(())
     current = next(results, None)
@@ -73,6 +88,8 @@ def write_csv(conn, storage: Storage, job: dict, out: IO[str], review: str | Non
         if review and match is None:
             continue  # not marked so (or an invalid row): not in a reviewed download
         extra = _extra_cells(row, match)
+        if more:
+            extra = (*extra, *_other_variants(match, len(more)))
         if len(record) < width:
             record = record + [""] * (width - len(record))
         writer.writerow(_neutralized((*record, *extra)))

@@ -174,3 +174,25 @@ def quality_options(grounding: object = None, min_words: object = None, max_word
         raise BadRequest('language must be "auto" or a two-letter ISO 639-1 code in lower case, such as "de"',
                          code="bad_language")
     return {"grounding": grounding, "min_words": low, "max_words": high, "language": language}
+
+
+MAX_VARIANTS = 3
+
+
+def variants_option(value: object) -> int:
+    """The job's ``variants`` (openers per row, SPEC "variants"): a whole number from 1 to
+    MAX_VARIANTS, 1 when absent; a 400 ``bad_variants`` otherwise."""
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VARIANTS:
+        raise BadRequest(f"variants must be a whole number from 1 to {MAX_VARIANTS} (openers written per row)",
+                         code="bad_variants")
+    return value
+
+
+def check_variants_mode(variants: int, mode: str) -> None:
+    """Variants are written by live calls only: a batch job asking for more than one is refused
+    (400 ``variants_batch``), so nothing of it is half-made."""
+    if variants > 1 and mode == "batch":
+        raise BadRequest("variants above 1 are written by live calls only; leave mode out (or set it to \"live\") "
+                         "to get variants, or ask a batch job for one opener per row", code="variants_batch")

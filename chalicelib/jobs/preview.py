@@ -33,6 +33,7 @@ from chalicelib.jobs.options import (
     flag,
     quality_options,
     template_columns,
+    variants_option,
 )
 from chalicelib.jobs.start import take_account_capacity
 from chalicelib.jobs.views import require_job
@@ -69,10 +70,11 @@ def first_rows(storage: Storage, job: dict, count: int, fields: dict[str, int]) 
 def preview(conn, storage: Storage, settings: Settings, generator, account_id: str, job_id: str, *,
             instructions: object = None, model: object = None, page_context: object = True, rows: object = None,
             page_summary: PageSummary | None = None, grounding: object = None, min_words: object = None,
-            max_words: object = None, language: object = None, reuse: object = None) -> dict:
+            max_words: object = None, language: object = None, reuse: object = None, variants: object = None) -> dict:
     """-> {"previews": [...], "estimate": {...}} for the job's first valid rows."""
     count = _rows(rows)
-    options = checks.Options(**quality_options(grounding, min_words, max_words, language))
+    options = checks.Options(**quality_options(grounding, min_words, max_words, language),
+                             variants=variants_option(variants))
     instructions = clean_text(instructions, "instructions", MAX_INSTRUCTIONS, allowed_controls="\n\r\t")
     model = clean_text(model, "model", 100)
     job = require_job(conn, account_id, job_id)
@@ -90,7 +92,8 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
 
     among_previews = checks.LocalDuplicates()
     as_job = {"account_id": account_id, "instructions": instructions, "model": model, "reuse": reuse,
-              "language": options.language, "min_words": options.min_words, "max_words": options.max_words}
+              "language": options.language, "min_words": options.min_words, "max_words": options.max_words,
+              "variants": options.variants}
     earlier = reuse_openers.lookup(conn, as_job, [{"id": number, "url": url, "fields": values or None}
                                                  for number, url, values in sample], settings.reuse_days)
 
@@ -99,7 +102,8 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
         page, status = (page_summary(url, account_id) if page_context and page_summary else (None, "off"))
         shown = {"row": number, "url": url, "context_status": status, "opener": None, "error": None,
                  "prompt_tokens": 0, "completion_tokens": 0, "evidence": None, "grounding": None, "quality": [],
-                 "words": None, "language": None, "regenerations": 0, "reused": False, "cached_tokens": 0}
+                 "words": None, "language": None, "regenerations": 0, "reused": False, "cached_tokens": 0,
+                 "variants": None}
         found = earlier[number].match(page) if number in earlier else None
         if found is not None:
             return {**shown, **{k: v for k, v in reuse_openers.reused_result(number, found).items()
@@ -107,8 +111,8 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
         # what the estimate says this very row costs, for the calibration below
         estimated[number] = (pricing.sample_request(instructions, list(fields), page_context, sample_url=url,
                                                     values=values, page=page or "", min_words=options.min_words,
-                                                    max_words=options.max_words),
-                             pricing.completion_tokens(options.min_words, options.max_words))
+                                                    max_words=options.max_words, variants=options.variants),
+                             pricing.completion_tokens(options.min_words, options.max_words, options.variants))
         try:
             opener = checks.generate_checked(
                 generator, job_id=str(job["id"]), url=url, instructions=instructions, model=model, options=options,
@@ -124,7 +128,7 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
                 "completion_tokens": opener.completion_tokens, "evidence": opener.evidence,
                 "grounding": opener.grounding, "quality": opener.quality, "words": opener.words,
                 "language": opener.language, "regenerations": opener.regenerations,
-                "cached_tokens": opener.cached_tokens}
+                "cached_tokens": opener.cached_tokens, "variants": opener.variants}
 
     estimated: dict[int, tuple[int, int]] = {}
     with ThreadPoolExecutor(max(1, len(sample))) as pool:
@@ -135,7 +139,8 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
     if calibrated is not None:  # the start's estimate is corrected by it (jobs/start.py)
         db.set_estimate(conn, job["id"], {"preview": calibrated}, expected="pending")
     estimate = pricing.estimate(settings.prices, model, job["total_rows"], instructions, list(fields), page_context,
-                                min_words=options.min_words, max_words=options.max_words, calibrated=calibrated)
+                                min_words=options.min_words, max_words=options.max_words, calibrated=calibrated,
+                                variants=options.variants)
     return {"previews": previews, "estimate": estimate}
 
 

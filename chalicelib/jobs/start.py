@@ -25,12 +25,14 @@ from chalicelib.jobs.options import (
     MAX_INSTRUCTIONS,
     account_limits,
     allowed_model,
+    check_variants_mode,
     clean_text,
     flag,
     job_mode,
     money,
     quality_options,
     template_columns,
+    variants_option,
 )
 from chalicelib.jobs.views import job_json, require_job
 from chalicelib.logs import get_logger
@@ -45,7 +47,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
           instructions: str | None = None, model: str | None = None, page_context: object = None,
           max_cost_usd: object = None, callback_url: object = None, mode: object = None,
           grounding: object = None, min_words: object = None, max_words: object = None,
-          language: object = None, reuse: object = None,
+          language: object = None, reuse: object = None, variants: object = None,
           completed: Callable[[dict], None] | None = None,
           notify: Callable[[dict], None] | None = None) -> dict:
     """Job -> ingesting with the quota taken for its (estimated) URL count, then its file read:
@@ -75,6 +77,9 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
     asked_mode = job_mode(mode, settings)
     checks = quality_options(grounding, min_words, max_words, language)
     checks["reuse"] = flag(reuse, "reuse", True)
+    checks["variants"] = variants_option(variants)
+    if asked_mode is not None:
+        check_variants_mode(checks["variants"], asked_mode)
     if job["status"] != "pending":
         raise Conflict(f"Job is already {job['status']}; it can be started once", code="already_started")
     if job["layout"] is None:  # a presigned upload or a drop: first what can be refused without a count
@@ -83,7 +88,8 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
     fields = list(template_columns(instructions, job))
     # Refusals from the count the upload or the sample stored, before the file is read whole.
     check_capacity(conn, limits, account_id, job["total_rows"])
-    check_budget(settings.prices, model, max_cost_usd, resolve_mode(asked_mode, settings, job["total_rows"]),
+    check_budget(settings.prices, model, max_cost_usd,
+                 resolve_mode(asked_mode, settings, job["total_rows"], checks["variants"]),
                  job["total_rows"], instructions, fields, page_context, checks, preview_calibration(job))
     try:
         with conn.transaction():
@@ -91,7 +97,7 @@ def start(conn, storage: Storage, queue: ChunkQueue, settings: Settings, account
             if job["status"] != "pending":
                 raise Conflict(f"Job is already {job['status']}; it can be started once", code="already_started")
             expected = job["total_rows"]
-            mode = resolve_mode(asked_mode, settings, expected)
+            mode = resolve_mode(asked_mode, settings, expected, checks["variants"])
             estimate = check_budget(settings.prices, model, max_cost_usd, mode, expected, instructions, fields,
                                     page_context, checks, preview_calibration(job))
             take_account_capacity(conn, settings, account_id, expected)
@@ -147,10 +153,13 @@ def unstart(conn, job_id, account_id: str) -> None:
             db.give_back_urls_today(conn, account_id, job["reserved_rows"])
 
 
-def resolve_mode(asked: str | None, settings: Settings, urls: int) -> str:
-    """The job's mode: as asked, else batch above BATCH_MODE_ABOVE URLs (when set), else live."""
+def resolve_mode(asked: str | None, settings: Settings, urls: int, variants: int = 1) -> str:
+    """The job's mode: as asked, else batch above BATCH_MODE_ABOVE URLs (when set), else live;
+    always live for a job with variants (batch mode writes one opener per row)."""
     if asked is not None:
         return asked
+    if variants > 1:
+        return "live"
     return "batch" if settings.batch_mode_above and urls > settings.batch_mode_above else "live"
 
 
@@ -172,7 +181,7 @@ def check_budget(prices: dict, model: str, max_cost_usd: float | None, mode: str
     """The job's estimate (``pricing.estimate``, corrected by its preview's real usage when it had
     one). A batch job is paid for as a whole once submitted, so one whose estimate is above its
     max_cost_usd is refused (400 over_budget) instead of being stopped halfway, as a live job is."""
-    words = {k: v for k, v in (checks or {}).items() if k in ("min_words", "max_words")}
+    words = {k: v for k, v in (checks or {}).items() if k in ("min_words", "max_words", "variants")}
     estimate = pricing.estimate(prices, model, urls, instructions, fields, page_context, calibrated=calibrated,
                                 reused_rows=reused_rows, **words)
     if max_cost_usd is None or mode != "batch":

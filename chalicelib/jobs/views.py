@@ -70,6 +70,7 @@ def job_json(job: dict) -> dict:
         "min_words": job["min_words"],
         "max_words": job["max_words"],
         "language": job["language"],
+        "variants": int(job.get("variants") or 1),
         "reuse": job.get("reuse", True),
         "quality": quality_summary(job["quality"] or {}, job["processed_rows"]),
         "regenerated": job["regenerated"],

@@ -126,8 +126,11 @@ def check(opener: str, *, generic: bool = False, language: str | None = None,
 def reask_message(grounding: Grounding | None = None, checked: Checked | None = None) -> str | None:
     """The message that asks for an opener again: what grounding did not find and what each
     flag asks for, in one sentence (None when there is nothing to ask again for)."""
-    wanted = [*(checked.reasks if checked else ())]
+    parts = reask_parts(grounding, checked)
+    return "Write the opener again: " + "; ".join(parts) + "." if parts else None
+
+
+def reask_parts(grounding: Grounding | None = None, checked: Checked | None = None) -> list[str]:
+    """What to fix in one opener: what grounding did not find, then what each flag asks for."""
     missing = grounding.not_found() if grounding is not None and not grounding.ok else ""
-    if not wanted and not missing:
-        return None
-    return "Write the opener again: " + "; ".join(([missing] if missing else []) + wanted) + "."
+    return ([missing] if missing else []) + [*(checked.reasks if checked else ())]

@@ -4,6 +4,7 @@
 A person's opener is checked like a model's for what its text alone tells (word limits, spam,
 language) and flagged ``edited``; the job's quality counters move with it. Only a completed
 row's opener can be edited; a row being regenerated refuses any change (409 ``regenerating``).
+A row with variants may have one picked instead (``{"variant": i}``, ``picks``: not an edit).
 """
 
 from __future__ import annotations
@@ -18,18 +19,20 @@ from chalicelib.jobs.options import URL_STATUSES, check_status, clean_text
 from chalicelib.jobs.views import check_quality, iso, require_job
 from chalicelib.logs import get_logger
 from chalicelib.quality import flags as quality_flags
+from chalicelib.review.picks import check_variant, move_grounding, pick_changes
 
 log = get_logger("review")
 
 MAX_OPENER = 600
 MAX_IDS = 1000
 REVIEW_FILTERS = ("approved", "rejected", "none")
-EDIT_FIELDS = {"opener", "review", "version"}
+EDIT_FIELDS = {"opener", "review", "version", "variant"}
 
 
 def result_json(row: dict) -> dict:
     """A result row as the API shows it (GET results, the single result, an edit's answer)."""
-    shown = {k: v for k, v in row.items() if k not in ("chunk", "no_reuse", "opener_at", "finished_at")}
+    shown = {k: v for k, v in row.items()
+             if k not in ("chunk", "no_reuse", "opener_at", "finished_at", "opener_source")}
     return {**shown, "id": str(row["id"]), "updated_at": iso(row["updated_at"]), "edited": bool(row["edited"])}
 
 
@@ -59,7 +62,7 @@ def get_result(conn, account_id: str, job_id: str, result_id: str) -> dict:
                for h in store.history(conn, row["id"])]
     if row["opener"] is not None:
         entries.append({"opener": row["opener"], "at": iso(row["opener_at"] or row["finished_at"] or row["updated_at"]),
-                        "source": "person" if row["edited"] else "model"})
+                        "source": row.get("opener_source") or ("person" if row["edited"] else "model")})
     return {"result": {**result_json(row), "history": entries}}
 
 
@@ -97,10 +100,14 @@ def edit(conn, account_id: str, job_id: str, result_id: str, body: dict,
     read it (`version`, or If-Unmodified-Since to the second). -> {"result"}."""
     unknown = sorted(set(body) - EDIT_FIELDS)
     if unknown:
-        raise BadRequest(f"Unknown field(s): {', '.join(unknown)}; an edit takes opener, review and version",
-                         code="unknown_field")
-    if "opener" not in body and "review" not in body:
-        raise BadRequest("Nothing to change: give opener and/or review", code="nothing_to_change")
+        raise BadRequest(f"Unknown field(s): {', '.join(unknown)}; an edit takes opener, variant, review and "
+                         "version", code="unknown_field")
+    if "opener" not in body and "review" not in body and "variant" not in body:
+        raise BadRequest("Nothing to change: give opener, variant and/or review", code="nothing_to_change")
+    if "opener" in body and "variant" in body:
+        raise BadRequest("Give either opener (your own text) or variant (one of the row's variants), not both",
+                         code="opener_and_variant")
+    variant = check_variant(body["variant"]) if "variant" in body else None
     opener = None
     if "opener" in body:
         opener = clean_text(body["opener"], "opener", MAX_OPENER)
@@ -120,7 +127,7 @@ def edit(conn, account_id: str, job_id: str, result_id: str, body: dict,
         if stale:
             raise Conflict(f"This result changed since you read it (now version {row['version']}); reload it and "
                            "edit again", code="stale_version")
-        if opener is not None and row["status"] != "completed":
+        if (opener is not None or variant is not None) and row["status"] != "completed":
             raise Conflict(f"This result is {row['status']}; only a completed result's opener can be edited",
                            code="not_editable")
         changes: dict = {}
@@ -130,12 +137,17 @@ def edit(conn, account_id: str, job_id: str, result_id: str, body: dict,
             checked = quality_flags.check(opener, language=row["language"], min_words=job["min_words"],
                                           max_words=job["max_words"])
             changes.update(opener=opener, quality=[*checked.flags, quality_flags.EDITED], words=checked.words)
+        if variant is not None:
+            changes.update(pick_changes(row, variant))
         if not changes:
             return {"result": result_json(row)}
-        updated = store.update_result(conn, row["id"], row["version"], **changes)
-        if "opener" in changes:
+        update = store.pick_variant if "variant" in changes else store.update_result
+        updated = update(conn, row["id"], row["version"], **changes)
+        if "opener" in changes or "variant" in changes:
             counters = store.lock_job_quality(conn, job["id"])
             moved = move_counts(counters, row["quality"], row["words"], changes["quality"], changes["words"])
+            if "grounding" in changes:
+                moved = move_grounding(moved, row["grounding"], changes["grounding"])
             store.set_job_quality(conn, job["id"], moved, drop_results=job["status"] == "completed")
         else:
             store.touch_job(conn, job["id"])

@@ -1,6 +1,6 @@
 """Regenerating rows of a finished job (SPEC "Review before sending"): the rows named by id, or
-matching a filter (rows a person edited left alone), go back to pending with the request's
-feedback and the mark that no earlier opener is reused for them; the job returns to processing
+matching a filter (rows a person edited or picked a variant of left alone), go back to pending
+with the request's feedback and the mark that no earlier opener is reused for them; the job returns to processing
 and its chunks are enqueued through the chunk window, as a retry's are. Quota, limiter, cost,
 checks and fair share are then those of any row; the job completes again exactly once
 (``complete_job_if_done``) and its webhook says ``job.completed`` with ``regenerated``.
@@ -16,6 +16,7 @@ from chalicelib.adapters.queue import ChunkQueue
 from chalicelib.errors import BadRequest, Conflict
 from chalicelib.generation import prompt
 from chalicelib.generation.dispatch import window
+from chalicelib.jobs.control import send_or_fail
 from chalicelib.jobs.options import MAX_INSTRUCTIONS, account_limits, clean_text, template_columns
 from chalicelib.jobs.start import capacity_refusal
 from chalicelib.jobs.views import job_json, require_job
@@ -55,8 +56,9 @@ def regenerate(conn, queue: ChunkQueue, settings: Settings, account_id: str, job
             if reset is None:
                 raise Conflict("Job changed meanwhile; look at it again", code="busy")
             if reset["n"] == 0:
-                raise Conflict("Nothing to regenerate: no finished row matches (rows a person edited are "
-                               "regenerated only when named by id)", code="nothing_to_regenerate")
+                raise Conflict("Nothing to regenerate: no finished row matches (rows a person edited, or "
+                               "picked a variant of, are regenerated only when named by id)",
+                               code="nothing_to_regenerate")
             take_capacity(conn, settings, account_id, reset["n"])
             first, waiting = window(list(reset["chunks"]), settings, reset["mode"])
             job = store.set_undispatched(conn, job["id"], waiting)
@@ -64,13 +66,7 @@ def regenerate(conn, queue: ChunkQueue, settings: Settings, account_id: str, job
                 job = db.update_job(conn, job["id"], instructions=instructions)
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being changed by another request", code="busy") from None
-    try:
-        queue.send_chunks(str(job["id"]), first)
-    except Exception as exc:
-        log.exception("enqueueing the regeneration failed", extra={"job_id": str(job["id"])})
-        db.fail_job(conn, job["id"], f"Could not queue the regeneration ({type(exc).__name__}); call retry",
-                    expected="processing")
-        raise
+    send_or_fail(conn, queue, job, first, "regeneration", then="call retry")
     log.info("job regenerating", extra={"job_id": str(job["id"]), "rows": reset["n"], "chunks": len(first)})
     return {"job": job_json(job), "regenerating": reset["n"]}
 

@@ -39,12 +39,13 @@ def csv_bytes(rows: list[list[str]]) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
-def finished_job(stack, tag: str, count: int) -> tuple[str, list[dict]]:
-    """A completed job of `count` rows made through the API, and its results in file order."""
+def finished_job(stack, tag: str, count: int, **options) -> tuple[str, list[dict]]:
+    """A completed job of `count` rows made through the API (with the `process` options given),
+    and its results in file order."""
     rows = [["company", "website"]] + [[f"Company {i}", f"https://{tag}-{i:03d}.example.com/"]
                                         for i in range(1, count + 1)]
     job_id = stack.api.upload(f"{tag}.csv", csv_bytes(rows))["job"]["id"]
-    stack.api.process(job_id)
+    stack.api.process(job_id, **options)
     stack.wait_job(job_id, urls=count)
     return job_id, results(stack, job_id)
 
@@ -292,6 +293,36 @@ def test_stale_edit_is_refused_and_the_row_reloaded(page: Page, fresh):
     assert texts[2].startswith("a person, ") and texts[2].endswith(": Written in the browser."), texts
     assert focused_row(page) == "2"
     expect(page.locator("#error")).to_be_hidden()
+
+
+def test_pick_a_variant_with_the_keyboard(page: Page, fresh):
+    stack = fresh
+    job_id, before = finished_job(stack, "variants", 2, variants=3)
+    assert all(len(r["variants"]) == 3 and r["variant"] == 1 for r in before)
+    open_job(page, stack.key, "variants.csv", 2)
+    into_table(page)
+    first = page.locator("#results-table tbody tr").nth(0)
+    expect(first.locator(".variants li")).to_have_text([v["opener"] for v in before[0]["variants"]])
+    expect(first.locator(".variants li.picked")).to_have_text(before[0]["variants"][0]["opener"])
+
+    # 2 picks the second variant (sent with the version the row was read at); v the next one
+    sent: list[dict] = []
+    page.on("request", lambda r: sent.append(json.loads(r.post_data)) if r.method == "PATCH" else None)
+    page.keyboard.press("2")
+    expect(page.locator("#review-message")).to_have_text("Row 1: variant 2 picked.", timeout=SAVE_WAIT)
+    expect(first.locator(".opener-text")).to_have_text(before[0]["variants"][1]["opener"])
+    expect(first.locator(".variants li.picked")).to_have_text(before[0]["variants"][1]["opener"])
+    assert focused_row(page) == "1"
+    page.keyboard.press("v")
+    expect(page.locator("#review-message")).to_have_text("Row 1: variant 3 picked.", timeout=SAVE_WAIT)
+    assert sent[0] == {"variant": 2, "version": before[0]["version"]} and sent[1]["variant"] == 3
+    picked = result(stack, job_id, before[0]["id"])
+    assert picked["opener"] == before[0]["variants"][2]["opener"] and picked["variant"] == 3
+    assert picked["edited"] is False
+    assert [h["source"] for h in picked["history"]] == ["model", "person", "person"]
+    page.keyboard.press("3")  # the one already picked: nothing sent
+    expect(page.locator("#review-message")).to_have_text("Row 1: variant 3 is the one picked already.")
+    assert len(sent) == 2
 
 
 def test_a_download_waits_while_the_server_builds_the_csv(page: Page, fresh):

@@ -51,6 +51,10 @@ class FakeApi:
                 return httpx.Response(409, json={"error": {"code": "stale_version",
                                                            "message": "This result changed since you read it"}})
             target = next(r for r in self.rows if r["id"] == path.rsplit("/", 1)[1])
+            if "variant" in data:
+                target.update(opener=target["variants"][data["variant"] - 1]["opener"], variant=data["variant"],
+                              version=target["version"] + 1)
+                return httpx.Response(200, json={"result": target})
             target.update(opener=data["opener"], edited=True, version=target["version"] + 1)
             return httpx.Response(200, json={"result": target})
         if request.method == "POST" and path == f"/api/jobs/{JOB_ID}/regenerate":
@@ -153,3 +157,20 @@ def test_download_approved_asks_for_approved_rows_and_names_the_file(tmp_path: P
     assert code == 0 and "leads-openers-approved.csv" in out
     assert sent(fake, "GET")[-1][3] == {"review": "approved"}
     assert (tmp_path / "leads-openers-approved.csv").read_bytes().startswith(b"website,opener")
+
+
+def test_review_lists_variants_and_p_picks_one_with_the_version_read():
+    fake = FakeApi()
+    variants = [{"opener": f"Variant {n} of the second row.", "evidence": None, "grounding": "generic",
+                 "quality": [], "words": 6} for n in (1, 2, 3)]
+    fake.rows[1].update(opener=variants[0]["opener"], variants=variants, variant=1)
+    script = "p 2 3\np 1 2\np 2 4\np 2\nq\n"
+    code, out, err = cli(fake, "review", JOB_ID, stdin=script)
+    assert code == 0
+    assert "*1 Variant 1 of the second row." in out and " 3 Variant 3 of the second row." in out
+    [(_, path, data, _)] = sent(fake, "PATCH")
+    assert path.endswith(IDS[1]) and data == {"variant": 3, "version": 3}
+    assert "Row 3: variant 3 picked: Variant 3 of the second row." in out
+    assert "row 2 has no variants to pick from" in err and "row 3 has 3 variants: V is 1 to 3" in err
+    assert "pick one variant of one row: p N V" in err
+

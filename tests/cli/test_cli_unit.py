@@ -626,6 +626,14 @@ def test_no_reuse_asks_the_model_for_every_row(leads, tmp_path):
         "job_id": JOB_ID, "instructions": "x", "reuse": False}
 
 
+def test_variants_asks_for_that_many_openers_per_row(leads, tmp_path):
+    fake = FakeApi()
+    run = cli(fake, "run", str(leads), "--instructions", "x", "--variants", "3", "-o", str(tmp_path / "o.csv"))
+    assert run.code == 0, run.err
+    assert json.loads(fake.calls("POST", "/api/upload/process")[0].content) == {
+        "job_id": JOB_ID, "instructions": "x", "variants": 3}
+
+
 def test_status_shows_the_quality_summary():
     run = cli(FakeApi(polls=[job("completed", 3, 0, total=3, quality={**QUALITY, "flagged": {}, "duplicate_rate": 0})]),
               "status", JOB_ID)
@@ -634,7 +642,7 @@ def test_status_shows_the_quality_summary():
 
 @pytest.mark.parametrize("argv", [
     ["--grounding", "loose"], ["--min-words", "0"], ["--max-words", "201"], ["--language", "deu"],
-    ["--language", "d1"], ["--min-words", "30", "--max-words", "10"],
+    ["--language", "d1"], ["--min-words", "30", "--max-words", "10"], ["--variants", "4"], ["--variants", "0"],
 ])
 def test_bad_quality_options_are_usage_errors_before_any_request(leads, argv):
     fake = FakeApi()

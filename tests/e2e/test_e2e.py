@@ -11,6 +11,7 @@ import time
 import uuid
 
 import boto3
+import pytest
 
 from chalicelib.settings import DEFAULT_PRICES, parse_prices
 from tests.support.e2e import (
@@ -248,12 +249,12 @@ def test_a_dropped_csv_starts_with_the_default_options(fresh):
         api.call("POST", f"/api/upload/{job['id']}/cancel")  # nobody waits for this job
 
 
+@pytest.mark.runner(RUNNER_SWEEP_S="1")
 def test_a_batch_mode_job_goes_through_the_batch_api_and_the_sweep(fresh, capsys):
     """mode "batch": each chunk message sends one Batch API file; the runner's sweep (every second
     here, every 5 minutes on AWS) reads the finished batches back; the job, its results and its
     download are as a live job's, at half the price, and no live call is made."""
     stack, api = fresh, fresh.api
-    stack.use_runner(RUNNER_SWEEP_S="1")
     stack.fake.configure(batch_delay_s=2)  # the provider takes 2 s per batch
     csv_file = make_csv(tag(), 250, invalid_every=10)
     job_id = api.upload(csv_file.name, csv_file.data)["job"]["id"]
@@ -279,6 +280,7 @@ def test_a_batch_mode_job_goes_through_the_batch_api_and_the_sweep(fresh, capsys
                    f"estimate live ${estimate['cost_usd']} / batch ${estimate['batch_cost_usd']}")
 
 
+@pytest.mark.runner(OUTBOUND_ALLOW_NETWORKS="127.0.0.1/32")
 def test_a_job_with_a_callback_gets_one_signed_webhook(fresh, capsys):
     """The whole path of a webhook over real HTTP: the secret made through the API (stored
     sealed), the job completed by the runner's worker, one signed job.completed POST to a local
@@ -289,7 +291,6 @@ def test_a_job_with_a_callback_gets_one_signed_webhook(fresh, capsys):
     from tests.support.webhook_receiver import Receiver
 
     stack, api = fresh, fresh.api
-    stack.use_runner(OUTBOUND_ALLOW_NETWORKS="127.0.0.1/32")
     reply = api.call("POST", "/api/account/webhook-secret", {})
     assert reply.status == 201, reply.body[:300]
     secret = reply.json()["secret"]

@@ -82,11 +82,20 @@ def finish(stack, capsys, name: str, job_id: str, total: int, began: float, *, s
     return fig, rows, stats
 
 
+# A killed runner's rows and messages are taken again after LEASE_SECONDS and RUNNER_VISIBILITY_S
+# (the base settings' 15 s and 10 s): shorter for the tests that wait for them.
+QUICK_RECOVERY = {"LEASE_SECONDS": "6", "RUNNER_VISIBILITY_S": "6"}
+
+
+@pytest.mark.runner(**QUICK_RECOVERY)
 def test_sigkill_a_runner_mid_chunk(fresh, capsys):
     """The runner process dies with SIGKILL while its workers hold leased rows; a new runner
-    (after the killed messages become visible again) finishes every URL."""
+    (after the killed messages become visible again) finishes every URL. Its rows' leases and
+    messages come back sooner than the base settings' (the job stands still that long): leases
+    are renewed at a third of LEASE_SECONDS, the message's visibility at a third of
+    RUNNER_VISIBILITY_S, as with any."""
     stack = fresh
-    job_id, total, began = start_job(stack, 1500)
+    job_id, total, began = start_job(stack, 800)
     stack.wait_job(job_id, urls=int(0.3 * total), fraction=0.3)
     # Kill while rows are held (not in the moment between two chunks, when none is).
     wait_for(lambda: any(r["status"] == "processing" for r in url_rows(stack.database_url, job_id)), 30,
@@ -102,10 +111,10 @@ def test_sigkill_a_runner_mid_chunk(fresh, capsys):
     assert held > 0, "the kill did not land mid-chunk"
     assert sum(r["status"] == "completed" for r in at_kill) < total
 
-    stack.start_runner()
+    stack.start_runner(**QUICK_RECOVERY)
     # The killed runner's messages come back after RUNNER_VISIBILITY_S and its rows once their
     # LEASE_SECONDS run out: the job may stand still that long.
-    quiet = int(stack.env["LEASE_SECONDS"]) + int(stack.env["RUNNER_VISIBILITY_S"]) + 15
+    quiet = int(QUICK_RECOVERY["LEASE_SECONDS"]) + int(QUICK_RECOVERY["RUNNER_VISIBILITY_S"]) + 15
     fig, rows, stats = finish(stack, capsys, "SIGKILL runner", job_id, total, began, stall_s=quiet, extra_s=quiet,
                               allowed_extra=lost,
                               note=lambda: f"{held} rows held by the killed runner, {len(lost)} answers lost "
@@ -117,7 +126,7 @@ def test_sigkill_a_runner_mid_chunk(fresh, capsys):
 
 def test_redis_restarts_mid_run(fresh, capsys):
     stack = fresh
-    job_id, total, began = start_job(stack, 1000)
+    job_id, total, began = start_job(stack, 600)
     stack.wait_job(job_id, urls=int(0.3 * total), fraction=0.3)
     stack.stop_redis()
     down_at = time.monotonic()
@@ -135,7 +144,7 @@ def test_redis_restarts_mid_run(fresh, capsys):
 
 def test_postgres_connections_killed_mid_run(fresh, capsys):
     stack = fresh
-    job_id, total, began = start_job(stack, 1000)
+    job_id, total, began = start_job(stack, 600)
     killed = []
     for fraction in (0.25, 0.6):
         stack.wait_job(job_id, urls=int(fraction * total), fraction=fraction)
@@ -146,12 +155,16 @@ def test_postgres_connections_killed_mid_run(fresh, capsys):
     assert fig.failed == 0
 
 
+# each URL takes up to 3 attempts with backoff between them, a hang 3 s (the client's timeout):
+# more URLs at once, as for test_provider_answers_500_to_everything
+@pytest.mark.runner(CHUNK_CONCURRENCY="32")
 def test_llm_5xx_and_hangs(fresh, capsys):
-    """20 % of calls answer 500/503 and 5 % never answer (client timeout 3 s); with 3 attempts
-    some URLs may legitimately fail, each with its error."""
+    """20 % of calls answer 500/503 and 5 % never answer (client timeout 3 s; the fake closes a
+    hung connection without an answer after 5 s, should the client not have gone by then); with
+    3 attempts some URLs may legitimately fail, each with its error."""
     stack = fresh
-    stack.fake.configure(error_rate=0.2, hang_rate=0.05, hang_seconds=30)
-    job_id, total, began = start_job(stack, 600)
+    stack.fake.configure(error_rate=0.2, hang_rate=0.05, hang_seconds=5)
+    job_id, total, began = start_job(stack, 300)
     # each URL may take 3 attempts of up to 3 s plus backoff: about 4 times the normal work
     fig, rows, _ = finish(stack, capsys, "20 % 5xx + 5 % hangs", job_id, total, began, extra_s=3 * total / 20)
     assert fig.errors > 0 and fig.hangs > 0
@@ -177,6 +190,7 @@ def found_from_429s(stack, job_id: str) -> dict:
         shared.close()
 
 
+@pytest.mark.runner(OPENAI_RPM="12000")  # we think 200/s...
 def test_429_storm(fresh, capsys):
     """The provider allows a tenth of what we believe our limit is, and does not state its limit
     (as Azure OpenAI, it sends x-ratelimit-remaining/-reset but no -limit: the limiter cannot
@@ -184,9 +198,8 @@ def test_429_storm(fresh, capsys):
     ends, the shared cooldown pauses every worker after each 429, the controller's cuts keep the
     429s down after the first one, and no URL is generated twice."""
     stack = fresh
-    stack.use_runner(OPENAI_RPM="12000")  # we think 200/s...
     stack.fake.configure(rpm=1200, ratelimit_limit_headers=False)  # ...the provider allows 20/s
-    job_id, total, began = start_job(stack, 300)
+    job_id, total, began = start_job(stack, 200)
     fig, _, _ = finish(stack, capsys, "429 storm", job_id, total, began, extra_s=total / 20,
                        max_429_share=MAX_STORM_429_SHARE)
     assert fig.rate_limited > 0
@@ -196,12 +209,12 @@ def test_429_storm(fresh, capsys):
     assert limits["in_force"]["rpm"] < 12000, limits
 
 
+@pytest.mark.runner(OPENAI_RPM="", OPENAI_TPM="")
 def test_a_provider_stating_no_limit_is_paced_at_the_rate_found_from_its_429s(fresh, capsys):
     """OPENAI_RPM unset and a provider (as vLLM or LiteLLM) that sends no x-ratelimit-* header at
     all and allows 20 requests/s: no setting, yet after the first pause only a few percent of the
     calls are refused (before the controller: unpaced, ~75 %), and every URL completes."""
     stack = fresh
-    stack.use_runner(OPENAI_RPM="", OPENAI_TPM="")
     stack.fake.configure(rpm=1200, ratelimit_headers=False)
     job_id, total, began = start_job(stack, 400)
     fig, _, _ = finish(stack, capsys, "no limit stated", job_id, total, began, extra_s=total / 20,
@@ -211,38 +224,38 @@ def test_a_provider_stating_no_limit_is_paced_at_the_rate_found_from_its_429s(fr
     assert limits["learned"] == {"rpm": -1, "tpm": -1} and limits["how"]["rpm"] == "found from 429s", limits
 
 
+@pytest.mark.runner(OPENAI_RPM="", OPENAI_TPM="")  # the test's own limiter prefix (fresh): nothing learned yet
 def test_limits_are_learned_from_the_provider_when_not_configured(fresh, capsys):
-    """OPENAI_RPM / OPENAI_TPM unset and a provider allowing 20 requests/s (per minute: 1,200),
+    """OPENAI_RPM / OPENAI_TPM unset and a provider allowing 40 requests/s (per minute: 2,400),
     stated in its x-ratelimit-limit-* headers: after a cautious start the limiter paces at
     exactly that, so 429s stay rare and no request goes into a pause."""
     stack = fresh
-    stack.use_runner(OPENAI_RPM="", OPENAI_TPM="")  # the test's own limiter prefix (fresh): nothing learned yet
-    stack.fake.configure(rpm=1200)
+    stack.fake.configure(rpm=2400)
     job_id, total, began = start_job(stack, 300)
-    fig, _, _ = finish(stack, capsys, "limits learned", job_id, total, began, extra_s=total / 20)
+    fig, _, _ = finish(stack, capsys, "limits learned", job_id, total, began, extra_s=total / 40)
     assert fig.completed == total and fig.rate_limited <= 0.01 * total, fig
     shared = redis.Redis.from_url(stack.env["REDIS_URL"])  # what every process of the stack now uses
     limiter = RateLimiter(shared, 0, 0, prefix=stack.limiter_prefix)
-    assert limiter.limits(stack.api.job(job_id)["model"])["learned"] == {"rpm": 1200, "tpm": FAKE_TPM}
+    assert limiter.limits(stack.api.job(job_id)["model"])["learned"] == {"rpm": 2400, "tpm": FAKE_TPM}
     shared.close()
 
 
+@pytest.mark.runner(LEASE_SECONDS="2", OPENAI_TIMEOUT_S="15")
 def test_a_generation_outliving_its_lease_is_not_started_twice(fresh, capsys):
     """LEASE_SECONDS shorter than one LLM call: the worker still holds its rows, so it must keep
     their leases alive (renewing well within LEASE_SECONDS) and never claim them a second time."""
     stack = fresh
-    stack.use_runner(LEASE_SECONDS="2", OPENAI_TIMEOUT_S="15")
     stack.fake.configure(latency_ms=[300, 4000])
     job_id, total, began = start_job(stack, 16)
     finish(stack, capsys, "generation longer than the lease", job_id, total, began, extra_s=15)
 
 
+@pytest.mark.runner(CHUNK_CONCURRENCY="32")  # each URL takes ~4 s of attempts and backoff: more at once
 def test_provider_answers_500_to_everything(fresh, capsys):
     """Every call fails with HTTP 500: every URL fails with that reason after its attempts, the
     job still completes, its results CSV is written to S3 and the download lists every URL as
     failed with the reason."""
     stack = fresh
-    stack.use_runner(CHUNK_CONCURRENCY="32")  # each URL takes ~4 s of attempts and backoff: more at once
     # A provider that has answered before (the test's limiter is new: until a first answer it
     # would send 3 requests a second, its cautious start, and no 500 carries limits to learn)
     warm_id, warm_total, _ = start_job(stack, 1)
@@ -349,6 +362,12 @@ def test_a_poison_message_is_dropped_once(fresh, capsys, kind):
         _drain(sqs, dlq)  # the next test starts with an empty dead-letter queue
 
 
+# longer than a busy LocalStack's pauses (a chunk message can take seconds to be received),
+# shorter than the restart
+STALL_AFTER_S, SWEEP_EVERY_S = 8, 2
+
+
+@pytest.mark.runner(STALL_AFTER_S=str(STALL_AFTER_S), RUNNER_SWEEP_S=str(SWEEP_EVERY_S), MAX_CONCURRENT_JOBS="1")
 def test_localstack_restarts_mid_job(fresh, capsys):
     """LocalStack dies mid-job (SIGKILL) and starts again on the same port, empty: its queues, and
     every queued chunk message with them, are gone until provisioned again (S3 keeps its objects
@@ -364,11 +383,8 @@ def test_localstack_restarts_mid_job(fresh, capsys):
     localstack = stack.localstack
     if localstack is None:
         pytest.skip("needs the LocalStack make test started (LOCALSTACK_PID/_START from infra/devstack.py)")
-    # longer than a busy LocalStack's pauses (a chunk message can take seconds to be received),
-    # shorter than the restart
-    stall_after, sweep_every = 8, 2
-    stack.use_runner(STALL_AFTER_S=str(stall_after), RUNNER_SWEEP_S=str(sweep_every), MAX_CONCURRENT_JOBS="1")
-    job_id, total, began = start_job(stack, 1000)
+    stall_after, sweep_every = STALL_AFTER_S, SWEEP_EVERY_S
+    job_id, total, began = start_job(stack, 600)
     stack.wait_job(job_id, urls=int(0.3 * total), fraction=0.3)
     queue = os.environ["CHUNK_QUEUE_URL"]
     wait_for(lambda: stack.queue_depth(queue)["visible"] > 0, 20, every=0.05, what="a chunk message waiting",
@@ -439,18 +455,21 @@ def test_localstack_restarts_mid_job(fresh, capsys):
     assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] > 0
 
 
+PROVIDER_TPM = 720_000  # the token limit of the provider in test_the_token_limit_binds_end_to_end
+
+
+@pytest.mark.runner(OPENAI_RPM="", OPENAI_TPM=str(int(0.9 * PROVIDER_TPM)))
 def test_the_token_limit_binds_end_to_end(fresh, capsys):
     """A provider whose tokens-per-minute limit binds long before its requests-per-minute one
-    (9,000 requests but 360,000 tokens a minute: about 14 requests/s of these ~420-token calls),
+    (9,000 requests but 720,000 tokens a minute: about 28 requests/s of these ~420-token calls),
     and which states neither (no x-ratelimit-limit-* headers, so nothing is learned): with
     OPENAI_TPM set just under it and no RPM ceiling, the workers pace by tokens alone, so the
     provider's token bucket never runs dry (at most a stray 429), where without the TPM ceiling
     nothing would pace them at all."""
     stack = fresh
-    provider_tpm = 360_000
-    stack.use_runner(OPENAI_RPM="", OPENAI_TPM=str(int(0.9 * provider_tpm)))
+    provider_tpm = PROVIDER_TPM  # the runner's OPENAI_TPM (the mark): 90 % of it
     stack.fake.configure(tpm=provider_tpm, ratelimit_limit_headers=False)
     job_id, total, began = start_job(stack, 300)
-    fig, _, stats = finish(stack, capsys, "TPM binds", job_id, total, began, extra_s=total / 10)
+    fig, _, stats = finish(stack, capsys, "TPM binds", job_id, total, began, extra_s=total / 20)
     assert fig.completed == total and fig.rate_limited <= 0.01 * total, fig
     assert stats["rate_limited"] <= 0.01 * total

@@ -11,13 +11,15 @@ import io
 import json
 import uuid
 
+import pytest
+
 from tests.support.e2e import assert_finished_cleanly, make_csv, url_rows, wait_for
 from tests.support.webhook_receiver import Receiver
 
 
+@pytest.mark.runner(OUTBOUND_ALLOW_NETWORKS="127.0.0.1/32")
 def test_regenerate_flagged_rows_with_feedback_edit_review_and_download_approved(fresh, capsys):
     stack, api = fresh, fresh.api
-    stack.use_runner(OUTBOUND_ALLOW_NETWORKS="127.0.0.1/32")
     assert api.call("POST", "/api/account/webhook-secret", {}).status == 201
     csv_file = make_csv(f"rev{uuid.uuid4().hex[:6]}", 20)
     with Receiver() as receiver:

@@ -2,7 +2,8 @@
 test_cluster.py, test_learned_limits.py) have in common: a Redis client and a per-test key prefix
 (the bodies of their `client` and `prefix` fixtures; tests/conftest.py's `client` is the API's, so
 each module names its own), the Redis clock, a bucket's stored state, reservations without
-sleeping, the documented bucket as a reference, and sleep hooks.
+sleeping, the documented bucket as a reference, and sleep hooks; and NoLimit, the limiter of a test or
+benchmark that measures tokens, not rates.
 
 Times are the limiter's own: its Lua scripts run on the Redis server clock, and after a
 reservation the bucket hash ``{level, ts}`` holds the script's ``now`` in ``ts``.
@@ -115,3 +116,19 @@ def fair_turns(limiter: RateLimiter, clock: Callable[[], float], seconds: float 
             if limiter._reserve(1, account)[0]:
                 counts[account] += 1
     return counts
+
+
+class NoLimit:
+    """A limiter that never waits: for a test or benchmark that measures tokens, not rates."""
+
+    def acquire(self, *args, **kwargs) -> float:
+        return 0.0
+
+    def refund(self, *args, **kwargs) -> None:
+        pass
+
+    def cooldown(self, *args, **kwargs) -> None:
+        pass
+
+    def observe(self, *args, **kwargs) -> None:
+        pass

@@ -11,7 +11,8 @@ from chalicelib.adapters.db.jobs import ENABLED_ACCOUNT, JOB_COLUMNS
 
 def begin_ingest(conn, job_id: str, *, estimated_rows: int, instructions: str | None, model: str | None,
                  page_context: bool, max_cost_usd: float | None, callback_url: str | None, mode: str,
-                 grounding: str, min_words: int, max_words: int, language: str, reuse: bool = True) -> dict | None:
+                 grounding: str, min_words: int, max_words: int, language: str, reuse: bool = True,
+                 variants: int = 1) -> dict | None:
     """pending -> ingesting with the job's options; counters from zero (they grow as batches are
     stored), `estimated_rows` the URL count the quota and the estimate were decided on (and
     taken from the quota: `reserved_rows`)."""
@@ -20,10 +21,10 @@ def begin_ingest(conn, job_id: str, *, estimated_rows: int, instructions: str | 
                    processed_rows = 0, failed_rows = 0, progress = 0, ingest_row = 0, estimated_rows = %s,
                    reserved_rows = %s, instructions = %s, model = %s, started_at = now(), error = NULL,
                    undispatched = '{{}}', page_context = %s, max_cost_usd = %s, callback_url = %s, mode = %s,
-                   grounding = %s, min_words = %s, max_words = %s, language = %s, reuse = %s
+                   grounding = %s, min_words = %s, max_words = %s, language = %s, reuse = %s, variants = %s
             WHERE id = %s AND status = 'pending' RETURNING {JOB_COLUMNS}""",
         (estimated_rows, estimated_rows, instructions, model, page_context, max_cost_usd, callback_url, mode, grounding,
-         min_words, max_words, language, reuse, job_id),
+         min_words, max_words, language, reuse, variants, job_id),
     ).fetchone()
 
 

@@ -28,7 +28,7 @@ ENABLED_ACCOUNT = "account_id IN (SELECT id FROM accounts WHERE disabled_at IS N
 JOB_COLUMNS = """id, account_id, file_name, file_path, status, total_rows, processed_rows, failed_rows, progress,
     invalid_rows, url_column, columns, layout, errors, chunks, instructions, model, source, source_etag, error,
     result_path, prompt_tokens, completion_tokens, discarded_results, page_context, max_cost_usd, callback_url,
-    mode, grounding, min_words, max_words, language, quality, regenerated, reuse, cached_tokens, started_at,
+    mode, grounding, min_words, max_words, language, variants, quality, regenerated, reuse, cached_tokens, started_at,
     finished_at, created_at, updated_at, estimate, live_prompt_tokens, live_completion_tokens,
     upload_id, upload_size, upload_part_size, ingest_row, estimated_rows, reserved_rows"""
 

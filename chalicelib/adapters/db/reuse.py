@@ -17,7 +17,7 @@ def reusable_openers(conn, account_id: str, fingerprints: list[bytes], days: int
         return []
     return conn.execute(
         f"""SELECT DISTINCT ON (u.fingerprint, u.page_hash) u.fingerprint, u.page_hash, u.opener, u.evidence,
-                   u.grounding, u.quality, u.words, u.language, u.context_status
+                   u.grounding, u.quality, u.words, u.language, u.context_status, u.variants
             {_EARLIER}
             ORDER BY u.fingerprint, u.page_hash, u.finished_at DESC""",
         {"fps": fingerprints, "days": days, "account": account_id},

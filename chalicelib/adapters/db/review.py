@@ -10,12 +10,16 @@ from __future__ import annotations
 from psycopg.types.json import Jsonb
 
 from chalicelib.adapters.db.jobs import JOB_COLUMNS, PROGRESS
+from chalicelib.adapters.db.quality import quality_moved, quality_sums
 
 # What a result row shows (GET results and the single result); `edited`: a person wrote the
-# current opener (rows written before sql/0015_review.sql: from their flags).
+# current opener (rows written before sql/0015_review.sql: from their flags); a person's pick of
+# a variant (sql/0019_variants.sql) is no edit: such a row is edited only when flagged so.
 RESULT_COLUMNS = """id, row_number AS row, url, status, opener, error, retry_count, context_status, evidence,
     grounding, quality, words, language, reused, cached_tokens, review, version, updated_at, feedback,
-    coalesce(opener_source = 'person', 'edited' = ANY (quality)) AS edited"""
+    variants, variant,
+    CASE WHEN variants IS NULL THEN coalesce(opener_source = 'person', 'edited' = ANY (quality))
+         ELSE 'edited' = ANY (quality) END AS edited"""
 
 REVIEWS = ("approved", "rejected")
 
@@ -44,7 +48,7 @@ def get_result(conn, job_id: str, result_id: str, *, lock: bool = False) -> dict
     with the row's chunk and no_reuse mark for the service's checks."""
     suffix = " FOR UPDATE" if lock else ""
     return conn.execute(
-        f"SELECT {RESULT_COLUMNS}, chunk, no_reuse, opener_at, finished_at FROM urls "
+        f"SELECT {RESULT_COLUMNS}, chunk, no_reuse, opener_at, finished_at, opener_source FROM urls "
         f"WHERE id = %s AND job_id = %s{suffix}",
         (result_id, job_id)).fetchone()
 
@@ -62,6 +66,15 @@ def update_result(conn, result_id: str, version: int, **fields) -> dict | None:
     return conn.execute(
         f"UPDATE urls SET {assignments} WHERE id = %s AND version = %s RETURNING {RESULT_COLUMNS}",
         (*fields.values(), result_id, version)).fetchone()
+
+
+def pick_variant(conn, result_id: str, version: int, **fields) -> dict | None:
+    """``update_result`` for a person's pick of a variant: the history trigger records the new
+    opener as a person's (sql/0019_variants.sql), though a pick leaves no ``edited`` flag."""
+    conn.execute("SELECT set_config('csv_opener.opener_source', 'person', true)")  # this transaction only
+    updated = update_result(conn, result_id, version, **fields)
+    conn.execute("SELECT set_config('csv_opener.opener_source', '', true)")  # a later statement writes its own
+    return updated
 
 
 def lock_job_quality(conn, job_id: str) -> dict:
@@ -98,21 +111,14 @@ def mark_reviews(conn, job_id: str, review: str | None, *, ids: list[str] | None
                         (review, job_id, review, *params)).rowcount
 
 
-# Decrement the job's {key: count} histograms by a {key: n} object of the reset rows (zeros dropped).
-_SUB_COUNTS = """(SELECT coalesce(jsonb_object_agg(k, n), '{{}}') FROM (
-                      SELECT k, sum(v::int) AS n FROM (
-                          SELECT key AS k, value AS v FROM jsonb_each_text(coalesce({old}, '{{}}'))
-                          UNION ALL SELECT key, (-value::int)::text FROM jsonb_each_text({gone})) a
-                      GROUP BY k HAVING sum(v::int) <> 0) b)"""
-
-
 def reset_for_regenerate(conn, job_id: str, *, ids: list[str] | None, filters: dict,
                          feedback: str | None) -> dict | None:
     """The job's finished rows named by `ids` (edited ones included), or matching `filters`
-    (edited ones left alone), back to pending with the regeneration's marks (feedback,
-    no_reuse), their review and quality cleared; in the same statement the job goes back to
-    processing with its counters moved (processed_rows/failed_rows down by the rows reset, the
-    quality counters down by their old grounding, flags, words, re-asks and reuse) and
+    (rows a person edited or picked a variant of left alone), back to pending with the
+    regeneration's marks (feedback, no_reuse), their review and quality cleared; in the same
+    statement the job goes back to processing with its counters moved (processed_rows/failed_rows
+    down by the rows reset, the quality counters down by their old grounding, flags, words,
+    re-asks and reuse) and
     `regenerated` = the rows reset. Only a finished job with no unfinished row is changed.
     Returns the job's row with `n` (rows reset) and `chunks`, or None when the job was not in
     such a state (nothing changed then). Call in a transaction (quota and the window follow)."""
@@ -121,7 +127,8 @@ def reset_for_regenerate(conn, job_id: str, *, ids: list[str] | None, filters: d
         clauses.append("id = ANY(%s::uuid[])")
         params.append(ids)
     else:
-        clauses.append("NOT ('edited' = ANY (quality))")
+        # a person's edit, or a person's pick of a variant (no `edited` flag, but their opener)
+        clauses.append("NOT ('edited' = ANY (quality)) AND opener_source IS DISTINCT FROM 'person'")
     where = " AND ".join(["job_id = %s", "status IN ('completed', 'failed')", *clauses])
     return conn.execute(
         f"""WITH target AS (
@@ -130,38 +137,22 @@ def reset_for_regenerate(conn, job_id: str, *, ids: list[str] | None, filters: d
            ), reset AS (
                UPDATE urls u SET status = 'pending', error = NULL, claimed_by = NULL, lease_until = NULL,
                       finished_at = NULL, feedback = %s, no_reuse = true, review = NULL, quality = '{{}}',
-                      grounding = NULL, evidence = NULL, words = NULL, reused = false, regenerations = 0
+                      grounding = NULL, evidence = NULL, words = NULL, reused = false, regenerations = 0,
+                      variants = NULL, variant = NULL
                FROM target t WHERE u.id = t.id
                RETURNING t.*
            ), s AS (
                SELECT count(*) AS n, count(*) FILTER (WHERE old_status = 'completed') AS done,
                       count(*) FILTER (WHERE old_status = 'failed') AS failed,
                       coalesce(array_agg(DISTINCT chunk ORDER BY chunk), '{{}}') AS chunks,
-                      count(*) FILTER (WHERE grounding = 'verified') AS verified,
-                      count(*) FILTER (WHERE grounding = 'generic') AS generic,
-                      count(*) FILTER (WHERE grounding = 'unsupported') AS unsupported,
-                      coalesce(sum(regenerations), 0) AS regenerations,
-                      count(*) FILTER (WHERE reused) AS reused,
-                      (SELECT coalesce(jsonb_object_agg(flag, n), '{{}}') FROM (
-                           SELECT flag, count(*) AS n FROM reset, unnest(reset.quality) AS flag GROUP BY flag) f
-                      ) AS flagged,
-                      (SELECT coalesce(jsonb_object_agg(w::text, n), '{{}}') FROM (
-                           SELECT words AS w, count(*) AS n FROM reset WHERE words IS NOT NULL GROUP BY words) h
-                      ) AS words
+                      {quality_sums('reset')}
                FROM reset
            )
            UPDATE jobs j SET status = 'processing', finished_at = NULL, result_path = NULL, error = NULL,
                   processed_rows = j.processed_rows - s.done, failed_rows = j.failed_rows - s.failed,
                   progress = {PROGRESS.format(done="j.processed_rows - s.done + j.failed_rows - s.failed")},
                   regenerated = s.n,
-                  quality = jsonb_build_object(
-                      'verified', coalesce((j.quality->>'verified')::int, 0) - s.verified,
-                      'generic', coalesce((j.quality->>'generic')::int, 0) - s.generic,
-                      'unsupported', coalesce((j.quality->>'unsupported')::int, 0) - s.unsupported,
-                      'regenerated', coalesce((j.quality->>'regenerated')::int, 0) - s.regenerations,
-                      'reused', coalesce((j.quality->>'reused')::int, 0) - s.reused,
-                      'flagged', {_SUB_COUNTS.format(old="j.quality->'flagged'", gone="s.flagged")},
-                      'words', {_SUB_COUNTS.format(old="j.quality->'words'", gone="s.words")})
+                  quality = {quality_moved('-')}
            FROM s WHERE j.id = %s AND j.status IN ('completed', 'failed', 'canceled')
              AND j.processed_rows + j.failed_rows = j.total_rows
            RETURNING {", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))}, s.n, s.chunks""",

@@ -3,9 +3,12 @@ save, release and lease renewal."""
 
 from __future__ import annotations
 
+import json
+
 from psycopg.types.json import Jsonb
 
 from chalicelib.adapters.db.jobs import JOB_COLUMNS, PROGRESS, RUNNABLE_JOB
+from chalicelib.adapters.db.quality import quality_moved, quality_sums
 from chalicelib.adapters.db.review import RESULT_COLUMNS, review_clauses
 
 # ---------------------------------------------------------------- urls
@@ -42,7 +45,8 @@ def iter_results(conn, job_id: str, batch: int = 5000, review: str | None = None
     marked = "AND review = %(review)s" if review else ""
     while True:
         rows = conn.execute(
-            f"""SELECT row_number, status, opener, error, context_status, evidence, quality, language FROM urls
+            f"""SELECT row_number, status, opener, error, context_status, evidence, quality, language, variants,
+                      variant FROM urls
                WHERE job_id = %(job)s AND row_number > %(after)s {marked} ORDER BY row_number LIMIT %(batch)s""",
             {"job": job_id, "after": after, "batch": batch, "review": review},
         ).fetchall()
@@ -118,7 +122,8 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
     Each result: id, status ('completed' | 'failed'), opener, error, retry_count, prompt_tokens,
     completion_tokens, and what the quality checks found (optional): evidence, grounding, quality
     (a list of flags), words, language, reused, regenerations; for reuse (issue 22, optional):
-    fingerprint, page_hash (bytes; set on completed rows the model wrote) and cached_tokens. Saving a
+    fingerprint, page_hash (bytes; set on completed rows the model wrote) and cached_tokens; with
+    variants (sql/0019_variants.sql), ``variants`` (a list of dicts; the first is picked). Saving a
     row clears its no_reuse mark (the regeneration it stood for is done). The job's ``quality`` counters move
     in the same statement: {"verified", "generic", "unsupported", "regenerated", "reused": n,
     "flagged": {flag: n}, "words": {"<words>": n}}. Returns the job's status and counters after
@@ -129,6 +134,7 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
     arrays = {c: [r.get(c) for r in results] for c in columns}
     # Flags travel as one ';'-joined string per row: unnest() would flatten a text[][] into one list.
     arrays["quality"] = [";".join(r.get("quality") or ()) for r in results]
+    arrays["variants"] = [None if r.get("variants") is None else json.dumps(r["variants"]) for r in results]
     return conn.execute(
         f"""WITH r AS (
                SELECT * FROM unnest(%(id)s::uuid[], %(status)s::text[], %(opener)s::text[], %(error)s::text[],
@@ -136,10 +142,10 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
                                     %(context_status)s::text[], %(evidence)s::text[], %(grounding)s::text[],
                                     %(quality)s::text[], %(words)s::int[], %(language)s::text[],
                                     %(reused)s::boolean[], %(regenerations)s::int[], %(fingerprint)s::bytea[],
-                                    %(page_hash)s::bytea[], %(cached_tokens)s::int[])
+                                    %(page_hash)s::bytea[], %(cached_tokens)s::int[], %(variants)s::text[])
                     AS r(id, status, opener, error, retry_count, prompt_tokens, completion_tokens, context_status,
                          evidence, grounding, quality, words, language, reused, regenerations, fingerprint,
-                         page_hash, cached_tokens)
+                         page_hash, cached_tokens, variants)
            ), saved AS (
                UPDATE urls u SET status = r.status, opener = r.opener, error = r.error,
                       retry_count = r.retry_count, prompt_tokens = r.prompt_tokens,
@@ -150,6 +156,7 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
                       language = r.language, reused = coalesce(r.reused, false),
                       regenerations = coalesce(r.regenerations, 0),
                       fingerprint = r.fingerprint, page_hash = r.page_hash, cached_tokens = r.cached_tokens,
+                      variants = r.variants::jsonb, variant = CASE WHEN r.variants IS NULL THEN NULL ELSE 1 END,
                       claimed_by = NULL, lease_until = NULL,
                       -- a regeneration's marks (issue 21) are spent once its opener is written; a
                       -- failed row keeps them for its retry
@@ -163,45 +170,20 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
                       count(*) FILTER (WHERE status = 'failed') AS failed,
                       coalesce(sum(prompt_tokens), 0) AS pt, coalesce(sum(completion_tokens), 0) AS ct,
                       coalesce(sum(cached_tokens), 0) AS cached,
-                      count(*) FILTER (WHERE grounding = 'verified') AS verified,
-                      count(*) FILTER (WHERE grounding = 'generic') AS generic,
-                      count(*) FILTER (WHERE grounding = 'unsupported') AS unsupported,
-                      coalesce(sum(regenerations), 0) AS regenerated,
-                      count(*) FILTER (WHERE reused) AS reused,
-                      (SELECT coalesce(jsonb_object_agg(flag, n), '{{}}') FROM (
-                           SELECT flag, count(*) AS n FROM saved, unnest(saved.quality) AS flag GROUP BY flag) f
-                      ) AS flagged,
-                      (SELECT coalesce(jsonb_object_agg(w::text, n), '{{}}') FROM (
-                           SELECT words AS w, count(*) AS n FROM saved WHERE words IS NOT NULL GROUP BY words) h
-                      ) AS words
+                      {quality_sums('saved')}
                FROM saved
            )
            UPDATE jobs j SET processed_rows = j.processed_rows + s.done, failed_rows = j.failed_rows + s.failed,
                   prompt_tokens = j.prompt_tokens + s.pt, completion_tokens = j.completion_tokens + s.ct,
                   cached_tokens = j.cached_tokens + s.cached,
                   progress = {PROGRESS.format(done="j.processed_rows + s.done + j.failed_rows + s.failed")},
-                  quality = jsonb_build_object(
-                      'verified', coalesce((j.quality->>'verified')::int, 0) + s.verified,
-                      'generic', coalesce((j.quality->>'generic')::int, 0) + s.generic,
-                      'unsupported', coalesce((j.quality->>'unsupported')::int, 0) + s.unsupported,
-                      'regenerated', coalesce((j.quality->>'regenerated')::int, 0) + s.regenerated,
-                      'reused', coalesce((j.quality->>'reused')::int, 0) + s.reused,
-                      'flagged', {_ADD_COUNTS.format(old="j.quality->'flagged'", new="s.flagged")},
-                      'words', {_ADD_COUNTS.format(old="j.quality->'words'", new="s.words")})
+                  quality = {quality_moved('+')}
            FROM s WHERE j.id = %(job)s
            RETURNING j.status, j.total_rows, j.processed_rows, j.failed_rows, s.done + s.failed AS saved,
                      j.model, j.mode, j.prompt_tokens, j.completion_tokens, j.cached_tokens,
                      j.max_cost_usd""",
         {**arrays, "owner": owner, "job": job_id},
     ).fetchone()
-
-
-# Two {key: count} objects added key by key (the job's quality histograms).
-_ADD_COUNTS = """(SELECT coalesce(jsonb_object_agg(k, n), '{{}}') FROM (
-                      SELECT k, sum(v::int) AS n FROM (
-                          SELECT key AS k, value AS v FROM jsonb_each_text(coalesce({old}, '{{}}'))
-                          UNION ALL SELECT key, value FROM jsonb_each_text({new})) a
-                      GROUP BY k) b)"""
 
 
 def release_urls(conn, owner: str, ids: list) -> int:

@@ -32,7 +32,7 @@
     "download-button", "cancel-button", "retry-button", "new-button", "results-filter", "results-refresh",
     "results-table", "results-empty", "results-prev", "results-page", "results-next", "jobs-refresh",
     "jobs-table", "jobs-empty", "jobs-more", "summary-title", "job-title", "grounding-select", "min-words",
-    "max-words", "language-input", "quality-box", "quality-verified", "quality-generic", "quality-duplicates",
+    "max-words", "language-input", "variants-select", "quality-box", "quality-verified", "quality-generic", "quality-duplicates",
     "quality-words", "quality-regenerated", "quality-reused", "quality-flagged", "quality-filter",
     "download-approved-button", "summary-why",
   ].forEach((id) => {
@@ -566,6 +566,8 @@
       throw new Error("Language must be auto or a two-letter code such as de, fr or es.");
     }
     if (language !== QUALITY_DEFAULTS.language) options.language = language;
+    const variants = Number(el["variants-select"].value);
+    if (variants > 1) options.variants = variants;
     return options;
   }
 
@@ -574,6 +576,7 @@
     el["min-words"].value = String(QUALITY_DEFAULTS.min_words);
     el["max-words"].value = String(QUALITY_DEFAULTS.max_words);
     el["language-input"].value = QUALITY_DEFAULTS.language;
+    el["variants-select"].value = "1";
   }
 
   /** A row's flags as labels (text only), separated by spaces for screen readers and copying. */
@@ -643,6 +646,12 @@
           li.append(reused);
         }
         if (Array.isArray(p.quality) && p.quality.length) li.append(flagList(p.quality));
+        (Array.isArray(p.variants) ? p.variants.slice(1) : []).forEach((variant, i) => {
+          const other = document.createElement("p");
+          other.className = "variant";
+          other.textContent = `Variant ${i + 2}: ${variant && variant.opener ? variant.opener : ""}`;
+          li.append(other);
+        });
         if (p.evidence) {
           const evidence = document.createElement("p");
           evidence.className = "evidence";

@@ -4,7 +4,8 @@
 // view) and hands it the results section. Keys on a row of the table: j/k (or the arrows) move,
 // e edits the opener (Enter saves, Esc cancels), a approves, r rejects, u clears the review, x or
 // space selects, g goes to the feedback box to regenerate the selected rows, h shows the row's
-// earlier openers. Every value from the API is put on the page with textContent, never as HTML.
+// earlier openers, 1/2/3 pick that variant of a row with several (v: the next one). Every value
+// from the API is put on the page with textContent, never as HTML.
 "use strict";
 
 window.CsvOpenerReview = (() => {
@@ -78,6 +79,21 @@ window.CsvOpenerReview = (() => {
       text.className = "opener-text";
       text.textContent = row.status === "failed" ? (row.error || "") : (row.opener || "");
       box.append(text);
+      const variants = Array.isArray(row.variants) ? row.variants : [];
+      if (variants.length > 1) {
+        const list = document.createElement("ol");
+        list.className = "variants";
+        list.setAttribute("aria-label", `Variants of row ${row.row}`);
+        variants.forEach((variant, i) => {
+          const item = document.createElement("li");
+          const picked = Number(row.variant || 1) === i + 1;
+          item.classList.toggle("picked", picked);
+          if (picked) item.setAttribute("aria-current", "true");
+          item.textContent = variant && variant.opener ? String(variant.opener) : "";
+          list.append(item);
+        });
+        box.append(list);
+      }
       if (row.feedback && (row.status === "pending" || row.status === "processing")) {
         const note = document.createElement("p");
         note.className = "hint";
@@ -402,6 +418,47 @@ window.CsvOpenerReview = (() => {
       }
     }
 
+    /** Pick variant `number` of the keys' row (or, with "next", the one after the picked one). */
+    function pickVariant(number) {
+      const shown = view.rows[view.current];
+      if (!shown) return;
+      const count = Array.isArray(shown.variants) ? shown.variants.length : 0;
+      if (count < 2) {
+        say(`Row ${shown.row} has no variants to pick from.`, true);
+        return;
+      }
+      const wanted = number === "next" ? (Number(shown.variant || 1) % count) + 1 : number;
+      if (wanted > count) {
+        say(`Row ${shown.row} has ${count} variants.`, true);
+        return;
+      }
+      queued(() => sendPick(String(shown.id), wanted));
+    }
+
+    async function sendPick(resultId, number) {
+      const row = view.rows.find((r) => String(r.id) === resultId);
+      if (!row) return;
+      if (Number(row.variant || 1) === number) {
+        say(`Row ${row.row}: variant ${number} is the one picked already.`);
+        return;
+      }
+      try {
+        const answer = await ctx.call("PATCH", resultPath(jobId(), row.id),
+          { json: { variant: number, version: row.version } });
+        replaceRow(answer.result);
+        say(`Row ${row.row}: variant ${number} picked.`);
+      } catch (err) {
+        if (err && err.status === 401) {
+          ctx.handleError(err);
+          return;
+        }
+        if (err && err.status === 409) {
+          try { await reloadRow(row.id); } catch (again) { ctx.handleError(again); }
+        }
+        say(problemOf(err, row), true);
+      }
+    }
+
     async function showHistory() {
       const row = view.rows[view.current];
       if (!row) return;
@@ -530,6 +587,8 @@ window.CsvOpenerReview = (() => {
         case "u": setReview(null); break;
         case "x": case " ": if (row) toggleSelected(row); break;
         case "h": showHistory(); break;
+        case "1": case "2": case "3": pickVariant(Number(event.key)); break;
+        case "v": pickVariant("next"); break;
         case "g":
           if (view.selected.size) el["regenerate-feedback"].focus();
           else say("Select the rows to regenerate first: x or space on a row.", true);

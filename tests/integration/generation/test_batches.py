@@ -24,10 +24,11 @@ from chalicelib.generation.batches import BatchRunner
 from chalicelib.generation.openers import OpenerGenerator
 from chalicelib.generation.ratelimit import RateLimiter
 from tests.support.accounts import service_account
-from tests.support.api import body, error_of, post_json, purge_queue, upload_csv
-from tests.support.fake_openai import FakeOpenAI
+from tests.support.api import body, error_of, post_json, upload_csv
 from tests.support.fake_openai.responses import host_of
 from tests.support.fake_openai.writing import good
+
+pytestmark = pytest.mark.usefixtures("clean")
 
 MODEL = "gpt-4o-mini"
 
@@ -35,17 +36,6 @@ MODEL = "gpt-4o-mini"
 def make_opener(url: str) -> str:
     """The fake's structured answer for a row with no page and no fields: its generic opener."""
     return good(host_of(url), [], "en").opener
-
-
-@pytest.fixture(autouse=True)
-def clean(settings):
-    purge_queue(settings.chunk_queue_url)
-
-
-@pytest.fixture
-def fake():
-    with FakeOpenAI() as server:
-        yield server
 
 
 @pytest.fixture

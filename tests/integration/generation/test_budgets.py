@@ -32,28 +32,11 @@ from chalicelib.generation.ratelimit import RateLimiter
 from chalicelib.generation.worker import ChunkWorker
 from chalicelib.jobs import preview as previews
 from tests.support.accounts import service_account
-from tests.support.api import drain_queue, purge_queue
-from tests.support.fake_openai import FakeOpenAI
+from tests.support.api import drain_queue
+
+pytestmark = pytest.mark.usefixtures("clean")
 
 INSTRUCTIONS = "We help bakeries plan deliveries. Mention what the prospect does and keep it short."
-
-
-@pytest.fixture(autouse=True)
-def clean(settings):
-    purge_queue(settings.chunk_queue_url)
-
-
-@pytest.fixture
-def fake():
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-def live(settings, fake):
-    return dataclasses.replace(settings, openai_dummy_mode=False, openai_api_key="sk-test",
-                               openai_base_url=fake.base_url, openai_rpm=0, openai_tpm=0, chunk_size=10,
-                               chunk_concurrency=4, page_context_default=False, max_retries=3)
 
 
 def generator(s) -> OpenerGenerator:

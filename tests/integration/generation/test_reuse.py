@@ -23,37 +23,18 @@ from chalicelib.generation.openers import OpenerGenerator
 from chalicelib.generation.ratelimit import RateLimiter
 from chalicelib.generation.worker import ChunkWorker
 from tests.support.accounts import make_account
-from tests.support.api import purge_queue
-from tests.support.fake_openai import FakeOpenAI
+from tests.support.rows import about
+
+pytestmark = pytest.mark.usefixtures("clean")
 
 INSTRUCTIONS = "We plan delivery routes for small food businesses. Mention what they do: {{about}}."
-SYLLABLES = ["ka", "lo", "mi", "ne", "pu", "ra", "si", "to", "vu", "ze", "ba", "do", "fe", "gi", "ho", "ju"]
 CARRIED = ("opener", "evidence", "grounding", "quality", "words", "language", "context_status")
 
 
-def about(i: int) -> str:
-    """A description no other row shares a word with (so good openers are never near-duplicates)."""
-    words = [SYLLABLES[(i + k) % 16] + SYLLABLES[(3 * i + 5 * k) % 16] + SYLLABLES[(i // 16 + k) % 16]
-             for k in range(8)]
-    return f"{' '.join(words)} bakery"
-
-
-@pytest.fixture(autouse=True)
-def clean(settings):
-    purge_queue(settings.chunk_queue_url)
-
-
 @pytest.fixture
-def fake():
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-def live(settings, fake):
-    return dataclasses.replace(settings, openai_dummy_mode=False, openai_api_key="sk-test",
-                               openai_base_url=fake.base_url, openai_rpm=0, openai_tpm=0, chunk_size=20,
-                               chunk_concurrency=4, page_context_default=False, max_retries=3, reuse_days=30)
+def live(live):
+    """chunks of 20; reuse over 30 days."""
+    return dataclasses.replace(live, chunk_size=20, reuse_days=30)
 
 
 def make_worker(s, pages: dict[str, str] | None = None) -> ChunkWorker:

@@ -254,7 +254,7 @@ def test_job_and_results_in_file_order_with_keyset_cursor(client, conn):
     assert set(first["results"][0]) == {"id", "row", "url", "status", "opener", "error", "retry_count",
                                         "context_status", "evidence", "grounding", "quality", "words", "language",
                                         "reused", "review", "version", "updated_at", "edited", "feedback",
-                                        "cached_tokens"}
+                                        "cached_tokens", "variants", "variant"}
     rest = body(client.http.get(f"/api/jobs/{job_id}/results?limit=10&cursor={first['next_cursor']}"))
     assert [r["row"] for r in rest["results"]] == [4, 5, 6, 7] and rest["next_cursor"] is None
     assert body(client.http.get(f"/api/jobs/{job_id}/results?status=failed"))["results"] == []

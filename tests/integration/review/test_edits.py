@@ -100,7 +100,9 @@ def test_an_edit_with_a_stale_version_or_date_is_refused(client, conn):
     ({"review": "maybe"}, "bad_review"),
     ({"review": "approved", "version": True}, "bad_version"),
     ({"review": "approved", "version": "3"}, "bad_version"),
-    ({"variant": 2}, "unknown_field"),
+    ({"variant": 2}, "bad_variant"),  # a job of one opener per row has no variants
+    ({"variant": 0}, "bad_variant"),
+    ({"variant": 1, "opener": "Both at once, which is not allowed."}, "opener_and_variant"),
 ])
 def test_a_bad_edit_is_a_400_and_changes_nothing(client, conn, payload, code):
     job_id, results = finished_job(client, conn)

@@ -22,6 +22,7 @@ from chalicelib.quality.answer import response_format
 from chalicelib.settings import parse_prices
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.fake_site import html
+from tests.support.limiter import NoLimit
 
 PRICES = parse_prices("gpt-4o-mini=0.15/0.60")
 MODEL = "gpt-4o-mini"
@@ -116,18 +117,6 @@ def test_the_jobs_estimate_shows_the_best_projection_and_the_start_beside_it():
 
 # ---------------------------------------------------------------- within 15 % of real usage
 
-class NoLimit:
-    def acquire(self, *args, **kwargs) -> float:
-        return 0.0
-
-    def refund(self, *args, **kwargs) -> None:
-        pass
-
-    def cooldown(self, *args, **kwargs) -> None:
-        pass
-
-    def observe(self, *args, **kwargs) -> None:
-        pass
 
 
 def page(i: int) -> str:

@@ -13,6 +13,7 @@ import pytest
 from chalicelib.generation import checks
 from chalicelib.generation.answers import GenerationFailed, Opener
 from chalicelib.generation.openers import OpenerGenerator
+from tests.support.limiter import NoLimit
 
 GOOD = "Your sourdough bread baked in Cologne since 1998 sounds wonderful; could we talk about delivery routes?"
 PAGE = "Title: Bäckerei Sonne\nText: We bake sourdough bread in Cologne since 1998, with flour from local mills."
@@ -20,18 +21,6 @@ EVIDENCE = "sourdough bread in Cologne since 1998"
 INVENTED = "Congratulations on 25 years of baking in Cologne; could we talk about your delivery routes soon?"
 
 
-class NoLimit:
-    def acquire(self, *args, **kwargs) -> float:
-        return 0.0
-
-    def refund(self, *args, **kwargs) -> None:
-        pass
-
-    def cooldown(self, *args, **kwargs) -> None:
-        pass
-
-    def observe(self, *args, **kwargs) -> None:
-        pass
 
 
 def answer(content: str) -> httpx2.Response:

@@ -219,8 +219,14 @@ def first_opener_seconds(conn, settings, source_key: str, name: str, timeout_s: 
         started_at = conn.execute("SELECT clock_timestamp() AS t").fetchone()["t"]
         jobs.start(conn, storage, queue, settings, bench_account(conn), job_id)
         deadline = time.monotonic() + timeout_s
-        first = None
+        first = ingesting = claimed = None
         while first is None and time.monotonic() < deadline:
+            now = conn.execute("SELECT clock_timestamp() AS t").fetchone()["t"]
+            if ingesting is None and db_ingest_row(conn, job_id):
+                ingesting = (now - started_at).total_seconds()
+            if claimed is None and conn.execute("SELECT 1 FROM urls WHERE job_id = %s AND status <> 'pending' "
+                                                "LIMIT 1", (job_id,)).fetchone():
+                claimed = (now - started_at).total_seconds()
             first = conn.execute("SELECT min(finished_at) AS t FROM urls WHERE job_id = %s AND opener IS NOT NULL",
                                  (job_id,)).fetchone()["t"]
             time.sleep(0.1)
@@ -230,7 +236,11 @@ def first_opener_seconds(conn, settings, source_key: str, name: str, timeout_s: 
         runner.stop()
     conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
     return {"first_opener_s": None if first is None else (first - started_at).total_seconds(),
-            "ingested_rows_then": ingested}
+            "ingested_rows_then": ingested, "first_batch_stored_s": ingesting, "first_row_claimed_s": claimed}
+
+
+def db_ingest_row(conn, job_id: str) -> int:
+    return conn.execute("SELECT ingest_row FROM jobs WHERE id = %s", (job_id,)).fetchone()["ingest_row"]
 
 
 def db_file_path(conn, job_id: str) -> str:
@@ -253,7 +263,9 @@ def measure(conn, settings, tmp: Path, rows: int, name: str, first_opener: bool 
                "first_opener": first}
     if first is not None:
         print(f"[bench]   first opener stored {first['first_opener_s']:.1f} s after process was called "
-              f"({first['ingested_rows_then']:,} file rows ingested by then)", flush=True)
+              f"(first batch stored after {first['first_batch_stored_s']} s, first row claimed after "
+              f"{first['first_row_claimed_s']} s; {first['ingested_rows_then']:,} file rows ingested by then)",
+              flush=True)
     print(f"[bench]   process {process['seconds']:.2f} s ({process['status']}, estimated "
           f"{process['estimated_rows']:,} URLs); ingest {ingest['seconds']:.1f} s for {ingest['total_rows']:,} URLs "
           f"({ingest['invalid_rows']:,} invalid), first chunk message after {ingest['first_chunk_s']:.2f} s; "

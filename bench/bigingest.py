@@ -231,12 +231,18 @@ def first_opener_seconds(conn, settings, source_key: str, name: str, timeout_s: 
                                  (job_id,)).fetchone()["t"]
             time.sleep(0.1)
         ingested = conn.execute("SELECT ingest_row FROM jobs WHERE id = %s", (job_id,)).fetchone()["ingest_row"]
+        # the provider calls the first stored row took: its prompt tokens over one request's
+        calls = conn.execute(
+            """SELECT u.prompt_tokens::float / nullif((j.estimate->>'prompt_tokens_per_url')::float, 0) AS calls
+               FROM urls u JOIN jobs j ON j.id = u.job_id WHERE u.job_id = %s AND u.opener IS NOT NULL
+               ORDER BY u.finished_at LIMIT 1""", (job_id,)).fetchone()
         jobs.cancel(conn, bench_account(conn), job_id)
     finally:
         runner.stop()
     conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
     return {"first_opener_s": None if first is None else (first - started_at).total_seconds(),
-            "ingested_rows_then": ingested, "first_batch_stored_s": ingesting, "first_row_claimed_s": claimed}
+            "ingested_rows_then": ingested, "first_batch_stored_s": ingesting, "first_row_claimed_s": claimed,
+            "first_row_calls": calls and calls["calls"]}
 
 
 def db_ingest_row(conn, job_id: str) -> int:
@@ -264,7 +270,8 @@ def measure(conn, settings, tmp: Path, rows: int, name: str, first_opener: bool 
     if first is not None:
         print(f"[bench]   first opener stored {first['first_opener_s']:.1f} s after process was called "
               f"(first batch stored after {first['first_batch_stored_s']} s, first row claimed after "
-              f"{first['first_row_claimed_s']} s; {first['ingested_rows_then']:,} file rows ingested by then)",
+              f"{first['first_row_claimed_s']} s; {first['ingested_rows_then']:,} file rows ingested by then; "
+              f"that row's prompt tokens = {first['first_row_calls']} requests' worth)",
               flush=True)
     print(f"[bench]   process {process['seconds']:.2f} s ({process['status']}, estimated "
           f"{process['estimated_rows']:,} URLs); ingest {ingest['seconds']:.1f} s for {ingest['total_rows']:,} URLs "

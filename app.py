@@ -303,7 +303,7 @@ def list_jobs(caller: Caller):
 
 @route("/api/jobs/{job_id}", methods=["GET"])
 def get_job(caller: Caller, job_id):
-    return jobs.get(deps.conn(), caller.account_id, job_id)
+    return jobs.get(deps.conn(), caller.account_id, job_id, limiter=deps.rate_limiter())
 
 
 @route("/api/jobs/{job_id}/results", methods=["GET"])
@@ -403,7 +403,7 @@ def metrics(caller: Caller):
     models = sorted({deps.settings().openai_model, *jobs.account_models(deps.conn(), deps.settings(),
                                                                         caller.account_id)})
     return jobs.metrics(deps.conn(), deps.chunk_queue(), caller.account_id, operator=True,
-                        limiter=deps.rate_limiter(), models=models)
+                        limiter=deps.rate_limiter(), models=models, gate=deps.concurrency_gate())
 
 
 @app.on_sqs_message(queue="csv-opener-chunks", batch_size=1, name="process_chunk",

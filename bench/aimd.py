@@ -15,7 +15,14 @@ Runs and figures (goals from issue 25):
   * "3R": the same with OPENAI_RPM = 3R (a ceiling far over the real limit);
   * "changes": OPENAI_RPM unset, R doubled at UP_AT s and halved back at DOWN_AT s: seconds from
     each change until the trailing 10-s average is ≥ 0.9 of the new limit (goal ≤ 30 s), the rate
-    / new limit over [change + 30 s, next change), and the 429 share after each change.
+    / new limit over [change + 30 s, next change), and the 429 share after each change;
+  * "remaining": as "unset", but the fake sends ``x-ratelimit-remaining-requests`` and
+    ``-reset-requests`` (no ``-limit-*``, as gateways and Azure do): the rate is gauged from them
+    (lua/gauge.lua) besides the 429s (goals as "unset");
+  * "remaining-changes": "changes" with those headers;
+  * "stated-changes": "changes" with every header, the limit stated (``x-ratelimit-limit-*``): the
+    halving with headers that bench/learned.py (the doubling) lacks; goal ≥ 0.95 of the new limit
+    within 30 s of each change.
 Baseline, the same fake: the limiter of before (no controller: OPENAI_RPM = 3R in force from the
 first answer) is not runnable any more; issue 25 measured it from outside at 0.872 of R with 75 %
 429s (unset) and 1.000 with 50 % (3R).
@@ -77,8 +84,12 @@ def trailing_recovery(series: Series, start: float, end: float, threshold: float
     return None
 
 
-def run(base_url: str, label: str, ceiling: int, schedule: list[tuple[float, int]], stop_at: float) -> dict:
-    fake_call(base_url, "/_fake/config", {"model_limits": {}, "rpm": RPM, "ratelimit_headers": False})
+def run(base_url: str, label: str, ceiling: int, schedule: list[tuple[float, int]], stop_at: float,
+        headers: str = "none") -> dict:
+    """One run; ``headers``: what the fake sends, "none" (no x-ratelimit-* at all), "remaining"
+    (remaining/reset, no limit) or "stated" (all of them)."""
+    fake_call(base_url, "/_fake/config", {"model_limits": {}, "rpm": RPM, "ratelimit_headers": headers != "none",
+                                          "ratelimit_limit_headers": headers == "stated"})
     top = max([RPM, *(rpm for _, rpm in schedule)])
     urls = round(top / 60 * stop_at * 1.2)
     done = sampled_run(base_url, "aimd", label, urls, ceiling,
@@ -102,12 +113,13 @@ def steady(out: dict) -> dict:
     return out
 
 
-def follow(out: dict) -> dict:
+def follow(out: dict, goal: float = GOAL_UTILIZATION) -> dict:
     series, changes = out["series"], out["changes"]
+    out["goal"] = goal
     rows = []
     for i, (at, rpm) in enumerate(changes):
         nxt = changes[i + 1][0] if i + 1 < len(changes) else series.end
-        recovery = trailing_recovery(series, at, nxt, GOAL_UTILIZATION * rpm)
+        recovery = trailing_recovery(series, at, nxt, goal * rpm)
         after = series.per_minute(at + FOLLOW_S, nxt) / rpm if nxt > at + FOLLOW_S else None
         share, limited, calls = series.share_429(at, nxt)
         rows.append({"at": at, "rpm": rpm, "recovery": recovery, "after": after, "share": share,
@@ -119,8 +131,9 @@ def follow(out: dict) -> dict:
 
 def report(results: dict) -> None:
     print(f"\nRate found from 429s: fake provider at R = {RPM} RPM ({LATENCY_MS} ms latency, bucket with 1 s of "
-          f"burst, rejected calls counted), no x-ratelimit-* header; {WORKERS} processes × 16 in flight")
-    for key in ("unset", "3R"):
+          f"burst, rejected calls counted), no x-ratelimit-* header (\"remaining\": only remaining/reset); "
+          f"{WORKERS} processes × 16 in flight")
+    for key in ("unset", "3R", "remaining"):
         out = results.get(key)
         if out:
             print(f"  {out['label']:28} rate / R [{RATE_FROM_S:.0f} s, {out['span_end']:.0f} s] {out['rate']:.3f}   "
@@ -129,28 +142,39 @@ def report(results: dict) -> None:
             print(f"    whole run: {out['all_429_n'][0]} 429s of {out['all_429_n'][1]} calls; job {out['job']}; "
                   f"limits at the end {out['limits']['in_force']} ({out['limits']['how']['rpm']}, "
                   f"found {out['limits']['found']})")
-    out = results.get("changes")
-    if out:
+    ours, base = results.get("remaining"), results.get("unset")
+    if ours and base:
+        print(f"  remaining/reset ÷ no header: rate {ours['rate'] / base['rate']:.3f}, 429 share "
+              f"{ours['share']:.2%} vs {base['share']:.2%}")
+    for key in ("changes", "remaining-changes", "stated-changes"):
+        out = results.get(key)
+        if out:
+            report_changes(out)
+
+
+def report_changes(out: dict) -> None:
+    if out:  # (the block below is one change run's report)
         print(f"  {out['label']}: R = {RPM}, then:")
         for r in out["follow"]:
             rec = "—" if r["recovery"] is None else f"{r['recovery']:.1f} s"
             after = "—" if r["after"] is None else f"{r['after']:.3f}"
-            print(f"    at {r['at']:6.1f} s → {r['rpm']:5d} RPM: trailing 10-s avg ≥ 0.9 of it after {rec}; "
+            print(f"    at {r['at']:6.1f} s → {r['rpm']:5d} RPM: trailing 10-s avg ≥ {out['goal']} of it after {rec}; "
                   f"rate / it over [{r['span'][0]:.0f} s, {r['span'][1]:.0f} s] {after}; "
                   f"429 share until the next change {r['share']:.2%} ({r['share_n'][0]} of {r['share_n'][1]})")
         series = out["series"]
         per_5 = [series.per_minute(t, t + 5) / RPM for t in range(0, int(series.end) - 4, 5)]
         print("    rate / R per 5 s: " + " ".join(f"{r:.2f}" for r in per_5))
-        print(f"    goal (≥ 0.9 of the new limit within {FOLLOW_S:.0f} s of each change): "
+        print(f"    goal (≥ {out['goal']} of the new limit within {FOLLOW_S:.0f} s of each change): "
               f"{'met' if out['met'] else 'NOT met'}")
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.aimd")
-    parser.add_argument("--only", choices=("unset", "3R", "changes"), action="append",
-                        help="run only these (repeatable); default all three")
+    kinds = ("unset", "3R", "changes", "remaining", "remaining-changes", "stated-changes")
+    parser.add_argument("--only", choices=kinds, action="append",
+                        help="run only these (repeatable); default all")
     args = parser.parse_args(argv)
-    only = args.only or ["unset", "3R", "changes"]
+    only = args.only or list(kinds)
     results: dict = {}
     with fake_openai("--latency-ms", LATENCY_MS, "--rpm", str(RPM), "--no-ratelimit-headers") as base_url:
         if "unset" in only:
@@ -160,6 +184,16 @@ def main(argv: list[str] | None = None) -> dict:
         if "changes" in only:
             results["changes"] = follow(run(base_url, "R doubled, then halved (unset)", 0,
                                             [(UP_AT_S, 2 * RPM), (DOWN_AT_S, RPM)], END_S))
+        if "remaining" in only:
+            results["remaining"] = steady(run(base_url, "remaining/reset only, unset", 0, [], RUN_S,
+                                              headers="remaining"))
+        changes = [(UP_AT_S, 2 * RPM), (DOWN_AT_S, RPM)]
+        if "remaining-changes" in only:
+            results["remaining-changes"] = follow(run(base_url, "R doubled, then halved (remaining/reset)", 0,
+                                                      changes, END_S, headers="remaining"))
+        if "stated-changes" in only:
+            results["stated-changes"] = follow(run(base_url, "R doubled, then halved (limit stated)", 0, changes,
+                                                   END_S, headers="stated"), goal=0.95)
     report(results)
     return results
 

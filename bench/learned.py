@@ -25,6 +25,9 @@ Baselines, the same job and server: OPENAI_RPM = R (the operator knows the limit
 ceiling, so the doubling is not followed), stopped AFTER seconds after the change; and
 OPENAI_RPM = R/2 (told too low), stopped at CHANGE_AT.
 
+The halving with headers (R → 2R → R, the limit stated) is bench/aimd.py's "stated-changes" run
+(its schedule sampler).
+
     make bench BENCH=learned
     BENCH_RPM=3000 make bench BENCH=learned    # also BENCH_CHANGE_AT_S, BENCH_AFTER_S, BENCH_URLS
     make bench BENCH="learned --skip-half"     # without the R/2 run

@@ -97,7 +97,18 @@ def opener_generator():
     from chalicelib.generation.openers import OpenerGenerator
 
     s = get_secret_settings()
-    return OpenerGenerator(build_client(s), rate_limiter(), s.openai_model, max_retries=s.max_retries)
+    return OpenerGenerator(build_client(s), rate_limiter(), s.openai_model, max_retries=s.max_retries,
+                           gate=concurrency_gate())
+
+
+@lru_cache(maxsize=1)
+def concurrency_gate():
+    """The in-flight limit of each model, shared by every chunk handler through Redis (one per process)."""
+    from chalicelib.generation.ratelimit.gate import ConcurrencyGate
+
+    s = get_settings()
+    return ConcurrencyGate(redis_client(), prefix=s.ratelimit_prefix, ceiling=s.chunk_concurrency,
+                           enabled=s.concurrency_adaptive)
 
 
 @lru_cache(maxsize=1)

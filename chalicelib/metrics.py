@@ -50,6 +50,8 @@ COLD_START = "ColdStart"
 INVOCATIONS, HANDLER_ERRORS = "Invocations", "HandlerErrors"
 API_4XX, API_5XX = "Api4xx", "Api5xx"
 LIMITER_WAIT = "LimiterWait"
+INFLIGHT_LIMIT = "InflightLimit"  # the calls in flight a handler may have to a model (ratelimit/gate.py)
+PROVIDER_RPM = "ProviderRpmInForce"  # the request rate the shared limiter paced the invocation's calls at
 PROMPT_TOKENS, COMPLETION_TOKENS = "PromptTokens", "CompletionTokens"
 # EMF takes 100 values per metric in a document; Powertools prints a document by itself when one
 # reaches 100, so ours stop one short and the rest go into the next document.
@@ -78,6 +80,11 @@ class Recorder:
     def add(self, name: str, value: float, unit: str = COUNT) -> None:
         with self._lock:
             self.values.setdefault(name, (unit, []))[1].append(float(value))
+
+    def set(self, name: str, value: float, unit: str = NONE) -> None:
+        """A gauge: the last value set stands for the invocation (not a sum)."""
+        with self._lock:
+            self.values[name] = (unit, [float(value)])
 
     def total(self, name: str) -> float:
         with self._lock:
@@ -227,6 +234,15 @@ def limiter_wait(seconds: float) -> float:
     """The time a call waited for the shared limiter; returned unchanged."""
     count(LIMITER_WAIT, seconds * 1000, MS)
     return seconds
+
+
+def rate_in_force(model: str, rpm: int | None) -> None:
+    """The request rate per minute the shared limiter paced the invocation's last call at (0: no
+    limit), and its model as a property (one job, so one model, per chunk invocation)."""
+    recorder = _current.get()
+    if recorder is not None and rpm is not None:
+        recorder.set(PROVIDER_RPM, rpm)
+        recorder.properties["model"] = model
 
 
 def queue_lag(sent_timestamp_ms: Any, now_ms: float | None = None) -> None:

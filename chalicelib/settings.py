@@ -70,6 +70,7 @@ class Settings:
     openai_rpm: int = 0  # ceilings over the limits learned from the provider's headers; 0 = none
     openai_tpm: int = 0
     chunk_concurrency: int = 16
+    concurrency_adaptive: bool = True  # CONCURRENCY_ADAPTIVE: calls in flight per model found from latency
     chunk_size: int = 500
     max_file_size: int = 1024 * 1024 * 1024  # 1 GiB: a 100,000-row x 40-column export is ~105 MB
     max_direct_upload: int = BINARY_BODY_LIMIT  # bigger files go through POST /api/upload/url
@@ -180,6 +181,7 @@ class Settings:
             openai_rpm=int(get("OPENAI_RPM") or cls.openai_rpm),
             openai_tpm=int(get("OPENAI_TPM") or cls.openai_tpm),
             chunk_concurrency=int(get("CHUNK_CONCURRENCY", cls.chunk_concurrency)),
+            concurrency_adaptive=_bool(get("CONCURRENCY_ADAPTIVE", "true")),
             chunk_size=int(get("CHUNK_SIZE", cls.chunk_size)),
             max_file_size=int(get("MAX_FILE_SIZE", cls.max_file_size)),
             max_direct_upload=int(get("MAX_DIRECT_UPLOAD", cls.max_direct_upload)),

@@ -27,6 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -53,7 +54,8 @@ from chalicelib.generation.client import (
     retry_after,
 )
 from chalicelib.generation.prompt import build_messages
-from chalicelib.generation.ratelimit import LimiterStopped, estimate_tokens, provider_limits
+from chalicelib.generation.ratelimit import LimiterStopped, estimate_tokens, provider_limits, provider_remaining
+from chalicelib.generation.ratelimit.gate import Call
 from chalicelib.quality.answer import refuses_response_format, response_format
 from chalicelib.quality.flags import DEFAULT_MAX_WORDS, DEFAULT_MIN_WORDS
 
@@ -79,7 +81,7 @@ class Limiter(Protocol):
     """What the generator needs from ``chalicelib.generation.ratelimit.RateLimiter`` (tests pass a fake)."""
 
     def acquire(self, tokens: int, should_stop: Callable[[], bool] = ..., account: str | None = ...,
-                model: str | None = ...) -> float: ...
+                model: str | None = ..., job: str | None = ...) -> float: ...
 
     def refund(self, estimated: int, actual: int, model: str | None = ...) -> None: ...
 
@@ -112,9 +114,11 @@ class OpenerGenerator:
         max_retries: int = 3,
         max_tokens: int = 120,
         sleep: Callable[[float], Any] = time.sleep,
+        gate: Any = None,
     ) -> None:
         self.client = client
         self.limiter = limiter
+        self.gate = gate  # ratelimit.gate.ConcurrencyGate: the model's calls in flight (None: no limit)
         self.model = model
         self.max_retries = max(1, int(max_retries))  # attempts in total, the first one included
         self.max_tokens = max_tokens
@@ -162,7 +166,7 @@ class OpenerGenerator:
                     attempts = attempt.retry_state.attempt_number
                     try:
                         opener = self._attempt(body, should_stop, attempts, account, url, instructions,
-                                               asked.get("variants", 1))
+                                               asked.get("variants", 1), asked.get("cache_key"))
                     except UnusableAnswer as exc:
                         spent[0] += exc.prompt_tokens
                         spent[1] += exc.completion_tokens
@@ -199,15 +203,18 @@ class OpenerGenerator:
         return request
 
     def _attempt(self, body: Callable[[], dict], should_stop: Callable[[], bool], number: int,
-                 account: str | None, url: str, instructions: str | None, variants: int = 1) -> Opener:
+                 account: str | None, url: str, instructions: str | None, variants: int = 1,
+                 job: str | None = None) -> Opener:
+        """One attempt (a refused parameter is dropped and the call made again). ``job``: the
+        job the call is counted for (its calls per minute): the ``cache_key``, the job's id."""
         for _ in range(2):  # each refusal (response_format, prompt_cache_key) at most once
             request = body()
             try:
-                return self._call(request, should_stop, number, account, url, instructions, variants)
+                return self._call(request, should_stop, number, account, url, instructions, variants, job)
             except openai.BadRequestError as exc:
                 if not self._refused(request, exc):
                     raise
-        return self._call(body(), should_stop, number, account, url, instructions, variants)
+        return self._call(body(), should_stop, number, account, url, instructions, variants, job)
 
     def _refused(self, request: dict, exc: openai.BadRequestError) -> bool:
         """A 400 refusing ``response_format`` or ``prompt_cache_key``: that model goes without it
@@ -227,16 +234,18 @@ class OpenerGenerator:
         return False
 
     def _call(self, request: dict, should_stop: Callable[[], bool], number: int,
-              account: str | None, url: str, instructions: str | None, variants: int = 1) -> Opener:
+              account: str | None, url: str, instructions: str | None, variants: int = 1,
+              job: str | None = None) -> Opener:
         model = request["model"]
         estimate = estimate_tokens(request["messages"], request["max_tokens"])
-        metrics.limiter_wait(self.limiter.acquire(estimate, should_stop, account=account, model=model))
+        counted = {"job": job} if job else {}
+        metrics.limiter_wait(self.limiter.acquire(estimate, should_stop, account=account, model=model, **counted))
+        metrics.rate_in_force(model, getattr(self.limiter, "rpm_in_force", {}).get(model))
         try:
-            # The SDK builds the request and raises its typed errors; the small JSON answer is read
-            # directly (building the SDK's response model cost ~15 % of a call's CPU here).
-            response = metrics.llm_call(self.client.chat.completions.with_raw_response.create, **request)
+            response = self._send(request, should_stop)
         except openai.RateLimitError as exc:
-            if provider_limits(exc.response.headers) != (-1, -1):  # OpenAI's 429s state the limits too
+            # OpenAI's 429s state the limits too; a gateway's its remaining/reset
+            if provider_limits(exc.response.headers) != (-1, -1) or provider_remaining(exc.response.headers):
                 self.limiter.observe(model, exc.response.headers, ok=False)
             self._on_rate_limited(exc, model)
             raise
@@ -259,6 +268,20 @@ class OpenerGenerator:
         return Opener(text=text, prompt_tokens=token_count(usage, "prompt_tokens"),
                       completion_tokens=token_count(usage, "completion_tokens"), attempts=number, evidence=evidence,
                       cached_tokens=cached_count(usage), variants=more)
+
+    def _send(self, request: dict, should_stop: Callable[[], bool]) -> Any:
+        """The HTTP call, through the model's in-flight gate: its latency, a 429 or a timeout is
+        what the gate's limit is found from."""
+        with self.gate.slot(request["model"], should_stop) if self.gate is not None else nullcontext(Call()) as call:
+            try:
+                # The SDK builds the request and raises its typed errors; the small JSON answer is read
+                # directly (building the SDK's response model cost ~15 % of a call's CPU here).
+                response = metrics.llm_call(self.client.chat.completions.with_raw_response.create, **request)
+            except (openai.RateLimitError, openai.APITimeoutError):
+                call.drop()
+                raise
+            call.answered()
+            return response
 
     def _on_rate_limited(self, exc: openai.RateLimitError, model: str) -> None:
         if is_quota_exhausted(exc):

@@ -133,15 +133,32 @@ def require_job(conn, account_id: str, job_id: str) -> dict:
     return job
 
 
-def get(conn, account_id: str, job_id: str) -> dict:
-    """The job, with its webhook's delivery state when it has a callback URL."""
+def get(conn, account_id: str, job_id: str, limiter=None) -> dict:
+    """The job, with its webhook's delivery state when it has a callback URL, and with
+    ``limiter`` (``RateLimiter``) its ``calls_per_minute``: the provider calls admitted for it in
+    the last minute while it is processing (0 otherwise; None when Redis cannot be read)."""
     job = require_job(conn, account_id, job_id)
     body = job_json(job)
+    if limiter is not None:
+        body["calls_per_minute"] = job_calls_per_minute(limiter, job)
     if job["callback_url"]:
         latest = webhooks.latest(conn, job["id"]) or {}
         body["callback"] = {"url": job["callback_url"], **{k: iso(v) if isinstance(v, datetime) else v
                                                             for k, v in latest.items()}}
     return {"job": body}
+
+
+def job_calls_per_minute(limiter, job: dict) -> int | None:
+    """The calls admitted for a processing job in the last minute (one Redis call); 0 for a job
+    not processing; None, logged, when Redis cannot be read (the job is shown all the same)."""
+    if job["status"] != "processing":
+        return 0
+    job_id = str(job["id"])
+    try:
+        return limiter.calls_per_minute(jobs=[job_id])["jobs"][job_id]
+    except Exception as exc:  # Redis unreachable: the job view still answers
+        log.warning("calls per minute unavailable", extra={"job_id": job_id, "error": f"{type(exc).__name__}: {exc}"})
+        return None
 
 
 def list_(conn, account_id: str, *, status: str | None, limit: str | None, cursor: str | None) -> dict:
@@ -203,10 +220,13 @@ def account_view(conn, settings: Settings, caller: accounts.Caller) -> dict:
     }}
 
 
-def metrics(conn, queue: ChunkQueue, account_id: str, *, operator: bool, limiter=None, models=()) -> dict:
+def metrics(conn, queue: ChunkQueue, account_id: str, *, operator: bool, limiter=None, models=(),
+            gate=None) -> dict:
     """The account's jobs and URLs; for an operator account's keys only (SPEC "Roles") also what
     every account shares: the queue depths and the provider limits of `models` (``RateLimiter.limits``:
-    learned, ceilings, the rate found from 429s, in force, and how each was set). A failure to read
+    learned, ceilings, the rate found from 429s or gauged from remaining/reset, in force, and how each
+    was set; and the calls admitted per minute now, ``RateLimiter.calls_per_minute``) and the calls in
+    flight in force per model (``ConcurrencyGate.describe``). A failure to read
     one of those is described, never quoted (library errors name hosts and queue URLs)."""
     urls = db.url_totals(conn, account_id)
     per_minute = urls.pop("finished_last_minute")
@@ -227,12 +247,25 @@ def metrics(conn, queue: ChunkQueue, account_id: str, *, operator: bool, limiter
             body["queues"][name] = {"error": logs.public_error(f"the {name} queue could not be reached", exc)}
     if limiter is not None:
         body["provider_limits"] = {}
+        try:
+            calls = limiter.calls_per_minute(models=list(models))["models"]
+        except Exception:  # Redis unreachable: each model below says so
+            calls = {}
         for model in models:
             try:
-                body["provider_limits"][model] = limiter.limits(model)
+                body["provider_limits"][model] = {**limiter.limits(model), "calls_per_minute": calls[model]}
             except Exception as exc:  # Redis unreachable
                 log.warning("provider limits unavailable", extra={"model": model,
                                                                   "error": f"{type(exc).__name__}: {exc}"})
                 body["provider_limits"][model] = {
+                    "error": logs.public_error("the rate limiter's store (Redis) could not be reached", exc)}
+    if gate is not None:
+        body["concurrency"] = {}
+        for model in models:  # the calls in flight in force (ratelimit.gate.describe)
+            try:
+                body["concurrency"][model] = gate.describe(model)
+            except Exception as exc:  # Redis unreachable
+                log.warning("concurrency unavailable", extra={"model": model, "error": f"{type(exc).__name__}: {exc}"})
+                body["concurrency"][model] = {
                     "error": logs.public_error("the rate limiter's store (Redis) could not be reached", exc)}
     return body

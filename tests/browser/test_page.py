@@ -136,6 +136,8 @@ def test_upload_pick_column_start_progress_results_download(page: Page, fresh, t
         }""", timeout=20000)
     expect(page.locator("#job-eta")).to_contain_text("about", timeout=5000)
     assert 0 < page.locator("#job-progress").evaluate("p => p.value") < 100
+    # 20 or more calls admitted for the job within the last minute: calls per minute now
+    expect(page.locator("#job-calls")).to_have_text(re.compile(r"^[1-9][\d,]*$"))
     no_error(page)
     page.evaluate("window.scrollTo(0, 0)")
     # written where CSV_OPENER_SCREENSHOT says (e.g. docs/screenshot.png to refresh the README's),
@@ -390,7 +392,7 @@ def test_keyboard_and_phone(page: Page, fresh):
     pick_file(page, "phone.csv", csv_bytes(leads("phone", 5, invalid={2: "ftp://files.example.org/x"})))
     expect(page.locator("#summary-rows")).to_have_text("4")
     page.focus("#instructions")
-    for control in ("batch-mode", "grounding-select", "min-words", "max-words", "language-input"):
+    for control in ("batch-mode", "grounding-select", "min-words", "max-words", "language-input", "variants-select"):
         page.keyboard.press("Tab")
         assert page.evaluate("document.activeElement.id") == control
     page.keyboard.press("Tab")

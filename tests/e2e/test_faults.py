@@ -193,19 +193,20 @@ def found_from_429s(stack, job_id: str) -> dict:
 @pytest.mark.runner(OPENAI_RPM="12000")  # we think 200/s...
 def test_429_storm(fresh, capsys):
     """The provider allows a tenth of what we believe our limit is, and does not state its limit
-    (as Azure OpenAI, it sends x-ratelimit-remaining/-reset but no -limit: the limiter cannot
-    learn it): the rate is found from its 429s, under the OPENAI_RPM ceiling. Every URL still
-    ends, the shared cooldown pauses every worker after each 429, the controller's cuts keep the
-    429s down after the first one, and no URL is generated twice."""
+    (as Azure OpenAI, it sends x-ratelimit-remaining/-reset but no -limit): the rate is gauged
+    from remaining/reset (none remaining pauses every worker before the 429) and found from any
+    429, under the OPENAI_RPM ceiling. Every URL still ends, the 429s stay rare (measured: none of
+    200 calls; 1.3 % before remaining/reset were read, 15.7 % before the controller), and no URL
+    is generated twice."""
     stack = fresh
     stack.fake.configure(rpm=1200, ratelimit_limit_headers=False)  # ...the provider allows 20/s
     job_id, total, began = start_job(stack, 200)
     fig, _, _ = finish(stack, capsys, "429 storm", job_id, total, began, extra_s=total / 20,
                        max_429_share=MAX_STORM_429_SHARE)
-    assert fig.rate_limited > 0
     assert fig.completed >= 0.95 * total, fig
     limits = found_from_429s(stack, job_id)
-    assert limits["how"]["rpm"] == "found from 429s" and limits["found"]["phase"] == "additive increase", limits
+    assert limits["how"]["rpm"] in ("remaining-reset", "found from 429s"), limits
+    assert limits["found"]["phase"] == "additive increase", limits  # the slow start is over
     assert limits["in_force"]["rpm"] < 12000, limits
 
 

@@ -65,6 +65,18 @@ def test_one_invocation_is_one_valid_emf_document_with_ids_as_properties(capsys)
     assert units["LlmLatency"] == units["ChunkQueueLag"] == "Milliseconds" and units["UrlsCompleted"] == "Count"
 
 
+def test_the_rate_in_force_is_a_gauge_with_its_model_as_a_property(capsys):
+    with metrics.invocation("process_chunk"):
+        for rpm in (180, 900, 873):  # the rate at each call's grant: the last one stands, not a sum
+            metrics.rate_in_force("gpt-4o-mini", rpm)
+        metrics.rate_in_force("gpt-4o-mini", None)  # a limiter that does not say: nothing recorded
+    [document] = emf_documents(capsys.readouterr().out)
+    assert document["ProviderRpmInForce"] == 873 and document["model"] == "gpt-4o-mini"
+    directive = document["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Dimensions"] == [["service"]]  # the model is no dimension
+    assert {m["Name"]: m["Unit"] for m in directive["Metrics"]}["ProviderRpmInForce"] == "None"
+
+
 def test_more_than_a_hundred_latencies_go_into_further_valid_documents(capsys):
     with metrics.invocation("process_chunk"):
         for _ in range(250):

@@ -54,6 +54,14 @@ How it works:
   stated limit resets the controller to it (and it is never probed past); ``OPENAI_RPM`` stays a
   ceiling: the rate in force is min(found, ceiling), and the buckets pace with it. ``limits``
   says which set it ("stated", "found from 429s", "ceiling").
+* A server that states no limit but sends ``x-ratelimit-remaining-requests`` /
+  ``-reset-requests`` (gateways, Azure) is gauged from them (lua/gauge.lua): none remaining pauses
+  every worker until one request fits, before the 429 comes; (budget size - remaining) / reset is
+  its rate, which caps the rate found while the budget is being drained. A stated limit lower
+  than the rate in use takes effect at once (the bookings made at the old one are booked again).
+* Calls per minute: the acquire script counts each call it admits in per-second slots of the
+  model's ``B:calls`` hash and, for a job's call, ``P:job:<id>:calls`` (lua/calls.lua sums the last
+  minute), for ``GET /api/metrics`` and the job view; no extra round trip per call.
 * Each model has its own buckets, cooldown and fair shares (``acquire(..., model=m)``), as the
   provider limits each model on its own: jobs on different models share a key, not a bucket.
 
@@ -68,11 +76,18 @@ none, and the rate controller's fields), ``B:active_accounts`` (a zset) and
 Redis Cluster hashes only the tag, so all of a limiter's keys share one hash slot and each script
 runs on the node that owns it (no CROSSSLOT); a single Redis stores the same keys.
 
-Modules: `limiter` (RateLimiter and its Lua scripts in lua/), `keys` (Redis key names), `headers`
-(a provider's limit headers and a request's token estimate).
+Modules: `limiter` (RateLimiter and its Lua scripts in lua/), `feedback` (what it learns from the
+provider's answers and reports: observe, limits, calls_per_minute), `keys` (Redis key names),
+`headers` (a provider's limit and remaining/reset headers and a request's token estimate).
 """
 
-from chalicelib.generation.ratelimit.headers import estimate_tokens, provider_limits, retry_after_seconds
+from chalicelib.generation.ratelimit.headers import (
+    estimate_tokens,
+    provider_limits,
+    provider_remaining,
+    retry_after_seconds,
+)
 from chalicelib.generation.ratelimit.limiter import START_RPM, LimiterStopped, RateLimiter
 
-__all__ = ["START_RPM", "LimiterStopped", "RateLimiter", "estimate_tokens", "provider_limits", "retry_after_seconds"]
+__all__ = ["START_RPM", "LimiterStopped", "RateLimiter", "estimate_tokens", "provider_limits", "provider_remaining",
+           "retry_after_seconds"]

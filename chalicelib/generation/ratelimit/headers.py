@@ -34,6 +34,29 @@ def provider_limits(headers: Mapping[str, str]) -> tuple[int, int]:
             _limit_header(headers.get("x-ratelimit-limit-tokens")))
 
 
+MAX_RESET_S = 86400.0  # a reset further away than a day is not believed
+
+
+def provider_remaining(headers: Mapping[str, str]) -> tuple[int, float] | None:
+    """(requests left, seconds until the provider's request budget is full again) from
+    ``x-ratelimit-remaining-requests`` / ``x-ratelimit-reset-requests``, as servers that state no
+    limit may still send (gateways, Azure); None unless both are there and usable: the remaining
+    count at most 12 ASCII digits (0 allowed), the reset a duration as OpenAI writes it ("1s",
+    "6m0s", "20ms") or bare seconds, finite, 0 to a day."""
+    if not isinstance(headers, httpx2.Headers):
+        headers = {str(k).lower(): v for k, v in headers.items()}
+    remaining, reset = headers.get("x-ratelimit-remaining-requests"), headers.get("x-ratelimit-reset-requests")
+    if remaining is None or reset is None:
+        return None
+    text = str(remaining).strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 12):
+        return None
+    seconds = _parse_duration(str(reset))
+    if seconds is None or not math.isfinite(seconds) or not 0.0 <= seconds <= MAX_RESET_S:
+        return None
+    return int(text), seconds
+
+
 
 def _message_chars(message: Mapping[str, Any]) -> int:
     chars = 0
@@ -69,10 +92,11 @@ _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µ
 def _parse_duration(text: str) -> float | None:
     """Go-style durations as OpenAI sends them: "1s", "6m0s", "20ms", "1.5s", "1h2m3s"."""
     text = text.strip()
-    if not text:
+    if not text or not text.replace("µ", "").isascii() or len(text) > 40:
         return None
     try:
-        return float(text)  # a bare number: seconds
+        value = float(text)  # a bare number: seconds
+        return value if math.isfinite(value) else None
     except ValueError:
         pass
     total = 0.0

@@ -6,19 +6,15 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from chalicelib.adapters.redis_retry import UNAVAILABLE, retry_while_unavailable
-from chalicelib.generation.ratelimit.headers import provider_limits
+from chalicelib.generation.ratelimit.feedback import START_RPM, ProviderFeedback  # noqa: F401 (re-exported)
 from chalicelib.generation.ratelimit.keys import model_key, tagged_prefix
-
-START_RPM = 180  # before a model's provider has answered once: 3 requests at once, then 3 a second
-LEARNED_TTL_S = 3600  # learned limits are forgotten after an hour without an answer
-OBSERVE_EVERY_S = 20.0  # a process writes unchanged learned limits again at most this often
 
 _UNAVAILABLE = UNAVAILABLE  # Redis not usable right now (see adapters/redis_retry.py)
 
@@ -39,13 +35,15 @@ _REFUND_LUA = _script("common", "refund")
 _LEARN_LUA = _script("common", "learn")
 _GROW_LUA = _script("common", "grow")
 _LIMITS_LUA = _script("common", "limits")
+_GAUGE_LUA = _script("common", "gauge")
+_CALLS_LUA = _script("common", "calls")
 
 
 class LimiterStopped(Exception):
     """``acquire`` gave up because ``should_stop()`` returned True; the caller must not call the API."""
 
 
-class RateLimiter:
+class RateLimiter(ProviderFeedback):
     """Requests-per-minute and tokens-per-minute limits shared by every process using ``prefix``:
     learned from the provider per model (``observe``), capped by ``rpm`` / ``tpm`` (0 = no cap).
 
@@ -78,6 +76,12 @@ class RateLimiter:
     aimd_decrease: float = 0.7  # a 429 multiplies the rate found by this
     aimd_step: float = 0.05  # the additive step: this fraction of the rate the last 429 came at
     aimd_min_rpm: float = 6.0  # cuts never go below this (one request every 10 s)
+    # A rate estimated from x-ratelimit-remaining/-reset (lua/gauge.lua): the rate is set to this
+    # share of it; it caps the increase while it is this fresh; the largest remaining seen is
+    # remembered one to two windows.
+    gauge_margin: float = 0.97
+    gauge_fresh_ms: float = 3000.0
+    gauge_window_ms: float = 60000.0
 
     def __init__(
         self,
@@ -109,11 +113,15 @@ class RateLimiter:
         self._grow_script = redis_client.register_script(_GROW_LUA)
         self._grown: dict[str, float] = {}  # model -> when this process last reported a success (monotonic)
         self._limits_script = redis_client.register_script(_LIMITS_LUA)
+        self._gauge_script = redis_client.register_script(_GAUGE_LUA)
+        self._calls_script = redis_client.register_script(_CALLS_LUA)
+        self._gauged: dict[str, float] = {}  # model -> when this process last sent remaining/reset (monotonic)
+        self.rpm_in_force: dict[str, int] = {}  # model ("" none) -> the request rate in force at its last grant
 
     # -- public API ---------------------------------------------------------------------------
 
     def acquire(self, tokens: int, should_stop: Callable[[], bool] = lambda: False,
-                account: str | None = None, model: str | None = None) -> float:
+                account: str | None = None, model: str | None = None, job: str | None = None) -> float:
         """Block until one request of ``tokens`` tokens fits the shared budget of ``model`` (and,
         with ``account``, that account's fair share of it); return seconds waited.
 
@@ -121,7 +129,8 @@ class RateLimiter:
         once more for a cooldown set meanwhile by someone else's 429 and, if there is one, sleeps
         it off and reserves again. Raises ``LimiterStopped`` as soon as ``should_stop()`` is True
         while waiting; the reservation is then simply wasted. Never returns without a reservation,
-        however long Redis stays unreachable.
+        however long Redis stays unreachable. The call is counted once, when granted, in the
+        model's calls per minute and, with ``job``, that job's (``calls_per_minute``).
         """
         if tokens < 0:
             raise ValueError(f"tokens must be >= 0, got {tokens}")
@@ -131,13 +140,16 @@ class RateLimiter:
             )
         waited = 0.0
         stale = False
+        count = 2 if job else 1  # until a booking is granted: then the call is counted
         while True:
             # A booking made again after a cut skips the account's share: it took its turn there
             # already (and that share was not forgiven), the shared buckets pace it.
             who = None if stale else account
             (granted, wait_ms, starting, gen), slept = self._with_retry(
-                lambda: self._book(tokens, who, model), should_stop)  # noqa: B023 (called at once)
+                lambda: self._book(tokens, who, model, count, job), should_stop)  # noqa: B023 (called at once)
             stale = False
+            if granted:
+                count = 0
             waited += slept
             if not granted:  # the account's share is booked ahead: ask again when it has room
                 waited += self._sleep_for(max(0.01, wait_ms / 1000.0 * random.uniform(1.0, 1.5)), should_stop)
@@ -215,66 +227,11 @@ class RateLimiter:
             self._log.warning("Redis unreachable reading the rate-limit cooldown (%s)", exc)
             return 0.0
 
-    def observe(self, model: str | None, headers: Mapping[str, str], ok: bool = True) -> None:
-        """Learn ``model``'s limits from a provider answer's headers (``provider_limits``); the
-        next reservation uses them. Cheap: a process writes only a change, or the same limits
-        again after ``OBSERVE_EVERY_S`` (to keep them from expiring). ``ok``: the answer was a
-        success (not a 429), a signal for the rate controller to increase the rate (at most once
-        per period: a process sends it at most four times a period). Best effort."""
-        self._learn(model, headers)
-        if ok:
-            self._succeeded(model)
-
-    def _learn(self, model: str | None, headers: Mapping[str, str]) -> None:
-        rpm, tpm = provider_limits(headers)
-        key = model or ""
-        seen = self._seen.get(key)
-        now = time.monotonic()
-        if seen is not None and seen[:2] == (rpm, tpm) and now - seen[2] < OBSERVE_EVERY_S:
-            return
-        self._seen[key] = (rpm, tpm, now)
-        keys = self._keys(model)
-        try:
-            first = self._learn_script(keys=[keys[3], keys[0], keys[1]],
-                                       args=[rpm, tpm, LEARNED_TTL_S * 1000, self.start_rpm or START_RPM])
-        except _UNAVAILABLE as exc:
-            self._seen.pop(key, None)
-            self._log.warning("Redis unreachable; provider limits not recorded (%s)", exc)
-            return
-        if first or seen is None or seen[:2] != (rpm, tpm):
-            self._log.info("provider limits for %s: %s requests/min, %s tokens/min", model or "the default model",
-                           rpm if rpm > 0 else "not sent", tpm if tpm > 0 else "not sent")
-
-    def _succeeded(self, model: str | None) -> None:
-        """Tell the rate controller a call succeeded (lua/grow.lua); skipped when this process
-        told it less than a quarter period ago (it acts on one signal per period anyway)."""
-        key = model or ""
-        now = time.monotonic()
-        if now - self._grown.get(key, -1e9) < self.aimd_period_ms / 4000.0:
-            return
-        self._grown[key] = now
-        try:
-            self._grow_script(keys=[self._keys(model)[3]], args=[self.rpm, self.aimd_period_ms, self.aimd_step])
-        except _UNAVAILABLE as exc:
-            self._log.warning("Redis unreachable; a success not reported to the rate controller (%s)", exc)
-
-    def limits(self, model: str | None = None) -> dict:
-        """What is known of ``model``'s limits: learned from the provider (None: not heard from
-        yet; -1: not sent), the ceilings, the rate controller's state (``found``: None before the
-        provider's first answer), the limits in force (0 = none) and how each was set (``how``:
-        "stated" by the provider, "found from 429s", "ceiling", "cautious start" or "none")."""
-        rpm, tpm, learned_rpm, learned_tpm, found, phase = (
-            v.decode() if isinstance(v, bytes) else v
-            for v in self._limits_script(keys=[self._keys(model)[3]], args=[self.rpm, self.tpm, self.start_rpm]))
-        in_force = {"rpm": int(float(rpm)), "tpm": int(float(tpm))}
-        learned = None if learned_rpm is None or learned_tpm is None else {"rpm": int(learned_rpm),
-                                                                            "tpm": int(learned_tpm)}
-        controller = None if found is None else {
-            "rpm": round(float(found), 1), "phase": "slow start" if phase == "slow" else "additive increase"}
-        return {"learned": learned, "ceiling": {"rpm": self.rpm, "tpm": self.tpm}, "found": controller,
-                "in_force": in_force, "how": _how(learned, controller, self.rpm, self.tpm, in_force)}
-
     # -- internals ----------------------------------------------------------------------------
+
+    def _job_calls_key(self, job: str | None) -> str:
+        """The counter of a job's calls admitted (lua/calls.lua); a key no job has without one."""
+        return f"{self.prefix}:job:{model_key(job or '-')}:calls"
 
     def _keys(self, model: str | None) -> list[str]:
         """requests, tokens, cooldown_until and learned limits of ``model`` (no model: the prefix's own)."""
@@ -291,19 +248,22 @@ class RateLimiter:
         the model's limits are not known yet."""
         return self._book(tokens, account, model)[:3]
 
-    def _book(self, tokens: int, account: str | None,
-              model: str | None = None) -> tuple[bool, float, bool, int | None]:
+    def _book(self, tokens: int, account: str | None, model: str | None = None, count: int = 0,
+              job: str | None = None) -> tuple[bool, float, bool, int | None]:
         """``_reserve``, and the rate controller's generation the booking was made in (a cut of
-        the rate since makes it stale)."""
+        the rate since makes it stale). ``count``: see lua/acquire.lua."""
         requests, tokens_key, cooldown, learned = self._keys(model)
         base = requests.rsplit(":", 1)[0]
         share = [f"{base}:share:{account or '-'}:requests", f"{base}:share:{account or '-'}:tokens"]
         answer = self._acquire_script(
-            keys=[requests, tokens_key, cooldown, f"{base}:active_accounts", *share, learned],
+            keys=[requests, tokens_key, cooldown, f"{base}:active_accounts", *share, learned, f"{base}:calls",
+                  self._job_calls_key(job)],
             args=[self.rpm, self.tpm, 1, int(tokens), account or "", self.share_window_ms, self.max_ahead_ms,
-                  self.start_rpm])
+                  self.start_rpm, count])
         text = answer.decode() if isinstance(answer, bytes) else str(answer)
-        wait, starting, gen = (text[1:].split(":") + ["", ""])[:3]
+        wait, starting, gen, rpm = (text[1:].split(":") + ["", "", ""])[:4]
+        if rpm:
+            self.rpm_in_force[model or ""] = int(rpm)
         return text[0] == "g", float(wait), starting == "1", int(gen) if gen else None
 
     def _cooldown_state(self, model: str | None = None) -> tuple[float, int | None]:
@@ -354,29 +314,3 @@ class RateLimiter:
             slept += step
             remaining -= step
         return slept
-
-
-# -- helpers for callers ------------------------------------------------------------------------
-
-
-def _how(learned: dict | None, found: dict | None, ceil_rpm: int, ceil_tpm: int, in_force: dict) -> dict:
-    """How each limit in force was set: "stated" (the provider's header), "found from 429s" (the
-    rate controller: no limit stated, or a 429 cut the stated one), "ceiling" (OPENAI_RPM /
-    OPENAI_TPM is the lower), "cautious start" (the provider has not answered yet), "none"."""
-    if learned is None:
-        rpm = "ceiling" if ceil_rpm and in_force["rpm"] == ceil_rpm else "cautious start"
-        return {"rpm": rpm, "tpm": "ceiling" if ceil_tpm else "none"}
-    if ceil_rpm and found is not None and found["rpm"] >= ceil_rpm:
-        rpm = "ceiling"
-    elif learned["rpm"] > 0 and found is not None and found["rpm"] >= learned["rpm"]:
-        rpm = "stated"
-    elif found is not None:
-        rpm = "found from 429s"
-    else:
-        rpm = "ceiling" if ceil_rpm else "none"
-    if learned["tpm"] > 0 and not (ceil_tpm and ceil_tpm < learned["tpm"]):
-        tpm = "stated"
-    else:
-        tpm = "ceiling" if ceil_tpm else "none"
-    return {"rpm": rpm, "tpm": tpm}
-

@@ -27,7 +27,7 @@
     "summary-rows", "summary-invalid", "summary-later", "column-box", "column-select", "column-apply",
     "invalid-box", "invalid-table", "invalid-more", "instructions", "batch-mode", "preview-button", "start-button",
     "preview-box", "preview-list", "preview-estimate", "job-section", "job-file", "job-status",
-    "job-progress", "job-percent", "job-processed", "job-failed", "job-remaining", "job-eta", "job-error",
+    "job-progress", "job-percent", "job-processed", "job-failed", "job-remaining", "job-eta", "job-calls", "job-error",
     "job-cost", "job-estimate",
     "download-button", "cancel-button", "retry-button", "new-button", "results-filter", "results-refresh",
     "results-table", "results-empty", "results-prev", "results-page", "results-next", "jobs-refresh",
@@ -808,6 +808,9 @@
     setText(el["job-failed"], formatNumber(job.failed_rows));
     setText(el["job-remaining"], formatNumber(remaining));
     setText(el["job-eta"], eta(job));
+    // provider calls admitted for the job in the last minute (GET /api/jobs/{id}); only while processing
+    setText(el["job-calls"], job.status === "processing" && typeof job.calls_per_minute === "number"
+      ? formatNumber(job.calls_per_minute) : "–");
     renderCost(job);
     setText(el["job-error"], job.error || "");
     show(el["job-error"], Boolean(job.error));

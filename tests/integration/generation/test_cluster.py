@@ -123,7 +123,7 @@ def test_every_key_of_a_limiter_lives_in_the_slot_of_its_prefix(cluster, prefix)
     assert 0 < limiter.cooldown_remaining() <= 5.0
     keys = {k.decode() for k in cluster.scan_iter(match=f"{limiter.prefix}:*")}
     assert keys == {f"{limiter.prefix}:{name}" for name in (
-        "requests", "tokens", "cooldown_until", "active_accounts",
+        "requests", "tokens", "cooldown_until", "active_accounts", "calls",
         "share:a:requests", "share:a:tokens", "share:b:requests", "share:b:tokens")}
     assert {cluster.keyslot(k) for k in keys} == {cluster.keyslot(prefix)}  # the tag is what is hashed
     owner = cluster.get_node_from_key(limiter.keys[0])
@@ -150,7 +150,7 @@ def test_the_old_key_layout_hits_crossslot(cluster, cluster_url, prefix):
     assert not any(cluster.exists(k) for k in old)  # nothing ran
 
     tagged = [f"{{{prefix}}}:{k[len(prefix) + 1:]}" for k in old]  # the same keys behind the hash tag
-    assert cluster.eval(_ACQUIRE_LUA, len(tagged), *tagged, *args) == b"g0.000:1:0"
+    assert cluster.eval(_ACQUIRE_LUA, len(tagged), *tagged, *args) == b"g0.000:1:0:600"
 
 
 # -- the limiter on a cluster ---------------------------------------------------------------------

@@ -84,7 +84,8 @@ def test_a_cautious_start_until_the_provider_answers_then_its_limits(client, pre
     limiter.observe("gpt-4o-mini", headers(6000, 2_000_000))  # 100 a second, burst 100
     assert limiter.limits("gpt-4o-mini") == {"learned": {"rpm": 6000, "tpm": 2_000_000},
                                              "ceiling": {"rpm": 0, "tpm": 0},
-                                             "found": {"rpm": 6000.0, "phase": "additive increase"},
+                                             "found": {"rpm": 6000.0, "phase": "additive increase",
+                                                       "estimate": None},
                                              "in_force": {"rpm": 6000, "tpm": 2_000_000},
                                              "how": {"rpm": "stated", "tpm": "stated"}}
     # the cautious start's bookings not yet due are dropped (level 0, not -2), but the start's

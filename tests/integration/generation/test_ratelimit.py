@@ -222,8 +222,10 @@ def test_after_a_cooldown_requests_resume_at_the_rate_not_all_at_once(client, pr
 def test_a_sleeping_reservation_honours_a_cooldown_set_meanwhile(client, prefix):
     limiter = RateLimiter(client, rpm=600, tpm=0, prefix=prefix)  # one slot = 100 ms
     rate = per_ms(600)
-    for _ in range(10):
-        limiter._reserve_ms(1)  # burst spent: the next reservation is due about one slot later
+    for _ in range(20):
+        # burst spent and ten more booked: the worker's reservation is due about a second later, so
+        # it sleeps on it however late its thread starts on a loaded machine (one slot ahead did not)
+        limiter._reserve_ms(1)
     asleep, paused = threading.Event(), threading.Event()
     slept: list[float] = []
 
@@ -248,7 +250,7 @@ def test_a_sleeping_reservation_honours_a_cooldown_set_meanwhile(client, prefix)
     t.start()
     assert asleep.wait(30)
     first_due = due_of_last(*bucket(client, limiter), rate)
-    limiter.cooldown(1.0)
+    limiter.cooldown(3.0)  # longer than the second of bookings ahead of the worker
     until = float(client.get(f"{{{prefix}}}:cooldown_until"))
     paused.set()
     t.join(30)

@@ -43,6 +43,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 = pick a free port (default)")
     p.add_argument("--latency-ms", type=_latency_arg, default=0.0, help="fixed ms, or MIN,MAX for uniform")
+    p.add_argument("--latency-per-call-ms", type=float, default=0.0,
+                   help="capacity-bound: ms added to each answer's latency per call in flight")
     p.add_argument("--rpm", type=int, default=0, help="requests per minute, 0 = unlimited")
     p.add_argument("--tpm", type=int, default=0, help="tokens per minute, 0 = unlimited")
     p.add_argument("--model-limits", type=_json_object, default={},
@@ -93,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.host,
             args.port,
             latency_ms=args.latency_ms,
+            latency_per_call_ms=args.latency_per_call_ms,
             rpm=args.rpm,
             tpm=args.tpm,
             model_limits=args.model_limits,

@@ -28,6 +28,10 @@ class FakeConfig:
 
     latency_ms: float | tuple[float, float] = 0.0
     """Fixed latency, or ``(min, max)`` drawn uniformly, applied before every non-429 answer."""
+    latency_per_call_ms: float = 0.0
+    """Capacity-bound server (a self-hosted vLLM): each answer's latency grows by this much per
+    call in flight when it is admitted (itself included): ``latency_ms + this × in flight``.
+    ``GET /_fake/latencies`` lists ``[time.time(), latency ms]`` of the admitted calls."""
     rpm: int = 0
     """Requests per minute; 0 = unlimited. Each model has a limit of its own (as at OpenAI)."""
     tpm: int = 0
@@ -140,6 +144,8 @@ def _normalise(changes: Mapping[str, Any]) -> dict[str, Any]:
                 value = (lo, hi)
             else:
                 value = _num(name, value)
+        elif name == "latency_per_call_ms":
+            value = _num(name, value)
         elif name in ("rpm", "tpm"):
             value = _int(name, value)
         elif name == "rate_limit_mode":

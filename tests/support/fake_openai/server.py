@@ -6,7 +6,9 @@ batches.py; this module only routes to them."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -27,6 +29,7 @@ from .wire import MAX_BODY, MAX_HEAD, HTTPError, parse_head, read_body, response
 log = logging.getLogger("fake_openai")
 
 _Result = tuple[int, bytes, list[tuple[str, str]]]
+MAX_LATENCIES = 200_000  # GET /_fake/latencies: the last answers' (time, latency ms)
 
 
 class FakeOpenAIServer:
@@ -92,6 +95,7 @@ class FakeOpenAIServer:
             "first_request_at": None,
             "last_request_at": None,
         }
+        self._latencies: collections.deque = collections.deque(maxlen=MAX_LATENCIES)  # (wall s, ms) per answer
         self._by_url: dict[str, int] = {}
         self._ok_by_url: dict[str, int] = {}
         self._by_model: dict[str, dict[str, int]] = {}
@@ -286,6 +290,9 @@ class FakeOpenAIServer:
             return 200, responses.models(path), []
         if path == "/_fake/stats" and method == "GET":
             return 200, json.dumps(self.stats()).encode(), []
+        if path == "/_fake/latencies" and method == "GET":
+            with self._lock:
+                return 200, json.dumps({"latencies": list(self._latencies)}).encode(), []
         if path == "/_fake/config":
             if method == "GET":
                 return 200, json.dumps(self.config.to_dict()).encode(), []
@@ -401,6 +408,11 @@ class FakeOpenAIServer:
             seq = self._seq
             self._in_flight += 1
             self._stats["max_in_flight"] = max(self._stats["max_in_flight"], self._in_flight)
+            if config.latency_per_call_ms and fate.outcome != "hang":  # capacity-bound: slower with every call
+                fate = dataclasses.replace(fate, delay_s=fate.delay_s + config.latency_per_call_ms
+                                           * self._in_flight / 1000.0)
+            if fate.outcome != "hang":
+                self._latencies.append((now_wall, round(fate.delay_s * 1000, 3)))
             if fate.outcome == "hang":
                 self._stats["hangs"] += 1
         try:

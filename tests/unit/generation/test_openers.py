@@ -42,7 +42,7 @@ class FakeLimiter:
         self.stop_on_acquire = stop_on_acquire
 
     def acquire(self, tokens: int, should_stop: Callable[[], bool] = lambda: False,
-                account: str | None = None, model: str | None = None) -> float:
+                account: str | None = None, model: str | None = None, job: str | None = None) -> float:
         self.acquired.append(tokens)
         self.models.append(model)
         if self.stop_on_acquire is not None and len(self.acquired) >= self.stop_on_acquire:

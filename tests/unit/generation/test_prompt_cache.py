@@ -63,7 +63,7 @@ def test_a_reviewers_feedback_goes_in_the_rows_tail_before_the_language() -> Non
 
 
 class _Limiter:
-    def acquire(self, tokens, should_stop=lambda: False, account=None, model=None) -> float:
+    def acquire(self, tokens, should_stop=lambda: False, account=None, model=None, job=None) -> float:
         return 0.0
 
     def refund(self, estimated, actual, model=None) -> None:

@@ -1,10 +1,13 @@
 -- KEYS: requests bucket, tokens bucket, cooldown_until, active accounts (zset), the account's
--- share buckets (requests, tokens), learned limits. ARGV: ceiling rpm, ceiling tpm, requests,
--- tokens, account ('' = no share), active window ms, max ahead ms, start rpm.
--- Returns 'g<ms>:<starting>:<gen>' (granted: due in ms) or 'r<ms>:<starting>:<gen>' (not
+-- share buckets (requests, tokens), learned limits, the model's calls counter, the job's calls
+-- counter. ARGV: ceiling rpm, ceiling tpm, requests, tokens, account ('' = no share), active
+-- window ms, max ahead ms, start rpm, count (1: a granted booking is counted as a call admitted,
+-- in the model's counter, and the job's when 2; 0: this caller's call was counted already).
+-- Returns 'g<ms>:<starting>:<gen>:<rpm>' (granted: due in ms) or 'r<ms>:<starting>:<gen>' (not
 -- reserved: ask again in ms), starting 1 while the limits are not known yet, gen the rate
 -- controller's generation the booking was made in (a cut of the rate makes it stale: see
--- cooldown.lua); a string because Lua numbers would be truncated to integers.
+-- cooldown.lua), rpm the request rate in force (0: none); a string because Lua numbers would be
+-- truncated to integers.
 -- The bucket after taking `need`, and how long until that is covered (not stored yet).
 local function take(key, limit, need)
   local rate = limit / 60000
@@ -55,4 +58,9 @@ wait = math.max(wait, reserve(KEYS[1], rpm, tonumber(ARGV[3])))
 -- The requests booked since the controller's window opened: whether the rate is used (grow.lua).
 if starting == 0 then redis.call('HINCRBY', KEYS[7], 'used', tonumber(ARGV[3])) end
 wait = math.max(wait, reserve(KEYS[2], tpm, tonumber(ARGV[4])))
-return string.format('g%.3f:%d:%d', math.max(wait, 0), starting, gen)
+local count = tonumber(ARGV[9]) or 0
+if count > 0 then
+  count_call(KEYS[8])
+  if count > 1 then count_call(KEYS[9]) end
+end
+return string.format('g%.3f:%d:%d:%d', math.max(wait, 0), starting, gen, rpm)

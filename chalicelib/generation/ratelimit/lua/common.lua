@@ -53,3 +53,52 @@ local function effective(key, ceil_rpm, ceil_tpm, start_rpm)
   if found ~= nil then lr = found end
   return cap(lr, ceil_rpm), cap(lt, ceil_tpm), 0, gen
 end
+
+-- Every booking not yet due was made at an older, higher rate: forgive them all (KEYS[1] and
+-- KEYS[2], the buckets). Their callers see the new generation (bumped by the caller) when they
+-- wake and book again at the new rate (acquire).
+local function forgive_bookings()
+  for _, key in ipairs({KEYS[1], KEYS[2]}) do
+    local level = tonumber(redis.call('HGET', key, 'level') or '')
+    if level ~= nil and level < 0 then
+      redis.call('HSET', key, 'level', 0)
+    end
+  end
+end
+
+-- Pause every acquirer until `untilms` (KEYS[3]; a pause in force is never shortened) and freeze
+-- the buckets (KEYS[1], KEYS[2], paced at rpm and tpm) until then. Debt (negative level) is the
+-- reservations still waiting to fire; the ones due inside the pause will find the cooldown when
+-- they wake and reserve again, so their share is forgiven here. Debt due after the pause stays,
+-- and credit is carried over. Returns when the pause ends.
+local function pause_until(untilms, rpm, tpm)
+  untilms = math.max(untilms, now + cooldown_left())
+  redis.call('SET', KEYS[3], string.format('%.3f', untilms), 'PX', math.ceil(untilms - now) + 1000)
+  for _, spec in ipairs({{KEYS[1], rpm}, {KEYS[2], tpm}}) do
+    local limit = spec[2]
+    if limit > 0 then
+      local rate = limit / 60000
+      local burst = math.max(limit / 60, 1)
+      local level, ts = load(spec[1], rate, burst)
+      if ts < untilms then
+        if level < 0 then level = math.min(0, level + (untilms - ts) * rate) end
+        store(spec[1], rate, burst, level, untilms)
+      end
+    end
+  end
+  return untilms
+end
+
+-- Calls admitted per second, in a hash of 64 one-second slots (n<slot>: how many, t<slot>: which
+-- second): one call costs a few hash operations, and the last minute's sum reads 64 fields
+-- (calls.lua). Forgotten two minutes after the last call.
+local function count_call(key)
+  local sec = math.floor(now / 1000)
+  local slot = sec % 64
+  if tonumber(redis.call('HGET', key, 't' .. slot)) == sec then
+    redis.call('HINCRBY', key, 'n' .. slot, 1)
+  else
+    redis.call('HSET', key, 't' .. slot, sec, 'n' .. slot, 1)
+  end
+  redis.call('PEXPIRE', key, 120000)
+end

@@ -7,42 +7,27 @@
 -- the factor, at most once per period, so the burst of 429s that the calls already in flight
 -- bring back counts as one signal, not as many cuts that would collapse the rate. `peak`
 -- remembers where the 429 came (grow.lua returns there quickly, then probes past it).
-local s = redis.call('HMGET', KEYS[4], 'found', 'cut', 'gen')
+local s = redis.call('HMGET', KEYS[4], 'found', 'cut', 'gen', 'cmax', 'cmax_prev', 'est')
 local found, last_cut, gen = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]) or 0
 local cut = 0
 if found ~= nil and (last_cut == nil or now - last_cut >= tonumber(ARGV[5])) then
   local lowered = math.max(tonumber(ARGV[7]), found * tonumber(ARGV[6]))
   redis.call('HSET', KEYS[4], 'found', string.format('%.3f', lowered), 'peak', string.format('%.3f', found),
-             'phase', 'avoid', 'cut', string.format('%.3f', now), 'last', string.format('%.3f', now), 'gen', gen + 1,
-             'win', string.format('%.3f', now), 'used', 0)
+             'phase', 'avoid', 'by', '429s', 'cut', string.format('%.3f', now), 'last', string.format('%.3f', now),
+             'gen', gen + 1, 'win', string.format('%.3f', now), 'used', 0)
   cut = 1
-  -- Every booking not yet due was made at the old rate: forgive them all; their callers see the
-  -- new generation when they wake and book again at the new rate (acquire).
-  for _, key in ipairs({KEYS[1], KEYS[2]}) do
-    local level = tonumber(redis.call('HGET', key, 'level') or '')
-    if level ~= nil and level < 0 then
-      redis.call('HSET', key, 'level', 0)
-    end
+  forgive_bookings()
+  -- A rate gauged from remaining/reset (gauge.lua) came with this 429: the budget's size it rests
+  -- on is too large (the provider lowered its limit: the largest remaining seen is stale), so it
+  -- shrinks by the same factor, and the estimate with it.
+  if tonumber(s[4]) ~= nil then
+    local f = tonumber(ARGV[6])
+    redis.call('HSET', KEYS[4], 'cmax', string.format('%.3f', math.max(1, tonumber(s[4]) * f)),
+               'cmax_prev', string.format('%.3f', (tonumber(s[5]) or 0) * f))
+    if tonumber(s[6]) ~= nil then redis.call('HSET', KEYS[4], 'est', string.format('%.3f', tonumber(s[6]) * f)) end
   end
 end
 
 local rpm, tpm = effective(KEYS[4], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4]))
-local untilms = math.max(now + tonumber(ARGV[3]) * 1000, now + cooldown_left())
-redis.call('SET', KEYS[3], string.format('%.3f', untilms), 'PX', math.ceil(untilms - now) + 1000)
-
--- Freeze a bucket until `untilms`. Debt (negative level) is the reservations still waiting to
--- fire; the ones due inside the pause will find the cooldown when they wake and reserve again,
--- so their share is forgiven here. Debt due after the pause stays, and credit is carried over.
-local function freeze(key, limit)
-  if limit <= 0 then return end
-  local rate = limit / 60000
-  local burst = math.max(limit / 60, 1)
-  local level, ts = load(key, rate, burst)
-  if ts >= untilms then return end
-  if level < 0 then level = math.min(0, level + (untilms - ts) * rate) end
-  store(key, rate, burst, level, untilms)
-end
-
-freeze(KEYS[1], rpm)
-freeze(KEYS[2], tpm)
+local untilms = pause_until(now + tonumber(ARGV[3]) * 1000, rpm, tpm)
 return string.format('%.3f %.3f %d', untilms - now, untilms, cut)

@@ -1,4 +1,5 @@
--- KEYS: limits. ARGV: ceiling rpm, period ms, step (a fraction of the peak).
+-- KEYS: limits. ARGV: ceiling rpm, period ms, step (a fraction of the peak), how long a rate
+-- estimated from remaining/reset headers (gauge.lua) caps the increase, ms.
 -- A call succeeded: the additive increase of the request rate the controller runs at (`found`),
 -- at most once per period (since the last change, up or down). Returns the new rate, or '' when
 -- it stays. It grows only while the rate is used (at least half of it booked since the window
@@ -8,8 +9,10 @@
 --   below `peak` (the rate the last 429 came at): half the way back, at least one step;
 --   at or past it: probing, the distance past it doubling (one step, two, four...), so a limit
 --   that was raised (a tier upgrade, another tenant stopping) is found within a few periods.
--- Never past the stated limit (it is not probed) nor the ceiling (the operator's cap).
-local s = redis.call('HMGET', KEYS[1], 'rpm', 'found', 'phase', 'last', 'peak', 'win', 'used')
+-- Never past the stated limit (it is not probed) nor the ceiling (the operator's cap), nor, while
+-- it is fresh, the rate estimated from remaining/reset (gauge.lua: the provider's budget is being
+-- drained at it; once the budget stops draining the estimate ages and the probing goes on).
+local s = redis.call('HMGET', KEYS[1], 'rpm', 'found', 'phase', 'last', 'peak', 'win', 'used', 'est', 'est_at')
 local stated, found = tonumber(s[1]) or -1, tonumber(s[2])
 if found == nil then return '' end
 local period = tonumber(ARGV[2])
@@ -18,6 +21,8 @@ local ceiling = tonumber(ARGV[1])
 local cap = math.huge
 if stated > 0 then cap = stated end
 if ceiling > 0 and ceiling < cap then cap = ceiling end
+local est = tonumber(s[8])
+if est ~= nil and now - (tonumber(s[9]) or 0) < tonumber(ARGV[4]) and est < cap then cap = est end
 if found >= cap then return '' end
 local elapsed = now - (tonumber(s[6]) or tonumber(s[4]) or now)
 if elapsed < period then return '' end
@@ -37,5 +42,5 @@ else
   end
 end
 grown = math.min(grown, cap)
-redis.call('HSET', KEYS[1], 'found', string.format('%.3f', grown), 'last', string.format('%.3f', now))
+redis.call('HSET', KEYS[1], 'found', string.format('%.3f', grown), 'last', string.format('%.3f', now), 'by', '429s')
 return string.format('%.3f', grown)

@@ -1,0 +1,58 @@
+-- KEYS: requests bucket, tokens bucket, cooldown_until, limits. ARGV: ceiling rpm, ceiling tpm,
+-- start rpm, requests remaining, ms until the provider's request budget is full again, margin
+-- (the share of the estimate the rate is set to), window ms (how long the largest remaining
+-- seen is remembered: one to two windows), how long an estimate stays fresh, ms.
+-- Returns '<estimate rpm or -1> <pause ms or 0>'.
+--
+-- A provider that states no limit but sends x-ratelimit-remaining-requests (k) and
+-- x-ratelimit-reset-requests (s), as gateways and Azure do. Its budget is a bucket of some size C
+-- refilled at r per second (OpenAI's headers mean that: s is the time until it is full again), so
+-- C - k = r * s at the instant the answer was made (both read on the provider's clock: no
+-- latency enters). C is the largest k + 1 seen lately (the first answer on a full bucket shows
+-- C - 1), so r = (C - k - 0.5) / s (the 0.5: k is the level rounded down). An estimate is taken
+-- only while the budget is at least half used (else C - k is a few requests and the rounding
+-- dominates) and smoothed; while fresh it caps the rate found (the rate is set to margin × it
+-- when above, or in slow start, and grow.lua does not probe past it). k = 0 means the next call
+-- would be refused: every worker pauses until one request fits (s / (C - 0.5), at most s),
+-- before the 429 comes.
+local k, reset_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
+local s = redis.call('HMGET', KEYS[4], 'rpm', 'found', 'cmax', 'cmax_prev', 'cmax_at', 'est', 'est_at', 'gen',
+                      'phase')
+local stated, found = tonumber(s[1]) or -1, tonumber(s[2])
+if stated > 0 or found == nil then return '-1 0' end -- a stated limit wins; learn.lua runs first
+local window = tonumber(ARGV[7])
+local cmax, prev, at = tonumber(s[3]) or 0, tonumber(s[4]) or 0, tonumber(s[5]) or now
+if now - at >= 2 * window then
+  cmax, prev, at = 0, 0, now
+elseif now - at >= window then
+  cmax, prev, at = 0, cmax, now
+end
+cmax = math.max(cmax, k + 1)
+redis.call('HSET', KEYS[4], 'cmax', cmax, 'cmax_prev', prev, 'cmax_at', string.format('%.3f', at))
+local c = math.max(cmax, prev)
+local est = tonumber(s[6])
+local fresh = tonumber(ARGV[8])
+if reset_ms > 0 and k <= c / 2 and c - k - 0.5 >= 1 then
+  local sample = 60000 * (c - k - 0.5) / reset_ms
+  if est == nil or now - (tonumber(s[7]) or 0) >= fresh then est = sample else est = est + 0.25 * (sample - est) end
+  redis.call('HSET', KEYS[4], 'est', string.format('%.3f', est), 'est_at', string.format('%.3f', now))
+  local target = est * tonumber(ARGV[6])
+  if found > target or s[9] == 'slow' then -- in slow start the estimate is a better guess than doubling
+    redis.call('HSET', KEYS[4], 'found', string.format('%.3f', target), 'peak', string.format('%.3f', est),
+               'phase', 'avoid', 'by', 'remaining-reset', 'last', string.format('%.3f', now),
+               'win', string.format('%.3f', now), 'used', 0)
+    if found > 1.1 * target then -- a real cut, not a nudge: the bookings at the old rate go
+      redis.call('HSET', KEYS[4], 'gen', (tonumber(s[8]) or 0) + 1)
+      forgive_bookings()
+    end
+  end
+elseif est ~= nil and now - (tonumber(s[7]) or 0) >= fresh then
+  est = nil
+end
+local pause = 0
+if k == 0 and reset_ms > 0 then
+  pause = math.min(reset_ms, reset_ms / math.max(1, c - 0.5))
+  local rpm, tpm = effective(KEYS[4], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+  pause_until(now + pause, rpm, tpm)
+end
+return string.format('%.3f %.3f', est or -1, pause)

@@ -1,0 +1,103 @@
+"""The in-flight limit found from latency (ratelimit/gate.py, inflight.py) in the chunk worker,
+against the fake OpenAI server in its capacity mode (each answer slower by a fixed time per call
+in flight) and the real Redis, PostgreSQL and LocalStack; and what GET /api/metrics shows of it.
+
+The fakes' latencies are large against this machine's own overhead, so the figures asserted
+(calls in flight at once, seen by the fake) do not depend on its speed."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from chalicelib import deps, jobs
+from chalicelib.generation.ratelimit.gate import ConcurrencyGate
+from tests.support.accounts import service_account
+from tests.support.api import body
+from tests.support.fake_openai import FakeOpenAI
+
+CEILING = 16
+pytestmark = pytest.mark.usefixtures("clean")
+
+
+@pytest.fixture
+def fake():
+    """The fake stating a limit so high that the rate limiter never holds a call."""
+    with FakeOpenAI(rpm=1_000_000) as server:
+        yield server
+
+
+def use(env, fake, adaptive: str = "true", urls: int = 60) -> None:
+    env(OPENAI_BASE_URL=fake.base_url, OPENAI_API_KEY="test", OPENAI_DUMMY_MODE="false", OPENAI_RPM="0",
+        OPENAI_TPM="0", CHUNK_CONCURRENCY=str(CEILING), CHUNK_SIZE=str(urls), CONCURRENCY_ADAPTIVE=adaptive,
+        PAGE_CONTEXT_DEFAULT="false", RATELIMIT_PREFIX=f"test:concurrency:{uuid.uuid4().hex}")
+
+
+def run_job(conn, urls: int) -> None:
+    data = ("website\n" + "".join(f"capacity{i}.example.com\n" for i in range(urls))).encode()
+    account_id = service_account(conn)
+    created = jobs.create_from_upload(conn, deps.storage(), account_id=account_id, file_name="c.csv", data=data,
+                                      url_column=None)
+    job_id = created["job"]["id"]
+    jobs.start(conn, deps.storage(), deps.chunk_queue(), deps.settings(), account_id, job_id)
+    outcome = deps.chunk_worker().process_chunk(job_id, 0, lambda: float("inf"))
+    assert outcome.reason == "done"
+
+
+def test_as_the_server_slows_with_each_call_the_worker_keeps_few_in_flight_and_metrics_show_it(
+        conn, env, fake, client, make_account):
+    # 40 ms + 80 ms per call in flight: 1 call answers in 120 ms, 2 in 200 ms, 16 in 1.3 s
+    fake.configure(latency_ms=40, latency_per_call_ms=80)
+    use(env, fake)
+    run_job(conn, 60)
+    stats = fake.stats()
+    assert stats["ok"] == 60
+    assert stats["max_in_flight"] <= CEILING // 2  # CHUNK_CONCURRENCY (16) would all be in flight without it
+    operator = client.as_account(make_account(operator=True))
+    model = deps.settings().openai_model
+    shown = body(operator.http.get("/api/metrics"))["concurrency"][model]
+    assert shown["adaptive"] is True and shown["ceiling_per_handler"] == CEILING and shown["handlers"] == 1
+    assert 1 <= shown["limit"] <= CEILING // 2
+    assert shown["how"] == "found from latency"
+    assert shown["unloaded_latency_ms"] >= 120 and shown["target_latency_ms"] > shown["unloaded_latency_ms"]
+
+
+def test_at_a_flat_latency_the_limit_grows_to_the_ceiling(conn, env, fake):
+    fake.configure(latency_ms=500)  # a server limited by rate, or not at all: latency never grows
+    use(env, fake, urls=120)
+    run_job(conn, 120)
+    assert fake.stats()["max_in_flight"] == CEILING
+    assert deps.concurrency_gate().describe(deps.settings().openai_model)["limit"] > CEILING // 2
+
+
+def test_without_the_adaptive_limit_every_handler_keeps_its_ceiling_in_flight(conn, env, fake, client,
+                                                                              make_account):
+    fake.configure(latency_ms=40, latency_per_call_ms=80)
+    use(env, fake, adaptive="false", urls=40)
+    run_job(conn, 40)
+    assert fake.stats()["max_in_flight"] == CEILING
+    operator = client.as_account(make_account(operator=True))
+    shown = body(operator.http.get("/api/metrics"))["concurrency"][deps.settings().openai_model]
+    assert shown == {"adaptive": False, "ceiling_per_handler": CEILING}
+
+
+def test_handlers_share_one_limit_through_redis(redis_client):
+    """Two handlers (two gates) of one model: their parts add up to the one limit, and a handler
+    not heard from no longer counts."""
+    prefix = f"test:concurrency:{uuid.uuid4().hex}"
+    clock = [1000.0]
+    a = ConcurrencyGate(redis_client, prefix=prefix, ceiling=4, handler_id="a", clock=lambda: clock[0])
+    b = ConcurrencyGate(redis_client, prefix=prefix, ceiling=4, handler_id="b", clock=lambda: clock[0])
+    key = "{" + prefix + "}:m:m:inflight"
+    redis_client.hset(key, mapping={"limit": 3, "min_rtt": 0.1, "decided_at": clock[0], "probing": 0})
+    with a.slot("m"), b.slot("m"):
+        clock[0] += 0.2
+        a._maybe_sync(a._models["m"])
+        b._maybe_sync(b._models["m"])
+        assert (a._models["m"].share, b._models["m"].share) == (2, 1)
+        shown = a.describe("m")
+        assert (shown["limit"], shown["handlers"], shown["ceiling"]) == (3, 2, 8)
+    clock[0] += 30  # b is gone
+    a._maybe_sync(a._models["m"])
+    assert a._models["m"].share == 3 and a.describe("m")["handlers"] == 1

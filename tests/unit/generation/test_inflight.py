@@ -1,0 +1,128 @@
+"""The in-flight limit found from latency (chalicelib/generation/ratelimit/inflight.py), on a
+fake clock against a model server whose latency is base + k × calls in flight."""
+
+from __future__ import annotations
+
+import pytest
+
+from chalicelib.generation.ratelimit import inflight
+from chalicelib.generation.ratelimit.inflight import Params, State, Window, decide, due, share
+
+BASE, K = 0.100, 0.015
+
+
+def run(state: State, params: Params, windows: int, latency, now: float = 0.0,
+        saturated: bool = True) -> tuple[State, float, list[float]]:
+    """`windows` decisions, each on a window of calls answered at latency(slots in flight)."""
+    limits = []
+    for _ in range(windows):
+        rtt = latency(state.slots())
+        n = max(params.min_samples, state.slots())
+        now += max(params.window_s(state), rtt) + 1e-6
+        window = Window(n, n * rtt, saturated)
+        assert due(state, window, now, params)
+        state = decide(state, window, now, params)
+        limits.append(state.limit)
+    return state, now, limits
+
+
+def capacity(n: int) -> float:
+    return BASE + K * n
+
+
+def test_at_a_flat_latency_the_limit_grows_to_the_ceiling_and_stays_there():
+    params = Params(ceiling=64)
+    state, _, limits = run(State(), params, 12, lambda n: 0.2)
+    assert limits[:6] == [2, 4, 8, 16, 32, 64]  # slow start: doubled per window
+    assert state.limit == 64 and state.probing
+    assert all(limit <= 64 for limit in limits)
+
+
+def test_slow_start_ends_half_way_to_the_target():
+    params = Params(ceiling=64)
+    state = State(limit=8, min_rtt=0.1, probing=True)
+    half = 0.1 * (1 + (inflight.TOLERANCE - 1) / 2)
+    assert decide(state, Window(10, 10 * half * 0.99, True), 1.0, params).limit == 16
+    after = decide(state, Window(10, 10 * half * 1.01, True), 1.0, params)
+    assert after.limit == 9 and not after.probing
+
+
+def test_a_limit_not_used_does_not_grow():
+    state, _, limits = run(State(limit=4), Params(ceiling=64), 5, lambda n: 0.2, saturated=False)
+    assert limits == [4, 4, 4, 4, 4]
+
+
+def test_as_the_latency_grows_with_the_calls_in_flight_the_limit_settles_at_the_knee():
+    params = Params(ceiling=64)
+    state, _, limits = run(State(), params, 200, capacity)
+    assert not state.probing
+    assert state.min_rtt == pytest.approx(capacity(1))
+    settled = limits[-100:]
+    # the knee of base + k·n: n = base / k ≈ 6.7 calls, latency 2 × base; the target is 1.5 × the least
+    assert 4 <= min(settled) and max(settled) <= 9
+    assert max(capacity(int(limit)) for limit in settled) <= 2 * capacity(1)
+
+
+def test_the_cut_is_in_proportion_to_the_latency_over_the_target():
+    params = Params(ceiling=64)
+    state = State(limit=40, min_rtt=0.1, probing=False)
+    target = inflight.TOLERANCE * 0.1
+    cut = decide(state, Window(10, 10 * 2 * target), 1.0, params)  # twice the target: halved
+    assert cut.limit == pytest.approx(20)
+    slight = decide(state, Window(10, 10 * 1.25 * target), 1.0, params)
+    assert slight.limit == pytest.approx(40 / 1.25)
+    assert decide(state, Window(10, 10 * 1.5), 1.0, params).limit == 20  # never more than half at once
+
+
+def test_a_429_or_timeout_cuts_the_limit_at_once_whatever_the_latency():
+    params = Params(ceiling=64)
+    state = State(limit=20, min_rtt=0.1, rtt=0.1, decided_at=10.0, probing=True)
+    window = Window(1, 0.1, True, drops=1)
+    assert not due(state, window, 10.0 + params.min_window_s / 2, params)
+    assert due(state, window, 10.0 + 2 * params.min_window_s, params)
+    after = decide(state, window, 10.2, params)
+    assert after.limit == pytest.approx(14) and not after.probing
+
+
+def test_the_limit_stays_within_floor_and_ceiling():
+    params = Params(ceiling=10, floor=1)
+    state = State(limit=1, min_rtt=0.1, probing=False)
+    for _ in range(5):
+        state = decide(state, Window(5, 5 * 2.0, True, drops=2), 1.0, params)
+    assert state.limit == 1 and state.slots() == 1
+    state = State(limit=9.5, min_rtt=0.1, probing=True)
+    assert decide(state, Window(5, 0.5, True), 1.0, params).limit == 10
+
+
+def test_the_limit_recovers_when_the_server_gets_fast_again():
+    params = Params(ceiling=64)
+    state, now, _ = run(State(), params, 60, capacity)
+    slow, now, limits = run(state, params, 20, lambda n: 4 * capacity(n), now)  # the server slows down 4×
+    assert slow.limit == params.floor
+    back, _, limits = run(slow, params, 40, capacity, now)
+    assert 4 <= back.limit <= 9  # +1 per window back to the knee
+
+
+def test_a_window_needs_its_samples_and_its_time():
+    params = Params(min_samples=4, window_rtts=2.0, min_window_s=0.1)
+    state = State(limit=8, min_rtt=0.5, decided_at=100.0, probing=False)
+    assert not due(state, Window(3, 3 * 0.5, True), 102.0, params)
+    assert not due(state, Window(10, 5.0, True), 100.9, params)  # 2 × 0.5 s not yet passed
+    assert due(state, Window(10, 5.0, True), 101.0, params)
+    assert params.window_s(State(min_rtt=0.5, probing=True)) == 0.5  # slow start: one round trip
+
+
+@pytest.mark.parametrize(("slots", "ceiling", "parts"), [
+    (6, 16, [2, 2, 1, 1]),
+    (2, 16, [1, 1, 0, 0]),
+    (64, 16, [16, 16, 16, 16]),
+    (100, 16, [16, 16, 16, 16]),
+])
+def test_each_handler_takes_its_part_of_the_limit(slots, ceiling, parts):
+    handlers = ["a", "b", "c", "d"]
+    assert [share(slots, handlers, me, ceiling) for me in handlers] == parts
+
+
+def test_a_new_handler_counts_itself():
+    assert share(3, ["a"], "b", 16) == 1 and share(3, ["b"], "a", 16) == 2 and share(3, [], "a", 16) == 3
+    assert inflight.State(limit=0.4).slots() == 1

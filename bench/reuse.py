@@ -184,7 +184,8 @@ def main() -> dict:
 
     with fake_openai() as base_url:
         use_fake(base_url, CHUNK_SIZE="500", CHUNK_CONCURRENCY="16", OPENAI_RPM="0", OPENAI_TPM="0",
-                 MODEL_PRICES=PRICES, OPENAI_MODEL="gpt-4o-mini", REUSE_DAYS="30")
+                 MODEL_PRICES=PRICES, OPENAI_MODEL="gpt-4o-mini", REUSE_DAYS="30",
+                 INGEST_INLINE_BYTES=str(64 << 20))  # the file stored by process, as before background ingest
         lists = overlapping(base_url)
         cache = prompt_caching(base_url)
     first, second, again = lists["first"], lists["second"], lists["unchanged"]

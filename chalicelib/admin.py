@@ -266,8 +266,8 @@ def show_account(conn, args, out: TextIO) -> None:
         return
     print(table([account], ACCOUNT_TABLE[:3] + ACCOUNT_TABLE[-2:]), file=out)
     print(f"limits: {_limits_line(account)}", file=out)
-    print(f"today ({usage['day']}, UTC): {usage['urls']} URLs accepted, {usage['prompt_tokens']} prompt tokens, "
-          f"{usage['completion_tokens']} completion tokens", file=out)
+    print(f"today ({usage['day']}, UTC): {usage['urls']} URLs accepted, {usage['prompt_tokens']} prompt tokens "
+          f"({usage['cached_tokens']} cached), {usage['completion_tokens']} completion tokens", file=out)
 
 
 REDRIVE_TABLE = (
@@ -291,6 +291,7 @@ USAGE_TABLE = (
     ("FAILED", lambda u: u["failed"]),
     ("PROMPT TOKENS", lambda u: u["prompt_tokens"]),
     ("COMPLETION TOKENS", lambda u: u["completion_tokens"]),
+    ("CACHED TOKENS", lambda u: u["cached_tokens"]),
     ("COST USD", lambda u: None if u["cost_usd"] is None else f"{u['cost_usd']:.4f}"),
 )
 

@@ -74,7 +74,7 @@ class Recorder:
         self.function = function
         self.properties: dict[str, Any] = {"function": function}
         self.values: dict[str, tuple[str, list[float]]] = {}
-        self.price: Callable[[int, int], float | None] | None = None
+        self.price: Callable[[dict], float | None] | None = None
         self._lock = threading.Lock()
 
     def add(self, name: str, value: float, unit: str = COUNT) -> None:
@@ -173,9 +173,9 @@ def tag(**properties: Any) -> None:
     logs.bind(**given)
 
 
-def tag_job(job: dict, price: Callable[[int, int], float | None] | None = None) -> None:
-    """The job this invocation works for; `price(prompt_tokens, completion_tokens)` gives the
-    dollars of its URLs (None: the model has no price)."""
+def tag_job(job: dict, price: Callable[[dict], float | None] | None = None) -> None:
+    """The job this invocation works for; `price(result)` gives the dollars of one of its URLs
+    from the result's token counters (prompt, completion, cached; None: the model has no price)."""
     tag(job_id=job["id"], account_id=job.get("account_id"))
     recorder = _current.get()
     if recorder is not None:
@@ -195,7 +195,7 @@ def url_result(result: dict) -> None:
     if prompt or completion:
         recorder.add(PROMPT_TOKENS, prompt)
         recorder.add(COMPLETION_TOKENS, completion)
-        cost = recorder.price(prompt, completion) if recorder.price is not None else None
+        cost = recorder.price(result) if recorder.price is not None else None
         if cost is not None:
             recorder.add(COST_USD, cost, NONE)
 

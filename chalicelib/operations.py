@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from chalicelib.accounts.store import TOKEN_COUNTERS, token_sums
 from chalicelib.adapters.queue import ChunkQueue, parse_chunk_message
 from chalicelib.generation import pricing
 from chalicelib.logs import get_logger
@@ -173,24 +174,23 @@ def stuck_jobs(conn, queue: ChunkQueue, minutes: int) -> list[dict]:
 # ------------------------------------------------------------------ usage
 
 def usage_rows(conn, account_id: str | None, days: int) -> list[dict]:
-    """Per UTC day, account, model and mode: URLs finished (completed, failed) and their tokens,
-    over the last `days` days (today included); with the URLs accepted that day (the quota's count)."""
+    """Per UTC day, account, model and mode: URLs finished (completed, failed) and their token
+    counters (TOKEN_COUNTERS: what ``pricing.usage_cost`` prices), over the last `days` days
+    (today included); with the URLs accepted that day (the quota's count)."""
     return conn.execute(
-        """WITH since AS (SELECT (now() AT TIME ZONE 'UTC')::date - (%(days)s - 1) AS day),
+        f"""WITH since AS (SELECT (now() AT TIME ZONE 'UTC')::date - (%(days)s - 1) AS day),
            finished AS (
                SELECT (u.finished_at AT TIME ZONE 'UTC')::date AS day, j.account_id, j.model, j.mode,
                       count(*) FILTER (WHERE u.status = 'completed') AS completed,
                       count(*) FILTER (WHERE u.status = 'failed') AS failed,
-                      coalesce(sum(u.prompt_tokens), 0) AS prompt_tokens,
-                      coalesce(sum(u.completion_tokens), 0) AS completion_tokens
+                      {token_sums('u')}
                FROM since, urls u JOIN jobs j ON j.id = u.job_id
                WHERE u.finished_at >= since.day AND (%(account)s::uuid IS NULL OR j.account_id = %(account)s::uuid)
                GROUP BY 1, 2, 3, 4
            )
            SELECT coalesce(f.day, a.day) AS day, coalesce(f.account_id, a.account_id) AS account_id,
                   f.model, f.mode, coalesce(a.urls, 0) AS accepted, coalesce(f.completed, 0) AS completed,
-                  coalesce(f.failed, 0) AS failed, coalesce(f.prompt_tokens, 0) AS prompt_tokens,
-                  coalesce(f.completion_tokens, 0) AS completion_tokens
+                  coalesce(f.failed, 0) AS failed, {", ".join(f"coalesce(f.{n}, 0) AS {n}" for n in TOKEN_COUNTERS)}
            FROM finished f FULL JOIN (
                SELECT au.* FROM since, account_usage au
                WHERE au.day >= since.day AND (%(account)s::uuid IS NULL OR au.account_id = %(account)s::uuid)
@@ -201,20 +201,22 @@ def usage_rows(conn, account_id: str | None, days: int) -> list[dict]:
 
 
 def usage(conn, prices: dict, default_model: str, account_id: str | None = None, days: int = 7) -> list[dict]:
-    """One line per UTC day and account: URLs accepted, completed and failed, tokens, cost in USD
-    (None when a model of that day has no price)."""
+    """One line per UTC day and account: URLs accepted, completed and failed, tokens (cached ones
+    among the prompt tokens), cost in USD as the jobs' (``pricing.usage_cost``: cached tokens at
+    the cached price, batch rows at the batch price, a batch job's re-asks at the live price;
+    None when a model of that day has no price)."""
     lines: dict[tuple, dict] = {}
     for row in usage_rows(conn, account_id, days):
         key = (row["day"], str(row["account_id"]))
         line = lines.setdefault(key, {"day": row["day"], "account_id": key[1], "accepted": 0, "completed": 0,
-                                      "failed": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
+                                      "failed": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0,
+                                      "cost_usd": 0.0})
         line["accepted"] = max(line["accepted"], int(row["accepted"]))  # per day, repeated on each model's row
-        for name in ("completed", "failed", "prompt_tokens", "completion_tokens"):
+        for name in ("completed", "failed", "prompt_tokens", "completion_tokens", "cached_tokens"):
             line[name] += int(row[name])
         if row["model"] is None and row["mode"] is None:
             continue  # a day with URLs accepted and none finished
-        cost = pricing.cost_usd(prices, row["model"] or default_model, int(row["prompt_tokens"]),
-                                int(row["completion_tokens"]), row["mode"] or "live")
+        cost = pricing.usage_cost(prices, row["model"] or default_model, row["mode"] or "live", row)
         line["cost_usd"] = None if cost is None or line["cost_usd"] is None else line["cost_usd"] + cost
     return [{**line, "cost_usd": None if line["cost_usd"] is None else round(line["cost_usd"], 6)}
             for line in lines.values()]

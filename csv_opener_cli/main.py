@@ -303,6 +303,37 @@ def quality_summary(job: dict) -> str | None:
     return " · ".join(parts)
 
 
+BASIS = {"heuristic": "from the prompt", "preview": "corrected by the preview", "first_chunk": "from the first rows"}
+
+
+def dollars(value: object) -> str:
+    return f"${value:.4f}" if isinstance(value, int | float) and not isinstance(value, bool) else "–"
+
+
+def cost_summary(job: dict) -> str | None:
+    """One line of what the job costs beside what it was estimated to cost, with the rows reused
+    from earlier jobs and the prompt tokens the provider served from its cache (None from a
+    server that reports no cost)."""
+    if "cost_usd" not in job:
+        return None
+    estimate = job.get("estimate") if isinstance(job.get("estimate"), dict) else {}
+    line = dollars(job.get("cost_usd"))
+    if isinstance(estimate.get("cost_usd"), int | float):
+        basis = printable(str(BASIS.get(estimate.get("basis"), estimate.get("basis") or "")))
+        line += f" (estimate {dollars(estimate['cost_usd'])}{f', {basis}' if basis else ''}"
+        start = estimate.get("at_start") if isinstance(estimate.get("at_start"), dict) else {}
+        if estimate.get("basis") == "first_chunk" and isinstance(start.get("cost_usd"), int | float):
+            line += f"; {dollars(start['cost_usd'])} at the start"
+        line += ")"
+    reused = (job.get("quality") or {}).get("reused") if isinstance(job.get("quality"), dict) else None
+    parts = [line, f"{job.get('mode') or 'live'} mode"]
+    if isinstance(reused, int) and reused:
+        parts.append(f"{reused:,} reused")
+    if isinstance(job.get("cached_tokens"), int) and job["cached_tokens"]:
+        parts.append(f"{job['cached_tokens']:,} cached tokens")
+    return " · ".join(parts)
+
+
 def human_status(ctx: Context, job: dict) -> None:
     lines = [
         ("job", job["id"]),
@@ -317,6 +348,8 @@ def human_status(ctx: Context, job: dict) -> None:
     ]
     if quality_summary(job):
         lines.append(("quality", quality_summary(job)))
+    if cost_summary(job):
+        lines.append(("cost", cost_summary(job)))
     if job.get("error"):
         lines.append(("error", printable(job["error"])))
     for label, value in lines:
@@ -427,9 +460,11 @@ def finish(ctx: Context, job: dict, output: str | None, extra: dict | None = Non
         ctx.info(f"{job['failed_rows']} URL(s) failed: csv-opener results {job_id} --status failed; "
                  f"try them again: csv-opener retry {job_id} --wait")
 
-    summary = quality_summary(job)
-    if summary and written == "-":  # stdout holds the CSV
-        ctx.info(f"Quality: {summary}")
+    summary, cost = quality_summary(job), cost_summary(job)
+    if written == "-":  # stdout holds the CSV
+        for label, line in (("Quality", summary), ("Cost", cost)):
+            if line:
+                ctx.info(f"{label}: {line}")
     if (job.get("quality") or {}).get("flagged"):
         ctx.info(f"Flagged openers: csv-opener results {job_id} --quality FLAG")
 
@@ -439,6 +474,8 @@ def finish(ctx: Context, job: dict, output: str | None, extra: dict | None = Non
             ctx.out(f"Job {job_id} completed: {job_summary(job)}{target}")
             if summary:
                 ctx.out(f"Quality: {summary}")
+            if cost:
+                ctx.out(f"Cost: {cost}")
 
     ctx.emit(document, human)
     return OK

@@ -277,27 +277,40 @@ def list_keys(conn: psycopg.Connection, account_id: str | None = None) -> list[d
 
 # ---------------------------------------------------------------- usage
 
+# What usage is priced from (generation/pricing.py usage_cost), summed per model and mode: tokens,
+# cached prompt tokens, and the part of a batch job's paid live (its re-asks; sql/0021).
+TOKEN_COUNTERS = ("prompt_tokens", "completion_tokens", "cached_tokens", "live_prompt_tokens",
+                  "live_completion_tokens", "live_cached_tokens")
+
+
+def token_sums(table: str = "") -> str:
+    """SQL summing TOKEN_COUNTERS (of `table`'s alias, when given), each named as its counter."""
+    prefix = f"{table}." if table else ""
+    return ", ".join(f"coalesce(sum({prefix}{name}), 0) AS {name}" for name in TOKEN_COUNTERS)
+
+
 def usage_today(conn: psycopg.Connection, account_id: str) -> dict:
     """Today's (UTC) usage: URLs counted against the daily quota (starts, retries and
     previews), and tokens of URLs finished today plus today's previews (live calls), in total and
-    per job model (None: the default model) and mode (live or batch).
+    per job model (None: the default model) and mode (live or batch), with the counters
+    ``pricing.usage_cost`` prices (TOKEN_COUNTERS).
 
     Only jobs updated today are joined: a URL finishing moves its job's counters in the same
     statement (the counters' invariant), so its job's updated_at is at least its finished_at."""
     account_id = valid_uuid(account_id)
     rows = conn.execute(
-        """WITH today AS (SELECT (now() AT TIME ZONE 'UTC')::date AS day,
+        f"""WITH today AS (SELECT (now() AT TIME ZONE 'UTC')::date AS day,
                                  date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS since),
            used AS (
-               SELECT j.model, j.mode, u.prompt_tokens, u.completion_tokens
+               SELECT j.model, j.mode, u.prompt_tokens, u.completion_tokens, u.cached_tokens,
+                      u.live_prompt_tokens, u.live_completion_tokens, u.live_cached_tokens
                FROM today, jobs j JOIN urls u ON u.job_id = j.id
                WHERE j.account_id = %(account)s AND j.updated_at >= today.since AND u.finished_at >= today.since
                UNION ALL
-               SELECT p.model, 'live', p.prompt_tokens, p.completion_tokens
+               SELECT p.model, 'live', p.prompt_tokens, p.completion_tokens, p.cached_tokens, 0, 0, 0
                FROM today, preview_usage p WHERE p.account_id = %(account)s AND p.day = today.day
            )
-           SELECT model, mode, coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
-                  coalesce(sum(completion_tokens), 0) AS completion_tokens
+           SELECT model, mode, {token_sums()}
            FROM used GROUP BY model, mode ORDER BY model NULLS FIRST, mode""",
         {"account": account_id},
     ).fetchall()
@@ -307,12 +320,13 @@ def usage_today(conn: psycopg.Connection, account_id: str) -> dict:
                             WHERE account_id = %s AND day = (now() AT TIME ZONE 'UTC')::date), 0) AS urls""",
         (account_id,),
     ).fetchone()
-    by_model = [{"model": r["model"], "mode": r["mode"], "prompt_tokens": int(r["prompt_tokens"]),
-                 "completion_tokens": int(r["completion_tokens"])} for r in rows]
+    by_model = [{"model": r["model"], "mode": r["mode"], **{name: int(r[name]) for name in TOKEN_COUNTERS}}
+                for r in rows]
     return {
         "day": quota["day"],
         "urls": int(quota["urls"]),
         "prompt_tokens": sum(m["prompt_tokens"] for m in by_model),
         "completion_tokens": sum(m["completion_tokens"] for m in by_model),
+        "cached_tokens": sum(m["cached_tokens"] for m in by_model),
         "by_model": by_model,
     }

@@ -217,6 +217,24 @@ def token_count(usage: Any, name: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10_000_000 else 0
 
 
+def spent_tokens(exc: GenerationFailed) -> dict:
+    """A failed row's tokens: what the calls made for it cost (nothing to count: left NULL)."""
+    if not (exc.prompt_tokens or exc.completion_tokens):
+        return {}
+    return {"prompt_tokens": exc.prompt_tokens, "completion_tokens": exc.completion_tokens}
+
+
+def cached_count(usage: Any) -> int:
+    """``usage.prompt_tokens_details.cached_tokens``: 0 when absent or not a sane count (at most
+    the prompt's tokens)."""
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if not isinstance(cached, int) or isinstance(cached, bool) or cached < 0:
+        return 0
+    prompt = usage.get("prompt_tokens")
+    return min(cached, prompt) if isinstance(prompt, int) and prompt >= 0 else 0
+
+
 def _content(body: dict) -> tuple[str | None, dict, dict]:
     """(the message's text, the message, the choice) of a chat.completion body; UnusableAnswer
     for a refusal or an answer without a message."""
@@ -297,4 +315,5 @@ def opener_from_answer(body: Any, url: str, instructions: str | None) -> Opener:
     text, evidence = checked_answer(body, url, instructions)
     usage = body.get("usage")
     return Opener(text=text, prompt_tokens=token_count(usage, "prompt_tokens"),
-                  completion_tokens=token_count(usage, "completion_tokens"), attempts=1, evidence=evidence)
+                  completion_tokens=token_count(usage, "completion_tokens"), attempts=1, evidence=evidence,
+                  cached_tokens=cached_count(usage))

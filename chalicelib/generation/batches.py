@@ -31,9 +31,14 @@ How a batch job runs (a job with ``mode = 'batch'``; everything else is as for a
   sweep enqueued the chunk), its stale ``submitting`` batches are looked for among the provider's
   batches by that metadata (``recover``): one found is recorded and read as any other (its rows
   are not sent again); one not found was never created, and its rows go back to pending.
-* **Cost**: the batch's answers are paid at the batch price; a re-ask made live by the checks at
-  the live price (the job's ``live_prompt_tokens``/``live_completion_tokens``). The save that
-  reaches the first chunk's worth of rows corrects the job's estimate from their real usage.
+* **Reuse**: the claimed rows are looked up by fingerprint in one query (``reuse.lookup``); a
+  row with an earlier opener (written from the same page) is saved at once, reused, and left out
+  of the file; a chunk whose rows are all reused sends no batch. A batch answer keeps its
+  fingerprint, so later jobs reuse it as they reuse a live one.
+* **Cost**: the batch's answers are paid at the batch price, their cached prompt tokens at the
+  batch rate's cached price; a re-ask made live by the checks at the live price (each row's
+  ``live_*_tokens``, summed into the job's, sql/0021). The save that reaches the first chunk's
+  worth of rows corrects the job's estimate from their real usage.
 """
 
 from __future__ import annotations
@@ -47,10 +52,10 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 
 from chalicelib.adapters import db
-from chalicelib.generation import batch_recovery, checks, pricing
-from chalicelib.generation.answers import GenerationFailed, UnusableAnswer, error_text, opener_from_answer
+from chalicelib.generation import batch_recovery, checks, pricing, reuse
+from chalicelib.generation.answers import error_text
+from chalicelib.generation.batch_answers import EXPIRED_ERROR, BatchAnswers
 from chalicelib.generation.client import describe_error
-from chalicelib.generation.ratelimit import LimiterStopped
 from chalicelib.logs import get_logger, log_context
 
 log = get_logger("batches")
@@ -62,10 +67,6 @@ MAX_REQUESTS = 50_000  # the Batch API's limits per batch
 MAX_BYTES = 200 * 1024 * 1024
 POLL_LIMIT = 100  # batches retrieved per sweep
 ENDED = ("completed", "expired", "cancelled", "failed")
-EXPIRED_ERROR = ("The provider's Batch API did not run this request within its 24-hour window (batch expired), "
-                 "nor in the batches sent again for it; retry the job to send it again")
-
-MISSING_ERROR = "The provider's batch ended without an answer for this request"
 _REFUSED = (400, 401, 403, 404, 413, 415, 422)  # the provider will not take this batch: not worth retrying
 
 
@@ -73,7 +74,7 @@ class BatchUnavailable(Exception):
     """The provider refused the batch (no Batch API, a bad key, a bad file): its rows failed."""
 
 
-class BatchRunner:
+class BatchRunner(BatchAnswers):
     """Submits, polls and cancels a job's batches. `client` is the provider's ``openai.OpenAI``;
     `generator` builds the requests (``request_body``); `page_summary(url)` gives (summary,
     context_status); `completed(job)` exports a completed job's CSV; `notify(job)` sends the
@@ -96,7 +97,9 @@ class BatchRunner:
     # ------------------------------------------------------------ submit
 
     def submit_chunk(self, job: dict, chunk: int) -> int:
-        """Send the chunk's pending URLs as one batch; returns how many (0: nothing pending)."""
+        """Send the chunk's pending URLs as one batch; returns how many (0: nothing pending, or
+        every row reused). Rows with an earlier opener of their fingerprint (``reuse``: one query
+        for the claimed rows) are saved at once, reused, and left out of the batch."""
         conn = self.get_conn()
         self.recover(conn, str(job["id"]), chunk)
         batch_id = str(uuid.uuid4())
@@ -104,10 +107,16 @@ class BatchRunner:
         rows = db.claim_urls(conn, str(job["id"]), chunk, batch_id, limit, self.settings.lease_seconds)
         if not rows:
             return 0
-        db.insert_batch(conn, batch_id, str(job["id"]), chunk, len(rows), job["model"])
         with log_context(job_id=str(job["id"]), chunk=chunk, batch=batch_id):
             try:
-                data, context = self._jsonl(job, rows)
+                earlier = reuse.lookup(conn, job, rows, self.settings.reuse_days)
+                data, context, reused = self._jsonl(job, rows, earlier)
+                if reused:
+                    self._save_reused(conn, job, batch_id, reused)
+                rows = [row for row in rows if str(row["id"]) in context]
+                if not rows:
+                    return 0
+                db.insert_batch(conn, batch_id, str(job["id"]), chunk, len(rows), job["model"])
                 db.batch_context(conn, batch_id, context)
                 uploaded = self.client.files.create(file=(f"{job['id']}-{chunk}.jsonl", io.BytesIO(data)),
                                                     purpose="batch")
@@ -126,34 +135,51 @@ class BatchRunner:
             with conn.transaction():
                 held = db.batch_submitted(conn, batch_id, uploaded.id, created.id, BATCH_LEASE_S)
             log.info("batch submitted", extra={"provider_batch_id": created.id, "requests": held,
-                                               "bytes": len(data)})
+                                               "bytes": len(data), "reused": len(reused)})
             return held
+
+    def _save_reused(self, conn, job: dict, owner: str, reused: list[dict]) -> None:
+        """Rows of a claim that reuse an earlier opener: saved (no call, no cost) before the batch
+        is written, so a crash after it sends only the others."""
+        saved = db.save_results(conn, str(job["id"]), owner, reused)
+        log.info("rows reused instead of sent", extra={"reused": saved["saved"]})
+        self._after_save(conn, str(job["id"]), saved)
 
     def recover(self, conn, job_id: str, chunk: int) -> dict:
         """The chunk's batches its submitter never recorded, found at the provider or given up
         (``batch_recovery.recover``)."""
         return batch_recovery.recover(conn, self.client, job_id, chunk, self.settings.lease_seconds, BATCH_LEASE_S)
 
-    def _jsonl(self, job: dict, rows: list[dict]) -> tuple[bytes, dict[str, str]]:
-        """The batch file (one request per row, the same a live call sends) and each row's
-        context_status. Pages are fetched PAGE_FETCH_CONCURRENCY at a time."""
+    def _jsonl(self, job: dict, rows: list[dict], earlier: dict | None = None
+               ) -> tuple[bytes, dict[str, str], list[dict]]:
+        """The batch file (one request per row, the same a live call sends), each sent row's
+        context_status, and the results of the rows that reuse an earlier opener instead
+        (`earlier`: ``reuse.lookup`` of the rows; one written from the same page is reused).
+        Pages are fetched PAGE_FETCH_CONCURRENCY at a time."""
         options = checks.Options.of(job)
+        earlier = earlier or {}
 
-        def line(row: dict) -> tuple[str, str]:
+        def line(row: dict) -> tuple[str | None, str, dict | None]:
             page, context = self._page(job, row)
+            found = earlier.get(row["id"])
+            match = found.match(page) if found is not None else None
+            if match is not None:
+                return None, context, reuse.reused_result(row["id"], match)
             body = self.generator.request_body(row["url"], job["instructions"], job["model"], row.get("fields"),
                                                page, language=checks.row_language(options, page),
                                                min_words=options.min_words, max_words=options.max_words,
                                                feedback=row.get("feedback"))
             request = {"custom_id": str(row["id"]), "method": "POST", "url": ENDPOINT, "body": body}
-            return json.dumps(request, ensure_ascii=False, separators=(",", ":")), context
+            return json.dumps(request, ensure_ascii=False, separators=(",", ":")), context, None
 
         with ThreadPoolExecutor(max(1, self.settings.page_fetch_concurrency), thread_name_prefix="batch") as pool:
             built = list(pool.map(line, rows))
-        data = ("\n".join(text for text, _ in built) + "\n").encode("utf-8")
+        data = ("\n".join(text for text, _, _ in built if text is not None) + "\n").encode("utf-8")
         if len(data) > MAX_BYTES:
             raise BatchUnavailable(f"The batch file would be {len(data)} bytes, over the Batch API's {MAX_BYTES}")
-        return data, {str(row["id"]): context for row, (_, context) in zip(rows, built, strict=True)}
+        context = {str(row["id"]): status for row, (text, status, _) in zip(rows, built, strict=True)
+                   if text is not None}
+        return data, context, [result for _, _, result in built if result is not None]
 
     def _page(self, job: dict, row: dict) -> tuple[str | None, str]:
         """(summary, context_status) of the row's page, when the job uses it (from the shared
@@ -220,15 +246,12 @@ class BatchRunner:
         missing = [row for key, row in rows.items() if key not in results and row["id"] not in release]
         self._unanswered(remote, missing, results, release)
         again = self._send_again(rows, results)
-        spent_live = [r.pop("live_tokens", (0, 0)) for r in results.values()]  # re-asks, paid at the live price
-        live = (sum(p for p, _ in spent_live), sum(c for _, c in spent_live))
         with conn.transaction():
             if not db.finish_batch(conn, batch["id"], expected=("submitted", "cancelling"),
                                    provider_status=remote.status):
                 return 0  # another sweep read it first
             saved = db.save_results(conn, str(job["id"]), str(batch["id"]), list(results.values())) if results \
                 else None
-            db.add_live_tokens(conn, str(job["id"]), *live)
             db.release_urls(conn, str(batch["id"]), release)
             requeued = db.requeue_urls(conn, str(batch["id"]), again)
         log.info("batch read", extra={"provider_status": remote.status, "saved": saved["saved"] if saved else 0,
@@ -247,101 +270,6 @@ class BatchRunner:
         for row_id in again:
             del results[str(row_id)]
         return again
-
-    def _lines(self, file_id: str | None):
-        """The JSON objects of a result file (lines that are not are skipped, logged)."""
-        if not file_id:
-            return
-        text = self.client.files.content(file_id).text
-        for number, raw in enumerate(text.splitlines(), start=1):
-            if not raw.strip():
-                continue
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                line = None
-            if isinstance(line, dict):
-                yield line
-            else:
-                log.warning("unreadable line in a batch result file", extra={"file_id": file_id, "line": number})
-
-    def _read_line(self, line: dict, rows: dict[str, dict], job: dict, results: dict, release: list) -> None:
-        """One answer: an opener, a failure with its reason, or (cancelled) the row given back."""
-        row = rows.get(line.get("custom_id")) if isinstance(line.get("custom_id"), str) else None
-        if row is None or str(row["id"]) in results:
-            return  # not a row this batch still holds (a retried job's), or a repeat
-        key = str(row["id"])
-        failed = {"id": row["id"], "status": "failed", "retry_count": row["retry_count"] + 1}
-        response, error = line.get("response"), line.get("error")
-        if isinstance(response, dict) and response.get("status_code") == 200:
-            try:
-                opener = opener_from_answer(response.get("body"), row["url"], job["instructions"])
-            except UnusableAnswer as exc:
-                results[key] = {**failed, "error": error_text(str(exc))}
-                return
-            results[key] = self._checked(job, row, opener, failed)
-            return
-        code = error.get("code") if isinstance(error, dict) else None
-        if code == "batch_cancelled":
-            release.append(row["id"])
-        elif code == "batch_expired":
-            results[key] = {**failed, "error": EXPIRED_ERROR}
-        elif isinstance(response, dict) and isinstance(response.get("status_code"), int):
-            body = response.get("body")
-            detail = body.get("error", {}).get("message") if isinstance(body, dict) and isinstance(
-                body.get("error"), dict) else None
-            results[key] = {**failed, "error": error_text(
-                f"HTTP {response['status_code']} from the model API: {detail or 'no details'}")}
-        else:
-            message = error.get("message") if isinstance(error, dict) else None
-            results[key] = {**failed, "error": error_text(
-                f"The provider's Batch API could not run this request: {message or code or 'no details'}")}
-
-    def _checked(self, job: dict, row: dict, opener, failed: dict) -> dict:
-        """A batch answer through the quality checks (asked again live where they say so, within
-        the job's budget): the row's result."""
-        page, _ = self._page(job, row)
-        within_budget = pricing.over_budget(self.settings.prices, job) is None
-        try:
-            kept = checks.generate_checked(
-                self.generator, job_id=str(job["id"]), url=row["url"], instructions=job["instructions"],
-                model=job["model"], options=checks.Options.of(job), fields=row.get("fields"), page=page,
-                duplicates=self.duplicates,
-                max_calls=self.settings.max_retries if within_budget else 1, account=str(job["account_id"]),
-                first=opener, feedback=row.get("feedback"))
-        except (GenerationFailed, LimiterStopped) as exc:
-            message = exc.message if isinstance(exc, GenerationFailed) else "stopped while asking again"
-            spent = (exc.prompt_tokens, exc.completion_tokens) if isinstance(exc, GenerationFailed) and \
-                exc.prompt_tokens else (opener.prompt_tokens, opener.completion_tokens)  # the batch answer's, at least
-            result = {**failed, "error": error_text(message), "prompt_tokens": spent[0], "completion_tokens": spent[1],
-                      "live_tokens": (spent[0] - opener.prompt_tokens, spent[1] - opener.completion_tokens)}
-            if isinstance(exc, checks.Ungrounded):
-                result["grounding"] = "unsupported"
-            return result
-        return {"id": row["id"], "status": "completed", "opener": kept.text,
-                "retry_count": row["retry_count"] + kept.attempts - 1 - kept.regenerations,
-                "prompt_tokens": kept.prompt_tokens, "completion_tokens": kept.completion_tokens,
-                "live_tokens": (kept.prompt_tokens - opener.prompt_tokens,
-                                kept.completion_tokens - opener.completion_tokens),  # the re-asks, paid live
-                "evidence": kept.evidence, "grounding": kept.grounding, "quality": kept.quality,
-                "words": kept.words, "language": kept.language, "regenerations": kept.regenerations}
-
-    @staticmethod
-    def _unanswered(remote, missing: list[dict], results: dict, release: list) -> None:
-        """Rows neither result file mentions: expired, given back (cancelled), or failed."""
-        reason = MISSING_ERROR
-        if remote.status == "expired":
-            reason = EXPIRED_ERROR
-        elif remote.status == "failed":
-            errors = getattr(getattr(remote, "errors", None), "data", None) or []
-            detail = "; ".join(str(e.message) for e in errors if getattr(e, "message", None))
-            reason = error_text(f"The provider's batch failed: {detail or 'no details'}")
-        for row in missing:
-            if remote.status == "cancelled":
-                release.append(row["id"])
-            else:
-                results[str(row["id"])] = {"id": row["id"], "status": "failed", "error": reason,
-                                           "retry_count": row["retry_count"] + 1}
 
     def _after_save(self, conn, job_id: str, saved: dict | None) -> None:
         """What a save leads to, as in the live worker: the job completed (CSV, webhook), or stopped
@@ -393,3 +321,4 @@ class BatchRunner:
             return  # it ended meanwhile: the next poll reads it
         db.batch_cancelling(conn, batch["id"])
         log.info("batch cancel asked", extra={"provider_batch_id": batch["provider_batch_id"]})
+

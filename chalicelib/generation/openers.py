@@ -39,6 +39,7 @@ from chalicelib.generation.answers import (
     GenerationFailed,
     Opener,
     UnusableAnswer,
+    cached_count,
     checked_answers,
     log_unusable,
     token_count,
@@ -64,17 +65,6 @@ log = logging.getLogger("csv_opener.openers")
 TEMPERATURE = 0.7
 
 # -- generator ------------------------------------------------------------------------------------
-
-
-def cached_count(usage: dict) -> int:
-    """``usage.prompt_tokens_details.cached_tokens``: 0 when absent or not a sane count (at most
-    the prompt's tokens)."""
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    if not isinstance(cached, int) or isinstance(cached, bool) or cached < 0:
-        return 0
-    prompt = usage.get("prompt_tokens")
-    return min(cached, prompt) if isinstance(prompt, int) and prompt >= 0 else 0
 
 
 class Limiter(Protocol):

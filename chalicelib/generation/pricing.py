@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from decimal import Decimal
 
 from chalicelib.generation.prompt import build_messages
@@ -49,16 +50,30 @@ def cost_usd(prices: dict, model: str | None, prompt_tokens: int, completion_tok
     return float(cost * BATCH_DISCOUNT if mode == "batch" else cost)
 
 
-def job_cost(prices: dict, job: dict) -> float | None:
-    """A job's dollars from its counters: a batch job's tokens at the batch price, except the
-    live re-asks' (``live_prompt_tokens``/``live_completion_tokens``), which are paid live."""
-    live_p, live_c = int(job.get("live_prompt_tokens") or 0), int(job.get("live_completion_tokens") or 0)
-    cached = int(job.get("cached_tokens") or 0)  # of live calls' prompts (a Batch API answer reports none)
-    if job["mode"] != "batch" or not (live_p or live_c):
-        return cost_usd(prices, job["model"], job["prompt_tokens"], job["completion_tokens"], job["mode"], cached)
-    batch = cost_usd(prices, job["model"], job["prompt_tokens"] - live_p, job["completion_tokens"] - live_c, "batch")
-    live = cost_usd(prices, job["model"], live_p, live_c, "live", cached)
+def usage_cost(prices: dict, model: str | None, mode: str, tokens: Mapping) -> float | None:
+    """Dollars of token counters of one model and mode: a job's, or usage summed per day, model
+    and mode (jobs, rows, previews). `tokens`: ``prompt_tokens``, ``completion_tokens`` and
+    ``cached_tokens`` (of the prompts), and for a batch job the part of each that was paid live
+    (``live_prompt_tokens``, ``live_completion_tokens``, ``live_cached_tokens``: the quality
+    checks' re-asks of batch answers); missing counters count 0. In batch mode the rest is paid
+    at the batch price, its cached tokens at the batch's cached price; in live mode everything is
+    live. The one pricing of usage: the job's ``cost_usd``, its budget, ``GET /api/account`` and
+    the operators' ``usage`` all come here. None without a price for `model`."""
+    def n(name: str) -> int:
+        return int(tokens.get(name) or 0)
+
+    prompt, completion, cached = n("prompt_tokens"), n("completion_tokens"), n("cached_tokens")
+    if mode != "batch":
+        return cost_usd(prices, model, prompt, completion, "live", cached)
+    live_p, live_c, live_k = n("live_prompt_tokens"), n("live_completion_tokens"), n("live_cached_tokens")
+    batch = cost_usd(prices, model, prompt - live_p, completion - live_c, "batch", cached - live_k)
+    live = cost_usd(prices, model, live_p, live_c, "live", live_k)
     return None if batch is None or live is None else batch + live
+
+
+def job_cost(prices: dict, job: dict) -> float | None:
+    """A job's dollars from its counters (``usage_cost``)."""
+    return usage_cost(prices, job["model"], job["mode"], job)
 
 
 def over_budget(prices: dict, job: dict) -> tuple[float, str] | None:
@@ -197,9 +212,7 @@ def job_estimate(prices: dict, job: dict) -> dict | None:
     if chunk:
         best = {"basis": "first_chunk", "prompt_tokens": int(chunk["prompt_tokens"]),
                 "completion_tokens": int(chunk["completion_tokens"])}
-        cost = job_cost(prices, {**best, "model": job["model"], "mode": mode,
-                                 "live_prompt_tokens": int(chunk.get("live_prompt_tokens") or 0),
-                                 "live_completion_tokens": int(chunk.get("live_completion_tokens") or 0)})
+        cost = usage_cost(prices, job["model"], mode, chunk)
         best["cost_usd"] = None if cost is None else round(cost, 4)
     return {**best, "urls": stored.get("urls"), "reused_rows": stored.get("reused_rows", 0),
             "cached_tokens": stored.get("cached_tokens", 0), "at_start": at_start}

@@ -18,9 +18,13 @@ be reused (an upper bound with page context on: a page may have changed since).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Iterable
+import re
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from chalicelib.adapters import db
@@ -31,14 +35,35 @@ REUSED_COLUMNS = ("opener", "evidence", "grounding", "quality", "words", "langua
 NOT_REUSED_FLAGS = frozenset({"edited"})  # a person's mark, not the model's
 
 
+# A URL already in the one spelling ``cache_key_url`` gives (lower-case http(s), a plain host, a
+# path, maybe a query; what ingest stores): its own key, without parsing it again.
+_NORMALISED = re.compile(r"https?://[a-z0-9-]+(?:\.[a-z0-9-]+)*/[^#?\s]*(?:\?[^#\s]+)?")
+
+
+def _dump(value) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=256)
+def _job_parts(account_id: str, instructions: str, model: str, language: str, min_words: int | None,
+               max_words: int | None, variants: int) -> tuple[str, str, str]:
+    """The fingerprint's JSON pieces that are the same for every row of a job (dumped once)."""
+    return _dump(account_id), _dump(instructions), ",".join(_dump(p) for p in (model, language, min_words, max_words,
+                                                                                variants))
+
+
 def fingerprint(*, account_id: str, url: str, instructions: str | None, fields: dict | None, model: str | None,
                 language: str | None, min_words: int | None, max_words: int | None,
                 feedback: str | None = None, variants: int = VARIANTS) -> bytes:
-    """The row's fingerprint but its page (see the module docstring): 32 bytes."""
-    parts = [str(account_id), cache_key_url(url), (instructions or "").strip(), sorted((fields or {}).items()),
-             (feedback or "").strip(), model or "", language or "auto", min_words, max_words, variants]
-    return hashlib.sha256(json.dumps(parts, ensure_ascii=False, separators=(",", ":")).encode(
-        "utf-8", "surrogatepass")).digest()
+    """The row's fingerprint but its page (see the module docstring): 32 bytes. sha256 of the JSON
+    list [account, URL key, instructions, fields, feedback, model, language, min_words,
+    max_words, variants], its job's pieces dumped once per job (``_job_parts``)."""
+    account, rules, tail = _job_parts(str(account_id), (instructions or "").strip(), model or "",
+                                      language or "auto", min_words, max_words, variants)
+    key = url if _NORMALISED.fullmatch(url) else cache_key_url(url)
+    text = (f"[{account},{_dump(key)},{rules},{_dump(sorted((fields or {}).items()))},"
+            f"{_dump((feedback or '').strip())},{tail}]")
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
 def page_hash(page: str | None) -> bytes | None:
@@ -65,6 +90,47 @@ class Candidates:
         """The result to save for a row whose prompt carries ``page``, or None: generate it."""
         found = self.by_page.get(page_hash(page))
         return None if found is None else dict(found)
+
+
+def in_time(fetch: Callable[[str, str], tuple], until: float) -> Callable[[str, str], tuple]:
+    """`fetch(url, account_id)`, started only before `until` (monotonic): a row waiting for its
+    page on the fetch thread (``when_page``) waits no longer for a fetch thread than one waiting
+    in a generator did; later, it goes without its page (``timeout``)."""
+    def fetch_in_time(url: str, account_id: str) -> tuple:
+        return fetch(url, account_id) if time.monotonic() < until else (None, "timeout")
+    return fetch_in_time
+
+
+def when_page(fetched: Future, candidates: Candidates, row_id, call: Callable[[Future], Future]) -> Future:
+    """A row with earlier openers, once its page is in (`fetched`: its (summary, context_status)):
+    the one written from that page, right there on the fetch thread (one hand-off for a reused
+    row, not two); else what ``call(fetched)`` (its generation) gives. None: the row is given
+    back (stopped before its call)."""
+    out: Future = Future()
+
+    def relay(done: Future) -> None:
+        if done.cancelled():
+            out.set_result(None)
+        elif done.exception() is not None:
+            out.set_exception(done.exception())
+        else:
+            out.set_result(done.result())
+
+    def chain(done: Future) -> None:
+        if done.cancelled():
+            out.set_result(None)
+            return
+        found = None if done.exception() is not None else candidates.match(done.result()[0])
+        if found is not None:
+            out.set_result(reused_result(row_id, found))
+            return
+        try:
+            call(done).add_done_callback(relay)
+        except RuntimeError:  # the generators were shut down meanwhile
+            out.set_result(None)
+
+    fetched.add_done_callback(chain)
+    return out
 
 
 def reused_result(row_id, earlier: dict) -> dict:

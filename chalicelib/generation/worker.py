@@ -2,7 +2,7 @@
 
 One call per SQS message. Rows are claimed a few at a time with a lease (`claim_urls`), handed
 to a thread pool of CHUNK_CONCURRENCY generators, and their results written by this thread
-alone in batches (every ≤ 1 s or 50 results) together with the job's counters. With page
+alone in batches (every ≤ 1 s, 50 results or 500 reused ones) together with the job's counters. With page
 context, each claimed row's page is fetched at once by a second pool (PAGE_FETCH_CONCURRENCY
 threads) and up to that many rows are claimed ahead, so a slow page waits in the fetch pool
 while the generators keep calling the model: the two stages wait on different things (a site,
@@ -39,7 +39,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 from chalicelib import metrics
 from chalicelib.adapters import db
 from chalicelib.generation import checks, pricing, reuse
-from chalicelib.generation.answers import GenerationFailed
+from chalicelib.generation.answers import GenerationFailed, spent_tokens
 from chalicelib.generation.dispatch import dispatch_next
 from chalicelib.generation.ratelimit import LimiterStopped
 from chalicelib.logs import get_logger, log_context, public_error
@@ -48,6 +48,7 @@ log = get_logger("worker")
 
 FLUSH_EVERY_S = 1.0
 FLUSH_BATCH = 50
+REUSED_FLUSH_BATCH = 500  # reused rows cost nothing to redo: saved in bigger batches (fewer, cheaper per row)
 STATUS_EVERY_S = 1.0
 RENEW_EVERY_S = 30.0  # or a third of the lease, if shorter
 CANCEL_GRACE_S = 2.0
@@ -84,6 +85,11 @@ class _Run:
     to_release: list = field(default_factory=list)
     status: str = "processing"
     ahead: int = 0  # rows held beyond the generators: twice the last claim's rows with an earlier opener
+    reused: int = 0  # of the buffer's results, reused ones
+
+    def full(self) -> bool:
+        """Time to save: FLUSH_BATCH results generated (paid for), or REUSED_FLUSH_BATCH in all."""
+        return len(self.buffer) - self.reused >= FLUSH_BATCH or len(self.buffer) >= REUSED_FLUSH_BATCH
 
 
 class ChunkWorker:
@@ -96,12 +102,8 @@ class ChunkWorker:
         self.batches = batches  # batch mode (chalicelib/batches.py): a batch job's chunk is sent as one batch
         self.notify = notify  # a job that this worker moved to failed (budget): its webhook
         self.page_summary = page_summary  # (url, account_id) -> (summary, context_status); None: no page context
-        self.get_conn = get_conn
-        self.generator = generator
-        self.queue = queue
-        self.settings = settings
-        self.export = export
-        self.clock = clock
+        self.get_conn, self.generator, self.queue, self.settings = get_conn, generator, queue, settings
+        self.export, self.clock = export, clock
         self.concurrency = max(1, settings.chunk_concurrency)
         self.page_concurrency = max(1, settings.page_fetch_concurrency)
         # A row waits this long for its page (from its claim), then is generated without it.
@@ -124,7 +126,7 @@ class ChunkWorker:
                 log.info("job is %s; nothing to do", job["status"])
                 return Outcome("not_processing")
             metrics.tag_job(job, price=functools.partial(  # its URLs' dollars, for the CostUsd metric
-                pricing.cost_usd, self.settings.prices, job["model"] or self.settings.openai_model))
+                pricing.usage_cost, self.settings.prices, job["model"] or self.settings.openai_model, job["mode"]))
             if job["mode"] == "batch" and self.batches is not None:
                 return Outcome("batch_submitted", saved=self.batches.submit_chunk(job, chunk))
             run = _Run(job_id, chunk)
@@ -181,7 +183,7 @@ class ChunkWorker:
                         run.status = self._db(db.get_job_status, run.job_id) or "gone"
                         last_status = self.clock()
                 if not in_flight and reused_now:  # every claimed row was reused: claim again
-                    if len(run.buffer) >= FLUSH_BATCH:
+                    if run.full():
                         self._flush(run, outcome)
                         last_flush = last_status = self.clock()
                     continue
@@ -194,7 +196,7 @@ class ChunkWorker:
                 for future in done:
                     self._collect(run, in_flight.pop(future), future.result())
                 now = self.clock()
-                if len(run.buffer) >= FLUSH_BATCH or (run.buffer and now - last_flush >= FLUSH_EVERY_S):
+                if run.full() or (run.buffer and now - last_flush >= FLUSH_EVERY_S):
                     self._flush(run, outcome)
                     last_flush = last_status = now
                 elif now - last_status >= STATUS_EVERY_S:
@@ -220,6 +222,7 @@ class ChunkWorker:
             run.to_release.append(row["id"])
         else:
             run.buffer.append(result)
+            run.reused += bool(result.get("reused"))
             metrics.url_result(result)
 
     # ------------------------------------------------------------ pieces
@@ -227,10 +230,14 @@ class ChunkWorker:
     def _submit(self, pool: ThreadPoolExecutor, pages: ThreadPoolExecutor | None, row: dict, job: dict,
                 stop: _Flag, earlier: reuse.Candidates | None = None) -> Future:
         """The row's generation (its page fetched at once in `pages`, if given); its future."""
-        page = None
+        page, page_until = None, time.monotonic() + self.page_wait_s
         if pages is not None:  # keeps job_id/chunk on the threads' log lines, as below
-            page = pages.submit(contextvars.copy_context().run, self.page_summary, row["url"], job["account_id"])
-        page_until = time.monotonic() + self.page_wait_s
+            fetch = self.page_summary if earlier is None else reuse.in_time(self.page_summary, page_until)
+            page = pages.submit(contextvars.copy_context().run, fetch, row["url"], job["account_id"])
+        if page is not None and earlier is not None:  # matched on the fetch thread; generated only if not
+            run = contextvars.copy_context().run
+            return reuse.when_page(page, earlier, row["id"], lambda fetched: pool.submit(
+                run, self._generate, row, job, stop, fetched, page_until))
         return pool.submit(contextvars.copy_context().run, self._generate, row, job, stop, page, page_until, earlier)
 
     def _generate(self, row: dict, job: dict, stop: _Flag, page_fetch: Future | None = None,
@@ -286,7 +293,7 @@ class ChunkWorker:
             return
         job = self._db(db.save_results, run.job_id, run.owner, run.buffer)
         outcome.saved += job["saved"]
-        run.buffer = []
+        run.buffer, run.reused = [], 0
         run.status = "processing" if job["status"] == "ingesting" else job["status"]  # as get_job_status says
         calibrate = pricing.first_chunk_rows(job, self.settings.chunk_size)
         if calibrate is not None and run.status == "processing":  # the estimate, from real usage
@@ -375,13 +382,6 @@ class ChunkWorker:
         except psycopg.OperationalError as exc:
             log.warning("database connection lost; retrying", extra={"error": str(exc)[:200]})
         return _db_retry(lambda: query(self.get_conn(), *args))()
-
-
-def spent_tokens(exc: GenerationFailed) -> dict:
-    """A failed row's tokens: what the calls made for it cost (nothing to count: left NULL)."""
-    if not (exc.prompt_tokens or exc.completion_tokens):
-        return {}
-    return {"prompt_tokens": exc.prompt_tokens, "completion_tokens": exc.completion_tokens}
 
 
 class _Flag:

@@ -134,7 +134,8 @@ def preview(conn, storage: Storage, settings: Settings, generator, account_id: s
     with ThreadPoolExecutor(max(1, len(sample))) as pool:
         previews = list(pool.map(one, sample))
     db.add_preview_tokens(conn, account_id, model, sum(p["prompt_tokens"] for p in previews),
-                          sum(p["completion_tokens"] for p in previews))
+                          sum(p["completion_tokens"] for p in previews),
+                          sum(p.get("cached_tokens") or 0 for p in previews))
     calibrated = preview_calibration(previews, estimated)
     if calibrated is not None:  # the start's estimate is corrected by it (jobs/start.py)
         db.set_estimate(conn, job["id"], {"preview": calibrated}, expected="pending")

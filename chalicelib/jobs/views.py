@@ -207,9 +207,10 @@ def account_view(conn, settings: Settings, caller: accounts.Caller) -> dict:
     limits = account_limits(account, settings)
     usage = accounts.usage_today(conn, caller.account_id)
     usage["day"] = usage["day"].isoformat()
-    usage["cost_usd"] = round(sum(pricing.cost_usd(settings.prices, m["model"] or settings.openai_model,
-                                                    m["prompt_tokens"], m["completion_tokens"], m["mode"]) or 0
-                                  for m in usage["by_model"]), 6)
+    usage["cost_usd"] = round(sum(pricing.usage_cost(settings.prices, m["model"] or settings.openai_model,
+                                                     m["mode"], m) or 0 for m in usage["by_model"]), 6)
+    usage["by_model"] = [{k: v for k, v in m.items() if not k.startswith("live_")}  # the pricing's detail
+                         for m in usage["by_model"]]
     return {"account": {
         "id": str(account["id"]), "name": account["name"], "operator": caller.is_operator,
         "key": {"prefix": caller.key_prefix, "role": caller.role},

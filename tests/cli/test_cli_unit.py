@@ -679,3 +679,33 @@ def test_preview_sends_the_quality_options_and_shows_flags_and_evidence():
     assert run.code == 0, run.err
     assert json.loads(fake.requests[0].content) == {"instructions": "x", "language": "fr", "grounding": "strict"}
     assert "  flags: too_short" in run.out and "  evidence: family bakery" in run.out
+
+
+# ---------------------------------------------------------------- cost beside the estimate
+
+ESTIMATE = {"basis": "first_chunk", "cost_usd": 0.1190, "prompt_tokens": 1, "completion_tokens": 1,
+            "at_start": {"basis": "preview", "cost_usd": 0.13}, "reused_rows": 9000, "cached_tokens": 0}
+
+
+def test_status_shows_the_cost_beside_the_estimate_with_reused_rows_and_cached_tokens():
+    polled = job("completed", 3, 0, total=3, cost_usd=0.1123, estimate=ESTIMATE, mode="batch",
+                 cached_tokens=12345, quality={**QUALITY, "reused": 9000})
+    run = cli(FakeApi(polls=[polled]), "status", JOB_ID)
+    assert run.code == 0, run.err
+    assert ("cost       $0.1123 (estimate $0.1190, from the first rows; $0.1300 at the start) · batch mode · "
+            "9,000 reused · 12,345 cached tokens") in run.out
+    # a job not started yet: no estimate, nothing reused or cached; an old server's job: no line
+    fresh = cli(FakeApi(polls=[job("pending", cost_usd=None, estimate=None)]), "status", JOB_ID)
+    assert "cost       – · live mode" in fresh.out
+    assert "cost " not in cli(FakeApi(polls=[job("processing")]), "status", JOB_ID).out
+
+
+def test_run_wait_ends_with_the_cost_beside_the_estimate(leads, tmp_path):
+    fake = FakeApi(polls=[job("completed", 3, 0, total=3, cost_usd=0.0021, mode="live", cached_tokens=0,
+                              estimate={**ESTIMATE, "basis": "heuristic", "cost_usd": 0.002})])
+    run = cli(fake, "run", str(leads), "--instructions", "x", "-o", str(tmp_path / "o.csv"))
+    assert run.code == 0, run.err
+    assert "Cost: $0.0021 (estimate $0.0020, from the prompt) · live mode" in run.out
+    # the CSV on stdout: the line goes to stderr
+    piped = cli(fake, "run", str(leads), "--instructions", "x", "-o", "-")
+    assert "Cost: $0.0021" in piped.err and "Cost:" not in piped.out

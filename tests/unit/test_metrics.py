@@ -31,7 +31,8 @@ def _raise(exc: BaseException):
 
 def test_one_invocation_is_one_valid_emf_document_with_ids_as_properties(capsys):
     with metrics.invocation("process_chunk", request_id="r-1", correlation_id="c-1"):
-        metrics.tag_job({"id": "job-1", "account_id": "acct-1"}, price=lambda p, c: (p + c) / 1_000_000)
+        metrics.tag_job({"id": "job-1", "account_id": "acct-1"},
+                        price=lambda tokens: (tokens["prompt_tokens"] + tokens["completion_tokens"]) / 1_000_000)
         assert metrics.llm_call(lambda **request: request["x"], x="answer") == "answer"
         for exc in (_error(429), _error(503), openai.APITimeoutError(httpx.Request("POST", "http://model.test/")),
                     ValueError("bad answer")):

@@ -55,7 +55,6 @@ from chalicelib.adapters.db.ingest import (  # noqa: F401
 from chalicelib.adapters.db.jobs import (  # noqa: F401
     JOB_COLUMNS,
     PROGRESS,
-    add_live_tokens,
     calibrate_estimate,
     cancel_job,
     clear_upload_id,

@@ -49,13 +49,16 @@ def add_urls_today(conn, account_id: str, count: int) -> None:
     )
 
 
-def add_preview_tokens(conn, account_id: str, model: str, prompt_tokens: int, completion_tokens: int) -> None:
-    """A preview's tokens into the day's usage (they belong to no job: see sql/0010)."""
+def add_preview_tokens(conn, account_id: str, model: str, prompt_tokens: int, completion_tokens: int,
+                       cached_tokens: int = 0) -> None:
+    """A preview's tokens into the day's usage (they belong to no job: see sql/0010), its cached
+    prompt tokens apart (sql/0021)."""
     conn.execute(
-        f"""INSERT INTO preview_usage (account_id, day, model, prompt_tokens, completion_tokens)
-            VALUES (%s, {UTC_TODAY}, %s, %s, %s)
+        f"""INSERT INTO preview_usage (account_id, day, model, prompt_tokens, completion_tokens, cached_tokens)
+            VALUES (%s, {UTC_TODAY}, %s, %s, %s, %s)
             ON CONFLICT (account_id, day, model) DO UPDATE SET
                 prompt_tokens = preview_usage.prompt_tokens + EXCLUDED.prompt_tokens,
-                completion_tokens = preview_usage.completion_tokens + EXCLUDED.completion_tokens""",
-        (account_id, model, prompt_tokens, completion_tokens),
+                completion_tokens = preview_usage.completion_tokens + EXCLUDED.completion_tokens,
+                cached_tokens = preview_usage.cached_tokens + EXCLUDED.cached_tokens""",
+        (account_id, model, prompt_tokens, completion_tokens, cached_tokens),
     )

@@ -29,7 +29,7 @@ JOB_COLUMNS = """id, account_id, file_name, file_path, status, total_rows, proce
     invalid_rows, url_column, columns, layout, errors, chunks, instructions, model, source, source_etag, error,
     result_path, prompt_tokens, completion_tokens, discarded_results, page_context, max_cost_usd, callback_url,
     mode, grounding, min_words, max_words, language, variants, quality, regenerated, reuse, cached_tokens, started_at,
-    finished_at, created_at, updated_at, estimate, live_prompt_tokens, live_completion_tokens,
+    finished_at, created_at, updated_at, estimate, live_prompt_tokens, live_completion_tokens, live_cached_tokens,
     upload_id, upload_size, upload_part_size, ingest_row, estimated_rows, reserved_rows"""
 
 
@@ -141,7 +141,7 @@ def set_estimate(conn, job_id: str, estimate: dict, *, expected: str) -> bool:
 def calibrate_estimate(conn, job_id: str, rows: int) -> dict | None:
     """Once `rows` rows of a processing job are finished (the first chunk's worth), its estimate
     gains "first_chunk": the whole job projected from their real tokens (a batch job's live
-    re-asks apart, as they are priced live). Once per job; returns
+    re-asks and cached tokens apart, as they are priced apart). Once per job; returns
     the estimate when this call wrote it."""
     row = conn.execute(
         """UPDATE jobs SET estimate = estimate || jsonb_build_object('first_chunk', jsonb_build_object(
@@ -152,20 +152,15 @@ def calibrate_estimate(conn, job_id: str, rows: int) -> dict | None:
                    'live_prompt_tokens',
                        ceil(live_prompt_tokens::numeric * total_rows / (processed_rows + failed_rows)),
                    'live_completion_tokens',
-                       ceil(live_completion_tokens::numeric * total_rows / (processed_rows + failed_rows))))
+                       ceil(live_completion_tokens::numeric * total_rows / (processed_rows + failed_rows)),
+                   'cached_tokens', ceil(cached_tokens::numeric * total_rows / (processed_rows + failed_rows)),
+                   'live_cached_tokens',
+                       ceil(live_cached_tokens::numeric * total_rows / (processed_rows + failed_rows))))
            WHERE id = %s AND status = 'processing' AND estimate IS NOT NULL AND NOT estimate ? 'first_chunk'
              AND processed_rows + failed_rows >= greatest(1, %s)
            RETURNING estimate""",
         (job_id, rows)).fetchone()
     return row["estimate"] if row else None
-
-
-def add_live_tokens(conn, job_id: str, prompt_tokens: int, completion_tokens: int) -> None:
-    """A batch job's calls made live (re-asks), already in its totals: priced live (sql/0017)."""
-    if prompt_tokens or completion_tokens:
-        conn.execute("""UPDATE jobs SET live_prompt_tokens = live_prompt_tokens + %s,
-                               live_completion_tokens = live_completion_tokens + %s WHERE id = %s""",
-                     (prompt_tokens, completion_tokens, job_id))
 
 
 def stop_for_budget(conn, job_id: str, error: str) -> dict | None:

@@ -123,14 +123,17 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
     completion_tokens, and what the quality checks found (optional): evidence, grounding, quality
     (a list of flags), words, language, reused, regenerations; for reuse (issue 22, optional):
     fingerprint, page_hash (bytes; set on completed rows the model wrote) and cached_tokens; with
-    variants (sql/0019_variants.sql), ``variants`` (a list of dicts; the first is picked). Saving a
+    variants (sql/0019_variants.sql), ``variants`` (a list of dicts; the first is picked); for a
+    batch job's row, the part of its tokens paid live (its re-asks, optional): live_prompt_tokens,
+    live_completion_tokens, live_cached_tokens, added to the job's as well (sql/0021). Saving a
     row clears its no_reuse mark (the regeneration it stood for is done). The job's ``quality`` counters move
     in the same statement: {"verified", "generic", "unsupported", "regenerated", "reused": n,
     "flagged": {flag: n}, "words": {"<words>": n}}. Returns the job's status and counters after
     the write."""
     columns = ("id", "status", "opener", "error", "retry_count", "prompt_tokens", "completion_tokens",
                "context_status", "evidence", "grounding", "words", "language", "reused", "regenerations",
-               "fingerprint", "page_hash", "cached_tokens")
+               "fingerprint", "page_hash", "cached_tokens", "live_prompt_tokens", "live_completion_tokens",
+               "live_cached_tokens")
     arrays = {c: [r.get(c) for r in results] for c in columns}
     # Flags travel as one ';'-joined string per row: unnest() would flatten a text[][] into one list.
     arrays["quality"] = [";".join(r.get("quality") or ()) for r in results]
@@ -142,10 +145,13 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
                                     %(context_status)s::text[], %(evidence)s::text[], %(grounding)s::text[],
                                     %(quality)s::text[], %(words)s::int[], %(language)s::text[],
                                     %(reused)s::boolean[], %(regenerations)s::int[], %(fingerprint)s::bytea[],
-                                    %(page_hash)s::bytea[], %(cached_tokens)s::int[], %(variants)s::text[])
+                                    %(page_hash)s::bytea[], %(cached_tokens)s::int[], %(variants)s::text[],
+                                    %(live_prompt_tokens)s::int[], %(live_completion_tokens)s::int[],
+                                    %(live_cached_tokens)s::int[])
                     AS r(id, status, opener, error, retry_count, prompt_tokens, completion_tokens, context_status,
                          evidence, grounding, quality, words, language, reused, regenerations, fingerprint,
-                         page_hash, cached_tokens, variants)
+                         page_hash, cached_tokens, variants, live_prompt_tokens, live_completion_tokens,
+                         live_cached_tokens)
            ), saved AS (
                UPDATE urls u SET status = r.status, opener = r.opener, error = r.error,
                       retry_count = r.retry_count, prompt_tokens = r.prompt_tokens,
@@ -157,31 +163,38 @@ def save_results(conn, job_id: str, owner: str, results: list[dict]) -> dict:
                       regenerations = coalesce(r.regenerations, 0),
                       fingerprint = r.fingerprint, page_hash = r.page_hash, cached_tokens = r.cached_tokens,
                       variants = r.variants::jsonb, variant = CASE WHEN r.variants IS NULL THEN NULL ELSE 1 END,
+                      live_prompt_tokens = r.live_prompt_tokens, live_completion_tokens = r.live_completion_tokens,
+                      live_cached_tokens = r.live_cached_tokens,
                       claimed_by = NULL, lease_until = NULL,
                       -- a regeneration's marks (issue 21) are spent once its opener is written; a
                       -- failed row keeps them for its retry
                       feedback = CASE WHEN r.status = 'completed' THEN NULL ELSE u.feedback END,
                       no_reuse = CASE WHEN r.status = 'completed' THEN false ELSE u.no_reuse END
                FROM r WHERE u.id = r.id AND u.status = 'processing' AND u.claimed_by = %(owner)s
-               RETURNING r.status, r.prompt_tokens, r.completion_tokens, r.cached_tokens, u.grounding, u.quality,
-                         u.words, u.reused, u.regenerations
+               RETURNING r.status, r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.live_prompt_tokens,
+                         r.live_completion_tokens, r.live_cached_tokens, u.grounding, u.quality, u.words, u.reused,
+                         u.regenerations
            ), s AS (
                SELECT count(*) FILTER (WHERE status = 'completed') AS done,
                       count(*) FILTER (WHERE status = 'failed') AS failed,
                       coalesce(sum(prompt_tokens), 0) AS pt, coalesce(sum(completion_tokens), 0) AS ct,
-                      coalesce(sum(cached_tokens), 0) AS cached,
+                      coalesce(sum(cached_tokens), 0) AS cached, coalesce(sum(live_prompt_tokens), 0) AS live_pt,
+                      coalesce(sum(live_completion_tokens), 0) AS live_ct,
+                      coalesce(sum(live_cached_tokens), 0) AS live_cached,
                       {quality_sums('saved')}
                FROM saved
            )
            UPDATE jobs j SET processed_rows = j.processed_rows + s.done, failed_rows = j.failed_rows + s.failed,
                   prompt_tokens = j.prompt_tokens + s.pt, completion_tokens = j.completion_tokens + s.ct,
-                  cached_tokens = j.cached_tokens + s.cached,
+                  cached_tokens = j.cached_tokens + s.cached, live_prompt_tokens = j.live_prompt_tokens + s.live_pt,
+                  live_completion_tokens = j.live_completion_tokens + s.live_ct,
+                  live_cached_tokens = j.live_cached_tokens + s.live_cached,
                   progress = {PROGRESS.format(done="j.processed_rows + s.done + j.failed_rows + s.failed")},
                   quality = {quality_moved('+')}
            FROM s WHERE j.id = %(job)s
            RETURNING j.status, j.total_rows, j.processed_rows, j.failed_rows, s.done + s.failed AS saved,
                      j.model, j.mode, j.prompt_tokens, j.completion_tokens, j.cached_tokens,
-                     j.max_cost_usd""",
+                     j.live_prompt_tokens, j.live_completion_tokens, j.live_cached_tokens, j.max_cost_usd""",
         {**arrays, "owner": owner, "job": job_id},
     ).fetchone()
 

@@ -779,7 +779,7 @@
 
   // The job's cost so far beside what it was expected to cost (text only, never HTML).
   function renderCost(job) {
-    setText(el["job-cost"], dollars(job.cost_usd));
+    setText(el["job-cost"], dollars(job.cost_usd) + (job.cached_tokens ? ` (${formatNumber(job.cached_tokens)} cached tokens)` : ""));
     const estimate = job.estimate;
     if (!estimate || estimate.cost_usd == null) {
       setText(el["job-estimate"], "–");

@@ -363,9 +363,11 @@ def test_usage_today_counts_todays_urls_and_tokens_of_this_account_only(pg, acco
     usage = accounts.usage_today(pg, account["id"])
     assert usage["urls"] == 42
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (163, 33)
-    assert usage["by_model"] == [{"model": None, "mode": "live", "prompt_tokens": 150, "completion_tokens": 30},
-                                 {"model": "gpt-4o", "mode": "batch", "prompt_tokens": 8, "completion_tokens": 2},
-                                 {"model": "gpt-4o", "mode": "live", "prompt_tokens": 5, "completion_tokens": 1}]
+    none = {"cached_tokens": 0, "live_prompt_tokens": 0, "live_completion_tokens": 0, "live_cached_tokens": 0}
+    assert usage["by_model"] == [
+        {"model": None, "mode": "live", "prompt_tokens": 150, "completion_tokens": 30, **none},
+        {"model": "gpt-4o", "mode": "batch", "prompt_tokens": 8, "completion_tokens": 2, **none},
+        {"model": "gpt-4o", "mode": "live", "prompt_tokens": 5, "completion_tokens": 1, **none}]
     assert str(usage["day"]) == pg.execute("SELECT (now() AT TIME ZONE 'UTC')::date::text AS d").fetchone()["d"]
 
 

@@ -131,7 +131,8 @@ def test_a_batch_job_estimated_above_its_budget_is_400_over_budget_and_takes_not
     refused = post_json(owner, "/api/upload/process", {"job_id": job_id, "mode": "batch", "max_cost_usd": tight,
                                                        "page_context": False})
     assert error_of(refused) == (400, "over_budget")
-    assert f"${estimate['batch_cost_usd']:,.4f}" in body(refused)["error"]["message"]
+    message = body(refused)["error"]["message"]
+    assert f"${estimate['batch_cost_usd']:,.4f}" in message and f"${tight:,.4f}" in message  # estimate and budget
     assert url_rows(conn, job_id) == 0
     assert db.get_job(conn, job_id)["status"] == "pending" and db.urls_today(conn, owner.account.id) == 0
     assert drain_queue(settings.chunk_queue_url) == []
@@ -145,6 +146,18 @@ def test_a_batch_job_estimated_above_its_budget_is_400_over_budget_and_takes_not
                                                        "max_cost_usd": estimate["batch_cost_usd"] * 2})
     assert started.status_code == 202, started.body
     assert body(started)["estimate"]["batch_cost_usd"] == estimate["batch_cost_usd"]
+
+
+def test_a_budget_on_an_unpriced_model_in_batch_mode_is_400_no_price_and_takes_nothing(
+        client, conn, make_account, settings, provider_settings):
+    owner = client.as_account(make_account(urls_per_day=100, models=[settings.openai_model, "unpriced-model-x"]))
+    job_id = body(upload_csv(owner, urls_file(3)))["job"]["id"]
+    refused = post_json(owner, "/api/upload/process", {"job_id": job_id, "model": "unpriced-model-x",
+                                                       "mode": "batch", "max_cost_usd": 5, "page_context": False})
+    assert error_of(refused) == (400, "no_price")
+    assert "unpriced-model-x" in body(refused)["error"]["message"]
+    assert db.get_job(conn, job_id)["status"] == "pending" and url_rows(conn, job_id) == 0
+    assert db.urls_today(conn, owner.account.id) == 0 and drain_queue(settings.chunk_queue_url) == []
 
 
 # ---------------------------------------------------------------- item 6: no unsigned webhook

@@ -84,6 +84,22 @@ def test_a_batch_jobs_live_reasks_are_priced_live_and_count_against_its_budget()
     assert pricing.job_cost(PRICES, job(mode="live")) == pytest.approx(0.9)
 
 
+def test_usage_cost_prices_cached_tokens_batch_rows_and_live_reasks_each_at_their_rate():
+    prices = parse_prices("m=0.20/0.80/0.10")  # cached input at half the input price
+    tokens = {"prompt_tokens": 3_000_000, "completion_tokens": 1_000_000, "cached_tokens": 1_500_000,
+              "live_prompt_tokens": 1_000_000, "live_completion_tokens": 500_000, "live_cached_tokens": 500_000}
+    # batch: 2M prompt (1M cached), 0.5M completion at half price; live: 1M prompt (0.5M cached), 0.5M completion
+    batch = (1.0 * 0.20 + 1.0 * 0.10 + 0.5 * 0.80) / 2
+    live = 0.5 * 0.20 + 0.5 * 0.10 + 0.5 * 0.80
+    assert pricing.usage_cost(prices, "m", "batch", tokens) == pytest.approx(batch + live)
+    # live mode: everything live, the live_* split ignored; missing counters count 0
+    assert pricing.usage_cost(prices, "m", "live", tokens) == pytest.approx(1.5 * 0.20 + 1.5 * 0.10 + 1.0 * 0.80)
+    assert pricing.usage_cost(prices, "m", "batch", {"prompt_tokens": 1_000_000}) == pytest.approx(0.10)
+    assert pricing.usage_cost(prices, "other", "live", tokens) is None
+    # a job is priced by the same function
+    assert pricing.job_cost(prices, {"model": "m", "mode": "batch", **tokens}) == pytest.approx(batch + live)
+
+
 def test_the_first_chunks_worth_is_reached_by_one_save_only():
     def saved(done: int, wrote: int, total: int = 100) -> dict:
         return {"total_rows": total, "processed_rows": done - 1, "failed_rows": 1, "saved": wrote}

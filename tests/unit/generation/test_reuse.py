@@ -92,3 +92,70 @@ def test_no_lookup_when_reuse_is_off(job_reuse: bool, days: int) -> None:
 def test_rows_marked_no_reuse_are_not_looked_up() -> None:
     job = {**BASE, "reuse": True}
     assert reuse.lookup(_NoQueries(), job, [{"id": 1, "url": "https://acme.com/", "no_reuse": True}], 30) == {}
+
+
+def old_fingerprint(**given) -> bytes:
+    """The fingerprint as first written (sql/0016's rows carry it): one json.dumps of the list."""
+    import hashlib
+    import json
+
+    from chalicelib.outbound.summaries import cache_key_url
+
+    g = {"feedback": None, "variants": reuse.VARIANTS, **BASE, **given}
+    parts = [str(g["account_id"]), cache_key_url(g["url"]), (g["instructions"] or "").strip(),
+             sorted((g["fields"] or {}).items()), (g["feedback"] or "").strip(), g["model"] or "",
+             g["language"] or "auto", g["min_words"], g["max_words"], g["variants"]]
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False, separators=(",", ":")).encode(
+        "utf-8", "surrogatepass")).digest()
+
+
+@pytest.mark.parametrize("given", [
+    {}, {"url": "https://acme.com/a/b?x=1&y=é"}, {"url": "https://ACME.com/"}, {"url": "https://acme.com/?"},
+    {"url": "https://acme.com."}, {"url": "https://a..b/"}, {"url": "https://bücher.de/x"},
+    {"url": "https://acme.com:8443/p#f"}, {"url": "http://user@acme.com/"}, {"url": "https://" + "a" * 70 + ".com/"},
+    {"instructions": None, "fields": None, "model": None, "language": None, "min_words": None, "max_words": None},
+    {"feedback": " Shorter \"please\" ", "fields": {"b": "ü\u2028", "a": "x"}, "account_id": "ünï"},
+])
+def test_the_fingerprint_is_byte_for_byte_the_one_first_written(given: dict) -> None:
+    """Rows written before the fast path keep matching (their fingerprints are stored)."""
+    assert fp(**given) == old_fingerprint(**given)
+
+
+def test_when_page_reuses_on_the_fetch_thread_and_calls_only_for_another_page() -> None:
+    from concurrent.futures import Future
+
+    earlier = {"opener": "Hi", "evidence": None, "grounding": "generic", "quality": [], "words": 1,
+               "language": "en", "context_status": "fetched"}
+    candidates = reuse.Candidates(b"f" * 32, {reuse.page_hash("page A"): earlier})
+    calls: list = []
+
+    def call(fetched: Future) -> Future:
+        calls.append(fetched.result())
+        done: Future = Future()
+        done.set_result({"id": 1, "status": "completed"})
+        return done
+
+    for page, expected in (("page A", True), ("page B", False)):
+        fetched: Future = Future()
+        out = reuse.when_page(fetched, candidates, 1, call)
+        assert not out.done()  # waits for the page
+        fetched.set_result((page, "fetched"))
+        assert out.result(timeout=1).get("reused", False) is expected
+    assert calls == [("page B", "fetched")]
+    # the generators shut down meanwhile, or the fetch cancelled: the row is given back
+    fetched = Future()
+    out = reuse.when_page(fetched, candidates, 1, lambda f: (_ for _ in ()).throw(RuntimeError("shut down")))
+    fetched.set_result(("page B", "fetched"))
+    assert out.result(timeout=1) is None
+    fetched = Future()
+    out = reuse.when_page(fetched, candidates, 1, call)
+    fetched.cancel()
+    assert out.result(timeout=1) is None
+
+
+def test_a_page_fetch_for_a_reused_row_starts_only_in_time() -> None:
+    import time
+
+    fetch = reuse.in_time(lambda url, account: ("page", "fetched"), time.monotonic() + 60)
+    late = reuse.in_time(lambda url, account: ("page", "fetched"), time.monotonic() - 1)
+    assert fetch("u", "a") == ("page", "fetched") and late("u", "a") == (None, "timeout")

@@ -16,7 +16,7 @@ from chalicelib import metrics as emf
 from chalicelib.accounts import Caller, Unauthorized, apilimit
 from chalicelib.adapters import db
 from chalicelib.adapters.health import run_checks
-from chalicelib.adapters.queue import parse_chunk_message, parse_ingest_message
+from chalicelib.adapters.queue import parse_background_message, parse_chunk_message
 from chalicelib.errors import BadRequest, DomainError, RateLimited
 from chalicelib.intake.uploads import parse_upload
 from chalicelib.jobs import preview
@@ -360,8 +360,12 @@ def cancel_job(caller: Caller, job_id):
 
 @route("/api/upload/{job_id}/download", methods=["GET"])
 def download(caller: Caller, job_id):
-    kind, payload, name = jobs.download(deps.conn(), deps.storage(), caller.account_id, job_id,
-                                        review=query().get("review"))
+    kind, payload, name = jobs.download(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(),
+                                        caller.account_id, job_id, review=query().get("review"))
+    if kind == "building":  # a big export is being built in the background: ask again
+        return Response({"export": "building", "retry_after": payload,
+                         "message": f"The CSV is being built; ask again in {payload} s."},
+                        status_code=202, headers={"Retry-After": str(payload)})
     if kind == "redirect":
         return Response("", status_code=302, headers={"Location": payload})
     if not accepts_binary(app.current_request.headers.get("accept")):
@@ -427,13 +431,17 @@ def process_chunk(event):
 @app.on_sqs_message(queue="csv-opener-ingest", batch_size=1, name="ingest_file")
 def ingest_file(event):
     """One ingest message: read the job's file into its rows from where the stored ones end (a
-    redelivery skips what is stored). Bad messages are logged and acknowledged; unexpected errors
-    raise so SQS delivers the message again."""
+    redelivery skips what is stored); or one export message: build the job's results CSV in S3
+    (a download too big to build in its request). Bad messages are logged and acknowledged;
+    unexpected errors raise so SQS delivers the message again."""
     for record in event:
         try:
-            job_id = parse_ingest_message(record.body)
+            kind, job_id, view = parse_background_message(record.body)
         except ValueError:
             log.error("malformed ingest message dropped", extra={"body": record.body[:500]})
+            continue
+        if kind == "export":
+            jobs.build_export(deps.conn, deps.storage(), job_id, view)
             continue
         jobs.ingest_file(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), job_id,
                          remaining_s=remaining_seconds(event.context), completed=deps.job_completed,
@@ -458,7 +466,7 @@ def requeue_stalled(event):
     A step that failed fails the invocation (an alarm), after every other step ran."""
     done = jobs.sweep(deps.conn(), deps.conn, deps.storage(), deps.chunk_queue(), deps.settings(),
                       deps.outbound_fetcher(), poll_batches=deps.batch_runner().poll, webhook_box=deps.webhook_box,
-                      remaining_s=remaining_seconds(getattr(event, "context", None)))
+                      remaining_s=remaining_seconds(getattr(event, "context", None)), notify=deps.notify_job)
     if done["errors"]:
         raise RuntimeError(f"sweep steps failed: {done['errors']}")
 

@@ -14,6 +14,9 @@ Each step runs in a fresh Python process (its peak RSS is its own; clients built
   1.2x of the same step for a 10 MB file of the same shape).
 - baseline: `psql \\copy` of the very rows the ingest stored (job_id, row_number, chunk, url) into
   a scratch `LIKE urls INCLUDING ALL` table with the same foreign key. Target: ingest / copy <= 2.
+- first opener (`--first-opener`): a new job of the same stored file, `process`, and the event
+  runner (`infra/runner.py`: the ingest function and the chunk workers, dummy provider) until the
+  first opener is stored. Target: <= 15 s after `process` is called.
 
 Files are generated in a temporary directory (never committed). Results go to stdout and, unless
 --no-write, to bench/RESULTS.md under HEADING (other sections are kept).
@@ -121,16 +124,25 @@ def child(step: str, job_id: str, out: str) -> None:
             return real(job, chunks)
 
         queue.send_chunks = send_chunks
-        profiler = None
+        profiler = writer_profiler = None
         if os.environ.get("BIGINGEST_PROFILE"):
             import cProfile
 
-            profiler = cProfile.Profile()
+            from chalicelib.jobs import ingest
+
+            profiler, writer_profiler = cProfile.Profile(), cProfile.Profile()
+            store = ingest._store  # the writer thread's work, profiled on its own
+
+            def profiled_store(*args, **kwargs):
+                return writer_profiler.runcall(store, *args, **kwargs)
+
+            ingest._store = profiled_store
             profiler.enable()
         job = jobs.ingest_file(conn, storage, queue, settings, job_id)
         if profiler:
             profiler.disable()
             profiler.dump_stats(os.environ["BIGINGEST_PROFILE"])
+            writer_profiler.dump_stats(os.environ["BIGINGEST_PROFILE"] + ".writer")
         result.update(seconds=time.perf_counter() - start, first_chunk_s=sends[0] if sends else None,
                       chunk_messages=len(sends), status=job["status"], total_rows=job["total_rows"],
                       invalid_rows=job["invalid_rows"], ingested_rows=job["ingest_row"], chunks=job["chunks"])
@@ -184,7 +196,64 @@ def psql_copy_seconds(database_url: str, job_id: str, tmp: Path) -> float:
     return seconds
 
 
-def measure(conn, settings, tmp: Path, rows: int, name: str) -> dict:
+def first_opener_seconds(conn, settings, source_key: str, name: str, timeout_s: float = 300.0) -> dict:
+    """The whole path as deployed, in this process: a new job of the same stored file, `process`
+    (what the API runs), the event runner taking its ingest message and its chunk messages
+    (`infra/runner.py`, the dummy provider at its default 2-3 s per answer, page context on as
+    by default). -> seconds from the `process` call to the first opener stored (the database's
+    clock at both ends), and the rows ingested by then."""
+    from bench.common import bench_account
+    from chalicelib import deps, jobs
+    from infra.runner import Runner
+
+    storage, queue = deps.storage(), deps.chunk_queue()
+    for url in (settings.chunk_queue_url, settings.ingest_queue_url):  # the earlier steps' messages
+        queue.sqs.purge_queue(QueueUrl=url)
+    created = jobs.create_presigned_upload(conn, storage, settings, account_id=bench_account(conn), file_name=name,
+                                           size=storage.head(source_key)[0])
+    job_id = created["job"]["id"]
+    storage.copy(source_key, db_file_path(conn, job_id))
+    runner = Runner(settings.chunk_queue_url, None, settings.max_concurrent_jobs, settings.aws_region,
+                    ingest_queue_url=settings.ingest_queue_url).start()
+    try:
+        started_at = conn.execute("SELECT clock_timestamp() AS t").fetchone()["t"]
+        jobs.start(conn, storage, queue, settings, bench_account(conn), job_id)
+        deadline = time.monotonic() + timeout_s
+        first = ingesting = claimed = None
+        while first is None and time.monotonic() < deadline:
+            now = conn.execute("SELECT clock_timestamp() AS t").fetchone()["t"]
+            if ingesting is None and db_ingest_row(conn, job_id):
+                ingesting = (now - started_at).total_seconds()
+            if claimed is None and conn.execute("SELECT 1 FROM urls WHERE job_id = %s AND status <> 'pending' "
+                                                "LIMIT 1", (job_id,)).fetchone():
+                claimed = (now - started_at).total_seconds()
+            first = conn.execute("SELECT min(finished_at) AS t FROM urls WHERE job_id = %s AND opener IS NOT NULL",
+                                 (job_id,)).fetchone()["t"]
+            time.sleep(0.1)
+        ingested = conn.execute("SELECT ingest_row FROM jobs WHERE id = %s", (job_id,)).fetchone()["ingest_row"]
+        # the provider calls the first stored row took: its prompt tokens over one request's
+        calls = conn.execute(
+            """SELECT u.prompt_tokens::float / nullif((j.estimate->>'prompt_tokens_per_url')::float, 0) AS calls
+               FROM urls u JOIN jobs j ON j.id = u.job_id WHERE u.job_id = %s AND u.opener IS NOT NULL
+               ORDER BY u.finished_at LIMIT 1""", (job_id,)).fetchone()
+        jobs.cancel(conn, bench_account(conn), job_id)
+    finally:
+        runner.stop()
+    conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
+    return {"first_opener_s": None if first is None else (first - started_at).total_seconds(),
+            "ingested_rows_then": ingested, "first_batch_stored_s": ingesting, "first_row_claimed_s": claimed,
+            "first_row_calls": calls and calls["calls"]}
+
+
+def db_ingest_row(conn, job_id: str) -> int:
+    return conn.execute("SELECT ingest_row FROM jobs WHERE id = %s", (job_id,)).fetchone()["ingest_row"]
+
+
+def db_file_path(conn, job_id: str) -> str:
+    return conn.execute("SELECT file_path FROM jobs WHERE id = %s", (job_id,)).fetchone()["file_path"]
+
+
+def measure(conn, settings, tmp: Path, rows: int, name: str, first_opener: bool = False) -> dict:
     path = tmp / name
     size = make_csv(path, rows)
     print(f"[bench] {name}: {rows:,} rows x {len(COLUMNS)} columns, {size:,} bytes ({size / 1e6:.1f} MB)",
@@ -194,8 +263,16 @@ def measure(conn, settings, tmp: Path, rows: int, name: str) -> dict:
     process = run_child("process", job_id, tmp)
     ingest = run_child("ingest", job_id, tmp)
     copy_s = psql_copy_seconds(settings.database_url, job_id, tmp)
+    first = first_opener_seconds(conn, settings, db_file_path(conn, job_id), name) if first_opener else None
     conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
-    figures = {"rows": rows, "bytes": size, "process": process, "ingest": ingest, "copy_s": copy_s}
+    figures = {"rows": rows, "bytes": size, "process": process, "ingest": ingest, "copy_s": copy_s,
+               "first_opener": first}
+    if first is not None:
+        print(f"[bench]   first opener stored {first['first_opener_s']:.1f} s after process was called "
+              f"(first batch stored after {first['first_batch_stored_s']} s, first row claimed after "
+              f"{first['first_row_claimed_s']} s; {first['ingested_rows_then']:,} file rows ingested by then; "
+              f"that row's prompt tokens = {first['first_row_calls']} requests' worth)",
+              flush=True)
     print(f"[bench]   process {process['seconds']:.2f} s ({process['status']}, estimated "
           f"{process['estimated_rows']:,} URLs); ingest {ingest['seconds']:.1f} s for {ingest['total_rows']:,} URLs "
           f"({ingest['invalid_rows']:,} invalid), first chunk message after {ingest['first_chunk_s']:.2f} s; "
@@ -249,6 +326,8 @@ def main() -> None:
     parser.add_argument("--no-small", action="store_true", help="skip the 10 MB comparison file")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--profile", action="store_true", help="cProfile the ingest step (no RESULTS.md)")
+    parser.add_argument("--first-opener", action="store_true",
+                        help="also: a job of the same file through the event runner, to its first opener stored")
     args = parser.parse_args()
     os.environ["MAX_FILE_SIZE"] = BIG_FILE_LIMIT  # until uploads of any real size are the default
     if args.child:
@@ -268,9 +347,12 @@ def main() -> None:
 
             os.environ["BIGINGEST_PROFILE"] = str(tmp / "ingest.prof")
             measure(conn, settings, tmp, args.rows, "apollo-export.csv")
+            print("[bench] the parsing thread (the caller of ingest_file):")
             pstats.Stats(str(tmp / "ingest.prof")).strip_dirs().sort_stats("tottime").print_stats(25)
+            print("[bench] the writer thread (ingest._store: COPY, counters, commit, chunk messages):")
+            pstats.Stats(str(tmp / "ingest.prof.writer")).strip_dirs().sort_stats("tottime").print_stats(20)
             return
-        measured = [measure(conn, settings, tmp, args.rows, "apollo-export.csv")]
+        measured = [measure(conn, settings, tmp, args.rows, "apollo-export.csv", first_opener=args.first_opener)]
         if not args.no_small:
             measured.append(measure(conn, settings, tmp, max(1, args.rows // 10), "apollo-small.csv"))
     if not args.no_write:

@@ -166,10 +166,11 @@ def duplicate_index():
 
 
 def job_completed(job: dict) -> None:
-    """A job moved to completed: its results CSV, then its webhook."""
+    """A job moved to completed: its results CSV (a big one's built by the ingest function), then
+    its webhook."""
     from chalicelib import jobs
 
-    jobs.export_job(conn, storage(), job)
+    jobs.results_on_completion(conn, storage(), chunk_queue(), get_settings(), job)
     notify_job(job)
 
 

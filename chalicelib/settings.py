@@ -85,6 +85,9 @@ class Settings:
     # files up to this size are read by `process` itself (the same ingest, within the request);
     # bigger ones answer `ingesting` at once and are read by the ingest function
     ingest_inline_bytes: int = 1024 * 1024
+    # downloads of files up to this many rows are built within the request; bigger ones in the
+    # background (the export message on the ingest queue), the download answering 202 meanwhile
+    export_inline_rows: int = 5000
     aws_endpoint_url: str | None = LOCALSTACK_URL
     aws_region: str = REGION
     cors_allow_origin: str = "*"  # comma-separated origins; "*" (any) is refused in the prod stage
@@ -190,6 +193,7 @@ class Settings:
             chunk_queue_url=get("CHUNK_QUEUE_URL", cls.chunk_queue_url),
             ingest_queue_url=get("INGEST_QUEUE_URL", cls.ingest_queue_url),
             ingest_inline_bytes=int(get("INGEST_INLINE_BYTES", cls.ingest_inline_bytes)),
+            export_inline_rows=int(get("EXPORT_INLINE_ROWS", cls.export_inline_rows)),
             dlq_url=get("DLQ_URL", cls.dlq_url),
             aws_endpoint_url=endpoint or None,
             aws_region=get("AWS_REGION", get("AWS_DEFAULT_REGION", REGION)),

@@ -30,6 +30,8 @@ MULTIPART_OVERHEAD = 2048  # the multipart framing around the file, generously
 JOBS_PAGE_MAX = 100
 RESULTS_PAGE_MAX = 1000
 REDIRECTS = (301, 302, 303, 307, 308)
+EXPORT_POLL_S = 5.0  # between downloads answered 202 (the CSV being built) without a Retry-After
+EXPORT_MAX_WAIT_S = 20 * 60.0  # the server's build runs within 15 minutes
 KEY_PREFIX_RE = re.compile(r"(cso_[0-9a-f]{8})_[A-Za-z0-9_-]+", re.ASCII)
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
@@ -357,17 +359,33 @@ class Api:
 
     # ------------------------------------------------------------ download
 
-    def download(self, job_id: str, sink: Callable[[bytes], None], review: str | None = None) -> str | None:
+    def download(self, job_id: str, sink: Callable[[bytes], None], review: str | None = None, *,
+                 sleep: Callable[[float], None] = time.sleep, waiting: Callable[[float], None] | None = None,
+                 max_wait_s: float = EXPORT_MAX_WAIT_S) -> str | None:
         """Stream the job's CSV into `sink` (with `review="approved"`, only approved rows); returns
         the server's file name. A 302 (completed jobs, big files) is followed to its presigned URL
-        without the key."""
-        with self._stream(self.api, "GET", f"api/upload/{_segment(job_id)}/download",
-                          params={"review": review} if review else None,
-                          headers={"Accept": "text/csv, */*"}) as response:
-            if response.status_code in REDIRECTS and "location" in response.headers:
-                location = str(response.url.join(response.headers["location"]))
-                return self._download_from(self.storage, location, sink)
-            return self._consume(response, sink)
+        without the key. A 202 (a big CSV being built on the server) is asked again after its
+        Retry-After, `waiting(seconds waited so far)` told each time, for up to `max_wait_s`."""
+        waited = 0.0
+        while True:
+            with self._stream(self.api, "GET", f"api/upload/{_segment(job_id)}/download",
+                              params={"review": review} if review else None,
+                              headers={"Accept": "text/csv, */*"}) as response:
+                if response.status_code in REDIRECTS and "location" in response.headers:
+                    location = str(response.url.join(response.headers["location"]))
+                    return self._download_from(self.storage, location, sink)
+                if response.status_code != 202:
+                    return self._consume(response, sink)
+                response.read()
+                pause = parse_retry_after(response.headers.get("retry-after"))
+            pause = min(max(pause if pause is not None else EXPORT_POLL_S, 1.0), 60.0)
+            if waited + pause > max_wait_s:
+                raise ApiError(202, "export_not_ready", f"The server was still building the CSV after "
+                               f"{waited:.0f} s; try the download again later")
+            if waiting is not None:
+                waiting(waited)
+            sleep(pause)
+            waited += pause
 
     def _download_from(self, client: httpx.Client, url: str, sink: Callable[[bytes], None]) -> str | None:
         with self._stream(client, "GET", url) as response:

@@ -367,6 +367,13 @@ def human_size(size: int) -> str:
 # ---------------------------------------------------------------- downloading
 
 
+def building_note(ctx: Context) -> Callable[[float], None]:
+    """What the CLI says (on stderr, not with --quiet) while the server builds a big CSV."""
+    def note(waited: float) -> None:
+        ctx.info("The server is building the CSV" + (f" (waited {waited:.0f} s)" if waited else "") + "…")
+    return note
+
+
 def save_download(ctx: Context, job_id: str, output: str | None, default_dir: Path = Path("."),
                   review: str | None = None) -> tuple[str, int]:
     """Download into `output` ('-' = stdout; None = the API's file name in `default_dir`), through
@@ -381,14 +388,15 @@ def save_download(ctx: Context, job_id: str, output: str | None, default_dir: Pa
             written += len(chunk)
             target.write(chunk) if target is not None else ctx.stdout.write(chunk.decode("utf-8", "replace"))
 
-        ctx.api.download(job_id, to_stdout, review)
+        ctx.api.download(job_id, to_stdout, review, sleep=ctx.sleep, waiting=building_note(ctx))
         ctx.stdout.flush()
         return "-", written
     directory = Path(output).parent if output else default_dir
     temp = tempfile.NamedTemporaryFile(dir=directory, prefix=".csv-opener-", suffix=".part", delete=False)
     try:
         with temp:
-            name = ctx.api.download(job_id, temp.write, review) or f"{job_id}-openers.csv"
+            name = ctx.api.download(job_id, temp.write, review, sleep=ctx.sleep,
+                                    waiting=building_note(ctx)) or f"{job_id}-openers.csv"
         if review:
             name = f"{name.removesuffix('.csv')}-{review}.csv"
         final = Path(output) if output else directory / name

@@ -28,7 +28,7 @@ def settings():
 def conn(settings):
     """The test database, emptied before the test."""
     connection = live_conn(settings.database_url)
-    connection.execute("TRUNCATE jobs, urls, opener_history, account_usage, webhook_deliveries, batches")
+    connection.execute("TRUNCATE jobs, urls, opener_history, account_usage, webhook_deliveries, batches, job_exports")
     return connection
 
 

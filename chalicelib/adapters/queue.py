@@ -1,5 +1,7 @@
 """SQS adapter: chunk messages `{"job_id", "chunk"}` on the chunk queue, sent ten at a time, and
-ingest messages `{"job_id"}` (one per file: read it into the job's rows) on the ingest queue.
+on the ingest queue (read by the ingest function, 15 minutes) ingest messages `{"job_id"}` (one
+per file: read it into the job's rows) and export messages `{"job_id", "export": view}` (build
+the job's results CSV, `view` "all" or "approved", in S3).
 
 A message sent while a correlation id is in the log context (the HTTP request or event that led
 to it, chalicelib/observe.py) carries it as `"correlation_id"`, so the chunk handler's lines and
@@ -60,12 +62,38 @@ def ingest_message(job_id: str) -> str:
     return json.dumps(message)
 
 
-def parse_ingest_message(body: str) -> str:
-    """-> job_id; ValueError when the body is not an ingest message."""
+EXPORT_VIEWS = ("all", "approved")
+
+
+def export_message(job_id: str, view: str) -> str:
+    message = {"job_id": str(job_id), "export": view}
+    correlation_id = context_field(CORRELATION_ID)
+    if correlation_id:
+        message[CORRELATION_ID] = str(correlation_id)
+    return json.dumps(message)
+
+
+def parse_background_message(body: str) -> tuple[str, str, str | None]:
+    """-> ("ingest", job_id, None) or ("export", job_id, view); ValueError for anything else."""
     try:
-        return str(uuid.UUID(str(json.loads(body)["job_id"])))
+        data = json.loads(body)
+        job_id = str(uuid.UUID(str(data["job_id"])))
+        view = data.get("export")
     except (TypeError, KeyError, ValueError, AttributeError) as exc:
-        raise ValueError(f"not an ingest message: {body[:200]!r}") from exc
+        raise ValueError(f"not an ingest or export message: {body[:200]!r}") from exc
+    if view is None:
+        return "ingest", job_id, None
+    if view not in EXPORT_VIEWS:
+        raise ValueError(f"not an export view: {body[:200]!r}")
+    return "export", job_id, view
+
+
+def parse_ingest_message(body: str) -> str:
+    """-> job_id; ValueError when the body is not an ingest message (an export message is not)."""
+    kind, job_id, _ = parse_background_message(body)
+    if kind != "ingest":
+        raise ValueError(f"not an ingest message: {body[:200]!r}")
+    return job_id
 
 
 class ChunkQueue:
@@ -81,6 +109,12 @@ class ChunkQueue:
         if not self.ingest_queue_url:
             raise EnqueueFailed("no ingest queue is configured (INGEST_QUEUE_URL)")
         self.sqs.send_message(QueueUrl=self.ingest_queue_url, MessageBody=ingest_message(job_id))
+
+    def send_export(self, job_id: str, view: str) -> None:
+        """One message: build the job's export of `view` in S3 (on the ingest queue)."""
+        if not self.ingest_queue_url:
+            raise EnqueueFailed("no ingest queue is configured (INGEST_QUEUE_URL)")
+        self.sqs.send_message(QueueUrl=self.ingest_queue_url, MessageBody=export_message(job_id, view))
 
     def send_chunks(self, job_id: str, chunks: Iterable[int]) -> int:
         """Send one message per chunk; entries SQS rejects are resent. Returns the count sent."""

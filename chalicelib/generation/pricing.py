@@ -174,6 +174,22 @@ def estimate(prices: dict, model: str, urls: int, instructions: str | None, fiel
     }
 
 
+def for_exact_count(prices: dict, stored: dict, urls: int) -> dict:
+    """A start's estimate (made on the count sampled from the file's first MiB) for the exact
+    URL count its ingest found: the same tokens per URL, times the rows that will be called.
+    The count it was made on stays as ``sampled_urls``. {} for an estimate without per-URL figures."""
+    if "prompt_tokens_per_url" not in stored or "urls" not in stored:
+        return {}
+    calls = max(0, urls - int(stored.get("reused_rows") or 0))
+    prompt_tokens = int(stored["prompt_tokens_per_url"]) * calls
+    completion_total = int(stored["completion_tokens_per_url"]) * calls
+    live = cost_usd(prices, stored.get("model"), prompt_tokens, completion_total)
+    return {"urls": urls, "sampled_urls": int(stored.get("sampled_urls", stored["urls"])),
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_total,
+            "cost_usd": None if live is None else round(live, 4),
+            "batch_cost_usd": None if live is None else round(float(Decimal(str(live)) * BATCH_DISCOUNT), 4)}
+
+
 def _priced(prices: dict, model: str | None, prompt_tokens: int, completion_tokens: int, mode: str) -> float | None:
     cost = cost_usd(prices, model, prompt_tokens, completion_tokens, mode)
     return None if cost is None else round(cost, 4)

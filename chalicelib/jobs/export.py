@@ -23,10 +23,8 @@ import tenacity
 
 from chalicelib.adapters import db
 from chalicelib.adapters.storage import Storage
-from chalicelib.errors import BadRequest, Conflict
 from chalicelib.intake import csvfile
 from chalicelib.jobs.create import layout_of, read_source
-from chalicelib.jobs.views import require_job
 from chalicelib.logs import get_logger
 from chalicelib.settings import BINARY_BODY_LIMIT
 
@@ -120,31 +118,6 @@ def render_csv(conn, storage: Storage, job: dict, spool_limit: int, review: str 
     text.detach()
     buffer.seek(0)
     return buffer
-
-
-def download(conn, storage: Storage, account_id: str, job_id: str,
-             review: str | None = None) -> tuple[str, str | bytes, str]:
-    """-> ("inline", csv bytes, file name) or ("redirect", presigned URL, file name); with
-    `review=approved`, only the rows a person approved."""
-    if review not in (None, "", "approved"):
-        raise BadRequest("review must be approved (only approved rows), or left out", code="bad_review")
-    job = require_job(conn, account_id, job_id)
-    if job["layout"] is None:
-        raise Conflict("The file has not been validated yet; call /api/upload/process first", code="not_ready")
-    name = download_name(job["file_name"])
-    if not review and job["status"] == "completed" and job["result_path"] and storage.exists(job["result_path"]):
-        return "redirect", storage.presigned_get(job["result_path"], name), name  # written once, not rebuilt
-    key = export_key(job, review or None)
-    if storage.exists(key):  # no progress since this version was rendered
-        return "redirect", storage.presigned_get(key, name), name
-    with render_csv(conn, storage, job, INLINE_DOWNLOAD_LIMIT + 1, review or None) as buffer:
-        data = buffer.read(INLINE_DOWNLOAD_LIMIT + 1)
-        if len(data) <= INLINE_DOWNLOAD_LIMIT:
-            return "inline", data, name
-        buffer.seek(0)
-        storage.put_file(key, buffer)
-    drop_older_exports(storage, key)
-    return "redirect", storage.presigned_get(key, name), name
 
 
 def export_key(job: dict, review: str | None = None) -> str:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from chalicelib.adapters import db
 from chalicelib.adapters.queue import ChunkQueue
 from chalicelib.adapters.storage import Storage
+from chalicelib.jobs.downloads import results_on_completion
 from chalicelib.jobs.drops import start_drop_job
-from chalicelib.jobs.export import export_job
 from chalicelib.logs import get_logger
 from chalicelib.outbound import webhooks
 from chalicelib.settings import Settings
@@ -18,6 +18,7 @@ log = get_logger("jobs")
 
 
 
+MAX_INGEST_RESENDS = 3  # the sweep's resends of a stuck ingest without progress before its job fails
 EXPORT_AFTER_S = 60  # a completed job without its results CSV this long after finishing: export it
 DROP_START_AFTER_S = 300  # a drop still pending this long after its notification: start it
 HANDLER_TIMEOUT_S = 60.0  # requeue_stalled's lambda_timeout (.chalice/config.json): without a Lambda context
@@ -27,12 +28,12 @@ RESERVE_S = 5.0  # of the handler's time, kept for returning after the webhooks'
 def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Settings, fetcher=None,
           poll_batches: Callable[[], dict] | None = None, *,
           webhook_box: Callable[[], webhooks.SecretBox] | None = None,
-          remaining_s: Callable[[], float] | None = None) -> dict:
+          remaining_s: Callable[[], float] | None = None, notify: Callable[[dict], None] | None = None) -> dict:
     """The scheduled sweep: chunks of stalled jobs enqueued again, the ingest message of a job
-    ingesting without progress sent again (a redelivery skips what is stored), results CSVs that a crash
-    never wrote, drops whose start never happened, batch-mode batches read back when the
-    provider has finished them, webhook secrets sealed with the current key, and webhook
-    deliveries due for another attempt. Returns what it did.
+    ingesting without progress sent again (a redelivery skips what is stored), results CSVs that a
+    crash never wrote (a big one's build requested from the ingest function), drops whose start
+    never happened, batch-mode batches read back when the provider has finished them, webhook
+    secrets sealed with the current key, and webhook deliveries due for another attempt. Returns what it did.
 
     Each step is isolated: one that raises is logged and recorded in ``errors`` and the others
     still run. Webhooks go last, within what is left of the handler's time (`remaining_s`, the
@@ -53,8 +54,8 @@ def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Setting
 
     def exports() -> None:
         for job in db.completed_without_results(conn, EXPORT_AFTER_S):
-            step("exports", lambda job=job: done.__setitem__("exported", done["exported"] + export_job(
-                get_conn, storage, job)))
+            step("exports", lambda job=job: done.__setitem__("exported", done["exported"] + results_on_completion(
+                get_conn, storage, queue, settings, job)))
 
     def drops() -> None:
         for job in db.stale_pending_drops(conn, DROP_START_AFTER_S):
@@ -63,7 +64,7 @@ def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Setting
                 start_drop_job(conn, storage, queue, settings, job) is not None)))
 
     def ingests() -> None:
-        done["ingests_resent"] = requeue_ingests(conn, queue, idle_s=settings.stall_after_s)
+        done["ingests_resent"] = requeue_ingests(conn, queue, idle_s=settings.stall_after_s, notify=notify)
 
     step("requeue", requeue)
     step("ingests", ingests)
@@ -96,12 +97,37 @@ def requeue_unfinished(conn, queue: ChunkQueue, idle_s: float | None = None) -> 
     return sent
 
 
-def requeue_ingests(conn, queue: ChunkQueue, idle_s: float = 0.0) -> int:
+def requeue_ingests(conn, queue: ChunkQueue, idle_s: float = 0.0,
+                    notify: Callable[[dict], None] | None = None) -> int:
     """Send again the ingest message of jobs ingesting without a stored batch for `idle_s` (0: all
     of them, for a queue that lost its messages). A redelivery resumes after the stored rows and
-    a duplicate stops at its first batch, so an extra message is harmless. Returns the count."""
-    jobs = db.stale_ingests(conn, idle_s, limit=1000)
-    for job in jobs:
-        log.info("ingest message sent again", extra={"job_id": str(job["id"]), "ingested_rows": job["ingest_row"]})
-        queue.send_ingest(str(job["id"]))
-    return len(jobs)
+    a duplicate stops at its first batch, so an extra message is harmless. A job sent again
+    MAX_INGEST_RESENDS times without a batch stored in between fails instead, saying why (its
+    reading crashes at the same place each time); `notify(job)` then. Returns the count sent."""
+    sent = 0
+    for job in db.stale_ingests(conn, idle_s, limit=1000):
+        job_id = str(job["id"])
+        attempt = db.count_ingest_resend(conn, job_id)
+        if attempt is None:
+            continue  # it moved on meanwhile
+        if attempt["ingest_attempts"] > MAX_INGEST_RESENDS:
+            _give_up_ingest(conn, job_id, attempt, notify)
+            continue
+        log.info("ingest message sent again", extra={"job_id": job_id, "ingested_rows": job["ingest_row"],
+                                                     "attempt": attempt["ingest_attempts"]})
+        queue.send_ingest(job_id)
+        sent += 1
+    return sent
+
+
+def _give_up_ingest(conn, job_id: str, attempt: dict, notify: Callable[[dict], None] | None) -> None:
+    resends = attempt["ingest_attempts"] - 1
+    reason = f" (last: {attempt['error']})" if attempt["error"] else ""
+    error = (f"The file could not be ingested: its reading stopped at file row {attempt['ingest_row'] + 1:,} and "
+             f"did not get further after the ingest was sent again {resends} times{reason}. The "
+             f"{attempt['total_rows']:,} URLs stored before it are kept (retry the job to process them); split or "
+             "fix the file and upload it again for the rest.")
+    failed = db.fail_job(conn, job_id, error[:2000], expected="ingesting")
+    log.error("ingest given up: no progress after resends", extra={"job_id": job_id, "resends": resends})
+    if failed is not None and notify is not None:
+        notify(failed)

@@ -323,4 +323,31 @@ def test_pick_a_variant_with_the_keyboard(page: Page, fresh):
     page.keyboard.press("3")  # the one already picked: nothing sent
     expect(page.locator("#review-message")).to_have_text("Row 1: variant 3 is the one picked already.")
     assert len(sent) == 2
+
+
+def test_a_download_waits_while_the_server_builds_the_csv(page: Page, fresh):
+    """A big job's download answers 202 with Retry-After while the server builds the CSV (the
+    first two answers stand in for that here): the page says so, asks again, and saves the CSV."""
+    stack = fresh
+    job_id, before = finished_job(stack, "building", 3)
+    open_job(page, stack.key, "building.csv", 3)
+    answered: list[int] = []
+
+    def building(route):
+        if len(answered) < 2:
+            answered.append(202)
+            route.fulfill(status=202, headers={"Retry-After": "1", "Content-Type": "application/json"},
+                          body=json.dumps({"export": "building", "retry_after": 1}))
+        else:
+            answered.append(0)
+            route.continue_()
+
+    page.route(f"**/api/upload/{job_id}/download*", building)
+    with page.expect_download() as info:
+        page.click("#download-button")
+        expect(page.locator("#notice")).to_contain_text("building the CSV")
+    assert answered == [202, 202, 0]
+    got = list(csv.reader(io.StringIO(Path(info.value.path()).read_text(encoding="utf-8"), newline="")))
+    assert [line[1] for line in got[1:]] == [r["url"] for r in before]
+    expect(page.locator("#notice")).to_contain_text("Downloaded building-openers.csv")
     expect(page.locator("#error")).to_be_hidden()

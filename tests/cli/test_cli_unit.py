@@ -510,6 +510,31 @@ def test_download_to_stdout_and_errors_leave_no_file(tmp_path, monkeypatch):
     assert cli(fake, "download", JOB_ID, "-o", "-", "--json").code == 2  # two things for one stdout
 
 
+def test_download_waits_while_the_server_builds_a_big_csv(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fake = FakeApi()
+    building = httpx.Response(202, json={"export": "building", "retry_after": 7}, headers={"Retry-After": "7"})
+    fake.overrides[("GET", f"/api/upload/{JOB_ID}/download")] = [
+        building, building, httpx.Response(302, headers={"Location": f"{S3}/exports/x.csv?X-Amz-Signature=s"})]
+    run = cli(fake, "download", JOB_ID)
+    assert run.code == 0 and run.sleeps == [7, 7]  # the server's Retry-After, twice, then the 302
+    assert (tmp_path / "leads-openers.csv").read_bytes() == fake.csv
+    assert "building the CSV…" in run.err and "(waited 7 s)" in run.err
+    assert len(fake.calls("GET", f"/api/upload/{JOB_ID}/download")) == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["leads-openers.csv"]
+
+
+def test_download_gives_up_on_a_csv_never_built_and_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fake = FakeApi()
+    fake.overrides[("GET", f"/api/upload/{JOB_ID}/download")] = httpx.Response(
+        202, json={"export": "building", "retry_after": 15}, headers={"Retry-After": "15"})
+    run = cli(fake, "download", JOB_ID, "--quiet")
+    assert run.code == 2 and "still building the CSV" in run.err
+    assert sum(run.sleeps) <= 20 * 60 and len(run.sleeps) == 80
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cancel_and_retry():
     fake = FakeApi(polls=[job("completed", 4, 0)])
     run = cli(fake, "cancel", JOB_ID)

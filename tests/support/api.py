@@ -59,12 +59,12 @@ def ingest_now(conn, job_id):
     """What the ingest function does for a job `process` left `ingesting` (a file above
     INGEST_INLINE_BYTES): its message taken off the ingest queue and the file read. -> the job."""
     from chalicelib import jobs
-    from chalicelib.adapters.queue import parse_ingest_message
+    from chalicelib.adapters.queue import parse_background_message
 
     queue = deps.chunk_queue()
     for message in drain_queue(queue.ingest_queue_url):
-        if parse_ingest_message(message["Body"]) != str(job_id):  # another test's: leave it to be read
-            queue.send_ingest(parse_ingest_message(message["Body"]))
+        if parse_background_message(message["Body"])[:2] != ("ingest", str(job_id)):  # another's: leave it
+            queue.sqs.send_message(QueueUrl=queue.ingest_queue_url, MessageBody=message["Body"])
     return jobs.ingest_file(conn, deps.storage(), queue, deps.settings(), str(job_id))
 
 

@@ -34,10 +34,20 @@ from chalicelib.adapters.db.connection import (  # noqa: F401
     get_conn,
     ping,
 )
+from chalicelib.adapters.db.exports import (  # noqa: F401
+    claim_export,
+    fail_export,
+    finish_export,
+    get_export,
+    set_result_path_if_unchanged,
+    start_export,
+)
 from chalicelib.adapters.db.ingest import (  # noqa: F401
     begin_ingest,
+    count_ingest_resend,
     dispatched_unfinished_chunks,
     give_back_urls_today,
+    note_ingest_error,
     stale_ingests,
     store_batch,
     undispatched,

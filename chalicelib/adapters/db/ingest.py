@@ -33,17 +33,16 @@ def undispatched(conn, job_id: str) -> list[int]:
 
 
 def store_batch(conn, job_id: str, *, stored: int, invalid: int, errors: list[dict], last_row: int,
-                waiting_chunk: int | None, reserved: int, done: bool) -> dict | None:
-    """After a batch's COPY, in its transaction: the job's counters, first errors, progress mark
-    (`ingest_row`), chunk count (+1 when rows were stored; `waiting_chunk` joins the waiting list)
-    and quota taken. `done`: every row is stored, so the job is processing and its estimate is
-    the exact count. None unless the job is still ingesting."""
+                new_chunks: int, waiting: list[int], reserved: int, done: bool) -> dict | None:
+    """After the COPY of one or more batches, in their transaction: the job's counters, first
+    errors, progress mark (`ingest_row`), chunk count (+`new_chunks`; the `waiting` ones join
+    the waiting list, in order) and quota taken. `done`: every row is stored, so the job is
+    processing and its estimate is the exact count. None unless the job is still ingesting."""
     return conn.execute(
         f"""UPDATE jobs SET total_rows = total_rows + %(stored)s, invalid_rows = invalid_rows + %(invalid)s,
-                   errors = errors || %(errors)s, ingest_row = %(last_row)s,
-                   chunks = chunks + (%(stored)s > 0)::int,
-                   undispatched = CASE WHEN %(waiting)s::int IS NULL THEN undispatched
-                                       ELSE array_append(undispatched, %(waiting)s::int) END,
+                   errors = errors || %(errors)s, ingest_row = %(last_row)s, ingest_attempts = 0,
+                   chunks = chunks + %(new_chunks)s,
+                   undispatched = undispatched || %(waiting)s::int[],
                    reserved_rows = reserved_rows + %(reserved)s,
                    progress = CASE WHEN total_rows + %(stored)s = 0 THEN 0
                                    ELSE round(100.0 * (processed_rows + failed_rows) / (total_rows + %(stored)s)) END,
@@ -51,7 +50,7 @@ def store_batch(conn, job_id: str, *, stored: int, invalid: int, errors: list[di
                    estimated_rows = CASE WHEN %(done)s THEN total_rows + %(stored)s ELSE estimated_rows END
             WHERE id = %(job)s AND status = 'ingesting' RETURNING {JOB_COLUMNS}""",
         {"stored": stored, "invalid": invalid, "errors": Jsonb(errors), "last_row": last_row,
-         "waiting": waiting_chunk, "reserved": reserved, "done": done, "job": job_id},
+         "new_chunks": new_chunks, "waiting": waiting, "reserved": reserved, "done": done, "job": job_id},
     ).fetchone()
 
 
@@ -78,3 +77,18 @@ def stale_ingests(conn, older_than_s: float, limit: int = 20) -> list[dict]:
               AND updated_at < now() - make_interval(secs => %s) ORDER BY updated_at LIMIT %s""",
         (older_than_s, limit),
     ).fetchall()
+
+
+def count_ingest_resend(conn, job_id: str) -> dict | None:
+    """The sweep sends the ingest message of a job stuck ingesting again: one more attempt
+    without progress. -> {"ingest_attempts", "ingest_row", "total_rows", "error"} (None: no
+    longer ingesting)."""
+    return conn.execute(
+        """UPDATE jobs SET ingest_attempts = ingest_attempts + 1 WHERE id = %s AND status = 'ingesting'
+           RETURNING ingest_attempts, ingest_row, total_rows, error""", (job_id,)).fetchone()
+
+
+def note_ingest_error(conn, job_id: str, error: str) -> None:
+    """Why the ingest of a job stopped unexpectedly (it stays ingesting: SQS delivers its message
+    again), so the job and, if the sweep gives up, its failure say it."""
+    conn.execute("UPDATE jobs SET error = %s WHERE id = %s AND status = 'ingesting'", (error[:500], job_id))

@@ -894,16 +894,29 @@
     button.disabled = true;
     notify("Preparing the download…");
     try {
+      // A 200 is the CSV itself; a 302 points at a presigned S3 copy, which fetch follows (the
+      // browser drops the Authorization header on the way to the other origin); a 202 says a big
+      // CSV is being built on the server: asked again after its Retry-After, for up to 20 minutes.
+      const url = new URL(apiUrl(`api/upload/${encodeURIComponent(job.id)}/download`));
+      Object.entries(query || {}).forEach(([k, v]) => url.searchParams.set(k, v));
       let response;
-      try {
-        // A 200 is the CSV itself; a 302 points at a presigned S3 copy, which fetch follows (the
-        // browser drops the Authorization header on the way to the other origin).
-        const url = new URL(apiUrl(`api/upload/${encodeURIComponent(job.id)}/download`));
-        Object.entries(query || {}).forEach(([k, v]) => url.searchParams.set(k, v));
-        response = await fetch(url.href, { headers: authHeaders(), cache: "no-store" });
-      } catch (_) {
-        throw new ApiError(0, "network", "The download could not be fetched: the API or the storage it points to "
-          + "did not answer, or refused this page (the bucket needs a CORS rule for this page).");
+      for (let waited = 0; ; ) {
+        try {
+          response = await fetch(url.href, { headers: authHeaders(), cache: "no-store" });
+        } catch (_) {
+          throw new ApiError(0, "network", "The download could not be fetched: the API or the storage it points to "
+            + "did not answer, or refused this page (the bucket needs a CORS rule for this page).");
+        }
+        if (response.status !== 202) break;
+        const building = await response.json().catch(() => ({}));
+        const pause = Math.min(60, Math.max(1, Number(response.headers.get("Retry-After"))
+          || Number(building.retry_after) || 5));
+        if (waited + pause > 1200) {
+          throw new ApiError(202, "export_not_ready", "The server is still building the CSV; try the download again later.");
+        }
+        notify(`The server is building the CSV${waited ? ` (waited ${Math.round(waited)} s)` : ""}…`);
+        await sleep(pause * 1000);
+        waited += pause;
       }
       if (!response.ok) {
         const text = await response.text();

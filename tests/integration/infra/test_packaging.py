@@ -199,8 +199,9 @@ def test_every_function_has_its_own_policy_limited_to_its_bucket_prefixes_queues
         assert _allows(policy, "ssm:GetParameters", SECRETS_ARN), name
         assert not any(a.startswith("ssm:") and a != "ssm:GetParameters" for a, _ in _grants(policy)), name
         assert _allows(policy, "sqs:SendMessage", QUEUE_ARN), name  # each one may enqueue chunks
-        if name != "process_chunk":  # and each that starts or resumes a job, an ingest
-            assert _allows(policy, "sqs:SendMessage", INGEST_QUEUE_ARN), name
+        # and an ingest or export message: each starts or resumes a job, or completes one whose
+        # results CSV the ingest function builds
+        assert _allows(policy, "sqs:SendMessage", INGEST_QUEUE_ARN), name
 
 
 def test_only_the_chunk_worker_receives_and_deletes_chunk_messages():
@@ -218,12 +219,14 @@ def test_only_the_chunk_worker_receives_and_deletes_chunk_messages():
                                                                    else set()), name
 
 
-def test_only_the_api_writes_uploads_and_exports():
+def test_only_the_api_writes_uploads_and_only_it_and_the_ingest_function_exports():
     api, worker = POLICIES["api_handler"], POLICIES["process_chunk"]
     for action in ("s3:PutObject", "s3:DeleteObject"):
         assert _allows(api, action, _object("uploads/")) and _allows(api, action, _object("exports/"))
+        assert _allows(POLICIES["ingest_file"], action, _object("exports/"))  # big exports, built in the background
         for name in ("process_chunk", "ingest_file", "start_dropped_csv", "requeue_stalled"):
             assert not _allows(POLICIES[name], action, _object("uploads/")), (name, action)
+        for name in ("process_chunk", "start_dropped_csv", "requeue_stalled"):
             assert not _allows(POLICIES[name], action, _object("exports/")), (name, action)
     assert not any(_allows(api, "s3:PutObject", _object(prefix)) for prefix in ("results/", "incoming/"))
     # the worker reads sources and writes results, nothing else

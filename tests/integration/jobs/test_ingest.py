@@ -1,6 +1,8 @@
 """Background ingest (issue 24): `process` and drops answer after a sample, the ingest function
 reads the file in batches, chunks go out as they are stored, a crash resumes without a row twice
-or lost, a bad row deep in the file fails the job with its number, cancel stops it."""
+or lost, a bad row deep in the file fails the job with its number, cancel stops it; at the end
+the estimate and the quota are on the exact count; an ingest the sweep sent again
+MAX_INGEST_RESENDS times without progress fails its job with the reason."""
 
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ import pytest
 
 from chalicelib import deps, jobs
 from chalicelib.adapters import db
-from chalicelib.adapters.queue import parse_chunk_message, parse_ingest_message
+from chalicelib.adapters.queue import parse_background_message, parse_chunk_message
 from chalicelib.generation.client import build_client
 from chalicelib.generation.openers import OpenerGenerator
 from chalicelib.generation.ratelimit import RateLimiter
 from chalicelib.generation.worker import ChunkWorker
+from chalicelib.jobs import ingest as ingest_module
+from chalicelib.jobs.sweep import MAX_INGEST_RESENDS
 from infra.runner import Runner
 from tests.support.accounts import service_account
 from tests.support.api import body, drain_queue, post_json, purge_queue
@@ -60,7 +64,8 @@ def drop(conn, settings, data: bytes) -> tuple[str, dict]:
 
 
 def ingest_messages(settings) -> list[str]:
-    return [parse_ingest_message(m["Body"]) for m in drain_queue(settings.ingest_queue_url)]
+    messages = (parse_background_message(m["Body"]) for m in drain_queue(settings.ingest_queue_url))
+    return [job_id for kind, job_id, _ in messages if kind == "ingest"]
 
 
 def sent_chunks(settings, job_id: str) -> list[int]:
@@ -97,8 +102,10 @@ class Crash(Exception):
     pass
 
 
-def crash_after(monkeypatch, batches: int) -> None:
-    """The ingest dies inside its (batches + 1)-th batch transaction, after that batch's COPY."""
+def crash_after(monkeypatch, batches: int, per_commit: int = 1) -> None:
+    """The ingest dies inside its (batches + 1)-th transaction, after its COPY; `per_commit`
+    batches to a transaction after the first (1: each batch its own)."""
+    monkeypatch.setattr(ingest_module, "BATCHES_PER_COMMIT", per_commit)
     real, calls = db.store_batch, []
 
     def store_batch(*args, **kwargs):
@@ -176,6 +183,24 @@ def test_a_crash_mid_ingest_resumes_where_it_stopped_with_no_row_twice_and_none_
     assert again["total_rows"] == 900 and rows_of(conn, job_id)["n"] == 900
 
 
+def test_a_crash_in_a_transaction_of_several_batches_loses_them_all_and_the_resume_stores_them(conn, small,
+                                                                                                monkeypatch):
+    job_id, _ = drop(conn, small, lead_file(1000, invalid_every=10))
+    ingest_messages(small)
+    crash_after(monkeypatch, 2, per_commit=3)  # transactions of 1, 3, 3, ... batches: the third dies
+    with pytest.raises(Crash):
+        jobs.ingest_file(conn, deps.storage(), deps.chunk_queue(), small, job_id)
+    job = assert_invariant(conn, job_id)
+    assert (job["status"], job["total_rows"], job["chunks"]) == ("ingesting", 4 * CHUNK, 4)
+    assert sent_chunks(small, job_id) == [0, 1]  # the window of 2; chunks 2 and 3 wait
+    assert job["ingest_row"] == 4 * CHUNK + 4 * CHUNK // 9  # the 200th valid row (every 10th invalid)
+    monkeypatch.undo()
+    done = jobs.ingest_file(conn, deps.storage(), deps.chunk_queue(), small, job_id)
+    assert (done["status"], done["total_rows"], done["invalid_rows"], done["chunks"]) == ("processing", 900, 100, 18)
+    assert rows_of(conn, job_id) == {"n": 900, "distinct_rows": 900, "last_chunk": 17, "chunks": 18}
+    assert_invariant(conn, job_id)
+
+
 def test_a_row_that_cannot_be_read_deep_in_the_file_fails_the_job_with_its_number(conn, small):
     job_id, started = drop(conn, small, lead_file(12000, bad_row=11234))  # past the 1 MiB sample
     assert started["job"]["status"] == "ingesting"
@@ -243,6 +268,93 @@ def test_the_sweep_sends_again_the_message_of_an_ingest_without_progress(conn, s
         conn.execute("UPDATE jobs SET updated_at = now() - interval '1 hour' WHERE id = %s", (job_id,))
     done = jobs.sweep(conn, deps.conn, deps.storage(), deps.chunk_queue(), small)
     assert done["ingests_resent"] == 1 and ingest_messages(small) == [job_id]
+
+
+# ---------------------------------------------------------------- the end: exact estimate, stuck ingests
+
+READ_SOURCE = ingest_module.read_source
+
+
+def uneven_file(rows: int) -> bytes:
+    """Short rows first, long ones after the first MiB: the sample overestimates the count."""
+    lines = ["Company,Website,Notes"]
+    for n in range(1, rows + 1):
+        notes = "short" if n <= rows // 2 else "a much longer description of what this company does " * 3
+        lines.append(f"Company {n},https://site{n}.example.com/,{notes}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_the_estimate_and_the_quota_are_put_on_the_exact_count_when_the_ingest_ends(conn, small):
+    background = dataclasses.replace(small, chunk_size=500)
+    data = uneven_file(40_000)
+    assert len(data) > 2 * 1024 * 1024  # the sample (1 MiB) sees short rows only
+    account_id = service_account(conn)
+    before = db.urls_today(conn, account_id)
+    job_id, started = drop(conn, background, data)
+    assert started["job"]["status"] == "ingesting"
+    sampled = db.get_job(conn, job_id)
+    assert sampled["estimated_rows"] > 40_000 and sampled["estimate"]["urls"] == sampled["estimated_rows"]
+    assert db.urls_today(conn, account_id) - before == sampled["estimated_rows"]  # taken on the estimate
+
+    done = jobs.ingest_file(conn, deps.storage(), deps.chunk_queue(), background, job_id)
+    assert (done["status"], done["total_rows"]) == ("processing", 40_000)
+    estimate = db.get_job(conn, job_id)["estimate"]
+    assert estimate["urls"] == 40_000 and estimate["sampled_urls"] == sampled["estimated_rows"]
+    assert estimate["prompt_tokens"] == estimate["prompt_tokens_per_url"] * 40_000
+    assert estimate["completion_tokens"] == estimate["completion_tokens_per_url"] * 40_000
+    scale = 40_000 / sampled["estimated_rows"]
+    assert estimate["cost_usd"] == pytest.approx(sampled["estimate"]["cost_usd"] * scale, rel=0.01)
+    assert db.urls_today(conn, account_id) - before == 40_000  # the quota: what the estimate did not use given back
+    assert jobs.job_json(db.get_job(conn, job_id))["estimate"]["urls"] == 40_000
+
+
+def broken_source(limit: int):
+    """read_source whose stream breaks after `limit` bytes (a crash mid-file)."""
+    def read(storage, job):
+        sent = 0
+        for chunk in READ_SOURCE(storage, job):
+            if sent + len(chunk) > limit:
+                raise ConnectionResetError("the connection to S3 was reset")
+            sent += len(chunk)
+            yield chunk
+    return read
+
+
+def test_a_stuck_ingest_is_sent_again_a_few_times_then_its_job_fails_saying_why(conn, small, monkeypatch):
+    background = dataclasses.replace(small, chunk_size=500)
+    job_id, _ = drop(conn, background, uneven_file(20_000))
+    monkeypatch.setattr(ingest_module, "read_source", broken_source(256 * 1024))
+    with pytest.raises(ConnectionResetError):
+        jobs.ingest_file(conn, deps.storage(), deps.chunk_queue(), background, job_id)
+    crashed = db.get_job(conn, job_id)
+    assert crashed["status"] == "ingesting" and crashed["ingest_row"] > 0
+    assert "ConnectionResetError" in crashed["error"] and f"file row {crashed['ingest_row'] + 1:,}" in crashed["error"]
+
+    notified = []
+    for attempt in range(1, MAX_INGEST_RESENDS + 1):  # each resend crashes at the same place
+        assert jobs.requeue_ingests(conn, deps.chunk_queue(), idle_s=0, notify=notified.append) == 1, attempt
+        with pytest.raises(ConnectionResetError):
+            jobs.ingest_file(conn, deps.storage(), deps.chunk_queue(), background, job_id)
+    assert jobs.requeue_ingests(conn, deps.chunk_queue(), idle_s=0, notify=notified.append) == 0
+    failed = db.get_job(conn, job_id)
+    assert failed["status"] == "failed" and [j["id"] for j in notified] == [failed["id"]]
+    assert f"stopped at file row {crashed['ingest_row'] + 1:,}" in failed["error"]
+    assert f"sent again {MAX_INGEST_RESENDS} times" in failed["error"]
+    assert "ConnectionResetError" in failed["error"] and f"{crashed['total_rows']:,} URLs stored" in failed["error"]
+    assert jobs.requeue_ingests(conn, deps.chunk_queue(), idle_s=0) == 0  # never sent again
+
+
+def test_progress_between_resends_starts_the_count_again(conn, small, monkeypatch):
+    background = dataclasses.replace(small, chunk_size=500)
+    job_id, _ = drop(conn, background, uneven_file(20_000))
+    for limit in (128 * 1024, 256 * 1024, 384 * 1024, 512 * 1024, 640 * 1024):  # each attempt gets further
+        monkeypatch.setattr(ingest_module, "read_source", broken_source(limit))
+        with pytest.raises(ConnectionResetError):
+            jobs.ingest_file(conn, deps.storage(), deps.chunk_queue(), background, job_id)
+        assert jobs.requeue_ingests(conn, deps.chunk_queue(), idle_s=0) == 1, limit
+    monkeypatch.undo()
+    done = jobs.ingest_file(conn, deps.storage(), deps.chunk_queue(), background, job_id)
+    assert (done["status"], done["total_rows"]) == ("processing", 20_000)
 
 
 # ---------------------------------------------------------------- the real function, through the runner

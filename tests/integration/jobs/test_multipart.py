@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from chalicelib import deps
+from chalicelib import deps, jobs
 from chalicelib.adapters import db
 from tests.support.api import body, download, error_of, ingest_now, post_json, purge_queue, s3_keys
 from tests.support.widefile import wide_csv
@@ -191,6 +191,9 @@ def test_a_big_export_goes_to_s3_by_multipart_and_is_a_302_built_once(client, co
     job_id = created["job"]["id"]
     deps.storage().put_bytes(f"uploads/{client.account.id}/{job_id}/wide.csv", big_file)  # as a drop would
     assert post_json(client, "/api/upload/process", {"job_id": job_id}).status_code == 202
+    building = download(client, job_id)  # 11,000 rows: built in the background, not in the request
+    assert building.status_code == 202 and building.headers["Retry-After"]
+    assert jobs.build_export(deps.conn, deps.storage(), job_id, "all")  # the export message's work
     first = download(client, job_id)
     assert first.status_code == 302
     exports = s3_keys(f"exports/{client.account.id}/{job_id}/")

@@ -103,12 +103,16 @@ def opener_generator():
 
 @lru_cache(maxsize=1)
 def concurrency_gate():
-    """The in-flight limit of each model, shared by every chunk handler through Redis (one per process)."""
+    """The in-flight limit of each model, shared by every chunk handler through Redis (one per
+    process), for a server named by OPENAI_BASE_URL (self-hosted, a gateway: its capacity may bind).
+    Off for OpenAI's own API, which sells a rate (the rate limiter keeps it) and whose latency
+    varies with the answers' length, not with our calls in flight (the gate would only slow the
+    start), and in dummy mode (its answers take OPENAI_DUMMY_DELAY_MS whatever is in flight)."""
     from chalicelib.generation.ratelimit.gate import ConcurrencyGate
 
     s = get_settings()
-    return ConcurrencyGate(redis_client(), prefix=s.ratelimit_prefix, ceiling=s.chunk_concurrency,
-                           enabled=s.concurrency_adaptive)
+    enabled = s.concurrency_adaptive and bool(s.openai_base_url) and not s.openai_dummy_mode
+    return ConcurrencyGate(redis_client(), prefix=s.ratelimit_prefix, ceiling=s.chunk_concurrency, enabled=enabled)
 
 
 @lru_cache(maxsize=1)
@@ -145,6 +149,11 @@ def preview_generator():
 @lru_cache(maxsize=1)
 def chunk_worker():
     from chalicelib.generation.worker import ChunkWorker
+    from chalicelib.quality import language
+
+    # The language model loads in about a second alone, but took 25 s at a handler's first check
+    # while its generator threads held the interpreter: load it before they start.
+    language.warm()
 
     return ChunkWorker(get_conn=conn, generator=opener_generator(), queue=chunk_queue(), settings=get_settings(),
                        export=job_completed, page_summary=page_summaries(), notify=notify_job,

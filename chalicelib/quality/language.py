@@ -57,6 +57,11 @@ def _identifier() -> Any:
     return _loaded[0]
 
 
+def warm() -> None:
+    """Load the model now (a chunk handler, before its threads start)."""
+    _identifier()
+
+
 def language_name(code: str) -> str:
     """A language's English name for a prompt ("German"), or its code when we have no name."""
     return _NAMES.get(code, f"the language with ISO 639-1 code {code!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from chalicelib import deps
 from chalicelib.generation.ratelimit import inflight
 from chalicelib.generation.ratelimit.inflight import Params, State, Window, decide, due, share
 
@@ -126,3 +127,14 @@ def test_each_handler_takes_its_part_of_the_limit(slots, ceiling, parts):
 def test_a_new_handler_counts_itself():
     assert share(3, ["a"], "b", 16) == 1 and share(3, ["b"], "a", 16) == 2 and share(3, [], "a", 16) == 3
     assert inflight.State(limit=0.4).slots() == 1
+
+
+@pytest.mark.parametrize(("base_url", "dummy", "adaptive", "gated"), [
+    ("http://vllm.internal:8000/v1", "false", "true", True),  # a server named by OPENAI_BASE_URL
+    ("", "false", "true", False),  # OpenAI's own API: bound by the rate it sells, not by capacity
+    ("", "true", "true", False),  # dummy mode: its delay does not grow with calls in flight
+    ("http://vllm.internal:8000/v1", "false", "false", False),  # turned off
+])
+def test_the_gate_applies_to_servers_named_by_base_url_only(env, base_url, dummy, adaptive, gated):
+    env(OPENAI_BASE_URL=base_url, OPENAI_DUMMY_MODE=dummy, OPENAI_API_KEY="test", CONCURRENCY_ADAPTIVE=adaptive)
+    assert deps.concurrency_gate().enabled is gated

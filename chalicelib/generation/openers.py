@@ -32,7 +32,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 import openai
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
 from chalicelib import metrics
 from chalicelib.generation.answers import (
@@ -63,6 +63,7 @@ from chalicelib.quality.flags import DEFAULT_MAX_WORDS, DEFAULT_MIN_WORDS
 log = logging.getLogger("csv_opener.openers")
 
 TEMPERATURE = 0.7
+RATE_LIMITED_FREE = 5  # answers 429 (for the rate) a URL may have beyond MAX_RETRIES attempts
 
 # -- generator ------------------------------------------------------------------------------------
 
@@ -141,7 +142,7 @@ class OpenerGenerator:
         def body() -> dict:
             return self.request_body(url, instructions, model, fields, page, **asked)
         retrying = Retrying(
-            stop=stop_after_attempt(self.max_retries),
+            stop=self._stop(),
             wait=self._wait,
             retry=retry_if_exception(is_retryable),
             sleep=lambda seconds: self._pause(seconds, should_stop),
@@ -191,6 +192,22 @@ class OpenerGenerator:
         if cache_key and model not in self.no_cache_key:
             request["prompt_cache_key"] = f"csv-opener-{cache_key}"[:64]
         return request
+
+    def _stop(self) -> Callable[[RetryCallState], bool]:
+        """When a URL's attempts are spent: ``max_retries`` of them, not counting up to
+        ``RATE_LIMITED_FREE`` answered 429 for the rate (not the quota). A 429 says "not now" to
+        every worker, which the limiter acts on, and while a rate is being found from 429s some
+        are expected: a row refused three times in a row must not fail for it."""
+        free = [0]
+
+        def stop(state: RetryCallState) -> bool:
+            exc = state.outcome.exception() if state.outcome is not None and state.outcome.failed else None
+            if (isinstance(exc, openai.RateLimitError) and not is_quota_exhausted(exc)
+                    and free[0] < RATE_LIMITED_FREE):
+                free[0] += 1
+                return False
+            return state.attempt_number - free[0] >= self.max_retries
+        return stop
 
     def _attempt(self, body: Callable[[], dict], should_stop: Callable[[], bool], number: int,
                  account: str | None, url: str, instructions: str | None, variants: int = 1,

@@ -21,7 +21,7 @@ import pytest
 from chalicelib.generation.answers import GenerationFailed, Opener, clean_opener
 from chalicelib.generation.client import build_client
 from chalicelib.generation.dummy import DUMMY_BASE_URL, DummyTransport, company_name
-from chalicelib.generation.openers import OpenerGenerator
+from chalicelib.generation.openers import RATE_LIMITED_FREE, OpenerGenerator
 from chalicelib.generation.prompt import build_messages
 from chalicelib.generation.ratelimit import LimiterStopped
 from chalicelib.settings import Settings
@@ -662,3 +662,20 @@ def test_dummy_mode_answers_the_structured_json_with_verbatim_evidence_and_varie
     assert plain.evidence is None  # names nothing of the data: a generic opener
     again = generator.generate("https://acme.com/", reask="Write the opener again: do not repeat: x.")
     assert again.text != plain.text and clean_opener(again.text) == again.text
+
+
+def test_429s_for_the_rate_do_not_spend_a_urls_attempts() -> None:
+    """A URL refused three times in a row while the rate is being found still gets its opener;
+    its other failures still count, and a 429 storm still ends (RATE_LIMITED_FREE more at most)."""
+    h = Harness(*[api_error(429)] * 4, api_error(500), completion(GOOD), max_retries=3)
+    assert h.generate().attempts == 6
+
+    h = Harness(*[api_error(429)] * 20, max_retries=3)
+    with pytest.raises(GenerationFailed) as info:
+        h.generate()
+    assert info.value.attempts == 3 + RATE_LIMITED_FREE and "429" in info.value.message
+
+    h = Harness(api_error(500), api_error(500), api_error(500), completion(GOOD), max_retries=3)
+    with pytest.raises(GenerationFailed) as info:
+        h.generate()
+    assert info.value.attempts == 3

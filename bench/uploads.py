@@ -165,8 +165,9 @@ def run_child(step: str, job_id: str, tmp: Path) -> dict:
 
 
 def make_job(conn, account_id: str, path: Path) -> tuple[str, int]:
-    """The file stored as a presigned upload and started (validated, rows COPYed); its chunk
-    messages purged (nothing generates here). -> (job id, URLs)."""
+    """The file stored as a presigned upload and started (validated, rows COPYed: read in the
+    background by the ingest step for a big file, run here); its chunk and ingest messages purged
+    (nothing generates here). -> (job id, URLs)."""
     from chalicelib import deps, jobs
     from chalicelib.adapters import db
 
@@ -178,9 +179,12 @@ def make_job(conn, account_id: str, path: Path) -> tuple[str, int]:
     db.insert_job(conn, job_id=job_id, account_id=account_id, file_name=path.name, file_path=key,
                   source="presigned")
     started = jobs.start(conn, storage, deps.chunk_queue(), settings, account_id, job_id,
-                         instructions="We are Acme Analytics; we help ops teams cut reporting time.")
-    deps.chunk_queue().sqs.purge_queue(QueueUrl=settings.chunk_queue_url)
-    return job_id, started["job"]["total_rows"]
+                         instructions="We are Acme Analytics; we help ops teams cut reporting time.")["job"]
+    if started["status"] == "ingesting":  # above INGEST_INLINE_BYTES: what the ingest function does
+        started = jobs.ingest_file(conn, storage, deps.chunk_queue(), settings, job_id)
+    for url in (settings.chunk_queue_url, settings.ingest_queue_url):
+        deps.chunk_queue().sqs.purge_queue(QueueUrl=url)
+    return job_id, started["total_rows"]
 
 
 def mark_done(conn, job_id: str, share: float) -> None:

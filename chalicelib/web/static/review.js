@@ -401,11 +401,18 @@ window.CsvOpenerReview = (() => {
         say(`Row ${row.row} is ${value || "not reviewed"} already.`);
         return;
       }
+      await patchRow(row, { review: value },
+        value ? `Row ${row.row} ${value}.` : `Row ${row.row}: review cleared.`);
+    }
+
+    /** PATCH the row with `change` at the version shown; on success show it and say `done`; on a
+     * 409 (changed elsewhere, or being regenerated) show the row as it is now, and say why. */
+    async function patchRow(row, change, done) {
       try {
         const answer = await ctx.call("PATCH", resultPath(jobId(), row.id),
-          { json: { review: value, version: row.version } });
+          { json: { ...change, version: row.version } });
         replaceRow(answer.result);
-        say(value ? `Row ${row.row} ${value}.` : `Row ${row.row}: review cleared.`);
+        say(done);
       } catch (err) {
         if (err && err.status === 401) {
           ctx.handleError(err);
@@ -442,21 +449,7 @@ window.CsvOpenerReview = (() => {
         say(`Row ${row.row}: variant ${number} is the one picked already.`);
         return;
       }
-      try {
-        const answer = await ctx.call("PATCH", resultPath(jobId(), row.id),
-          { json: { variant: number, version: row.version } });
-        replaceRow(answer.result);
-        say(`Row ${row.row}: variant ${number} picked.`);
-      } catch (err) {
-        if (err && err.status === 401) {
-          ctx.handleError(err);
-          return;
-        }
-        if (err && err.status === 409) {
-          try { await reloadRow(row.id); } catch (again) { ctx.handleError(again); }
-        }
-        say(problemOf(err, row), true);
-      }
+      await patchRow(row, { variant: number }, `Row ${row.row}: variant ${number} picked.`);
     }
 
     async function showHistory() {

@@ -343,15 +343,18 @@ def test_a_poison_message_is_dropped_once(fresh, capsys, kind):
         began = time.monotonic()
         message_id = sqs.send_message(QueueUrl=queue, MessageBody=POISON[kind](token))["MessageId"]
 
-        def handled():
+        def logged():
+            return [e for e in stack.runner_entries() if token in json.dumps(e) or e.get("message_id") == message_id]
+
+        def handled():  # SQS's counts lag a send: an empty queue alone can be read before it shows the message
             depth = stack.queue_depth(queue)
-            return depth["visible"] + depth["in_flight"] + depth["delayed"] == 0
+            return depth["visible"] + depth["in_flight"] + depth["delayed"] == 0 and bool(logged())
 
         # a loop would take MAX_RECEIVE_COUNT deliveries, a couple of seconds apart, to end
         wait_for(handled, 30, every=0.1, what=f"the {kind} message acknowledged", diagnose=stack.diagnose)
         seconds = time.monotonic() - began
         time.sleep(0.5)  # the handler logs before the runner deletes the message: let the line be flushed
-        lines = [e for e in stack.runner_entries() if token in json.dumps(e) or e.get("message_id") == message_id]
+        lines = logged()
         dead = stack.queue_depth(dlq)
         report(capsys, f"[e2e] poison message ({kind}): off the queue {seconds:.1f} s after sending; "
                        f"{len(lines)} log line(s): {'; '.join(e['message'] for e in lines)}; dead-letter queue {dead}")

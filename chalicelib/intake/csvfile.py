@@ -111,7 +111,7 @@ class Layout:
         return self.columns[self.url_index]
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     """The URL verdict for one data record."""
 
@@ -235,39 +235,34 @@ def _is_blank(record: list[str]) -> bool:
 
 def iter_records(chunks: Iterable[bytes], layout: Layout) -> Iterator[list[str]]:
     """The decoded data records of the file (after the header), blank records skipped."""
-    reader = _reader(_text_lines(chunks, layout.encoding), layout.delimiter)
     header_pending = layout.has_header
     row = 0
-    while True:
-        try:
-            record = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            where = "the header row" if header_pending else f"data row {row + 1}"
-            raise CsvError("unparseable_csv", f"The CSV could not be read at {where} ({exc}); "
-                           "a quote that is opened but never closed is the usual cause") from exc
-        if _is_blank(record):
-            continue
-        if header_pending:
-            header_pending = False
-            continue
-        row += 1
-        yield record
-
-
-def _url_verdict(number: int, record: list[str], index: int) -> Row:
-    value = record[index] if index < len(record) else ""
     try:
-        return Row(row=number, url=normalize_url(value), value=value, error=None)
-    except InvalidUrl as exc:
-        return Row(row=number, url=None, value=value, error=str(exc))
+        for record in _reader(_text_lines(chunks, layout.encoding), layout.delimiter):
+            first = record[0] if record else ""
+            if (not first or first.isspace()) and _is_blank(record):  # the first cell decides most
+                continue
+            if header_pending:
+                header_pending = False
+                continue
+            row += 1
+            yield record
+    except csv.Error as exc:
+        where = "the header row" if header_pending else f"data row {row + 1}"
+        raise CsvError("unparseable_csv", f"The CSV could not be read at {where} ({exc}); "
+                       "a quote that is opened but never closed is the usual cause") from exc
 
 
 def iter_rows(chunks: Iterable[bytes], layout: Layout) -> Iterator[tuple[Row, list[str]]]:
     """Each data record with its URL verdict."""
+    index = layout.url_index
     for number, record in enumerate(iter_records(chunks, layout), start=1):
-        yield _url_verdict(number, record, layout.url_index), record
+        value = record[index] if index < len(record) else ""
+        try:
+            url, error = normalize_url(value), None
+        except InvalidUrl as exc:
+            url, error = None, str(exc)
+        yield Row(number, url, value, error), record
 
 
 # --- layout detection -----------------------------------------------------------------------

@@ -54,6 +54,9 @@ def normalize_url(value: str) -> str:
     ``https://www.acme.com/about?x=1``. The result is scheme + lower-case host (+ non-default
     port) + path (``/`` when empty) + query; the fragment is dropped.
     """
+    text = (value or "").strip()
+    if len(text) <= 4 * MAX_URL_LENGTH and (url := _fast_path(text)) is not None:
+        return url  # the common case: nothing to unwrap, and no space or control character (_FAST_RE)
     text = _unwrap(value)
     return _fast_path(text) or _general_path(text)
 
@@ -75,7 +78,7 @@ def _general_path(text: str) -> str:
 _FAST_RE = re.compile(
     r"(?:(https?)://)?"
     r"((?:(?!-)[a-z0-9-]{1,63}(?<!-)\.)+[a-z]{2,63})\.?"
-    r"(/[^?#]*)?(?:\?([^#]*))?(?:#.*)?",
+    r"(/[^?#\s\x00-\x1f\x7f]*)?(?:\?([^#\s\x00-\x1f\x7f]*))?(?:#[^\s\x00-\x1f\x7f]*)?",
     re.IGNORECASE | re.DOTALL,
 )
 

@@ -177,3 +177,41 @@ def test_the_fast_path_agrees_with_the_general_one():
             general = f"invalid: {exc}"
         assert fast == general, text
     assert decided > 500  # the fast path takes the common shapes
+
+
+def test_normalize_url_gives_what_the_slow_path_gives_for_every_value():
+    """normalize_url tries the fast path on the value as it comes (trimmed) before unwrapping it;
+    whatever it answers, result or reason, is what unwrapping then the general path answer."""
+    import itertools
+    import random
+
+    from chalicelib.intake import urls
+
+    def slow(value: str) -> str:
+        try:
+            return urls._general_path(urls._unwrap(value))
+        except InvalidUrl as exc:
+            return f"invalid: {exc}"
+
+    def fast(value: str) -> str:
+        try:
+            return normalize_url(value)
+        except InvalidUrl as exc:
+            return f"invalid: {exc}"
+
+    rng = random.Random(24)
+    schemes = ["", "http://", "https://", "HTTP://", "//", "javascript:", "ftp://"]
+    hosts = ["acme.com", "WWW.Acme.COM", "a-b.co.uk", "-bad.com", "acme..com", "acme.com.", "localhost",
+             "db.internal", "127.0.0.1", "0x7f.0.0.1", "b\u00fccher.de", "acme", "acme.com:8080", "user@acme.com",
+             "[::1]", "a" * 64 + ".com", "x" * 250 + ".com"]
+    tails = ["", "/", "/about", "?x=1", "/p?q=1&r=2#top", "#f", "/caf\u00e9", "/a\\b", "/" + "p" * 2100,
+             "/a b", "/a\tb", "/a\nb", "?q=\x00", "#f\x7f", "/\u00a0", "/\u2028x", "/\x85", "?\x1f", "/\x0b"]
+    wrappers = [("", ""), (" ", " "), ("\t", "\n"), ('"', '"'), ("'", "'"), ("<", ">"), ('" ', ' "'),
+                ("\u00a0", ""), ("", "\u3000"), ('"', ""), ("<", ""), ("\x00", ""), ("", "\r\n")]
+    cases = [w[0] + "".join(parts) + w[1] for *parts, w in itertools.product(schemes, hosts, tails, wrappers[:4])]
+    cases += [w[0] + "".join(rng.choice(pool) for pool in (schemes, hosts, tails)) + w[1]
+              for w in (rng.choice(wrappers) for _ in range(5000))]
+    cases += [value for value, _ in ACCEPTED + REJECTED]
+    cases += ["x" * 9000, "acme.com/" + "a" * 9000, "acme.com#" + "f" * 9000]
+    for value in cases:
+        assert fast(value) == slow(value), repr(value)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from queue import Full, Queue
@@ -50,8 +51,12 @@ log = get_logger("jobs")
 
 SAMPLE_BYTES = 1024 * 1024  # what `process` reads of a file it has not seen whole
 DEADLINE_RESERVE_S = 60.0  # of the function's time: past it, the ingest hands on to a new message
-BATCHES_PER_COMMIT = 4  # after the first batch (alone, so its chunk goes out at once)
+BATCHES_PER_COMMIT = 16  # after the first batch (alone, so its chunk goes out at once): few round trips
 READ_AHEAD_CHUNKS = 8  # of the file (256 KiB each) read ahead of the parsing
+# The interpreter's thread switch interval while a file is ingested (its default is 5 ms): the
+# reader and writer threads wake from the network and wait for the parsing thread to let go of
+# the GIL, up to the interval each time (bench/RESULTS.md, "The ingest's round trips").
+SWITCH_INTERVAL_S = 0.0001
 
 
 def check_sample(conn, storage: Storage, settings: Settings, job: dict) -> tuple[dict, int]:
@@ -215,6 +220,30 @@ def _read_ahead(chunks: Iterator[bytes], depth: int = READ_AHEAD_CHUNKS) -> Iter
         getattr(chunks, "close", lambda: None)()  # the S3 body: the rest is not downloaded
 
 
+class _QuickSwitches:
+    """The switch interval at SWITCH_INTERVAL_S while at least one ingest of the process runs;
+    the interval from before the first is put back after the last."""
+
+    def __init__(self) -> None:
+        self._lock, self._users, self._before = threading.Lock(), 0, sys.getswitchinterval()
+
+    def enter(self) -> None:
+        with self._lock:
+            if not self._users:
+                self._before = sys.getswitchinterval()
+                sys.setswitchinterval(min(SWITCH_INTERVAL_S, self._before))
+            self._users += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if not self._users:
+                sys.setswitchinterval(self._before)
+
+
+_SWITCHES = _QuickSwitches()
+
+
 class _Writer:
     """Stores the batches on a thread of its own while the caller parses the next ones: the
     first batch alone (its chunk goes out at once), then BATCHES_PER_COMMIT batches per
@@ -232,6 +261,7 @@ class _Writer:
         # in the caller's context: its log fields (the correlation id the chunk messages carry)
         self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,),
                                         name="ingest-writer", daemon=True)
+        _SWITCHES.enter()  # until `close`: the threads of this ingest take turns quickly
         self._thread.start()
 
     def _run(self) -> None:
@@ -264,6 +294,7 @@ class _Writer:
                 self._flush()
             self._inbox.put(None)
             self._thread.join()
+            _SWITCHES.leave()
 
     def finish(self) -> dict:
         """Every batch put stored: -> the job after the last one (or the first error raised)."""
@@ -280,14 +311,14 @@ def _store(conn, queue: ChunkQueue, settings: Settings, seen: dict, group: list[
     stored_now = sum(len(batch) for batch, *_ in group)
     done = group[-1][4]
     with conn.transaction():
-        job = db.get_job(conn, seen["id"], lock=True, nowait=False)
+        job = db.lock_ingesting_job(conn, seen["id"])
         if job["status"] != "ingesting" or job["ingest_row"] != seen["ingest_row"]:
             raise _Stopped()
         chunks = [(job["chunks"] + n, batch) for n, batch in enumerate(b for b, *_ in group if b)]
         if chunks:
             db.copy_urls(conn, job["id"], ((row, chunk, url, values) for chunk, batch in chunks
                                            for row, url, values in batch))
-        sends, waiting = _dispatch(conn, settings, job, chunks)
+        sends, waiting = _dispatch(settings, job, chunks)
         stored = job["total_rows"] + stored_now
         extra = max(0, stored - job["reserved_rows"])
         if extra:  # more URLs than estimated: the difference from the day's quota, or stop here
@@ -306,12 +337,12 @@ def _store(conn, queue: ChunkQueue, settings: Settings, seen: dict, group: list[
     return job
 
 
-def _dispatch(conn, settings: Settings, job: dict, chunks: list[tuple[int, list]]) -> tuple[list[int], list[int]]:
+def _dispatch(settings: Settings, job: dict, chunks: list[tuple[int, list]]) -> tuple[list[int], list[int]]:
     """The new chunks split into those sent now and those that wait, in order."""
     sends: list[int] = []
     waiting: list[int] = []
     total = job["total_rows"]
-    already_waiting = bool(chunks) and job["mode"] != "batch" and bool(db.undispatched(conn, job["id"]))
+    already_waiting = bool(chunks) and job["mode"] != "batch" and bool(job["undispatched"])
     for chunk, batch in chunks:
         if not waiting and not already_waiting and _send_now(settings, job, chunk, total):
             sends.append(chunk)

@@ -47,6 +47,7 @@ from chalicelib.adapters.db.ingest import (  # noqa: F401
     count_ingest_resend,
     dispatched_unfinished_chunks,
     give_back_urls_today,
+    lock_ingesting_job,
     note_ingest_error,
     stale_ingests,
     store_batch,

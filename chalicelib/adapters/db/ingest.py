@@ -28,6 +28,13 @@ def begin_ingest(conn, job_id: str, *, estimated_rows: int, instructions: str | 
     ).fetchone()
 
 
+def lock_ingesting_job(conn, job_id: str) -> dict | None:
+    """The job row locked for a batch's transaction (waiting for a chunk handler's lock), with
+    the chunks waiting on it (`undispatched`): one round trip."""
+    return conn.execute(f"SELECT {JOB_COLUMNS}, undispatched FROM jobs WHERE id = %s FOR UPDATE",
+                        (job_id,)).fetchone()
+
+
 def undispatched(conn, job_id: str) -> list[int]:
     return list(conn.execute("SELECT undispatched FROM jobs WHERE id = %s", (job_id,)).fetchone()["undispatched"])
 

@@ -211,6 +211,21 @@ def test_a_row_that_cannot_be_read_deep_in_the_file_fails_the_job_with_its_numbe
     assert_invariant(conn, job_id)
 
 
+def test_the_copy_keeps_every_character_of_the_urls_and_the_named_columns(conn, small):
+    """The ingest's COPY text is built by db.copy_urls: what COPY gives a meaning (backslash, tab,
+    line ends, \\N, \\.) and any other character come back from the table as they went in."""
+    job_id, _ = drop(conn, small, lead_file(3))
+    values = ["back\\slash", "tab\there", "line\nend", "cr\rlf\r\n", "\\N", "\\.", 'quo"te\'s', "é ü 日本 😀",
+              '{"json": [1, "x"]}', "", "\u2028\x85\x7f\x01", "trailing\\"]
+    rows = [(1000 + n, 99, f"https://acme.com/{value}", {"Company": value, "Keywords": value[::-1]})
+            for n, value in enumerate(values)] + [(2000, 99, "https://acme.com/x\\y", None)]
+    with conn.transaction():
+        assert db.copy_urls(conn, job_id, iter(rows)) == len(rows)
+    stored = conn.execute("SELECT row_number, chunk, url, fields FROM urls WHERE job_id = %s AND chunk = 99 "
+                          "ORDER BY row_number", (job_id,)).fetchall()
+    assert [(r["row_number"], r["chunk"], r["url"], r["fields"]) for r in stored] == rows
+
+
 # ---------------------------------------------------------------- chunks while ingesting, cancel
 
 def test_chunks_are_processed_while_the_file_is_read_and_the_job_completes_only_after(conn, small, monkeypatch):

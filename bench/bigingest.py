@@ -3,6 +3,9 @@ Apollo-style), stored in S3 as a presigned upload would be, then `process` and t
 
     .venv/bin/python infra/devstack.py bench bigingest                    # 100,000 rows (+ a 10 MB file)
     .venv/bin/python infra/devstack.py bench bigingest --rows 1000000 --no-small   # the million-row case
+    .venv/bin/python infra/devstack.py bench bigingest --runs 6 --baseline /tmp/main   # medians, against a
+        # baseline tree (`git archive main | tar -x -C /tmp/main`), interleaved; --variant LABEL:NAME=VALUE
+        # adds an arm of this code with environment variables set
 
 Each step runs in a fresh Python process (its peak RSS is its own; clients built before the clock):
 
@@ -19,7 +22,9 @@ Each step runs in a fresh Python process (its peak RSS is its own; clients built
   first opener is stored. Target: <= 15 s after `process` is called.
 
 Files are generated in a temporary directory (never committed). Results go to stdout and, unless
---no-write, to bench/RESULTS.md under HEADING (other sections are kept).
+--no-write, to bench/RESULTS.md under HEADING: a single run rewrites only the table between
+TABLE_BEGIN and TABLE_END (notes around it are kept), `--runs` appends its runs at the end of the
+section. The ingest step also reports its CPU time and its PostgreSQL backend's.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import csv
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,6 +109,15 @@ def _peaks() -> dict:
     return {"rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "vmhwm_peak_mib": vmhwm}
 
 
+def _cpu_s(pid: int | str = "self") -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; NaN where unreadable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def child(step: str, job_id: str, out: str) -> None:
     from bench.common import bench_account
     from chalicelib import deps, jobs
@@ -110,6 +125,8 @@ def child(step: str, job_id: str, out: str) -> None:
     settings, conn, storage, queue = deps.settings(), deps.conn(), deps.storage(), deps.chunk_queue()
     ready = _peaks()
     result: dict = {"rss_ready_mib": ready["rss_peak_mib"]}
+    backend = conn.info.backend_pid
+    cpu = (_cpu_s(), _cpu_s(backend))
     start = time.perf_counter()
     if step == "process":
         body = jobs.start(conn, storage, queue, settings, bench_account(conn), job_id)
@@ -145,19 +162,22 @@ def child(step: str, job_id: str, out: str) -> None:
             writer_profiler.dump_stats(os.environ["BIGINGEST_PROFILE"] + ".writer")
         result.update(seconds=time.perf_counter() - start, first_chunk_s=sends[0] if sends else None,
                       chunk_messages=len(sends), status=job["status"], total_rows=job["total_rows"],
-                      invalid_rows=job["invalid_rows"], ingested_rows=job["ingest_row"], chunks=job["chunks"])
+                      invalid_rows=job["invalid_rows"], ingested_rows=job["ingest_row"], chunks=job["chunks"],
+                      cpu_s=_cpu_s() - cpu[0], pg_cpu_s=_cpu_s(backend) - cpu[1])
     else:
         sys.exit(f"unknown step {step!r}")
     result.update(_peaks())
     Path(out).write_text(json.dumps(result))
 
 
-def run_child(step: str, job_id: str, tmp: Path) -> dict:
+def run_child(step: str, job_id: str, tmp: Path, tree: Path = ROOT, env: dict | None = None) -> dict:
+    """One step in a fresh process, with the code of source tree `tree` (this one, or a baseline's)
+    and `env` added to the environment."""
     out = tmp / f"{step}-{uuid.uuid4().hex[:8]}.json"
     # a shell in between, so the child's ru_maxrss is its own (see bench/ingest.py run_child)
     cmd = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-m", "bench.bigingest", "--child", step,
            job_id, str(out)]
-    done = subprocess.run(cmd, cwd=ROOT, env=os.environ, stdout=subprocess.DEVNULL)
+    done = subprocess.run(cmd, cwd=tree, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL)
     if done.returncode != 0:
         sys.exit(f"[bench] step {step} failed with exit code {done.returncode}")
     return json.loads(out.read_text())
@@ -209,10 +229,7 @@ def first_opener_seconds(conn, settings, source_key: str, name: str, timeout_s: 
     storage, queue = deps.storage(), deps.chunk_queue()
     for url in (settings.chunk_queue_url, settings.ingest_queue_url):  # the earlier steps' messages
         queue.sqs.purge_queue(QueueUrl=url)
-    created = jobs.create_presigned_upload(conn, storage, settings, account_id=bench_account(conn), file_name=name,
-                                           size=storage.head(source_key)[0])
-    job_id = created["job"]["id"]
-    storage.copy(source_key, db_file_path(conn, job_id))
+    job_id = copied_job(conn, settings, source_key, name)
     runner = Runner(settings.chunk_queue_url, None, settings.max_concurrent_jobs, settings.aws_region,
                     ingest_queue_url=settings.ingest_queue_url).start()
     try:
@@ -243,6 +260,18 @@ def first_opener_seconds(conn, settings, source_key: str, name: str, timeout_s: 
     return {"first_opener_s": None if first is None else (first - started_at).total_seconds(),
             "ingested_rows_then": ingested, "first_batch_stored_s": ingesting, "first_row_claimed_s": claimed,
             "first_row_calls": calls and calls["calls"]}
+
+
+def copied_job(conn, settings, source_key: str, name: str) -> str:
+    """A new presigned-upload job whose file is a copy (in S3) of the stored `source_key`."""
+    from bench.common import bench_account
+    from chalicelib import deps, jobs
+
+    storage = deps.storage()
+    created = jobs.create_presigned_upload(conn, storage, settings, account_id=bench_account(conn), file_name=name,
+                                           size=storage.head(source_key)[0])
+    storage.copy(source_key, db_file_path(conn, created["job"]["id"]))
+    return created["job"]["id"]
 
 
 def db_ingest_row(conn, job_id: str) -> int:
@@ -281,42 +310,110 @@ def measure(conn, settings, tmp: Path, rows: int, name: str, first_opener: bool 
     return figures
 
 
+def compare(conn, settings, tmp: Path, rows: int, runs: int, arms: list[tuple[str, Path, dict]]) -> list[dict]:
+    """`runs` ingests of one stored file per arm (label, source tree, environment added), each a
+    new job and its own `psql \\copy` right after it; in each run the arms' ingests go back to
+    back, in an order that alternates (so they share the load). -> one record per ingest;
+    prints each and the medians per arm."""
+    path, name = tmp / "apollo-export.csv", "apollo-export.csv"
+    size = make_csv(path, rows)
+    source_key = db_file_path(conn, stored_job(conn, path, name))
+    path.unlink()
+    print(f"[bench] {rows:,} rows x {len(COLUMNS)} columns ({size / 1e6:.1f} MB), {runs} runs of "
+          + ", ".join(f"{label} ({tree}{' ' + str(env) if env else ''})" for label, tree, env in arms), flush=True)
+    measured: list[dict] = []
+    for n in range(runs):
+        for label, tree, env in arms[::-1] if n % 2 else arms:
+            job_id = copied_job(conn, settings, source_key, name)
+            run_child("process", job_id, tmp)  # this tree's: the same job for both
+            load = os.getloadavg()[0]
+            ingest = run_child("ingest", job_id, tmp, tree, env)
+            copy_s = psql_copy_seconds(settings.database_url, job_id, tmp)
+            conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
+            conn.execute("VACUUM urls")  # every run starts from the same table
+            measured.append({"run": n + 1, "code": label, "load": load, "ingest_s": ingest["seconds"], "copy_s": copy_s,
+                             "ratio": ingest["seconds"] / copy_s, "rss_mib": ingest["rss_peak_mib"],
+                             "cpu_s": ingest.get("cpu_s"), "pg_cpu_s": ingest.get("pg_cpu_s")})
+            cpu = (f", CPU {ingest['cpu_s']:.2f} s + PostgreSQL {ingest['pg_cpu_s']:.2f} s" if "cpu_s" in ingest
+                   else "")
+            print(f"[bench]   run {n + 1} {label}: ingest {ingest['seconds']:.2f} s / psql \\copy {copy_s:.2f} s "
+                  f"= {ingest['seconds'] / copy_s:.2f} at load {load:.1f}{cpu}, peak RSS "
+                  f"{ingest['rss_peak_mib']:.0f} MiB", flush=True)
+    for label, _tree, _env in arms:
+        mine = [m for m in measured if m["code"] == label]
+        print(f"[bench] {label}: median ingest {statistics.median(m['ingest_s'] for m in mine):.2f} s, median "
+              f"ratio {statistics.median(m['ratio'] for m in mine):.2f} (runs {min(m['ratio'] for m in mine):.2f}-"
+              f"{max(m['ratio'] for m in mine):.2f}), loads {min(m['load'] for m in mine):.1f}-"
+              f"{max(m['load'] for m in mine):.1f}", flush=True)
+    return measured
+
+
+TABLE_BEGIN = "<!-- bigingest: the table below is rewritten by bench/bigingest.py; notes go outside it -->"
+TABLE_END = "<!-- bigingest: end of the table -->"
+
+
+def _section(text: str) -> tuple[str, str, str]:
+    """RESULTS.md cut at this benchmark's section (HEADING up to the next "## " heading): before,
+    section, after. A file without the section gets an empty one at its end."""
+    if HEADING not in text:
+        text = text.rstrip("\n") + f"\n\n{HEADING}\n"
+    before, rest = text.split(HEADING, 1)
+    section, _, after = rest.partition("\n## ")
+    return before, HEADING + section, ("\n## " + after) if after else ""
+
+
 def write_results(measured: list[dict]) -> None:
-    """This benchmark's section of RESULTS.md: one table row per file size, a new run replacing
-    the row of its size (so the million-row run adds its row beside the 100,000-row one)."""
+    """This benchmark's table in RESULTS.md (between TABLE_BEGIN and TABLE_END; the section's
+    other text is kept): one row per file size, a new run replacing the row of its size (so the
+    million-row run adds its row beside the 100,000-row one)."""
     def row(f: dict) -> str:
         i, p = f["ingest"], f["process"]
         return (f"| {f['rows']:,} | {f['bytes'] / 1e6:.1f} MB | {p['seconds']:.2f} s | {i['first_chunk_s']:.2f} s | "
                 f"{i['seconds']:.1f} s | {f['copy_s']:.1f} s | {i['seconds'] / f['copy_s']:.2f} | "
                 f"{i['rss_peak_mib']:.0f} MiB | {i['total_rows']:,} / {i['invalid_rows']:,} |")
 
-    text = RESULTS.read_text()
-    before, section, after = text, "", ""
-    if HEADING in text:
-        before, rest = text.split(HEADING, 1)
-        section, _, after = rest.partition("\n## ")
-        after = ("\n## " + after) if after else ""
-    rows = {line.split("|")[1].strip(): line for line in section.splitlines()
+    before, section, after = _section(RESULTS.read_text())
+    if TABLE_BEGIN not in section:  # the table goes first, right under the heading
+        section = section.replace(HEADING, f"{HEADING}\n\n{TABLE_BEGIN}\n{TABLE_END}", 1)
+    above, rest = section.split(TABLE_BEGIN, 1)
+    table, below = rest.split(TABLE_END, 1)
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines()
             if line.startswith("| ") and line.split("|")[1].strip()[:1].isdigit()}
     rows.update({f"{f['rows']:,}": row(f) for f in measured})
     rss = {f["rows"]: f["ingest"]["rss_peak_mib"] for f in measured}
-    notes = [line for line in section.splitlines() if line.startswith("Peak RSS of the ingest step")]
+    notes = [line for line in table.splitlines() if line.startswith("Peak RSS of the ingest step")]
     if len(measured) > 1 and measured[0]["rows"] == 10 * measured[1]["rows"]:
         notes = [f"Peak RSS of the ingest step, {measured[0]['rows']:,}-row file ÷ {measured[1]['rows']:,}-row "
                  f"file: {rss[measured[0]['rows']] / rss[measured[1]['rows']]:.2f}."]
-    lines = [HEADING, "", f"Measured {date.today().isoformat()} by `bench/bigingest.py` on a private stack "
+    lines = [f"Measured {date.today().isoformat()} by `bench/bigingest.py` on a private stack "
              "(`infra/devstack.py bench bigingest [--rows N]`), 2-core machine shared with other work; one run "
-             "each. The file is generated (Apollo-style, 40 columns), put in S3 as a presigned upload, then "
-             "`process` and the ingest step run in fresh processes.", "",
-             "| rows | file | process answers | first chunk sent after | ingest | psql \\copy | ingest ÷ copy "
+             f"each, load average {os.getloadavg()[0]:.1f} at the end. The file is generated (Apollo-style, 40 "
+             "columns), put in S3 as a presigned upload, then `process` and the ingest step run in fresh processes.",
+             "", "| rows | file | process answers | first chunk sent after | ingest | psql \\copy | ingest ÷ copy "
              "| ingest peak RSS | URLs / invalid |", "|---|---|---|---|---|---|---|---|---|",
              *sorted(rows.values(), key=lambda line: -int(line.split("|")[1].strip().replace(",", ""))),
              "", *notes]
-    body = "\n".join(lines).rstrip("\n") + "\n"
-    if HEADING in text:
-        RESULTS.write_text(before + body + after)
-    else:
-        RESULTS.write_text(text.rstrip("\n") + "\n\n" + body)
+    RESULTS.write_text(before + above + TABLE_BEGIN + "\n" + "\n".join(lines).rstrip("\n") + "\n" + TABLE_END
+                       + below + after)
+
+
+def append_runs(measured: list[dict], rows: int, command: str) -> None:
+    """A `--runs` comparison added at the end of this benchmark's section (nothing is replaced)."""
+    lines = ["", f"#### {rows:,} rows, {date.today().isoformat()}: `{command}`", "",
+             "| run | code | ingest | psql \\copy | ingest ÷ copy | load (1 min) | CPU: ingest + PostgreSQL |",
+             "|---|---|---|---|---|---|---|"]
+    for m in measured:
+        cpu = f"{m['cpu_s']:.2f} + {m['pg_cpu_s']:.2f} s" if m["cpu_s"] is not None else "—"
+        lines.append(f"| {m['run']} | {m['code']} | {m['ingest_s']:.2f} s | {m['copy_s']:.2f} s | {m['ratio']:.2f} | "
+                     f"{m['load']:.1f} | {cpu} |")
+    lines.append("")
+    for label in dict.fromkeys(m["code"] for m in measured):
+        mine = [m for m in measured if m["code"] == label]
+        lines.append(f"- {label}: median ingest {statistics.median(m['ingest_s'] for m in mine):.2f} s, median "
+                     f"ratio **{statistics.median(m['ratio'] for m in mine):.2f}** ({len(mine)} runs, "
+                     f"{min(m['ratio'] for m in mine):.2f}–{max(m['ratio'] for m in mine):.2f})")
+    before, section, after = _section(RESULTS.read_text())
+    RESULTS.write_text(before + section.rstrip("\n") + "\n" + "\n".join(lines) + "\n" + (after or ""))
 
 
 def main() -> None:
@@ -326,6 +423,12 @@ def main() -> None:
     parser.add_argument("--no-small", action="store_true", help="skip the 10 MB comparison file")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--profile", action="store_true", help="cProfile the ingest step (no RESULTS.md)")
+    parser.add_argument("--runs", type=int, default=0,
+                        help="N ingests of the --rows file, each with its own psql \\copy, and their medians")
+    parser.add_argument("--baseline", type=Path, metavar="TREE",
+                        help="with --runs: also ingest with the code of source tree TREE, interleaved")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE[,NAME=VALUE]",
+                        help="with --runs: also ingest with this code and these environment variables, interleaved")
     parser.add_argument("--first-opener", action="store_true",
                         help="also: a job of the same file through the event runner, to its first opener stored")
     args = parser.parse_args()
@@ -350,7 +453,16 @@ def main() -> None:
             print("[bench] the parsing thread (the caller of ingest_file):")
             pstats.Stats(str(tmp / "ingest.prof")).strip_dirs().sort_stats("tottime").print_stats(25)
             print("[bench] the writer thread (ingest._store: COPY, counters, commit, chunk messages):")
-            pstats.Stats(str(tmp / "ingest.prof.writer")).strip_dirs().sort_stats("tottime").print_stats(20)
+            pstats.Stats(str(tmp / "ingest.prof.writer")).strip_dirs().sort_stats("cumulative").print_stats(30)
+            return
+        if args.runs:
+            arms = [("this", ROOT, {})] + ([("baseline", args.baseline.resolve(), {})] if args.baseline else [])
+            for variant in args.variant:
+                label, _, assignments = variant.partition(":")
+                arms.append((label, ROOT, dict(pair.split("=", 1) for pair in assignments.split(",") if pair)))
+            runs = compare(conn, settings, tmp, args.rows, args.runs, arms)
+            if not args.no_write:
+                append_runs(runs, args.rows, "infra/devstack.py bench bigingest " + " ".join(sys.argv[1:]))
             return
         measured = [measure(conn, settings, tmp, args.rows, "apollo-export.csv", first_opener=args.first_opener)]
         if not args.no_small:

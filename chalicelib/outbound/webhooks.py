@@ -5,15 +5,15 @@ under the account's webhook secret. Receivers check the HMAC and reject timestam
 five minutes (replays).
 
 Deliveries are rows in `webhook_deliveries`, the queue: the first attempt happens when the job
-changes status; a non-2xx answer or a timeout is retried with exponential backoff by the
-scheduled sweep, for up to a day. A big job's `job.completed` is queued at completion but held
+changes status; a non-2xx answer or a timeout is retried with exponential backoff by the scheduled
+sweep, for up to a day. A big job's `job.completed` is queued at completion but held
 (`awaits_results`) until its results CSV, built in the background, exists: the build releases it
 (`release`), a failed build makes it due (`stop_holding`), and the sweep sends it when its hold
-ends whatever the build did. Each attempt is taken by one conditional update (the first
-attempt's insert, the release or the sweep's claim), so a delivery goes out once, then is retried
-until delivered. Every attempt goes through the SSRF-safe fetcher (public addresses only; https
-in the prod stage) and is signed afresh (a new timestamp: a receiver refuses one older than five
-minutes, and a retry may come an hour later).
+ends whatever the build did. Every attempt first takes the delivery by one conditional update
+(`claim`: the first attempt's, after a release, and the sweep's alike), so an event goes out once,
+then again only after an attempt that failed, until delivered. Every attempt goes through the
+SSRF-safe fetcher (public addresses only; https in the prod stage) and is signed afresh (a new
+timestamp: a receiver refuses one older than five minutes, and a retry may come an hour later).
 
 The sweep's share is bounded: a small pool of threads, a time budget it never starts an attempt
 past, and a cap per account, so receivers that never answer (one tenant's, or many) cannot hold
@@ -257,8 +257,8 @@ def notify(conn, fetcher, box: Callable[[], SecretBox] | None, job: dict, job_bo
     fault (logged, loudly) leaves it due for the sweep."""
     try:
         if hold_s is not None and job["status"] == "completed":
-            enqueue(conn, job, job_body, due_in_s=hold_s, awaits_results=True)
-            log.info("webhook held for the results CSV", extra={"job_id": str(job["id"]), "hold_s": hold_s})
+            if enqueue(conn, job, job_body, due_in_s=hold_s, awaits_results=True) is not None:
+                log.info("webhook held for the results CSV", extra={"job_id": str(job["id"]), "hold_s": hold_s})
             return
         delivery = enqueue(conn, job, job_body)
         if delivery is not None and fetcher is not None and box is not None:

@@ -42,7 +42,7 @@ import statistics
 import time
 
 from bench.common import fake_call, fake_openai, job_counts, use_fake
-from bench.pagecontext import INSTRUCTIONS, make_job, row_figures
+from bench.pagecontext import INSTRUCTIONS, TimedPages, make_job, row_figures
 from bench.utilization import rate_figures
 from tests.support.hang_server import HangServer
 
@@ -112,30 +112,10 @@ def _handle_chunk(args: tuple[str, int, dict]) -> dict:
     deps.outbound_fetcher().resolver = bench_resolver()
     page_s: list[float] = []
     if worker.page_summary is not None:
-        worker.page_summary = _Timed(worker.page_summary, page_s)
+        worker.page_summary = TimedPages(worker.page_summary, page_s)
     started = time.monotonic()
     worker.process_chunk(job_id, chunk, lambda: float("inf"))
     return {"wall_s": time.monotonic() - started, "page_s": page_s, **_proc_status()}
-
-
-class _Timed:
-    """The handler's page summaries, each page's time from its submit to its answer recorded."""
-
-    def __init__(self, summaries, page_s: list[float]) -> None:
-        self.summaries, self.page_s = summaries, page_s
-
-    def __call__(self, *args):
-        started = time.monotonic()
-        try:
-            return self.summaries(*args)
-        finally:
-            self.page_s.append(time.monotonic() - started)
-
-    def submit(self, *args):
-        started = time.monotonic()
-        future = self.summaries.submit(*args)
-        future.add_done_callback(lambda _: self.page_s.append(time.monotonic() - started))
-        return future
 
 
 def run_chunks(job_id: str, env: dict[str, str]) -> tuple[float, list[dict]]:

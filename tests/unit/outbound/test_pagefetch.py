@@ -37,7 +37,7 @@ def test_hundreds_of_hanging_pages_are_in_flight_at_once_on_one_loop_without_a_t
     the server at once, the process gains no thread for them, and each ends at its deadline."""
     n = 300
     with HangServer("127.0.0.1", robots=b"") as server:
-        fetcher = Fetcher(allow_networks=ALLOW, timeout_s=3.0, host_concurrency=n, pages_in_flight=n)
+        fetcher = Fetcher(allow_networks=ALLOW, timeout_s=6.0, host_concurrency=n, pages_in_flight=n)
         assert fetcher.get_page(f"http://127.0.0.1:{server.port}/robots.txt").status == ERROR  # loop started
         fetcher.host_failures.forget("127.0.0.1")
         threads_before = threading.active_count()
@@ -95,6 +95,14 @@ def test_robots_txt_that_hangs_times_out_as_robots_txt():
     with HangServer("127.0.0.1") as server:  # robots.txt hangs too
         result = Fetcher(allow_networks=ALLOW, timeout_s=0.5).get_page(f"http://127.0.0.1:{server.port}/")
     assert (result.status, result.reason) == (TIMEOUT, "timed out reading robots.txt")
+
+
+def test_a_tls_handshake_that_never_comes_ends_at_the_deadline_and_lets_go_of_the_connection():
+    with HangServer("127.0.0.1") as server:
+        fetcher = Fetcher(allow_networks=ALLOW, timeout_s=0.5)
+        result = fetcher.get_page(f"https://127.0.0.1:{server.port}/")
+        assert (result.status, result.reason) == (TIMEOUT, "timed out reading robots.txt")
+        assert _wait_for(lambda: server.accepted == 1 and server.open == 0)
 
 
 def test_many_names_that_never_resolve_end_at_the_dns_bound_each():

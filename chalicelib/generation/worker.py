@@ -54,7 +54,7 @@ REUSED_FLUSH_BATCH = 500  # reused rows cost nothing to redo: saved in bigger ba
 STATUS_EVERY_S = 1.0
 RENEW_EVERY_S = 30.0  # or a third of the lease, if shorter
 CANCEL_GRACE_S = 2.0
-AHEAD_PAGES = 4  # rows with an earlier opener held beyond the generators, per page fetch thread
+AHEAD_PAGES = 4  # rows with an earlier opener held beyond the generators, per page in flight
 PAGE_WAIT_GRACE_S = 1.0  # beyond PAGE_FETCH_TIMEOUT_S: a page fetch ends by itself just after its deadline
 MAX_ERROR_CHARS = 500
 
@@ -176,7 +176,7 @@ class ChunkWorker:
                             in_flight[self._submit(pool, pages, row, job, stop_requested, found)] = row
                     # rows with an earlier opener cost no call (at most a page from the cache): while
                     # they come, claim more at once, so the claims and lookups stay few
-                    # (with page context at most AHEAD_PAGES fetch threads' worth: each row still waits
+                    # (with page context at most AHEAD_PAGES pages in flight's worth: each row still waits
                     # for its page, and one queued too long behind the others would go without it)
                     most = self.settings.chunk_size if pages is None else AHEAD_PAGES * self.page_concurrency
                     run.ahead = min(most, 2 * len(earlier)) if rows else run.ahead
@@ -235,7 +235,7 @@ class ChunkWorker:
         page, page_until = None, time.monotonic() + self.page_wait_s
         if pages is not None:
             page = pages.submit(row["url"], job["account_id"], page_until)
-        if page is not None and earlier is not None:  # matched on the fetch thread; generated only if not
+        if page is not None and earlier is not None:  # matched where the page lands; generated only if not
             run = contextvars.copy_context().run
             return reuse.when_page(page, earlier, row["id"], lambda fetched: pool.submit(
                 run, self._generate, row, job, stop, fetched, page_until))
@@ -244,7 +244,7 @@ class ChunkWorker:
     def _generate(self, row: dict, job: dict, stop: _Flag, page_fetch: Future | None = None,
                   page_until: float = float("inf"), earlier: reuse.Candidates | None = None) -> dict | None:
         """One URL -> a result dict, or None to give the row back (stop requested). A page not
-        there by ``page_until`` (its fetch had its time, or waited for a fetch thread) is left out:
+        there by ``page_until`` (its fetch had its time, or waited for a turn) is left out:
         the row is generated without it, ``context_status`` timeout. `earlier`: openers of the
         row's fingerprint from earlier jobs; one written from the same page is reused."""
         page, context = None, "off"

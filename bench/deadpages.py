@@ -29,24 +29,22 @@ thread count at its end.
 
     make bench BENCH=deadpages                  # every run
     make bench BENCH="deadpages --runs off,hang"
-    make bench BENCH="deadpages --memory"       # RSS of N fetches in flight in one process
+    make bench BENCH="deadpages --memory"       # RSS of N fetches in flight on one process's loop
     BENCH_RPM=2400 BENCH_URLS=3000 ...          # R and the job size
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import socket
 import statistics
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from bench.common import fake_call, fake_openai, job_counts, use_fake
-from bench.pagecontext import INSTRUCTIONS, make_job, row_figures
+from bench.pagecontext import INSTRUCTIONS, TimedPages, make_job, row_figures
 from bench.utilization import rate_figures
+from tests.support.hang_server import HangServer
 
 RPM = int(os.environ.get("BENCH_RPM", "2400"))
 URLS = int(os.environ.get("BENCH_URLS", "3000"))
@@ -64,42 +62,9 @@ assert INSTRUCTIONS  # the same instructions as pagecontext's jobs (make_job use
 # --- the site that never answers ----------------------------------------------------------------
 
 
-class HangServer:
-    """Accepts every connection on HANG_IP, reads whatever comes, never answers; counts
-    connections and the most open at once. One asyncio loop in a thread: thousands are cheap."""
-
-    def __init__(self) -> None:
-        self.accepted = 0
-        self.open = 0
-        self.max_open = 0
-        self.port = 0
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        threading.Thread(target=self._loop.run_forever, daemon=True, name="hang-server").start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-
-    async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._hold, HANG_IP, 0, backlog=4096)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        self.open += 1
-        self.max_open = max(self.max_open, self.open)
-        try:
-            while await reader.read(65536):
-                pass
-        except OSError:
-            pass
-        finally:
-            self.open -= 1
-            writer.close()
-
-    def reset_counts(self) -> None:
-        self.accepted = self.max_open = 0
-
-    def close(self) -> None:
-        self._loop.call_soon_threadsafe(self._server.close)
+def hang_server() -> HangServer:
+    """Accepts every connection on HANG_IP, reads whatever comes, never answers (robots.txt neither)."""
+    return HangServer(HANG_IP)
 
 
 def bench_resolver(real=socket.getaddrinfo, dns_s: float = DNS_S):
@@ -147,15 +112,7 @@ def _handle_chunk(args: tuple[str, int, dict]) -> dict:
     deps.outbound_fetcher().resolver = bench_resolver()
     page_s: list[float] = []
     if worker.page_summary is not None:
-        summary = worker.page_summary
-
-        def timed(*a, **kw):
-            started = time.monotonic()
-            try:
-                return summary(*a, **kw)
-            finally:
-                page_s.append(time.monotonic() - started)
-        worker.page_summary = timed
+        worker.page_summary = TimedPages(worker.page_summary, page_s)
     started = time.monotonic()
     worker.process_chunk(job_id, chunk, lambda: float("inf"))
     return {"wall_s": time.monotonic() - started, "page_s": page_s, **_proc_status()}
@@ -210,31 +167,48 @@ def run(base_url: str, server: HangServer, name: str) -> dict:
 # --- memory of N fetches in flight ----------------------------------------------------------------
 
 
-def memory(counts: tuple[int, ...] = (32, 128, 256, 512)) -> list[dict]:
-    """RSS of one process with N page fetches in flight on threads (each to a host of its own on
-    the hang server, 5 s deadline), measured 2 s after they start; as a chunk handler's page pool."""
+def _memory_one(args: tuple[int, bool, int]) -> dict:
+    """In a fresh process: RSS before and 2 s after starting N fetches (``names``: each URL a name
+    of its own, looked up on the resolver threads as in production; else the server's address,
+    nothing to look up: the fetches' own cost)."""
     from chalicelib.outbound import Fetcher
 
-    server = HangServer()
+    n, names, port = args
+    fetcher = Fetcher(allow_networks=["127.0.0.0/8"], resolver=bench_resolver(), timeout_s=5.0,
+                      pages_in_flight=n, host_concurrency=n)
+    fetcher.get_page(f"http://warm.hang.test:{port}/")  # imports, the loop started
+    fetcher.host_failures.forget("warm.hang.test")
+    time.sleep(0.5)
+    before = _proc_status()
+    host = "m{i}.hang.test" if names else HANG_IP
+    futures = [fetcher.submit_page(f"http://{host.format(i=i)}:{port}/p{i}") for i in range(n)]
+    time.sleep(2.0)
+    during = _proc_status()
+    in_flight = fetcher.pages.running
+    results = [f.result() for f in futures]
+    return {"in_flight": n, "hosts": "names" if names else "address", "running": in_flight,
+            "rss_before_mb": round(before["VmRSS"] / 1024, 1), "rss_during_mb": round(during["VmRSS"] / 1024, 1),
+            "kb_per_fetch": round((during["VmRSS"] - before["VmRSS"]) / n, 1),
+            "threads_before": before["Threads"], "threads_during": during["Threads"],
+            "timeouts": sum(r.status == "timeout" for r in results)}
+
+
+def memory(counts: tuple[int, ...] = (32, 128, 256, 512, 1024)) -> list[dict]:
+    """RSS of one process with N page fetches in flight on the event loop (each to the hang
+    server, 5 s deadline, PAGE_FETCH_CONCURRENCY = N), each N in a process of its own, as a chunk
+    handler's pages (issue 25: the threads they replaced cost 43-57 KB each)."""
+    import multiprocessing
+
+    server = hang_server()
     rows = []
     try:
-        for n in counts:
-            fetcher = Fetcher(allow_networks=["127.0.0.0/8"], resolver=bench_resolver(), timeout_s=5.0)
-            fetcher.get_page(f"http://warm.hang.test:{server.port}/")  # imports, TLS-free path warmed
-            before = _proc_status()
-            pool = ThreadPoolExecutor(n, thread_name_prefix="page")
-            futures = [pool.submit(fetcher.get_page, f"http://m{n}-{i}.hang.test:{server.port}/") for i in range(n)]
-            time.sleep(2.0)
-            during = _proc_status()
-            open_now = server.open
-            results = [f.result() for f in futures]
-            pool.shutdown()
-            rows.append({"in_flight": n, "rss_before_mb": round(before["VmRSS"] / 1024, 1),
-                         "rss_during_mb": round(during["VmRSS"] / 1024, 1),
-                         "kb_per_fetch": round((during["VmRSS"] - before["VmRSS"]) / n, 1),
-                         "threads_during": during["Threads"], "open_at_server": open_now,
-                         "timeouts": sum(r.status == "timeout" for r in results)})
-            print(rows[-1], flush=True)
+        for names in (True, False):
+            for n in counts:
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    rows.append(pool.apply(_memory_one, ((n, names, server.port),)))
+                rows[-1]["open_at_server_max"] = server.max_open
+                server.reset_counts()
+                print(rows[-1], flush=True)
     finally:
         server.close()
     return rows
@@ -256,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {"memory": memory()}
     names = [n.strip() for n in args.runs.split(",") if n.strip()]
     results: dict[str, dict] = {}
-    server = HangServer()
+    server = hang_server()
     try:
         with fake_openai("--latency-ms", LATENCY_MS, "--rpm", str(RPM)) as base_url:
             for name in names:

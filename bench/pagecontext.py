@@ -298,6 +298,26 @@ def _distribution(values: list[int]) -> dict:
             "p90": values[min(len(values) - 1, int(0.9 * len(values)))], "max": values[-1], "min": values[0]}
 
 
+class TimedPages:
+    """The handler's page summaries, each page's time from its submit to its answer recorded."""
+
+    def __init__(self, summaries, page_s: list[float]) -> None:
+        self.summaries, self.page_s = summaries, page_s
+
+    def __call__(self, *args):
+        started = time.monotonic()
+        try:
+            return self.summaries(*args)
+        finally:
+            self.page_s.append(time.monotonic() - started)
+
+    def submit(self, *args):
+        started = time.monotonic()
+        future = self.summaries.submit(*args)
+        future.add_done_callback(lambda _: self.page_s.append(time.monotonic() - started))
+        return future
+
+
 def _handle_chunk(args: tuple[str, int, dict]) -> dict:
     """One chunk in this process, as bench/common.py's, timing each URL's two steps as the worker
     runs them on its threads: the page summary (fetch, robots.txt, waiting for a host slot,
@@ -320,7 +340,7 @@ def _handle_chunk(args: tuple[str, int, dict]) -> dict:
         return wrapper
 
     if worker.page_summary is not None:
-        worker.page_summary = timed(fetch_s, worker.page_summary)
+        worker.page_summary = TimedPages(worker.page_summary, fetch_s)
     worker.generator.generate = timed(generate_s, worker.generator.generate)
     started = time.monotonic()
     worker.process_chunk(job_id, chunk, lambda: float("inf"))

@@ -117,20 +117,15 @@ def concurrency_gate():
 
 @lru_cache(maxsize=1)
 def page_summaries():
-    """(url, account_id) -> (summary or None, context_status): the SSRF-safe fetcher and the
-    shared Redis cache of page summaries (per account: a cached page must not tell one account
-    that another fetched it), one per process (the fetcher's per-host limits are per process)."""
-    from chalicelib.outbound.summaries import PageCache, summarize_page
+    """(url, account_id) -> (summary or None, context_status), and its ``submit`` (a Future of the
+    same, the page fetched on the process's event loop): the SSRF-safe fetcher and the shared Redis
+    cache of page summaries (per account: a cached page must not tell one account that another
+    fetched it), one per process (the fetcher's per-host limits and pages in flight are per process)."""
+    from chalicelib.outbound.summaries import PageCache, PageSummaries
 
     s = get_settings()
-    fetcher = outbound_fetcher()
     cache = PageCache(redis_client(), prefix=f"{s.ratelimit_prefix}:page", ttl_s=s.page_cache_ttl_s)
-
-    def summary(url: str, account_id: str) -> tuple[str | None, str]:
-        page = summarize_page(url, fetcher, cache, account_id)
-        return page.summary, page.context_status
-
-    return summary
+    return PageSummaries(outbound_fetcher(), cache)
 
 
 @lru_cache(maxsize=1)
@@ -211,8 +206,8 @@ def batch_runner():
 
 @lru_cache(maxsize=1)
 def outbound_fetcher():
-    """The SSRF-safe fetcher of this process, for pages and webhooks alike (thread-safe: one robots
-    cache and one set of per-host slots)."""
+    """The SSRF-safe fetcher of this process, for pages (on its event loop) and webhooks alike
+    (thread-safe: one robots cache, one memory of failed hosts, PAGE_FETCH_CONCURRENCY pages in flight)."""
     from chalicelib.outbound import Fetcher
 
     return Fetcher.from_settings(get_settings())

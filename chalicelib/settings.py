@@ -120,7 +120,7 @@ class Settings:
     page_fetch_timeout_s: float = 5.0  # one deadline over a page fetch: robots.txt, redirects, body
     page_cache_ttl_s: int = 86_400  # page summaries in Redis; failed fetches are kept briefly
     page_host_concurrency: int = 2  # fetches at once per host, per process (Lambda container)
-    page_fetch_concurrency: int = 256  # pages fetched at once per chunk handler, ahead of the generators (~45 KB each)
+    page_fetch_concurrency: int = 256  # page fetches in flight on a process's event loop (~15 KB each, no thread)
     page_dns_timeout_s: float = 1.0  # a page's name lookup, within PAGE_FETCH_TIMEOUT_S
     page_host_failure_ttl_s: float = 60.0  # a host that timed out or did not resolve is skipped this long
     # Fernet keys sealing the accounts' webhook secrets (chalicelib/outbound/sealing.py): the first

@@ -3,10 +3,11 @@
 One call per SQS message. Rows are claimed a few at a time with a lease (`claim_urls`), handed
 to a thread pool of CHUNK_CONCURRENCY generators, and their results written by this thread
 alone in batches (every ≤ 1 s, 50 results or 500 reused ones) together with the job's counters. With page
-context, each claimed row's page is fetched at once by a second pool (PAGE_FETCH_CONCURRENCY
-threads) and up to that many rows are claimed ahead, so a slow page waits in the fetch pool
-while the generators keep calling the model: the two stages wait on different things (a site,
-the shared rate) and need different numbers of threads. A redelivered or
+context, each claimed row's page is submitted at once (``page_summary.submit``: fetched on the
+process's event loop, up to PAGE_FETCH_CONCURRENCY in flight, no thread each) and up to that many
+rows are claimed ahead, so a slow page waits on the loop while the generators keep calling the
+model: the two stages wait on different things (a site, the shared rate). A page callable without
+``submit`` runs on a pool of PAGE_FETCH_CONCURRENCY threads instead. A redelivered or
 duplicate message skips finished rows and rows another live invocation holds; rows of a crashed
 invocation are taken over when their lease runs out. Cancel and the Lambda deadline stop the
 claiming, save what was generated and give the rest back.
@@ -41,6 +42,7 @@ from chalicelib.adapters import db
 from chalicelib.generation import checks, pricing, reuse
 from chalicelib.generation.answers import GenerationFailed, spent_tokens
 from chalicelib.generation.dispatch import dispatch_next
+from chalicelib.generation.pages import ThreadedPages, page_source
 from chalicelib.generation.ratelimit import LimiterStopped
 from chalicelib.logs import get_logger, log_context, public_error
 
@@ -52,7 +54,7 @@ REUSED_FLUSH_BATCH = 500  # reused rows cost nothing to redo: saved in bigger ba
 STATUS_EVERY_S = 1.0
 RENEW_EVERY_S = 30.0  # or a third of the lease, if shorter
 CANCEL_GRACE_S = 2.0
-AHEAD_PAGES = 4  # rows with an earlier opener held beyond the generators, per page fetch thread
+AHEAD_PAGES = 4  # rows with an earlier opener held beyond the generators, per page in flight
 PAGE_WAIT_GRACE_S = 1.0  # beyond PAGE_FETCH_TIMEOUT_S: a page fetch ends by itself just after its deadline
 MAX_ERROR_CHARS = 500
 
@@ -142,8 +144,7 @@ class ChunkWorker:
         now = self.clock()
         last_flush = last_status = last_renew = now
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="opener")
-        pages = (ThreadPoolExecutor(self.page_concurrency, thread_name_prefix="page")
-                 if job["page_context"] and self.page_summary is not None else None)
+        pages = page_source(self.page_summary, self.page_concurrency) if job["page_context"] else None
         capacity = self.concurrency + (self.page_concurrency if pages is not None else 0)  # rows held at once
         stop_requested = _Flag()
         try:
@@ -175,7 +176,7 @@ class ChunkWorker:
                             in_flight[self._submit(pool, pages, row, job, stop_requested, found)] = row
                     # rows with an earlier opener cost no call (at most a page from the cache): while
                     # they come, claim more at once, so the claims and lookups stay few
-                    # (with page context at most AHEAD_PAGES fetch threads' worth: each row still waits
+                    # (with page context at most AHEAD_PAGES pages in flight's worth: each row still waits
                     # for its page, and one queued too long behind the others would go without it)
                     most = self.settings.chunk_size if pages is None else AHEAD_PAGES * self.page_concurrency
                     run.ahead = min(most, 2 * len(earlier)) if rows else run.ahead
@@ -207,8 +208,8 @@ class ChunkWorker:
                     last_renew = now
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-            if pages is not None:
-                pages.shutdown(wait=False, cancel_futures=True)
+            if isinstance(pages, ThreadedPages):
+                pages.shutdown()
             self._flush(run, outcome)
             run.to_release.extend(row["id"] for row in in_flight.values())
             outcome.released = self._db(db.release_urls, run.owner, run.to_release)
@@ -227,14 +228,14 @@ class ChunkWorker:
 
     # ------------------------------------------------------------ pieces
 
-    def _submit(self, pool: ThreadPoolExecutor, pages: ThreadPoolExecutor | None, row: dict, job: dict,
+    def _submit(self, pool: ThreadPoolExecutor, pages, row: dict, job: dict,
                 stop: _Flag, earlier: reuse.Candidates | None = None) -> Future:
-        """The row's generation (its page fetched at once in `pages`, if given); its future."""
+        """The row's generation (its page submitted at once to `pages`, if given); its future. A
+        page not started by the row's wait bound (a turn, a thread) is not fetched: ``timeout``."""
         page, page_until = None, time.monotonic() + self.page_wait_s
-        if pages is not None:  # keeps job_id/chunk on the threads' log lines, as below
-            fetch = self.page_summary if earlier is None else reuse.in_time(self.page_summary, page_until)
-            page = pages.submit(contextvars.copy_context().run, fetch, row["url"], job["account_id"])
-        if page is not None and earlier is not None:  # matched on the fetch thread; generated only if not
+        if pages is not None:
+            page = pages.submit(row["url"], job["account_id"], page_until)
+        if page is not None and earlier is not None:  # matched where the page lands; generated only if not
             run = contextvars.copy_context().run
             return reuse.when_page(page, earlier, row["id"], lambda fetched: pool.submit(
                 run, self._generate, row, job, stop, fetched, page_until))
@@ -243,7 +244,7 @@ class ChunkWorker:
     def _generate(self, row: dict, job: dict, stop: _Flag, page_fetch: Future | None = None,
                   page_until: float = float("inf"), earlier: reuse.Candidates | None = None) -> dict | None:
         """One URL -> a result dict, or None to give the row back (stop requested). A page not
-        there by ``page_until`` (its fetch had its time, or waited for a fetch thread) is left out:
+        there by ``page_until`` (its fetch had its time, or waited for a turn) is left out:
         the row is generated without it, ``context_status`` timeout. `earlier`: openers of the
         row's fingerprint from earlier jobs; one written from the same page is reused."""
         page, context = None, "off"
@@ -254,7 +255,7 @@ class ChunkWorker:
             try:  # never raises otherwise: a page that fails is a status
                 page, context = page_fetch.result(timeout=max(0.0, page_until - time.monotonic()))
             except FutureTimeout:
-                page_fetch.cancel()  # if it has not started; else its answer only fills the cache
+                page_fetch.cancel()  # ends a fetch still waiting for its turn (or a thread)
                 page, context = None, "timeout"
         reused = earlier.match(page) if earlier is not None else None
         if reused is not None:

@@ -1,5 +1,6 @@
-"""Outbound: every request the app makes on a user's behalf. The SSRF-safe fetcher and its
-address policy, page summaries for the prompt, and signed webhooks."""
+"""Outbound: every request the app makes on a user's behalf. The SSRF-safe fetcher (pages on an
+event loop, webhooks on the caller's thread), its address policy and shared rules, page summaries
+for the prompt, and signed webhooks."""
 
 from chalicelib.outbound.addresses import (  # noqa: F401
     METADATA_ADDRESSES,
@@ -11,7 +12,8 @@ from chalicelib.outbound.addresses import (  # noqa: F401
     embedded_ipv4,
     parse_networks,
 )
-from chalicelib.outbound.fetcher import (  # noqa: F401
+from chalicelib.outbound.fetcher import Fetcher, HostSlots  # noqa: F401
+from chalicelib.outbound.rules import (  # noqa: F401
     BLOCKED,
     DEFAULT_PORTS,
     DEFAULT_TIMEOUT_S,
@@ -32,10 +34,8 @@ from chalicelib.outbound.fetcher import (  # noqa: F401
     TIMEOUT,
     USER_AGENT,
     Deadline,
-    Fetcher,
     FetchResult,
     Hop,
     HostFailures,
-    HostSlots,
     Resolver,
 )

@@ -1,8 +1,9 @@
 """A page's summary for the model: what a site says about itself, in at most 1,000 characters.
 
 `summarize_page(url, fetcher, cache)` fetches the page through the SSRF-safe fetcher
-(chalicelib/outbound/fetcher.py), extracts title, meta and Open Graph descriptions, the first headings
-and the start of the main text with selectolax (the lexbor HTML5 parser), and keeps the answer in
+(chalicelib/outbound/fetcher.py; `PageSummaries.submit`: many at once, on its event loop),
+extracts title, meta and Open Graph descriptions, the first headings and the start of the main
+text with selectolax (the lexbor HTML5 parser), and keeps the answer in
 Redis by account and normalised URL, so a retry or a second job of the same account with the same
 URL does not fetch it again. Per account, not shared: a cache hit (an answer with no fetch, or a
 page's state from earlier) would tell one tenant which URLs another tenant fetched.
@@ -22,17 +23,20 @@ page says about itself, it is cached with the rest, and the quality checks read 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import logging
 import re
 import unicodedata
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
-from chalicelib.outbound import ERROR, FETCHED, STATUSES, Fetcher
+from chalicelib.outbound import ERROR, FETCHED, STATUSES, TIMEOUT, Fetcher, FetchResult
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ _MIN_TEXT = 40  # below this, leave the main text out rather than add a stub
 _NOT_CONTENT = ("script, style, noscript, template, svg, math, canvas, iframe, object, embed, nav, header, "
                 "footer, aside, form, button, select, dialog, [hidden], [aria-hidden=true]")
 _MAIN = ("main", "[role=main]", "article")
+SUMMARY_THREADS = 8  # per process: cache lookups and summaries of pages fetched on the event loop
 _DROPPED_CATEGORIES = frozenset({"Cf", "Cs", "Co", "Cn"})  # format (zero-width, bidi), surrogates, private, unassigned
 
 
@@ -254,6 +259,18 @@ class PageCache:
 # --- the service ------------------------------------------------------------------------------
 
 
+def summary_of(result: FetchResult) -> PageSummary:
+    """A fetch's outcome as a page summary (the HTML summarised when it came)."""
+    if not result.ok:
+        return PageSummary(None, result.status, result.reason)
+    try:
+        text = summarize_html(result.body, result.charset, content_language=result.headers.get("content-language"))
+    except Exception:  # a parser bug must not fail the row
+        log.exception("page summary failed for %r", result.url)
+        text = ""
+    return PageSummary(text, FETCHED, result.reason) if text else PageSummary(None, ERROR, "no readable text")
+
+
 def summarize_page(url: str, fetcher: Fetcher, cache: PageCache | None = None,
                    account_id: str | None = None) -> PageSummary:
     """``(summary or None, context_status, reason)`` for ``url``: from ``account_id``'s cache, or
@@ -266,15 +283,64 @@ def summarize_page(url: str, fetcher: Fetcher, cache: PageCache | None = None,
         if cached is not None:
             return cached
     result = fetcher.get_page(url)
-    if result.ok:
-        try:
-            text = summarize_html(result.body, result.charset, content_language=result.headers.get("content-language"))
-        except Exception:  # a parser bug must not fail the row
-            log.exception("page summary failed for %r", url)
-            text = ""
-        page = PageSummary(text, FETCHED, result.reason) if text else PageSummary(None, ERROR, "no readable text")
-    else:
-        page = PageSummary(None, result.status, result.reason)
+    page = summary_of(result)
     if cache is not None and not result.skipped:
         cache.put(url, account_id, page)
     return page
+
+
+class PageSummaries:
+    """``(url, account_id) -> (summary or None, context_status)``, waited for (previews, batches),
+    or :meth:`submit`: a Future of the same, for a chunk handler with hundreds of pages in flight.
+
+    The fetch runs on the fetcher's event loop; what would block the loop runs on a few threads
+    of this object's (``threads``): the Redis cache's get before the fetch and put after it, and
+    the summary (selectolax parses up to 1 MB of HTML)."""
+
+    def __init__(self, fetcher: Fetcher, cache: PageCache | None, threads: int = SUMMARY_THREADS) -> None:
+        self.fetcher, self.cache = fetcher, cache
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="page-summary")
+
+    def __call__(self, url: str, account_id: str) -> tuple[str | None, str]:
+        page = summarize_page(url, self.fetcher, self.cache, account_id)
+        return page.summary, page.context_status
+
+    def submit(self, url: str, account_id: str, start_by: float | None = None) -> Future:
+        """The page's (summary or None, context_status), to come; never an exception. Cancelling it
+        ends the fetch. ``start_by`` (monotonic): a fetch not started by then ends as ``timeout``."""
+        out: Future = Future()
+        run = contextvars.copy_context().run  # the caller's log context on the summary threads
+
+        def settle(page: PageSummary) -> None:
+            with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                out.set_result((page.summary, page.context_status))
+
+        def finish(fetched: Future) -> None:
+            result = (FetchResult(TIMEOUT, "cancelled", url, skipped=True) if fetched.cancelled()
+                      else fetched.result())
+            page = summary_of(result)
+            if self.cache is not None and not result.skipped:
+                self.cache.put(url, account_id, page)
+            settle(page)
+
+        def start() -> None:
+            if out.cancelled():
+                return
+            cached = self.cache.get(url, account_id) if self.cache is not None else None
+            if cached is not None:
+                settle(cached)
+                return
+            fetched = self.fetcher.submit_page(url, start_by=start_by)
+            out.add_done_callback(lambda f: f.cancelled() and fetched.cancel())
+            # called on the loop's thread: only hands the rest to the summary threads
+            fetched.add_done_callback(lambda f: self.pool.submit(run, guarded, finish, f))
+
+        def guarded(step: Any, *args: Any) -> None:
+            try:
+                step(*args)
+            except Exception:  # never leave a row waiting on a bug: its page is an error
+                log.exception("page summary of %r failed unexpectedly", url)
+                settle(PageSummary(None, ERROR, "internal error"))
+
+        self.pool.submit(run, guarded, start)
+        return out

@@ -16,7 +16,6 @@ MAX_LINES = 400
 # Modules over MAX_LINES, each one idea that would be harder to read cut in two.
 ONE_IDEA = {
     "chalicelib/intake/csvfile.py": "pure CSV reading: encoding, dialect, header, URL column, rows",
-    "chalicelib/outbound/fetcher.py": "the SSRF-safe fetch: resolve, check, pin, deadline, redirects, robots",
 }
 
 

@@ -20,7 +20,7 @@ from chalicelib.generation.openers import OpenerGenerator
 from chalicelib.generation.ratelimit import RateLimiter
 from chalicelib.generation.worker import ChunkWorker
 from chalicelib.outbound import Fetcher
-from chalicelib.outbound.summaries import PageCache, summarize_page
+from chalicelib.outbound.summaries import PageCache, PageSummaries
 from chalicelib.settings import Settings
 from tests.support.accounts import service_account
 from tests.support.api import purge_queue
@@ -59,13 +59,8 @@ def make_worker(settings, fetcher: Fetcher | None, cache_prefix: str, **override
     generator = OpenerGenerator(build_client(s), RateLimiter(deps.redis_client(), 0, 0, prefix=uuid.uuid4().hex),
                                 s.openai_model, max_retries=2)
     summary = None
-    if fetcher is not None:
-        cache = PageCache(deps.redis_client(), prefix=cache_prefix, ttl_s=60)
-
-        def summary(url, account_id):
-            page = summarize_page(url, fetcher, cache, account_id)
-            return page.summary, page.context_status
-
+    if fetcher is not None:  # as deps.page_summaries: pages fetched on the fetcher's event loop
+        summary = PageSummaries(fetcher, PageCache(deps.redis_client(), prefix=cache_prefix, ttl_s=60))
     return ChunkWorker(get_conn=deps.conn, generator=generator, queue=deps.chunk_queue(), settings=s,
                        export=lambda job: None, deadline_margin_s=0, page_summary=summary)
 
@@ -158,14 +153,15 @@ def test_text_planted_in_a_page_never_reaches_the_csv_even_with_a_model_that_obe
 
 
 def test_pages_are_fetched_ahead_of_the_generators_in_a_pool_of_their_own(conn, settings, site):
-    """A slow page must not hold a generator thread: with one generator and a page pool of 4
-    (PAGE_FETCH_CONCURRENCY), the handler claims rows ahead and 4 pages are fetched at once."""
+    """A slow page must not hold a generator thread: with one generator and 4 pages in flight on
+    the event loop (PAGE_FETCH_CONCURRENCY), the handler claims rows ahead and 4 pages are fetched
+    at once."""
     for i in range(8):
         site.add(f"/p{i}", html(title=f"Page {i}"), delay_s=0.4)
     site.page("/robots.txt", b"")
     job_id = start_job_at(conn, settings, [site.url(f"/p{i}") for i in range(8)])
-    worker = make_worker(settings, Fetcher(allow_networks=ALLOW, host_concurrency=8), f"t:{uuid.uuid4().hex}",
-                         chunk_concurrency=1, page_fetch_concurrency=4)
+    fetcher = Fetcher(allow_networks=ALLOW, host_concurrency=8, pages_in_flight=4)
+    worker = make_worker(settings, fetcher, f"t:{uuid.uuid4().hex}", chunk_concurrency=1, page_fetch_concurrency=4)
     assert worker.process_chunk(job_id, 0, lambda: float("inf")).reason == "done"
     rows = rows_of(conn, job_id)
     assert [r["context_status"] for r in rows] == ["fetched"] * 8 and all(r["status"] == "completed" for r in rows)
@@ -203,8 +199,8 @@ def test_a_site_that_hangs_is_waited_on_once_per_process_not_once_per_row(conn, 
     for i in range(6):
         site.add(f"/hang/{i}", html(title=f"Late {i}"), delay_s=30)
     job_id = start_job_at(conn, settings, [site.url(f"/hang/{i}") for i in range(6)])
-    worker = make_worker(settings, Fetcher(allow_networks=ALLOW, timeout_s=0.5), f"t:{uuid.uuid4().hex}",
-                         chunk_concurrency=1, page_fetch_concurrency=1)
+    worker = make_worker(settings, Fetcher(allow_networks=ALLOW, timeout_s=0.5, pages_in_flight=1),
+                         f"t:{uuid.uuid4().hex}", chunk_concurrency=1, page_fetch_concurrency=1)
     assert worker.process_chunk(job_id, 0, lambda: float("inf")).reason == "done"
     rows = rows_of(conn, job_id)
     assert [(r["status"], r["context_status"]) for r in rows] == [("completed", "timeout")] * 6

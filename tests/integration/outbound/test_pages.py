@@ -330,18 +330,17 @@ def test_no_more_than_n_fetches_run_at_once_per_host(site):
     assert [r.status for r in results] == ["fetched"] * 8
     assert site.hits["/concurrent"] == 8
     assert site.max_concurrent == 2
-    assert fetcher.slots.active("127.0.0.1") == 0
+    assert fetcher.pages.slots.active("127.0.0.1") == 0
 
 
 def test_waiting_for_a_slot_counts_against_the_deadline(site):
     fetcher = Fetcher(allow_networks=ALLOW, host_concurrency=1, timeout_s=1.0)
     site.add("/hold", html(), delay_s=1.5)
-    holder = threading.Thread(target=lambda: fetcher.request("GET", site.url("/hold"), timeout_s=5))
-    holder.start()
+    holder = fetcher.pages.submit(site.url("/hold"), timeout_s=5)  # a page with a longer deadline
     assert wait_until(lambda: site.hits["/hold"] == 1)
     started = time.monotonic()
     result = fetcher.get_page(site.url("/"))
-    holder.join(5)
+    assert holder.result(5).ok
     assert result.status == "timeout" and "free connection" in result.reason
     assert time.monotonic() - started < 3
 

@@ -13,15 +13,9 @@ import pytest
 
 from chalicelib.outbound import ERROR, TIMEOUT, Fetcher, HostFailures
 from chalicelib.settings import Settings
-from tests.support.fake_site import FakeSite, local_connections_only
+from tests.support.fake_site import FakeSite
 
 ALLOW = ["127.0.0.1/32"]
-
-
-@pytest.fixture(autouse=True)
-def connections():
-    with local_connections_only() as attempts:
-        yield attempts
 
 
 class Clock:
@@ -205,13 +199,12 @@ def test_a_page_that_timed_out_waiting_for_a_free_connection_does_not_condemn_th
         site.add("/hold", b"<html><title>held</title></html>", delay_s=1.5)
         site.page("/next", b"<html><title>next</title></html>")
         fetcher = Fetcher(allow_networks=ALLOW, host_concurrency=1, timeout_s=1.0)
-        holder = threading.Thread(target=lambda: fetcher.request("GET", site.url("/hold"), timeout_s=5))
-        holder.start()
+        holder = fetcher.pages.submit(site.url("/hold"), timeout_s=5)  # a page with a longer deadline
         try:
-            assert _wait_for(lambda: fetcher.slots.active("127.0.0.1") == 1)
+            assert _wait_for(lambda: site.hits["/hold"] == 1 and fetcher.pages.slots.active("127.0.0.1") == 1)
             waited = fetcher.get_page(site.url("/next"))
         finally:
-            holder.join()
+            assert holder.result().ok
         assert waited.status == TIMEOUT and "free connection" in waited.reason
         assert fetcher.host_failures.get("127.0.0.1") is None
         assert fetcher.get_page(site.url("/next")).ok

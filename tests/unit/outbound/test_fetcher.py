@@ -15,15 +15,9 @@ import pytest
 from chalicelib import outbound
 from chalicelib.outbound import AddressPolicy, Fetcher, address_problem, embedded_ipv4
 from chalicelib.settings import Settings, parse_networks
-from tests.support.fake_site import FakeSite, local_connections_only
+from tests.support.fake_site import FakeSite
 
 PUBLIC_V4 = "93.184.215.14"  # an ordinary public address; never actually connected to here
-
-
-@pytest.fixture(autouse=True)
-def connections():
-    with local_connections_only() as attempts:
-        yield attempts
 
 
 def resolver_of(table: dict[str, list[str]], calls: list[str] | None = None):
@@ -329,8 +323,9 @@ def test_prod_stage_refuses_an_outbound_allow_list():
 
 def test_fetcher_from_settings():
     s = Settings.from_env({"OUTBOUND_ALLOW_NETWORKS": "127.0.0.1/32", "PAGE_FETCH_TIMEOUT_S": "3",
-                           "PAGE_HOST_CONCURRENCY": "4"})
+                           "PAGE_HOST_CONCURRENCY": "4", "PAGE_FETCH_CONCURRENCY": "300"})
     fetcher = Fetcher.from_settings(s)
-    assert fetcher.timeout_s == 3.0 and fetcher.slots.per_host == 4
+    assert fetcher.timeout_s == 3.0 and fetcher.slots.per_host == fetcher.pages.slots.per_host == 4
+    assert fetcher.pages.in_flight == 300
     assert fetcher.policy.problem(ipaddress.ip_address("127.0.0.1"), 1234) is None
     assert Fetcher.from_settings(Settings.from_env({})).policy.allow == ()

@@ -81,6 +81,15 @@ class Limiter(Protocol):
     def observe(self, model: str | None, headers: Any, ok: bool = ...) -> None: ...
 
 
+def _exchange_s(response: Any) -> float | None:
+    """How long the HTTP exchange of an answered call took (httpx's ``elapsed``: from sending the
+    request to reading the answer), without the SDK's work around it; None if not known."""
+    try:
+        return response.http_response.elapsed.total_seconds()
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def _json_body(content: bytes) -> dict:
     """The answer's JSON object; anything else is an unusable answer (retried)."""
     try:
@@ -287,7 +296,7 @@ class OpenerGenerator:
             except (openai.RateLimitError, openai.APITimeoutError):
                 call.drop()
                 raise
-            call.answered()
+            call.answered(_exchange_s(response))
             return response
 
     def _on_rate_limited(self, exc: openai.RateLimitError, model: str) -> None:

@@ -34,9 +34,11 @@ One decision per window (``window_rtts`` × the baseline, at least ``min_samples
     so a noisy window that ended it costs a few windows) double while the delay stays under
     ``slow_start_exit`` × target (a rate-limited server whose latency never grows reaches the
     ceiling in a few windows); else step half the way to ``at_target``, at least 1 and at most
-    √limit (fast far below the knee, careful near it). Never in the window right after a rise:
-    it still holds answers to calls sent before it (doubling on those overshot to 16 calls in
-    the bench before the latency of 8 was seen);
+    √limit (fast far below the knee, careful near it). Never in the window right after a rise
+    (it still holds answers to calls sent before it: doubling on those overshot to 16 calls in
+    the bench before the latency of 8 was seen), unless in slow start with a delay under
+    ``FLAT`` × target (a latency that does not grow at all: a rate-limited server's ceiling is
+    reached sooner);
   * between the two the limit holds, so it does not swing around the target;
   * always within [``floor``, ``ceiling``]; the caller holds the ceiling (CHUNK_CONCURRENCY ×
     handlers) and the floor (1: a job always moves).
@@ -57,6 +59,7 @@ from dataclasses import dataclass, field, replace
 TOLERANCE = 1.7  # target: mean latency ≤ this × the baseline, i.e. a delay ≤ (this − 1) × the baseline
 HOLD = 0.8  # between this share of the target delay and the target, the limit holds
 SLOW_START_EXIT = 0.4  # slow start doubles while the delay is under this share of the target
+FLAT = 0.1  # in slow start, a delay under this share of the target allows a doubling right after one
 CALM_WINDOWS = 3  # quiet windows in a row (delay under the slow-start share) that restart slow start
 DROP_FACTOR = 0.7
 MAX_CUT = 0.5
@@ -188,8 +191,8 @@ def decide(state: State, window: Window, now: float, params: Params) -> State:
         limit *= params.drop_factor
     elif mean and delay > target:
         limit = max(limit * MAX_CUT, at_target(limit, delay, target))
-    elif grow and state.grew:
-        pass  # the window after a step still holds answers to calls sent before it
+    elif grow and state.grew and not (probing and delay <= FLAT * target):
+        pass  # the window after a rise still holds answers to calls sent before it
     elif grow and probing:
         limit *= 2
     elif grow:

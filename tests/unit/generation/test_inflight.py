@@ -42,7 +42,7 @@ def capacity(n: int) -> float:
 def test_at_a_flat_latency_the_limit_grows_to_the_ceiling_and_stays_there():
     params = Params(ceiling=64)
     state, _, limits = run(State(), params, 12, lambda n: 0.2)
-    assert limits[:12] == [2, 2, 4, 4, 8, 8, 16, 16, 32, 32, 64, 64]  # slow start: doubled every other window
+    assert limits[:6] == [2, 4, 8, 16, 32, 64]  # slow start, latency flat: doubled per window
     assert state.limit == 64 and state.probing
     assert all(limit <= 64 for limit in limits)
 
@@ -55,6 +55,12 @@ def test_slow_start_ends_once_the_delay_passes_its_share_of_the_target():
     assert decide(state, Window(10, 10 * quiet, True), 1.0, params).limit == 16
     after = decide(state, Window(10, 10 * (0.1 + 0.6 * target), True), 1.0, params)
     assert 9 <= after.limit < 16 and not after.probing  # a step toward the target instead
+
+
+def test_in_slow_start_a_latency_that_grows_doubles_every_other_window():
+    params = Params(ceiling=64)
+    state, _, limits = run(State(), params, 4, lambda n: 0.1 + 0.01 * n)
+    assert limits == [2, 2, 4, 4]
 
 
 def test_a_limit_not_used_does_not_grow():

@@ -44,6 +44,8 @@ ADAPTIVE_RUNS = int(os.environ.get("BENCH_ADAPTIVE_RUNS", "2"))
 WORKERS = 4
 STATED_RPM = 1_000_000
 GOAL_THROUGHPUT, GOAL_P95 = 0.9, 2.0
+SAMPLE_S = 0.05
+KNEE = int((BASE_MS + 2 * PER_CALL_MS) / PER_CALL_MS)  # most calls in flight with latency ≤ 2 × unloaded (1 call)
 
 
 def _stop_after(base_url: str, seconds: float, stop_file: str, done: threading.Event) -> None:
@@ -54,6 +56,17 @@ def _stop_after(base_url: str, seconds: float, stop_file: str, done: threading.E
             open(stop_file, "w").close()
             return
         done.wait(0.2)
+
+
+def _sample_limit(key: str, done: threading.Event, out: list) -> None:
+    """The shared in-flight limit every SAMPLE_S (adaptive runs): [(time, limit, client latency s)]."""
+    from chalicelib import deps
+
+    redis = deps.redis_client()
+    while not done.wait(SAMPLE_S):
+        limit, rtt = redis.hmget(key, "limit", "rtt")
+        if limit is not None:
+            out.append((time.time(), float(limit), float(rtt or 0)))
 
 
 def run(base_url: str, label: str, workers: int, concurrency: int, adaptive: bool) -> dict:
@@ -70,6 +83,13 @@ def run(base_url: str, label: str, workers: int, concurrency: int, adaptive: boo
         stop_file, done = os.path.join(tmp, "stop"), threading.Event()
         stopper = threading.Thread(target=_stop_after, args=(base_url, RUN_S, stop_file, done), daemon=True)
         stopper.start()
+        limits: list = []
+        if adaptive:
+            from chalicelib import deps
+            from chalicelib.generation.ratelimit.gate import state_key
+
+            key = state_key(os.environ["RATELIMIT_PREFIX"], deps.settings().openai_model)
+            threading.Thread(target=_sample_limit, args=(key, done, limits), daemon=True).start()
         try:
             run_chunks_until(job_id, workers, env, stop_file)
         finally:
@@ -81,6 +101,18 @@ def run(base_url: str, label: str, workers: int, concurrency: int, adaptive: boo
           flush=True)
     answers = [(t - first, ms) for t, ms in fake_call(base_url, "/_fake/latencies")["latencies"]]
     window = sorted(ms for t, ms in answers if WARM_S <= t < RUN_S)
+    if limits:
+        held = [limit for t, limit, _ in limits if WARM_S <= t - first < RUN_S]
+        rtts = [rtt for t, _, rtt in limits if WARM_S <= t - first < RUN_S]
+        trace = " ".join(f"{limit:.0f}" for _, limit, _ in limits[::int(1 / SAMPLE_S)])
+        flights = [round((ms - BASE_MS) / PER_CALL_MS) for ms in window]
+        print(f"  [{label}] limit over the window: mean {sum(held) / max(1, len(held)):.1f}, "
+              f"share of time > {KNEE} {sum(limit >= KNEE + 1 for limit in held) / max(1, len(held)):.2f}; "
+              f"server in flight at admission: mean {sum(flights) / max(1, len(flights)):.1f}, "
+              f"share > {KNEE} {sum(n > KNEE for n in flights) / max(1, len(flights)):.2f}; "
+              f"latency mean: at the client {1000 * sum(rtts) / max(1, len(rtts)):.0f} ms (window means), "
+              f"at the server {sum(window) / max(1, len(window)):.0f} ms; limit per second: {trace}",
+              flush=True)
     p95 = window[min(len(window) - 1, int(0.95 * len(window)))] if window else float("nan")
     return {"label": label, "n": workers * concurrency, "adaptive": adaptive, "answers": len(window),
             "throughput": len(window) / (RUN_S - WARM_S), "p95_ms": p95,

@@ -81,6 +81,15 @@ class Limiter(Protocol):
     def observe(self, model: str | None, headers: Any, ok: bool = ...) -> None: ...
 
 
+def _exchange_s(response: Any) -> float | None:
+    """How long the HTTP exchange of an answered call took (httpx's ``elapsed``: from sending the
+    request to reading the answer), without the SDK's work around it; None if not known."""
+    try:
+        return response.http_response.elapsed.total_seconds()
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def _json_body(content: bytes) -> dict:
     """The answer's JSON object; anything else is an unusable answer (retried)."""
     try:
@@ -246,16 +255,21 @@ class OpenerGenerator:
         model = request["model"]
         estimate = estimate_tokens(request["messages"], request["max_tokens"])
         counted = {"job": job} if job else {}
-        metrics.limiter_wait(self.limiter.acquire(estimate, should_stop, account=account, model=model, **counted))
-        metrics.rate_in_force(model, getattr(self.limiter, "rpm_in_force", {}).get(model))
-        try:
-            response = self._send(request, should_stop)
-        except openai.RateLimitError as exc:
-            # OpenAI's 429s state the limits too; a gateway's its remaining/reset
-            if provider_limits(exc.response.headers) != (-1, -1) or provider_remaining(exc.response.headers):
-                self.limiter.observe(model, exc.response.headers, ok=False)
-            self._on_rate_limited(exc, model)
-            raise
+        # The in-flight slot first, then the rate: a call paced by the limiter is sent at once, not
+        # held behind the gate (calls held there while its limit was low went out in a burst
+        # when it opened, answered 429 by a server with a short burst allowance).
+        with self.gate.slot(model, should_stop) if self.gate is not None else nullcontext(Call()) as call:
+            metrics.limiter_wait(self.limiter.acquire(estimate, should_stop, account=account, model=model,
+                                                      **counted))
+            metrics.rate_in_force(model, getattr(self.limiter, "rpm_in_force", {}).get(model))
+            try:
+                response = self._send(request, call)
+            except openai.RateLimitError as exc:
+                # OpenAI's 429s state the limits too; a gateway's its remaining/reset
+                if provider_limits(exc.response.headers) != (-1, -1) or provider_remaining(exc.response.headers):
+                    self.limiter.observe(model, exc.response.headers, ok=False)
+                self._on_rate_limited(exc, model)
+                raise
         # a success states the limits, or says by their absence that the server sends none (an
         # error page may lack them for other reasons: only successes and 429s are read)
         self.limiter.observe(model, response.http_response.headers)
@@ -276,19 +290,19 @@ class OpenerGenerator:
                       completion_tokens=token_count(usage, "completion_tokens"), attempts=number, evidence=evidence,
                       cached_tokens=cached_count(usage), variants=more)
 
-    def _send(self, request: dict, should_stop: Callable[[], bool]) -> Any:
-        """The HTTP call, through the model's in-flight gate: its latency, a 429 or a timeout is
-        what the gate's limit is found from."""
-        with self.gate.slot(request["model"], should_stop) if self.gate is not None else nullcontext(Call()) as call:
-            try:
-                # The SDK builds the request and raises its typed errors; the small JSON answer is read
-                # directly (building the SDK's response model cost ~15 % of a call's CPU here).
-                response = metrics.llm_call(self.client.chat.completions.with_raw_response.create, **request)
-            except (openai.RateLimitError, openai.APITimeoutError):
-                call.drop()
-                raise
-            call.answered()
-            return response
+    def _send(self, request: dict, call: Call) -> Any:
+        """The HTTP call, told to the model's in-flight gate (`call`): its latency (the HTTP
+        exchange's, not the time the slot was held), a 429 or a timeout is what the gate's limit
+        is found from."""
+        try:
+            # The SDK builds the request and raises its typed errors; the small JSON answer is read
+            # directly (building the SDK's response model cost ~15 % of a call's CPU here).
+            response = metrics.llm_call(self.client.chat.completions.with_raw_response.create, **request)
+        except (openai.RateLimitError, openai.APITimeoutError):
+            call.drop()
+            raise
+        call.answered(_exchange_s(response))
+        return response
 
     def _on_rate_limited(self, exc: openai.RateLimitError, model: str) -> None:
         if is_quota_exhausted(exc):

@@ -19,8 +19,9 @@ for ``HANDLER_TTL_S`` no longer counts (its part goes to the others); the hash e
 ``STATE_TTL_S`` after the last call, so a server that was idle is measured afresh.
 
 Hash ``<P>:m:<model>:inflight`` (P the limiter's tagged prefix, one Redis Cluster slot):
-``limit``, ``min_rtt``, ``rtt``, ``decided_at``, ``probing``, ``gen`` (the state); ``w_n``,
-``w_sum``, ``w_sat``, ``w_drops`` (the window); ``h:<handler>`` = ``time,in_flight,ceiling``.
+``limit``, ``min_rtt``, ``rtt``, ``decided_at``, ``probing``, ``calm``, ``grew``, ``weight``, ``gen`` (the state);
+``w_n``, ``w_sum``, ``w_sat``, ``w_drops``, ``b:<i>`` (the window, with its latency histogram by
+``inflight.bucket``); ``h:<handler>`` = ``time,in_flight,ceiling``.
 
 If Redis cannot be reached, a handler keeps its last part (the rate limiter, in front of the
 gate, waits for Redis anyway).
@@ -32,9 +33,9 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from chalicelib import metrics
 from chalicelib.generation.ratelimit import inflight
@@ -57,6 +58,7 @@ redis.call('HINCRBY', key, 'w_n', ARGV[5])
 redis.call('HINCRBYFLOAT', key, 'w_sum', ARGV[6])
 if ARGV[7] == '1' then redis.call('HSET', key, 'w_sat', 1) end
 redis.call('HINCRBY', key, 'w_drops', ARGV[8])
+for i = 11, #ARGV, 2 do redis.call('HINCRBY', key, 'b:' .. ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', key, 'h:' .. ARGV[1], ARGV[2] .. ',' .. ARGV[3] .. ',' .. ARGV[4])
 local all = redis.call('HGETALL', key)
 for i = 1, #all, 2 do
@@ -74,10 +76,14 @@ _COMMIT = """
 local key = KEYS[1]
 if (redis.call('HGET', key, 'gen') or '0') ~= ARGV[1] then return 0 end
 redis.call('HSET', key, 'limit', ARGV[2], 'min_rtt', ARGV[3], 'rtt', ARGV[4], 'decided_at', ARGV[5],
-           'probing', ARGV[6], 'gen', tostring(tonumber(ARGV[1]) + 1), 'w_sat', 0)
+           'probing', ARGV[6], 'calm', ARGV[10], 'grew', ARGV[11], 'weight', ARGV[12],
+           'gen', tostring(tonumber(ARGV[1]) + 1), 'w_sat', 0)
 redis.call('HINCRBY', key, 'w_n', ARGV[7])
 redis.call('HINCRBYFLOAT', key, 'w_sum', ARGV[8])
 redis.call('HINCRBY', key, 'w_drops', ARGV[9])
+for i = 13, #ARGV, 2 do
+  if redis.call('HINCRBY', key, 'b:' .. ARGV[i], ARGV[i + 1]) <= 0 then redis.call('HDEL', key, 'b:' .. ARGV[i]) end
+end
 return 1
 """
 
@@ -97,9 +103,13 @@ def parse(fields: dict[str, str], now: float) -> tuple[inflight.State, inflight.
     """The shared hash read back: (state, window, gen, live handlers {id: (in_flight, ceiling)})."""
     state = inflight.State(limit=_float(fields, "limit", inflight.INITIAL_LIMIT), min_rtt=_float(fields, "min_rtt"),
                            rtt=_float(fields, "rtt"), decided_at=_float(fields, "decided_at"),
-                           probing=fields.get("probing", "1") == "1")
+                           probing=fields.get("probing", "1") == "1", calm=max(0, int(_float(fields, "calm"))),
+                           grew=fields.get("grew") == "1", weight=max(0.0, _float(fields, "weight")))
+    buckets = {int(name[2:]): int(_float(fields, name)) for name in fields
+               if name.startswith("b:") and name[2:].isdigit() and _float(fields, name) > 0}
     window = inflight.Window(samples=max(0, int(_float(fields, "w_n"))), rtt_sum=max(0.0, _float(fields, "w_sum")),
-                             saturated=fields.get("w_sat") == "1", drops=max(0, int(_float(fields, "w_drops"))))
+                             saturated=fields.get("w_sat") == "1", drops=max(0, int(_float(fields, "w_drops"))),
+                             buckets=buckets)
     handlers = {}
     for name, value in fields.items():
         if name.startswith("h:"):
@@ -123,6 +133,11 @@ def describe(redis, prefix: str, model: str, now: float | None = None) -> dict:
             "how": "slow start" if state.probing else "found from latency"}
 
 
+def _pairs(buckets: Mapping[int, int], sign: int = 1) -> list[int]:
+    """A histogram as the flat index, count list the scripts take (counts × `sign`)."""
+    return [value for index, count in sorted(buckets.items()) for value in (index, sign * count)]
+
+
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -142,17 +157,21 @@ class _Model:
 
 
 class Call:
-    """One call through the gate: ``drop()`` says it was answered 429 or timed out."""
+    """One call through the gate: ``drop()`` says it was answered 429 or timed out,
+    ``answered(latency)`` that it was answered, the HTTP exchange having taken `latency` s (None:
+    the time the slot was held, which adds the SDK's own work on a loaded machine)."""
 
     def __init__(self) -> None:
         self.dropped = False
         self.ok = False
+        self.latency: float | None = None
 
     def drop(self) -> None:
         self.dropped = True
 
-    def answered(self) -> None:
+    def answered(self, latency: float | None = None) -> None:
         self.ok = True
+        self.latency = latency if latency is not None and latency >= 0 else None
 
 
 class ConcurrencyGate:
@@ -196,13 +215,13 @@ class ConcurrencyGate:
         try:
             yield call
         finally:
-            rtt = time.monotonic() - started
+            rtt = time.monotonic() - started if call.latency is None else call.latency
             with entry.cond:
                 entry.in_flight -= 1
                 if call.ok and entry.warm < WARM_UP_CALLS:  # a connection's first calls: its set-up
                     entry.warm += 1
                 elif call.ok:
-                    entry.window = entry.window.add(inflight.Window(1, rtt))
+                    entry.window = entry.window.add(inflight.Window.of(rtt))
                 elif call.dropped:
                     entry.window = entry.window.add(inflight.Window(drops=1))
                 entry.cond.notify()
@@ -220,7 +239,7 @@ class ConcurrencyGate:
             self._maybe_sync(entry)
         with entry.cond:
             while entry.in_flight >= entry.share:
-                entry.window = inflight.Window(entry.window.samples, entry.window.rtt_sum, True, entry.window.drops)
+                entry.window = replace(entry.window, saturated=True)
                 if should_stop():
                     raise LimiterStopped("stopped while waiting for a slot; the URL goes back to pending")
                 entry.cond.wait(WAIT_SLICE_S)
@@ -231,7 +250,7 @@ class ConcurrencyGate:
                     entry.cond.acquire()
             entry.in_flight += 1
             if entry.in_flight >= entry.share:  # every slot busy: the limit is used
-                entry.window = inflight.Window(entry.window.samples, entry.window.rtt_sum, True, entry.window.drops)
+                entry.window = replace(entry.window, saturated=True)
 
     def _maybe_sync(self, entry: _Model) -> None:
         now = self.clock()
@@ -261,17 +280,17 @@ class ConcurrencyGate:
     def _sync(self, entry: _Model, window: inflight.Window, in_flight: int, now: float) -> int:
         raw = self._push(keys=[entry.key], args=[
             self.me, repr(now), in_flight, self.ceiling, window.samples, repr(window.rtt_sum),
-            1 if window.saturated else 0, window.drops, HANDLER_TTL_S, int(STATE_TTL_S * 1000)])
+            1 if window.saturated else 0, window.drops, HANDLER_TTL_S, int(STATE_TTL_S * 1000),
+            *_pairs(window.buckets)])
         fields = {_text(raw[i]): _text(raw[i + 1]) for i in range(0, len(raw), 2)}
         state, pooled, gen, handlers = parse(fields, now)
         ceiling = sum(c for _, c in handlers.values()) or self.ceiling
-        params = inflight.Params(ceiling=ceiling, floor=self.params.floor, tolerance=self.params.tolerance,
-                                 drop_factor=self.params.drop_factor, window_rtts=self.params.window_rtts,
-                                 min_window_s=self.params.min_window_s, min_samples=self.params.min_samples)
+        params = replace(self.params, ceiling=ceiling)
         if inflight.due(state, pooled, now, params):
             new = inflight.decide(state, pooled, now, params)
             if self._commit(keys=[entry.key], args=[
                     gen, repr(new.limit), repr(new.min_rtt), repr(new.rtt), repr(new.decided_at),
-                    1 if new.probing else 0, str(-pooled.samples), repr(-pooled.rtt_sum), str(-pooled.drops)]):
+                    1 if new.probing else 0, str(-pooled.samples), repr(-pooled.rtt_sum), str(-pooled.drops),
+                    new.calm, 1 if new.grew else 0, repr(new.weight), *_pairs(pooled.buckets, sign=-1)]):
                 state = new
         return inflight.share(state.slots(), list(handlers), self.me, self.ceiling)

@@ -5,29 +5,46 @@ Why: a server limited by capacity, not rate (a self-hosted vLLM, a busy gateway)
 and answers no 429; it answers slower the more calls it has in flight. Its throughput
 n / latency(n) keeps rising a little with n while the latency grows in proportion, so "as many
 as allowed" (CHUNK_CONCURRENCY per handler) only makes every call slow. The limit wanted is the
-knee: the most calls in flight while the latency stays near the server's unloaded latency. For a
-server whose latency grows linearly, base + k·n, the knee by Kleinrock's power
-(throughput / latency) is n = base / k, where the latency is 2 × base: past it each added call
-buys less throughput than it costs in latency. So the target is ``tolerance`` × the least latency
-seen (1.5 by default, under 2 ×: the latency is measured by the client, with its own overhead,
-which the target multiplies too, and the limit moves in steps measured a round trip late;
-bench/RESULTS.md has 1.7 overshooting on a loaded machine).
+knee: the most calls in flight while the latency stays under twice the server's unloaded latency
+(for a latency base + k·n, Kleinrock's power throughput / latency is highest at n = base / k,
+where the latency is 2 × base).
 
-The controller (a delay-based AIMD, as TCP Vegas or LEDBAT, one decision per window):
-  * a window lasts ``window_rtts`` × the least latency (at least ``min_window_s``) and needs
-    ``min_samples`` answers; its mean latency is the signal (a mean of many calls, so one short
-    answer does not set the floor), and the least window mean so far is the unloaded latency;
-  * mean ≤ ``hold`` × target (0.9), and the limit was used (some handler had all its slots
-    busy): grow (between the two the limit holds, so it does not swing around the target). Until
-    the latency first goes half the way to the target, double per window (slow start: a
-    rate-limited server whose latency never grows reaches the ceiling in a few windows; it
-    stops early because the calls of a doubling are only measured a round trip later); after,
-    +1 per window;
-  * mean > target: cut in proportion, limit × max(0.5, target / mean);
-  * a 429 or a timeout in the window: limit × ``drop_factor`` (a sign of overload whatever the
-    latency says);
+Measures (Vegas-style, against a baseline):
+  * a window's latency is the first quartile of its answers' (``QUANTILE``, from a histogram
+    the handlers pool): what the client measures is the server's latency plus its own waits (a
+    thread waiting for a CPU on a loaded machine), which only lengthen calls, and few of them
+    move a low quantile while they move the mean (the caller measures the HTTP exchange itself,
+    not the SDK's work around it: ``gate.Call.answered``);
+  * the smoothed latency weighs each window by its answers (the past as ``SMOOTH_SAMPLES`` at
+    most); the baseline, the latency with almost nothing queued, is the least smoothed latency,
+    but only once ``BASELINE_SAMPLES`` answers are behind it (until then it follows it: the
+    first window, at one call in flight, needs FIRST_WINDOW_SAMPLES × ``min_samples`` answers,
+    and a noisy server's lucky first window would otherwise set the target low for good);
+  * the delay is the window's latency less the baseline; its target is (``tolerance`` − 1) ×
+    the baseline (1.7: the baseline holds the client's overhead too, so the target sits a
+    little under the knee; bench/RESULTS.md has 1.5 × the mean holding ~5 calls on a quiet
+    machine and ~9 on a loaded one where this holds 7–8).
+
+One decision per window (``window_rtts`` × the baseline, at least ``min_samples`` answers):
+  * a 429 or a timeout in the window: limit × ``drop_factor`` (overload whatever the latency);
+  * delay > target: cut to where the delay would meet the target if it grows in proportion to
+    the calls queued, 1 + (limit − 1) × target / delay (``at_target``), at most by half;
+  * delay ≤ ``hold`` × target and the limit used (some handler had all its slots busy): grow.
+    In slow start (from the first call, or again after ``calm_windows`` quiet windows in a row,
+    so a noisy window that ended it costs a few windows) double while the delay stays under
+    ``slow_start_exit`` × target (a rate-limited server whose latency never grows reaches the
+    ceiling in a few windows); else step half the way to ``at_target``, at least 1 and at most
+    √limit (fast far below the knee, careful near it). Never in the window right after a rise
+    (it still holds answers to calls sent before it: doubling on those overshot to 16 calls in
+    the bench before the latency of 8 was seen), unless in slow start with a delay under
+    ``FLAT`` × target (a latency that does not grow at all: a rate-limited server's ceiling is
+    reached sooner);
+  * between the two the limit holds, so it does not swing around the target;
   * always within [``floor``, ``ceiling``]; the caller holds the ceiling (CHUNK_CONCURRENCY ×
     handlers) and the floor (1: a job always moves).
+
+Not done: the baseline only falls (until the shared state expires, ``gate.STATE_TTL_S`` after the
+last call); a server whose unloaded latency grows for good keeps a target too low for it.
 
 ``State`` is what the handlers of a model share (through Redis, ``ratelimit.gate``), ``Window``
 what they measured since the last decision; ``decide`` turns both into the next state.
@@ -36,26 +53,35 @@ what they measured since the last decision; ``decide`` turns both into the next 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
-TOLERANCE = 1.5
-HOLD = 0.9  # between this share of the target and the target, the limit holds
-SLOW_START_EXIT = 0.5  # slow start ends once the latency has gone this share of the way to the target
+TOLERANCE = 1.7  # target: mean latency ≤ this × the baseline, i.e. a delay ≤ (this − 1) × the baseline
+HOLD = 0.8  # between this share of the target delay and the target, the limit holds
+SLOW_START_EXIT = 0.4  # slow start doubles while the delay is under this share of the target
+FLAT = 0.1  # in slow start, a delay under this share of the target allows a doubling right after one
+CALM_WINDOWS = 3  # quiet windows in a row (delay under the slow-start share) that restart slow start
 DROP_FACTOR = 0.7
 MAX_CUT = 0.5
 WINDOW_RTTS = 2.0
 MIN_WINDOW_S = 0.1
 MIN_SAMPLES = 4
+FIRST_WINDOW_SAMPLES = 3  # × MIN_SAMPLES
 INITIAL_LIMIT = 1.0
+SMOOTH_SAMPLES = 24  # the smoothed latency weighs each window by its answers, the past as this many at most
+BASELINE_SAMPLES = 12  # the baseline is the least smoothed latency once this many answers are behind it
 
 
 @dataclass(frozen=True)
 class State:
     limit: float = INITIAL_LIMIT
-    min_rtt: float = 0.0  # least window mean latency, s (0: none yet)
-    rtt: float = 0.0  # the last window's mean latency, s
+    min_rtt: float = 0.0  # the baseline: least window mean latency, s (0: none yet)
+    rtt: float = 0.0  # the windows' latencies smoothed, s
+    weight: float = 0.0  # answers behind ``rtt`` (at most SMOOTH_SAMPLES)
     decided_at: float = 0.0  # clock of the last decision
-    probing: bool = True  # slow start: the latency has not passed the target yet
+    probing: bool = True  # slow start: doubling per window
+    calm: int = 0  # quiet windows in a row since slow start ended
+    grew: bool = False  # the last decision raised the limit (the next window only holds or cuts)
 
     def slots(self) -> int:
         """Calls in flight this limit allows (at least 1)."""
@@ -65,19 +91,50 @@ class State:
         return tolerance * self.min_rtt
 
 
+BUCKET_BASE_S = 0.001  # latency histogram: bucket i holds latencies in [1 ms × GROWTH^i, 1 ms × GROWTH^(i+1))
+BUCKET_GROWTH = 1.04
+QUANTILE = 0.25  # the window's latency is its first quartile: a loaded machine's waits only lengthen calls
+
+
+def bucket(latency: float) -> int:
+    """The histogram bucket of a latency (s)."""
+    return max(0, int(math.log(max(latency, BUCKET_BASE_S) / BUCKET_BASE_S) / math.log(BUCKET_GROWTH)))
+
+
 @dataclass(frozen=True)
 class Window:
     samples: int = 0  # answered calls
     rtt_sum: float = 0.0  # their latencies, s
     saturated: bool = False  # a handler had every slot busy
     drops: int = 0  # 429s and timeouts
+    buckets: Mapping[int, int] = field(default_factory=dict)  # {bucket: answers}
+
+    @classmethod
+    def of(cls, latency: float) -> Window:
+        return cls(1, latency, buckets={bucket(latency): 1})
 
     def mean(self) -> float:
         return self.rtt_sum / self.samples if self.samples else 0.0
 
+    def quantile(self, q: float = QUANTILE) -> float:
+        """The latency under which a share `q` of the answers fell (the middle of its bucket);
+        the mean if no histogram was kept."""
+        total = sum(self.buckets.values())
+        if not total:
+            return self.mean()
+        seen = 0
+        for index in sorted(self.buckets):
+            seen += self.buckets[index]
+            if seen >= q * total:
+                return BUCKET_BASE_S * BUCKET_GROWTH ** (index + 0.5)
+        return self.mean()
+
     def add(self, other: Window) -> Window:
+        merged = dict(self.buckets)
+        for index, count in other.buckets.items():
+            merged[index] = merged.get(index, 0) + count
         return Window(self.samples + other.samples, self.rtt_sum + other.rtt_sum,
-                      self.saturated or other.saturated, self.drops + other.drops)
+                      self.saturated or other.saturated, self.drops + other.drops, merged)
 
 
 @dataclass(frozen=True)
@@ -90,6 +147,8 @@ class Params:
     min_window_s: float = MIN_WINDOW_S
     min_samples: int = MIN_SAMPLES
     hold: float = HOLD
+    slow_start_exit: float = SLOW_START_EXIT
+    calm_windows: int = CALM_WINDOWS
 
     def window_s(self, state: State) -> float:
         rtts = 1.0 if state.probing else self.window_rtts  # slow start: once per round trip
@@ -100,26 +159,47 @@ def due(state: State, window: Window, now: float, params: Params) -> bool:
     """Whether the window holds enough to decide on: a drop at once; else its time and samples."""
     if window.drops:
         return now - state.decided_at >= params.min_window_s
-    return window.samples >= params.min_samples and now - state.decided_at >= params.window_s(state)
+    first = 1 if state.min_rtt else FIRST_WINDOW_SAMPLES  # the first window sets the baseline: more samples
+    return window.samples >= first * params.min_samples and now - state.decided_at >= params.window_s(state)
+
+
+def at_target(limit: float, delay: float, target: float) -> float:
+    """The limit whose delay would be `target`, if the delay grows in proportion to the calls
+    queued (limit − 1: one call in flight queues behind none)."""
+    return 1 + (limit - 1) * target / delay if delay > 0 else math.inf
 
 
 def decide(state: State, window: Window, now: float, params: Params) -> State:
     """The next state from the window just closed (call when ``due``)."""
     limit = state.limit
-    mean = window.mean()
-    min_rtt = min(state.min_rtt, mean) if state.min_rtt and mean else (mean or state.min_rtt)
-    probing = state.probing
-    target = params.tolerance * min_rtt
+    mean = window.quantile()
+    weight = state.weight if state.rtt else 0.0
+    smooth = (state.rtt * weight + mean * window.samples) / (weight + window.samples) if mean else state.rtt
+    weight = min(SMOOTH_SAMPLES, weight + (window.samples if mean else 0))
+    # until enough answers are behind it the baseline follows the smoothed latency (a first window
+    # of a few answers from a noisy server may be lucky); then it is the least of it
+    base = min(state.min_rtt, smooth) if state.min_rtt and state.weight >= BASELINE_SAMPLES else smooth
+    target = (params.tolerance - 1) * base
+    delay = max(0.0, mean - base) if mean else 0.0
+    quiet = delay <= params.slow_start_exit * target and not window.drops
+    grow = window.saturated and delay <= params.hold * target and not window.drops
+    probing = state.probing and quiet  # a window past the slow-start share ends it
+    calm = state.calm + 1 if grow and quiet and not probing else 0
+    if calm >= params.calm_windows:  # quiet again: that window ended slow start too early
+        probing, calm = True, 0
     if window.drops:
-        limit, probing = limit * params.drop_factor, False
-    elif mean and mean > target:
-        limit, probing = limit * max(MAX_CUT, target / mean), False
-    elif window.saturated and (probing or mean < params.hold * target):
-        if probing and mean > min_rtt * (1 + SLOW_START_EXIT * (params.tolerance - 1)):
-            probing = False
-        limit = limit * 2 if probing else limit + 1
+        limit *= params.drop_factor
+    elif mean and delay > target:
+        limit = max(limit * MAX_CUT, at_target(limit, delay, target))
+    elif grow and state.grew and not (probing and delay <= FLAT * target):
+        pass  # the window after a rise still holds answers to calls sent before it
+    elif grow and probing:
+        limit *= 2
+    elif grow:
+        limit += min(math.sqrt(limit), max(1.0, (at_target(limit, delay, target) - limit) / 2))
     limit = min(params.ceiling, max(params.floor, limit))
-    return replace(state, limit=limit, min_rtt=min_rtt, rtt=mean or state.rtt, decided_at=now, probing=probing)
+    return replace(state, limit=limit, min_rtt=base, rtt=smooth, weight=weight, decided_at=now, probing=probing,
+                   calm=calm, grew=limit > state.limit)
 
 
 def share(limit_slots: int, handlers: list[str], me: str, ceiling: int) -> int:

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from chalicelib import deps, jobs
-from chalicelib.generation.ratelimit.gate import ConcurrencyGate
+from chalicelib.generation.ratelimit.gate import WARM_UP_CALLS, ConcurrencyGate
 from tests.support.accounts import service_account
 from tests.support.api import body
 from tests.support.fake_openai import FakeOpenAI
@@ -101,3 +101,32 @@ def test_handlers_share_one_limit_through_redis(redis_client):
     clock[0] += 30  # b is gone
     a._maybe_sync(a._models["m"])
     assert a._models["m"].share == 3 and a.describe("m")["handlers"] == 1
+
+
+def test_the_handlers_latency_histogram_is_pooled_and_emptied_by_each_decision(redis_client):
+    """Each handler adds its answers' latencies to the window's histogram in the hash; the
+    decision takes its first quartile and subtracts what it used, so the histogram holds only
+    answers not yet decided on."""
+    prefix = f"test:concurrency:{uuid.uuid4().hex}"
+    clock = [1000.0]
+    gates = [ConcurrencyGate(redis_client, prefix=prefix, ceiling=8, handler_id=h, clock=lambda: clock[0])
+             for h in ("a", "b")]
+    key = "{" + prefix + "}:m:m:inflight"
+    redis_client.hset(key, mapping={"limit": 8, "min_rtt": 0.1, "rtt": 0.1, "weight": 24, "decided_at": clock[0],
+                                    "probing": 0})
+    for gate, latency in ((gates[0], 0.1), (gates[1], 0.3)):
+        for _ in range(WARM_UP_CALLS + 6):  # a connection's first answers are not measured
+            with gate.slot("m") as call:
+                call.answered(latency)
+    clock[0] += 0.15  # past the next sync, not yet past the window (2 × 0.1 s)
+    gates[0]._maybe_sync(gates[0]._models["m"])  # pushes a's window: not yet due
+    fields = {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
+    assert fields.get("gen", "0") == "0"
+    assert sum(int(v) for k, v in fields.items() if k.startswith("b:")) == 6
+    clock[0] += 1.0
+    gates[1]._maybe_sync(gates[1]._models["m"])  # pushes b's window, due: decides on both
+    fields = {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
+    assert fields["gen"] == "1" and int(fields["w_n"]) == 0
+    assert not [k for k in fields if k.startswith("b:")]
+    # 6 answers at 0.1 s and 6 at 0.3 s: the first quartile is 0.1 s, the latency the state took in
+    assert float(fields["rtt"]) == pytest.approx(0.1, rel=0.05)

@@ -55,7 +55,14 @@ from chalicelib.generation.client import (
     retry_after,
 )
 from chalicelib.generation.prompt import build_messages
-from chalicelib.generation.ratelimit import LimiterStopped, estimate_tokens, provider_limits, provider_remaining
+from chalicelib.generation.ratelimit import (
+    DIMENSIONS,
+    LimiterStopped,
+    estimate_tokens,
+    exhausted,
+    provider_limits,
+    provider_remaining,
+)
 from chalicelib.generation.ratelimit.gate import Call
 from chalicelib.quality.answer import refuses_response_format, response_format
 from chalicelib.quality.flags import DEFAULT_MAX_WORDS, DEFAULT_MIN_WORDS
@@ -252,13 +259,14 @@ class OpenerGenerator:
             response = self._send(request, should_stop)
         except openai.RateLimitError as exc:
             # OpenAI's 429s state the limits too; a gateway's its remaining/reset
-            if provider_limits(exc.response.headers) != (-1, -1) or provider_remaining(exc.response.headers):
-                self.limiter.observe(model, exc.response.headers, ok=False)
+            headers = exc.response.headers
+            if provider_limits(headers) != (-1, -1) or any(provider_remaining(headers, d) for d in DIMENSIONS):
+                self.limiter.observe(model, headers, ok=False, tokens=estimate)
             self._on_rate_limited(exc, model)
             raise
         # a success states the limits, or says by their absence that the server sends none (an
         # error page may lack them for other reasons: only successes and 429s are read)
-        self.limiter.observe(model, response.http_response.headers)
+        self.limiter.observe(model, response.http_response.headers, tokens=estimate)
         body = _json_body(response.http_response.content)
         usage = body.get("usage") or {}
         if isinstance(usage.get("total_tokens"), int):
@@ -293,7 +301,7 @@ class OpenerGenerator:
     def _on_rate_limited(self, exc: openai.RateLimitError, model: str) -> None:
         if is_quota_exhausted(exc):
             return  # not a rate problem: pausing everyone would not help
-        self.limiter.cooldown(retry_after(exc) or 1.0, model=model)
+        self.limiter.cooldown(retry_after(exc) or 1.0, model=model, spent=exhausted(exc.response.headers))
 
     def _wait(self, retry_state: RetryCallState) -> float:
         """Exponential backoff with jitter, but never shorter than the server's Retry-After."""

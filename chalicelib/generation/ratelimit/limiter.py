@@ -115,7 +115,8 @@ class RateLimiter(ProviderFeedback):
         self._limits_script = redis_client.register_script(_LIMITS_LUA)
         self._gauge_script = redis_client.register_script(_GAUGE_LUA)
         self._calls_script = redis_client.register_script(_CALLS_LUA)
-        self._gauged: dict[str, float] = {}  # model -> when this process last sent remaining/reset (monotonic)
+        # (model, "requests" | "tokens") -> when this process last sent its remaining/reset (monotonic)
+        self._gauged: dict[tuple[str, str], float] = {}
         self.rpm_in_force: dict[str, int] = {}  # model ("" none) -> the request rate in force at its last grant
 
     # -- public API ---------------------------------------------------------------------------
@@ -196,8 +197,12 @@ class RateLimiter(ProviderFeedback):
         except _UNAVAILABLE as exc:
             self._log.warning("Redis unreachable; token refund of %d dropped (%s)", delta, exc)
 
-    def cooldown(self, seconds: float, model: str | None = None) -> None:
+    def cooldown(self, seconds: float, model: str | None = None, spent: tuple[str, ...] = ()) -> None:
         """Pause every acquirer of ``model`` sharing this prefix for ``seconds`` (never shortens a pause).
+
+        A 429 also cuts a rate (lua/cooldown.lua): the request rate, unless ``spent`` (the budgets
+        the 429's headers show used up, ``headers.exhausted``) names only the tokens and a token
+        rate is gauged (then that one).
 
         Best effort: if Redis is unreachable it is logged; the caller's own retry still goes
         through ``acquire``, which waits for Redis.
@@ -207,13 +212,14 @@ class RateLimiter(ProviderFeedback):
         try:
             answer = self._cooldown_script(keys=self._keys(model),
                                            args=[self.rpm, self.tpm, float(seconds), self.start_rpm,
-                                                 self.aimd_period_ms, self.aimd_decrease, self.aimd_min_rpm])
+                                                 self.aimd_period_ms, self.aimd_decrease, self.aimd_min_rpm,
+                                                 " ".join(spent)])
         except _UNAVAILABLE as exc:
             self._log.warning("Redis unreachable; shared cooldown of %.2fs not recorded (%s)", seconds, exc)
             return
         left_ms, until_ms, cut = (float(x) for x in (answer.decode() if isinstance(answer, bytes) else answer).split())
         if cut:
-            self._log.warning("rate-limit 429 for %s: the request rate found is cut by a factor %.2f",
+            self._log.warning("rate-limit 429 for %s: the rate found is cut by a factor %.2f",
                               model or "the default model", self.aimd_decrease)
         # when the pause ends, as the server clock has it: exact, however late this line is written
         self._log.warning("rate-limit cooldown: every worker pauses for %.2fs (until %.3f)", left_ms / 1000,

@@ -69,10 +69,10 @@ class _Limiter:
     def refund(self, estimated, actual, model=None) -> None:
         pass
 
-    def cooldown(self, seconds, model=None) -> None:
+    def cooldown(self, seconds, model=None, spent=()) -> None:
         pass
 
-    def observe(self, model, headers, ok=True) -> None:
+    def observe(self, model, headers, ok=True, tokens=0) -> None:
         pass
 
 

@@ -266,11 +266,14 @@ class OpenerGenerator:
             raise
         # a success states the limits, or says by their absence that the server sends none (an
         # error page may lack them for other reasons: only successes and 429s are read)
-        self.limiter.observe(model, response.http_response.headers, tokens=estimate)
         body = _json_body(response.http_response.content)
         usage = body.get("usage") or {}
+        # what the provider charged against its token budget up front: the prompt and max_tokens
+        prompt = usage.get("prompt_tokens")
+        charged = prompt + request["max_tokens"] if isinstance(prompt, int) and not isinstance(prompt, bool) else None
+        self.limiter.observe(model, response.http_response.headers, tokens=charged or estimate)
         if isinstance(usage.get("total_tokens"), int):
-            self.limiter.refund(estimate, usage["total_tokens"], model=model)
+            self.limiter.refund(estimate, usage["total_tokens"], model=model, charged=charged)
         # parsed, cleaned, then the output guard: a rejected answer is an UnusableAnswer, retried
         try:
             found = checked_answers(body, url, instructions, lenient="response_format" not in request,

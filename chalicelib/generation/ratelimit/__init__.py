@@ -65,9 +65,9 @@ How it works:
   the token bucket's limit (under ``OPENAI_TPM``), grows as the request rate does once its
   estimate is stale (lua/grow.lua, ``t_used`` counts the tokens booked), and is cut by a 429 whose
   headers show the token budget used up (``cooldown(..., spent=...)``; a 429 that does not say
-  cuts the request rate, as before). The bucket paced at it is not refunded: the provider's
-  remaining drains at what it charged up front (prompt + max_tokens), and the bucket counts the
-  same.
+  cuts the request rate, as before). The bucket paced at it is refunded to what the provider
+  charged up front (prompt + max_tokens, ``refund(..., charged=)``), not to the usage: the
+  provider's remaining drains at that, so the rate gauged is in those units.
 * Calls per minute: the acquire script counts each call it admits in per-second slots of the
   model's ``B:calls`` hash and, for a job's call, ``P:job:<id>:calls`` (lua/calls.lua sums the last
   minute), for ``GET /api/metrics`` and the job view; no extra round trip per call.

@@ -184,16 +184,21 @@ class RateLimiter(ProviderFeedback):
             self._log.info("rate-limit cooldown in force; waiting %.2fs before reserving again", left)
             waited += self._sleep_for(left, should_stop)
 
-    def refund(self, estimated: int, actual: int, model: str | None = None) -> None:
-        """Give back ``estimated - actual`` tokens (or take more when ``actual`` is larger).
+    def refund(self, estimated: int, actual: int, model: str | None = None, charged: int | None = None) -> None:
+        """Give back ``estimated - actual`` tokens (or take more when ``actual`` is larger). While
+        the token limit in force is the rate gauged from the provider's remaining/reset tokens,
+        ``estimated - charged`` instead (``charged``: what the provider took from its budget, the
+        prompt and max_tokens; the gauged rate is in its units, so the bucket counts the same).
 
         Best effort: if Redis is unreachable the correction is logged and dropped.
         """
         delta = int(estimated) - int(actual)
-        if delta == 0 or (not self.tpm and self._seen.get(model or "", (0, 0))[1] < 0):
-            return  # no token limit: none set, and the provider (last heard) states none
+        gauged = delta if charged is None else int(estimated) - int(charged)
+        if (delta == 0 and gauged == 0) or (not self.tpm and self._seen.get(model or "", (0, 0))[1] < 0
+                                            and (model or "", "tokens") not in self._gauged):
+            return  # no token limit: none set, the provider (last heard) states none and gauges none
         try:
-            self._refund_script(keys=self._keys(model), args=[self.rpm, self.tpm, delta, self.start_rpm])
+            self._refund_script(keys=self._keys(model), args=[self.rpm, self.tpm, delta, self.start_rpm, gauged])
         except _UNAVAILABLE as exc:
             self._log.warning("Redis unreachable; token refund of %d dropped (%s)", delta, exc)
 
@@ -213,7 +218,7 @@ class RateLimiter(ProviderFeedback):
             answer = self._cooldown_script(keys=self._keys(model),
                                            args=[self.rpm, self.tpm, float(seconds), self.start_rpm,
                                                  self.aimd_period_ms, self.aimd_decrease, self.aimd_min_rpm,
-                                                 " ".join(spent)])
+                                                 " ".join(spent), self.gauge_margin])
         except _UNAVAILABLE as exc:
             self._log.warning("Redis unreachable; shared cooldown of %.2fs not recorded (%s)", seconds, exc)
             return

@@ -151,3 +151,15 @@ def test_the_fake_limited_in_tokens_is_gauged_at_its_limit(client, prefix):
     limits = limiter.limits("m")
     assert limits["found"]["tokens"]["estimate"] == pytest.approx(60_000, rel=0.15)
     assert limits["in_force"]["tpm"] <= 60_000 and limits["how"]["tpm"] == "remaining-reset"
+
+
+def test_the_gauged_token_bucket_is_refunded_to_what_the_provider_charged_not_to_the_usage(client, prefix):
+    limiter = gauged(make(client, prefix, period_ms=LONG_MS))
+    per_second = ESTIMATE * 0.97 / 60
+    limiter._reserve(int(per_second), None, "m")  # the bucket emptied: level 0
+    key = limiter._keys("m")[1]
+    before, at = (float(x) for x in client.hmget(key, "level", "ts"))
+    limiter.refund(500, 200, model="m", charged=450)  # booked at 500; charged 450 (prompt + max_tokens)
+    after, then = (float(x) for x in client.hmget(key, "level", "ts"))
+    refilled = (then - at) * ESTIMATE * 0.97 / 60000
+    assert after - before - refilled == pytest.approx(50, abs=0.5)  # not 300: the usage is not what it lost

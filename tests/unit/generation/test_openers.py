@@ -41,6 +41,7 @@ class FakeLimiter:
         self.observed: list[tuple[str | None, dict]] = []
         self.observed_tokens: list[int] = []
         self.spent: list[tuple[str, ...]] = []
+        self.charged: list[int | None] = []
         self.stop_on_acquire = stop_on_acquire
 
     def acquire(self, tokens: int, should_stop: Callable[[], bool] = lambda: False,
@@ -51,8 +52,9 @@ class FakeLimiter:
             raise LimiterStopped("stopped while waiting for the limiter")
         return 0.0
 
-    def refund(self, estimated: int, actual: int, model: str | None = None) -> None:
+    def refund(self, estimated: int, actual: int, model: str | None = None, charged: int | None = None) -> None:
         self.refunds.append((estimated, actual))
+        self.charged.append(charged)
 
     def cooldown(self, seconds: float, model: str | None = None, spent: tuple[str, ...] = ()) -> None:
         self.cooldowns.append(seconds)
@@ -206,9 +208,11 @@ def test_a_429_names_the_budgets_it_shows_used_up_and_each_answer_its_booked_tok
     h.generate()
     assert h.limiter.spent == [("tokens",), ()]  # the second 429 does not say: the request rate is cut
     # the 429 with remaining/reset is read (it gauges the budgets), the bare one is not; each with
-    # what its call was booked at, the part of the token budget it took
-    assert len(h.limiter.observed) == 2 and h.limiter.observed_tokens == [h.limiter.acquired[0], h.limiter.acquired[2]]
-    assert h.limiter.acquired[0] > 0
+    # the part of the token budget its call took: what it was booked at, or, answered, what the
+    # provider charged up front (the prompt it counted and max_tokens), which the refund also names
+    charged = h.limiter.charged[0]
+    assert len(h.limiter.observed) == 2 and h.limiter.observed_tokens == [h.limiter.acquired[0], charged]
+    assert h.limiter.acquired[0] > 0 and charged == 40 + h.script.requests[-1]["max_tokens"]  # completion(): 40
 
 
 # -- generate: retries ----------------------------------------------------------------------------

@@ -66,7 +66,7 @@ class _Limiter:
     def acquire(self, tokens, should_stop=lambda: False, account=None, model=None, job=None) -> float:
         return 0.0
 
-    def refund(self, estimated, actual, model=None) -> None:
+    def refund(self, estimated, actual, model=None, charged=None) -> None:
         pass
 
     def cooldown(self, seconds, model=None, spent=()) -> None:

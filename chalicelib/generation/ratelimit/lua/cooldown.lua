@@ -1,6 +1,7 @@
 -- KEYS: requests bucket, tokens bucket, cooldown_until, limits. ARGV: ceiling rpm, ceiling tpm,
 -- seconds, start rpm, period ms, decrease factor, lowest rpm, the budgets the 429 showed used up
--- ('requests', 'tokens', 'requests tokens'; '' when it did not say). Returns '<remaining ms>
+-- ('requests', 'tokens', 'requests tokens'; '' when it did not say), the margin under a rate
+-- found from a fixed window (window_end). Returns '<remaining ms>
 -- <until ms> <cut>' (the pause in force, which a shorter new one never cuts; when it ends on the
 -- server clock, in Unix milliseconds; 1 if this 429 cut a rate, else 0).
 
@@ -35,9 +36,19 @@ end
 local spent = ARGV[8] or ''
 local cuts = -1 -- no token rate to cut (none gauged, or the 429 did not name the tokens)
 if string.find(spent, 'tokens', 1, true) then cuts = cut('t_', 1) end
-if cuts < 0 or string.find(spent, 'requests', 1, true) then
+-- A retry-after at least 2 s and ten calls long at the rate in use is a fixed window's end, not a
+-- rate overshoot: the pause is honoured, and the rate is set from what the window passed
+-- (window_end) instead of cut, once a whole window has been seen.
+local found = tonumber(redis.call('HGET', KEYS[4], 'found') or '')
+local pause_ms = tonumber(ARGV[3]) * 1000
+local window = 'none'
+if found ~= nil and found > 0 and pause_ms >= math.max(2000, 10 * 60000 / found) then
+  window = window_end(now + pause_ms, tonumber(ARGV[9]) or 1)
+end
+if (window == 'none' or window == 'first') and (cuts < 0 or string.find(spent, 'requests', 1, true)) then
   cuts = math.max(cuts, 0) + cut('', tonumber(ARGV[7]))
 end
+if window == 'set' then cuts = 1 end
 if cuts > 0 then
   redis.call('HSET', KEYS[4], 'gen', (tonumber(redis.call('HGET', KEYS[4], 'gen') or '') or 0) + 1)
   forgive_bookings()

@@ -23,10 +23,50 @@ local p, stated_field = dimension(ARGV[9])
 local unit = math.max(1, tonumber(ARGV[10]) or 1)
 local k, reset_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
 local s = redis.call('HMGET', KEYS[4], stated_field, p .. 'found', p .. 'cmax', p .. 'cmax_prev', p .. 'cmax_at',
-                      p .. 'est', p .. 'est_at', 'gen', p .. 'phase')
+                      p .. 'est', p .. 'est_at', 'gen', p .. 'phase', p .. 'rend', p .. 'rk', p .. 'rat', p .. 'fixed')
 local stated, found = tonumber(s[1]), tonumber(s[2])
 -- a stated limit wins (learn.lua runs first); the request controller starts with the first answer
 if stated == nil or stated > 0 or (p == '' and found == nil) then return '-1 0' end
+
+-- Set the rate to margin x `est` (from `was`), booked again when that is a real cut, not a nudge.
+local function set_rate(est, was)
+  local target = est * tonumber(ARGV[6])
+  redis.call('HSET', KEYS[4], p .. 'found', string.format('%.3f', target), p .. 'peak', string.format('%.3f', est),
+             p .. 'phase', 'avoid', p .. 'by', 'remaining-reset', p .. 'last', string.format('%.3f', now),
+             p .. 'win', string.format('%.3f', now), p .. 'used', 0)
+  if was ~= nil and was > 1.1 * target then
+    redis.call('HSET', KEYS[4], 'gen', (tonumber(s[8]) or 0) + 1)
+    forgive_bookings()
+  end
+end
+
+-- A fixed window (a counter reset at the minute: gateways, LiteLLM) is no bucket: the time its
+-- budget is full again (now + s) stays put however much is used, while a bucket's moves on as it
+-- is drained (by the drain over the refill rate: at least the time passed while k falls). So two
+-- answers at least a second apart with k fallen (and not 0: a bucket below empty stays at 0 while
+-- it refills) tell which it is. In a fixed window the rate that fits is the remaining spread over
+-- the time left, k / s, set as it is (up at a window's start, down when the budget went early);
+-- none remaining pauses every worker until the window's end, the reset as it is.
+local endms = now + reset_ms
+local rend, rk, rat, fixed = tonumber(s[10]), tonumber(s[11]), tonumber(s[12]), s[13] == '1'
+if rat == nil or k > rk or now - rat > tonumber(ARGV[7]) then
+  redis.call('HSET', KEYS[4], p .. 'rend', string.format('%.3f', endms), p .. 'rk', k, p .. 'rat', string.format('%.3f', now))
+elseif now - rat >= 1000 and k < rk and k > 0 then
+  fixed = math.abs(endms - rend) < 0.25 * (now - rat)
+  redis.call('HSET', KEYS[4], p .. 'fixed', fixed and 1 or 0, p .. 'rend', string.format('%.3f', endms), p .. 'rk', k,
+             p .. 'rat', string.format('%.3f', now))
+end
+if fixed and reset_ms > 0 then
+  if k == 0 then
+    local rpm, tpm = effective(KEYS[4], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+    pause_until(endms, rpm, tpm)
+    return string.format('-1 %.3f', reset_ms)
+  end
+  local est = 60000 * k / reset_ms
+  redis.call('HSET', KEYS[4], p .. 'est', string.format('%.3f', est), p .. 'est_at', string.format('%.3f', now))
+  set_rate(est, found)
+  return string.format('%.3f 0', est)
+end
 local window = tonumber(ARGV[7])
 local cmax, prev, at = tonumber(s[3]) or 0, tonumber(s[4]) or 0, tonumber(s[5]) or now
 if now - at >= 2 * window then
@@ -43,17 +83,8 @@ if reset_ms > 0 and k <= c / 2 and c - k - 0.5 >= 1 then
   local sample = 60000 * (c - k - 0.5) / reset_ms
   if est == nil or now - (tonumber(s[7]) or 0) >= fresh then est = sample else est = est + 0.25 * (sample - est) end
   redis.call('HSET', KEYS[4], p .. 'est', string.format('%.3f', est), p .. 'est_at', string.format('%.3f', now))
-  local target = est * tonumber(ARGV[6])
   -- in slow start the estimate is a better guess than doubling; a token rate starts with it
-  if found == nil or found > target or s[9] == 'slow' then
-    redis.call('HSET', KEYS[4], p .. 'found', string.format('%.3f', target), p .. 'peak', string.format('%.3f', est),
-               p .. 'phase', 'avoid', p .. 'by', 'remaining-reset', p .. 'last', string.format('%.3f', now),
-               p .. 'win', string.format('%.3f', now), p .. 'used', 0)
-    if found ~= nil and found > 1.1 * target then -- a real cut, not a nudge: the bookings at the old rate go
-      redis.call('HSET', KEYS[4], 'gen', (tonumber(s[8]) or 0) + 1)
-      forgive_bookings()
-    end
-  end
+  if found == nil or found > est * tonumber(ARGV[6]) or s[9] == 'slow' then set_rate(est, found) end
 elseif est ~= nil and now - (tonumber(s[7]) or 0) >= fresh then
   est = nil
 end

@@ -16,11 +16,12 @@ import time
 import httpx2
 import pytest
 
-from chalicelib.generation.ratelimit import RateLimiter, provider_remaining
+from chalicelib.generation.ratelimit import provider_remaining
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.gauge import LONG_MS, make, report, state
+from tests.support.gauge import left as remaining_reset
 from tests.support.limiter import EXACT, key_prefix, redis_client, server_ms
 
-LONG_MS = 600_000.0  # a period no test outlasts
 APART_S = 1.05  # two answers this far apart on the Redis clock tell a fixed window from a bucket
 
 
@@ -34,25 +35,8 @@ def prefix(client):
     yield from key_prefix(client, "fixed")
 
 
-def make(client, prefix: str, period_ms: float = 0.0) -> RateLimiter:
-    limiter = RateLimiter(client, rpm=0, tpm=0, prefix=prefix, start_rpm=180)
-    limiter.aimd_period_ms = period_ms
-    return limiter
-
-
-def state(limiter: RateLimiter, model: str = "m") -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in limiter._redis.hgetall(limiter._keys(model)[3]).items()}
-
-
-def report(limiter: RateLimiter, headers: dict[str, str], model: str = "m") -> None:
-    """One answer's headers, as another process would send them (no local throttle)."""
-    limiter._gauged.clear()
-    limiter._grown.clear()
-    limiter.observe(model, headers)
-
-
 def left(remaining: int, reset_s: float) -> dict[str, str]:
-    return {"x-ratelimit-remaining-requests": str(remaining), "x-ratelimit-reset-requests": f"{reset_s:.3f}s"}
+    return remaining_reset(remaining, f"{reset_s:.3f}s")
 
 
 def test_a_reset_that_stays_put_is_a_fixed_window_and_the_remaining_is_spread_over_the_time_left(client, prefix):
@@ -86,9 +70,9 @@ def test_a_bucket_drained_is_not_taken_for_a_fixed_window(client, prefix):
 def test_a_429_at_a_fixed_windows_end_sets_the_rate_from_the_window_instead_of_a_cut(client, prefix):
     limiter = make(client, prefix)
     report(limiter, {})  # no header at all: the controller starts at 180 a minute
-    limiter.cooldown(30.0, model="m")  # a retry-after of 30 s: a window's end, the first seen
+    limiter.cooldown(30.0, model="m")  # a retry-after of 30 s: a window's end, with no call seen in it
     fields = state(limiter)
-    assert float(fields["found"]) == pytest.approx(180 * 0.7)  # no window seen whole yet: a cut
+    assert float(fields["found"]) == pytest.approx(180 * 0.7)  # nothing to set the rate from: a cut
     first_end = float(fields["wstart"])
     for _ in range(20):
         limiter._book(1, None, "m", count=1)  # 20 calls admitted in the next window
@@ -108,11 +92,22 @@ def test_a_429_at_a_fixed_windows_end_sets_the_rate_from_the_window_instead_of_a
     assert 0.97 * rate < float(state(limiter)["found"]) <= rate + 0.001
 
 
+def test_the_first_windows_end_sets_the_rate_from_the_calls_since_the_first_answer(client, prefix):
+    limiter = make(client, prefix)
+    report(limiter, {})  # the first answer: the requests admitted from now on are counted
+    for _ in range(30):
+        limiter._book(1, None, "m", count=1)
+    limiter.cooldown(20.0, model="m")  # 30 calls, then the window ends 20 s after the first answer
+    fields = state(limiter)  # (a part of a window: too high a rate, the next end sets it right)
+    assert float(fields["found"]) == pytest.approx(0.97 * 60000 * 30 / 20000, rel=0.05)  # not 180 * 0.7
+    assert fields["by"] == "window" and fields["gen"] == "1"
+
+
 def test_a_short_retry_after_is_a_cut_as_before(client, prefix):
     limiter = make(client, prefix)
     report(limiter, {})
     limiter.cooldown(1.5, model="m")  # under 2 s: a rate overshoot, not a window's end
-    assert float(state(limiter)["found"]) == pytest.approx(180 * 0.7) and "wstart" not in state(limiter)
+    assert float(state(limiter)["found"]) == pytest.approx(180 * 0.7) and state(limiter)["wn"] == "0"
 
 
 def test_the_fake_in_fixed_window_mode_is_told_from_its_headers_and_paused_until_the_windows_end(client, prefix):

@@ -15,9 +15,9 @@ import pytest
 
 from chalicelib.generation.ratelimit import RateLimiter, estimate_tokens
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.gauge import LONG_MS, make, report, state
+from tests.support.gauge import left as remaining_reset
 from tests.support.limiter import EXACT, key_prefix, redis_client
-
-LONG_MS = 600_000.0  # a period no test outlasts
 
 
 @pytest.fixture
@@ -30,26 +30,8 @@ def prefix(client):
     yield from key_prefix(client, "gauge-tokens")
 
 
-def make(client, prefix: str, period_ms: float = 0.0, tpm: int = 0) -> RateLimiter:
-    limiter = RateLimiter(client, rpm=0, tpm=tpm, prefix=prefix, start_rpm=180)
-    limiter.aimd_period_ms = period_ms
-    return limiter
-
-
 def left(remaining: int, reset: str) -> dict[str, str]:
-    return {"x-ratelimit-remaining-tokens": str(remaining), "x-ratelimit-reset-tokens": reset}
-
-
-def state(limiter: RateLimiter, model: str = "m") -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in limiter._redis.hgetall(limiter._keys(model)[3]).items()}
-
-
-def report(limiter: RateLimiter, headers: dict[str, str], tokens: int = 100, model: str = "m") -> None:
-    """One answer's headers for a call booked at ``tokens``, as another process would send them
-    (no local throttle)."""
-    limiter._gauged.clear()
-    limiter._grown.clear()
-    limiter.observe(model, headers, tokens=tokens)
+    return remaining_reset(remaining, reset, "tokens")
 
 
 def gauged(limiter: RateLimiter) -> RateLimiter:

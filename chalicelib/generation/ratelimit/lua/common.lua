@@ -124,7 +124,9 @@ end
 -- as a 429 without headers shows it (cooldown.lua: a retry-after many calls long): its budget
 -- comes back whole at `endms`, so the 429s of the calls in flight at its end say "wait until
 -- then", not "slower". The rate that fits is what passed since the last end seen, spread over the
--- time from then to this end (the requests booked meanwhile, `wn`, counted by acquire.lua); it
+-- time from then to this end (the requests booked meanwhile, `wn`, counted by acquire.lua; the
+-- first window is counted from the provider's first answer, learn.lua: a part of a window, so the
+-- rate is too high, and the next end sets it right); it
 -- sets the request rate (`found`, lowered to margin x it) and caps it until the next window has
 -- ended too (`wcap`, `wcap_until`: grow.lua does not probe past it meanwhile; a window that ends
 -- without a 429 lets the probing go on, so a raised limit is found). Returns 'set' (the rate was

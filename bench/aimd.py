@@ -231,18 +231,26 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {}
     with fake_openai("--latency-ms", LATENCY_MS, "--rpm", str(RPM), "--no-ratelimit-headers") as base_url:
         for kind in only:
-            if kind in STEADY:
-                label, times, headers, mode, tokens = STEADY[kind]
-                results[kind] = steady(run(base_url, label, times * RPM, [], RUN_S, headers=headers, mode=mode,
-                                           tpm=TPM if tokens else 0))
-            else:
-                label, headers, mode, goal = CHANGES[kind]
-                fixed = mode == "fixed"  # a minute from FOLLOW_S after the halving, too
-                end = max(END_S, DOWN_AT_S + FOLLOW_S + 62.0) if fixed else END_S
-                results[kind] = follow(run(base_url, label, 0, [(UP_AT_S, 2 * RPM), (DOWN_AT_S, RPM)], end,
-                                           headers=headers, mode=mode), goal=goal, fixed=fixed)
+            try:
+                results[kind] = run_kind(base_url, kind)
+            except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others' figures
+                print(f"  {kind}: the run failed ({type(exc).__name__}: {exc})", flush=True)
+                continue
+            report({kind: results[kind]})  # each run's figures as soon as it is done
     report(results)
     return results
+
+
+def run_kind(base_url: str, kind: str) -> dict:
+    if kind in STEADY:
+        label, times, headers, mode, tokens = STEADY[kind]
+        return steady(run(base_url, label, times * RPM, [], RUN_S, headers=headers, mode=mode,
+                          tpm=TPM if tokens else 0))
+    label, headers, mode, goal = CHANGES[kind]
+    fixed = mode == "fixed"  # a minute from FOLLOW_S after the halving, too
+    end = max(END_S, DOWN_AT_S + FOLLOW_S + 62.0) if fixed else END_S
+    return follow(run(base_url, label, 0, [(UP_AT_S, 2 * RPM), (DOWN_AT_S, RPM)], end, headers=headers, mode=mode),
+                  goal=goal, fixed=fixed)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,8 @@ def sampled_run(base_url: str, bench: str, label: str, urls: int, ceiling: int, 
         sampler.finished.set()
         sampler.join()
     stats = sampler.sample()
+    if stats["first_request_at"] is None:
+        raise RuntimeError(f"the fake received no call in this run (job {job_id}: {job_counts(job_id)})")
     return {"job_id": job_id, "model": model, "sampler": sampler, "stats": stats, "wall": wall,
             "series": Series(sampler.samples, stats["first_request_at"])}
 

@@ -224,8 +224,8 @@ class RateLimiter(ProviderFeedback):
             return
         left_ms, until_ms, cut = (float(x) for x in (answer.decode() if isinstance(answer, bytes) else answer).split())
         if cut:
-            self._log.warning("rate-limit 429 for %s: the rate found is cut by a factor %.2f",
-                              model or "the default model", self.aimd_decrease)
+            self._log.warning("rate-limit 429 for %s: the rate found is lowered (by a factor %.2f, or to what a "
+                              "fixed window passed)", model or "the default model", self.aimd_decrease)
         # when the pause ends, as the server clock has it: exact, however late this line is written
         self._log.warning("rate-limit cooldown: every worker pauses for %.2fs (until %.3f)", left_ms / 1000,
                           until_ms / 1000)

@@ -101,6 +101,7 @@ def test_the_first_windows_end_sets_the_rate_from_the_calls_since_the_first_answ
     fields = state(limiter)  # (a part of a window: too high a rate, the next end sets it right)
     assert float(fields["found"]) == pytest.approx(0.97 * 60000 * 30 / 20000, rel=0.05)  # not 180 * 0.7
     assert fields["by"] == "window" and fields["gen"] == "1"
+    assert "wcap" not in fields  # the slow start's ramp is in it: where the next window starts from, no cap
 
 
 def test_a_short_retry_after_is_a_cut_as_before(client, prefix):

@@ -77,6 +77,7 @@ def test_a_429_at_a_fixed_windows_end_sets_the_rate_from_the_window_instead_of_a
     for _ in range(20):
         limiter._book(1, None, "m", count=1)  # 20 calls admitted in the next window
     limiter._book(1, None, "m", count=0)  # a booking made again is not one more
+    client.delete(limiter._keys("m")[2])  # the first window's pause is over
     limiter.cooldown(45.0, model="m")  # the next window's end
     fields = state(limiter)
     window_ms = float(fields["wstart"]) - first_end
@@ -104,11 +105,15 @@ def test_the_first_windows_end_sets_the_rate_from_the_calls_since_the_first_answ
     assert "wcap" not in fields  # the slow start's ramp is in it: where the next window starts from, no cap
 
 
-def test_a_short_retry_after_is_a_cut_as_before(client, prefix):
+def test_a_short_retry_after_is_a_cut_as_before_and_a_long_one_during_a_pause_no_windows_end(client, prefix):
     limiter = make(client, prefix)
     report(limiter, {})
     limiter.cooldown(1.5, model="m")  # under 2 s: a rate overshoot, not a window's end
     assert float(state(limiter)["found"]) == pytest.approx(180 * 0.7) and state(limiter)["wn"] == "0"
+    # a later 429 of the same burst (the pause in force) asks for longer, as a bucket that counts
+    # refused calls answers: not a window's end either
+    limiter.cooldown(30.0, model="m")
+    assert float(state(limiter)["wstart"]) < server_ms(client)
 
 
 def test_the_fake_in_fixed_window_mode_is_told_from_its_headers_and_paused_until_the_windows_end(client, prefix):

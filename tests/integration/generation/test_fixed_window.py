@@ -77,7 +77,8 @@ def test_a_429_at_a_fixed_windows_end_sets_the_rate_from_the_window_instead_of_a
     for _ in range(20):
         limiter._book(1, None, "m", count=1)  # 20 calls admitted in the next window
     limiter._book(1, None, "m", count=0)  # a booking made again is not one more
-    client.delete(limiter._keys("m")[2])  # the first window's pause is over
+    client.delete(limiter._keys("m")[2])  # the first window's pause is over, and its 429s long past
+    client.hdel(limiter._keys("m")[3], "l429")
     limiter.cooldown(45.0, model="m")  # the next window's end
     fields = state(limiter)
     window_ms = float(fields["wstart"]) - first_end
@@ -110,8 +111,8 @@ def test_a_short_retry_after_is_a_cut_as_before_and_a_long_one_during_a_pause_no
     report(limiter, {})
     limiter.cooldown(1.5, model="m")  # under 2 s: a rate overshoot, not a window's end
     assert float(state(limiter)["found"]) == pytest.approx(180 * 0.7) and state(limiter)["wn"] == "0"
-    # a later 429 of the same burst (the pause in force) asks for longer, as a bucket that counts
-    # refused calls answers: not a window's end either
+    # a later 429 of the same storm asks for longer, as a bucket that counts refused calls
+    # answers: not a window's end either
     limiter.cooldown(30.0, model="m")
     assert float(state(limiter)["wstart"]) < server_ms(client)
 

@@ -36,18 +36,21 @@ end
 local spent = ARGV[8] or ''
 local cuts = -1 -- no token rate to cut (none gauged, or the 429 did not name the tokens)
 if string.find(spent, 'tokens', 1, true) then cuts = cut('t_', 1) end
--- The first 429 of a burst (no pause in force yet) with a retry-after at least 2 s and ten calls
--- long at the rate in use is a fixed window's end, not a rate overshoot: the pause is honoured,
--- and the rate is set from what the window passed (window_end) instead of cut. (Only the first: a
--- bucket that counts refused calls answers the later 429s of a burst with ever longer waits.)
-local found = tonumber(redis.call('HGET', KEYS[4], 'found') or '')
+-- The first 429 after calls went through for a while (none in the last 2 s, no pause in force)
+-- with a retry-after at least 2 s and ten calls long at the rate in use is a fixed window's end,
+-- not a rate overshoot: the pause is honoured, and the rate is set from what the window passed
+-- (window_end) instead of cut. (Only such a first: a bucket that counts refused calls answers the
+-- 429s of a storm with ever longer waits.)
+local found, last429 = unpack(redis.call('HMGET', KEYS[4], 'found', 'l429'))
+found, last429 = tonumber(found), tonumber(last429)
+redis.call('HSET', KEYS[4], 'l429', string.format('%.3f', now))
 local pause_ms = tonumber(ARGV[3]) * 1000
 local window = 'none'
 if found ~= nil and found > 0 and pause_ms >= math.max(2000, 10 * 60000 / found) then
   local last_end = tonumber(redis.call('HGET', KEYS[4], 'wstart') or '')
   if last_end ~= nil and math.abs(now + pause_ms - last_end) < 1000 then
     window = 'again' -- a 429 of the burst at the window's end seen: nothing more to learn, no cut
-  elseif cooldown_left() == 0 then
+  elseif cooldown_left() == 0 and (last429 == nil or now - last429 >= 2000) then
     window = window_end(now + pause_ms, tonumber(ARGV[9]) or 1)
   end
 end

@@ -424,7 +424,7 @@ def process_chunk(event):
             deliveries = int(record.to_dict().get("attributes", {}).get("ApproximateReceiveCount", 1))
             if deliveries >= deps.settings().max_receive_count:
                 jobs.give_up_chunk(deps.conn, deps.storage(), deps.chunk_queue(), job_id, chunk, deliveries, exc,
-                                   notify=deps.notify_job)
+                                   completed=deps.job_completed)
             raise
 
 
@@ -441,7 +441,7 @@ def ingest_file(event):
             log.error("malformed ingest message dropped", extra={"body": record.body[:500]})
             continue
         if kind == "export":
-            jobs.build_export(deps.conn, deps.storage(), job_id, view)
+            jobs.build_export(deps.conn, deps.storage(), job_id, view, results_ready=deps.results_ready)
             continue
         jobs.ingest_file(deps.conn(), deps.storage(), deps.chunk_queue(), deps.settings(), job_id,
                          remaining_s=remaining_seconds(event.context), completed=deps.job_completed,

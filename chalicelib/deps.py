@@ -175,12 +175,27 @@ def duplicate_index():
 
 
 def job_completed(job: dict) -> None:
-    """A job moved to completed: its results CSV (a big one's built by the ingest function), then
-    its webhook."""
+    """A job moved to completed: its results CSV and its webhook. A small job's CSV is written
+    now, then its webhook sent; a big one's webhook is queued held first, then its CSV's build
+    requested (the ingest function's): the build releases it once the CSV exists (`results_ready`;
+    queued after the request, a quick build would find nothing to release)."""
     from chalicelib import jobs
 
+    hold_s = jobs.webhook_hold_s(job, get_settings())
+    if hold_s is not None:
+        notify_job(job, hold_s=hold_s)
     jobs.results_on_completion(conn, storage(), chunk_queue(), get_settings(), job)
-    notify_job(job)
+    if hold_s is None:
+        notify_job(job)
+
+
+def results_ready(job: dict) -> None:
+    """A completed job's results CSV was built in the background: its held job.completed goes now."""
+    from chalicelib import jobs
+    from chalicelib.outbound import webhooks
+
+    if job.get("callback_url"):
+        webhooks.release(conn(), outbound_fetcher(), webhook_box, job["id"], jobs.job_json(job))
 
 
 @lru_cache(maxsize=1)
@@ -218,13 +233,14 @@ def webhook_box():
     return box
 
 
-def notify_job(job: dict) -> None:
-    """A job moved to completed, failed or canceled: its webhook, if it has a callback URL."""
+def notify_job(job: dict, hold_s: float | None = None) -> None:
+    """A job moved to completed, failed or canceled: its webhook, if it has a callback URL (with
+    `hold_s`, a completion held until its results CSV exists, at most that long)."""
     from chalicelib import jobs
     from chalicelib.outbound import webhooks
 
     if job.get("callback_url"):
-        webhooks.notify(conn(), outbound_fetcher(), webhook_box, job, jobs.job_json(job))
+        webhooks.notify(conn(), outbound_fetcher(), webhook_box, job, jobs.job_json(job), hold_s=hold_s)
 
 
 def reset() -> None:

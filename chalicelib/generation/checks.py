@@ -2,15 +2,27 @@
 for, checked against the row's source, asked for again when something is wrong, and the verdict.
 
 Why a module of its own: the worker, batch mode and preview check answers alike, and the order
-matters. Grounding first (an unsupported opener is asked again, at most ``max_calls`` calls in
-all, telling the model what was not found); then the flags (word limits, spam, wrong language,
-generic): a flagged opener is asked again once, told what to avoid; last, on the opener about to
-be kept, the job-wide duplicate index, which stores what it accepts (a duplicate is asked again
-too, if the one re-ask was not spent, told the line it repeats). After that: with grounding
-``strict`` an opener still unsupported fails the row (``Ungrounded``); with ``flag`` it is kept
-with the ``ungrounded`` flag. A generic opener, or one that repeats another, is not asked again
-when its row has no source at all (no page, no fields): there is nothing specific to ask for, so
-the new line would be as generic as the first and the call wasted; it keeps its flags.
+matters. A row's answer is one opener or, with ``variants`` 2-3 (SPEC "variants"), that many in
+the one call; each is checked as a lone opener is, and one loop serves both (a lone opener is one
+variant). What is asked again is always the whole answer:
+
+1. grounding first: an answer with an unsupported opener is asked again, at most ``max_calls``
+   calls in all, telling the model what was not found (in which variant);
+2. then, once, the flags (word limits, spam, wrong language, generic) or variants too alike one
+   another (``alike``: the job-wide index's rule within the row), told what to avoid;
+3. last, on the opener about to be kept (a row's first kept variant), the job-wide duplicate
+   index, which stores what it accepts: a duplicate is asked again too, if the one re-ask of 2.
+   was not spent, told the line it repeats.
+
+After that: with grounding ``strict`` an opener still unsupported is dropped, and the row fails
+(``Ungrounded``) when none is left (a user picking among variants expects each to be safe to send,
+and one bad variant should not cost the row the good ones); with ``flag`` it is kept with the
+``ungrounded`` flag. A variant still too alike an earlier one is kept with the ``duplicate`` flag.
+A generic opener, or one that repeats another, is not asked again when its row has no source at
+all (no page, no fields): there is nothing specific to ask for, so the new line would be as
+generic as the first and the call wasted; it keeps its flags. The row's opener, evidence,
+grounding, flags and words are those of its first kept variant (what is sent until a person picks
+another).
 
 Calls made again go through the same generator, so they count in tokens, cost and the limiter;
 a row that fails (a re-ask that fails outright, strict grounding) still counts the tokens of every
@@ -43,6 +55,7 @@ AUTO = "auto"
 DEFAULT_LANGUAGE = "en"
 UNGROUNDED_MESSAGE = ("ungrounded: the model's openers for this row rested on details that are not in the "
                       "prospect's page or row, after {calls} tries")
+ALIKE_REASK = "openers {a} and {b} are too alike: make each differ in its angle, its opening words and its wording"
 
 
 class Generator(Protocol):
@@ -171,8 +184,8 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
     ``GenerationFailed`` or ``LimiterStopped`` as the generator does. ``first``: an answer already
     in hand (a Batch API result): checked before any live call is made. ``feedback``: the
     sender's words on the row's earlier opener (a regeneration), added to its prompt. With
-    ``options.variants`` > 1 the one call asks for that many openers, checked by
-    ``generation.variants``."""
+    ``options.variants`` > 1 the one call asks for that many openers (``{"openers": [...]}``;
+    a lone opener is asked as ``{"opener", "evidence"}``)."""
     marks = {"feedback": feedback} if feedback else {}  # generators that predate feedback keep working
     if options.variants > 1:
         marks["variants"] = options.variants
@@ -200,47 +213,78 @@ def generate_checked(generator: Generator, *, job_id: str, url: str, instruction
         total["cached"] += opener.cached_tokens
         return opener
 
-    if options.variants > 1:
-        from chalicelib.generation import variants  # builds on this module
-
-        return variants.checked_variants(ask, row, options, total, max_calls=max_calls,
-                                         repeats=lambda text: _repeats(duplicates, job_id, text)
-                                         if duplicates is not None else None)
-    flag_reasked = False
+    reasked = False  # the one re-ask for flags, alike variants or a duplicate
     reask: str | None = None
     reasks: list[str] = []
     while True:
         opener = ask(reask)
         calls = total["calls"]
-        found, checked = verdict(row, options, opener.text, opener.evidence)
-        reaskable = [f for f in checked.flags if row.has_source or f != quality_flags.GENERIC]
-        if not found.ok and calls < max_calls:
-            reask = quality_flags.reask_message(found, checked)
+        items = list(opener.variants) or [(opener.text, opener.evidence)]
+        seen = [verdict(row, options, text, evidence) for text, evidence in items]
+        unsupported = {i for i, (found, _) in enumerate(seen) if not found.ok}
+        if unsupported and calls < max_calls:
+            reask = reask_message({i: seen[i] for i in unsupported}, {}, options.variants)
             reasks.append(reask or "")
             continue
-        if found.ok and reaskable and not flag_reasked and calls <= max_calls:
-            flag_reasked = True
-            reask = quality_flags.reask_message(None, only(checked, reaskable))
-            reasks.append(reask or "")
-            continue
-        if not found.ok and options.grounding == STRICT:
+        kept = [i for i in range(len(items)) if not (options.grounding == STRICT and i in unsupported)]
+        if not kept:
             raise ungrounded(total)
-        repeats = _repeats(duplicates, job_id, opener.text) if duplicates is not None else None
-        if repeats is not None and row.has_source and not flag_reasked and calls <= max_calls:
-            flag_reasked = True
-            reask = quality_flags.reask_message(found, verdict(row, options, opener.text, opener.evidence,
-                                                               duplicate_of=repeats)[1])
+        flagged = {i: [f for f in seen[i][1].flags if row.has_source or f != quality_flags.GENERIC] for i in kept}
+        too_alike = {kept[later]: kept[earlier] for later, earlier in alike([items[k][0] for k in kept]).items()}
+        if not unsupported and not reasked and calls <= max_calls and (any(flagged.values()) or too_alike):
+            reasked = True
+            reask = reask_message({i: (None, only(seen[i][1], f)) for i, f in flagged.items()}, too_alike,
+                                  options.variants)
             reasks.append(reask or "")
             continue
-        quality = list(checked.flags)
-        if repeats is not None:
-            quality.insert(duplicate_position(quality), quality_flags.DUPLICATE)
-        if not found.ok:
-            quality.append(quality_flags.UNGROUNDED)
-        return Checked(opener.text, opener.evidence, found.status, quality, checked.words, row.language,
-                       regenerations=calls - 1, prompt_tokens=total["prompt"],
+        chosen = kept[0]
+        repeated = _repeats(duplicates, job_id, items[chosen][0]) if duplicates is not None else None
+        if repeated is not None and row.has_source and not reasked and calls <= max_calls:
+            reasked = True
+            reask = reask_message({chosen: (None, verdict(row, options, *items[chosen], duplicate_of=repeated)[1])},
+                                  {}, options.variants)
+            reasks.append(reask or "")
+            continue
+        kept_variants = []
+        for i in kept:
+            found, checked = seen[i]
+            quality = list(checked.flags)
+            if i in too_alike or (i == chosen and repeated is not None):
+                quality.insert(duplicate_position(quality), quality_flags.DUPLICATE)
+            if not found.ok:
+                quality.append(quality_flags.UNGROUNDED)
+            kept_variants.append({"opener": items[i][0], "evidence": items[i][1], "grounding": found.status,
+                                  "quality": quality, "words": checked.words})
+        first = kept_variants[0]
+        return Checked(first["opener"], first["evidence"], first["grounding"], first["quality"], first["words"],
+                       row.language, regenerations=calls - 1, prompt_tokens=total["prompt"],
                        completion_tokens=total["completion"], attempts=total["attempts"],
-                       cached_tokens=total["cached"], reasks=reasks)
+                       cached_tokens=total["cached"], reasks=reasks,
+                       variants=kept_variants if options.variants > 1 else None)
+
+
+def alike(texts: list[str]) -> dict[int, int]:
+    """{index: the earlier index it is too alike} of a row's variants (0-based), by the rule the
+    job-wide duplicate index applies across rows."""
+    found: dict[int, int] = {}
+    for later in range(1, len(texts)):
+        earlier = next((i for i in range(later) if is_near_duplicate(texts[later], texts[i])), None)
+        if earlier is not None:
+            found[later] = earlier
+    return found
+
+
+def reask_message(fix: dict[int, tuple[quality_grounding.Grounding | None, quality_flags.Checked]],
+                  too_alike: dict[int, int], variants: int) -> str | None:
+    """One message asking for the answer again: what to fix in the opener, or with variants in
+    each of them (1-based, ``fix``: index -> what grounding did not find, the flags) and which are
+    too alike."""
+    if variants == 1:
+        return quality_flags.reask_message(*fix[0])
+    said = [f"opener {i + 1}: {'; '.join(p)}" for i, (g, c) in sorted(fix.items())
+            if (p := quality_flags.reask_parts(g, c))]
+    said += [ALIKE_REASK.format(a=b + 1, b=a + 1) for a, b in sorted(too_alike.items())]
+    return "Write the openers again, each with its own evidence: " + "; ".join(said) + "." if said else None
 
 
 def ungrounded(total: dict) -> Ungrounded:

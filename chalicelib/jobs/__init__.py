@@ -14,7 +14,7 @@ calls `jobs.<service>(...)` from this package's surface below.
 from chalicelib.generation.dispatch import dispatch_next
 from chalicelib.jobs.control import cancel, give_up_chunk, retry
 from chalicelib.jobs.create import choose_url_column, create_from_upload, create_presigned_upload, read_source
-from chalicelib.jobs.downloads import build_export, download, request_export, results_on_completion
+from chalicelib.jobs.downloads import build_export, download, request_export, results_on_completion, webhook_hold_s
 from chalicelib.jobs.drops import start_drop_job, start_from_drop
 from chalicelib.jobs.export import EXTRA_COLUMNS, export_job, neutralize, render_csv, write_csv
 from chalicelib.jobs.ingest import ingest_file
@@ -32,5 +32,5 @@ __all__ = [
     "give_up_chunk", "ingest_file", "job_json", "list_", "metrics", "neutralize", "read_source", "render_csv",
     "request_export", "require_job", "requeue_ingests", "requeue_unfinished", "results",
     "results_on_completion", "retry", "start", "start_drop_job",
-    "start_from_drop", "sweep", "take_account_capacity", "write_csv",
+    "start_from_drop", "sweep", "take_account_capacity", "webhook_hold_s", "write_csv",
 ]

@@ -103,9 +103,11 @@ def check_retry_budget(prices: dict, job: dict, urls: int) -> None:
 
 
 def give_up_chunk(get_conn, storage: Storage, queue: ChunkQueue, job_id: str, chunk: int, receive_count: int,
-                  error: BaseException, notify: Callable[[dict], None] | None = None) -> None:
+                  error: BaseException, completed: Callable[[dict], None] | None = None) -> None:
     """The chunk's message failed its last delivery and goes to the dead-letter queue: its
-    unfinished URLs fail with the reason, the job says why, and it can complete (and be retried)."""
+    unfinished URLs fail with the reason, the job says why, and it can complete (and be retried).
+    A completion does what a worker's does, `completed(job)` (deps.job_completed: the results CSV,
+    a big one's built in the background, and the webhook); without it, the CSV is written here."""
     reason = (f"chunk {chunk} failed {receive_count} deliveries ({type(error).__name__}); "
               "its message is in the dead-letter queue. Retry the job to try again.")
     log.error("chunk given up: its last delivery failed", exc_info=error, extra={"job_id": job_id, "chunk": chunk})
@@ -113,9 +115,10 @@ def give_up_chunk(get_conn, storage: Storage, queue: ChunkQueue, job_id: str, ch
     with conn.transaction():
         result = db.fail_chunk(conn, job_id, chunk, reason)
     log.error("chunk given up", extra={"job_id": job_id, "chunk": chunk, "failed": result and result["failed"]})
-    completed = db.complete_job_if_done(conn, job_id)
-    if completed is not None:  # its last work was this chunk: write the results CSV, as a worker would
-        export_job(get_conn, storage, completed)
-        if notify is not None:
-            notify(completed)
+    finished = db.complete_job_if_done(conn, job_id)
+    if finished is not None:  # its last work was this chunk: as a worker's completion
+        if completed is not None:
+            completed(finished)
+        else:
+            export_job(get_conn, storage, finished)
     dispatch_next(conn, queue, job_id)

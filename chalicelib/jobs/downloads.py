@@ -13,12 +13,18 @@ Fresh means: a completed job's full results CSV while `result_path` is set (edit
 clear it); otherwise the export of the job's current version (`export_key`: its counters and last
 update, which edits and review marks move). A job still running changes every second, so its
 download is the last export built if that build read the job less than
-max(RUNNING_FRESH_S, 2 × its build time) ago; it shows the rows done since as pending."""
+max(RUNNING_FRESH_S, 2 × its build time) ago; it shows the rows done since as pending.
+
+A big job's `job.completed` webhook waits for its results CSV (`webhook_hold_s`): queued held at
+completion, released by `build_export` once the CSV exists (`results_ready`), made due by a build
+that fails, and sent by the sweep after RESULTS_HOLD_S whatever the build did: a client that
+downloads on the webhook gets a 302, and no webhook is lost to a build that never ends."""
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from chalicelib.adapters import db
@@ -36,12 +42,14 @@ from chalicelib.jobs.export import (
 )
 from chalicelib.jobs.views import require_job
 from chalicelib.logs import get_logger
+from chalicelib.outbound import webhooks
 from chalicelib.settings import Settings
 
 log = get_logger("jobs")
 
 INLINE_BYTES = 16 * 1024 * 1024  # a presigned upload bigger than this is exported in the background
 BUILD_TAKEN_OVER_S = 16 * 60  # the ingest function's 900 s timeout and a minute: its build died
+RESULTS_HOLD_S = BUILD_TAKEN_OVER_S  # a big job's job.completed waits at most this for its results CSV
 RUNNING_FRESH_S = 60.0
 ROWS_PER_S = 2000  # measured: 100,000 × 40 columns in 47.7 s; what the Retry-After is guessed from
 RETRY_AFTER_S = (2, 15)
@@ -136,26 +144,34 @@ def retry_after(conn, job: dict, view: str) -> int:
     return int(min(high, max(low, math.ceil((expected - elapsed) / 2))))
 
 
-def build_export(get_conn, storage: Storage, job_id: str, view: str) -> str | None:
+def build_export(get_conn, storage: Storage, job_id: str, view: str, *,
+                 results_ready: Callable[[dict], None] | None = None) -> str | None:
     """The export message's work (the ingest function): the job's view rendered to S3 as the job
     is now, recorded as its last build. A completed job's full view is its results CSV
-    (`result_path`, set only if the job did not change meanwhile). -> the key written (None: no
-    such job, or nothing to export). A failure is recorded and raised (SQS delivers again)."""
+    (`result_path`, set only if the job did not change meanwhile); once it is set,
+    `results_ready(job)` (its held webhook goes: deps.results_ready). -> the key written (None: no
+    such job, or nothing to export). A failure is recorded, makes a held webhook due, and is
+    raised (SQS delivers again)."""
     conn = get_conn()
     job = db.get_job(conn, job_id)
     if job is None or job["layout"] is None:
         log.info("nothing to export", extra={"job_id": job_id, "view": view})
         return None
     review = None if view == "all" else view
-    if view == "all" and job["status"] == "completed" and job["result_path"] and storage.exists(job["result_path"]):
-        return job["result_path"]  # a message delivered twice: built already
+    results = view == "all" and job["status"] == "completed"
+    if results and job["result_path"] and storage.exists(job["result_path"]):
+        if results_ready is not None:  # a message delivered again, maybe after a crash before the release
+            results_ready(job)
+        return job["result_path"]
     db.start_export(conn, job_id, view)
     started, snapshot_at = time.monotonic(), datetime.now(UTC)
+    written = False
     try:
-        if view == "all" and job["status"] == "completed":
+        if results:
             keys = result_keys(job)
             export_results(conn, storage, job, keys)
-            if not db.set_result_path_if_unchanged(conn, job_id, keys[0], job["updated_at"]):
+            written = db.set_result_path_if_unchanged(conn, job_id, keys[0], job["updated_at"])
+            if not written:
                 log.info("job changed while its results CSV was built", extra={"job_id": job_id})
             key = keys[0]
         else:
@@ -166,12 +182,23 @@ def build_export(get_conn, storage: Storage, job_id: str, view: str) -> str | No
     except Exception as exc:
         log.exception("export build failed", extra={"job_id": job_id, "view": view})
         db.fail_export(get_conn(), job_id, view, f"export not built ({type(exc).__name__}: {str(exc)[:200]})")
+        if results:
+            webhooks.stop_holding(get_conn(), job_id)
         raise
     seconds = time.monotonic() - started
     db.finish_export(conn, job_id, view, key=key, version=export_key(job, review), snapshot_at=snapshot_at,
                      seconds=seconds)
     log.info("export built", extra={"job_id": job_id, "view": view, "key": key, "seconds": round(seconds, 2)})
+    if written and results_ready is not None:
+        results_ready(db.get_job(conn, job_id))
     return key
+
+
+def webhook_hold_s(job: dict, settings: Settings) -> float | None:
+    """How long a just-completed job's `job.completed` webhook may wait for its results CSV:
+    None (sent at once) when the CSV is written at completion; RESULTS_HOLD_S when it is built in
+    the background (sent as soon as it exists, by the sweep after that whatever the build did)."""
+    return None if builds_inline(job, settings) else RESULTS_HOLD_S
 
 
 def results_on_completion(get_conn, storage: Storage, queue: ChunkQueue, settings: Settings, job: dict) -> bool:

@@ -33,7 +33,8 @@ def sweep(conn, get_conn, storage: Storage, queue: ChunkQueue, settings: Setting
     ingesting without progress sent again (a redelivery skips what is stored), results CSVs that a
     crash never wrote (a big one's build requested from the ingest function), drops whose start
     never happened, batch-mode batches read back when the provider has finished them, webhook
-    secrets sealed with the current key, and webhook deliveries due for another attempt. Returns what it did.
+    secrets sealed with the current key, and webhook deliveries due (another attempt, or a big job's
+`job.completed` whose hold for its results CSV ended or whose build failed). Returns what it did.
 
     Each step is isolated: one that raises is logged and recorded in ``errors`` and the others
     still run. Webhooks go last, within what is left of the handler's time (`remaining_s`, the

@@ -5,10 +5,15 @@ under the account's webhook secret. Receivers check the HMAC and reject timestam
 five minutes (replays).
 
 Deliveries are rows in `webhook_deliveries`, the queue: the first attempt happens when the job
-changes status; a non-2xx answer or a timeout is retried with exponential backoff by the
-scheduled sweep, for up to a day. Every attempt goes through the SSRF-safe fetcher (public
-addresses only; https in the prod stage) and is signed afresh (a new timestamp: a receiver
-refuses one older than five minutes, and a retry may come an hour later).
+changes status; a non-2xx answer or a timeout is retried with exponential backoff by the scheduled
+sweep, for up to a day. A big job's `job.completed` is queued at completion but held
+(`awaits_results`) until its results CSV, built in the background, exists: the build releases it
+(`release`), a failed build makes it due (`stop_holding`), and the sweep sends it when its hold
+ends whatever the build did. Every attempt first takes the delivery by one conditional update
+(`claim`: the first attempt's, after a release, and the sweep's alike), so an event goes out once,
+then again only after an attempt that failed, until delivered. Every attempt goes through the
+SSRF-safe fetcher (public addresses only; https in the prod stage) and is signed afresh (a new
+timestamp: a receiver refuses one older than five minutes, and a retry may come an hour later).
 
 The sweep's share is bounded: a small pool of threads, a time budget it never starts an attempt
 past, and a cap per account, so receivers that never answer (one tenant's, or many) cannot hold
@@ -53,6 +58,7 @@ CLAIM_S = 120  # an attempt in flight is not due for this long (a crashed one co
 RESEAL_LIMIT = 500  # secrets resealed per sweep
 
 Clock = Callable[[], datetime]
+DELIVERY_COLUMNS = "id, job_id, event, url, body, attempts, created_at"
 
 
 def utcnow() -> datetime:
@@ -102,16 +108,20 @@ def retry_delay_s(attempts: int) -> int:
     return min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** max(0, attempts - 1))
 
 
-def enqueue(conn, job: dict, job_body: dict) -> dict | None:
-    """Queue the delivery of the job's status change, if it has a callback URL."""
+def event_body(event: str, job_body: dict) -> str:
+    return json.dumps({"type": event, "job": job_body}, separators=(",", ":"), default=str)
+
+
+def enqueue(conn, job: dict, job_body: dict, *, due_in_s: float = 0.0, awaits_results: bool = False) -> dict | None:
+    """Queue the delivery of the job's status change, if it has a callback URL: due in
+    `due_in_s` (a held one, `awaits_results`, when its hold ends)."""
     event = EVENTS.get(job["status"])
     if not job.get("callback_url") or event is None:
         return None
-    body = json.dumps({"type": event, "job": job_body}, separators=(",", ":"), default=str)
     return conn.execute(
-        """INSERT INTO webhook_deliveries (job_id, event, url, body) VALUES (%s, %s, %s, %s)
-           RETURNING id, job_id, event, url, body, attempts, created_at""",
-        (job["id"], event, job["callback_url"], body),
+        f"""INSERT INTO webhook_deliveries (job_id, event, url, body, next_attempt_at, awaits_results)
+            VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s), %s) RETURNING {DELIVERY_COLUMNS}""",
+        (job["id"], event, job["callback_url"], event_body(event, job_body), due_in_s, awaits_results),
     ).fetchone()
 
 
@@ -183,11 +193,12 @@ def due_deliveries(conn, limit: int, per_account: int) -> list[dict]:
 
 def claim(conn, delivery_id, claim_s: int = CLAIM_S) -> dict | None:
     """Take one due delivery for an attempt (another sweep running at once gets None): it is
-    not due again for `claim_s`, so an attempt that crashed is retried after that."""
+    not due again for `claim_s`, so an attempt that crashed is retried after that. A held one
+    taken when its hold ended is held no more: a build finishing later does not send it again."""
     return conn.execute(
-        """UPDATE webhook_deliveries SET next_attempt_at = now() + make_interval(secs => %s)
-           WHERE id = %s AND delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now()
-           RETURNING id, job_id, event, url, body, attempts, created_at""", (claim_s, delivery_id)).fetchone()
+        f"""UPDATE webhook_deliveries SET next_attempt_at = now() + make_interval(secs => %s), awaits_results = false
+            WHERE id = %s AND delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now()
+            RETURNING {DELIVERY_COLUMNS}""", (claim_s, delivery_id)).fetchone()
 
 
 def deliver_due(get_conn, fetcher, box: SecretBox, *, budget_s: float = SWEEP_BUDGET_S,
@@ -237,16 +248,65 @@ def deliver_due(get_conn, fetcher, box: SecretBox, *, budget_s: float = SWEEP_BU
     return report
 
 
-def notify(conn, fetcher, box: Callable[[], SecretBox] | None, job: dict, job_body: dict) -> None:
-    """A job changed to completed, failed or canceled: queue its webhook and try it once now.
-    Never raises: a receiver's trouble is the delivery's record, not the job's. The box is built
-    after the delivery is queued, so a key fault (logged, loudly) leaves it due for the sweep."""
+def notify(conn, fetcher, box: Callable[[], SecretBox] | None, job: dict, job_body: dict, *,
+           hold_s: float | None = None) -> None:
+    """A job changed to completed, failed or canceled: queue its webhook and try it once now;
+    with `hold_s`, a completion is held instead until its results CSV exists (`release`) or for
+    at most `hold_s` (then the sweep sends it). Never raises: a receiver's trouble is the
+    delivery's record, not the job's. The box is built after the delivery is queued, so a key
+    fault (logged, loudly) leaves it due for the sweep."""
     try:
+        if hold_s is not None and job["status"] == "completed":
+            if enqueue(conn, job, job_body, due_in_s=hold_s, awaits_results=True) is not None:
+                log.info("webhook held for the results CSV", extra={"job_id": str(job["id"]), "hold_s": hold_s})
+            return
         delivery = enqueue(conn, job, job_body)
         if delivery is not None and fetcher is not None and box is not None:
-            attempt(conn, fetcher, box(), delivery)
+            _attempt_now(conn, fetcher, box, [delivery["id"]])
     except Exception:
         log.exception("could not queue or attempt a webhook", extra={"job_id": str(job.get("id"))})
+
+
+def _attempt_now(conn, fetcher, box: Callable[[], SecretBox], delivery_ids: list) -> None:
+    """The first attempt of deliveries just made due, each taken by the sweep's own claim: a
+    sweep that took one in between attempts it instead (once, either way). The box is opened
+    first: a key fault leaves them due for the sweep."""
+    opened = box()
+    for delivery_id in delivery_ids:
+        delivery = claim(conn, delivery_id)
+        if delivery is not None:
+            attempt(conn, fetcher, opened, delivery)
+
+
+def release(conn, fetcher, box: Callable[[], SecretBox], job_id, job_body: dict) -> int:
+    """The completed job's results CSV exists: its held `job.completed` is due now, its body as
+    the job is now (with its `result_path`), and attempted once here (retries are the sweep's).
+    The hold ends in one conditional update, and the attempt takes the sweep's claim: a release
+    and a sweep at once send it once. Never raises (what was released is due for the sweep).
+    -> the deliveries released."""
+    try:
+        released = conn.execute(
+            """UPDATE webhook_deliveries SET awaits_results = false, body = %s, next_attempt_at = now()
+               WHERE job_id = %s AND event = 'job.completed' AND awaits_results
+                 AND delivered_at IS NULL AND gave_up_at IS NULL RETURNING id""",
+            (event_body(EVENTS["completed"], job_body), job_id)).fetchall()
+        if released:
+            log.info("held webhook released: the results CSV exists", extra={"job_id": str(job_id)})
+            _attempt_now(conn, fetcher, box, [row["id"] for row in released])
+        return len(released)
+    except Exception:
+        log.exception("could not release a held webhook", extra={"job_id": str(job_id)})
+        return 0
+
+
+def stop_holding(conn, job_id) -> int:
+    """The build of the completed job's results CSV failed: its held `job.completed` is due now
+    (the sweep sends it without waiting for a build that may fail again; a download then builds
+    it). -> how many."""
+    return conn.execute(
+        """UPDATE webhook_deliveries SET next_attempt_at = least(next_attempt_at, now())
+           WHERE job_id = %s AND awaits_results AND delivered_at IS NULL AND gave_up_at IS NULL""",
+        (job_id,)).rowcount
 
 
 def reseal_secrets(conn, box: SecretBox, limit: int = RESEAL_LIMIT) -> int:
@@ -274,7 +334,7 @@ def check_keys(conn, box: SecretBox) -> None:
 
 def latest(conn, job_id) -> dict | None:
     row = conn.execute(
-        """SELECT event, attempts, last_status, last_error, delivered_at, gave_up_at, next_attempt_at
+        """SELECT event, attempts, last_status, last_error, delivered_at, gave_up_at, next_attempt_at, awaits_results
            FROM webhook_deliveries WHERE job_id = %s ORDER BY created_at DESC LIMIT 1""", (job_id,)).fetchone()
     return row
 

@@ -325,6 +325,33 @@ def test_pick_a_variant_with_the_keyboard(page: Page, fresh):
     assert len(sent) == 2
 
 
+def test_a_preview_with_variants_shows_each_one(page: Page, fresh):
+    """"Openers per row" 3 asks the real preview for 3 variants of each row (through the fake
+    model), and the page lists the first as the opener and the other two under it, as text."""
+    stack = fresh
+    rows = [["company", "website"]] + [[f"Company {i}", f"https://preview-variants-{i:03d}.example.com/"]
+                                        for i in range(1, 4)]
+    page.keyboard.type(stack.key)
+    page.keyboard.press("Enter")
+    expect(page.locator("#app")).to_be_visible()
+    page.set_input_files("#file-input", files=[{"name": "pv.csv", "mimeType": "text/csv", "buffer": csv_bytes(rows)}])
+    expect(page.locator("#preview-button")).to_be_visible()
+    page.select_option("#variants-select", "3")
+    with page.expect_response(lambda r: r.url.endswith("/preview") and r.request.method == "POST") as answer:
+        page.click("#preview-button")
+    assert json.loads(answer.value.request.post_data)["variants"] == 3
+    previews = answer.value.json()["previews"]
+    assert len(previews) == 3 and all(len(p["variants"]) == 3 for p in previews), previews
+    items = page.locator("#preview-list li")
+    expect(items).to_have_count(3)
+    for item, preview in zip(items.all(), previews, strict=True):
+        expect(item.locator("p").first).to_have_text(preview["opener"])
+        assert preview["opener"] == preview["variants"][0]["opener"]
+        expect(item.locator("p.variant")).to_have_text(
+            [f"Variant {i}: {v['opener']}" for i, v in enumerate(preview["variants"][1:], start=2)])
+    expect(page.locator("#error")).to_be_hidden()
+
+
 def test_a_download_waits_while_the_server_builds_the_csv(page: Page, fresh):
     """A big job's download answers 202 with Retry-After while the server builds the CSV (the
     first two answers stand in for that here): the page says so, asks again, and saves the CSV."""

@@ -55,6 +55,18 @@ def upload_and_process(client, data=LEADS, **options):
     return job["id"], response
 
 
+def run_with_callback(client, callback_url: str, data: bytes = LEADS) -> str:
+    """Upload `data`, start it with `callback_url` and run its one chunk through the chunk worker
+    (whose exactly-once completion calls deps.job_completed, as in production): the job id."""
+    job = body(upload_csv(client, data))["job"]
+    started = post_json(client, "/api/upload/process", {"job_id": job["id"], "callback_url": callback_url,
+                                                         "page_context": False})
+    assert started.status_code == 202, started.body
+    purge_queue(deps.settings().chunk_queue_url)
+    deps.chunk_worker().process_chunk(job["id"], 0, lambda: float("inf"))
+    return job["id"]
+
+
 def ingest_now(conn, job_id):
     """What the ingest function does for a job `process` left `ingesting` (a file above
     INGEST_INLINE_BYTES): its message taken off the ingest queue and the file read. -> the job."""

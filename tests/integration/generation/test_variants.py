@@ -1,7 +1,8 @@
 """Variants (SPEC "variants") end to end on the real stack: `process` with variants=3 through the
 chunk worker against the fake OpenAI server (each row carries 3 checked variants), a person's
 pick through PATCH (history with source person, 409 stale, 400 out of range), the download's
-opener_2/opener_3 columns, reuse keeping a variants=3 row apart from a variants=1 job, and the
+opener_2/opener_3 columns, reuse keeping a variants=3 row apart from a variants=1 job, the
+answer's room (max_tokens) growing with the count against a fake that stops there, and the
 options refused with a clear 400."""
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import dataclasses
 import io
 import uuid
 
+import httpx
 import pytest
 
 from chalicelib import deps
 from chalicelib.generation import pricing
+from chalicelib.generation.answers import UnusableAnswer, usable_answers
 from chalicelib.generation.client import build_client
 from chalicelib.generation.openers import OpenerGenerator
 from chalicelib.generation.ratelimit import RateLimiter
@@ -28,6 +31,7 @@ from tests.support.api import (
     upload_and_process,
     upload_csv,
 )
+from tests.support.limiter import NoLimit
 
 INSTRUCTIONS = "We plan delivery routes for small food businesses. Mention what they do: {{about}}."
 ABOUT = ["Sourdough loaves baked before dawn in a wood oven by the river.",
@@ -140,6 +144,30 @@ def test_variants_too_alike_are_asked_again_and_reuse_keeps_variants_jobs_apart(
     assert all(r["variant"] == 1 for r in again)
     header = next(csv.reader(io.StringIO(download(client, single_id).body.decode())))
     assert "opener_2" not in header
+
+
+def test_a_variants_answer_fits_its_max_tokens_where_one_openers_room_would_cut_it(client, conn, live, fake):
+    """The fake stops at max_tokens as OpenAI does: a variants=3 job's calls (room for 3 answers,
+    3 x max_tokens) come back whole and each row keeps 3 variants; the same call with one
+    opener's room is cut off ("length"), which is no usable answer."""
+    fake.configure(max_tokens_honoured=True)
+    tag = uuid.uuid4().hex[:6]
+    _, results = processed(client, conn, live, fake, data(tag), variants=3)
+    assert all(r["status"] == "completed" and len(r["variants"]) == 3 for r in results), results
+    stats = fake.stats()
+    assert (stats["ok"], stats["truncated"]) == (3, 0)
+
+    generator = OpenerGenerator(None, NoLimit(), live.openai_model)
+    request = generator.request_body(f"https://v0-{tag}.example.com", INSTRUCTIONS, fields={"about": ABOUT[0]},
+                                     variants=3)
+    assert request["max_tokens"] == 3 * generator.max_tokens
+    answer = httpx.post(f"{fake.base_url}/chat/completions", json={**request, "max_tokens": generator.max_tokens},
+                        timeout=10).json()
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert answer["usage"]["completion_tokens"] == generator.max_tokens
+    with pytest.raises(UnusableAnswer):
+        usable_answers(answer, variants=3)
+    assert fake.stats()["truncated"] == 1
 
 
 @pytest.mark.parametrize(("options", "code"), [

@@ -17,7 +17,7 @@ from cryptography.fernet import Fernet
 from chalicelib import deps, jobs
 from chalicelib.adapters import db
 from chalicelib.outbound import sealing, webhooks
-from tests.support.api import LEADS, body, error_of, post_json, purge_queue, upload_csv
+from tests.support.api import LEADS, body, error_of, post_json, purge_queue, run_with_callback, upload_csv
 from tests.support.webhook_receiver import Receiver
 
 SECRET = "whsec_test"
@@ -108,13 +108,7 @@ def as_of(conn, job_id: str, created_at: datetime) -> dict:
 
 
 def run_job(client, callback_url: str) -> str:
-    job = body(upload_csv(client, LEADS))["job"]
-    started = post_json(client, "/api/upload/process", {"job_id": job["id"], "callback_url": callback_url,
-                                                         "page_context": False})
-    assert started.status_code == 202, started.body
-    purge_queue(deps.settings().chunk_queue_url)
-    deps.chunk_worker().process_chunk(job["id"], 0, lambda: float("inf"))
-    return job["id"]
+    return run_with_callback(client, callback_url)
 
 
 def test_a_completed_job_posts_a_signed_event_to_its_callback(client, conn, receiver):

@@ -32,6 +32,9 @@ Endpoints
     of the first ``http(s)://`` URL in the last user message (falling back to a URL in any other
     message, then to a bare domain such as ``acme.com`` in the last user message). ``usage``
     counts tokens as tokens.py says, with ``prompt_tokens_details.cached_tokens`` (prompt_cache.py).
+    With ``max_tokens_honoured`` on, an answer longer than the request's
+    ``max_completion_tokens`` / ``max_tokens`` is cut off there, with ``finish_reason`` "length"
+    (tokens.within; counted in ``truncated``), as OpenAI stops.
     ``stream: true`` is rejected with a 400. A request with ``response_format`` (or asking for
     ``{"opener", "evidence"}`` JSON in words) gets JSON whose evidence is copied from the prompt's
     page or row (structured.py, writing.py), in the language asked for; ``misbehave`` makes the

@@ -65,7 +65,7 @@ from .config import FakeConfig
 from .misbehave import Tracker
 from .prompt_cache import PromptCache
 from .responses import APIError, completion, server_error_body
-from .tokens import REPLY_PRIMING, count_tokens, format_tokens, message_tokens
+from .tokens import REPLY_PRIMING, format_tokens, max_output, message_tokens, within
 
 ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOW = "24h"
@@ -434,9 +434,9 @@ class BatchStore:
         per_message = [message_tokens(message) for message in messages]
         cached = self.cache.use(str(body["model"]), answer.cache_key, messages, per_message, time.monotonic(),
                                 config.prompt_cache_min_tokens, config.prompt_cache_ttl_s)
-        payload = completion(n, created, str(body["model"]), answer.content,
-                             REPLY_PRIMING + sum(per_message) + format_tokens(body),
-                             count_tokens(answer.content), cached)
+        content, c_tokens, finish = within(answer.content, max_output(body) if config.max_tokens_honoured else None)
+        payload = completion(n, created, str(body["model"]), content,
+                             REPLY_PRIMING + sum(per_message) + format_tokens(body), c_tokens, cached, finish)
         payload["id"] = f"chatcmpl-fakebatch{n:012d}"
         return 200, payload
 

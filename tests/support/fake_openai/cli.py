@@ -78,6 +78,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="refuse requests carrying response_format with a 400 naming it")
     p.add_argument("--no-prompt-cache-key", dest="prompt_cache_key_supported", action="store_false",
                    help="refuse requests carrying prompt_cache_key with a 400 naming it")
+    p.add_argument("--max-tokens-honoured", action="store_true",
+                   help="cut an answer off at the request's max_tokens (finish_reason length)")
     p.add_argument("--prompt-cache-min-tokens", type=int, default=1024,
                    help="shortest prompt prefix that is cached (tokens)")
     p.add_argument("--prompt-cache-ttl-s", type=float, default=300.0, help="seconds an unused prefix stays cached")
@@ -120,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_cancel_delay_s=args.batch_cancel_delay_s,
             response_format_supported=args.response_format_supported,
             prompt_cache_key_supported=args.prompt_cache_key_supported,
+            max_tokens_honoured=args.max_tokens_honoured,
             prompt_cache_min_tokens=args.prompt_cache_min_tokens,
             prompt_cache_ttl_s=args.prompt_cache_ttl_s,
             misbehave=args.misbehave,

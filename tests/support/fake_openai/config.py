@@ -83,6 +83,10 @@ class FakeConfig:
     parameter (as servers and models without structured outputs do); see structured.py."""
     prompt_cache_key_supported: bool = True
     """False = refuse every request carrying ``prompt_cache_key`` with a 400 naming it."""
+    max_tokens_honoured: bool = False
+    """True = an answer longer than the request's ``max_completion_tokens`` / ``max_tokens`` is
+    cut off there with ``finish_reason`` "length", as OpenAI stops (tokens.within). Off by default,
+    unlike the service, so the misbehave rule ``long`` and a long ``content`` keep their whole text."""
     prompt_cache_min_tokens: int = 1024
     """Shortest prompt prefix (tokens) that is cached, as at OpenAI; see prompt_cache.py."""
     prompt_cache_ttl_s: float = 300.0
@@ -168,7 +172,7 @@ def _normalise(changes: Mapping[str, Any]) -> dict[str, Any]:
         elif name == "hang_seconds":
             value = _num(name, value)
         elif name in ("count_rejected", "insufficient_quota", "ratelimit_headers", "ratelimit_limit_headers",
-                      "response_format_supported", "prompt_cache_key_supported"):
+                      "response_format_supported", "prompt_cache_key_supported", "max_tokens_honoured"):
             if not isinstance(value, bool):
                 raise ConfigError(f"{name} must be a boolean")
         elif name == "error_statuses":

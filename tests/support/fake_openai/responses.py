@@ -123,9 +123,10 @@ def server_error_body(status: int) -> bytes:
 
 
 def completion(seq: int, created: int, model: str, content: str | None, prompt_tokens: int,
-               completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+               completion_tokens: int, cached_tokens: int = 0, finish_reason: str = "stop") -> dict[str, Any]:
     """A ``chat.completion`` with one choice whose message is ``content``; ``usage`` has OpenAI's
-    details, ``prompt_tokens_details.cached_tokens`` among them (see prompt_cache.py)."""
+    details, ``prompt_tokens_details.cached_tokens`` among them (see prompt_cache.py);
+    ``finish_reason`` "length" for an answer cut off at ``max_tokens`` (tokens.within)."""
     return {
         "id": f"chatcmpl-fake{seq:012d}",
         "object": "chat.completion",
@@ -136,7 +137,7 @@ def completion(seq: int, created: int, model: str, content: str | None, prompt_t
                 "index": 0,
                 "message": {"role": "assistant", "content": content, "refusal": None},
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": finish_reason,
             }
         ],
         "usage": {

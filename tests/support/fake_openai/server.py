@@ -23,7 +23,7 @@ from .misbehave import Tracker
 from .prompt_cache import PromptCache
 from .ratelimit import RateLimits
 from .responses import APIError, error_body
-from .tokens import REPLY_PRIMING, count_tokens, format_tokens, message_tokens
+from .tokens import REPLY_PRIMING, format_tokens, max_output, message_tokens, within
 from .wire import MAX_BODY, MAX_HEAD, HTTPError, parse_head, read_body, response
 
 log = logging.getLogger("fake_openai")
@@ -88,6 +88,7 @@ class FakeOpenAIServer:
             "errors": 0,
             "hangs": 0,
             "malformed": 0,
+            "truncated": 0,
             "bad_requests": 0,
             "prompt_tokens": 0,
             "completion_tokens": 0,
@@ -162,8 +163,9 @@ class FakeOpenAIServer:
         """Snapshot of the counters: ``requests`` (chat completion requests
         received, any outcome), ``ok``, ``rate_limited``, ``insufficient_quota``,
         ``errors``, ``hangs``, ``malformed``, ``bad_requests`` (400/401),
-        ``by_url`` (all valid requests per URL, including 429-ed and failed
-        ones), ``ok_by_url`` (200 with a proper opener),
+        ``truncated`` (ok answers cut off at the request's ``max_tokens``, with
+        ``finish_reason`` "length": ``max_tokens_honoured``), ``by_url`` (all valid requests per URL,
+        including 429-ed and failed ones), ``ok_by_url`` (200 with a proper opener),
         ``prompt_tokens``/``completion_tokens`` (of ok answers), ``charged_tokens`` (what the
         admitted calls cost against the token limit: prompt + max_tokens),
         ``by_model`` (per model of valid requests: ``requests``, ``ok``,
@@ -381,11 +383,9 @@ class FakeOpenAIServer:
         url, content = answer.url, answer.content
         per_message = [message_tokens(message) for message in messages]
         p_tokens = REPLY_PRIMING + sum(per_message) + format_tokens(request)  # prompt_tokens(messages) + schema
-        c_tokens = count_tokens(content)
-        max_out = request.get("max_completion_tokens") or request.get("max_tokens")
-        if isinstance(max_out, bool) or not isinstance(max_out, int) or max_out <= 0:
-            max_out = c_tokens
-        cost = p_tokens + max_out
+        max_out = max_output(request)
+        content, c_tokens, finish = within(content, max_out if config.max_tokens_honoured else None)
+        cost = p_tokens + (c_tokens if max_out is None else max_out)
 
         now = time.monotonic()
         with self._lock:
@@ -431,7 +431,8 @@ class FakeOpenAIServer:
                     self._stats["errors"] += 1
                 return fate.status, responses.server_error_body(fate.status), rl_headers
             if fate.outcome == "malformed":
-                payload = responses.completion(seq, int(now_wall), model, content, p_tokens, c_tokens)
+                payload = responses.completion(seq, int(now_wall), model, content, p_tokens, c_tokens,
+                                               finish_reason=finish)
                 with self._lock:
                     self._stats["malformed"] += 1
                 return 200, responses.malformed(fate.malformed_kind, payload), rl_headers
@@ -441,6 +442,7 @@ class FakeOpenAIServer:
                 cached = self._cache.use(model, answer.cache_key, messages, per_message, time.monotonic(),
                                          config.prompt_cache_min_tokens, config.prompt_cache_ttl_s)
                 self._stats["ok"] += 1
+                self._stats["truncated"] += finish == "length"
                 self._stats["prompt_tokens"] += p_tokens
                 self._stats["completion_tokens"] += c_tokens
                 model_stats = self._model_stats(model)
@@ -449,7 +451,7 @@ class FakeOpenAIServer:
                 model_stats["completion_tokens"] += c_tokens
                 if url is not None:
                     self._ok_by_url[url] = self._ok_by_url.get(url, 0) + 1
-            payload = responses.completion(seq, int(now_wall), model, content, p_tokens, c_tokens, cached)
+            payload = responses.completion(seq, int(now_wall), model, content, p_tokens, c_tokens, cached, finish)
             return 200, json.dumps(payload).encode(), rl_headers
         finally:
             with self._lock:

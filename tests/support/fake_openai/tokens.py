@@ -38,19 +38,43 @@ TOKENS_PER_MESSAGE = 3
 REPLY_PRIMING = 3
 
 
+def _piece_tokens(piece: str) -> int:
+    letters = [c for c in piece if c.isalpha()]
+    if letters:
+        ascii_letters = sum(c.isascii() for c in letters)
+        return math.ceil(ascii_letters / 8) + (len(letters) - ascii_letters)
+    if piece.strip() and not piece.strip().isdigit():
+        return math.ceil(len(piece.strip()) / 3)
+    return 1
+
+
 def count_tokens(text: str) -> int:
     """Tokens in ``text`` (see the module docstring for the rule)."""
-    total = 0
-    for piece in _PIECE.findall(text):
-        letters = [c for c in piece if c.isalpha()]
-        if letters:
-            ascii_letters = sum(c.isascii() for c in letters)
-            total += math.ceil(ascii_letters / 8) + (len(letters) - ascii_letters)
-        elif piece.strip() and not piece.strip().isdigit():
-            total += math.ceil(len(piece.strip()) / 3)
-        else:
-            total += 1
-    return total
+    return sum(_piece_tokens(piece) for piece in _PIECE.findall(text))
+
+
+def max_output(request: Any) -> int | None:
+    """The answer's token budget a chat request sets: ``max_completion_tokens``, else
+    ``max_tokens``; None when neither is a positive whole number."""
+    value = (request.get("max_completion_tokens") or request.get("max_tokens")) if isinstance(request, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def within(content: str, limit: int | None) -> tuple[str, int, str]:
+    """``(content, completion_tokens, finish_reason)`` of an answer written within ``limit``
+    tokens, as OpenAI stops at ``max_tokens``: an answer longer than that is cut after its last
+    whole piece that fits, ``completion_tokens`` is the limit and ``finish_reason`` "length"
+    (JSON cut off so is broken JSON, as a model's is); otherwise the whole, with "stop"."""
+    tokens = count_tokens(content)
+    if limit is None or tokens <= limit:
+        return content, tokens, "stop"
+    spent, end = 0, 0
+    for match in _PIECE.finditer(content):
+        spent += _piece_tokens(match.group(0))
+        if spent > limit:
+            break
+        end = match.end()
+    return content[:end], limit, "length"
 
 
 def message_text(message: Any) -> str:

@@ -11,15 +11,15 @@ import pytest
 
 from chalicelib.errors import BadRequest
 from chalicelib.generation import checks, pricing
-from chalicelib.generation.answers import Opener, UnusableAnswer, checked_answers, usable_answers
+from chalicelib.generation.answers import UnusableAnswer, checked_answers, usable_answers
 from chalicelib.generation.client import build_client
 from chalicelib.generation.openers import OpenerGenerator
 from chalicelib.generation.prompt import build_messages, job_prefix
-from chalicelib.generation.variants import alike
 from chalicelib.jobs.options import check_variants_mode, variants_option
 from chalicelib.quality.answer import AnswerError, parse_answers, response_format
 from chalicelib.settings import Settings
 from tests.support.limiter import NoLimit
+from tests.support.scripted import Scripted
 
 PAGE = ("Title: Bäckerei Sonne\nText: We bake sourdough bread in Cologne since 1998, with flour from local mills. "
         "Our rye loaves win prizes.")
@@ -107,20 +107,6 @@ def test_the_constant_prefix_stays_byte_identical_across_rows_with_variants():
 # -- the checks -------------------------------------------------------------------------------------
 
 
-class Scripted:
-    """Answers (each a list of variants) in order; records what each call was told."""
-
-    def __init__(self, *answers: list[tuple[str, str | None]]) -> None:
-        self.answers = list(answers)
-        self.calls: list[dict] = []
-
-    def generate(self, url, instructions=None, model=None, should_stop=lambda: False, account=None, **data):
-        self.calls.append(data)
-        items = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        return Opener(text=items[0][0], evidence=items[0][1], prompt_tokens=100, completion_tokens=60, attempts=1,
-                      variants=tuple(items))
-
-
 STRICT3 = checks.Options(language="en", variants=3)
 FLAG3 = checks.Options(grounding="flag", language="en", variants=3)
 
@@ -145,7 +131,7 @@ def test_an_unsupported_variant_is_asked_again_saying_which_one():
     assert [v["opener"] for v in kept.variants] == [ONE[0], TWO[0], THREE[0]]
     assert gen.calls[1]["reask"].startswith('Write the openers again, each with its own evidence: opener 2: the '
                                             'evidence "25 years of baking" is not in the page')
-    assert kept.regenerations == 1 and (kept.prompt_tokens, kept.completion_tokens) == (200, 120)
+    assert kept.regenerations == 1 and (kept.prompt_tokens, kept.completion_tokens) == (200, 40)
 
 
 def test_strict_drops_a_variant_still_unsupported_and_keeps_the_row_with_the_others():
@@ -160,7 +146,7 @@ def test_strict_fails_the_row_when_no_variant_is_supported():
     gen = Scripted([INVENTED, INVENTED, INVENTED])
     with pytest.raises(checks.Ungrounded) as info:
         run(gen, max_calls=2)
-    assert "25" not in info.value.message and (info.value.prompt_tokens, info.value.completion_tokens) == (200, 120)
+    assert "25" not in info.value.message and (info.value.prompt_tokens, info.value.completion_tokens) == (200, 40)
 
 
 def test_flag_mode_keeps_every_variant_flagging_the_unsupported_one():
@@ -186,8 +172,8 @@ def test_variants_still_alike_after_the_re_ask_are_kept_with_the_duplicate_flag(
 
 
 def test_alike_uses_the_rule_of_the_job_wide_index():
-    assert alike([ONE[0], TWO[0], TWO_REWORDED[0], ONE[0]]) == {2: 1, 3: 0}
-    assert alike([ONE[0], TWO[0], THREE[0]]) == {}
+    assert checks.alike([ONE[0], TWO[0], TWO_REWORDED[0], ONE[0]]) == {2: 1, 3: 0}
+    assert checks.alike([ONE[0], TWO[0], THREE[0]]) == {}
 
 
 def test_only_the_picked_variant_goes_to_the_job_wide_duplicate_index():

@@ -6,7 +6,6 @@ it created but never recorded; and the ``response_format`` JSON schema counted i
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import openai
 import pytest
@@ -17,17 +16,6 @@ from tests.support.fake_openai.tokens import count_tokens, format_tokens
 
 MESSAGES = [{"role": "system", "content": "Write an opener as JSON with opener and evidence."},
             {"role": "user", "content": "Prospect URL: https://acme.example.com/"}]
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh(fake: FakeOpenAI) -> None:
-    fake.reset()
 
 
 def sdk(fake: FakeOpenAI) -> openai.OpenAI:

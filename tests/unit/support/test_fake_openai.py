@@ -16,7 +16,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -35,17 +34,6 @@ def ask(url: str) -> list[dict[str, str]]:
         SYSTEM,
         {"role": "user", "content": f"Write an opener for the company at {url}. Reply with the opener only."},
     ]
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh(fake: FakeOpenAI) -> None:
-    fake.reset()
 
 
 @functools.cache

@@ -218,14 +218,14 @@ class RateLimiter(ProviderFeedback):
             answer = self._cooldown_script(keys=self._keys(model),
                                            args=[self.rpm, self.tpm, float(seconds), self.start_rpm,
                                                  self.aimd_period_ms, self.aimd_decrease, self.aimd_min_rpm,
-                                                 " ".join(spent), self.gauge_margin])
+                                                 " ".join(spent)])
         except _UNAVAILABLE as exc:
             self._log.warning("Redis unreachable; shared cooldown of %.2fs not recorded (%s)", seconds, exc)
             return
         left_ms, until_ms, cut = (float(x) for x in (answer.decode() if isinstance(answer, bytes) else answer).split())
         if cut:
-            self._log.warning("rate-limit 429 for %s: the rate found is lowered (by a factor %.2f, or to what a "
-                              "fixed window passed)", model or "the default model", self.aimd_decrease)
+            self._log.warning("rate-limit 429 for %s: the rate found is cut by a factor %.2f",
+                              model or "the default model", self.aimd_decrease)
         # when the pause ends, as the server clock has it: exact, however late this line is written
         self._log.warning("rate-limit cooldown: every worker pauses for %.2fs (until %.3f)", left_ms / 1000,
                           until_ms / 1000)

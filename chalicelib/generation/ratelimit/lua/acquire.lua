@@ -61,9 +61,6 @@ if starting == 0 then redis.call('HINCRBY', KEYS[7], 'used', tonumber(ARGV[3])) 
 if gauged == 1 then redis.call('HINCRBY', KEYS[7], 't_used', tonumber(ARGV[4])) end
 wait = math.max(wait, reserve(KEYS[2], tpm, tonumber(ARGV[4])))
 local count = tonumber(ARGV[9]) or 0
--- the requests admitted since the last end of a fixed window seen (common.lua's window_end); a
--- booking made again is not one more
-if count > 0 and starting == 0 then redis.call('HINCRBY', KEYS[7], 'wn', tonumber(ARGV[3])) end
 if count > 0 then
   count_call(KEYS[8])
   if count > 1 then count_call(KEYS[9]) end

@@ -119,35 +119,3 @@ local function count_call(key)
   end
   redis.call('PEXPIRE', key, 120000)
 end
-
--- The end of a fixed window (a counter reset at the minute, as many gateways and LiteLLM keep),
--- as a 429 without headers shows it (cooldown.lua: a retry-after many calls long): its budget
--- comes back whole at `endms`, so the 429s of the calls in flight at its end say "wait until
--- then", not "slower". The rate that fits is what passed since the last end seen, spread over the
--- time from then to this end (the requests booked meanwhile, `wn`, counted by acquire.lua). It
--- sets the request rate (`found`, lowered to margin x it) and caps it for a window after this end
--- (`wcap`, `wcap_until`: grow.lua does not probe past it meanwhile; a window that ends without a
--- 429 lets the probing go on, so a raised limit is found). The first window is counted from the
--- provider's first answer (learn.lua, `wpart`): the slow start's ramp is in it, so its rate is
--- only where the next window starts from, no cap. Returns 'set' (the rate was set), 'again' (the
--- same end, told by another 429 of the burst) or 'first' (nothing counted, or an end too far from
--- the last: only remembered).
-local function window_end(endms, margin)
-  local s = redis.call('HMGET', KEYS[4], 'wstart', 'wn', 'found', 'wpart')
-  local start, n, found = tonumber(s[1]), tonumber(s[2]) or 0, tonumber(s[3])
-  if start ~= nil and math.abs(endms - start) < 1000 then return 'again' end
-  redis.call('HSET', KEYS[4], 'wstart', string.format('%.3f', endms), 'wn', 0, 'wpart', 0)
-  if start == nil or found == nil or n <= 0 or endms - start > 600000 or endms <= start then return 'first' end
-  local rate = 60000 * n / (endms - start)
-  if s[4] ~= '1' then
-    redis.call('HSET', KEYS[4], 'wcap', string.format('%.3f', rate),
-               'wcap_until', string.format('%.3f', endms + math.min(endms - start, 61000)))
-  end
-  local target = rate * margin
-  if found > target then
-    redis.call('HSET', KEYS[4], 'found', string.format('%.3f', target), 'peak', string.format('%.3f', rate),
-               'phase', 'avoid', 'by', 'window', 'cut', string.format('%.3f', now), 'last', string.format('%.3f', now),
-               'win', string.format('%.3f', now), 'used', 0)
-  end
-  return 'set'
-end

@@ -1,7 +1,6 @@
 -- KEYS: requests bucket, tokens bucket, cooldown_until, limits. ARGV: ceiling rpm, ceiling tpm,
 -- seconds, start rpm, period ms, decrease factor, lowest rpm, the budgets the 429 showed used up
--- ('requests', 'tokens', 'requests tokens'; '' when it did not say), the margin under a rate
--- found from a fixed window (window_end). Returns '<remaining ms>
+-- ('requests', 'tokens', 'requests tokens'; '' when it did not say). Returns '<remaining ms>
 -- <until ms> <cut>' (the pause in force, which a shorter new one never cuts; when it ends on the
 -- server clock, in Unix milliseconds; 1 if this 429 cut a rate, else 0).
 
@@ -36,28 +35,9 @@ end
 local spent = ARGV[8] or ''
 local cuts = -1 -- no token rate to cut (none gauged, or the 429 did not name the tokens)
 if string.find(spent, 'tokens', 1, true) then cuts = cut('t_', 1) end
--- The first 429 after calls went through for a while (none in the last 2 s, no pause in force)
--- with a retry-after at least 2 s and ten calls long at the rate in use is a fixed window's end,
--- not a rate overshoot: the pause is honoured, and the rate is set from what the window passed
--- (window_end) instead of cut. (Only such a first: a bucket that counts refused calls answers the
--- 429s of a storm with ever longer waits.)
-local found, last429 = unpack(redis.call('HMGET', KEYS[4], 'found', 'l429'))
-found, last429 = tonumber(found), tonumber(last429)
-redis.call('HSET', KEYS[4], 'l429', string.format('%.3f', now))
-local pause_ms = tonumber(ARGV[3]) * 1000
-local window = 'none'
-if found ~= nil and found > 0 and pause_ms >= math.max(2000, 10 * 60000 / found) then
-  local last_end = tonumber(redis.call('HGET', KEYS[4], 'wstart') or '')
-  if last_end ~= nil and math.abs(now + pause_ms - last_end) < 1000 then
-    window = 'again' -- a 429 of the burst at the window's end seen: nothing more to learn, no cut
-  elseif cooldown_left() == 0 and (last429 == nil or now - last429 >= 2000) then
-    window = window_end(now + pause_ms, tonumber(ARGV[9]) or 1)
-  end
-end
-if (window == 'none' or window == 'first') and (cuts < 0 or string.find(spent, 'requests', 1, true)) then
+if cuts < 0 or string.find(spent, 'requests', 1, true) then
   cuts = math.max(cuts, 0) + cut('', tonumber(ARGV[7]))
 end
-if window == 'set' then cuts = 1 end
 if cuts > 0 then
   redis.call('HSET', KEYS[4], 'gen', (tonumber(redis.call('HGET', KEYS[4], 'gen') or '') or 0) + 1)
   forgive_bookings()

@@ -13,8 +13,7 @@
 --   that was raised (a tier upgrade, another tenant stopping) is found within a few periods.
 -- Never past the stated limit (it is not probed) nor the ceiling (the operator's cap), nor, while
 -- it is fresh, the rate estimated from remaining/reset (gauge.lua: the provider's budget is being
--- drained at it; once the budget stops draining the estimate ages and the probing goes on), nor
--- the rate a fixed window passed until the next has ended (common.lua's window_end).
+-- drained at it; once the budget stops draining the estimate ages and the probing goes on).
 local period = tonumber(ARGV[2])
 
 local function grow(p, stated_field, ceiling)
@@ -28,10 +27,6 @@ local function grow(p, stated_field, ceiling)
   if ceiling > 0 and ceiling < cap then cap = ceiling end
   local est = tonumber(s[8])
   if est ~= nil and now - (tonumber(s[9]) or 0) < tonumber(ARGV[4]) and est < cap then cap = est end
-  if p == '' then -- the rate a fixed window passed, until the next window has ended (common.lua's window_end)
-    local w = redis.call('HMGET', KEYS[1], 'wcap', 'wcap_until')
-    if tonumber(w[1]) ~= nil and now < (tonumber(w[2]) or 0) and tonumber(w[1]) < cap then cap = tonumber(w[1]) end
-  end
   if found >= cap then return '' end
   local elapsed = now - (tonumber(s[6]) or tonumber(s[4]) or now)
   if elapsed < period then return '' end

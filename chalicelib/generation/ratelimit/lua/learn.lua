@@ -22,11 +22,8 @@ if stated > 0 and (tonumber(s[1]) ~= stated or s[3] == false) then
     lowered = true
   end
 elseif s[3] == false then
-  -- wstart, wn: the requests admitted from now on count toward the first fixed window's rate
-  -- (common.lua's window_end), should a 429 show one
   redis.call('HSET', KEYS[4], 'found', ARGV[4], 'phase', 'slow', 'by', '429s', 'last', string.format('%.3f', now),
-             'win', string.format('%.3f', now), 'used', 0, 'wstart', string.format('%.3f', now), 'wn', 0,
-             'wpart', 1)
+             'win', string.format('%.3f', now), 'used', 0)
 end
 redis.call('PEXPIRE', KEYS[4], ARGV[3])
 if first or lowered then

@@ -59,6 +59,9 @@ How it works:
   every worker until one request fits, before the 429 comes; (budget size - remaining) / reset is
   its rate, which caps the rate found while the budget is being drained. A stated limit lower
   than the rate in use takes effect at once (the bookings made at the old one are booked again).
+  A fixed window (a counter reset every minute: gateways, LiteLLM) is told apart by its reset's
+  end staying put while the budget is spent: the rate is then remaining / time left, and none
+  remaining pauses every worker until the window's end (the reset honoured as the pause).
   The token budget is gauged the same way from ``x-ratelimit-remaining-tokens`` / ``-reset-tokens``
   when no token limit is stated: one design, parametrised by the dimension (the tokens' fields
   carry a ``t_`` prefix in the limits hash: ``t_found``, ``t_est``...). The token rate gauged is

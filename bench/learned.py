@@ -68,7 +68,7 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.base_url, self.model, self.change_at, self.stop_at, self.stop_file = (
             base_url, model, change_at, stop_at, stop_file)
-        self.samples: list[tuple[float, int, int, int]] = []  # (wall time, requests, ok, rate_limited)
+        self.samples: list[tuple[float, int, int, int, int]] = []  # (wall time, requests, ok, rate_limited, tokens)
         self.first: float | None = None
         self.changed_at: float | None = None
         self.finished = threading.Event()
@@ -76,7 +76,8 @@ class Sampler(threading.Thread):
     def sample(self) -> dict:
         before = time.time()
         stats = fake_call(self.base_url, "/_fake/stats")
-        self.samples.append(((before + time.time()) / 2, stats["requests"], stats["ok"], stats["rate_limited"]))
+        self.samples.append(((before + time.time()) / 2, stats["requests"], stats["ok"], stats["rate_limited"],
+                             stats.get("charged_tokens", 0)))
         if stats["first_request_at"] is not None:
             self.first = stats["first_request_at"]
         return stats
@@ -99,10 +100,10 @@ class Sampler(threading.Thread):
 class Series:
     """The fake's cumulative counters against seconds since the first call, interpolated."""
 
-    def __init__(self, samples: list[tuple[float, int, int, int]], first: float) -> None:
+    def __init__(self, samples: list[tuple[float, int, int, int, int]], first: float) -> None:
         self.t = [s[0] - first for s in samples]
         self.columns = {"requests": [s[1] for s in samples], "ok": [s[2] for s in samples],
-                        "rate_limited": [s[3] for s in samples]}
+                        "rate_limited": [s[3] for s in samples], "tokens": [s[4] for s in samples]}
         self.end = self.t[-1]
 
     def at(self, name: str, t: float) -> float:
@@ -115,9 +116,9 @@ class Series:
         t0, t1 = self.t[i - 1], self.t[i]
         return values[i - 1] + (values[i] - values[i - 1]) * (t - t0) / max(1e-9, t1 - t0)
 
-    def per_minute(self, a: float, b: float) -> float:
-        """Successful calls per minute over [a, b]."""
-        return (self.at("ok", b) - self.at("ok", a)) * 60 / max(1e-9, b - a)
+    def per_minute(self, a: float, b: float, column: str = "ok") -> float:
+        """Successful calls (``column="tokens"``: tokens the provider charged for them) per minute over [a, b]."""
+        return (self.at(column, b) - self.at(column, a)) * 60 / max(1e-9, b - a)
 
     def share_429(self, a: float, b: float) -> tuple[float, int, int]:
         calls = self.at("requests", b) - self.at("requests", a)
@@ -174,6 +175,8 @@ def sampled_run(base_url: str, bench: str, label: str, urls: int, ceiling: int, 
         sampler.finished.set()
         sampler.join()
     stats = sampler.sample()
+    if stats["first_request_at"] is None:
+        raise RuntimeError(f"the fake received no call in this run (job {job_id}: {job_counts(job_id)})")
     return {"job_id": job_id, "model": model, "sampler": sampler, "stats": stats, "wall": wall,
             "series": Series(sampler.samples, stats["first_request_at"])}
 

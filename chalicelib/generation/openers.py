@@ -55,7 +55,14 @@ from chalicelib.generation.client import (
     retry_after,
 )
 from chalicelib.generation.prompt import build_messages
-from chalicelib.generation.ratelimit import LimiterStopped, estimate_tokens, provider_limits, provider_remaining
+from chalicelib.generation.ratelimit import (
+    DIMENSIONS,
+    LimiterStopped,
+    estimate_tokens,
+    exhausted,
+    provider_limits,
+    provider_remaining,
+)
 from chalicelib.generation.ratelimit.gate import Call
 from chalicelib.quality.answer import refuses_response_format, response_format
 from chalicelib.quality.flags import DEFAULT_MAX_WORDS, DEFAULT_MIN_WORDS
@@ -266,17 +273,21 @@ class OpenerGenerator:
                 response = self._send(request, call)
             except openai.RateLimitError as exc:
                 # OpenAI's 429s state the limits too; a gateway's its remaining/reset
-                if provider_limits(exc.response.headers) != (-1, -1) or provider_remaining(exc.response.headers):
-                    self.limiter.observe(model, exc.response.headers, ok=False)
+                headers = exc.response.headers
+                if provider_limits(headers) != (-1, -1) or any(provider_remaining(headers, d) for d in DIMENSIONS):
+                    self.limiter.observe(model, headers, ok=False, tokens=estimate)
                 self._on_rate_limited(exc, model)
                 raise
         # a success states the limits, or says by their absence that the server sends none (an
         # error page may lack them for other reasons: only successes and 429s are read)
-        self.limiter.observe(model, response.http_response.headers)
         body = _json_body(response.http_response.content)
         usage = body.get("usage") or {}
+        # what the provider charged against its token budget up front: the prompt and max_tokens
+        prompt = usage.get("prompt_tokens")
+        charged = prompt + request["max_tokens"] if isinstance(prompt, int) and not isinstance(prompt, bool) else None
+        self.limiter.observe(model, response.http_response.headers, tokens=charged or estimate)
         if isinstance(usage.get("total_tokens"), int):
-            self.limiter.refund(estimate, usage["total_tokens"], model=model)
+            self.limiter.refund(estimate, usage["total_tokens"], model=model, charged=charged)
         # parsed, cleaned, then the output guard: a rejected answer is an UnusableAnswer, retried
         try:
             found = checked_answers(body, url, instructions, lenient="response_format" not in request,
@@ -307,7 +318,7 @@ class OpenerGenerator:
     def _on_rate_limited(self, exc: openai.RateLimitError, model: str) -> None:
         if is_quota_exhausted(exc):
             return  # not a rate problem: pausing everyone would not help
-        self.limiter.cooldown(retry_after(exc) or 1.0, model=model)
+        self.limiter.cooldown(retry_after(exc) or 1.0, model=model, spent=exhausted(exc.response.headers))
 
     def _wait(self, retry_state: RetryCallState) -> float:
         """Exponential backoff with jitter, but never shorter than the server's Retry-After."""

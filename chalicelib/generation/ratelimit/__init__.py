@@ -59,6 +59,18 @@ How it works:
   every worker until one request fits, before the 429 comes; (budget size - remaining) / reset is
   its rate, which caps the rate found while the budget is being drained. A stated limit lower
   than the rate in use takes effect at once (the bookings made at the old one are booked again).
+  A fixed window (a counter reset every minute: gateways, LiteLLM) is told apart by its reset's
+  end staying put while the budget is spent: the rate is then remaining / time left, and none
+  remaining pauses every worker until the window's end (the reset honoured as the pause).
+  The token budget is gauged the same way from ``x-ratelimit-remaining-tokens`` / ``-reset-tokens``
+  when no token limit is stated: one design, parametrised by the dimension (the tokens' fields
+  carry a ``t_`` prefix in the limits hash: ``t_found``, ``t_est``...). The token rate gauged is
+  the token bucket's limit (under ``OPENAI_TPM``), grows as the request rate does once its
+  estimate is stale (lua/grow.lua, ``t_used`` counts the tokens booked), and is cut by a 429 whose
+  headers show the token budget used up (``cooldown(..., spent=...)``; a 429 that does not say
+  cuts the request rate, as before). The bucket paced at it is refunded to what the provider
+  charged up front (prompt + max_tokens, ``refund(..., charged=)``), not to the usage: the
+  provider's remaining drains at that, so the rate gauged is in those units.
 * Calls per minute: the acquire script counts each call it admits in per-second slots of the
   model's ``B:calls`` hash and, for a job's call, ``P:job:<id>:calls`` (lua/calls.lua sums the last
   minute), for ``GET /api/metrics`` and the job view; no extra round trip per call.
@@ -82,12 +94,14 @@ provider's answers and reports: observe, limits, calls_per_minute), `keys` (Redi
 """
 
 from chalicelib.generation.ratelimit.headers import (
+    DIMENSIONS,
     estimate_tokens,
+    exhausted,
     provider_limits,
     provider_remaining,
     retry_after_seconds,
 )
 from chalicelib.generation.ratelimit.limiter import START_RPM, LimiterStopped, RateLimiter
 
-__all__ = ["START_RPM", "LimiterStopped", "RateLimiter", "estimate_tokens", "provider_limits", "provider_remaining",
-           "retry_after_seconds"]
+__all__ = ["DIMENSIONS", "START_RPM", "LimiterStopped", "RateLimiter", "estimate_tokens", "exhausted",
+           "provider_limits", "provider_remaining", "retry_after_seconds"]

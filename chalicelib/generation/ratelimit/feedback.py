@@ -1,6 +1,7 @@
 """What the shared limiter learns from the provider's answers and what it tells an operator: the
 part of RateLimiter (a mixin of limiter.py, which holds the scripts, keys and settings) that reads
-a success's or a 429's headers (stated limits, lua/learn.lua; remaining/reset, lua/gauge.lua),
+a success's or a 429's headers (stated limits, lua/learn.lua; remaining/reset of requests and of
+tokens, lua/gauge.lua),
 reports a success to the rate controller (lua/grow.lua), and describes the limits in force and
 the calls admitted per minute (lua/limits.lua, lua/calls.lua). How it works, and why: the
 package's docstring (chalicelib/generation/ratelimit/__init__.py)."""
@@ -11,7 +12,7 @@ import time
 from collections.abc import Mapping
 
 from chalicelib.adapters.redis_retry import UNAVAILABLE as _UNAVAILABLE
-from chalicelib.generation.ratelimit.headers import provider_limits, provider_remaining
+from chalicelib.generation.ratelimit.headers import DIMENSIONS, provider_limits, provider_remaining
 
 START_RPM = 180  # before a model's provider has answered once: 3 requests at once, then 3 a second
 LEARNED_TTL_S = 3600  # learned limits are forgotten after an hour without an answer
@@ -25,29 +26,31 @@ HOW = {"stated": "stated", "429s": "found from 429s", "remaining-reset": "remain
 class ProviderFeedback:
     """The provider-facing half of RateLimiter (see the module docstring)."""
 
-    def observe(self, model: str | None, headers: Mapping[str, str], ok: bool = True) -> None:
+    def observe(self, model: str | None, headers: Mapping[str, str], ok: bool = True, tokens: int = 0) -> None:
         """Learn ``model``'s limits from a provider answer's headers (``provider_limits``); the
         next reservation uses them. Cheap: a process writes only a change, or the same limits
-        again after ``OBSERVE_EVERY_S`` (to keep them from expiring). A server that states no
-        limit but sends ``x-ratelimit-remaining-requests`` / ``-reset-requests`` gauges the rate
-        (lua/gauge.lua: at most four times a period per process, and at once when none remain,
-        which pauses every worker until one request fits). ``ok``: the answer was a success (not
-        a 429), a signal for the rate controller to increase the rate (at most once per period: a
-        process sends it at most four times a period). Best effort."""
-        stated = self._learn(model, headers)
-        if stated <= 0:
-            self._gauge(model, headers)
+        again after ``OBSERVE_EVERY_S`` (to keep them from expiring). For each budget (requests,
+        tokens) whose limit the server does not state but whose ``x-ratelimit-remaining-*`` /
+        ``-reset-*`` it sends, the rate is gauged from them (lua/gauge.lua: at most four times a
+        period per process, and at once when none remain, which pauses every worker until one
+        call fits); ``tokens``: what this answer's call was booked at (``estimate_tokens``), the
+        part of the token budget it took. ``ok``: the answer was a success (not a 429), a signal
+        for the rate controller to increase the rate (at most once per period: a process sends it
+        at most four times a period). Best effort."""
+        for dimension, stated in zip(DIMENSIONS, self._learn(model, headers), strict=True):
+            if stated <= 0:
+                self._gauge(model, headers, dimension, tokens)
         if ok:
             self._succeeded(model)
 
-    def _learn(self, model: str | None, headers: Mapping[str, str]) -> int:
-        """Store the limits ``headers`` state (lua/learn.lua); the request limit stated (-1: none)."""
+    def _learn(self, model: str | None, headers: Mapping[str, str]) -> tuple[int, int]:
+        """Store the limits ``headers`` state (lua/learn.lua); (rpm, tpm) stated (-1: none)."""
         rpm, tpm = provider_limits(headers)
         key = model or ""
         seen = self._seen.get(key)
         now = time.monotonic()
         if seen is not None and seen[:2] == (rpm, tpm) and now - seen[2] < OBSERVE_EVERY_S:
-            return rpm
+            return rpm, tpm
         self._seen[key] = (rpm, tpm, now)
         try:
             first = self._learn_script(keys=self._keys(model),
@@ -55,30 +58,31 @@ class ProviderFeedback:
         except _UNAVAILABLE as exc:
             self._seen.pop(key, None)
             self._log.warning("Redis unreachable; provider limits not recorded (%s)", exc)
-            return rpm
+            return rpm, tpm
         if first or seen is None or seen[:2] != (rpm, tpm):
             self._log.info("provider limits for %s: %s requests/min, %s tokens/min", model or "the default model",
                            rpm if rpm > 0 else "not sent", tpm if tpm > 0 else "not sent")
-        return rpm
+        return rpm, tpm
 
-    def _gauge(self, model: str | None, headers: Mapping[str, str]) -> None:
-        """Send ``x-ratelimit-remaining-requests`` / ``-reset-requests`` to lua/gauge.lua, if the
-        answer has both: at most four times a period per process, and at most every
+    def _gauge(self, model: str | None, headers: Mapping[str, str], dimension: str, tokens: int) -> None:
+        """Send ``x-ratelimit-remaining-<dimension>`` / ``-reset-<dimension>`` to lua/gauge.lua, if
+        the answer has both: at most four times a period per process and budget, and at most every
         ``ZERO_EVERY_S`` when none remain (a pause for every worker)."""
-        seen = provider_remaining(headers)
+        seen = provider_remaining(headers, dimension)
         if seen is None:
             return
         remaining, reset_s = seen
-        key = model or ""
+        key = (model or "", dimension)
         now = time.monotonic()
         every = ZERO_EVERY_S if remaining == 0 else self.aimd_period_ms / 4000.0
         if now - self._gauged.get(key, -1e9) < every:
             return
         self._gauged[key] = now
+        unit = 1 if dimension == "requests" else max(1, int(tokens))
         try:
             self._gauge_script(keys=self._keys(model),
                                args=[self.rpm, self.tpm, self.start_rpm, remaining, reset_s * 1000.0,
-                                     self.gauge_margin, self.gauge_window_ms, self.gauge_fresh_ms])
+                                     self.gauge_margin, self.gauge_window_ms, self.gauge_fresh_ms, dimension, unit])
         except _UNAVAILABLE as exc:
             self._log.warning("Redis unreachable; remaining/reset not reported to the rate controller (%s)", exc)
 
@@ -92,7 +96,7 @@ class ProviderFeedback:
         self._grown[key] = now
         try:
             self._grow_script(keys=[self._keys(model)[3]],
-                              args=[self.rpm, self.aimd_period_ms, self.aimd_step, self.gauge_fresh_ms])
+                              args=[self.rpm, self.aimd_period_ms, self.aimd_step, self.gauge_fresh_ms, self.tpm])
         except _UNAVAILABLE as exc:
             self._log.warning("Redis unreachable; a success not reported to the rate controller (%s)", exc)
 
@@ -100,19 +104,23 @@ class ProviderFeedback:
         """What is known of ``model``'s limits: learned from the provider (None: not heard from
         yet; -1: not sent), the ceilings, the rate controller's state (``found``: None before the
         provider's first answer; ``estimate``: the rate gauged from remaining/reset while fresh,
-        else None), the limits in force (0 = none) and how each was set (``how``: "stated" by the
-        provider, "found from 429s", "remaining-reset", "ceiling", "cautious start" or "none")."""
-        rpm, tpm, learned_rpm, learned_tpm, found, phase, by, est = (
+        else None; ``tokens``: the token rate gauged from the provider's remaining/reset tokens and
+        its fresh estimate, None without), the limits in force (0 = none) and how each was set
+        (``how``: "stated" by the provider, "found from 429s", "remaining-reset", "ceiling",
+        "cautious start" or "none")."""
+        rpm, tpm, learned_rpm, learned_tpm, found, phase, by, est, t_found, t_est = (
             (v.decode() if isinstance(v, bytes) else v) for v in (
                 list(self._limits_script(keys=[self._keys(model)[3]],
                                          args=[self.rpm, self.tpm, self.start_rpm, self.gauge_fresh_ms]))
-                + [None] * 8)[:8])
+                + [None] * 10)[:10])
         in_force = {"rpm": int(float(rpm)), "tpm": int(float(tpm))}
         learned = None if learned_rpm is None or learned_tpm is None else {"rpm": int(learned_rpm),
                                                                             "tpm": int(learned_tpm)}
+        tokens = None if t_found is None else {"tpm": round(float(t_found), 1),
+                                               "estimate": None if t_est is None else round(float(t_est), 1)}
         controller = None if found is None else {
             "rpm": round(float(found), 1), "phase": "slow start" if phase == "slow" else "additive increase",
-            "estimate": None if est is None else round(float(est), 1)}
+            "estimate": None if est is None else round(float(est), 1), "tokens": tokens}
         return {"learned": learned, "ceiling": {"rpm": self.rpm, "tpm": self.tpm}, "found": controller,
                 "in_force": in_force, "how": _how(learned, controller, by, self.rpm, self.tpm, in_force)}
 
@@ -133,8 +141,9 @@ def _how(learned: dict | None, found: dict | None, by: str | None, ceil_rpm: int
          in_force: dict) -> dict:
     """How each limit in force was set: "stated" (the provider's header), "found from 429s" (the
     rate controller: no limit stated, or a 429 cut the stated one), "remaining-reset" (gauged from
-    the provider's remaining/reset headers), "ceiling" (OPENAI_RPM / OPENAI_TPM is the lower),
-    "cautious start" (the provider has not answered yet), "none"."""
+    the provider's remaining/reset headers; for tokens, the only rate found), "ceiling"
+    (OPENAI_RPM / OPENAI_TPM is the lower), "cautious start" (the provider has not answered yet),
+    "none"."""
     if learned is None:
         rpm = "ceiling" if ceil_rpm and in_force["rpm"] == ceil_rpm else "cautious start"
         return {"rpm": rpm, "tpm": "ceiling" if ceil_tpm else "none"}
@@ -150,6 +159,8 @@ def _how(learned: dict | None, found: dict | None, by: str | None, ceil_rpm: int
         rpm = "ceiling" if ceil_rpm else "none"
     if learned["tpm"] > 0 and not (ceil_tpm and ceil_tpm < learned["tpm"]):
         tpm = "stated"
+    elif learned["tpm"] <= 0 and found and found["tokens"] and not (ceil_tpm and ceil_tpm < found["tokens"]["tpm"]):
+        tpm = "remaining-reset"
     else:
         tpm = "ceiling" if ceil_tpm else "none"
     return {"rpm": rpm, "tpm": tpm}

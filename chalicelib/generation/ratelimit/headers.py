@@ -37,15 +37,22 @@ def provider_limits(headers: Mapping[str, str]) -> tuple[int, int]:
 MAX_RESET_S = 86400.0  # a reset further away than a day is not believed
 
 
-def provider_remaining(headers: Mapping[str, str]) -> tuple[int, float] | None:
+DIMENSIONS = ("requests", "tokens")  # what a provider limits per minute, as its headers name them
+
+
+def provider_remaining(headers: Mapping[str, str], dimension: str = "requests") -> tuple[int, float] | None:
     """(requests left, seconds until the provider's request budget is full again) from
     ``x-ratelimit-remaining-requests`` / ``x-ratelimit-reset-requests``, as servers that state no
-    limit may still send (gateways, Azure); None unless both are there and usable: the remaining
-    count at most 12 ASCII digits (0 allowed), the reset a duration as OpenAI writes it ("1s",
-    "6m0s", "20ms") or bare seconds, finite, 0 to a day."""
+    limit may still send (gateways, Azure); with ``dimension="tokens"`` the same of its token
+    budget (``-remaining-tokens`` / ``-reset-tokens``). None unless both are there and usable: the
+    remaining count at most 12 ASCII digits (0 allowed), the reset a duration as OpenAI writes it
+    ("1s", "6m0s", "20ms") or bare seconds, finite, 0 to a day."""
+    if dimension not in DIMENSIONS:
+        raise ValueError(f"dimension must be one of {DIMENSIONS}, got {dimension!r}")
     if not isinstance(headers, httpx2.Headers):
         headers = {str(k).lower(): v for k, v in headers.items()}
-    remaining, reset = headers.get("x-ratelimit-remaining-requests"), headers.get("x-ratelimit-reset-requests")
+    remaining = headers.get(f"x-ratelimit-remaining-{dimension}")
+    reset = headers.get(f"x-ratelimit-reset-{dimension}")
     if remaining is None or reset is None:
         return None
     text = str(remaining).strip()
@@ -56,6 +63,10 @@ def provider_remaining(headers: Mapping[str, str]) -> tuple[int, float] | None:
         return None
     return int(text), seconds
 
+
+def exhausted(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The budgets a 429's headers show used up (remaining 0), of ``DIMENSIONS``; () if none says so."""
+    return tuple(d for d in DIMENSIONS if (seen := provider_remaining(headers, d)) is not None and seen[0] == 0)
 
 
 def _message_chars(message: Mapping[str, Any]) -> int:

@@ -115,7 +115,8 @@ class RateLimiter(ProviderFeedback):
         self._limits_script = redis_client.register_script(_LIMITS_LUA)
         self._gauge_script = redis_client.register_script(_GAUGE_LUA)
         self._calls_script = redis_client.register_script(_CALLS_LUA)
-        self._gauged: dict[str, float] = {}  # model -> when this process last sent remaining/reset (monotonic)
+        # (model, "requests" | "tokens") -> when this process last sent its remaining/reset (monotonic)
+        self._gauged: dict[tuple[str, str], float] = {}
         self.rpm_in_force: dict[str, int] = {}  # model ("" none) -> the request rate in force at its last grant
 
     # -- public API ---------------------------------------------------------------------------
@@ -183,21 +184,30 @@ class RateLimiter(ProviderFeedback):
             self._log.info("rate-limit cooldown in force; waiting %.2fs before reserving again", left)
             waited += self._sleep_for(left, should_stop)
 
-    def refund(self, estimated: int, actual: int, model: str | None = None) -> None:
-        """Give back ``estimated - actual`` tokens (or take more when ``actual`` is larger).
+    def refund(self, estimated: int, actual: int, model: str | None = None, charged: int | None = None) -> None:
+        """Give back ``estimated - actual`` tokens (or take more when ``actual`` is larger). While
+        the token limit in force is the rate gauged from the provider's remaining/reset tokens,
+        ``estimated - charged`` instead (``charged``: what the provider took from its budget, the
+        prompt and max_tokens; the gauged rate is in its units, so the bucket counts the same).
 
         Best effort: if Redis is unreachable the correction is logged and dropped.
         """
         delta = int(estimated) - int(actual)
-        if delta == 0 or (not self.tpm and self._seen.get(model or "", (0, 0))[1] < 0):
-            return  # no token limit: none set, and the provider (last heard) states none
+        gauged = delta if charged is None else int(estimated) - int(charged)
+        if (delta == 0 and gauged == 0) or (not self.tpm and self._seen.get(model or "", (0, 0))[1] < 0
+                                            and (model or "", "tokens") not in self._gauged):
+            return  # no token limit: none set, the provider (last heard) states none and gauges none
         try:
-            self._refund_script(keys=self._keys(model), args=[self.rpm, self.tpm, delta, self.start_rpm])
+            self._refund_script(keys=self._keys(model), args=[self.rpm, self.tpm, delta, self.start_rpm, gauged])
         except _UNAVAILABLE as exc:
             self._log.warning("Redis unreachable; token refund of %d dropped (%s)", delta, exc)
 
-    def cooldown(self, seconds: float, model: str | None = None) -> None:
+    def cooldown(self, seconds: float, model: str | None = None, spent: tuple[str, ...] = ()) -> None:
         """Pause every acquirer of ``model`` sharing this prefix for ``seconds`` (never shortens a pause).
+
+        A 429 also cuts a rate (lua/cooldown.lua): the request rate, unless ``spent`` (the budgets
+        the 429's headers show used up, ``headers.exhausted``) names only the tokens and a token
+        rate is gauged (then that one).
 
         Best effort: if Redis is unreachable it is logged; the caller's own retry still goes
         through ``acquire``, which waits for Redis.
@@ -207,13 +217,14 @@ class RateLimiter(ProviderFeedback):
         try:
             answer = self._cooldown_script(keys=self._keys(model),
                                            args=[self.rpm, self.tpm, float(seconds), self.start_rpm,
-                                                 self.aimd_period_ms, self.aimd_decrease, self.aimd_min_rpm])
+                                                 self.aimd_period_ms, self.aimd_decrease, self.aimd_min_rpm,
+                                                 " ".join(spent)])
         except _UNAVAILABLE as exc:
             self._log.warning("Redis unreachable; shared cooldown of %.2fs not recorded (%s)", seconds, exc)
             return
         left_ms, until_ms, cut = (float(x) for x in (answer.decode() if isinstance(answer, bytes) else answer).split())
         if cut:
-            self._log.warning("rate-limit 429 for %s: the request rate found is cut by a factor %.2f",
+            self._log.warning("rate-limit 429 for %s: the rate found is cut by a factor %.2f",
                               model or "the default model", self.aimd_decrease)
         # when the pause ends, as the server clock has it: exact, however late this line is written
         self._log.warning("rate-limit cooldown: every worker pauses for %.2fs (until %.3f)", left_ms / 1000,

@@ -207,4 +207,4 @@ def test_limits_before_any_answer_say_cautious_start(client, prefix):
                                    "in_force": {"rpm": 180, "tpm": 0},
                                    "how": {"rpm": "cautious start", "tpm": "none"}}
     limiter.observe("m", {})
-    assert limiter.limits("m")["found"] == {"rpm": 180.0, "phase": "slow start", "estimate": None}
+    assert limiter.limits("m")["found"] == {"rpm": 180.0, "phase": "slow start", "estimate": None, "tokens": None}

@@ -85,7 +85,7 @@ def test_a_cautious_start_until_the_provider_answers_then_its_limits(client, pre
     assert limiter.limits("gpt-4o-mini") == {"learned": {"rpm": 6000, "tpm": 2_000_000},
                                              "ceiling": {"rpm": 0, "tpm": 0},
                                              "found": {"rpm": 6000.0, "phase": "additive increase",
-                                                       "estimate": None},
+                                                       "estimate": None, "tokens": None},
                                              "in_force": {"rpm": 6000, "tpm": 2_000_000},
                                              "how": {"rpm": "stated", "tpm": "stated"}}
     # the cautious start's bookings not yet due are dropped (level 0, not -2), but the start's

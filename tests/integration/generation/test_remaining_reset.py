@@ -14,9 +14,8 @@ import redis
 
 from chalicelib.generation.ratelimit import RateLimiter
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.gauge import LONG_MS, left, make, report, state
 from tests.support.limiter import EXACT, REDIS_URL, key_prefix, redis_client
-
-LONG_MS = 600_000.0  # a period no test outlasts
 
 
 @pytest.fixture
@@ -27,27 +26,6 @@ def client():
 @pytest.fixture
 def prefix(client):
     yield from key_prefix(client, "gauge")
-
-
-def make(client, prefix: str, period_ms: float = 0.0) -> RateLimiter:
-    limiter = RateLimiter(client, rpm=0, tpm=0, prefix=prefix, start_rpm=180)
-    limiter.aimd_period_ms = period_ms
-    return limiter
-
-
-def left(remaining: int, reset: str) -> dict[str, str]:
-    return {"x-ratelimit-remaining-requests": str(remaining), "x-ratelimit-reset-requests": reset}
-
-
-def state(limiter: RateLimiter, model: str = "m") -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in limiter._redis.hgetall(limiter._keys(model)[3]).items()}
-
-
-def report(limiter: RateLimiter, headers: dict[str, str], model: str = "m") -> None:
-    """One answer's headers, as another process would send them (no local throttle)."""
-    limiter._gauged.clear()
-    limiter._grown.clear()
-    limiter.observe(model, headers)
 
 
 def succeed(limiter: RateLimiter, model: str = "m") -> float:

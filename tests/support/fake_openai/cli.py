@@ -53,7 +53,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="send x-ratelimit-* headers (default); --no-ratelimit-headers: never")
     p.add_argument("--ratelimit-limit-headers", action=argparse.BooleanOptionalAction, default=True,
                    help="include x-ratelimit-limit-* (default); --no-ratelimit-limit-headers: only remaining/reset")
-    p.add_argument("--rate-limit-mode", choices=("bucket", "window"), default="bucket")
+    p.add_argument("--rate-limit-mode", choices=("bucket", "window", "fixed"), default="bucket")
     p.add_argument("--burst-seconds", type=float, default=1.0)
     p.add_argument("--count-rejected", action=argparse.BooleanOptionalAction, default=True,
                    help="429-ed requests consume quota, as OpenAI's do (default); --no-count-rejected: they do not")

@@ -40,7 +40,9 @@ class FakeConfig:
     """Per-model overrides of ``rpm``/``tpm``, e.g. ``{"gpt-4o": {"rpm": 300, "tpm": 30000}}``; a
     model may give only one of them (the other is the global value). Every model, listed or not,
     has its own limiters; this only changes their sizes."""
-    rate_limit_mode: Literal["bucket", "window"] = "bucket"
+    rate_limit_mode: Literal["bucket", "window", "fixed"] = "bucket"
+    """``bucket`` (OpenAI), ``window`` (sliding 60 s) or ``fixed`` (a counter reset every 60 s of
+    the server's clock; reset headers and retry-after: the time to the window's end); ratelimit.py."""
     burst_seconds: float = 1.0
     """Bucket mode only: capacity = this many seconds' worth of the per-minute limit."""
     count_rejected: bool = True
@@ -153,8 +155,8 @@ def _normalise(changes: Mapping[str, Any]) -> dict[str, Any]:
         elif name in ("rpm", "tpm"):
             value = _int(name, value)
         elif name == "rate_limit_mode":
-            if value not in ("bucket", "window"):
-                raise ConfigError("rate_limit_mode must be 'bucket' or 'window'")
+            if value not in ("bucket", "window", "fixed"):
+                raise ConfigError("rate_limit_mode must be 'bucket', 'window' or 'fixed'")
         elif name in ("error_rate", "hang_rate", "malformed_rate"):
             value = _num(name, value, 0.0, 1.0)
         elif name == "model_limits":

@@ -1,10 +1,15 @@
 """OpenAI-style rate limits: requests and tokens per minute, as a token bucket (``bucket``,
-like OpenAI's quantised enforcement) or a sliding 60-second window (``window``).
+like OpenAI's quantised enforcement), a sliding 60-second window (``window``) or a fixed
+60-second window (``fixed``: a counter reset at each minute of the server's clock, as many
+gateways and LiteLLM do).
 
 Bucket: refill ``limit / 60`` per second, capacity ``limit / 60 * burst_seconds`` (at least
 1); ``rpm=600`` allows a burst of 10, then 10 requests/s. A request costing more than the
 capacity is admitted when the bucket is full and drives it negative. Window: ``limit`` in any
-60 s, so a whole minute's worth can burst.
+60 s, so a whole minute's worth can burst. Fixed: ``limit`` per window [k·60 s, (k+1)·60 s),
+so a whole minute's worth passes at the start of a window and then everything is refused until
+its end; ``x-ratelimit-reset-*`` is then the time to the window's end (however much is used) and
+``retry-after`` the same.
 
 A request costs 1 request and ``prompt_tokens + max_completion_tokens`` (or ``max_tokens``,
 else the actual completion) tokens. A rejected request consumes its cost too unless
@@ -40,9 +45,14 @@ class Limit:
         self.last = now
         self.events: deque[tuple[float, int]] = deque()
         self.used = 0
+        self.window_start = math.floor(now / WINDOW_S) * WINDOW_S  # fixed mode
 
     def _advance(self, now: float) -> None:
-        if self.mode == "bucket":
+        if self.mode == "fixed":
+            start = math.floor(now / WINDOW_S) * WINDOW_S
+            if start > self.window_start:
+                self.window_start, self.used = start, 0
+        elif self.mode == "bucket":
             if now > self.last:
                 self.level = min(self.capacity, self.level + (now - self.last) * self.rate)
                 self.last = now
@@ -60,6 +70,9 @@ class Limit:
             if self.level >= need - 1e-9:
                 return 0.0
             return (need - self.level) / self.rate
+        if self.mode == "fixed":
+            # a request larger than the whole budget passes alone at the start of a window
+            return 0.0 if self.used + cost <= self.limit or not self.used else self.window_start + WINDOW_S - now
         if self.used + cost <= self.limit or not self.events:
             return 0.0
         excess = self.used + cost - self.limit
@@ -74,6 +87,8 @@ class Limit:
         self._advance(now)
         if self.mode == "bucket":
             self.level -= cost
+        elif self.mode == "fixed":
+            self.used += cost
         else:
             self.events.append((now, cost))
             self.used += cost
@@ -95,6 +110,8 @@ class Limit:
         self._advance(now)
         if self.mode == "bucket":
             return max(0.0, (self.capacity - self.level) / self.rate)
+        if self.mode == "fixed":
+            return max(0.0, self.window_start + WINDOW_S - now)
         return max(0.0, self.events[-1][0] + WINDOW_S - now) if self.events else 0.0
 
 

@@ -92,6 +92,7 @@ class FakeOpenAIServer:
             "bad_requests": 0,
             "prompt_tokens": 0,
             "completion_tokens": 0,
+            "charged_tokens": 0,
             "max_in_flight": self._in_flight,
             "first_request_at": None,
             "last_request_at": None,
@@ -165,7 +166,8 @@ class FakeOpenAIServer:
         ``truncated`` (ok answers cut off at the request's ``max_tokens``, with
         ``finish_reason`` "length": ``max_tokens_honoured``), ``by_url`` (all valid requests per URL,
         including 429-ed and failed ones), ``ok_by_url`` (200 with a proper opener),
-        ``prompt_tokens``/``completion_tokens`` (of ok answers),
+        ``prompt_tokens``/``completion_tokens`` (of ok answers), ``charged_tokens`` (what the
+        admitted calls cost against the token limit: prompt + max_tokens),
         ``by_model`` (per model of valid requests: ``requests``, ``ok``,
         ``rate_limited``, ``prompt_tokens``, ``completion_tokens``),
         ``in_flight``/``max_in_flight``, and ``first_request_at``/
@@ -402,6 +404,7 @@ class FakeOpenAIServer:
                 self._stats["rate_limited"] += 1
                 model_stats["rate_limited"] += 1
                 return limited
+            self._stats["charged_tokens"] += cost
             rl_headers = limits.headers(now, config.ratelimit_limit_headers) if config.ratelimit_headers else []
             fate = faults.draw(self._rng, config)
             self._seq += 1

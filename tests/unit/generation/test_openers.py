@@ -39,6 +39,9 @@ class FakeLimiter:
         self.cooldowns: list[float] = []
         self.models: list[str | None] = []
         self.observed: list[tuple[str | None, dict]] = []
+        self.observed_tokens: list[int] = []
+        self.spent: list[tuple[str, ...]] = []
+        self.charged: list[int | None] = []
         self.stop_on_acquire = stop_on_acquire
 
     def acquire(self, tokens: int, should_stop: Callable[[], bool] = lambda: False,
@@ -49,14 +52,17 @@ class FakeLimiter:
             raise LimiterStopped("stopped while waiting for the limiter")
         return 0.0
 
-    def refund(self, estimated: int, actual: int, model: str | None = None) -> None:
+    def refund(self, estimated: int, actual: int, model: str | None = None, charged: int | None = None) -> None:
         self.refunds.append((estimated, actual))
+        self.charged.append(charged)
 
-    def cooldown(self, seconds: float, model: str | None = None) -> None:
+    def cooldown(self, seconds: float, model: str | None = None, spent: tuple[str, ...] = ()) -> None:
         self.cooldowns.append(seconds)
+        self.spent.append(spent)
 
-    def observe(self, model: str | None, headers, ok: bool = True) -> None:
+    def observe(self, model: str | None, headers, ok: bool = True, tokens: int = 0) -> None:
         self.observed.append((model, dict(headers)))
+        self.observed_tokens.append(tokens)
 
 
 def completion(content: str | None, usage: bool = True, finish_reason: str = "stop", evidence: str | None = None,
@@ -192,6 +198,21 @@ def test_each_answer_tells_the_limiter_the_models_limits_and_every_call_names_it
     assert [(m, {k: v for k, v in sent.items() if k.startswith("x-ratelimit")}) for m, sent in h.limiter.observed] == [
         ("gpt-4o", limits), ("gpt-4o", limits), ("gpt-4o", {})]
     assert h.limiter.models == ["gpt-4o"] * 5
+
+
+def test_a_429_names_the_budgets_it_shows_used_up_and_each_answer_its_booked_tokens() -> None:
+    tokens_out = {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1.5s",
+                  "x-ratelimit-remaining-requests": "7", "x-ratelimit-reset-requests": "2s"}
+    h = Harness(api_error(429, "Rate limit reached", headers={"retry-after": "1", **tokens_out}),
+                api_error(429, "Rate limit reached", headers={"retry-after": "1"}), completion(GOOD), max_retries=4)
+    h.generate()
+    assert h.limiter.spent == [("tokens",), ()]  # the second 429 does not say: the request rate is cut
+    # the 429 with remaining/reset is read (it gauges the budgets), the bare one is not; each with
+    # the part of the token budget its call took: what it was booked at, or, answered, what the
+    # provider charged up front (the prompt it counted and max_tokens), which the refund also names
+    charged = h.limiter.charged[0]
+    assert len(h.limiter.observed) == 2 and h.limiter.observed_tokens == [h.limiter.acquired[0], charged]
+    assert h.limiter.acquired[0] > 0 and charged == 40 + h.script.requests[-1]["max_tokens"]  # completion(): 40
 
 
 # -- generate: retries ----------------------------------------------------------------------------

@@ -66,13 +66,13 @@ class _Limiter:
     def acquire(self, tokens, should_stop=lambda: False, account=None, model=None, job=None) -> float:
         return 0.0
 
-    def refund(self, estimated, actual, model=None) -> None:
+    def refund(self, estimated, actual, model=None, charged=None) -> None:
         pass
 
-    def cooldown(self, seconds, model=None) -> None:
+    def cooldown(self, seconds, model=None, spent=()) -> None:
         pass
 
-    def observe(self, model, headers, ok=True) -> None:
+    def observe(self, model, headers, ok=True, tokens=0) -> None:
         pass
 
 

@@ -889,3 +889,36 @@ def test_e2e_control_helpers_drive_the_new_knobs(fake: FakeOpenAI) -> None:
     control.refuse()
     assert fake.config.response_format_supported is True
     assert control.prompt_cache(min_tokens=10, ttl_s=60)["prompt_cache_min_tokens"] == 10
+
+
+def test_fixed_window_mode_resets_at_the_minute_and_says_so() -> None:
+    from tests.support.fake_openai.ratelimit import Limit
+
+    limit = Limit(3, "fixed", 1.0, now=120.0)  # a window opens at 120 s of the server's clock
+    for t in (130.0, 131.0, 132.0):
+        assert limit.wait_for(1, t) == 0
+        limit.consume(1, t)
+    # used up: nothing until the window's end, which is also when the budget is full again
+    assert limit.wait_for(1, 150.0) == pytest.approx(30.0)
+    assert (limit.remaining(150.0), limit.reset_in(150.0), limit.used_amount(150.0)) == (0, 30.0, 3)
+    # the reset is the time to the window's end however much is used (not a bucket's refill time)
+    assert Limit(3, "fixed", 1.0, now=120.0).reset_in(135.0) == pytest.approx(45.0)
+    assert limit.wait_for(1, 180.0) == 0 and limit.remaining(180.0) == 3  # the next window: all of it
+    assert limit.wait_for(5, 181.0) == 0  # more than the whole budget passes alone, at a window's start
+    limit.consume(5, 181.0)
+    assert limit.wait_for(1, 182.0) == pytest.approx(58.0)
+
+
+def test_fixed_window_mode_through_the_server(fake: FakeOpenAI) -> None:
+    fake.configure(rpm=2, tpm=0, rate_limit_mode="fixed", ratelimit_limit_headers=False)
+    c = sdk(fake).chat.completions.with_raw_response
+    first = c.create(model="m", messages=ask("https://acme.com"))
+    assert "x-ratelimit-limit-requests" not in first.headers and "x-ratelimit-remaining-tokens" not in first.headers
+    try:  # the window may turn between two calls: then the second is admitted as well
+        c.create(model="m", messages=ask("https://acme.com"))
+        c.create(model="m", messages=ask("https://acme.com"))
+    except openai.RateLimitError as exc:
+        headers = exc.response.headers
+        assert headers["x-ratelimit-remaining-requests"] == "0"
+        assert 0 < float(headers["retry-after"]) <= 60
+    assert fake.stats()["charged_tokens"] > 0

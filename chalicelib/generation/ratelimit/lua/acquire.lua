@@ -26,7 +26,7 @@ local function reserve(key, limit, need)
   return t[5]
 end
 
-local rpm, tpm, starting, gen = effective(KEYS[7], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[8]))
+local rpm, tpm, starting, gen, gauged = effective(KEYS[7], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[8]))
 local wait = cooldown_left()
 local account = ARGV[5]
 if account ~= '' then
@@ -55,8 +55,10 @@ if account ~= '' then
   wait = math.max(wait, share_wait)
 end
 wait = math.max(wait, reserve(KEYS[1], rpm, tonumber(ARGV[3])))
--- The requests booked since the controller's window opened: whether the rate is used (grow.lua).
+-- The requests (and tokens, paced at a gauged rate) booked since the controller's window opened:
+-- whether the rate is used (grow.lua).
 if starting == 0 then redis.call('HINCRBY', KEYS[7], 'used', tonumber(ARGV[3])) end
+if gauged == 1 then redis.call('HINCRBY', KEYS[7], 't_used', tonumber(ARGV[4])) end
 wait = math.max(wait, reserve(KEYS[2], tpm, tonumber(ARGV[4])))
 local count = tonumber(ARGV[9]) or 0
 if count > 0 then

@@ -30,20 +30,32 @@ local function cooldown_left()
   return u - now
 end
 
--- The limits in force (rpm, tpm, 1 while the provider has not answered yet else 0, and the
--- controller's generation: it grows by one at every cut of the rate, see cooldown.lua), read
--- from the model's limits hash: `rpm`/`tpm` as the provider stated them (-1: it sends no such
--- limit) and `found`, the request rate the controller runs at (the stated limit, or the rate
--- found from 429s: see grow.lua and cooldown.lua), each capped by the operator's ceilings (0:
--- none); until the provider has answered, at most start_rpm requests per minute.
+-- One rate of the limits hash per dimension the provider limits: the requests' fields are named
+-- plainly (found, est, cmax, ...), the tokens' with 't_' (t_found, t_est, t_cmax, ...); `stated`
+-- is the field of the limit the provider states for it. gauge.lua, grow.lua and cooldown.lua
+-- run one design on either.
+local function dimension(name)
+  if name == 'tokens' then return 't_', 'tpm' end
+  return '', 'rpm'
+end
+
+-- The limits in force (rpm, tpm, 1 while the provider has not answered yet else 0, the
+-- controller's generation: it grows by one at every cut of the rate, see cooldown.lua; and 1
+-- when the token limit in force is the rate gauged from the provider's remaining/reset tokens,
+-- else 0), read from the model's limits hash: `rpm`/`tpm` as the provider stated them (-1: it
+-- sends no such limit), `found`, the request rate the controller runs at (the stated limit, or
+-- the rate found from 429s: see grow.lua and cooldown.lua), and `t_found`, the token rate gauged
+-- from remaining/reset (gauge.lua) for a provider that states no token limit, each capped by the
+-- operator's ceilings (0: none); until the provider has answered, at most start_rpm requests
+-- per minute.
 local function effective(key, ceil_rpm, ceil_tpm, start_rpm)
-  local s = redis.call('HMGET', key, 'rpm', 'tpm', 'found', 'gen')
+  local s = redis.call('HMGET', key, 'rpm', 'tpm', 'found', 'gen', 't_found')
   local lr, lt, found, gen = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), tonumber(s[4]) or 0
   if lr == nil or lt == nil then
     if start_rpm > 0 and (ceil_rpm <= 0 or start_rpm < ceil_rpm) then
-      return start_rpm, ceil_tpm, 1, gen
+      return start_rpm, ceil_tpm, 1, gen, 0
     end
-    return ceil_rpm, ceil_tpm, 1, gen
+    return ceil_rpm, ceil_tpm, 1, gen, 0
   end
   local function cap(learned, ceiling)
     if learned <= 0 then return ceiling end
@@ -51,7 +63,12 @@ local function effective(key, ceil_rpm, ceil_tpm, start_rpm)
     return learned
   end
   if found ~= nil then lr = found end
-  return cap(lr, ceil_rpm), cap(lt, ceil_tpm), 0, gen
+  local gauged = 0
+  if lt <= 0 and tonumber(s[5]) ~= nil then
+    lt = tonumber(s[5])
+    gauged = 1
+  end
+  return cap(lr, ceil_rpm), cap(lt, ceil_tpm), 0, gen, gauged
 end
 
 -- Every booking not yet due was made at an older, higher rate: forgive them all (KEYS[1] and

@@ -3,12 +3,12 @@ best fixed concurrency, and whether the latency stays down.
 
 The fake OpenAI server (own process) answers each call after BASE_MS + PER_CALL_MS × the calls
 in flight when it is admitted (a self-hosted vLLM: slower with every call it batches), with no
-rate limit (it states 1,000,000 requests per minute, so the Redis rate limiter is out of the
-way and only the in-flight limit is measured). One job, WORKERS chunk handlers in their own
-processes; each run lasts RUN_S seconds from its first call (handlers stopped as at their Lambda
-deadline); throughput and latency are taken from the fake's own record of every answer
-(``GET /_fake/latencies``: admitted at, latency) over [WARM_S, RUN_S], so the load of the machine
-on our processes does not enter the latency figures.
+rate limit and no ``x-ratelimit-*`` header, as vLLM answers (a server stating its rate budget is
+metered by rate, and the gate holds it at its ceiling: ``ratelimit/inflight.py``). One job,
+WORKERS chunk handlers in their own processes; each run lasts RUN_S seconds from its first call
+(handlers stopped as at their Lambda deadline); throughput and latency are taken from the
+fake's own record of every answer (``GET /_fake/latencies``: admitted at, latency) over
+[WARM_S, RUN_S], so the load of the machine on our processes does not enter the latency figures.
 
 Runs, side by side on the same server:
   * unloaded: one handler, one call in flight: the unloaded latency (p95);
@@ -42,7 +42,6 @@ WARM_S = float(os.environ.get("BENCH_WARM_S", "5"))
 SWEEP = [int(n) for n in os.environ.get("BENCH_SWEEP", "4,8,16,32,64").split(",")]
 ADAPTIVE_RUNS = int(os.environ.get("BENCH_ADAPTIVE_RUNS", "2"))
 WORKERS = 4
-STATED_RPM = 1_000_000
 GOAL_THROUGHPUT, GOAL_P95 = 0.9, 2.0
 SAMPLE_S = 0.05
 KNEE = int((BASE_MS + 2 * PER_CALL_MS) / PER_CALL_MS)  # most calls in flight with latency ≤ 2 × unloaded (1 call)
@@ -145,8 +144,7 @@ def report(unloaded: dict, fixed: list[dict], adaptive: list[dict]) -> None:
 
 
 def main() -> dict:
-    with fake_openai("--latency-ms", str(BASE_MS), "--latency-per-call-ms", str(PER_CALL_MS),
-                     "--rpm", str(STATED_RPM)) as base_url:
+    with fake_openai("--latency-ms", str(BASE_MS), "--latency-per-call-ms", str(PER_CALL_MS)) as base_url:
         unloaded = run(base_url, "unloaded (1 handler, 1 call)", 1, 1, False)
         fixed, adaptive = [], []
         for i, n in enumerate(SWEEP):  # the adaptive runs among the fixed ones: the same machine load

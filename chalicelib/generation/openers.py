@@ -55,14 +55,7 @@ from chalicelib.generation.client import (
     retry_after,
 )
 from chalicelib.generation.prompt import build_messages
-from chalicelib.generation.ratelimit import (
-    DIMENSIONS,
-    LimiterStopped,
-    estimate_tokens,
-    exhausted,
-    provider_limits,
-    provider_remaining,
-)
+from chalicelib.generation.ratelimit import LimiterStopped, estimate_tokens, exhausted, states_a_budget
 from chalicelib.generation.ratelimit.gate import Call
 from chalicelib.quality.answer import refuses_response_format, response_format
 from chalicelib.quality.flags import DEFAULT_MAX_WORDS, DEFAULT_MIN_WORDS
@@ -274,7 +267,7 @@ class OpenerGenerator:
             except openai.RateLimitError as exc:
                 # OpenAI's 429s state the limits too; a gateway's its remaining/reset
                 headers = exc.response.headers
-                if provider_limits(headers) != (-1, -1) or any(provider_remaining(headers, d) for d in DIMENSIONS):
+                if states_a_budget(headers):
                     self.limiter.observe(model, headers, ok=False, tokens=estimate)
                 self._on_rate_limited(exc, model)
                 raise
@@ -312,7 +305,8 @@ class OpenerGenerator:
         except (openai.RateLimitError, openai.APITimeoutError):
             call.drop()
             raise
-        call.answered(_exchange_s(response))
+        # a server that states its rate budget is metered by rate: the gate holds it at its ceiling
+        call.answered(_exchange_s(response), stated=states_a_budget(response.http_response.headers))
         return response
 
     def _on_rate_limited(self, exc: openai.RateLimitError, model: str) -> None:

@@ -100,8 +100,9 @@ from chalicelib.generation.ratelimit.headers import (
     provider_limits,
     provider_remaining,
     retry_after_seconds,
+    states_a_budget,
 )
 from chalicelib.generation.ratelimit.limiter import START_RPM, LimiterStopped, RateLimiter
 
 __all__ = ["DIMENSIONS", "START_RPM", "LimiterStopped", "RateLimiter", "estimate_tokens", "exhausted",
-           "provider_limits", "provider_remaining", "retry_after_seconds"]
+           "provider_limits", "provider_remaining", "retry_after_seconds", "states_a_budget"]

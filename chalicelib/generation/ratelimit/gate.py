@@ -19,9 +19,13 @@ for ``HANDLER_TTL_S`` no longer counts (its part goes to the others); the hash e
 ``STATE_TTL_S`` after the last call, so a server that was idle is measured afresh.
 
 Hash ``<P>:m:<model>:inflight`` (P the limiter's tagged prefix, one Redis Cluster slot):
-``limit``, ``min_rtt``, ``rtt``, ``decided_at``, ``probing``, ``calm``, ``grew``, ``weight``, ``gen`` (the state);
-``w_n``, ``w_sum``, ``w_sat``, ``w_drops``, ``b:<i>`` (the window, with its latency histogram by
-``inflight.bucket``); ``h:<handler>`` = ``time,in_flight,ceiling``.
+``limit``, ``min_rtt``, ``rtt``, ``decided_at``, ``probing``, ``calm``, ``grew``, ``weight``, ``metered``,
+``gen`` (the state); ``w_n``, ``w_sum``, ``w_sat``, ``w_drops``, ``w_st``, ``w_un``, ``b:<i>`` (the
+window, with its latency histogram by ``inflight.bucket`` and its answers that stated a rate
+budget or none); ``h:<handler>`` = ``time,in_flight,ceiling``.
+
+A server that states its rate budget in its answers' headers is metered by rate (the rate
+limiter paces it): every handler keeps its whole ceiling in flight (``inflight.State.metered``).
 
 If Redis cannot be reached, a handler keeps its last part (the rate limiter, in front of the
 gate, waits for Redis anyway).
@@ -58,7 +62,9 @@ redis.call('HINCRBY', key, 'w_n', ARGV[5])
 redis.call('HINCRBYFLOAT', key, 'w_sum', ARGV[6])
 if ARGV[7] == '1' then redis.call('HSET', key, 'w_sat', 1) end
 redis.call('HINCRBY', key, 'w_drops', ARGV[8])
-for i = 11, #ARGV, 2 do redis.call('HINCRBY', key, 'b:' .. ARGV[i], ARGV[i + 1]) end
+redis.call('HINCRBY', key, 'w_st', ARGV[11])
+redis.call('HINCRBY', key, 'w_un', ARGV[12])
+for i = 13, #ARGV, 2 do redis.call('HINCRBY', key, 'b:' .. ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', key, 'h:' .. ARGV[1], ARGV[2] .. ',' .. ARGV[3] .. ',' .. ARGV[4])
 local all = redis.call('HGETALL', key)
 for i = 1, #all, 2 do
@@ -76,12 +82,14 @@ _COMMIT = """
 local key = KEYS[1]
 if (redis.call('HGET', key, 'gen') or '0') ~= ARGV[1] then return 0 end
 redis.call('HSET', key, 'limit', ARGV[2], 'min_rtt', ARGV[3], 'rtt', ARGV[4], 'decided_at', ARGV[5],
-           'probing', ARGV[6], 'calm', ARGV[10], 'grew', ARGV[11], 'weight', ARGV[12],
+           'probing', ARGV[6], 'calm', ARGV[10], 'grew', ARGV[11], 'weight', ARGV[12], 'metered', ARGV[13],
            'gen', tostring(tonumber(ARGV[1]) + 1), 'w_sat', 0)
 redis.call('HINCRBY', key, 'w_n', ARGV[7])
 redis.call('HINCRBYFLOAT', key, 'w_sum', ARGV[8])
 redis.call('HINCRBY', key, 'w_drops', ARGV[9])
-for i = 13, #ARGV, 2 do
+redis.call('HINCRBY', key, 'w_st', ARGV[14])
+redis.call('HINCRBY', key, 'w_un', ARGV[15])
+for i = 16, #ARGV, 2 do
   if redis.call('HINCRBY', key, 'b:' .. ARGV[i], ARGV[i + 1]) <= 0 then redis.call('HDEL', key, 'b:' .. ARGV[i]) end
 end
 return 1
@@ -104,12 +112,14 @@ def parse(fields: dict[str, str], now: float) -> tuple[inflight.State, inflight.
     state = inflight.State(limit=_float(fields, "limit", inflight.INITIAL_LIMIT), min_rtt=_float(fields, "min_rtt"),
                            rtt=_float(fields, "rtt"), decided_at=_float(fields, "decided_at"),
                            probing=fields.get("probing", "1") == "1", calm=max(0, int(_float(fields, "calm"))),
-                           grew=fields.get("grew") == "1", weight=max(0.0, _float(fields, "weight")))
+                           grew=fields.get("grew") == "1", weight=max(0.0, _float(fields, "weight")),
+                           metered=fields.get("metered") == "1")
     buckets = {int(name[2:]): int(_float(fields, name)) for name in fields
                if name.startswith("b:") and name[2:].isdigit() and _float(fields, name) > 0}
     window = inflight.Window(samples=max(0, int(_float(fields, "w_n"))), rtt_sum=max(0.0, _float(fields, "w_sum")),
                              saturated=fields.get("w_sat") == "1", drops=max(0, int(_float(fields, "w_drops"))),
-                             buckets=buckets)
+                             buckets=buckets, stated=max(0, int(_float(fields, "w_st"))),
+                             unstated=max(0, int(_float(fields, "w_un"))))
     handlers = {}
     for name, value in fields.items():
         if name.startswith("h:"):
@@ -126,8 +136,13 @@ def describe(redis, prefix: str, model: str, now: float | None = None) -> dict:
     if not fields:
         return {"limit": None, "in_flight": 0, "handlers": 0, "how": "no call to this model lately"}
     state, _, _, handlers = parse(fields, time.time() if now is None else now)
+    ceiling = sum(c for _, c in handlers.values())
+    if state.metered:
+        return {"limit": ceiling, "in_flight": sum(n for n, _ in handlers.values()), "ceiling": ceiling,
+                "handlers": len(handlers), "latency_ms": round(state.rtt * 1000),
+                "how": "the server states its rate budget: the rate limiter paces it"}
     return {"limit": state.slots(), "in_flight": sum(n for n, _ in handlers.values()),
-            "ceiling": sum(c for _, c in handlers.values()), "handlers": len(handlers),
+            "ceiling": ceiling, "handlers": len(handlers),
             "latency_ms": round(state.rtt * 1000), "unloaded_latency_ms": round(state.min_rtt * 1000),
             "target_latency_ms": round(state.target() * 1000),
             "how": "slow start" if state.probing else "found from latency"}
@@ -158,20 +173,23 @@ class _Model:
 
 class Call:
     """One call through the gate: ``drop()`` says it was answered 429 or timed out,
-    ``answered(latency)`` that it was answered, the HTTP exchange having taken `latency` s (None:
-    the time the slot was held, which adds the SDK's own work on a loaded machine)."""
+    ``answered(latency, stated)`` that it was answered, the HTTP exchange having taken `latency` s
+    (None: the time the slot was held, which adds the SDK's own work on a loaded machine), its
+    headers stating the server's rate budget or not (`stated`; None: not known)."""
 
     def __init__(self) -> None:
         self.dropped = False
         self.ok = False
         self.latency: float | None = None
+        self.stated: bool | None = None
 
     def drop(self) -> None:
         self.dropped = True
 
-    def answered(self, latency: float | None = None) -> None:
+    def answered(self, latency: float | None = None, stated: bool | None = None) -> None:
         self.ok = True
         self.latency = latency if latency is not None and latency >= 0 else None
+        self.stated = stated
 
 
 class ConcurrencyGate:
@@ -218,6 +236,8 @@ class ConcurrencyGate:
             rtt = time.monotonic() - started if call.latency is None else call.latency
             with entry.cond:
                 entry.in_flight -= 1
+                if call.ok and call.stated is not None:
+                    entry.window = entry.window.add(inflight.Window.told(call.stated))
                 if call.ok and entry.warm < WARM_UP_CALLS:  # a connection's first calls: its set-up
                     entry.warm += 1
                 elif call.ok:
@@ -281,7 +301,7 @@ class ConcurrencyGate:
         raw = self._push(keys=[entry.key], args=[
             self.me, repr(now), in_flight, self.ceiling, window.samples, repr(window.rtt_sum),
             1 if window.saturated else 0, window.drops, HANDLER_TTL_S, int(STATE_TTL_S * 1000),
-            *_pairs(window.buckets)])
+            window.stated, window.unstated, *_pairs(window.buckets)])
         fields = {_text(raw[i]): _text(raw[i + 1]) for i in range(0, len(raw), 2)}
         state, pooled, gen, handlers = parse(fields, now)
         ceiling = sum(c for _, c in handlers.values()) or self.ceiling
@@ -291,6 +311,9 @@ class ConcurrencyGate:
             if self._commit(keys=[entry.key], args=[
                     gen, repr(new.limit), repr(new.min_rtt), repr(new.rtt), repr(new.decided_at),
                     1 if new.probing else 0, str(-pooled.samples), repr(-pooled.rtt_sum), str(-pooled.drops),
-                    new.calm, 1 if new.grew else 0, repr(new.weight), *_pairs(pooled.buckets, sign=-1)]):
+                    new.calm, 1 if new.grew else 0, repr(new.weight), 1 if new.metered else 0,
+                    -pooled.stated, -pooled.unstated, *_pairs(pooled.buckets, sign=-1)]):
                 state = new
+        if state.metered:  # metered by rate: the handler's whole ceiling, whoever else is calling
+            return self.ceiling
         return inflight.share(state.slots(), list(handlers), self.me, self.ceiling)

@@ -40,6 +40,12 @@ MAX_RESET_S = 86400.0  # a reset further away than a day is not believed
 DIMENSIONS = ("requests", "tokens")  # what a provider limits per minute, as its headers name them
 
 
+def states_a_budget(headers: Mapping[str, str]) -> bool:
+    """Whether an answer states the server's rate budget: a limit (``x-ratelimit-limit-*``) or
+    what is left of it (``-remaining-*`` with ``-reset-*``), in either dimension."""
+    return provider_limits(headers) != (-1, -1) or any(provider_remaining(headers, d) for d in DIMENSIONS)
+
+
 def provider_remaining(headers: Mapping[str, str], dimension: str = "requests") -> tuple[int, float] | None:
     """(requests left, seconds until the provider's request budget is full again) from
     ``x-ratelimit-remaining-requests`` / ``x-ratelimit-reset-requests``, as servers that state no

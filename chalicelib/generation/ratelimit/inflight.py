@@ -43,6 +43,15 @@ One decision per window (``window_rtts`` × the baseline, at least ``min_samples
   * always within [``floor``, ``ceiling``]; the caller holds the ceiling (CHUNK_CONCURRENCY ×
     handlers) and the floor (1: a job always moves).
 
+A server that states its rate budget (``x-ratelimit-limit-*``, or ``-remaining-*`` / ``-reset-*``:
+OpenAI-compatible clouds, gateways, Azure) is metered by rate: the rate limiter paces its calls and
+its latency follows the answers' length, not our calls in flight (a cloud's capacity is not ours to
+fill). Holding it to one call while a baseline is measured only slowed every job's start (12
+answers one after another: ~30 s at 2 s a call, and a 16-row job on a slow server took 16 of
+them). So the first window with an answer that states a budget is decided at once and the limit
+is the ceiling while answers keep stating one (``State.metered``); a window of answers that state
+none ends it, and the server is measured afresh from one call.
+
 Not done: the baseline only falls (until the shared state expires, ``gate.STATE_TTL_S`` after the
 last call); a server whose unloaded latency grows for good keeps a target too low for it.
 
@@ -82,6 +91,7 @@ class State:
     probing: bool = True  # slow start: doubling per window
     calm: int = 0  # quiet windows in a row since slow start ended
     grew: bool = False  # the last decision raised the limit (the next window only holds or cuts)
+    metered: bool = False  # the server states its rate budget: the limit is the ceiling
 
     def slots(self) -> int:
         """Calls in flight this limit allows (at least 1)."""
@@ -108,10 +118,17 @@ class Window:
     saturated: bool = False  # a handler had every slot busy
     drops: int = 0  # 429s and timeouts
     buckets: Mapping[int, int] = field(default_factory=dict)  # {bucket: answers}
+    stated: int = 0  # answers (measured or not) that stated the server's rate budget
+    unstated: int = 0  # answers that stated none
 
     @classmethod
     def of(cls, latency: float) -> Window:
         return cls(1, latency, buckets={bucket(latency): 1})
+
+    @classmethod
+    def told(cls, stated: bool) -> Window:
+        """What one answer said of the server's rate budget."""
+        return cls(stated=1) if stated else cls(unstated=1)
 
     def mean(self) -> float:
         return self.rtt_sum / self.samples if self.samples else 0.0
@@ -134,7 +151,13 @@ class Window:
         for index, count in other.buckets.items():
             merged[index] = merged.get(index, 0) + count
         return Window(self.samples + other.samples, self.rtt_sum + other.rtt_sum,
-                      self.saturated or other.saturated, self.drops + other.drops, merged)
+                      self.saturated or other.saturated, self.drops + other.drops, merged,
+                      self.stated + other.stated, self.unstated + other.unstated)
+
+    def metered(self, before: bool) -> bool:
+        """Whether the server is metered by rate after this window (`before`: it was): any answer
+        stating a budget says so; only answers stating none say it is not."""
+        return self.stated > 0 if self.stated or self.unstated else before
 
 
 @dataclass(frozen=True)
@@ -156,8 +179,9 @@ class Params:
 
 
 def due(state: State, window: Window, now: float, params: Params) -> bool:
-    """Whether the window holds enough to decide on: a drop at once; else its time and samples."""
-    if window.drops:
+    """Whether the window holds enough to decide on: a drop, or news of the server's rate budget,
+    at once; else its time and samples."""
+    if window.drops or window.metered(state.metered) != state.metered:
         return now - state.decided_at >= params.min_window_s
     first = 1 if state.min_rtt else FIRST_WINDOW_SAMPLES  # the first window sets the baseline: more samples
     return window.samples >= first * params.min_samples and now - state.decided_at >= params.window_s(state)
@@ -171,6 +195,8 @@ def at_target(limit: float, delay: float, target: float) -> float:
 
 def decide(state: State, window: Window, now: float, params: Params) -> State:
     """The next state from the window just closed (call when ``due``)."""
+    if state.metered and not window.metered(True):  # it no longer states a budget: measured afresh
+        return State(decided_at=now)
     limit = state.limit
     mean = window.quantile()
     weight = state.weight if state.rtt else 0.0
@@ -185,6 +211,9 @@ def decide(state: State, window: Window, now: float, params: Params) -> State:
     grow = window.saturated and delay <= params.hold * target and not window.drops
     probing = state.probing and quiet  # a window past the slow-start share ends it
     calm = state.calm + 1 if grow and quiet and not probing else 0
+    if window.metered(state.metered):  # metered by rate: the limiter paces it, the gate holds the ceiling
+        return replace(state, limit=params.ceiling, min_rtt=base, rtt=smooth, weight=weight, decided_at=now,
+                       probing=False, calm=0, grew=False, metered=True)
     if calm >= params.calm_windows:  # quiet again: that window ended slow start too early
         probing, calm = True, 0
     if window.drops:

@@ -23,8 +23,8 @@ pytestmark = pytest.mark.usefixtures("clean")
 
 @pytest.fixture
 def fake():
-    """The fake stating a limit so high that the rate limiter never holds a call."""
-    with FakeOpenAI(rpm=1_000_000) as server:
+    """The fake as a self-hosted server: no rate limit, and no x-ratelimit-* header."""
+    with FakeOpenAI() as server:
         yield server
 
 
@@ -71,12 +71,28 @@ def test_at_a_flat_latency_the_limit_grows_to_the_ceiling(conn, env, fake):
     assert deps.concurrency_gate().describe(deps.settings().openai_model)["limit"] > CEILING // 2
 
 
-def test_without_the_adaptive_limit_every_handler_keeps_its_ceiling_in_flight(conn, env, fake, client,
-                                                                              make_account):
-    fake.configure(latency_ms=40, latency_per_call_ms=80)
-    use(env, fake, adaptive="false", urls=40)
-    run_job(conn, 40)
-    assert fake.stats()["max_in_flight"] == CEILING
+def test_a_server_that_states_its_rate_budget_is_not_held_by_latency(conn, env, client, make_account):
+    """The same server stating a rate limit (as OpenAI-compatible clouds and gateways do) is
+    metered by rate: the limiter paces it, every handler keeps its ceiling in flight from its
+    first answer on, however slow the calls get."""
+    with FakeOpenAI(rpm=1_000_000) as fake:
+        fake.configure(latency_ms=40, latency_per_call_ms=80)
+        use(env, fake, urls=40)
+        run_job(conn, 40)
+        stats = fake.stats()
+    assert stats["ok"] == 40 and stats["max_in_flight"] == CEILING
+    operator = client.as_account(make_account(operator=True))
+    shown = body(operator.http.get("/api/metrics"))["concurrency"][deps.settings().openai_model]
+    assert shown["adaptive"] is True and shown["limit"] == CEILING and shown["handlers"] == 1
+    assert shown["how"] == "the server states its rate budget: the rate limiter paces it"
+
+
+def test_without_the_adaptive_limit_every_handler_keeps_its_ceiling_in_flight(conn, env, client, make_account):
+    with FakeOpenAI(rpm=1_000_000) as fake:  # a stated limit the rate limiter never holds a call to
+        fake.configure(latency_ms=40, latency_per_call_ms=80)
+        use(env, fake, adaptive="false", urls=40)
+        run_job(conn, 40)
+        assert fake.stats()["max_in_flight"] == CEILING
     operator = client.as_account(make_account(operator=True))
     shown = body(operator.http.get("/api/metrics"))["concurrency"][deps.settings().openai_model]
     assert shown == {"adaptive": False, "ceiling_per_handler": CEILING}

@@ -204,3 +204,29 @@ def test_a_new_handler_counts_itself():
 def test_the_gate_applies_to_servers_named_by_base_url_only(env, base_url, dummy, adaptive, gated):
     env(OPENAI_BASE_URL=base_url, OPENAI_DUMMY_MODE=dummy, OPENAI_API_KEY="test", CONCURRENCY_ADAPTIVE=adaptive)
     assert deps.concurrency_gate().enabled is gated
+
+
+def test_a_server_that_states_its_rate_budget_gets_the_ceiling_at_its_first_answer():
+    """OpenAI-compatible clouds and gateways state their budget in headers: they are metered by
+    rate (the rate limiter paces them), so no baseline is measured at one call first."""
+    params = Params(ceiling=48)
+    window = Window(stated=1)  # a warm-up answer: no latency measured, but its headers said so
+    assert due(State(), window, 0.5, params)  # at once, not after 12 answers at one call
+    state = decide(State(), window, 0.5, params)
+    assert state.metered and state.limit == 48 and state.slots() == 48 and not state.probing
+    # a slow answer does not cut a metered server's limit; the ceiling follows the handlers there
+    slow = decide(state, Window(8, 8 * 5.0, True, stated=8), 2.0, replace(params, ceiling=64))
+    assert slow.metered and slow.limit == 64
+    # answers with and without the headers: any that states a budget keeps it metered
+    assert decide(state, Window(4, 0.4, stated=1, unstated=3), 3.0, params).metered
+
+
+def test_a_server_that_stops_stating_its_budget_is_measured_afresh():
+    params = Params(ceiling=48)
+    state = decide(State(), Window(stated=1), 0.5, params)
+    window = Window(4, 0.4, True, unstated=4)
+    assert due(state, window, state.decided_at + 2 * params.min_window_s, params)
+    after = decide(state, window, 9.0, params)
+    assert not after.metered and after.limit == inflight.INITIAL_LIMIT and after.probing and not after.min_rtt
+    # a window that says nothing of the headers (no answer, or answers not told) changes nothing
+    assert Window(drops=1).metered(True) and not Window(drops=1).metered(False)

@@ -107,7 +107,8 @@ def concurrency_gate():
     process), for a server named by OPENAI_BASE_URL (self-hosted, a gateway: its capacity may bind).
     Off for OpenAI's own API, which sells a rate (the rate limiter keeps it) and whose latency
     varies with the answers' length, not with our calls in flight (the gate would only slow the
-    start), and in dummy mode (its answers take OPENAI_DUMMY_DELAY_MS whatever is in flight)."""
+    start), and in dummy mode (its answers take OPENAI_DUMMY_DELAY_MS whatever is in flight); a
+    server that states its rate budget in its headers gets the ceiling from its first answer on."""
     from chalicelib.generation.ratelimit.gate import ConcurrencyGate
 
     s = get_settings()

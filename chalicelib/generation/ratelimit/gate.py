@@ -138,7 +138,7 @@ def describe(redis, prefix: str, model: str, now: float | None = None) -> dict:
     state, _, _, handlers = parse(fields, time.time() if now is None else now)
     ceiling = sum(c for _, c in handlers.values())
     if state.metered:
-        return {"limit": ceiling, "in_flight": sum(n for n, _ in handlers.values()), "ceiling": ceiling,
+        return {"limit": ceiling or None, "in_flight": sum(n for n, _ in handlers.values()), "ceiling": ceiling,
                 "handlers": len(handlers), "latency_ms": round(state.rtt * 1000),
                 "how": "the server states its rate budget: the rate limiter paces it"}
     return {"limit": state.slots(), "in_flight": sum(n for n, _ in handlers.values()),

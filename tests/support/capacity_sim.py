@@ -30,15 +30,22 @@ class Server:
     sigma: float = 0.0  # log-normal noise of each latency
     overhead: float = 0.0  # the client's own share of each measured latency, s
     jitter: float = 0.0  # mean of an exponential delay added to each overhead (a loaded machine's CPU waits), s
+    change_at: float = math.inf  # from this time on (s) the server's latency is × `factor` at every n
+    factor: float = 1.0  # (other tenants loading a shared server, a heavier model behind the same name)
 
     def unloaded(self) -> float:
         return self.base + self.k
+
+    def latency(self, now: float, in_flight: int) -> float:
+        """The server's latency for a call arriving at `now` with `in_flight` calls (itself included), no noise."""
+        return (self.base + self.k * in_flight) * (self.factor if now >= self.change_at else 1.0)
 
 
 @dataclass
 class Result:
     calls: list[tuple[float, float]] = field(default_factory=list)  # (admitted at, server latency s)
     limits: list[tuple[float, float]] = field(default_factory=list)  # (time, limit) at each sync
+    probes: int = 0  # probes of the unloaded latency begun (inflight.State.probe)
 
     def throughput(self, start: float, end: float) -> float:
         return sum(start <= t < end for t, _ in self.calls) / (end - start)
@@ -92,7 +99,7 @@ def simulate(server: Server, seconds: float, *, params: inflight.Params | None =
             break
         if kind == "arrive":
             server_in_flight += 1
-            latency = (server.base + server.k * server_in_flight) * math.exp(server.sigma * rng.gauss(0, 1))
+            latency = server.latency(now, server_in_flight) * math.exp(server.sigma * rng.gauss(0, 1))
             waited = rng.expovariate(1 / server.jitter) if server.jitter else 0.0
             result.calls.append((now, latency))
             push(now + latency, "served", handler)
@@ -106,7 +113,9 @@ def simulate(server: Server, seconds: float, *, params: inflight.Params | None =
             fill(now)
         else:  # sync
             if limit is None and inflight.due(state, window, now, params):
-                state, window = inflight.decide(state, window, now, params), inflight.Window()
+                new = inflight.decide(state, window, now, params)
+                result.probes += bool(new.probe and not state.probe)
+                state, window = new, inflight.Window()
             result.limits.append((now, limit if limit is not None else state.limit))
             fill(now)
             push(now + sync_s, "sync")

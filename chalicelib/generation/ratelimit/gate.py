@@ -20,9 +20,11 @@ for ``HANDLER_TTL_S`` no longer counts (its part goes to the others); the hash e
 
 Hash ``<P>:m:<model>:inflight`` (P the limiter's tagged prefix, one Redis Cluster slot):
 ``limit``, ``min_rtt``, ``rtt``, ``decided_at``, ``probing``, ``calm``, ``grew``, ``weight``, ``metered``,
-``gen`` (the state); ``w_n``, ``w_sum``, ``w_sat``, ``w_drops``, ``w_st``, ``w_un``, ``b:<i>`` (the
-window, with its latency histogram by ``inflight.bucket`` and its answers that stated a rate
-budget or none); ``h:<handler>`` = ``time,in_flight,ceiling``.
+``probe``, ``probe_at``, ``gen`` (the state); ``w_n``, ``w_sum``, ``w_sat``, ``w_drops``, ``w_st``, ``w_un``,
+``b:<i>`` (the window, with its latency histogram by ``inflight.bucket`` and its answers that
+stated a rate budget or none); ``h:<handler>`` = ``time,in_flight,ceiling``. While the unloaded
+latency is probed (``probe``), ``limit`` keeps the limit to return to and every handler's part
+adds up to one call.
 
 A server that states its rate budget in its answers' headers is metered by rate (the rate
 limiter paces it): every handler keeps its whole ceiling in flight (``inflight.State.metered``).
@@ -89,7 +91,8 @@ redis.call('HINCRBYFLOAT', key, 'w_sum', ARGV[8])
 redis.call('HINCRBY', key, 'w_drops', ARGV[9])
 redis.call('HINCRBY', key, 'w_st', ARGV[14])
 redis.call('HINCRBY', key, 'w_un', ARGV[15])
-for i = 16, #ARGV, 2 do
+redis.call('HSET', key, 'probe', ARGV[16], 'probe_at', ARGV[17])
+for i = 18, #ARGV, 2 do
   if redis.call('HINCRBY', key, 'b:' .. ARGV[i], ARGV[i + 1]) <= 0 then redis.call('HDEL', key, 'b:' .. ARGV[i]) end
 end
 return 1
@@ -113,7 +116,8 @@ def parse(fields: dict[str, str], now: float) -> tuple[inflight.State, inflight.
                            rtt=_float(fields, "rtt"), decided_at=_float(fields, "decided_at"),
                            probing=fields.get("probing", "1") == "1", calm=max(0, int(_float(fields, "calm"))),
                            grew=fields.get("grew") == "1", weight=max(0.0, _float(fields, "weight")),
-                           metered=fields.get("metered") == "1")
+                           metered=fields.get("metered") == "1", probe=max(0, int(_float(fields, "probe"))),
+                           probe_at=_float(fields, "probe_at"))
     buckets = {int(name[2:]): int(_float(fields, name)) for name in fields
                if name.startswith("b:") and name[2:].isdigit() and _float(fields, name) > 0}
     window = inflight.Window(samples=max(0, int(_float(fields, "w_n"))), rtt_sum=max(0.0, _float(fields, "w_sum")),
@@ -145,7 +149,8 @@ def describe(redis, prefix: str, model: str, now: float | None = None) -> dict:
             "ceiling": ceiling, "handlers": len(handlers),
             "latency_ms": round(state.rtt * 1000), "unloaded_latency_ms": round(state.min_rtt * 1000),
             "target_latency_ms": round(state.target() * 1000),
-            "how": "slow start" if state.probing else "found from latency"}
+            "how": "probing the unloaded latency" if state.probe else "slow start" if state.probing
+            else "found from latency"}
 
 
 def _pairs(buckets: Mapping[int, int], sign: int = 1) -> list[int]:
@@ -312,7 +317,8 @@ class ConcurrencyGate:
                     gen, repr(new.limit), repr(new.min_rtt), repr(new.rtt), repr(new.decided_at),
                     1 if new.probing else 0, str(-pooled.samples), repr(-pooled.rtt_sum), str(-pooled.drops),
                     new.calm, 1 if new.grew else 0, repr(new.weight), 1 if new.metered else 0,
-                    -pooled.stated, -pooled.unstated, *_pairs(pooled.buckets, sign=-1)]):
+                    -pooled.stated, -pooled.unstated, new.probe, repr(new.probe_at),
+                    *_pairs(pooled.buckets, sign=-1)]):
                 state = new
         if state.metered:  # metered by rate: the handler's whole ceiling, whoever else is calling
             return self.ceiling

@@ -54,8 +54,28 @@ them). So the first window with an answer that states a budget is decided at onc
 is the ceiling while answers keep stating one (``State.metered``); a window of answers that state
 none ends it, and the server is measured afresh from one call.
 
-Not done: the baseline only falls (until the shared state expires, ``gate.STATE_TTL_S`` after the
-last call); a server whose unloaded latency grows for good keeps a target too low for it.
+The least latency only falls: a server whose unloaded latency grows for good (other tenants
+loading a shared vLLM, a heavier model behind the same name) would keep a target too low for it,
+the limit cut far below its new knee (latency × 1.5 at every n: held at ~2 calls instead of ~7;
+× 4: at the floor). So the unloaded latency is measured again (Netflix concurrency-limits' Vegas
+probe, adapted), once slow start is over and the baseline established, every ``PROBE_RTTS`` ×
+the baseline (~30 s at 115 ms: the probe's cost is in proportion to the baseline, so the
+interval is too; 0.5–1.7 % of the throughput in the simulator) and whenever a cut reaches the
+floor (one slot):
+  * the shared limit is held at one call in flight for two windows (``State.probe``; ``slots``
+    is 1 while ``limit`` keeps the limit in force before): the first is not measured (it holds
+    answers to calls sent before the drop, as the window after a rise is not grown on), the
+    second (``min_samples`` answers at one call) gives the unloaded latency, its first quartile;
+  * above the baseline it replaces it (and the smoothed latency); below, it halves the gap (the
+    least of 4 answers from a noisy server is often lucky), unless a window of several calls in
+    flight was already under the baseline / ``tolerance``: that proves the server faster (its
+    latency at load is under the unloaded one), begins a probe at once, and its measure is taken
+    whole (else the limit would keep the latency at 1.75 × a stale baseline);
+  * the limit returns to what it was, not scaled by the baseline's move: the knee base / k does
+    not follow the latency's ratio (a server slower × 1.5 at every n has its knee where it was),
+    and the usual steps take it from there; the window after it is not grown on (``grew``);
+  * at the floor the latency measured is unloaded already: a due probe measures the next window
+    without a drop (it costs nothing there).
 
 ``State`` is what the handlers of a model share (through Redis, ``ratelimit.gate``), ``Window``
 what they measured since the last decision; ``decide`` turns both into the next state.
@@ -81,6 +101,8 @@ FIRST_WINDOW_SAMPLES = 3  # × MIN_SAMPLES
 INITIAL_LIMIT = 1.0
 SMOOTH_SAMPLES = 24  # the smoothed latency weighs each window by its answers, the past as this many at most
 BASELINE_SAMPLES = 12  # the baseline is the least smoothed latency once this many answers are behind it
+PROBE_RTTS = 250  # the unloaded latency is measured again every this many × the baseline
+PROBE_DRAIN, PROBE_MEASURE = 1, 2  # State.probe: the window after the drop (not measured), the measured one
 
 
 @dataclass(frozen=True)
@@ -94,10 +116,12 @@ class State:
     calm: int = 0  # quiet windows in a row since slow start ended
     grew: bool = False  # the last decision raised the limit (the next window only holds or cuts)
     metered: bool = False  # the server states its rate budget: the limit is the ceiling
+    probe: int = 0  # measuring the unloaded latency at one call (PROBE_DRAIN, PROBE_MEASURE; 0: not)
+    probe_at: float = 0.0  # clock of the next probe (0: none planned yet; in a probe: the server got faster)
 
     def slots(self) -> int:
-        """Calls in flight this limit allows (at least 1)."""
-        return max(1, math.floor(self.limit + 1e-9))
+        """Calls in flight this limit allows (at least 1; 1 while probing the unloaded latency)."""
+        return 1 if self.probe else max(1, math.floor(self.limit + 1e-9))
 
     def target(self, tolerance: float = TOLERANCE) -> float:
         return tolerance * self.min_rtt
@@ -199,6 +223,10 @@ def decide(state: State, window: Window, now: float, params: Params) -> State:
     """The next state from the window just closed (call when ``due``)."""
     if state.metered and not window.metered(True):  # it no longer states a budget: measured afresh
         return State(decided_at=now)
+    if state.probe and not window.drops and not window.metered(state.metered):
+        return _probe(state, window, now)
+    if state.probe:  # a drop ends it (overload: the usual cut), the next one planned as after a probe
+        state = replace(state, probe=0, probe_at=now + PROBE_RTTS * state.min_rtt)
     limit = state.limit
     mean = window.quantile()
     weight = state.weight if state.rtt else 0.0
@@ -229,8 +257,43 @@ def decide(state: State, window: Window, now: float, params: Params) -> State:
     elif grow:
         limit += min(math.sqrt(limit), max(1.0, (at_target(limit, delay, target) - limit) / 2))
     limit = min(params.ceiling, max(params.floor, limit))
-    return replace(state, limit=limit, min_rtt=base, rtt=smooth, weight=weight, decided_at=now, probing=probing,
-                   calm=calm, grew=limit > state.limit)
+    new = replace(state, limit=limit, min_rtt=base, rtt=smooth, weight=weight, decided_at=now, probing=probing,
+                  calm=calm, grew=limit > state.limit)
+    return _plan_probe(new, state, now, 0 < mean * params.tolerance < state.min_rtt and state.slots() > 1)
+
+
+def _probe(state: State, window: Window, now: float) -> State:
+    """A window of the probe of the unloaded latency (``state.probe``): the first is passed over,
+    the second measured (a drop ends the probe before: overload, the usual cut). A higher latency
+    replaces the baseline; a lower one only halves the gap (the least of 4 answers from a noisy
+    server is often lucky: 0.61 s against a baseline of 0.82 s in the simulator, which cut the
+    limit by a third), unless a loaded window proved the baseline too high (``probe_at`` 0)."""
+    if state.probe == PROBE_DRAIN:
+        return replace(state, probe=PROBE_MEASURE, decided_at=now)
+    unloaded = window.quantile() or state.min_rtt
+    if unloaded < state.min_rtt and state.probe_at:
+        unloaded = (unloaded + state.min_rtt) / 2
+    restored = replace(state, probe=0)
+    return replace(restored, probe=0, probe_at=now + PROBE_RTTS * unloaded, decided_at=now, min_rtt=unloaded,
+                   rtt=unloaded, grew=restored.slots() > 1 or state.grew)
+
+
+def _plan_probe(new: State, old: State, now: float, fell: bool) -> State:
+    """The next probe of the unloaded latency: planned once the baseline is established, begun when
+    due (slow start over; at the floor measured at once: nothing to drain), when a cut reaches the
+    floor, or at once when a window of more than one call was faster than the baseline by more than
+    the target's margin (`fell`: the server got faster; ``probe_at`` 0 marks it)."""
+    if not new.min_rtt or old.weight < BASELINE_SAMPLES:  # the baseline not yet the least latency
+        return new
+    if fell:
+        return replace(new, probe=PROBE_DRAIN, probe_at=0.0)
+    if not new.probe_at:
+        return replace(new, probe_at=now + PROBE_RTTS * new.min_rtt)
+    if new.slots() == 1 and old.slots() > 1:
+        return replace(new, probe=PROBE_DRAIN)
+    if now >= new.probe_at and not new.probing:
+        return replace(new, probe=PROBE_DRAIN if new.slots() > 1 else PROBE_MEASURE)
+    return new
 
 
 def share(limit_slots: int, handlers: list[str], me: str, ceiling: int) -> int:

@@ -146,3 +146,36 @@ def test_the_handlers_latency_histogram_is_pooled_and_emptied_by_each_decision(r
     assert not [k for k in fields if k.startswith("b:")]
     # 6 answers at 0.1 s and 6 at 0.3 s: the first quartile is 0.1 s, the latency the state took in
     assert float(fields["rtt"]) == pytest.approx(0.1, rel=0.05)
+
+
+def test_a_probe_of_the_unloaded_latency_holds_every_handler_to_one_call_through_redis(redis_client):
+    """A probe due: the decision holds the shared limit at one call in total (the parts add up to
+    1) and /api/metrics says so; its steps go through the hash until the window measured at one
+    call raises the baseline and gives the limit back."""
+    prefix = f"test:concurrency:{uuid.uuid4().hex}"
+    clock = [1000.0]
+    a, b = (ConcurrencyGate(redis_client, prefix=prefix, ceiling=4, handler_id=h, clock=lambda: clock[0])
+            for h in ("a", "b"))
+    key = "{" + prefix + "}:m:m:inflight"
+    redis_client.hset(key, mapping={"limit": 6, "min_rtt": 0.1, "rtt": 0.1, "weight": 24, "decided_at": clock[0],
+                                    "probing": 0, "probe_at": clock[0] + 0.5})
+
+    def window(latency: float, calls: int = 4) -> tuple[int, int]:
+        for _ in range(calls):
+            with a.slot("m") as call:
+                call.answered(latency)
+        clock[0] += 1.0
+        for gate in (a, b):
+            gate._maybe_sync(gate._entry("m"))
+        return a._models["m"].share, b._models["m"].share
+
+    window(0.1, WARM_UP_CALLS)  # a connection's first answers are not measured
+    assert window(0.1) == (1, 0)  # the probe begins: one call in flight in total
+    fields = {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
+    assert fields["probe"] == "1" and float(fields["limit"]) == 6
+    assert a.describe("m")["how"] == "probing the unloaded latency" and a.describe("m")["limit"] == 1
+    assert window(0.4) == (1, 0)  # answers to calls sent before the drop: not measured
+    assert float(redis_client.hget(key, "min_rtt")) == pytest.approx(0.1)
+    assert window(0.2) == (3, 3)  # measured at one call: the baseline rises, the limit is back
+    assert float(redis_client.hget(key, "min_rtt")) == pytest.approx(0.2, rel=0.05)
+    assert redis_client.hget(key, "probe") == b"0" and a.describe("m")["how"] == "found from latency"

@@ -161,13 +161,89 @@ def test_the_limit_stays_within_floor_and_ceiling():
     assert decide(state, Window(5, 0.5, True), 1.0, params).limit == 10
 
 
-def test_the_limit_recovers_when_the_server_gets_fast_again():
+def test_the_limit_follows_a_server_slower_for_good_and_faster_again():
+    """4 × slower at every n: the cuts reach one slot, where the latency measured is the unloaded
+    one; it replaces the baseline and the limit climbs back to the knee (base / k: where it was).
+    Faster again: a loaded window under the baseline by more than the target's margin proves it
+    too high, and a probe at one call sets it back."""
     params = Params(ceiling=64)
     state, now, _ = run(State(), params, 60, capacity)
-    slow, now, limits = run(state, params, 20, lambda n: 4 * capacity(n), now)  # the server slows down 4×
-    assert slow.limit == pytest.approx(params.floor)
+    slow, now, limits = run(state, params, 40, lambda n: 4 * capacity(n), now)
+    assert min(limits) < 2  # one slot
+    assert slow.min_rtt == pytest.approx(4 * capacity(1))
+    assert 5 <= slow.limit <= 9  # back to the knee
     back, _, limits = run(slow, params, 40, capacity, now)
-    assert 5 <= back.limit <= 9  # back to the knee
+    assert back.min_rtt == pytest.approx(capacity(1))
+    assert 5 <= back.limit <= 9
+
+
+def probed(state: State, drained: float, unloaded: float, now: float = 100.0) -> list[State]:
+    """The states through a probe begun by `state`'s decision: the window after the drop (calls
+    sent before it, at `drained` s) and the one measured at one call (`unloaded` s)."""
+    states = [state]
+    for latency in (drained, unloaded):
+        now += 1.0
+        states.append(decide(states[-1], Window(8, 8 * latency, True), now, Params(ceiling=64)))
+    return states
+
+
+def test_the_unloaded_latency_is_probed_at_one_call_and_may_raise_the_baseline():
+    params = Params(ceiling=64)
+    state = settled(8, 0.1, probe_at=50.0, decided_at=40.0)
+    before = decide(state, Window(8, 8 * 0.16), 49.0, params)
+    assert not before.probe and before.probe_at == 50.0
+    began = decide(state, Window(8, 8 * 0.16), 51.0, params)
+    assert began.probe == inflight.PROBE_DRAIN and began.slots() == 1
+    drained, measured = probed(began, drained=0.9, unloaded=0.15, now=51.0)[1:]
+    # the window after the drop holds answers sent at 8 calls: not measured, nothing decided on it
+    assert drained.probe == inflight.PROBE_MEASURE and drained.slots() == 1
+    assert (drained.limit, drained.min_rtt, drained.rtt) == (began.limit, began.min_rtt, began.rtt)
+    # measured at one call: the baseline rises to it, the limit is the one before the probe
+    assert measured.probe == 0 and measured.min_rtt == pytest.approx(0.15) and measured.rtt == measured.min_rtt
+    assert measured.limit == 8 and measured.slots() == 8 and measured.grew  # the next window is not grown on
+    assert measured.probe_at == pytest.approx(53.0 + inflight.PROBE_RTTS * 0.15)
+
+
+def test_a_probe_lower_than_the_baseline_halves_the_gap_unless_a_loaded_window_proved_it():
+    """The least of a few answers from a noisy server is often lucky; a loaded window under the
+    baseline / tolerance proves the server got faster: a probe at once, taken whole."""
+    params = Params(ceiling=64)
+    state = settled(8, 0.2, probe=inflight.PROBE_MEASURE, probe_at=90.0)
+    assert decide(state, Window(8, 8 * 0.1), 100.0, params).min_rtt == pytest.approx(0.15)
+    fast = decide(settled(8, 0.2, probe_at=900.0), Window(8, 8 * 0.1, True), 100.0, params)
+    assert fast.probe == inflight.PROBE_DRAIN and fast.probe_at == 0
+    assert probed(fast, drained=0.1, unloaded=0.06)[-1].min_rtt == pytest.approx(0.06)
+
+
+def test_no_probe_before_the_baseline_is_established_or_in_slow_start():
+    params = Params(ceiling=64)
+    first = decide(State(), Window(12, 12 * 0.1, True), 1.0, params)
+    assert not first.probe_at  # the baseline follows the smoothed latency still
+    planned = decide(first, Window(8, 8 * 0.1, True), 2.0, params)
+    assert planned.probe_at == pytest.approx(2.0 + inflight.PROBE_RTTS * 0.1) and not planned.probe
+    quiet = settled(8, 0.1, probing=True, probe_at=10.0)
+    assert not decide(quiet, Window(8, 8 * 0.1, True), 20.0, params).probe  # slow start: a flat latency
+
+
+def test_at_one_slot_the_latency_is_unloaded_without_a_drop():
+    """A due probe at the floor measures the next window at once; a cut that reaches one slot
+    drains one window first (its answers were sent at more), then measures."""
+    params = Params(ceiling=64)
+    floor = settled(1, 0.1, probe_at=10.0)
+    due_now = decide(floor, Window(8, 8 * 0.12), 20.0, params)
+    assert due_now.probe == inflight.PROBE_MEASURE
+    assert probed(due_now, 0.4, 0.4)[1].min_rtt == pytest.approx(0.4)
+    cut = decide(settled(3, 0.1, probe_at=900.0), Window(8, 8 * 0.4, True), 20.0, params)
+    assert cut.slots() == 1 and cut.probe == inflight.PROBE_DRAIN
+    assert probed(cut, 0.8, 0.4)[-1].min_rtt == pytest.approx(0.4)
+
+
+def test_a_drop_during_a_probe_ends_it_with_the_usual_cut():
+    params = Params(ceiling=64)
+    state = settled(8, 0.1, probe=inflight.PROBE_MEASURE, probe_at=50.0)
+    after = decide(state, Window(4, 4 * 0.1, True, drops=1), 60.0, params)
+    assert not after.probe and after.limit == pytest.approx(8 * inflight.DROP_FACTOR)
+    assert after.min_rtt == pytest.approx(0.1)
 
 
 def test_a_window_needs_its_samples_and_its_time():

@@ -171,10 +171,10 @@ def test_a_compressed_body_is_capped_after_decoding_without_inflating_all_of_it(
 
 
 def test_the_decoder_caps_what_each_call_gives():
-    decoder = BodyDecoder("gzip")
+    decoder = BodyDecoder("gzip", 1_000_000)
     assert len(decoder.decode(gzip.compress(b"x" * 100_000), 10)) == 10
     with pytest.raises(Stop):
-        BodyDecoder("deflate").decode(b"\xff\xff not deflate at all", 100)
+        BodyDecoder("deflate", 1_000_000).decode(b"\xff\xff not deflate at all", 100)
 
 
 def test_an_answer_that_is_not_http_is_an_error():

@@ -331,7 +331,8 @@ def review_results(caller: Caller, job_id):
 
 @route("/api/jobs/{job_id}/regenerate", methods=["POST"])
 def regenerate_results(caller: Caller, job_id):
-    result = review.regenerate(deps.conn(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id, json_body())
+    result = review.regenerate(deps.conn(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id, json_body(),
+                               send_webhooks=deps.send_webhooks)
     return Response(result, status_code=202)
 
 
@@ -348,7 +349,8 @@ def preview_job(caller: Caller, job_id):
 
 @route("/api/jobs/{job_id}/retry", methods=["POST"])
 def retry_job(caller: Caller, job_id):
-    result = jobs.retry(deps.conn(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id)
+    result = jobs.retry(deps.conn(), deps.chunk_queue(), deps.settings(), caller.account_id, job_id,
+                        send_webhooks=deps.send_webhooks)
     return Response(result, status_code=202)
 
 

@@ -191,7 +191,14 @@ def results_ready(job: dict) -> None:
     from chalicelib.outbound import webhooks
 
     if job.get("callback_url"):
-        webhooks.release(conn(), outbound_fetcher(), webhook_box, job["id"], jobs.job_json(job))
+        webhooks.release(conn(), outbound_fetcher(), webhook_box, job, jobs.job_json(job))
+
+
+def send_webhooks(delivery_ids: list) -> None:
+    """Deliveries a request made due (a retry or a regeneration ended a completion's hold): attempted now."""
+    from chalicelib.outbound import webhooks
+
+    webhooks.send_now(conn(), outbound_fetcher(), webhook_box, delivery_ids)
 
 
 @lru_cache(maxsize=1)

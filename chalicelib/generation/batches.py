@@ -45,9 +45,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import openai
 
@@ -56,6 +57,7 @@ from chalicelib.generation import batch_recovery, checks, pricing, reuse
 from chalicelib.generation.answers import error_text
 from chalicelib.generation.batch_answers import EXPIRED_ERROR, BatchAnswers
 from chalicelib.generation.client import describe_error
+from chalicelib.generation.pages import page_source
 from chalicelib.logs import get_logger, log_context
 
 log = get_logger("batches")
@@ -76,12 +78,13 @@ class BatchUnavailable(Exception):
 
 class BatchRunner(BatchAnswers):
     """Submits, polls and cancels a job's batches. `client` is the provider's ``openai.OpenAI``;
-    `generator` builds the requests (``request_body``); `page_summary(url)` gives (summary,
-    context_status); `completed(job)` exports a completed job's CSV; `notify(job)` sends the
-    webhook of a job this runner stopped (budget)."""
+    `generator` builds the requests (``request_body``); `page_summary` gives a page's (summary,
+    context_status): ``outbound.summaries.PageSummaries`` (its ``submit``), or a callable;
+    `completed(job)` exports a completed job's CSV; `notify(job)` sends the webhook of a job this
+    runner stopped (budget)."""
 
     def __init__(self, *, get_conn: Callable, client: openai.OpenAI, generator, settings,
-                 page_summary: Callable[[str, str], tuple[str | None, str]] | None = None,
+                 page_summary: Any = None,
                  completed: Callable[[dict], None] = lambda job: None,
                  notify: Callable[[dict], None] = lambda job: None, duplicates=None, queue=None) -> None:
         self.duplicates = duplicates  # the job-wide index of accepted openers (None: not checked)
@@ -155,12 +158,12 @@ class BatchRunner(BatchAnswers):
         """The batch file (one request per row, the same a live call sends), each sent row's
         context_status, and the results of the rows that reuse an earlier opener instead
         (`earlier`: ``reuse.lookup`` of the rows; one written from the same page is reused).
-        Pages are fetched PAGE_FETCH_CONCURRENCY at a time."""
+        Every page is asked for at once (``pages.page_source``: on the process's event loop,
+        PAGE_FETCH_CONCURRENCY in flight, no thread each), each line built as its page is in."""
         options = checks.Options.of(job)
         earlier = earlier or {}
 
-        def line(row: dict) -> tuple[str | None, str, dict | None]:
-            page, context = self._page(job, row)
+        def line(row: dict, page: str | None, context: str) -> tuple[str | None, str, dict | None]:
             found = earlier.get(row["id"])
             match = found.match(page) if found is not None else None
             if match is not None:
@@ -172,8 +175,14 @@ class BatchRunner(BatchAnswers):
             request = {"custom_id": str(row["id"]), "method": "POST", "url": ENDPOINT, "body": body}
             return json.dumps(request, ensure_ascii=False, separators=(",", ":")), context, None
 
-        with ThreadPoolExecutor(max(1, self.settings.page_fetch_concurrency), thread_name_prefix="batch") as pool:
-            built = list(pool.map(line, rows))
+        pages = page_source(self.page_summary, self.settings.page_fetch_concurrency) if job["page_context"] else None
+        try:  # no hurry in a batch: a page waits for its turn as long as it takes
+            fetched = [pages.submit(row["url"], job["account_id"], math.inf) if pages else None for row in rows]
+            built = [line(row, *(page.result() if page else (None, "off")))
+                     for row, page in zip(rows, fetched, strict=True)]
+        finally:
+            if pages is not None:
+                pages.shutdown()
         data = ("\n".join(text for text, _, _ in built if text is not None) + "\n").encode("utf-8")
         if len(data) > MAX_BYTES:
             raise BatchUnavailable(f"The batch file would be {len(data)} bytes, over the Batch API's {MAX_BYTES}")
@@ -182,8 +191,8 @@ class BatchRunner(BatchAnswers):
         return data, context, [result for _, _, result in built if result is not None]
 
     def _page(self, job: dict, row: dict) -> tuple[str | None, str]:
-        """(summary, context_status) of the row's page, when the job uses it (from the shared
-        cache when the page was read before)."""
+        """(summary, context_status) of one row's page, when the job uses it (an answer checked
+        against its source: from the shared cache, where the batch file's fetch left it)."""
         if not job["page_context"] or self.page_summary is None:
             return None, "off"
         return self.page_summary(row["url"], job["account_id"])

@@ -273,7 +273,11 @@ class OpenerGenerator:
                 raise
         # a success states the limits, or says by their absence that the server sends none (an
         # error page may lack them for other reasons: only successes and 429s are read)
-        body = _json_body(response.http_response.content)
+        try:
+            body = _json_body(response.http_response.content)
+        except UnusableAnswer:  # still a success: what its headers state counts
+            self.limiter.observe(model, response.http_response.headers, tokens=estimate)
+            raise
         usage = body.get("usage") or {}
         # what the provider charged against its token budget up front: the prompt and max_tokens
         prompt = usage.get("prompt_tokens")

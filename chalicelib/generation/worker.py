@@ -42,7 +42,7 @@ from chalicelib.adapters import db
 from chalicelib.generation import checks, pricing, reuse
 from chalicelib.generation.answers import GenerationFailed, spent_tokens
 from chalicelib.generation.dispatch import dispatch_next
-from chalicelib.generation.pages import ThreadedPages, page_source
+from chalicelib.generation.pages import page_source
 from chalicelib.generation.ratelimit import LimiterStopped
 from chalicelib.logs import get_logger, log_context, public_error
 
@@ -208,7 +208,7 @@ class ChunkWorker:
                     last_renew = now
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-            if isinstance(pages, ThreadedPages):
+            if pages is not None:
                 pages.shutdown()
             self._flush(run, outcome)
             run.to_release.extend(row["id"] for row in in_flight.values())
@@ -255,7 +255,7 @@ class ChunkWorker:
             try:  # never raises otherwise: a page that fails is a status
                 page, context = page_fetch.result(timeout=max(0.0, page_until - time.monotonic()))
             except FutureTimeout:
-                page_fetch.cancel()  # ends a fetch still waiting for its turn (or a thread)
+                page_fetch.cancel()  # ends the fetch, waiting for its turn or under way (then not cached)
                 page, context = None, "timeout"
         reused = earlier.match(page) if earlier is not None else None
         if reused is not None:

@@ -17,6 +17,7 @@ from chalicelib.jobs.export import export_job
 from chalicelib.jobs.start import take_account_capacity
 from chalicelib.jobs.views import job_json, require_job
 from chalicelib.logs import get_logger
+from chalicelib.outbound import webhooks
 from chalicelib.settings import Settings
 
 log = get_logger("jobs")
@@ -46,10 +47,13 @@ def cancel(conn, account_id: str, job_id: str, notify: Callable[[dict], None] | 
     return {"job": job_json(canceled)}
 
 
-def retry(conn, queue: ChunkQueue, settings: Settings, account_id: str, job_id: str) -> dict:
+def retry(conn, queue: ChunkQueue, settings: Settings, account_id: str, job_id: str,
+          send_webhooks: Callable[[list], None] | None = None) -> dict:
     """Failed URLs (and a canceled or failed job's unfinished ones) back to pending, job ->
     processing, then their chunks are enqueued again (after the commit, as in `start`). The
-    retried URLs count against the account's daily quota like a start's."""
+    retried URLs count against the account's daily quota like a start's. A completion's webhook
+    still held for its results CSV goes now, as it was (`webhooks.end_holds`, in the same
+    transaction; `send_webhooks(ids)` attempts it after the commit, else the sweep does)."""
     job = require_job(conn, account_id, job_id)
     seen = job["status"]
     if seen not in ("completed", "failed", "canceled"):
@@ -57,7 +61,7 @@ def retry(conn, queue: ChunkQueue, settings: Settings, account_id: str, job_id: 
     try:
         with conn.transaction():
             # One lock order everywhere: a job's URL rows, then the job row (as save_results and
-            # fail_chunk take them), then the account row.
+            # fail_chunk take them), then the account row, then the job's webhook deliveries.
             conn.execute("SET LOCAL lock_timeout = '5s'")
             retried, failed, chunks = db.reset_for_retry(conn, job["id"], seen != "completed")
             job = db.get_job(conn, job["id"], lock=True, nowait=False)
@@ -68,12 +72,22 @@ def retry(conn, queue: ChunkQueue, settings: Settings, account_id: str, job_id: 
             check_retry_budget(settings.prices, job, retried)
             take_account_capacity(conn, settings, account_id, retried)
             chunks, waiting = window(chunks, settings, job["mode"])
-            job = db.restart_job(conn, job["id"], failed, waiting)
+            job = db.restart_job(conn, job["id"], failed, waiting, expected=seen)
+            if job is None:  # not reached: the row is locked and was `seen`
+                raise Conflict("Job changed meanwhile; look at it again", code="busy")
+            held = webhooks.end_holds(conn, job["id"])
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being changed by another request", code="busy") from None
     send_or_fail(conn, queue, job, chunks, "retry", then="call retry again")
+    send_held(send_webhooks, held)  # after the chunks: a slow receiver does not hold the work back
     log.info("job retried", extra={"job_id": str(job["id"]), "retried": retried, "chunks": len(chunks)})
     return {"job": job_json(job), "retried": retried, "chunks": len(chunks)}
+
+
+def send_held(send_webhooks: Callable[[list], None] | None, held: list) -> None:
+    """The webhooks a retry or a regeneration made due (`webhooks.end_holds`), attempted after its commit."""
+    if held and send_webhooks is not None:
+        send_webhooks(held)
 
 
 def send_or_fail(conn, queue: ChunkQueue, job: dict, chunks: list[int], what: str, then: str) -> None:

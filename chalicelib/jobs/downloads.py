@@ -149,7 +149,8 @@ def build_export(get_conn, storage: Storage, job_id: str, view: str, *,
     """The export message's work (the ingest function): the job's view rendered to S3 as the job
     is now, recorded as its last build. A completed job's full view is its results CSV
     (`result_path`, set only if the job did not change meanwhile); once it is set,
-    `results_ready(job)` (its held webhook goes: deps.results_ready). -> the key written (None: no
+    `results_ready(job)` for that completion (its held webhook goes: deps.results_ready; a job
+    retried or regenerated since is another completion's, or none). -> the key written (None: no
     such job, or nothing to export). A failure is recorded, makes a held webhook due, and is
     raised (SQS delivers again)."""
     conn = get_conn()
@@ -190,7 +191,9 @@ def build_export(get_conn, storage: Storage, job_id: str, view: str, *,
                      seconds=seconds)
     log.info("export built", extra={"job_id": job_id, "view": view, "key": key, "seconds": round(seconds, 2)})
     if written and results_ready is not None:
-        results_ready(db.get_job(conn, job_id))
+        current = db.get_job(conn, job_id)
+        if current["finished_at"] == job["finished_at"]:  # else retried since: its webhook went then (end_holds)
+            results_ready(current)
     return key
 
 

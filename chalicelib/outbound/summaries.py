@@ -309,7 +309,9 @@ class PageSummaries:
         """The page's (summary or None, context_status), to come; never an exception. Cancelling it
         ends the fetch. ``start_by`` (monotonic): a fetch not started by then ends as ``timeout``."""
         out: Future = Future()
-        run = contextvars.copy_context().run  # the caller's log context on the summary threads
+        # the caller's log context on the summary threads: a copy per task (one context cannot be
+        # entered by two threads at once, and `finish` may start while `start` is still in it)
+        context = contextvars.copy_context()
 
         def settle(page: PageSummary) -> None:
             with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
@@ -332,8 +334,13 @@ class PageSummaries:
                 return
             fetched = self.fetcher.submit_page(url, start_by=start_by)
             out.add_done_callback(lambda f: f.cancelled() and fetched.cancel())
-            # called on the loop's thread: only hands the rest to the summary threads
-            fetched.add_done_callback(lambda f: self.pool.submit(run, guarded, finish, f))
+            fetched.add_done_callback(hand_on)
+
+        def hand_on(fetched: Future) -> None:  # on the loop's thread: the rest goes to the summary threads
+            try:
+                self.pool.submit(context.copy().run, guarded, finish, fetched)
+            except RuntimeError:  # the pool is shut down (the process is ending): the row must not wait
+                settle(PageSummary(None, ERROR, "internal error"))
 
         def guarded(step: Any, *args: Any) -> None:
             try:
@@ -342,5 +349,5 @@ class PageSummaries:
                 log.exception("page summary of %r failed unexpectedly", url)
                 settle(PageSummary(None, ERROR, "internal error"))
 
-        self.pool.submit(run, guarded, start)
+        self.pool.submit(context.copy().run, guarded, start)
         return out

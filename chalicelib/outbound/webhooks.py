@@ -8,8 +8,9 @@ Deliveries are rows in `webhook_deliveries`, the queue: the first attempt happen
 changes status; a non-2xx answer or a timeout is retried with exponential backoff by the scheduled
 sweep, for up to a day. A big job's `job.completed` is queued at completion but held
 (`awaits_results`) until its results CSV, built in the background, exists: the build releases it
-(`release`), a failed build makes it due (`stop_holding`), and the sweep sends it when its hold
-ends whatever the build did. Every attempt first takes the delivery by one conditional update
+(`release`, only its own completion's), a failed build makes it due (`stop_holding`), a retry or
+a regeneration of the job sends it at once as it was (`end_holds`), and the sweep sends it when its
+hold ends whatever the build did. Every attempt first takes the delivery by one conditional update
 (`claim`: the first attempt's, after a release, and the sweep's alike), so an event goes out once,
 then again only after an attempt that failed, until delivered. Every attempt goes through the
 SSRF-safe fetcher (public addresses only; https in the prod stage) and is signed afresh (a new
@@ -257,14 +258,28 @@ def notify(conn, fetcher, box: Callable[[], SecretBox] | None, job: dict, job_bo
     fault (logged, loudly) leaves it due for the sweep."""
     try:
         if hold_s is not None and job["status"] == "completed":
-            if enqueue(conn, job, job_body, due_in_s=hold_s, awaits_results=True) is not None:
-                log.info("webhook held for the results CSV", extra={"job_id": str(job["id"]), "hold_s": hold_s})
-            return
-        delivery = enqueue(conn, job, job_body)
+            with conn.transaction():  # the job row first, then its deliveries (as `end_holds`)
+                held = _still(conn, job)
+                delivery = enqueue(conn, job, job_body, due_in_s=hold_s if held else 0, awaits_results=held)
+            if held:
+                if delivery is not None:
+                    log.info("webhook held for the results CSV", extra={"job_id": str(job["id"]), "hold_s": hold_s})
+                return
+            # retried or regenerated since the completion: no build of it will release it, it goes now
+        else:
+            delivery = enqueue(conn, job, job_body)
         if delivery is not None and fetcher is not None and box is not None:
             _attempt_now(conn, fetcher, box, [delivery["id"]])
     except Exception:
         log.exception("could not queue or attempt a webhook", extra={"job_id": str(job.get("id"))})
+
+
+def _still(conn, job: dict) -> bool:
+    """Whether the job is still completed by the completion `job` was read at (a retry or a
+    regeneration since moved it on), its row share-locked for the caller's transaction: a retry
+    waits for it, and it for a retry (then it reads the job as the retry left it)."""
+    return conn.execute("SELECT 1 FROM jobs WHERE id = %s AND status = 'completed' AND finished_at = %s FOR SHARE",
+                        (job["id"], job["finished_at"])).fetchone() is not None
 
 
 def _attempt_now(conn, fetcher, box: Callable[[], SecretBox], delivery_ids: list) -> None:
@@ -278,25 +293,51 @@ def _attempt_now(conn, fetcher, box: Callable[[], SecretBox], delivery_ids: list
             attempt(conn, fetcher, opened, delivery)
 
 
-def release(conn, fetcher, box: Callable[[], SecretBox], job_id, job_body: dict) -> int:
-    """The completed job's results CSV exists: its held `job.completed` is due now, its body as
-    the job is now (with its `result_path`), and attempted once here (retries are the sweep's).
+def send_now(conn, fetcher, box: Callable[[], SecretBox], delivery_ids: list) -> None:
+    """`_attempt_now` for deliveries made due by a request (`end_holds`). Never raises: what is
+    not sent is due for the sweep."""
+    try:
+        _attempt_now(conn, fetcher, box, delivery_ids)
+    except Exception:
+        log.exception("could not attempt a webhook", extra={"deliveries": [str(i) for i in delivery_ids]})
+
+
+def release(conn, fetcher, box: Callable[[], SecretBox], job: dict, job_body: dict) -> int:
+    """The completed job's results CSV exists: the `job.completed` held for this completion (queued
+    after its `finished_at`; an earlier completion's is not this CSV's) is due now, its body as the
+    job is now (with its `result_path`), and attempted once here (retries are the sweep's). Nothing
+    is released for a job retried or regenerated since (`_still`): that ended the hold already.
     The hold ends in one conditional update, and the attempt takes the sweep's claim: a release
     and a sweep at once send it once. Never raises (what was released is due for the sweep).
     -> the deliveries released."""
     try:
-        released = conn.execute(
-            """UPDATE webhook_deliveries SET awaits_results = false, body = %s, next_attempt_at = now()
-               WHERE job_id = %s AND event = 'job.completed' AND awaits_results
-                 AND delivered_at IS NULL AND gave_up_at IS NULL RETURNING id""",
-            (event_body(EVENTS["completed"], job_body), job_id)).fetchall()
+        with conn.transaction():  # the job row first, then its deliveries (as `end_holds`)
+            if not _still(conn, job):
+                return 0
+            released = conn.execute(
+                """UPDATE webhook_deliveries SET awaits_results = false, body = %s, next_attempt_at = now()
+                   WHERE job_id = %s AND event = 'job.completed' AND awaits_results AND created_at >= %s
+                     AND delivered_at IS NULL AND gave_up_at IS NULL RETURNING id""",
+                (event_body(EVENTS["completed"], job_body), job["id"], job["finished_at"])).fetchall()
         if released:
-            log.info("held webhook released: the results CSV exists", extra={"job_id": str(job_id)})
+            log.info("held webhook released: the results CSV exists", extra={"job_id": str(job["id"])})
             _attempt_now(conn, fetcher, box, [row["id"] for row in released])
         return len(released)
     except Exception:
-        log.exception("could not release a held webhook", extra={"job_id": str(job_id)})
+        log.exception("could not release a held webhook", extra={"job_id": str(job.get("id"))})
         return 0
+
+
+def end_holds(conn, job_id) -> list:
+    """The completed job is retried or regenerated: its held `job.completed` is due now, as it was
+    (the completion it tells of happened; its results CSV will not be built: the job changes).
+    Call in the transaction that changes the job's status, after its row is locked (lock order:
+    the job row, then its deliveries), so a release or a held enqueue runs wholly before or after
+    it. No release touches them after (`awaits_results` cleared). -> the deliveries made due."""
+    return [row["id"] for row in conn.execute(
+        """UPDATE webhook_deliveries SET awaits_results = false, next_attempt_at = least(next_attempt_at, now())
+           WHERE job_id = %s AND awaits_results AND delivered_at IS NULL AND gave_up_at IS NULL RETURNING id""",
+        (job_id,)).fetchall()]
 
 
 def stop_holding(conn, job_id) -> int:

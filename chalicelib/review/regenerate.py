@@ -8,6 +8,8 @@ checks and fair share are then those of any row; the job completes again exactly
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psycopg
 
 from chalicelib.adapters import db
@@ -16,11 +18,12 @@ from chalicelib.adapters.queue import ChunkQueue
 from chalicelib.errors import BadRequest, Conflict
 from chalicelib.generation import prompt
 from chalicelib.generation.dispatch import window
-from chalicelib.jobs.control import send_or_fail
+from chalicelib.jobs.control import send_held, send_or_fail
 from chalicelib.jobs.options import MAX_INSTRUCTIONS, account_limits, clean_text, template_columns
 from chalicelib.jobs.start import capacity_refusal
 from chalicelib.jobs.views import job_json, require_job
 from chalicelib.logs import get_logger
+from chalicelib.outbound import webhooks
 from chalicelib.review.edits import require_rows, selection
 from chalicelib.settings import Settings
 
@@ -30,9 +33,11 @@ MAX_FEEDBACK = 500
 FIELDS = {"result_ids", "filter", "feedback", "instructions"}
 
 
-def regenerate(conn, queue: ChunkQueue, settings: Settings, account_id: str, job_id: str, body: dict) -> dict:
+def regenerate(conn, queue: ChunkQueue, settings: Settings, account_id: str, job_id: str, body: dict,
+               send_webhooks: Callable[[list], None] | None = None) -> dict:
     """POST regenerate -> 202 {"job", "regenerating": rows}. 409 while the job is not finished or
-    has unfinished rows (a canceled job: retry it first), and when no row matches."""
+    has unfinished rows (a canceled job: retry it first), and when no row matches. A webhook still
+    held for the results CSV of the completion regenerated goes now, as a retry's (`send_held`)."""
     unknown = sorted(set(body) - FIELDS)
     if unknown:
         raise BadRequest(f"Unknown field(s): {', '.join(unknown)}; regenerate takes result_ids or filter, "
@@ -49,7 +54,8 @@ def regenerate(conn, queue: ChunkQueue, settings: Settings, account_id: str, job
         raise Conflict("Job has unfinished rows; retry it first, then regenerate", code="not_regenerable")
     try:
         with conn.transaction():
-            # One lock order everywhere: the job's URL rows, then the job row, then the account row.
+            # One lock order everywhere: the job's URL rows, then the job row, then the account row,
+            # then the job's webhook deliveries.
             conn.execute("SET LOCAL lock_timeout = '5s'")
             require_rows(conn, job, ids)
             reset = store.reset_for_regenerate(conn, job["id"], ids=ids, filters=filters, feedback=feedback)
@@ -64,9 +70,11 @@ def regenerate(conn, queue: ChunkQueue, settings: Settings, account_id: str, job
             job = store.set_undispatched(conn, job["id"], waiting)
             if instructions is not None:
                 job = db.update_job(conn, job["id"], instructions=instructions)
+            held = webhooks.end_holds(conn, job["id"])
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being changed by another request", code="busy") from None
     send_or_fail(conn, queue, job, first, "regeneration", then="call retry")
+    send_held(send_webhooks, held)  # after the chunks: a slow receiver does not hold the work back
     log.info("job regenerating", extra={"job_id": str(job["id"]), "rows": reset["n"], "chunks": len(first)})
     return {"job": job_json(job), "regenerating": reset["n"]}
 

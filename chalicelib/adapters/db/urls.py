@@ -97,13 +97,15 @@ def reset_for_retry(conn, job_id: str, include_unfinished: bool) -> tuple[int, i
     return row["n"], row["failed"], list(row["chunks"])
 
 
-def restart_job(conn, job_id: str, failed_reset: int, undispatched: list[int]) -> dict:
+def restart_job(conn, job_id: str, failed_reset: int, undispatched: list[int], *, expected: str) -> dict | None:
+    """The job (`expected`: completed, failed or canceled) back to processing; None if it is not."""
     return conn.execute(
         f"""UPDATE jobs j SET status = 'processing', failed_rows = failed_rows - %(f)s, finished_at = NULL,
                    result_path = NULL, error = NULL, undispatched = %(waiting)s,
                    progress = {PROGRESS.format(done="processed_rows + failed_rows - %(f)s")}
-            WHERE j.id = %(job)s AND j.status IN ('completed', 'failed', 'canceled') RETURNING {JOB_COLUMNS}""",
-        {"f": failed_reset, "job": job_id, "waiting": undispatched},
+            WHERE j.id = %(job)s AND j.status = %(expected)s AND j.status IN ('completed', 'failed', 'canceled')
+            RETURNING {JOB_COLUMNS}""",
+        {"f": failed_reset, "job": job_id, "waiting": undispatched, "expected": expected},
     ).fetchone()
 
 

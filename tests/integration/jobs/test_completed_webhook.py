@@ -264,3 +264,136 @@ def test_a_big_jobs_cancel_is_sent_at_once(client, conn, secret, receiver):
     [(headers, data)] = receiver.requests
     assert headers["x-csv-opener-event"] == "job.canceled" and event_of(data)["job"]["status"] == "canceled"
     assert delivery(conn, job["id"])["awaits_results"] is False
+
+
+# ---------------------------------------------------------------- a retry or a regeneration before the build
+
+def dead_lettered_job(client, callback_url: str) -> str:
+    """A big job completed with both its rows failed (its chunk dead-lettered): held webhook, retryable."""
+    job = body(upload_csv(client, LEADS))["job"]
+    post_json(client, "/api/upload/process", {"job_id": job["id"], "callback_url": callback_url, "page_context": False})
+    purge_queue(deps.settings().chunk_queue_url)
+    jobs.give_up_chunk(deps.conn, deps.storage(), deps.chunk_queue(), job["id"], 0, 5, RuntimeError("poisoned"),
+                       completed=deps.job_completed)
+    return job["id"]
+
+
+def run_chunks_again(job_id: str) -> None:
+    """The chunk worker runs the chunk a retry or a regeneration enqueued: the job completes again."""
+    purge_queue(deps.settings().chunk_queue_url)
+    deps.chunk_worker().process_chunk(job_id, 0, lambda: float("inf"))
+    assert db.get_job(deps.conn(), job_id)["status"] == "completed"
+
+
+def deliveries(conn, job_id: str) -> list[dict]:
+    return conn.execute("SELECT * FROM webhook_deliveries WHERE job_id = %s ORDER BY created_at", (job_id,)).fetchall()
+
+
+def sent_once_each(conn, settings, receiver, job_id: str) -> None:
+    """Everything due, the sweep sends nothing more."""
+    conn.execute("UPDATE webhook_deliveries SET next_attempt_at = now() WHERE job_id = %s", (job_id,))
+    assert sweep(conn, settings)["webhooks_delivered"] == 0
+    assert [(r["attempts"], r["last_status"]) for r in deliveries(conn, job_id)] == [(1, 200), (1, 200)]
+    assert len(receiver.requests) == 2
+
+
+@pytest.mark.parametrize("when", ["before the result path", "after the result path", "completed again"])
+def test_a_retry_during_the_build_sends_each_completions_event_once_with_its_own_body(
+        client, conn, settings, secret, receiver, monkeypatch, when):
+    job_id = dead_lettered_job(client, receiver.url)
+    first_message = export_message(job_id)
+    set_result_path = db.set_result_path_if_unchanged
+
+    def retry_around_the_result_path(*args):  # the user retries while the first completion's CSV is built
+        if when == "before the result path":
+            assert client.http.post(f"/api/jobs/{job_id}/retry").status_code == 202
+        written = set_result_path(*args)
+        if when != "before the result path":
+            assert client.http.post(f"/api/jobs/{job_id}/retry").status_code == 202
+            if when == "completed again":  # and the retried rows are done before the build ends
+                run_chunks_again(job_id)
+        return written
+
+    monkeypatch.setattr(db, "set_result_path_if_unchanged", retry_around_the_result_path)
+    run_ingest_function(first_message)
+    monkeypatch.undo()
+    # the first completion's event went at once, as it was: not 16 minutes later, not as the job is now
+    [(headers, data)] = receiver.requests
+    assert webhooks.verify(secret, headers["x-csv-opener-signature"], data)
+    first = event_of(data)
+    assert (first["type"], first["job"]["status"], first["job"]["failed_rows"]) == ("job.completed", "completed", 2)
+    assert (deliveries(conn, job_id)[0]["attempts"], deliveries(conn, job_id)[0]["last_status"]) == (1, 200)
+
+    if when == "completed again":  # its build was asked for while the first one ran: the sweep asks again
+        assert drain_queue(settings.ingest_queue_url) == []
+        jobs.results_on_completion(deps.conn, deps.storage(), deps.chunk_queue(), deps.settings(),
+                                  db.get_job(conn, job_id))
+    else:
+        assert db.get_job(conn, job_id)["status"] == "processing"
+        run_chunks_again(job_id)
+    assert len(receiver.requests) == 1  # the second completion's waits for its own results CSV
+    run_ingest_function(export_message(job_id))
+    second = event_of(receiver.requests[1][1])
+    assert (second["type"], second["job"]["failed_rows"], second["job"]["processed_rows"]) == ("job.completed", 0, 2)
+    assert second["job"]["result_path"] and second["job"]["finished_at"] != first["job"]["finished_at"]
+    assert receiver.seen[1]["download"] == "redirect"
+    sent_once_each(conn, settings, receiver, job_id)
+
+
+def test_a_regeneration_before_the_build_sends_the_first_completions_event_at_once(
+        client, conn, settings, secret, receiver):
+    job_id = complete_job(client, receiver.url)
+    first_message = export_message(job_id)  # its build has not run yet
+    started = post_json(client, f"/api/jobs/{job_id}/regenerate", {"filter": {}, "feedback": "Shorter."})
+    assert started.status_code == 202, started.body
+    [(_, data)] = receiver.requests
+    first = event_of(data)
+    assert (first["job"]["status"], first["job"]["regenerated"], first["job"]["result_path"]) == ("completed", 0, None)
+    run_ingest_function(first_message)  # the first build, of the job processing again: releases nothing
+    assert len(receiver.requests) == 1
+
+    run_chunks_again(job_id)
+    assert len(receiver.requests) == 1  # the regeneration's completion waits for its own CSV
+    run_ingest_function(export_message(job_id))
+    second = event_of(receiver.requests[1][1])
+    assert (second["type"], second["job"]["regenerated"]) == ("job.completed", 2) and second["job"]["result_path"]
+    sent_once_each(conn, settings, receiver, job_id)
+
+
+def test_a_release_sends_only_its_own_completions_held_event(client, conn, settings, secret, receiver):
+    job_id = complete_job(client, receiver.url)
+    drain_queue(settings.ingest_queue_url)
+    job = db.get_job(conn, job_id)
+    # a held event of an earlier completion (one a retry found no longer held would have sent)
+    conn.execute("""INSERT INTO webhook_deliveries (job_id, event, url, body, next_attempt_at, awaits_results,
+                                                    created_at)
+                    VALUES (%s, 'job.completed', %s, 'earlier', now() + interval '16 minutes', true,
+                            %s - interval '1 minute')""", (job_id, receiver.url, job["finished_at"]))
+    assert webhooks.release(conn, deps.outbound_fetcher(), deps.webhook_box, job, jobs.job_json(job)) == 1
+    [(_, data)] = receiver.requests
+    assert event_of(data)["job"]["finished_at"] == jobs.job_json(job)["finished_at"]
+    earlier, own = deliveries(conn, job_id)
+    assert (earlier["body"], earlier["awaits_results"], earlier["attempts"]) == ("earlier", True, 0)
+    assert (own["awaits_results"], own["attempts"], own["last_status"]) == (False, 1, 200)
+
+
+def test_a_release_for_a_job_no_longer_at_that_completion_sends_nothing(client, conn, settings, secret, receiver):
+    job_id = complete_job(client, receiver.url)
+    drain_queue(settings.ingest_queue_url)
+    completed = db.get_job(conn, job_id)
+    conn.execute("UPDATE jobs SET status = 'processing', finished_at = NULL WHERE id = %s", (job_id,))
+    for job in (completed, db.get_job(conn, job_id)):  # read before the change, or after it
+        assert webhooks.release(conn, deps.outbound_fetcher(), deps.webhook_box, job, jobs.job_json(job)) == 0
+    assert receiver.requests == [] and delivery(conn, job_id)["awaits_results"] is True
+
+
+def test_a_completion_queued_after_a_retry_is_not_held(client, conn, settings, secret, receiver):
+    job_id = dead_lettered_job(client, receiver.url)
+    drain_queue(settings.ingest_queue_url)
+    completed = db.get_job(conn, job_id)
+    conn.execute("DELETE FROM webhook_deliveries WHERE job_id = %s", (job_id,))
+    assert client.http.post(f"/api/jobs/{job_id}/retry").status_code == 202
+    deps.notify_job(completed, hold_s=RESULTS_HOLD_S)  # the retry came between the completion and its notify
+    [(_, data)] = receiver.requests  # at once: no build of that completion will release it
+    assert (event_of(data)["job"]["status"], event_of(data)["job"]["failed_rows"]) == ("completed", 2)
+    assert delivery(conn, job_id)["awaits_results"] is False

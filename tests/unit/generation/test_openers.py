@@ -299,6 +299,14 @@ def test_html_error_page_and_long_messages_are_readable_and_trimmed() -> None:
     assert len(info.value.message) <= 500 and str(info.value) == info.value.message
 
 
+def test_an_answer_that_is_not_json_still_tells_the_limiter_its_limits() -> None:
+    broken = httpx2.Response(200, content=b"<html>busy</html>", headers={"x-ratelimit-limit-requests": "500"})
+    h = Harness(broken, completion(GOOD))
+    assert h.generate(model="gpt-4o").attempts == 2
+    assert [sent.get("x-ratelimit-limit-requests") for _, sent in h.limiter.observed] == ["500", None]
+    assert h.limiter.observed_tokens[0] == h.limiter.acquired[0]  # nothing charged is known: the estimate
+
+
 def test_unusable_answers_count_as_failed_attempts() -> None:
     h = Harness(completion(""), completion("Hi [Name], I love what you do at Acme."), completion(GOOD))
     opener = h.generate()

@@ -11,10 +11,11 @@ import socket
 import threading
 import time
 import zlib
+from concurrent.futures import Future
 
 import pytest
 
-from chalicelib.outbound import ERROR, FETCHED, NOT_HTML, TIMEOUT, Fetcher
+from chalicelib.outbound import ERROR, FETCHED, NOT_HTML, TIMEOUT, Fetcher, FetchResult
 from chalicelib.outbound.answers import BodyDecoder
 from chalicelib.outbound.rules import Stop
 from chalicelib.outbound.summaries import PageSummaries
@@ -236,3 +237,54 @@ def test_cancelling_a_summary_cancels_its_fetch():
         assert _wait_for(lambda: server.open == 1 and server.accepted == 2)
         assert future.cancel()
         assert _wait_for(lambda: server.open == 0 and fetcher.pages.running == 0)
+
+
+class _DoneAtOnce(Future):
+    """A fetch already over when its caller adds its callback (a host remembered as failed, a
+    refused address): the callback runs on the caller's thread at once, and here the caller then
+    lingers (up to 3 s) as a busy summary thread would."""
+
+    def __init__(self, url: str, settled: threading.Event) -> None:
+        super().__init__()
+        self.settled = settled
+        self.set_result(FetchResult(TIMEOUT, "host timed out a moment ago", url, skipped=True))
+
+    def add_done_callback(self, fn):
+        super().add_done_callback(fn)
+        self.settled.wait(3)
+
+
+def test_a_fetch_over_before_its_summary_task_returns_still_settles_the_row():
+    """The summary of a fetch that ends at once is finished on another summary thread while the
+    first is still in the caller's log context: each task has its own copy (one context cannot be
+    entered by two threads; the second raised before anything settled the row, which then waited
+    for good, and a chunk handler waiting on it never finished)."""
+    settled = threading.Event()
+
+    class Stub:
+        def submit_page(self, url, start_by=None):
+            return _DoneAtOnce(url, settled)
+
+    summaries = PageSummaries(Stub(), None, threads=2)
+    future = summaries.submit("http://slow.example/", "acct")
+    future.add_done_callback(lambda f: settled.set())
+    assert future.result(10) == (None, TIMEOUT)
+    assert settled.is_set()
+
+
+def test_a_summary_handed_on_after_the_pool_has_shut_down_is_an_error_not_a_wait():
+    release = threading.Event()
+
+    class Later:
+        def submit_page(self, url, start_by=None):
+            fetched: Future = Future()
+            threading.Thread(target=lambda: release.wait(5) and fetched.set_result(
+                FetchResult(TIMEOUT, "late", url)), daemon=True).start()
+            return fetched
+
+    summaries = PageSummaries(Later(), None, threads=1)
+    future = summaries.submit("http://slow.example/", "acct")
+    assert _wait_for(lambda: summaries.pool._work_queue.empty())
+    summaries.pool.shutdown(wait=True)
+    release.set()
+    assert future.result(10) == (None, ERROR)

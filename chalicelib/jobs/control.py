@@ -78,8 +78,8 @@ def retry(conn, queue: ChunkQueue, settings: Settings, account_id: str, job_id: 
             held = webhooks.end_holds(conn, job["id"])
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being changed by another request", code="busy") from None
-    send_held(send_webhooks, held)
     send_or_fail(conn, queue, job, chunks, "retry", then="call retry again")
+    send_held(send_webhooks, held)  # after the chunks: a slow receiver does not hold the work back
     log.info("job retried", extra={"job_id": str(job["id"]), "retried": retried, "chunks": len(chunks)})
     return {"job": job_json(job), "retried": retried, "chunks": len(chunks)}
 

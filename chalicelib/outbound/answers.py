@@ -1,12 +1,14 @@
 """How an answer is read, whatever carried it (:mod:`.fetcher` for webhooks, :mod:`.pagefetch`
 for pages): its fields in a :class:`~chalicelib.outbound.rules.FetchResult`, what counts as a
 page (2xx, HTML only, binary refused whatever its label, HTML sniffed when untyped), the
-decoding of a ``Content-Encoding`` the server sent although we asked for ``identity``, and
-robots.txt (RFC 9309 on its answer, a cache per origin). Pure, but for the cache's lock.
+decoding of a ``Content-Encoding`` the server sent although we asked for ``identity`` (for pages,
+at a cost bounded by the page's cap; urllib3 decodes the webhooks' answers), and robots.txt
+(RFC 9309 on its answer, a cache per origin). Pure, but for the cache's lock.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import urllib.robotparser
@@ -105,66 +107,135 @@ def looks_like_html(body: bytes) -> bool:
 # --- Content-Encoding --------------------------------------------------------------------------
 
 DECODED_ENCODINGS = ("gzip", "x-gzip", "deflate")  # what urllib3 decodes without optional packages
+MAX_ENCODINGS = 5  # a longer list is refused, as urllib3 refuses it (MultiDecoder.max_decode_links)
+ENCODED_PER_BYTE = 2  # the input each decoding step may use, per byte of the page's cap (see BodyDecoder)
+_MEMBER_WORK = 4096  # what a gzip member after the first counts as, in input bytes (see _Inflate)
+_STEP_OUT = 64 * 1024  # what a step of a list hands the next at a time
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+
+class _TooMuch(Exception):
+    pass
 
 
 class BodyDecoder:
     """Undoes the ``Content-Encoding`` a server sent although we asked for ``identity``, as the
     webhooks' client (urllib3, ``decode_content``) does: gzip (several members too), x-gzip,
-    deflate (zlib-wrapped, or raw as some servers send it), a list of them applied in reverse;
-    an encoding it does not know alone is left as it came (the binary check then refuses it).
-    At most ``max_length`` bytes come out of each call, so a small body cannot grow past the cap."""
+    deflate (zlib-wrapped, or raw as some servers send it), a list of up to MAX_ENCODINGS of them
+    applied in reverse; an encoding it does not know alone is left as it came (the binary check
+    then refuses it).
 
-    def __init__(self, header: str) -> None:
+    A page server is hostile input and a page shares one event loop with hundreds of others, so
+    the memory and CPU a body costs are bounded by the page's cap (``max_bytes``), whatever the
+    server sends: at most ``max_length`` bytes come out of a call, every step's output included (a
+    step of a list hands the next 64 KB at a time, once the next has used what it had; input not
+    needed yet waits in the step for the next call); no step uses or throws away more than
+    ``budget`` (ENCODED_PER_BYTE × ``max_bytes`` + 64 KB a step) of input, or the body is an error:
+    empty stored blocks, empty gzip members or trailing garbage, sent or inflated by an outer step,
+    give nothing for their bytes. An honest body stays far below: deflate grows incompressible
+    bytes by 0.03%, and the reader stops once ``max_bytes`` came out. Pure: no I/O."""
+
+    def __init__(self, header: str, max_bytes: int) -> None:
         value = header.strip().lower()
         names = [n.strip() for n in value.split(",")] if "," in value else [value]
         known = value in DECODED_ENCODINGS or ("," in value and any(n in DECODED_ENCODINGS for n in names))
         # as urllib3: in a list with a known one, an unknown name is decoded as deflate
         self.names = [n for n in reversed(names) if n and n != "identity"] if known else []
-        self._steps = [_Inflate(n in ("gzip", "x-gzip")) for n in self.names]
-        self.header = header
+        self.too_many = known and len(names) > MAX_ENCODINGS  # a 64 KB header lists 13,000
+        self.budget = ENCODED_PER_BYTE * max_bytes + len(self.names) * _STEP_OUT
+        self._steps = [] if self.too_many else [_Inflate(n in ("gzip", "x-gzip"), self.budget) for n in self.names]
+        self.header = header if len(header) <= 80 else f"{header[:77]}..."  # as it is shown
+        self.decoded = 0
 
     def decode(self, data: bytes, max_length: int) -> bytes:
+        """At most ``max_length`` (≥ 1) more bytes of the decoded body (with no encoding to undo,
+        ``data`` as it came); Stop if it cannot be decoded or costs more than its budget."""
+        if self.too_many:
+            raise Stop(ERROR, f"content-encoding {self.header}: more than {MAX_ENCODINGS} encodings")
+        if not self._steps:
+            return data
         try:
-            for n, step in enumerate(self._steps):  # only the last step's output is capped
-                data = step.feed(data, max_length if n == len(self._steps) - 1 else 0)
+            self._steps[0].give(data)
+            out = self._run(max_length)
         except zlib.error:
             raise Stop(ERROR, f"content-encoding {self.header} could not be decoded") from None
-        return data
+        except _TooMuch:
+            raise Stop(ERROR, f"content-encoding {self.header}: more than {self.budget:,} encoded bytes "
+                              f"for {self.decoded:,} decoded") from None
+        self.decoded += len(out)
+        return out
+
+    def _run(self, room: int) -> bytes:
+        out = bytearray()
+        while len(out) < room and any(step.pending for step in self._steps):
+            for step, after in itertools.pairwise(self._steps):
+                if step.pending and not after.pending:
+                    after.give(step.take(_STEP_OUT))
+            out += self._steps[-1].take(room - len(out))
+        return bytes(out)
+
+
+def _zlib_header(head: bytes) -> bool:
+    """RFC 1950's header (CM 8, a window of at most 32 KB, a multiple of 31): no raw deflate
+    stream starts so but a stored block with odd padding bits, which zlib itself never writes."""
+    cmf, flg = head[0], head[1]
+    return cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf * 256 + flg) % 31 == 0
 
 
 class _Inflate:
-    def __init__(self, gzip: bool) -> None:
-        self.gzip = gzip
-        self._z = zlib.decompressobj(16 + zlib.MAX_WBITS if gzip else zlib.MAX_WBITS)
-        self._seen: bytes | None = None if gzip else b""  # deflate: zlib-wrapped, or raw if that fails at first
-        self._garbage = False
+    """One step: zlib over the input it was given and has not used yet (zlib's unconsumed_tail
+    after a capped call, or what follows a gzip member), and ``work``, the input it used or threw
+    away. Deflate is zlib-wrapped or raw by its first two bytes, so nothing is kept while waiting
+    to see. A gzip member after the first counts as _MEMBER_WORK more: starting one copies the rest
+    of the input (zlib's unused_data), so 64 KB of empty 20-byte members cost far more than 64 KB."""
 
-    def feed(self, data: bytes, max_length: int) -> bytes:
-        if not data:
-            return data
-        if self._seen is not None:
-            self._seen += data
+    def __init__(self, gzip: bool, budget: int) -> None:
+        self.gzip, self.budget, self.work = gzip, budget, 0
+        self._z = zlib.decompressobj(_GZIP_WBITS) if gzip else None
+        self._in = b""
+        self._more = False  # the last call filled its cap: zlib may hold more output
+        self._done = False  # a deflate stream ended, or garbage followed a gzip member: the rest is ignored
+        self._members = 1
+
+    @property
+    def pending(self) -> bool:
+        return not self._done and (self._more or len(self._in) >= (1 if self._z is not None else 2))
+
+    def give(self, data: bytes) -> None:
+        if self._done:
+            self._spend(len(data))
+        else:
+            self._in += data
+
+    def take(self, cap: int) -> bytes:
+        out = bytearray()
+        while self.pending and len(out) < cap:
+            if self._z is None:
+                self._z = zlib.decompressobj(zlib.MAX_WBITS if _zlib_header(self._in) else -zlib.MAX_WBITS)
+            elif self._z.eof:  # gzip: the next member
+                self._spend(_MEMBER_WORK)
+                self._z, self._members = zlib.decompressobj(_GZIP_WBITS), self._members + 1
+            data, want = self._in, cap - len(out)
             try:
-                out = self._z.decompress(data, max_length)
+                piece = self._z.decompress(data, want)
             except zlib.error:
-                seen, self._seen = self._seen, None
-                self._z = zlib.decompressobj(-zlib.MAX_WBITS)
-                return self._z.decompress(seen, max_length)
-            if out:
-                self._seen = None
-            return out
-        if self._garbage:
-            return b""
-        out = self._z.decompress(data, max_length)
-        while self.gzip and self._z.eof and self._z.unused_data and (not max_length or len(out) < max_length):
-            rest = self._z.unused_data  # the next gzip member
-            self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            try:
-                out += self._z.decompress(rest, max_length - len(out) if max_length else 0)
-            except zlib.error:  # trailing garbage after a member: ignored, as urllib3 does
-                self._garbage = True
+                if self._members == 1:
+                    raise
+                self._done, self._in = True, b""  # trailing garbage after a member: ignored, as urllib3 does
+                self._spend(len(data))
                 break
-        return out
+            out += piece
+            self._more = len(piece) == want and not self._z.eof
+            self._in = self._z.unused_data if self._z.eof else self._z.unconsumed_tail
+            if self._z.eof and not self.gzip:  # what follows a deflate stream is ignored, as urllib3 does
+                self._done, self._in = True, b""
+            self._spend(len(data) - len(self._in))
+        return bytes(out)
+
+    def _spend(self, n: int) -> None:
+        self.work += n
+        if self.work > self.budget:
+            raise _TooMuch
 
 
 # --- robots.txt --------------------------------------------------------------------------------

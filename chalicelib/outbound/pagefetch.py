@@ -20,8 +20,9 @@ One deadline, ``asyncio.timeout``, covers the whole fetch: a turn's wait for a p
 robots.txt, connect, TLS, every redirect, the body (a server trickling bytes is cut there).
 HTTP/1.1 is read by h11 (the parser under httpx): headers up to 64 KB, Content-Length, chunked or
 read-until-close bodies, at most 1 MB kept, a ``Content-Encoding`` undone as urllib3 would
-(:class:`rules.BodyDecoder`). Only CPU-light work runs on the loop; summarising a page with
-selectolax and the Redis cache belong to the caller's threads (:mod:`.summaries`).
+(:class:`answers.BodyDecoder`, its work bounded by that cap whatever the server sends). Only
+CPU-light work runs on the loop; summarising a page with selectolax and the Redis cache belong
+to the caller's threads (:mod:`.summaries`).
 """
 
 from __future__ import annotations
@@ -359,7 +360,7 @@ class PageFetcher:
         if refusal is not None:
             return refusal
         ex.now(f"reading from {target.host}", answer.blame)
-        decoder = answers.BodyDecoder(answer.headers.get("content-encoding", ""))
+        decoder = answers.BodyDecoder(answer.headers.get("content-encoding", ""), max_bytes)
         chunks: list[bytes] = []
         total = 0
         while total <= max_bytes:

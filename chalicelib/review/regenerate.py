@@ -73,8 +73,8 @@ def regenerate(conn, queue: ChunkQueue, settings: Settings, account_id: str, job
             held = webhooks.end_holds(conn, job["id"])
     except psycopg.errors.LockNotAvailable:
         raise Conflict("Job is being changed by another request", code="busy") from None
-    send_held(send_webhooks, held)
     send_or_fail(conn, queue, job, first, "regeneration", then="call retry")
+    send_held(send_webhooks, held)  # after the chunks: a slow receiver does not hold the work back
     log.info("job regenerating", extra={"job_id": str(job["id"]), "rows": reset["n"], "chunks": len(first)})
     return {"job": job_json(job), "regenerating": reset["n"]}
 

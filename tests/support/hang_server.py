@@ -2,7 +2,7 @@
 hang, by the hundred (one asyncio loop in a thread: thousands of connections are cheap).
 
     server = HangServer("127.0.0.1", robots=b"")   # robots.txt answered 404 at once, pages hang
-    server.port, server.accepted, server.open, server.max_open
+    server.port, server.accepted, server.open, server.max_open, server.paths (each request's)
     server.close()
 """
 
@@ -21,6 +21,7 @@ class HangServer:
         self.accepted = 0
         self.open = 0
         self.max_open = 0
+        self.paths: list[str] = []  # the path of each request line read, in order
         self.port = 0
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, daemon=True, name="hang-server").start()
@@ -36,6 +37,7 @@ class HangServer:
         self.max_open = max(self.max_open, self.open)
         try:
             first = await reader.readline()
+            self.paths.append(first.split(b" ")[1].decode("latin-1") if first.count(b" ") >= 2 else "")
             if self.robots is not None and first.split(b" ")[1:2] == [b"/robots.txt"]:
                 status = b"200 OK" if self.robots else b"404 Not Found"
                 writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\nConnection: close\r\n"

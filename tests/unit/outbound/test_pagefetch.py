@@ -65,7 +65,9 @@ def test_no_more_than_the_pages_in_flight_run_at_once_and_a_late_turn_is_a_skipp
         assert (late_result.status, late_result.skipped) == (TIMEOUT, True)
         assert [f.result().status for f in held] == [TIMEOUT, TIMEOUT]
         assert queued.result().skipped  # its turn came after the host had timed out: skipped at once
-        assert server.accepted == 4  # two robots.txt, two pages: the late and queued ones never connected
+        # the late and queued ones never connected (robots.txt is asked once or twice: the second
+        # held page may find the first one's answer cached)
+        assert sorted(p for p in server.paths if p != "/robots.txt") == ["/hold0", "/hold1"]
 
 
 def test_cancelling_a_page_ends_its_fetch_and_closes_its_connection():
@@ -172,10 +174,10 @@ def test_a_compressed_body_is_capped_after_decoding_without_inflating_all_of_it(
 
 
 def test_the_decoder_caps_what_each_call_gives():
-    decoder = BodyDecoder("gzip")
+    decoder = BodyDecoder("gzip", 1_000_000)
     assert len(decoder.decode(gzip.compress(b"x" * 100_000), 10)) == 10
     with pytest.raises(Stop):
-        BodyDecoder("deflate").decode(b"\xff\xff not deflate at all", 100)
+        BodyDecoder("deflate", 1_000_000).decode(b"\xff\xff not deflate at all", 100)
 
 
 def test_an_answer_that_is_not_http_is_an_error():

@@ -243,7 +243,7 @@ def decide(state: State, window: Window, now: float, params: Params) -> State:
     calm = state.calm + 1 if grow and quiet and not probing else 0
     if window.metered(state.metered):  # metered by rate: the limiter paces it, the gate holds the ceiling
         return replace(state, limit=params.ceiling, min_rtt=base, rtt=smooth, weight=weight, decided_at=now,
-                       probing=False, calm=0, grew=False, metered=True)
+                       probing=False, calm=0, grew=False, metered=True, probe=0)
     if calm >= params.calm_windows:  # quiet again: that window ended slow start too early
         probing, calm = True, 0
     if window.drops:

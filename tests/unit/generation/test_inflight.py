@@ -306,3 +306,11 @@ def test_a_server_that_stops_stating_its_budget_is_measured_afresh():
     assert not after.metered and after.limit == inflight.INITIAL_LIMIT and after.probing and not after.min_rtt
     # a window that says nothing of the headers (no answer, or answers not told) changes nothing
     assert Window(drops=1).metered(True) and not Window(drops=1).metered(False)
+
+
+def test_a_server_found_metered_in_the_middle_of_a_probe_ends_the_probe():
+    params = Params(ceiling=48)
+    probing = replace(settled(8, 0.1), probe=inflight.PROBE_MEASURE, probe_at=50.0)
+    assert probing.slots() == 1
+    after = decide(probing, Window(4, 0.4, True, stated=4), 60.0, params)
+    assert after.metered and not after.probe and after.slots() == 48

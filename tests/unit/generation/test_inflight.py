@@ -4,6 +4,7 @@ fake clock against a model server whose latency is base + k × calls in flight."
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -314,3 +315,22 @@ def test_a_server_found_metered_in_the_middle_of_a_probe_ends_the_probe():
     assert probing.slots() == 1
     after = decide(probing, Window(4, 0.4, True, stated=4), 60.0, params)
     assert after.metered and not after.probe and after.slots() == 48
+
+
+@pytest.mark.parametrize("fields", [
+    {}, {"limit": "4", "probing": "1"}, {"limit": "4", "probing": "0"},
+    {"limit": "4", "probing": "0", "probe": "2"}, {"limit": "4", "metered": "1"},
+])
+def test_every_state_the_metrics_show_is_one_the_api_document_names(fields):
+    import yaml
+
+    from chalicelib.generation.ratelimit import gate
+
+    class Hash:
+        def hgetall(self, key):
+            return {k.encode(): v.encode() for k, v in fields.items()}
+
+    shown = gate.describe(Hash(), "p", "m", now=0.0)
+    with open(Path(__file__).parents[3] / "chalicelib/web/openapi.yaml", encoding="utf-8") as f:
+        schema = yaml.safe_load(f)["components"]["schemas"]["Concurrency"]["oneOf"][0]["properties"]
+    assert shown["how"] in schema["how"]["enum"]

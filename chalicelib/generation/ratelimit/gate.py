@@ -141,13 +141,12 @@ def describe(redis, prefix: str, model: str, now: float | None = None) -> dict:
         return {"limit": None, "in_flight": 0, "handlers": 0, "how": "no call to this model lately"}
     state, _, _, handlers = parse(fields, time.time() if now is None else now)
     ceiling = sum(c for _, c in handlers.values())
+    shown = {"in_flight": sum(n for n, _ in handlers.values()), "ceiling": ceiling, "handlers": len(handlers),
+             "latency_ms": round(state.rtt * 1000)}
     if state.metered:
-        return {"limit": ceiling or None, "in_flight": sum(n for n, _ in handlers.values()), "ceiling": ceiling,
-                "handlers": len(handlers), "latency_ms": round(state.rtt * 1000),
+        return {"limit": ceiling or None, **shown,
                 "how": "the server states its rate budget: the rate limiter paces it"}
-    return {"limit": state.slots(), "in_flight": sum(n for n, _ in handlers.values()),
-            "ceiling": ceiling, "handlers": len(handlers),
-            "latency_ms": round(state.rtt * 1000), "unloaded_latency_ms": round(state.min_rtt * 1000),
+    return {"limit": state.slots(), **shown, "unloaded_latency_ms": round(state.min_rtt * 1000),
             "target_latency_ms": round(state.target() * 1000),
             "how": "probing the unloaded latency" if state.probe else "slow start" if state.probing
             else "found from latency"}

@@ -274,7 +274,7 @@ def _probe(state: State, window: Window, now: float) -> State:
     if unloaded < state.min_rtt and state.probe_at:
         unloaded = (unloaded + state.min_rtt) / 2
     restored = replace(state, probe=0)
-    return replace(restored, probe=0, probe_at=now + PROBE_RTTS * unloaded, decided_at=now, min_rtt=unloaded,
+    return replace(restored, probe_at=now + PROBE_RTTS * unloaded, decided_at=now, min_rtt=unloaded,
                    rtt=unloaded, grew=restored.slots() > 1 or state.grew)
 
 
